@@ -1,0 +1,239 @@
+"""The engine API the transports use: submit a request, iterate its TokenEvents.
+
+One background task drives the engine. Model steps run on a dedicated worker thread, so the event loop
+keeps serving sockets while the model computes. Commands from the loop (submit, cancel, pause, resume,
+re-prioritise) are queued and applied between steps, never while a step runs, so the engine core needs
+no locks. All events of one step are delivered before the loop yields, so a transport that drains its
+streams after waking sees one step's tokens together and can send them in one write.
+
+Each request's event queue holds at most max_tokens + 1 events, so it is bounded by the request itself;
+a transport whose reader stalls pauses the request (engine.pause) instead of letting it grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from seedance.engine.config import EngineConfig
+from seedance.engine.errors import InvalidRequest
+from seedance.engine.events import FinishReason, TokenEvent
+from seedance.engine.llm_engine import EngineStats, LLMEngine
+from seedance.engine.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+_ids = itertools.count()
+
+
+@dataclass(slots=True)
+class GenerateRequest:
+    """Exactly one of prompt (text), prompt_token_ids or messages (chat) is given."""
+
+    prompt: str | None = None
+    prompt_token_ids: list[int] | None = None
+    messages: list[dict[str, str]] | None = None
+    params: SamplingParams = field(default_factory=SamplingParams)
+    priority: int = 0
+    request_id: str | None = None
+
+
+class RequestStream:
+    """Async iterator over one request's events. Leaving it early (break, aclose, a dropped client)
+    cancels the request and frees its KV."""
+
+    def __init__(self, engine: AsyncEngine, request_id: str, num_prompt_tokens: int) -> None:
+        self.engine = engine
+        self.request_id = request_id
+        self.num_prompt_tokens = num_prompt_tokens
+        self.queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+        self.finished = False
+
+    def __aiter__(self) -> AsyncIterator[TokenEvent]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[TokenEvent]:
+        try:
+            while not self.finished:
+                event = await self.queue.get()
+                if event.finished:
+                    self.finished = True
+                yield event
+        finally:
+            if not self.finished:
+                self.engine.cancel(self.request_id)
+
+    def drain(self) -> list[TokenEvent]:
+        """Events already delivered, without waiting (for coalescing one step's tokens into one write)."""
+        events = []
+        while not self.queue.empty():
+            event = self.queue.get_nowait()
+            events.append(event)
+            if event.finished:
+                self.finished = True
+                break
+        return events
+
+    def cancel(self) -> None:
+        self.engine.cancel(self.request_id)
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self.config = engine.config
+        self._streams: dict[str, RequestStream] = {}
+        self._commands: list[Callable[[], None]] = []
+        self._pending_adds = 0
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedance-engine")
+        self._task: asyncio.Task | None = None
+        self._closed = False
+        self.step_latencies: list[float] = []  # seconds per step, bounded to the last 1024
+
+    @classmethod
+    async def create(cls, config: EngineConfig) -> AsyncEngine:
+        """Load the model off the event loop and start the engine task."""
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            engine = await loop.run_in_executor(pool, LLMEngine.from_config, config)
+        self = cls(engine)
+        self.start()
+        return self
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="seedance-engine-loop")
+
+    async def close(self) -> None:
+        """Cancel every open request and stop the loop."""
+        self._closed = True
+        for request_id in list(self._streams):
+            self.cancel(request_id)
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        self._executor.shutdown(wait=True)
+
+    # ---- requests ---------------------------------------------------------------------------------
+    def encode(self, request: GenerateRequest) -> list[int]:
+        given = sum(x is not None for x in (request.prompt, request.prompt_token_ids, request.messages))
+        if given != 1:
+            raise InvalidRequest("give exactly one of prompt, prompt_token_ids, messages")
+        if request.prompt_token_ids is not None:
+            return list(request.prompt_token_ids)
+        if self.tokenizer is None:
+            raise InvalidRequest("this model has no tokenizer: send prompt_token_ids")
+        if request.messages is not None:
+            return self.tokenizer.apply_chat_template(request.messages)
+        return self.tokenizer.encode(request.prompt)
+
+    def submit(self, request: GenerateRequest) -> RequestStream:
+        """Admit a request or raise (InvalidRequest, EngineOverloaded) at once; never blocks."""
+        if self._closed:
+            from seedance.engine.errors import EngineOverloaded
+
+            raise EngineOverloaded("engine is shutting down")
+        request_id = request.request_id or f"req-{next(_ids)}"
+        if request_id in self._streams:
+            raise InvalidRequest(f"duplicate request id {request_id!r}")
+        token_ids = self.encode(request)
+        self.engine.check_admission(request_id, token_ids, request.params, pending=self._pending_adds)
+        stream = RequestStream(self, request_id, len(token_ids))
+        self._streams[request_id] = stream
+        self._pending_adds += 1
+        arrival = time.monotonic()
+
+        def add() -> None:
+            self._pending_adds -= 1
+            if request_id in self._streams:  # not cancelled before it was added
+                self.engine.add_request(request_id, token_ids, request.params, request.priority, arrival)
+
+        self._command(add)
+        return stream
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenEvent]:
+        async for event in self.submit(request):
+            yield event
+
+    def cancel(self, request_id: str) -> None:
+        stream = self._streams.pop(request_id, None)
+        if stream is None:
+            return
+
+        def abort() -> None:
+            event = self.engine.abort(request_id)
+            if event is None:  # cancelled before it was added
+                event = TokenEvent(request_id, 0, -1, "", finish_reason=FinishReason.CANCELLED)
+            stream.queue.put_nowait(event)
+
+        self._command(abort)
+
+    def pause(self, request_id: str) -> None:
+        self._command(lambda: request_id in self.engine.requests and self.engine.pause(request_id))
+
+    def resume(self, request_id: str) -> None:
+        self._command(lambda: request_id in self.engine.requests and self.engine.resume(request_id))
+
+    def set_priority(self, request_id: str, priority: int) -> None:
+        self._command(lambda: request_id in self.engine.requests
+                      and self.engine.set_priority(request_id, priority))
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    @property
+    def num_open_requests(self) -> int:
+        return len(self._streams)
+
+    def _command(self, fn: Callable[[], None]) -> None:
+        self._commands.append(fn)
+        self._wakeup.set()
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    def _apply_commands(self) -> None:
+        commands, self._commands = self._commands, []
+        for fn in commands:
+            try:
+                fn()
+            except Exception:  # one bad command must not stop the engine
+                log.exception("engine command failed")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._apply_commands()
+            if self._closed and not self._commands:
+                return
+            if not self.engine.has_work():
+                self._wakeup.clear()
+                if not self._commands:
+                    await self._wakeup.wait()
+                continue
+            started = time.perf_counter()
+            try:
+                events = await loop.run_in_executor(self._executor, self.engine.step)
+            except Exception:
+                log.exception("engine step crashed")
+                events = []
+            self.step_latencies.append(time.perf_counter() - started)
+            if len(self.step_latencies) > 1024:
+                del self.step_latencies[:512]
+            for event in events:
+                stream = self._streams.get(event.request_id)
+                if stream is None:
+                    continue
+                stream.queue.put_nowait(event)
+                if event.finished:
+                    del self._streams[event.request_id]
+            if not events:
+                await asyncio.sleep(0)  # let commands in while waiting on e.g. paused requests

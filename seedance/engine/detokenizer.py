@@ -1,0 +1,18 @@
+"""Incremental detokenization with the tokenizers library's DecodeStream: text is released only once
+it forms complete characters, and the prompt primes the stream so leading spaces come out right."""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer
+from tokenizers.decoders import DecodeStream
+
+_PRIME_TOKENS = 8  # enough context for any decoder's merge of the first output token
+
+
+class IncrementalDetokenizer:
+    def __init__(self, tokenizer: Tokenizer, prompt_token_ids: list[int]) -> None:
+        self._tokenizer = tokenizer
+        self._stream = DecodeStream(ids=list(prompt_token_ids[-_PRIME_TOKENS:]), skip_special_tokens=True)
+
+    def step(self, token_id: int) -> str:
+        return self._stream.step(self._tokenizer, token_id) or ""

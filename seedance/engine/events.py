@@ -1,0 +1,34 @@
+"""What the engine emits per generated token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"  # EOS, a stop token id or a stop string
+    LENGTH = "length"  # max_tokens or the model's context length
+    CANCELLED = "cancelled"  # the caller cancelled
+    ERROR = "error"  # the engine failed while running it
+
+
+@dataclass(slots=True, frozen=True)
+class TokenEvent:
+    """One generated token. text_delta is what the client may show now: it may be empty while the
+    detokenizer waits for a complete UTF-8 character or a possible stop string is held back."""
+
+    request_id: str
+    seq: int  # 0-based index of this token in the request's output
+    token_id: int
+    text_delta: str
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] | None = None
+    finish_reason: FinishReason | None = None
+    stop_reason: str | int | None = None  # the stop string or stop token that ended it
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

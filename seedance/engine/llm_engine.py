@@ -1,0 +1,161 @@
+"""The synchronous engine core: admission, one step at a time, events out. Not thread-safe by design:
+AsyncEngine owns it and calls it from one thread at a time."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from seedance.engine.block_manager import BlockManager
+from seedance.engine.config import EngineConfig
+from seedance.engine.errors import EngineOverloaded, InvalidRequest, RequestNotFound
+from seedance.engine.events import FinishReason, TokenEvent
+from seedance.engine.model_runner import ModelRunner
+from seedance.engine.output_processor import RequestOutputState
+from seedance.engine.sampling_params import SamplingParams
+from seedance.engine.scheduler import Scheduler
+from seedance.engine.sequence import Sequence, SequenceStatus
+from seedance.models.tokenizer import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class EngineStats:
+    num_waiting: int
+    num_running: int
+    num_paused: int
+    num_free_blocks: int
+    num_kv_blocks: int
+    prefix_cache_query_tokens: int
+    prefix_cache_hit_tokens: int
+    num_preemptions: int
+    steps: int
+    generated_tokens: int
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, runner: ModelRunner, tokenizer: TextTokenizer | None,
+                 max_model_len: int) -> None:
+        self.config = config
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.max_model_len = max_model_len
+        self.block_manager = BlockManager(runner.num_kv_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
+                                   config.aging_interval_s)
+        self.requests: dict[str, RequestOutputState] = {}
+        self.eos_token_ids = tokenizer.eos_token_ids if tokenizer else frozenset()
+        self.steps = 0
+        self.generated_tokens = 0
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> LLMEngine:
+        if config.synthetic_rate:
+            from seedance.models.synthetic import SyntheticRateRunner
+
+            runner, tokenizer, max_len = SyntheticRateRunner.create(config)
+            return cls(config, runner, tokenizer, max_len)
+        from seedance.engine.model_runner import TorchModelRunner
+        from seedance.models.loader import load_model
+
+        loaded = load_model(config.model, config.device, config.dtype, config.max_model_len)
+        return cls(config, TorchModelRunner(loaded, config), loaded.tokenizer, loaded.max_model_len)
+
+    # ---- admission --------------------------------------------------------------------------------
+    def check_admission(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                        pending: int = 0) -> None:
+        """Raise InvalidRequest / EngineOverloaded now rather than let a request grow memory later."""
+        params.validate()
+        if request_id in self.requests:
+            raise InvalidRequest(f"duplicate request id {request_id!r}")
+        if not prompt_token_ids:
+            raise InvalidRequest("prompt is empty")
+        if params.max_tokens > self.config.max_tokens_limit:
+            raise InvalidRequest(f"max_tokens {params.max_tokens} exceeds the limit {self.config.max_tokens_limit}")
+        if len(prompt_token_ids) >= self.max_model_len:
+            raise InvalidRequest(f"prompt has {len(prompt_token_ids)} tokens; the model's context is "
+                                 f"{self.max_model_len}")
+        vocab = self.tokenizer.vocab_size if self.tokenizer else None
+        if vocab is not None and (min(prompt_token_ids) < 0 or max(prompt_token_ids) >= vocab):
+            raise InvalidRequest("prompt token id out of the vocabulary")
+        if self.block_manager.blocks_needed(len(prompt_token_ids) + 1) > self.block_manager.num_blocks:
+            raise InvalidRequest("prompt does not fit in the KV cache")
+        if len(self.scheduler.waiting) + pending >= self.config.max_waiting:
+            raise EngineOverloaded(f"waiting queue is full ({self.config.max_waiting} requests); retry later")
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                    priority: int = 0, arrival_time: float | None = None) -> None:
+        self.check_admission(request_id, prompt_token_ids, params)
+        seq = Sequence(request_id, prompt_token_ids, params, priority,
+                       time.monotonic() if arrival_time is None else arrival_time)
+        self.requests[request_id] = RequestOutputState(
+            seq, self.tokenizer.backend if self.tokenizer else None, self.eos_token_ids, self.max_model_len)
+        self.scheduler.add(seq)
+
+    def _seq(self, request_id: str) -> Sequence:
+        state = self.requests.get(request_id)
+        if state is None:
+            raise RequestNotFound(f"no active request {request_id!r}")
+        return state.seq
+
+    # ---- control ----------------------------------------------------------------------------------
+    def abort(self, request_id: str, reason: FinishReason = FinishReason.CANCELLED) -> TokenEvent | None:
+        """End a request wherever it is and free its KV blocks at once."""
+        state = self.requests.pop(request_id, None)
+        if state is None:
+            return None
+        seq = state.seq
+        self.scheduler.finish(seq, reason)
+        self.runner.forget(request_id)
+        return TokenEvent(request_id, seq.num_output_tokens, -1, "", finish_reason=reason,
+                          num_prompt_tokens=seq.num_prompt_tokens, num_cached_tokens=seq.num_cached_tokens)
+
+    def pause(self, request_id: str) -> None:
+        self.scheduler.pause(self._seq(request_id))
+
+    def resume(self, request_id: str) -> None:
+        self.scheduler.resume(self._seq(request_id))
+
+    def set_priority(self, request_id: str, priority: int) -> None:
+        self.scheduler.set_priority(self._seq(request_id), priority)
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    def status_of(self, request_id: str) -> SequenceStatus:
+        return self._seq(request_id).status
+
+    # ---- the step ---------------------------------------------------------------------------------
+    def step(self, now: float | None = None) -> list[TokenEvent]:
+        out = self.scheduler.schedule(time.monotonic() if now is None else now)
+        if not out:
+            return []
+        try:
+            results = self.runner.execute(out.chunks)
+        except Exception:
+            log.exception("model step failed; failing the %d requests in it", len(out.chunks))
+            return [ev for c in out.chunks if (ev := self.abort(c.seq.request_id, FinishReason.ERROR))]
+        self.steps += 1
+        for chunk in out.chunks:
+            chunk.seq.num_computed_tokens += chunk.num_tokens
+            self.block_manager.commit(chunk.seq)
+        events: list[TokenEvent] = []
+        for chunk, sampled in results:
+            seq = chunk.seq
+            seq.token_ids.append(sampled.token_id)
+            event = self.requests[seq.request_id].process(sampled)
+            events.append(event)
+            if event.finished:
+                del self.requests[seq.request_id]
+                self.scheduler.finish(seq, event.finish_reason)
+                self.runner.forget(seq.request_id)
+        self.generated_tokens += len(results)
+        return events
+
+    def stats(self) -> EngineStats:
+        bm, sch = self.block_manager, self.scheduler
+        return EngineStats(len(sch.waiting), len(sch.running), len(sch.paused), bm.num_free_blocks,
+                           bm.num_blocks, bm.stats.query_tokens, bm.stats.hit_tokens, sch.num_preemptions,
+                           self.steps, self.generated_tokens)

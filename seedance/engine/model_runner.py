@@ -1,0 +1,134 @@
+"""Runs one scheduled step on the torch model: builds the flattened batch and its paged-attention
+metadata from plain scheduler output, executes the model, samples."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from seedance.engine.config import EngineConfig
+from seedance.engine.output_processor import SampledToken
+from seedance.engine.sampler import Sampler
+from seedance.engine.scheduler import ScheduledChunk
+from seedance.models.llama import head_dim_of
+from seedance.models.loader import DTYPES, LoadedModel
+from seedance.models.paged_attention import AttentionMetadata, PrefillChunk
+
+
+@dataclass(slots=True)
+class StepBatch:
+    input_ids: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T]
+    meta: AttentionMetadata
+    sampling: list[ScheduledChunk]  # chunks that yield a token, in output order
+    sample_index: torch.Tensor  # index of each sampling chunk's last token in the flattened batch
+
+
+class ModelRunner(Protocol):
+    num_kv_blocks: int
+    kv_bytes_per_token: int
+
+    def execute(self, chunks: list[ScheduledChunk]) -> list[tuple[ScheduledChunk, SampledToken]]:
+        """Compute the chunks; return a sampled token for each chunk that reaches its sequence's end."""
+
+    def forget(self, request_id: str) -> None:
+        """Drop per-request state (seeded generators) once a request ends."""
+
+
+class TorchModelRunner:
+    def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.model = loaded.model
+        self.device = torch.device(config.device)
+        self.dtype = DTYPES[config.dtype]
+        self.block_size = config.block_size
+        mc = loaded.config
+        num_kv_heads = mc.num_key_value_heads or mc.num_attention_heads
+        head_dim = head_dim_of(mc)
+        element = torch.empty((), dtype=self.dtype).element_size()
+        self.kv_bytes_per_token = 2 * mc.num_hidden_layers * num_kv_heads * head_dim * element
+        self.num_kv_blocks = config.num_kv_blocks or max(
+            1, config.kv_cache_bytes // (self.kv_bytes_per_token * self.block_size))
+        slots = self.num_kv_blocks * self.block_size
+        self.kv_caches = [
+            (torch.zeros(slots, num_kv_heads, head_dim, dtype=self.dtype, device=self.device),
+             torch.zeros(slots, num_kv_heads, head_dim, dtype=self.dtype, device=self.device))
+            for _ in range(mc.num_hidden_layers)
+        ]
+        self.sampler = Sampler(config.seed, self.device)
+
+    def forget(self, request_id: str) -> None:
+        self.sampler.forget(request_id)
+
+    @torch.inference_mode()
+    def execute(self, chunks: list[ScheduledChunk]) -> list[tuple[ScheduledChunk, SampledToken]]:
+        batch = self.prepare(chunks)
+        if not batch.sampling:
+            self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta)
+            return []
+        hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta)
+        logits = self.model.compute_logits(hidden[batch.sample_index])
+        seqs = [c.seq for c in batch.sampling]
+        sampled = self.sampler(logits, [s.request_id for s in seqs], [s.params for s in seqs])
+        return list(zip(batch.sampling, sampled, strict=True))
+
+    def prepare(self, chunks: list[ScheduledChunk]) -> StepBatch:
+        """Flatten the chunks (decodes first, then prefill chunks) into model inputs and metadata."""
+        bs = self.block_size
+        decodes = [c for c in chunks if c.num_tokens == 1]
+        prefills = [c for c in chunks if c.num_tokens > 1]
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        for c in decodes:
+            p, table = c.start, c.seq.block_table
+            input_ids.append(c.seq.token_ids[p])
+            positions.append(p)
+            slots.append(table[p // bs] * bs + p % bs)
+
+        meta = AttentionMetadata(slot_mapping=torch.empty(0), num_decode_tokens=len(decodes))
+        ids_parts = [np.asarray(input_ids, dtype=np.int64)]
+        pos_parts = [np.asarray(positions, dtype=np.int64)]
+        slot_parts = [np.asarray(slots, dtype=np.int64)]
+        offset = len(decodes)
+        for c in prefills:
+            table = np.asarray(c.seq.block_table, dtype=np.int64)
+            pos = np.arange(c.start, c.start + c.num_tokens, dtype=np.int64)
+            ids_parts.append(np.asarray(c.seq.token_ids[c.start : c.start + c.num_tokens], dtype=np.int64))
+            pos_parts.append(pos)
+            slot_parts.append(table[pos // bs] * bs + pos % bs)
+            context = None
+            if c.start:
+                ctx = np.arange(c.start + c.num_tokens, dtype=np.int64)
+                context = torch.from_numpy(table[ctx // bs] * bs + ctx % bs).to(self.device)
+            meta.prefills.append(PrefillChunk(offset, c.num_tokens, c.start, context))
+            offset += c.num_tokens
+
+        if decodes:
+            ctx_lens = torch.tensor([c.start + 1 for c in decodes])
+            max_len = int(ctx_lens.max())
+            max_blocks = -(-max_len // bs)
+            rows = [c.seq.block_table[:max_blocks] for c in decodes]
+            table = torch.tensor([row + [0] * (max_blocks - len(row)) for row in rows])
+            ar = torch.arange(max_len)
+            meta.decode_slots = (table[:, ar // bs] * bs + ar % bs).to(self.device)
+            meta.decode_mask = (ar[None, :] < ctx_lens[:, None])[:, None, None, :].to(self.device)
+
+        dev = self.device
+        input_t = torch.from_numpy(np.concatenate(ids_parts)).to(dev)
+        pos_t = torch.from_numpy(np.concatenate(pos_parts)).to(dev)
+        meta.slot_mapping = torch.from_numpy(np.concatenate(slot_parts)).to(dev)
+
+        sampling: list[ScheduledChunk] = []
+        last_index: list[int] = []
+        end = 0
+        for c in decodes + prefills:
+            end += c.num_tokens
+            if c.samples:
+                sampling.append(c)
+                last_index.append(end - 1)
+        return StepBatch(input_t, pos_t, meta, sampling, torch.tensor(last_index, dtype=torch.long, device=dev))

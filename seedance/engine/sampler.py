@@ -1,0 +1,92 @@
+"""Batched sampling: greedy, temperature, top-k, top-p, per-request seeds, logprobs.
+
+Sampling uses the exponential race (argmax p_i / E_i with E_i ~ Exp(1) is an exact draw from p), so the
+whole batch samples in one op while a seeded request draws its noise from its own generator: its tokens
+do not depend on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from seedance.engine.output_processor import SampledToken
+from seedance.engine.sampling_params import SamplingParams
+
+
+class Sampler:
+    def __init__(self, seed: int = 0, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self._request_generators: dict[str, torch.Generator] = {}
+
+    def forget(self, request_id: str) -> None:
+        self._request_generators.pop(request_id, None)
+
+    def _generator_for(self, request_id: str, seed: int) -> torch.Generator:
+        gen = self._request_generators.get(request_id)
+        if gen is None:
+            gen = torch.Generator(device=self.device).manual_seed(seed)
+            self._request_generators[request_id] = gen
+        return gen
+
+    @torch.inference_mode()
+    def __call__(self, logits: torch.Tensor, request_ids: list[str], params: list[SamplingParams]
+                 ) -> list[SampledToken]:
+        logits = logits.float()
+        n, vocab = logits.shape
+        greedy = [p.greedy for p in params]
+        if all(greedy):
+            tokens = logits.argmax(dim=-1)
+        else:
+            temps = torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in params],
+                                 device=logits.device)
+            scaled = logits / temps[:, None]
+            top_ks = [p.top_k if 0 < p.top_k < vocab else 0 for p in params]
+            if any(top_ks):
+                scaled = _apply_top_k(scaled, top_ks)
+            top_ps = [p.top_p for p in params]
+            if any(p < 1.0 for p in top_ps):
+                scaled = _apply_top_p(scaled, torch.tensor(top_ps, device=logits.device))
+            probs = scaled.softmax(dim=-1)
+            noise = torch.empty_like(probs).exponential_(generator=self.generator)
+            for i, p in enumerate(params):
+                if p.seed is not None and not greedy[i]:
+                    noise[i].exponential_(generator=self._generator_for(request_ids[i], p.seed))
+            tokens = (probs / noise).argmax(dim=-1)
+            if any(greedy):
+                tokens = torch.where(torch.tensor(greedy, device=logits.device), logits.argmax(dim=-1), tokens)
+
+        token_list = tokens.tolist()
+        out = [SampledToken(t) for t in token_list]
+        wants = [i for i, p in enumerate(params) if p.logprobs is not None]
+        if wants:
+            logprobs = logits[wants].log_softmax(dim=-1)
+            rows = torch.arange(len(wants), device=logits.device)
+            chosen = logprobs[rows, tokens[wants]].tolist()
+            max_top = max(params[i].logprobs for i in wants)
+            top_vals, top_ids = (logprobs.topk(max_top, dim=-1) if max_top else (None, None))
+            for j, i in enumerate(wants):
+                out[i].logprob = chosen[j]
+                k = params[i].logprobs
+                if k:
+                    out[i].top_logprobs = tuple(zip(top_ids[j, :k].tolist(), top_vals[j, :k].tolist(),
+                                                    strict=True))
+        return out
+
+
+def _apply_top_k(logits: torch.Tensor, top_ks: list[int]) -> torch.Tensor:
+    k_max = max(top_ks)
+    kth = logits.topk(k_max, dim=-1).values  # [N, k_max], descending
+    ks = torch.tensor([k if k else k_max for k in top_ks], device=logits.device)
+    threshold = kth.gather(1, (ks - 1)[:, None])
+    no_cut = torch.tensor([k == 0 for k in top_ks], device=logits.device)[:, None]
+    return logits.masked_fill((logits < threshold) & ~no_cut, float("-inf"))
+
+
+def _apply_top_p(logits: torch.Tensor, top_ps: torch.Tensor) -> torch.Tensor:
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    # Drop a token when the mass strictly before it already reaches top_p; the first token always stays.
+    drop = (probs.cumsum(dim=-1) - probs) >= top_ps[:, None]
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)

@@ -1,0 +1,183 @@
+"""Iteration-level scheduler: plain data in (sequences, block pool, time), plain decisions out.
+
+Each step it fills a token budget: first every running sequence (one decode token, or the next chunk of
+a prompt still being prefilled), then waiting sequences by effective priority. When KV blocks run out
+it preempts by recompute: paused sequences first, then the lowest-priority running one, whose blocks
+go back to the pool (and stay in the prefix cache, so recomputation is often cheap).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from seedance.engine.block_manager import BlockManager
+from seedance.engine.sequence import Sequence, SequenceStatus
+from seedance.engine.wait_queue import WaitQueue
+
+
+@dataclass(slots=True)
+class ScheduledChunk:
+    seq: Sequence
+    start: int  # first token position computed in this step
+    num_tokens: int
+
+    @property
+    def samples(self) -> bool:
+        """True when this chunk reaches the sequence's last token, so the step yields its next token."""
+        return self.start + self.num_tokens == len(self.seq)
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    chunks: list[ScheduledChunk] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c.num_tokens for c in self.chunks)
+
+    def __bool__(self) -> bool:
+        return bool(self.chunks)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        block_manager: BlockManager,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        aging_interval_s: float = 2.0,
+    ) -> None:
+        if max_num_batched_tokens < max_num_seqs:
+            raise ValueError("max_num_batched_tokens must be >= max_num_seqs")
+        self.bm = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting = WaitQueue(aging_interval_s)
+        self.running: list[Sequence] = []
+        self.paused: list[Sequence] = []
+        self.num_preemptions = 0
+
+    # ---- commands -------------------------------------------------------------------------------
+    def add(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.WAITING
+        self.waiting.push(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.running) or bool(self.waiting)
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        """Remove seq wherever it is and free its blocks at once (finish, cancel, error)."""
+        self._detach(seq)
+        self.bm.free_sequence(seq)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+
+    def pause(self, seq: Sequence) -> None:
+        """Take seq out of the batch, keeping its KV blocks so it resumes without recomputation."""
+        if seq.status in (SequenceStatus.PAUSED, SequenceStatus.FINISHED):
+            return
+        self._detach(seq)
+        seq.status = SequenceStatus.PAUSED
+        self.paused.append(seq)
+
+    def resume(self, seq: Sequence) -> None:
+        if seq.status is not SequenceStatus.PAUSED:
+            return
+        self.paused.remove(seq)
+        self.add(seq)  # it keeps its blocks and its arrival order, so it is admitted promptly
+
+    def set_priority(self, seq: Sequence, priority: int) -> None:
+        if seq.status is SequenceStatus.WAITING:
+            self.waiting.remove(seq)
+            seq.priority = priority
+            self.waiting.push(seq)
+        else:
+            seq.priority = priority
+
+    def _detach(self, seq: Sequence) -> None:
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        elif seq.status is SequenceStatus.WAITING:
+            self.waiting.remove(seq)
+        elif seq.status is SequenceStatus.PAUSED:
+            self.paused.remove(seq)
+
+    # ---- the decision -----------------------------------------------------------------------------
+    def schedule(self, now: float) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.max_num_batched_tokens
+        self.running.sort(key=lambda s: (s.priority, s.arrival))
+
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(seq.num_uncomputed_tokens, budget)
+            while not self.bm.can_allocate(seq, n):
+                victim = self._idle_holder(exclude=seq)
+                if victim is None and len(self.running) > i + 1:
+                    victim = self.running[-1]  # lowest priority, not yet scheduled this step
+                if victim is None:
+                    break
+                self._preempt(victim, out)
+            if not self.bm.allocate(seq, n):
+                self._preempt(seq, out)  # not even room for itself: it waits for memory
+                continue
+            out.chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n))
+            budget -= n
+            i += 1
+
+        while budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting.peek(now)
+            if seq is None:
+                break
+            cached = self.bm.find_cached_prefix(seq)
+            computed = seq.num_computed_tokens + len(cached) * self.bm.block_size
+            n = min(len(seq) - computed, budget)
+            while not self.bm.can_allocate(seq, n, cached):
+                victim = self._idle_holder(exclude=seq)
+                if victim is None and self.running:
+                    # A more urgent request takes the memory of the least urgent running one. Both sides
+                    # use effective (aged) priority, so each preemption strictly improves the batch and
+                    # two requests can never evict each other back and forth.
+                    urgency = self.waiting.effective_priority
+                    lowest = max(self.running, key=lambda s: (urgency(s, now), s.arrival))
+                    if urgency(lowest, now) > urgency(seq, now):
+                        victim = lowest
+                if victim is None:
+                    break
+                budget += self._preempt(victim, out)
+            if not self.bm.allocate(seq, n, cached):
+                break  # head of line waits for memory; lower priorities must not jump it
+            self.waiting.remove(seq)
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            out.chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n))
+            budget -= n
+        return out
+
+    def _idle_holder(self, exclude: Sequence) -> Sequence | None:
+        """A sequence holding KV blocks without using them this step: paused, or resumed and waiting."""
+        for seq in self.paused:
+            if seq.block_table:
+                return seq
+        for seq in self.waiting:
+            if seq.block_table and seq is not exclude:
+                return seq
+        return None
+
+    def _preempt(self, seq: Sequence, out: SchedulerOutput) -> int:
+        """Free seq's blocks (recompute later); returns the token budget its dropped chunk held."""
+        returned = 0
+        for chunk in out.chunks:
+            if chunk.seq is seq:
+                out.chunks.remove(chunk)
+                returned = chunk.num_tokens
+                break
+        self.bm.free_sequence(seq)
+        self.num_preemptions += 1
+        out.preempted.append(seq)
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+            self.add(seq)
+        return returned
