@@ -60,9 +60,7 @@ def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast
         show_progress=False,
     )
     tok.train_from_iterator(docs, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=EOS, unk_token=None
-    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=EOS, unk_token=None)
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -121,8 +119,11 @@ def main() -> None:
     tokenizer = train_tokenizer(docs, args.vocab)
     train_ids = encode_corpus(tokenizer, docs[n_val:])
     val_ids = encode_corpus(tokenizer, docs[:n_val])
-    print(f"{len(docs)} chapters, {len(train_ids)} train / {len(val_ids)} val tokens, "
-          f"tokenizer in {time.time() - t0:.1f}s", flush=True)
+    print(
+        f"{len(docs)} chapters, {len(train_ids)} train / {len(val_ids)} val tokens, "
+        f"tokenizer in {time.time() - t0:.1f}s",
+        flush=True,
+    )
 
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -147,7 +148,8 @@ def main() -> None:
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optim = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, betas=(0.9, 0.95),
+        lr=args.lr,
+        betas=(0.9, 0.95),
     )
     gen = torch.Generator().manual_seed(args.seed)
     budget = args.minutes * 60
@@ -174,13 +176,18 @@ def main() -> None:
         loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
         if step % 50 == 0:
             tps = step * args.batch * args.seq / (time.time() - start)
-            print(f"step {step} loss {loss_ema:.3f} lr {lr:.2e} {tps:.0f} tok/s "
-                  f"{(time.time() - start) / 60:.1f} min", flush=True)
+            print(
+                f"step {step} loss {loss_ema:.3f} lr {lr:.2e} {tps:.0f} tok/s {(time.time() - start) / 60:.1f} min",
+                flush=True,
+            )
 
     train_minutes = (time.time() - start) / 60
     val_loss = evaluate(model, val_ids, args.seq)
-    print(f"done: {step} steps in {train_minutes:.1f} min, train loss {loss_ema:.3f}, "
-          f"val loss {val_loss:.3f} (ppl {math.exp(val_loss):.1f})", flush=True)
+    print(
+        f"done: {step} steps in {train_minutes:.1f} min, train loss {loss_ema:.3f}, "
+        f"val loss {val_loss:.3f} (ppl {math.exp(val_loss):.1f})",
+        flush=True,
+    )
 
     model.eval()
     prompt = "And God said"
