@@ -10,8 +10,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-app = typer.Typer(help="Seedance: a streaming LLM inference server.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Seedance: a streaming LLM inference server.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 bench_app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 console = Console(stderr=True)
@@ -19,6 +20,35 @@ console = Console(stderr=True)
 ModelOpt = Annotated[str | None, typer.Option("--model", help="local HF model directory (default: built-in)")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda[:N]")]
 DtypeOpt = Annotated[str, typer.Option(help="float32, bfloat16 or float16")]
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address (env SEEDANCE_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port; 0 picks a free one (env SEEDANCE_PORT)")] = None,
+    model: ModelOpt = None,
+    config: Annotated[str | None, typer.Option("--config", help="TOML config file")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda[:N]")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16")] = None,
+    model_name: Annotated[str | None, typer.Option(help="model id reported to clients")] = None,
+    keepalive: Annotated[str | None, typer.Option(help="TCP keepalive: conservative, aggressive, off")] = None,
+    log_level: str = "info",
+) -> None:
+    """Start the server (WebSocket /v1/stream, OpenAI-compatible SSE, HTTP polling)."""
+    import logging
+
+    from seedance.server.app import serve as run_server
+    from seedance.server.config import ServerConfig
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = ServerConfig.load(config, host=host, port=port, model=model, device=device, dtype=dtype,
+                            model_name=model_name, keepalive=keepalive)
+    try:
+        import uvloop
+
+        uvloop.run(run_server(cfg))
+    except ImportError:
+        asyncio.run(run_server(cfg))
 
 
 @app.command()
@@ -43,8 +73,14 @@ def generate(
         t0 = time.perf_counter()
         engine = await AsyncEngine.create(EngineConfig(model=model, device=device, dtype=dtype))
         loaded = time.perf_counter()
-        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                                seed=seed, stop=stop or [])
+        params = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            stop=stop or [],
+        )
         sys.stdout.write(prompt)
         first = None
         count = 0
@@ -62,8 +98,10 @@ def generate(
         end = time.perf_counter()
         sys.stdout.write("\n")
         decode = (end - first) / max(1, count - 1) if first else 0.0
-        console.print(f"[dim]{count} tokens, finish={reason}, load {loaded - t0:.2f}s, "
-                      f"TTFT {(first or end) - loaded:.3f}s, {1 / decode if decode else 0:.0f} tok/s[/dim]")
+        console.print(
+            f"[dim]{count} tokens, finish={reason}, load {loaded - t0:.2f}s, "
+            f"TTFT {(first or end) - loaded:.3f}s, {1 / decode if decode else 0:.0f} tok/s[/dim]"
+        )
 
     asyncio.run(run())
 

@@ -52,6 +52,14 @@ class RequestStream:
         self.num_prompt_tokens = num_prompt_tokens
         self.queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
         self.finished = False
+        # Called after each delivery; a transport points it at its connection's wake-up event so one
+        # writer serves all the connection's streams.
+        self.listener: Callable[[], None] | None = None
+
+    def _deliver(self, event: TokenEvent) -> None:
+        self.queue.put_nowait(event)
+        if self.listener is not None:
+            self.listener()
 
     def __aiter__(self) -> AsyncIterator[TokenEvent]:
         return self._iterate()
@@ -174,7 +182,7 @@ class AsyncEngine:
             event = self.engine.abort(request_id)
             if event is None:  # cancelled before it was added
                 event = TokenEvent(request_id, 0, -1, "", finish_reason=FinishReason.CANCELLED)
-            stream.queue.put_nowait(event)
+            stream._deliver(event)
 
         self._command(abort)
 
@@ -185,8 +193,7 @@ class AsyncEngine:
         self._command(lambda: request_id in self.engine.requests and self.engine.resume(request_id))
 
     def set_priority(self, request_id: str, priority: int) -> None:
-        self._command(lambda: request_id in self.engine.requests
-                      and self.engine.set_priority(request_id, priority))
+        self._command(lambda: request_id in self.engine.requests and self.engine.set_priority(request_id, priority))
 
     def stats(self) -> EngineStats:
         return self.engine.stats()
@@ -232,7 +239,7 @@ class AsyncEngine:
                 stream = self._streams.get(event.request_id)
                 if stream is None:
                     continue
-                stream.queue.put_nowait(event)
+                stream._deliver(event)
                 if event.finished:
                     del self._streams[event.request_id]
             if not events:

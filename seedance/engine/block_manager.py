@@ -86,8 +86,11 @@ class BlockManager:
         return found
 
     def can_allocate(self, seq: Sequence, num_new_tokens: int, cached_prefix: list[int] = ()) -> bool:
-        need = self.blocks_needed(seq.num_computed_tokens + len(cached_prefix) * self.block_size
-                                  + num_new_tokens) - len(seq.block_table) - len(cached_prefix)
+        need = (
+            self.blocks_needed(seq.num_computed_tokens + len(cached_prefix) * self.block_size + num_new_tokens)
+            - len(seq.block_table)
+            - len(cached_prefix)
+        )
         revived = sum(1 for b in cached_prefix if self.blocks[b].ref_count == 0)
         return need <= self.num_free_blocks - revived
 

@@ -36,15 +36,17 @@ class EngineStats:
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig, runner: ModelRunner, tokenizer: TextTokenizer | None,
-                 max_model_len: int) -> None:
+    def __init__(
+        self, config: EngineConfig, runner: ModelRunner, tokenizer: TextTokenizer | None, max_model_len: int
+    ) -> None:
         self.config = config
         self.runner = runner
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
         self.block_manager = BlockManager(runner.num_kv_blocks, config.block_size, config.enable_prefix_caching)
-        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
-                                   config.aging_interval_s)
+        self.scheduler = Scheduler(
+            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, config.aging_interval_s
+        )
         self.requests: dict[str, RequestOutputState] = {}
         self.eos_token_ids = tokenizer.eos_token_ids if tokenizer else frozenset()
         self.steps = 0
@@ -64,8 +66,9 @@ class LLMEngine:
         return cls(config, TorchModelRunner(loaded, config), loaded.tokenizer, loaded.max_model_len)
 
     # ---- admission --------------------------------------------------------------------------------
-    def check_admission(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                        pending: int = 0) -> None:
+    def check_admission(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, pending: int = 0
+    ) -> None:
         """Raise InvalidRequest / EngineOverloaded now rather than let a request grow memory later."""
         params.validate()
         if request_id in self.requests:
@@ -75,8 +78,9 @@ class LLMEngine:
         if params.max_tokens > self.config.max_tokens_limit:
             raise InvalidRequest(f"max_tokens {params.max_tokens} exceeds the limit {self.config.max_tokens_limit}")
         if len(prompt_token_ids) >= self.max_model_len:
-            raise InvalidRequest(f"prompt has {len(prompt_token_ids)} tokens; the model's context is "
-                                 f"{self.max_model_len}")
+            raise InvalidRequest(
+                f"prompt has {len(prompt_token_ids)} tokens; the model's context is {self.max_model_len}"
+            )
         vocab = self.tokenizer.vocab_size if self.tokenizer else None
         if vocab is not None and (min(prompt_token_ids) < 0 or max(prompt_token_ids) >= vocab):
             raise InvalidRequest("prompt token id out of the vocabulary")
@@ -85,13 +89,25 @@ class LLMEngine:
         if len(self.scheduler.waiting) + pending >= self.config.max_waiting:
             raise EngineOverloaded(f"waiting queue is full ({self.config.max_waiting} requests); retry later")
 
-    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                    priority: int = 0, arrival_time: float | None = None) -> None:
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        priority: int = 0,
+        arrival_time: float | None = None,
+    ) -> None:
         self.check_admission(request_id, prompt_token_ids, params)
-        seq = Sequence(request_id, prompt_token_ids, params, priority,
-                       time.monotonic() if arrival_time is None else arrival_time)
+        seq = Sequence(
+            request_id,
+            prompt_token_ids,
+            params,
+            priority,
+            time.monotonic() if arrival_time is None else arrival_time,
+        )
         self.requests[request_id] = RequestOutputState(
-            seq, self.tokenizer.backend if self.tokenizer else None, self.eos_token_ids, self.max_model_len)
+            seq, self.tokenizer.backend if self.tokenizer else None, self.eos_token_ids, self.max_model_len
+        )
         self.scheduler.add(seq)
 
     def _seq(self, request_id: str) -> Sequence:
@@ -109,8 +125,15 @@ class LLMEngine:
         seq = state.seq
         self.scheduler.finish(seq, reason)
         self.runner.forget(request_id)
-        return TokenEvent(request_id, seq.num_output_tokens, -1, "", finish_reason=reason,
-                          num_prompt_tokens=seq.num_prompt_tokens, num_cached_tokens=seq.num_cached_tokens)
+        return TokenEvent(
+            request_id,
+            seq.num_output_tokens,
+            -1,
+            "",
+            finish_reason=reason,
+            num_prompt_tokens=seq.num_prompt_tokens,
+            num_cached_tokens=seq.num_cached_tokens,
+        )
 
     def pause(self, request_id: str) -> None:
         self.scheduler.pause(self._seq(request_id))
@@ -156,6 +179,15 @@ class LLMEngine:
 
     def stats(self) -> EngineStats:
         bm, sch = self.block_manager, self.scheduler
-        return EngineStats(len(sch.waiting), len(sch.running), len(sch.paused), bm.num_free_blocks,
-                           bm.num_blocks, bm.stats.query_tokens, bm.stats.hit_tokens, sch.num_preemptions,
-                           self.steps, self.generated_tokens)
+        return EngineStats(
+            len(sch.waiting),
+            len(sch.running),
+            len(sch.paused),
+            bm.num_free_blocks,
+            bm.num_blocks,
+            bm.stats.query_tokens,
+            bm.stats.hit_tokens,
+            sch.num_preemptions,
+            self.steps,
+            self.generated_tokens,
+        )

@@ -52,11 +52,14 @@ class TorchModelRunner:
         element = torch.empty((), dtype=self.dtype).element_size()
         self.kv_bytes_per_token = 2 * mc.num_hidden_layers * num_kv_heads * head_dim * element
         self.num_kv_blocks = config.num_kv_blocks or max(
-            1, config.kv_cache_bytes // (self.kv_bytes_per_token * self.block_size))
+            1, config.kv_cache_bytes // (self.kv_bytes_per_token * self.block_size)
+        )
         slots = self.num_kv_blocks * self.block_size
         self.kv_caches = [
-            (torch.zeros(slots, num_kv_heads, head_dim, dtype=self.dtype, device=self.device),
-             torch.zeros(slots, num_kv_heads, head_dim, dtype=self.dtype, device=self.device))
+            (
+                torch.zeros(slots, num_kv_heads, head_dim, dtype=self.dtype, device=self.device),
+                torch.zeros(slots, num_kv_heads, head_dim, dtype=self.dtype, device=self.device),
+            )
             for _ in range(mc.num_hidden_layers)
         ]
         self.sampler = Sampler(config.seed, self.device)

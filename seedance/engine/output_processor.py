@@ -20,15 +20,14 @@ class SampledToken:
 
 
 class RequestOutputState:
-    def __init__(self, seq: Sequence, tokenizer: Tokenizer | None, eos_token_ids: frozenset[int],
-                 max_model_len: int) -> None:
+    def __init__(
+        self, seq: Sequence, tokenizer: Tokenizer | None, eos_token_ids: frozenset[int], max_model_len: int
+    ) -> None:
         self.seq = seq
         params = seq.params
         self.detokenizer = IncrementalDetokenizer(tokenizer, seq.token_ids) if tokenizer else None
         self.stop_matcher = StopStringMatcher(params.stop)
-        self.stop_token_ids = frozenset(params.stop_token_ids) | (
-            frozenset() if params.ignore_eos else eos_token_ids
-        )
+        self.stop_token_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else eos_token_ids)
         self.max_model_len = max_model_len
 
     def process(self, sampled: SampledToken) -> TokenEvent:

@@ -30,16 +30,16 @@ class Sampler:
         return gen
 
     @torch.inference_mode()
-    def __call__(self, logits: torch.Tensor, request_ids: list[str], params: list[SamplingParams]
-                 ) -> list[SampledToken]:
+    def __call__(
+        self, logits: torch.Tensor, request_ids: list[str], params: list[SamplingParams]
+    ) -> list[SampledToken]:
         logits = logits.float()
-        n, vocab = logits.shape
+        _n, vocab = logits.shape
         greedy = [p.greedy for p in params]
         if all(greedy):
             tokens = logits.argmax(dim=-1)
         else:
-            temps = torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in params],
-                                 device=logits.device)
+            temps = torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in params], device=logits.device)
             scaled = logits / temps[:, None]
             top_ks = [p.top_k if 0 < p.top_k < vocab else 0 for p in params]
             if any(top_ks):
@@ -64,13 +64,12 @@ class Sampler:
             rows = torch.arange(len(wants), device=logits.device)
             chosen = logprobs[rows, tokens[wants]].tolist()
             max_top = max(params[i].logprobs for i in wants)
-            top_vals, top_ids = (logprobs.topk(max_top, dim=-1) if max_top else (None, None))
+            top_vals, top_ids = logprobs.topk(max_top, dim=-1) if max_top else (None, None)
             for j, i in enumerate(wants):
                 out[i].logprob = chosen[j]
                 k = params[i].logprobs
                 if k:
-                    out[i].top_logprobs = tuple(zip(top_ids[j, :k].tolist(), top_vals[j, :k].tolist(),
-                                                    strict=True))
+                    out[i].top_logprobs = tuple(zip(top_ids[j, :k].tolist(), top_vals[j, :k].tolist(), strict=True))
         return out
 
 

@@ -21,8 +21,8 @@ class Sequence:
     """Plain data the scheduler and block manager reason about; no tensors here."""
 
     __slots__ = (
-        "arrival",
         "admitted_once",
+        "arrival",
         "arrival_time",
         "block_hashes",
         "block_table",

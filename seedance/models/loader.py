@@ -34,8 +34,10 @@ class LoadedModel:
 def resolve_model_dir(model: str | os.PathLike | None) -> Path:
     path = BUILTIN_MODEL_DIR if model in (None, "", "builtin", "tiny") else Path(model).expanduser()
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a model directory (no config.json); "
-                                "pass a local Hugging Face model directory or omit --model for the built-in one")
+        raise FileNotFoundError(
+            f"{path} is not a model directory (no config.json); "
+            "pass a local Hugging Face model directory or omit --model for the built-in one"
+        )
     return path
 
 
@@ -55,8 +57,12 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     return weights
 
 
-def load_model(model: str | os.PathLike | None = None, device: str = "cpu", dtype: str = "float32",
-               max_model_len: int | None = None) -> LoadedModel:
+def load_model(
+    model: str | os.PathLike | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    max_model_len: int | None = None,
+) -> LoadedModel:
     path = resolve_model_dir(model)
     config = load_config(path)
     limit = int(getattr(config, "max_position_embeddings", 2048))
@@ -72,8 +78,11 @@ def load_model(model: str | os.PathLike | None = None, device: str = "cpu", dtyp
     net.load_hf_weights(read_safetensors(path))
     net = net.to(device=device, dtype=torch_dtype).eval()
     net.rope_cos, net.rope_sin = net.rope_cos.float(), net.rope_sin.float()
-    tokenizer = TextTokenizer.from_dir(path) if (path / "tokenizer.json").is_file() or (
-        path / "tokenizer_config.json").is_file() else None
+    tokenizer = (
+        TextTokenizer.from_dir(path)
+        if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()
+        else None
+    )
     return LoadedModel(path, config, net, tokenizer, max_len)
 
 

@@ -49,8 +49,7 @@ def paged_attention(
         kd = k_cache[meta.decode_slots].transpose(1, 2)  # [B, Hkv, L, D]
         vd = v_cache[meta.decode_slots].transpose(1, 2)
         qd = q[:nd].unsqueeze(2)  # [B, H, 1, D]
-        od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=scale,
-                                            enable_gqa=gqa)
+        od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=scale, enable_gqa=gqa)
         out[:nd] = od.squeeze(2)
     for chunk in meta.prefills:
         s, n = chunk.token_start, chunk.num_tokens

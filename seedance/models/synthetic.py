@@ -51,5 +51,6 @@ class SyntheticRateRunner:
             time.sleep(self._next_step_at - now)
         self._next_step_at = max(now, self._next_step_at) + self.interval
         n = len(self.passage_ids)
-        return [(c, SampledToken(self.passage_ids[c.seq.num_output_tokens % n], logprob=0.0))
-                for c in chunks if c.samples]
+        return [
+            (c, SampledToken(self.passage_ids[c.seq.num_output_tokens % n], logprob=0.0)) for c in chunks if c.samples
+        ]

@@ -39,8 +39,7 @@ class TextTokenizer:
         if not self.hf.chat_template:
             text = "\n".join(m.get("content", "") for m in messages) + "\n"
             return self.encode(text)
-        return list(self.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                return_dict=False))
+        return list(self.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
 
     def decode(self, token_ids: list[int]) -> str:
         return self.backend.decode(token_ids, skip_special_tokens=True)

@@ -20,8 +20,15 @@ ATOL = 2e-4
 
 def save_random_model(tmp_path, family: str):
     torch.manual_seed(0)
-    common = dict(vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=3,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    common = dict(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
     if family == "llama":
         config = transformers.LlamaConfig(**common, tie_word_embeddings=False)
         model = transformers.LlamaForCausalLM(config)
@@ -115,7 +122,8 @@ def test_builtin_model_matches_transformers():
     hf = transformers.AutoModelForCausalLM.from_pretrained(BUILTIN_MODEL_DIR, dtype=torch.float32).eval()
     harness = PagedHarness(BUILTIN_MODEL_DIR, block_size=16)
     tokens = TextTokenizer.from_dir(BUILTIN_MODEL_DIR).encode(
-        "And God said, Let there be light: and there was light. And God saw the light, that it was good.")
+        "And God said, Let there be light: and there was light. And God saw the light, that it was good."
+    )
     expected = hf_logits(hf, tokens)
     seq = harness.new_seq(tokens, "x")
     got = [harness.run([(seq, len(tokens) - 3)])[0]]

@@ -1,0 +1,27 @@
+"""Latency statistics shared by the benchmarks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def summarize_ms(values: list[float]) -> dict[str, float]:
+    """mean / p50 / p99 of seconds, reported in milliseconds."""
+    if not values:
+        return {"mean": float("nan"), "p50": float("nan"), "p99": float("nan")}
+    arr = np.asarray(values) * 1000.0
+    return {
+        "mean": float(arr.mean()),
+        "p50": float(np.percentile(arr, 50)),
+        "p99": float(np.percentile(arr, 99)),
+    }
+
+
+def poisson_arrivals(n: int, rate: float, seed: int) -> list[float]:
+    """Arrival offsets (seconds) of n requests from a Poisson process of the given rate."""
+    gaps = np.random.default_rng(seed).exponential(1.0 / rate, size=n)
+    return np.cumsum(gaps).tolist()

@@ -1,0 +1,163 @@
+"""The aiohttp application: routes, engine lifecycle, graceful shutdown.
+
+The socket is listening before the model has loaded: /healthz answers at once, /readyz says 503 until
+the engine is up, and the transports refuse work with a clear "model is loading" until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from seedance.engine.async_engine import AsyncEngine
+from seedance.protocol import CloseCode
+from seedance.server import openai_api, polling
+from seedance.server.config import ServerConfig
+from seedance.server.ws import WsConnection, websocket_handler
+
+log = logging.getLogger("seedance.server")
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+@dataclass
+class ServerState:
+    config: ServerConfig
+    engine: AsyncEngine | None = None
+    jobs: polling.JobStore | None = None
+    websockets: set[WsConnection] = field(default_factory=set)
+    draining: bool = False
+    started_at: int = field(default_factory=lambda: int(time.time()))
+    load_error: str | None = None
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state: ServerState = request.app["state"]
+    if state.engine is None or state.draining:
+        reason = state.load_error or ("draining" if state.draining else "loading")
+        return web.json_response({"status": "not_ready", "reason": reason}, status=503)
+    return web.json_response({"status": "ready", "model": state.config.model_name})
+
+
+async def stats(request: web.Request) -> web.Response:
+    """Engine and transport counters as JSON (what an operator or a test checks)."""
+    state: ServerState = request.app["state"]
+    if state.engine is None:
+        raise web.HTTPServiceUnavailable(text='{"status": "loading"}', content_type="application/json")
+    body = dataclasses.asdict(state.engine.stats())
+    body.update(websockets=len(state.websockets), open_requests=state.engine.num_open_requests,
+                jobs=len(state.jobs.jobs) if state.jobs else 0)
+    return web.json_response(body)
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+async def _load_engine(app: web.Application) -> None:
+    state: ServerState = app["state"]
+    try:
+        engine = await AsyncEngine.create(state.config.engine)
+    except Exception as err:  # the server stays up and says why in /readyz
+        log.exception("model failed to load")
+        state.load_error = f"model failed to load: {err}"
+        return
+    state.engine = engine
+    state.jobs = polling.JobStore(engine, state.config.max_jobs, state.config.job_ttl_s)
+    log.info("model ready: %s", state.config.engine.model or "built-in")
+
+
+async def _reap_jobs(app: web.Application) -> None:
+    state: ServerState = app["state"]
+    while True:
+        await asyncio.sleep(min(10.0, state.config.job_ttl_s))
+        if state.jobs is not None:
+            state.jobs.expire(time.monotonic())
+
+
+async def _on_startup(app: web.Application) -> None:
+    state: ServerState = app["state"]
+    state.tasks.append(asyncio.create_task(_load_engine(app), name="load-engine"))
+    state.tasks.append(asyncio.create_task(_reap_jobs(app), name="reap-jobs"))
+
+
+async def drain(app: web.Application) -> None:
+    """Stop taking work, give in-flight streams the grace period, cancel the rest, close WebSockets 1001."""
+    state: ServerState = app["state"]
+    state.draining = True
+    deadline = time.monotonic() + state.config.shutdown_grace_s
+    while state.engine is not None and state.engine.num_open_requests and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if state.jobs is not None:
+        await state.jobs.close()
+    for conn in list(state.websockets):
+        await conn.close(CloseCode.GOING_AWAY, "server is shutting down")
+    if state.engine is not None:
+        await state.engine.close()
+
+
+async def _on_cleanup(app: web.Application) -> None:
+    state: ServerState = app["state"]
+    for task in state.tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+def build_app(config: ServerConfig) -> web.Application:
+    app = web.Application(client_max_size=config.max_message_bytes)
+    app["state"] = ServerState(config)
+    app.on_startup.append(_on_startup)
+    app.on_shutdown.append(drain)
+    app.on_cleanup.append(_on_cleanup)
+    app.add_routes([
+        web.get("/", index),
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+        web.get("/stats", stats),
+        web.get("/v1/stream", websocket_handler),
+        web.get("/v1/models", openai_api.models),
+        web.post("/v1/completions", openai_api.completions),
+        web.post("/v1/chat/completions", openai_api.chat_completions),
+        web.post("/v1/jobs", polling.create_job),
+        web.get("/v1/jobs/{job_id}", polling.get_job),
+        web.delete("/v1/jobs/{job_id}", polling.delete_job),
+    ])
+    app.router.add_static("/static", STATIC_DIR)
+    return app
+
+
+async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    app = build_app(config)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           shutdown_timeout=config.shutdown_grace_s + 5)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    port = runner.addresses[0][1] if runner.addresses else config.port
+    log.info("seedance listening on http://%s:%d (WebSocket ws://%s:%d/v1/stream)", config.host, port,
+             config.host, port)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()

@@ -1,0 +1,53 @@
+"""HTTP errors as JSON bodies in the OpenAI shape, {"error": {"message", "type", "param", "code"}}, so the
+openai SDK and plain HTTP clients both get a clear reason."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from seedance.engine.errors import EngineError, EngineOverloaded, InvalidRequest, RequestNotFound
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+          404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error", 429: "rate_limit_error",
+          503: "service_unavailable", 500: "server_error"}
+
+
+class HttpError(web.HTTPException):
+    """Raise from a handler; aiohttp sends it as the response."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        self.status_code = status
+        super().__init__(headers=headers, content_type="application/json",
+                         text=json.dumps(error_body(status, code, message, param)))
+
+
+def error_body(status: int, code: str, message: str, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": _TYPES.get(status, "error"), "param": param, "code": code}}
+
+
+def from_engine_error(err: EngineError) -> HttpError:
+    if isinstance(err, EngineOverloaded):
+        return HttpError(429, err.code, str(err), headers={"Retry-After": "1"})
+    if isinstance(err, RequestNotFound):
+        return HttpError(404, err.code, str(err))
+    if isinstance(err, InvalidRequest):
+        return HttpError(400, err.code, str(err))
+    return HttpError(500, err.code, str(err))
+
+
+async def read_json_object(request: web.Request, max_bytes: int) -> dict:
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise HttpError(413, "message_too_large", f"body larger than {max_bytes} bytes")
+    raw = await request.content.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise HttpError(413, "message_too_large", f"body larger than {max_bytes} bytes")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise HttpError(400, "invalid_json", f"body is not valid JSON: {err}") from None
+    if not isinstance(body, dict):
+        raise HttpError(400, "invalid_json", "body must be a JSON object")
+    return body

@@ -1,0 +1,49 @@
+"""Engine events -> protocol messages (JSON bytes) and MTF1 frame metadata."""
+
+from __future__ import annotations
+
+from seedance.engine.events import TokenEvent
+from seedance.protocol import Chunk, Done, Error, Pong, TokenLogprob, Usage, encode_server_message
+
+
+def _logprobs(events: list[TokenEvent]) -> list[TokenLogprob] | None:
+    if not events or events[0].logprob is None:
+        return None
+    return [TokenLogprob(token_id=e.token_id, logprob=e.logprob,
+                         top=list(e.top_logprobs) if e.top_logprobs else None) for e in events]
+
+
+def chunk_message(request_id: str, seq: int, events: list[TokenEvent]) -> bytes:
+    return encode_server_message(Chunk(id=request_id, seq=seq, text="".join(e.text_delta for e in events),
+                                       token_ids=[e.token_id for e in events], logprobs=_logprobs(events)))
+
+
+def usage_of(final: TokenEvent, completion_tokens: int) -> Usage:
+    return Usage(prompt_tokens=final.num_prompt_tokens, completion_tokens=completion_tokens,
+                 cached_tokens=final.num_cached_tokens)
+
+
+def done_message(request_id: str, final: TokenEvent, completion_tokens: int) -> bytes:
+    return encode_server_message(Done(id=request_id, finish_reason=str(final.finish_reason),
+                                      usage=usage_of(final, completion_tokens), stop_reason=final.stop_reason))
+
+
+def error_message(request_id: str | None, code: str, message: str) -> bytes:
+    return encode_server_message(Error(id=request_id, code=code, message=message))
+
+
+def pong_message(ts: float | None) -> bytes:
+    return encode_server_message(Pong(ts=ts))
+
+
+def frame_metadata(request_id: str, seq: int, events: list[TokenEvent], final: TokenEvent | None,
+                   completion_tokens: int) -> dict:
+    meta: dict = {"id": request_id, "seq": seq}
+    if events and events[0].top_logprobs:
+        meta["top_logprobs"] = [[list(pair) for pair in e.top_logprobs or ()] for e in events]
+    if final is not None:
+        usage = usage_of(final, completion_tokens)
+        meta.update(finish_reason=str(final.finish_reason), stop_reason=final.stop_reason,
+                    usage={"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                           "cached_tokens": usage.cached_tokens})
+    return meta

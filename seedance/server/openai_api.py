@@ -1,0 +1,306 @@
+"""OpenAI-compatible HTTP API: /v1/completions, /v1/chat/completions (SSE when stream=true), /v1/models.
+
+Field names, finish reasons, usage and logprobs follow the OpenAI API so the official `openai` SDK works
+unchanged. Each SSE event carries `id: <request id>:<seq>` so a client can resume with Last-Event-ID.
+A client that disconnects cancels its generation (the handler is cancelled and the stream's exit
+cancels the engine request).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from seedance.engine.async_engine import AsyncEngine, GenerateRequest
+from seedance.engine.errors import EngineError
+from seedance.engine.events import FinishReason, TokenEvent
+from seedance.engine.sampling_params import SamplingParams
+from seedance.server.http_errors import HttpError, from_engine_error, read_json_object
+
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@dataclass(slots=True)
+class ParsedRequest:
+    request: GenerateRequest
+    stream: bool
+    include_usage: bool
+    logprobs: int | None
+
+
+def _get(body: dict, name: str, kinds: tuple[type, ...], default: Any = None) -> Any:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) and bool not in kinds:
+        raise HttpError(400, "invalid_request", f"{name} must be {'/'.join(k.__name__ for k in kinds)}", name)
+    if not isinstance(value, kinds):
+        raise HttpError(400, "invalid_request", f"{name} must be {'/'.join(k.__name__ for k in kinds)}", name)
+    return value
+
+
+def _common_params(body: dict, max_tokens_default: int | None) -> SamplingParams:
+    for name in ("n", "best_of"):
+        if _get(body, name, (int,), 1) != 1:
+            raise HttpError(400, "unsupported", f"{name} > 1 is not supported", name)
+    for name in ("presence_penalty", "frequency_penalty"):
+        if _get(body, name, (int, float), 0) != 0:
+            raise HttpError(400, "unsupported", f"{name} is not supported", name)
+    stop = body.get("stop")
+    if stop is None:
+        stops: list[str] = []
+    elif isinstance(stop, str):
+        stops = [stop]
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        stops = stop
+    else:
+        raise HttpError(400, "invalid_request", "stop must be a string or a list of strings", "stop")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is None:
+        max_tokens = max_tokens_default
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+        raise HttpError(400, "invalid_request", "max_tokens must be an integer", "max_tokens")
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=float(_get(body, "temperature", (int, float), 1.0)),
+        top_p=float(_get(body, "top_p", (int, float), 1.0)),
+        top_k=int(_get(body, "top_k", (int,), 0)),
+        seed=_get(body, "seed", (int,)),
+        stop=stops,
+        stop_token_ids=list(_get(body, "stop_token_ids", (list,), [])),
+        ignore_eos=bool(_get(body, "ignore_eos", (bool,), False)),
+    )
+
+
+def parse_completion(body: dict) -> ParsedRequest:
+    if _get(body, "echo", (bool,), False):
+        raise HttpError(400, "unsupported", "echo is not supported", "echo")
+    if body.get("suffix"):
+        raise HttpError(400, "unsupported", "suffix is not supported", "suffix")
+    params = _common_params(body, 16)
+    logprobs = _get(body, "logprobs", (int,))
+    if logprobs is not None and not 0 <= logprobs <= 20:
+        raise HttpError(400, "invalid_request", "logprobs must be in [0, 20]", "logprobs")
+    params.logprobs = logprobs
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]  # a batch of one
+    if isinstance(prompt, str):
+        request = GenerateRequest(prompt=prompt, params=params)
+    elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        request = GenerateRequest(prompt_token_ids=prompt, params=params)
+    else:
+        raise HttpError(400, "invalid_request", "prompt must be a string or a list of token ids (one prompt)",
+                        "prompt")
+    request.priority = _get(body, "priority", (int,), 0)
+    return ParsedRequest(request, bool(_get(body, "stream", (bool,), False)), _include_usage(body), logprobs)
+
+
+def parse_chat(body: dict) -> ParsedRequest:
+    if body.get("tools") or body.get("functions"):
+        raise HttpError(400, "unsupported", "tool calling is not supported", "tools")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise HttpError(400, "invalid_request", "messages must be a non-empty list", "messages")
+    plain: list[dict[str, str]] = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise HttpError(400, "invalid_request", f"messages[{i}] needs a role", "messages")
+        content = m.get("content")
+        if isinstance(content, list):  # content parts: text only
+            texts = []
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise HttpError(400, "unsupported", "only text content parts are supported", "messages")
+                texts.append(part["text"])
+            content = "".join(texts)
+        if not isinstance(content, str):
+            raise HttpError(400, "invalid_request", f"messages[{i}].content must be a string", "messages")
+        plain.append({"role": m["role"], "content": content})
+    params = _common_params(body, 256)
+    top = _get(body, "top_logprobs", (int,))
+    if top is not None and not 0 <= top <= 20:
+        raise HttpError(400, "invalid_request", "top_logprobs must be in [0, 20]", "top_logprobs")
+    logprobs = (top or 0) if _get(body, "logprobs", (bool,), False) else None
+    params.logprobs = logprobs
+    request = GenerateRequest(messages=plain, params=params, priority=_get(body, "priority", (int,), 0))
+    return ParsedRequest(request, bool(_get(body, "stream", (bool,), False)), _include_usage(body), logprobs)
+
+
+def _include_usage(body: dict) -> bool:
+    options = body.get("stream_options") or {}
+    return bool(isinstance(options, dict) and options.get("include_usage"))
+
+
+class OpenAIFormatter:
+    """Builds completion / chat payloads from engine events."""
+
+    def __init__(self, chat: bool, model: str, request_id: str, tokenizer) -> None:
+        self.chat = chat
+        self.model = model
+        self.id = request_id
+        self.created = int(time.time())
+        self.tokenizer = tokenizer
+        self.text_offset = 0
+
+    def _token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id]) if self.tokenizer else ""
+
+    def logprobs(self, events: list[TokenEvent], k: int | None) -> dict | None:
+        events = [e for e in events if e.token_id >= 0]
+        if k is None or not events:
+            return None
+        if self.chat:
+            return {"content": [self._chat_logprob(e) for e in events]}
+        tokens = [self._token_text(e.token_id) for e in events]
+        offsets = []
+        for t in tokens:
+            offsets.append(self.text_offset)
+            self.text_offset += len(t)
+        return {
+            "tokens": tokens,
+            "token_logprobs": [e.logprob for e in events],
+            "top_logprobs": [{self._token_text(t): lp for t, lp in (e.top_logprobs or ())} for e in events]
+            if k else None,
+            "text_offset": offsets,
+        }
+
+    def _chat_logprob(self, e: TokenEvent) -> dict:
+        text = self._token_text(e.token_id)
+        return {"token": text, "logprob": e.logprob, "bytes": list(text.encode()),
+                "top_logprobs": [{"token": (s := self._token_text(t)), "logprob": lp, "bytes": list(s.encode())}
+                                 for t, lp in (e.top_logprobs or ())]}
+
+    def chunk(self, text: str, logprobs: dict | None, finish: str | None, first: bool) -> dict:
+        if self.chat:
+            delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {"content": text}
+            if finish is not None and not text and not first:
+                delta = {}
+            choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+            return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                    "choices": [choice]}
+        choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                "choices": [choice]}
+
+    def usage(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+
+    def usage_chunk(self, usage: dict) -> dict:
+        obj = "chat.completion.chunk" if self.chat else "text_completion"
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [],
+                "usage": usage}
+
+    def full(self, text: str, logprobs: dict | None, finish: str, usage: dict) -> dict:
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+                      "finish_reason": finish}
+            obj = "chat.completion"
+        else:
+            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
+            obj = "text_completion"
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [choice],
+                "usage": usage}
+
+
+def openai_finish_reason(reason: FinishReason | None) -> str:
+    return "length" if reason is FinishReason.LENGTH else "stop"
+
+
+def _merge_logprobs(acc: dict | None, part: dict | None) -> dict | None:
+    if part is None:
+        return acc
+    if acc is None:
+        return part
+    for key, value in part.items():
+        if isinstance(value, list):
+            acc[key] = (acc.get(key) or []) + value
+    return acc
+
+
+async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
+    state = request.app["state"]
+    engine: AsyncEngine | None = state.engine
+    if engine is None:
+        raise HttpError(503, "not_ready", "model is loading", headers={"Retry-After": "1"})
+    if state.draining:
+        raise HttpError(503, "shutting_down", "server is shutting down")
+    body = await read_json_object(request, state.config.max_message_bytes)
+    model = body.get("model")
+    if model is not None and model != state.config.model_name:
+        raise HttpError(404, "model_not_found", f"model {model!r} is not served here; see /v1/models", "model")
+    parsed = parse_chat(body) if chat else parse_completion(body)
+    prefix = "chatcmpl" if chat else "cmpl"
+    request_id = f"{prefix}-{uuid.uuid4().hex}"
+    parsed.request.request_id = request_id
+    try:
+        stream = engine.submit(parsed.request)
+    except EngineError as err:
+        raise from_engine_error(err) from None
+    fmt = OpenAIFormatter(chat, state.config.model_name, request_id, engine.tokenizer)
+
+    if not parsed.stream:
+        text, completion, logprobs, final = [], 0, None, None
+        async for event in stream:
+            text.append(event.text_delta)
+            completion += event.token_id >= 0
+            logprobs = _merge_logprobs(logprobs, fmt.logprobs([event], parsed.logprobs))
+            final = event
+        if final.finish_reason is FinishReason.ERROR:
+            raise HttpError(500, "internal", "generation failed")
+        usage = fmt.usage(stream.num_prompt_tokens, completion, final.num_cached_tokens)
+        return web.json_response(fmt.full("".join(text), logprobs, openai_finish_reason(final.finish_reason), usage))
+
+    response = web.StreamResponse(headers=SSE_HEADERS)
+    await response.prepare(request)
+    seq, completion, first = 0, 0, True
+    async for event in stream:
+        events = [event, *stream.drain()]  # everything this engine step produced, in one event and one write
+        final = events[-1] if events[-1].finished else None
+        text = "".join(e.text_delta for e in events)
+        completion += sum(e.token_id >= 0 for e in events)
+        out = b""
+        if final is not None and final.finish_reason is FinishReason.ERROR:
+            out += _sse(f"{request_id}:{seq}", {"error": {"message": "generation failed", "type": "server_error",
+                                                          "code": "internal"}})
+        elif text or final is not None or first:
+            finish = openai_finish_reason(final.finish_reason) if final is not None else None
+            out += _sse(f"{request_id}:{seq}", fmt.chunk(text, fmt.logprobs(events, parsed.logprobs), finish, first))
+            seq += 1
+            first = False
+        if final is not None:
+            if parsed.include_usage:
+                usage = fmt.usage(stream.num_prompt_tokens, completion, final.num_cached_tokens)
+                out += _sse(f"{request_id}:{seq}", fmt.usage_chunk(usage))
+            out += b"data: [DONE]\n\n"
+        if out:
+            await response.write(out)
+        if final is not None:
+            break
+    await response.write_eof()
+    return response
+
+
+def _sse(event_id: str, payload: dict) -> bytes:
+    return f"id: {event_id}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _handle(request, chat=False)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _handle(request, chat=True)
+
+
+async def models(request: web.Request) -> web.Response:
+    state = request.app["state"]
+    return web.json_response({"object": "list", "data": [
+        {"id": state.config.model_name, "object": "model", "created": state.started_at, "owned_by": "seedance"}]})

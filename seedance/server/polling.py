@@ -1,0 +1,180 @@
+"""HTTP polling transport, for legacy clients and for the transport comparison.
+
+POST /v1/jobs starts a generation and returns its id; GET /v1/jobs/{id}?after=SEQ&wait_ms=N returns the
+chunks after SEQ, waiting up to wait_ms for new ones (long polling); DELETE cancels. A job's chunk log is
+bounded by its max_tokens; finished jobs are kept for job_ttl_s so late readers get the end, then expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from seedance.engine.async_engine import AsyncEngine, RequestStream
+from seedance.engine.errors import EngineError
+from seedance.engine.events import FinishReason
+from seedance.protocol import ProtocolError, decode_client_message
+from seedance.server.http_errors import HttpError, from_engine_error, read_json_object
+from seedance.server.requests import generate_request_from
+
+
+@dataclass
+class Job:
+    id: str
+    stream: RequestStream
+    created: float
+    chunks: list[dict] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+    usage: dict | None = None
+    finished_at: float | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def view(self, after: int) -> dict:
+        return {
+            "id": self.id,
+            "status": "done" if self.done else "running",
+            "chunks": self.chunks[after + 1 :] if after >= -1 else self.chunks,
+            "next_seq": len(self.chunks) - 1,
+            "finish_reason": self.finish_reason,
+            "stop_reason": self.stop_reason,
+            "usage": self.usage,
+        }
+
+
+class JobStore:
+    def __init__(self, engine: AsyncEngine, max_jobs: int, ttl_s: float) -> None:
+        self.engine = engine
+        self.max_jobs = max_jobs
+        self.ttl_s = ttl_s
+        self.jobs: dict[str, Job] = {}
+
+    def create(self, stream: RequestStream, job_id: str) -> Job:
+        job = Job(job_id, stream, time.monotonic())
+        self.jobs[job_id] = job
+        job.task = asyncio.get_running_loop().create_task(self._consume(job))
+        return job
+
+    async def _consume(self, job: Job) -> None:
+        completion = 0
+        async for event in job.stream:
+            events = [event, *job.stream.drain()]
+            tokens = [e for e in events if e.token_id >= 0]
+            completion += len(tokens)
+            if tokens:
+                job.chunks.append({"seq": len(job.chunks), "text": "".join(e.text_delta for e in tokens),
+                                   "token_ids": [e.token_id for e in tokens]})
+            final = events[-1]
+            if final.finished:
+                job.finish_reason = str(final.finish_reason)
+                job.stop_reason = final.stop_reason
+                job.usage = {"prompt_tokens": job.stream.num_prompt_tokens, "completion_tokens": completion,
+                             "cached_tokens": final.num_cached_tokens}
+                job.finished_at = time.monotonic()
+            job.changed.set()
+            if final.finished:
+                return
+
+    def expire(self, now: float) -> int:
+        """Drop finished jobs older than the TTL; returns how many went."""
+        old = [j for j in self.jobs.values() if j.finished_at is not None and now - j.finished_at > self.ttl_s]
+        for job in old:
+            del self.jobs[job.id]
+        return len(old)
+
+    def cancel(self, job: Job) -> None:
+        self.engine.cancel(job.stream.request_id)
+
+    async def close(self) -> None:
+        for job in list(self.jobs.values()):
+            self.cancel(job)
+            if job.task:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(job.task, 5)
+
+
+def _store(request: web.Request) -> JobStore:
+    state = request.app["state"]
+    if state.jobs is None:
+        raise HttpError(503, "not_ready", "model is loading", headers={"Retry-After": "1"})
+    return state.jobs
+
+
+async def create_job(request: web.Request) -> web.Response:
+    state = request.app["state"]
+    store = _store(request)
+    if state.draining:
+        raise HttpError(503, "shutting_down", "server is shutting down")
+    body = await read_json_object(request, state.config.max_message_bytes)
+    body.setdefault("type", "generate")
+    body.setdefault("id", "job")
+    store.expire(time.monotonic())
+    if len(store.jobs) >= store.max_jobs:
+        raise HttpError(429, "overloaded", f"at most {store.max_jobs} jobs", headers={"Retry-After": "1"})
+    try:
+        import json
+
+        message = decode_client_message(json.dumps(body), max_size=state.config.max_message_bytes)
+        job_id = f"job-{uuid.uuid4().hex}"
+        stream = store.engine.submit(generate_request_from(message, request_id=job_id))
+    except ProtocolError as err:
+        raise HttpError(400, err.code, err.message) from None
+    except EngineError as err:
+        raise from_engine_error(err) from None
+    store.create(stream, job_id)
+    return web.json_response({"id": job_id, "status": "running"}, status=202,
+                             headers={"Location": f"/v1/jobs/{job_id}"})
+
+
+def _job(request: web.Request) -> Job:
+    job = _store(request).jobs.get(request.match_info["job_id"])
+    if job is None:
+        raise HttpError(404, "not_found", f"no job {request.match_info['job_id']!r} (finished jobs expire)")
+    return job
+
+
+def _int_query(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise HttpError(400, "invalid_request", f"{name} must be an integer", name) from None
+
+
+async def get_job(request: web.Request) -> web.Response:
+    job = _job(request)
+    after = _int_query(request, "after", -1)
+    wait_ms = min(max(0, _int_query(request, "wait_ms", 0)), request.app["state"].config.poll_max_wait_ms)
+    deadline = time.monotonic() + wait_ms / 1000
+    while len(job.chunks) - 1 <= after and not job.done:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        job.changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(job.changed.wait(), remaining)
+    return web.json_response(job.view(after))
+
+
+async def delete_job(request: web.Request) -> web.Response:
+    store = _store(request)
+    job = _job(request)
+    if not job.done:
+        store.cancel(job)
+        if job.task:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(job.task), 5)
+    return web.json_response({"id": job.id, "status": "cancelled" if job.finish_reason == FinishReason.CANCELLED
+                              else "done", "finish_reason": job.finish_reason})

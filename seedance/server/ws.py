@@ -1,0 +1,311 @@
+"""WebSocket transport (/v1/stream): a thin adapter between the sans-I/O protocol and the engine.
+
+One reader (client messages), one writer (all the connection's streams) and one heartbeat task per
+connection. The writer wakes when any of the connection's streams has events and sends everything that
+is ready as one WebSocket message: a JSON array when several requests produced tokens in the same engine
+step, concatenated MTF1 frames for binary requests. Flow control pauses requests in the engine (they stop
+costing compute and keep their KV) instead of buffering: per request by credit, per connection by the
+socket's send-buffer water marks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from dataclasses import dataclass
+
+from aiohttp import WSMsgType, web
+
+from seedance.engine.async_engine import AsyncEngine, RequestStream
+from seedance.engine.errors import EngineError
+from seedance.engine.events import TokenEvent
+from seedance.protocol import (
+    Cancel,
+    CloseCode,
+    Credit,
+    Generate,
+    Ping,
+    Priority,
+    ProtocolError,
+    decode_client_message,
+    encode_frame,
+    encode_server_message,
+)
+from seedance.protocol import errors as codes
+from seedance.server.config import ServerConfig
+from seedance.server.keepalive import apply_keepalive
+from seedance.server.messages import chunk_message, done_message, error_message, frame_metadata, pong_message
+from seedance.server.requests import generate_request_from
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ActiveRequest:
+    id: str
+    stream: RequestStream
+    binary: bool
+    credit: int | None  # None: no explicit flow control
+    next_seq: int = 0  # chunk counter
+    completion_tokens: int = 0
+    paused_for_credit: bool = False
+    cancelled: bool = False  # the client cancelled: its done goes out whatever the credit
+
+
+class WsConnection:
+    def __init__(self, ws: web.WebSocketResponse, engine: AsyncEngine, config: ServerConfig,
+                 registry: set[WsConnection]) -> None:
+        self.ws = ws
+        self.engine = engine
+        self.config = config
+        self.registry = registry
+        self.requests: dict[str, ActiveRequest] = {}
+        self.wake = asyncio.Event()
+        self.missed_pongs = 0
+        self.paused_for_backpressure = False
+        self.above_high_water_since: float | None = None
+        self.closing = False
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+    async def run(self) -> None:
+        writer = asyncio.create_task(self._writer(), name="ws-writer")
+        heartbeat = asyncio.create_task(self._heartbeat(), name="ws-heartbeat")
+        try:
+            await self._reader()
+        finally:
+            self.closing = True
+            for task in (writer, heartbeat):
+                task.cancel()
+            for task in (writer, heartbeat):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            for active in self.requests.values():  # a closed connection cancels its requests
+                self.engine.cancel(active.stream.request_id)
+            self.requests.clear()
+
+    async def close(self, code: int, reason: str) -> None:
+        if not self.ws.closed:
+            log.info("closing websocket: %d %s", code, reason)
+            await self.ws.close(code=code, message=reason.encode())
+
+    # ---- reading ----------------------------------------------------------------------------------
+    async def _reader(self) -> None:
+        while True:
+            msg = await self.ws.receive()
+            if msg.type == WSMsgType.TEXT:
+                await self._on_text(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await self._send_now(error_message(None, codes.UNSUPPORTED,
+                                                   "client messages are JSON text frames"))
+            elif msg.type == WSMsgType.PING:
+                await self.ws.pong(msg.data)
+            elif msg.type == WSMsgType.PONG:
+                self.missed_pongs = 0
+            elif msg.type == WSMsgType.ERROR:
+                err = self.ws.exception()
+                log.info("websocket error: %s", err)
+                return
+            else:  # CLOSE, CLOSING, CLOSED
+                return
+
+    async def _on_text(self, data: str) -> None:
+        try:
+            message = decode_client_message(data, max_size=self.config.max_message_bytes)
+        except ProtocolError as err:
+            await self._send_now(error_message(err.request_id, err.code, err.message))
+            return
+        if isinstance(message, Generate):
+            await self._on_generate(message)
+        elif isinstance(message, Cancel):
+            active = self.requests.get(message.id)
+            if active is None:
+                await self._send_now(error_message(message.id, codes.UNKNOWN_ID, f"no active request {message.id!r}"))
+            else:
+                active.cancelled = True
+                self.engine.cancel(active.stream.request_id)  # the stream ends with done{cancelled}
+        elif isinstance(message, Credit):
+            active = self.requests.get(message.id)
+            if active is None:
+                await self._send_now(error_message(message.id, codes.UNKNOWN_ID, f"no active request {message.id!r}"))
+            else:
+                active.credit = (active.credit or 0) + message.n
+                self.wake.set()
+        elif isinstance(message, Priority):
+            if message.id not in self.requests:
+                await self._send_now(error_message(message.id, codes.UNKNOWN_ID, f"no active request {message.id!r}"))
+            else:
+                self.engine.set_priority(self.requests[message.id].stream.request_id, message.priority)
+        elif isinstance(message, Ping):
+            await self._send_now(pong_message(message.ts))
+
+    async def _on_generate(self, msg: Generate) -> None:
+        if msg.id in self.requests:
+            await self._send_now(error_message(msg.id, codes.DUPLICATE_ID, f"request id {msg.id!r} is already active"))
+            return
+        if len(self.requests) >= self.config.max_requests_per_connection:
+            await self._send_now(error_message(
+                msg.id, codes.TOO_MANY_REQUESTS,
+                f"at most {self.config.max_requests_per_connection} concurrent requests per connection"))
+            return
+        try:
+            stream = self.engine.submit(generate_request_from(msg, request_id=self._engine_id(msg.id)))
+        except ProtocolError as err:
+            await self._send_now(error_message(msg.id, err.code, err.message))
+            return
+        except EngineError as err:
+            await self._send_now(error_message(msg.id, err.code, str(err)))
+            return
+        stream.listener = self.wake.set
+        self.requests[msg.id] = ActiveRequest(msg.id, stream, msg.binary, msg.credit)
+        if msg.credit == 0:
+            self._pause_for_credit(self.requests[msg.id])
+
+    def _engine_id(self, client_id: str) -> str:
+        # Client ids are per connection; the engine needs globally unique ones.
+        return f"ws{id(self):x}:{client_id}"
+
+    # ---- writing ----------------------------------------------------------------------------------
+    async def _writer(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            if await self._apply_backpressure():
+                continue
+            texts: list[bytes] = []
+            frames: list[bytes] = []
+            for active in list(self.requests.values()):
+                self._collect(active, texts, frames)
+            if texts:
+                body = texts[0] if len(texts) == 1 else b"[" + b",".join(texts) + b"]"
+                await self.ws.send_str(body.decode())
+            if frames:
+                await self.ws.send_bytes(b"".join(frames))
+
+    def _collect(self, active: ActiveRequest, texts: list[bytes], frames: list[bytes]) -> None:
+        """Turn the request's ready events into one chunk (and its done), respecting credit."""
+        if active.credit is not None and active.credit <= 0 and not active.cancelled:
+            if not active.stream.queue.empty():
+                self._pause_for_credit(active)
+            return
+        events = active.stream.drain()
+        if active.cancelled:  # unsent tokens of a cancelled request are dropped
+            events = [e for e in events if e.finished]
+        if not events:
+            return
+        token_events = [e for e in events if e.token_id >= 0]
+        final = events[-1] if events[-1].finished else None
+        active.completion_tokens += len(token_events)
+        if token_events or (final is not None and active.binary):
+            seq = active.next_seq
+            active.next_seq += 1
+            if active.credit is not None:
+                active.credit -= 1
+            if active.binary:
+                frames.append(self._frame(active, seq, token_events, final))
+            else:
+                texts.append(chunk_message(active.id, seq, token_events))
+        if final is not None:
+            if not active.binary:
+                texts.append(done_message(active.id, final, active.completion_tokens))
+            del self.requests[active.id]
+        elif active.credit is not None and active.credit <= 0:
+            self._pause_for_credit(active)
+
+    def _frame(self, active: ActiveRequest, seq: int, events: list[TokenEvent], final: TokenEvent | None) -> bytes:
+        has_logprobs = bool(events) and events[0].logprob is not None
+        return encode_frame(
+            [e.token_id for e in events],
+            "".join(e.text_delta for e in events),
+            frame_metadata(active.id, seq, events, final, active.completion_tokens),
+            logprobs=[e.logprob for e in events] if has_logprobs else None,
+            is_partial=final is None,
+        )
+
+    def _pause_for_credit(self, active: ActiveRequest) -> None:
+        if not active.paused_for_credit:
+            active.paused_for_credit = True
+            self.engine.pause(active.stream.request_id)
+
+    async def _apply_backpressure(self) -> bool:
+        """Water marks on the socket's unsent bytes, for requests without explicit credit. Returns True
+        when the writer must not write now."""
+        transport = self.ws._req.transport if self.ws._req is not None else None  # noqa: SLF001
+        buffered = transport.get_write_buffer_size() if transport is not None else 0
+        # Credit grants may resume requests paused for credit.
+        for active in self.requests.values():
+            if active.paused_for_credit and (active.credit or 0) > 0:
+                active.paused_for_credit = False
+                if not self.paused_for_backpressure:
+                    self.engine.resume(active.stream.request_id)
+        if buffered > self.config.send_high_water_bytes:
+            now = time.monotonic()
+            if not self.paused_for_backpressure:
+                self.paused_for_backpressure = True
+                self.above_high_water_since = now
+                for active in self.requests.values():
+                    if active.credit is None:
+                        self.engine.pause(active.stream.request_id)
+            elif now - self.above_high_water_since > self.config.slow_consumer_timeout_s:
+                await self.close(CloseCode.SLOW_CONSUMER, "slow consumer: send buffer above high water too long")
+                return True
+            asyncio.get_running_loop().call_later(0.05, self.wake.set)  # re-check soon
+            return True
+        if self.paused_for_backpressure and buffered <= self.config.send_low_water_bytes:
+            self.paused_for_backpressure = False
+            self.above_high_water_since = None
+            for active in self.requests.values():
+                if not active.paused_for_credit:
+                    self.engine.resume(active.stream.request_id)
+        elif self.paused_for_backpressure:
+            asyncio.get_running_loop().call_later(0.05, self.wake.set)
+            return True
+        return False
+
+    async def _send_now(self, body: bytes) -> None:
+        if not self.ws.closed:
+            await self.ws.send_str(body.decode())
+
+    # ---- heartbeat --------------------------------------------------------------------------------
+    async def _heartbeat(self) -> None:
+        interval = self.config.heartbeat_interval_s
+        while not self.ws.closed:
+            await asyncio.sleep(interval)
+            if self.missed_pongs >= self.config.heartbeat_max_missed:
+                await self.close(CloseCode.HEARTBEAT_TIMEOUT, f"no pong to {self.missed_pongs} pings")
+                return
+            self.missed_pongs += 1
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.ws.ping()
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    state = request.app["state"]
+    config: ServerConfig = state.config
+    ws = web.WebSocketResponse(autoping=False, max_msg_size=config.max_message_bytes, compress=False)
+    await ws.prepare(request)
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport else None
+    apply_keepalive(sock, config.keepalive)
+    if sock is not None and config.socket_send_buffer_bytes:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.socket_send_buffer_bytes)
+    if state.engine is None:
+        await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"model is loading")
+        return ws
+    if state.draining:
+        await ws.close(code=CloseCode.GOING_AWAY, message=b"server is shutting down")
+        return ws
+    if len(state.websockets) >= config.max_connections:
+        await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"too many connections")
+        return ws
+    conn = WsConnection(ws, state.engine, config, state.websockets)
+    state.websockets.add(conn)
+    try:
+        await conn.run()
+    finally:
+        state.websockets.discard(conn)
+        if not ws.closed:
+            await ws.close()
+    return ws

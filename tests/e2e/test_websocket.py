@@ -1,0 +1,332 @@
+"""The WebSocket transport against the real server, driven by the `websockets` client."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import struct
+import time
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from seedance.protocol import CloseCode, decode_frame
+
+
+def messages_of(raw: str) -> list[dict]:
+    parsed = json.loads(raw)
+    return parsed if isinstance(parsed, list) else [parsed]
+
+
+async def run_requests(ws, requests: list[dict], timeout: float = 60) -> dict[str, dict]:
+    """Send the requests, collect every message per id until each is done (or errored)."""
+    results = {r["id"]: {"chunks": [], "done": None, "errors": []} for r in requests}
+    for r in requests:
+        await ws.send(json.dumps({"type": "generate", **r}))
+    pending = set(results)
+    async with asyncio.timeout(timeout):
+        while pending:
+            for m in messages_of(await ws.recv()):
+                slot = results[m["id"]]
+                if m["type"] == "chunk":
+                    slot["chunks"].append(m)
+                elif m["type"] == "done":
+                    slot["done"] = m
+                    pending.discard(m["id"])
+                elif m["type"] == "error":
+                    slot["errors"].append(m)
+                    pending.discard(m["id"])
+    return results
+
+
+def text_of(result: dict) -> str:
+    return "".join(c["text"] for c in result["chunks"])
+
+
+GREEDY = {"max_tokens": 24, "temperature": 0, "ignore_eos": True}
+
+
+async def test_many_requests_multiplexed_on_one_connection(server):
+    prompts = {"a": "And God said", "b": "In the beginning", "c": "Blessed are the meek"}
+    async with connect(server.ws) as ws:
+        together = await run_requests(ws, [{"id": k, "prompt": p, **GREEDY} for k, p in prompts.items()])
+    solo = {}
+    for k, p in prompts.items():
+        async with connect(server.ws) as ws:
+            solo[k] = (await run_requests(ws, [{"id": k, "prompt": p, **GREEDY}]))[k]
+    for k in prompts:
+        assert together[k]["done"]["finish_reason"] == "length"
+        assert together[k]["done"]["usage"]["completion_tokens"] == 24
+        assert [c["seq"] for c in together[k]["chunks"]] == list(range(len(together[k]["chunks"])))
+        assert text_of(together[k]) == text_of(solo[k]) and text_of(solo[k])
+        tokens = [t for c in together[k]["chunks"] for t in c["token_ids"]]
+        assert len(tokens) == 24
+
+
+async def test_tokens_of_one_step_share_one_message(server):
+    async with connect(server.ws) as ws:
+        for i in range(6):
+            await ws.send(json.dumps({"type": "generate", "id": f"r{i}", "prompt": "Amen", **GREEDY}))
+        sizes = []
+        done = 0
+        async with asyncio.timeout(60):
+            while done < 6:
+                batch = messages_of(await ws.recv())
+                sizes.append(len(batch))
+                done += sum(m["type"] == "done" for m in batch)
+    assert max(sizes) > 1  # chunks of several requests from one engine step arrived as one message
+
+
+async def test_cancel_mid_stream(server):
+    async with connect(server.ws) as ws:
+        await ws.send(json.dumps({"type": "generate", "id": "long", "prompt": "And", "max_tokens": 2000,
+                                  "ignore_eos": True}))
+        chunks = 0
+        async with asyncio.timeout(60):
+            while True:
+                for m in messages_of(await ws.recv()):
+                    if m["type"] == "chunk":
+                        chunks += 1
+                        if chunks == 3:
+                            await ws.send(json.dumps({"type": "cancel", "id": "long"}))
+                    elif m["type"] == "done":
+                        assert m["finish_reason"] == "cancelled"
+                        assert m["usage"]["completion_tokens"] < 100
+                        break
+                else:
+                    continue
+                break
+        # the connection is still good for more work
+        result = await run_requests(ws, [{"id": "after", "prompt": "Amen", "max_tokens": 3}])
+        assert result["after"]["done"] is not None
+    for _ in range(50):
+        if server.stats()["num_running"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert server.stats()["num_running"] == 0
+
+
+async def test_closing_the_connection_cancels_its_requests(server):
+    async with connect(server.ws) as ws:
+        await ws.send(json.dumps({"type": "generate", "id": "x", "prompt": "And", "max_tokens": 3000,
+                                  "ignore_eos": True}))
+        await ws.recv()
+    for _ in range(100):
+        stats = server.stats()
+        if stats["num_running"] == 0 and stats["open_requests"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert stats["num_running"] == 0 and stats["open_requests"] == 0
+
+
+async def test_application_ping_and_protocol_ping(server):
+    async with connect(server.ws) as ws:
+        await ws.send(json.dumps({"type": "ping", "ts": 12.5}))
+        assert messages_of(await ws.recv()) == [{"type": "pong", "ts": 12.5}]
+        pong_waiter = await ws.ping(b"hello")
+        latency = await asyncio.wait_for(pong_waiter, 5)  # the server answers WebSocket pings
+        assert latency >= 0
+
+
+@pytest.mark.parametrize(("raw", "code"), [
+    ("{not json", "invalid_json"),
+    ('{"type": "fly", "id": "a"}', "unknown_type"),
+    ('{"type": "generate", "prompt": "x"}', "invalid_message"),
+    ('{"type": "generate", "id": "a", "prompt": "x", "max_tokens": "lots"}', "invalid_message"),
+    ('{"type": "generate", "id": "a", "prompt": "x", "messages": [{"role": "user", "content": "y"}]}',
+     "invalid_message"),
+    ('{"type": "cancel", "id": "nobody"}', "unknown_id"),
+    ('{"type": "generate", "id": "a", "prompt": "", "max_tokens": 2}', "invalid_request"),
+    ('{"type": "generate", "id": "a", "prompt": "x", "max_tokens": 100000}', "invalid_request"),
+])
+async def test_bad_input_gets_an_error_and_the_connection_survives(server, raw, code):
+    async with connect(server.ws) as ws:
+        await ws.send(raw)
+        (error,) = messages_of(await ws.recv())
+        assert error["type"] == "error" and error["code"] == code and error["message"]
+        result = await run_requests(ws, [{"id": "ok", "prompt": "Amen", "max_tokens": 2}])
+        assert result["ok"]["done"]["finish_reason"] in ("length", "stop")
+
+
+async def test_duplicate_id_and_per_connection_limit(server):
+    async with connect(server.ws) as ws:
+        long = {"type": "generate", "prompt": "And", "max_tokens": 2000, "ignore_eos": True}
+        await ws.send(json.dumps({**long, "id": "dup"}))
+        await ws.send(json.dumps({**long, "id": "dup"}))
+        errors = []
+        async with asyncio.timeout(30):
+            while not errors:
+                errors = [m for m in messages_of(await ws.recv()) if m["type"] == "error"]
+        assert errors[0]["code"] == "duplicate_id" and errors[0]["id"] == "dup"
+        for i in range(7):  # the fixture's server allows 8 per connection
+            await ws.send(json.dumps({**long, "id": f"n{i}"}))
+        await ws.send(json.dumps({**long, "id": "one-too-many"}))
+        async with asyncio.timeout(30):
+            while True:
+                found = [m for m in messages_of(await ws.recv()) if m["type"] == "error"]
+                if found:
+                    assert found[0]["code"] == "too_many_requests" and found[0]["id"] == "one-too-many"
+                    break
+
+
+async def test_oversized_message_closes_with_1009(server_factory):
+    srv = server_factory(max_message_bytes=4096)
+    async with connect(srv.ws, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "generate", "id": "big", "prompt": "x" * 10000}))
+        with pytest.raises(ConnectionClosed) as info:
+            await asyncio.wait_for(ws.recv(), 10)
+        assert info.value.rcvd.code == CloseCode.MESSAGE_TOO_BIG
+
+
+async def test_binary_mtf1_frames_carry_the_same_stream(server):
+    request = {"id": "bin", "prompt": "And God said", "max_tokens": 20, "temperature": 0, "ignore_eos": True,
+               "logprobs": 2}
+    async with connect(server.ws) as ws:
+        json_text = text_of((await run_requests(ws, [dict(request, id="json")]))["json"])
+        await ws.send(json.dumps({"type": "generate", **request, "binary": True}))
+        frames = []
+        async with asyncio.timeout(60):
+            while not frames or frames[-1].is_partial:
+                raw = await ws.recv()
+                assert isinstance(raw, bytes)
+                view = memoryview(raw)
+                while view:  # one message may hold several frames back to back
+                    frame = decode_frame(view[: 16 + struct.unpack_from("<I", view, 8)[0]])
+                    frames.append(frame)
+                    view = view[16 + struct.unpack_from("<I", view, 8)[0]:]
+    assert "".join(f.text for f in frames) == json_text
+    assert sum(len(f.token_ids) for f in frames) == 20
+    assert all(f.logprobs is not None and len(f.logprobs) == len(f.token_ids) for f in frames if f.token_ids)
+    assert [f.metadata["seq"] for f in frames] == list(range(len(frames)))
+    final = frames[-1].metadata
+    assert final["finish_reason"] == "length" and final["usage"]["completion_tokens"] == 20
+
+
+async def test_binary_token_prompt(server):
+    tokens = [1063, 389, 392]
+    b64 = base64.b64encode(struct.pack("<3I", *tokens)).decode()
+    async with connect(server.ws) as ws:
+        result = await run_requests(ws, [{"id": "t", "prompt_b64": b64, "max_tokens": 3}])
+        assert result["t"]["done"]["usage"]["prompt_tokens"] == 3
+        await ws.send(json.dumps({"type": "generate", "id": "e", "prompt_b64": b64,
+                                  "prompt_format": "embedding_f32le"}))
+        (error,) = messages_of(await ws.recv())
+        assert error["code"] == "unsupported"
+
+
+async def test_credit_pauses_the_stream_until_granted(server):
+    async with connect(server.ws) as ws:
+        await ws.send(json.dumps({"type": "generate", "id": "c", "prompt": "And", "max_tokens": 40,
+                                  "temperature": 0, "ignore_eos": True, "credit": 2}))
+        chunks = []
+        async with asyncio.timeout(30):
+            while len(chunks) < 2:
+                chunks += [m for m in messages_of(await ws.recv()) if m["type"] == "chunk"]
+        with pytest.raises(TimeoutError):  # out of credit: nothing more arrives
+            await asyncio.wait_for(ws.recv(), 0.6)
+        stats = server.stats()
+        assert stats["num_paused"] >= 1  # paused in the engine, not buffered
+        await ws.send(json.dumps({"type": "credit", "id": "c", "n": 1000}))
+        async with asyncio.timeout(30):
+            done = None
+            while done is None:
+                for m in messages_of(await ws.recv()):
+                    if m["type"] == "chunk":
+                        chunks.append(m)
+                    elif m["type"] == "done":
+                        done = m
+        assert sum(len(c["token_ids"]) for c in chunks) == 40
+
+
+def raw_handshake(port: int, rcvbuf: int | None = None) -> socket.socket:
+    """A WebSocket client that never answers pings and reads only when told: a stalled peer."""
+    sock = socket.socket()
+    if rcvbuf:  # before connect, so the advertised window is small from the start
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(b"0123456789abcdef").decode()
+    sock.sendall((f"GET /v1/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert b" 101 " in head
+    return sock
+
+
+def send_masked_text(sock: socket.socket, text: str) -> None:
+    payload = text.encode()
+    mask = b"\x01\x02\x03\x04"
+    header = bytes([0x81, 0x80 | 126]) + struct.pack(">H", len(payload)) if len(payload) > 125 else \
+        bytes([0x81, 0x80 | len(payload)])
+    sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+
+def close_code_in(buf: bytes) -> int | None:
+    """Walk server frames (unmasked) in buf; the close frame's code if one is complete."""
+    i = 0
+    while i + 2 <= len(buf):
+        opcode, length = buf[i] & 0x0F, buf[i + 1] & 0x7F
+        i += 2
+        if length == 126:
+            length, i = struct.unpack(">H", buf[i : i + 2])[0], i + 2
+        elif length == 127:
+            length, i = struct.unpack(">Q", buf[i : i + 8])[0], i + 8
+        if i + length > len(buf):
+            return None
+        if opcode == 0x8:
+            return struct.unpack(">H", buf[i : i + 2])[0]
+        i += length
+    return None
+
+
+def read_until_close_code(sock: socket.socket, timeout: float) -> int | None:
+    """Read until a close frame arrives (its code) or the time is up (None)."""
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while (remaining := deadline - time.monotonic()) > 0:
+        sock.settimeout(remaining)
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            break
+        if not data:
+            break
+        buf += data
+        code = close_code_in(buf)
+        if code is not None:
+            return code
+    return close_code_in(buf)
+
+
+def test_heartbeat_closes_a_peer_that_misses_pongs(server_factory):
+    srv = server_factory(heartbeat_interval_s=0.3, heartbeat_max_missed=2)
+    sock = raw_handshake(srv.port)
+    start = time.monotonic()
+    code = read_until_close_code(sock, timeout=10)
+    elapsed = time.monotonic() - start
+    sock.close()
+    assert code == CloseCode.HEARTBEAT_TIMEOUT
+    assert 0.5 < elapsed < 5
+
+
+def test_slow_consumer_is_paused_then_dropped(server_factory):
+    srv = server_factory(synthetic_rate=2000, send_high_water_bytes=4096, send_low_water_bytes=1024,
+                         slow_consumer_timeout_s=1.0, heartbeat_interval_s=60,
+                         socket_send_buffer_bytes=4096)
+    sock = raw_handshake(srv.port, rcvbuf=4096)
+    send_masked_text(sock, json.dumps({"type": "generate", "id": "s", "prompt": "x", "max_tokens": 4000}))
+    paused_seen = False
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not paused_seen:
+        paused_seen = srv.stats()["num_paused"] >= 1
+        time.sleep(0.05)
+    assert paused_seen  # the reader stalled, so its stream was paused in the engine, not buffered
+    assert srv.stats()["generated_tokens"] < 4000
+    time.sleep(2.0)  # stay stalled past slow_consumer_timeout_s; reading now would resume the stream
+    code = read_until_close_code(sock, timeout=10)
+    sock.close()
+    assert code == CloseCode.SLOW_CONSUMER

@@ -1,0 +1,82 @@
+from seedance.engine.block_manager import BlockManager, hash_block
+from tests.engine.helpers import make_seq
+
+
+def compute(bm: BlockManager, seq, n=None):
+    n = len(seq) - seq.num_computed_tokens if n is None else n
+    assert bm.allocate(seq, n)
+    seq.num_computed_tokens += n
+    bm.commit(seq)
+
+
+def test_allocation_is_all_or_nothing_and_free_returns_blocks():
+    bm = BlockManager(num_blocks=4, block_size=4)
+    a = make_seq("a", 10)  # 3 blocks
+    compute(bm, a)
+    assert len(a.block_table) == 3 and bm.num_free_blocks == 1
+    b = make_seq("b", 8, first_token=100)  # needs 2, only 1 free
+    assert not bm.allocate(b, 8)
+    assert b.block_table == [] and bm.num_free_blocks == 1
+    bm.free_sequence(a)
+    assert bm.num_free_blocks == 4 and a.block_table == []
+
+
+def test_repeated_prompt_hits_the_prefix_cache():
+    bm = BlockManager(num_blocks=32, block_size=4)
+    a = make_seq("a", 40)
+    compute(bm, a)
+    bm.free_sequence(a)
+    b = make_seq("b", 40)  # identical prompt
+    cached = bm.find_cached_prefix(b)
+    assert len(cached) == 9  # 36 tokens: the last token is always recomputed for its logits
+    assert bm.allocate(b, 40 - 36, cached)
+    assert b.num_computed_tokens == 36 and b.num_cached_tokens == 36
+    assert bm.stats.query_tokens == 80 and bm.stats.hit_tokens == 36
+
+
+def test_shared_prefix_hits_only_whole_matching_blocks():
+    bm = BlockManager(num_blocks=32, block_size=4)
+    a = make_seq("a", 20)
+    compute(bm, a)
+    b = make_seq("b", 20)
+    b.token_ids[9] = 999  # differs inside the third block
+    cached = bm.find_cached_prefix(b)
+    assert cached == a.block_table[:2]
+    assert bm.allocate(b, 20 - 8, cached)
+    assert bm.blocks[cached[0]].ref_count == 2  # shared while both live
+
+
+def test_same_block_content_after_a_different_prefix_is_not_a_hit():
+    assert hash_block(b"p1", [1, 2, 3, 4]) != hash_block(b"p2", [1, 2, 3, 4])
+    bm = BlockManager(num_blocks=32, block_size=4)
+    a = make_seq("a", 9)
+    compute(bm, a)
+    b = make_seq("b", 9)
+    b.token_ids[:4] = [50, 51, 52, 53]  # second block equal to a's, first differs
+    assert bm.find_cached_prefix(b) == []
+
+
+def test_cached_blocks_are_evicted_lru_when_the_pool_runs_out():
+    bm = BlockManager(num_blocks=4, block_size=4)
+    a = make_seq("a", 9)  # 2 full blocks cached + 1 partial
+    compute(bm, a)
+    bm.free_sequence(a)
+    assert len(bm.cached) == 2
+    b = make_seq("b", 16, first_token=200)  # needs all 4 blocks: must evict a's cached blocks
+    compute(bm, b)
+    assert all(h not in bm.cached or bm.cached[h] in b.block_table for h in a.block_hashes)
+    c = make_seq("c", 9)
+    assert bm.find_cached_prefix(c) == []
+
+
+def test_generated_tokens_are_cached_for_the_next_turn():
+    bm = BlockManager(num_blocks=32, block_size=4)
+    a = make_seq("a", 6)
+    compute(bm, a)
+    a.token_ids += [70, 71, 72, 73, 74]  # generated, then computed by decode steps
+    compute(bm, a)
+    bm.free_sequence(a)
+    turn2 = make_seq("t2", 0)
+    turn2.token_ids = [*a.token_ids, 80, 81]
+    turn2.num_prompt_tokens = len(turn2.token_ids)
+    assert len(bm.find_cached_prefix(turn2)) == 2  # 11 tokens computed -> 2 full blocks
