@@ -202,6 +202,9 @@ class AsyncEngine:
     def num_open_requests(self) -> int:
         return len(self._streams)
 
+    def open_request_ids(self) -> list[str]:
+        return list(self._streams)
+
     def _command(self, fn: Callable[[], None]) -> None:
         self._commands.append(fn)
         self._wakeup.set()

@@ -119,7 +119,9 @@ class TorchModelRunner:
             table = torch.tensor([row + [0] * (max_blocks - len(row)) for row in rows])
             ar = torch.arange(max_len)
             meta.decode_slots = (table[:, ar // bs] * bs + ar % bs).to(self.device)
-            meta.decode_mask = (ar[None, :] < ctx_lens[:, None])[:, None, None, :].to(self.device)
+            padding = ar[None, :] >= ctx_lens[:, None]
+            mask = torch.zeros(padding.shape, dtype=self.dtype).masked_fill_(padding, float("-inf"))
+            meta.decode_mask = mask[:, None, None, :].to(self.device)
 
         dev = self.device
         input_t = torch.from_numpy(np.concatenate(ids_parts)).to(dev)

@@ -27,7 +27,7 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # [T] cache slot for every token of the step
     num_decode_tokens: int = 0  # the first num_decode_tokens tokens are single-query decodes
     decode_slots: torch.Tensor | None = None  # [B, Lmax] context slots per decode sequence
-    decode_mask: torch.Tensor | None = None  # [B, 1, 1, Lmax] True where a slot is real context
+    decode_mask: torch.Tensor | None = None  # [B, 1, 1, Lmax] additive: 0 for real context, -inf for padding
     prefills: list[PrefillChunk] = field(default_factory=list)
 
 
@@ -40,17 +40,23 @@ def paged_attention(
     meta: AttentionMetadata,
     scale: float,
 ) -> torch.Tensor:
-    k_cache[meta.slot_mapping] = k
-    v_cache[meta.slot_mapping] = v
+    # index_copy_/index_select, not tensor[index]: several times faster on CPU for these shapes.
+    k_cache.index_copy_(0, meta.slot_mapping, k)
+    v_cache.index_copy_(0, meta.slot_mapping, v)
     out = torch.empty_like(q)
-    gqa = q.shape[1] != k.shape[1]
+    num_heads, num_kv_heads, head_dim = q.shape[1], k.shape[1], q.shape[2]
+    gqa = num_heads != num_kv_heads
     nd = meta.num_decode_tokens
     if nd:
-        kd = k_cache[meta.decode_slots].transpose(1, 2)  # [B, Hkv, L, D]
-        vd = v_cache[meta.decode_slots].transpose(1, 2)
-        qd = q[:nd].unsqueeze(2)  # [B, H, 1, D]
-        od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=scale, enable_gqa=gqa)
-        out[:nd] = od.squeeze(2)
+        batch, length = meta.decode_slots.shape
+        flat = meta.decode_slots.reshape(-1)
+        kd = k_cache.index_select(0, flat).view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
+        vd = v_cache.index_select(0, flat).view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
+        # Grouped-query attention without repeating K/V: the query heads sharing a KV head become that
+        # head's "query positions" (heads are grouped consecutively, as transformers' repeat_kv lays them out).
+        qd = q[:nd].view(batch, num_kv_heads, num_heads // num_kv_heads, head_dim)
+        od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=scale)
+        out[:nd] = od.reshape(batch, num_heads, head_dim)
     for chunk in meta.prefills:
         s, n = chunk.token_start, chunk.num_tokens
         qc = q[s : s + n].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
@@ -59,8 +65,8 @@ def paged_attention(
             vc = v[s : s + n].transpose(0, 1).unsqueeze(0)
             oc = F.scaled_dot_product_attention(qc, kc, vc, is_causal=True, scale=scale, enable_gqa=gqa)
         else:
-            kc = k_cache[chunk.context_slots].transpose(0, 1).unsqueeze(0)  # [1, Hkv, L, D]
-            vc = v_cache[chunk.context_slots].transpose(0, 1).unsqueeze(0)
+            kc = k_cache.index_select(0, chunk.context_slots).transpose(0, 1).unsqueeze(0)  # [1, Hkv, L, D]
+            vc = v_cache.index_select(0, chunk.context_slots).transpose(0, 1).unsqueeze(0)
             total = chunk.context_start + n
             q_pos = torch.arange(chunk.context_start, total, device=q.device)
             mask = torch.arange(total, device=q.device)[None, :] <= q_pos[:, None]

@@ -94,18 +94,31 @@ async def _on_startup(app: web.Application) -> None:
 
 
 async def drain(app: web.Application) -> None:
-    """Stop taking work, give in-flight streams the grace period, cancel the rest, close WebSockets 1001."""
+    """Stop taking work, give in-flight streams the grace period, cancel the rest (their clients get a
+    done/cancelled), then close WebSockets with 1001. Idempotent."""
     state: ServerState = app["state"]
+    if state.draining:
+        return
     state.draining = True
-    deadline = time.monotonic() + state.config.shutdown_grace_s
-    while state.engine is not None and state.engine.num_open_requests and time.monotonic() < deadline:
+    engine = state.engine
+
+    async def wait_for_streams(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while engine is not None and engine.num_open_requests and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    await wait_for_streams(state.config.shutdown_grace_s)
+    if engine is not None:
+        for request_id in engine.open_request_ids():
+            engine.cancel(request_id)
+        await wait_for_streams(2.0)  # let the cancellations reach their clients
         await asyncio.sleep(0.05)
     if state.jobs is not None:
         await state.jobs.close()
     for conn in list(state.websockets):
         await conn.close(CloseCode.GOING_AWAY, "server is shutting down")
-    if state.engine is not None:
-        await state.engine.close()
+    if engine is not None:
+        await engine.close()
 
 
 async def _on_cleanup(app: web.Application) -> None:
@@ -159,5 +172,10 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
     try:
         await stop.wait()
     finally:
-        log.info("shutting down")
+        log.info("shutting down: draining for up to %.1f s", config.shutdown_grace_s)
+        # Drain before aiohttp's own shutdown: once that starts, it stops reading from open sockets, and
+        # clients must still be able to cancel and answer pings while their streams finish.
+        for s in list(runner.sites):
+            await s.stop()  # no new connections
+        await drain(app)
         await runner.cleanup()

@@ -41,9 +41,12 @@ def from_engine_error(err: EngineError) -> HttpError:
 async def read_json_object(request: web.Request, max_bytes: int) -> dict:
     if request.content_length is not None and request.content_length > max_bytes:
         raise HttpError(413, "message_too_large", f"body larger than {max_bytes} bytes")
-    raw = await request.content.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise HttpError(413, "message_too_large", f"body larger than {max_bytes} bytes")
+    # StreamReader.read(n) returns what has arrived so far, not the whole body: read until EOF.
+    raw = bytearray()
+    while chunk := await request.content.read(max_bytes + 1 - len(raw)):
+        raw += chunk
+        if len(raw) > max_bytes:
+            raise HttpError(413, "message_too_large", f"body larger than {max_bytes} bytes")
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:

@@ -28,6 +28,11 @@ def done_message(request_id: str, final: TokenEvent, completion_tokens: int) -> 
                                       usage=usage_of(final, completion_tokens), stop_reason=final.stop_reason))
 
 
+def refused_done_message(request_id: str) -> bytes:
+    return encode_server_message(Done(id=request_id, finish_reason="error",
+                                      usage=Usage(prompt_tokens=0, completion_tokens=0)))
+
+
 def error_message(request_id: str | None, code: str, message: str) -> bytes:
     return encode_server_message(Error(id=request_id, code=code, message=message))
 

@@ -33,14 +33,19 @@ class ParsedRequest:
     logprobs: int | None
 
 
+_KIND_NAMES = {bool: "a boolean", int: "an integer", float: "a number", list: "an array", dict: "an object"}
+_JSON_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
+
+
 def _get(body: dict, name: str, kinds: tuple[type, ...], default: Any = None) -> Any:
-    value = body.get(name, default)
+    """body[name] if it has one of the JSON types `kinds` (null or absent: default), else a 400 naming the field."""
+    value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) and bool not in kinds:
-        raise HttpError(400, "invalid_request", f"{name} must be {'/'.join(k.__name__ for k in kinds)}", name)
-    if not isinstance(value, kinds):
-        raise HttpError(400, "invalid_request", f"{name} must be {'/'.join(k.__name__ for k in kinds)}", name)
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        expected = _KIND_NAMES[float] if float in kinds else " or ".join(_KIND_NAMES[k] for k in kinds)
+        got = _JSON_NAMES.get(type(value), type(value).__name__)
+        raise HttpError(400, "invalid_request", f"{name} must be {expected}, got {got}", name)
     return value
 
 
@@ -60,11 +65,12 @@ def _common_params(body: dict, max_tokens_default: int | None) -> SamplingParams
         stops = stop
     else:
         raise HttpError(400, "invalid_request", "stop must be a string or a list of strings", "stop")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is None:
-        max_tokens = max_tokens_default
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
-        raise HttpError(400, "invalid_request", "max_tokens must be an integer", "max_tokens")
+    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = _get(body, name, (int,), max_tokens_default)
+    stop_token_ids = _get(body, "stop_token_ids", (list,), [])
+    if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in stop_token_ids):
+        raise HttpError(400, "invalid_request", "stop_token_ids must be a list of token ids (integers >= 0)",
+                        "stop_token_ids")
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=float(_get(body, "temperature", (int, float), 1.0)),
@@ -72,7 +78,7 @@ def _common_params(body: dict, max_tokens_default: int | None) -> SamplingParams
         top_k=int(_get(body, "top_k", (int,), 0)),
         seed=_get(body, "seed", (int,)),
         stop=stops,
-        stop_token_ids=list(_get(body, "stop_token_ids", (list,), [])),
+        stop_token_ids=list(stop_token_ids),
         ignore_eos=bool(_get(body, "ignore_eos", (bool,), False)),
     )
 
@@ -133,8 +139,8 @@ def parse_chat(body: dict) -> ParsedRequest:
 
 
 def _include_usage(body: dict) -> bool:
-    options = body.get("stream_options") or {}
-    return bool(isinstance(options, dict) and options.get("include_usage"))
+    options = _get(body, "stream_options", (dict,), {})
+    return bool(_get(options, "include_usage", (bool,), False))
 
 
 class OpenAIFormatter:
@@ -253,7 +259,7 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
             completion += event.token_id >= 0
             logprobs = _merge_logprobs(logprobs, fmt.logprobs([event], parsed.logprobs))
             final = event
-        if final.finish_reason is FinishReason.ERROR:
+        if final is None or final.finish_reason is FinishReason.ERROR:
             raise HttpError(500, "internal", "generation failed")
         usage = fmt.usage(stream.num_prompt_tokens, completion, final.num_cached_tokens)
         return web.json_response(fmt.full("".join(text), logprobs, openai_finish_reason(final.finish_reason), usage))

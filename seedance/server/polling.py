@@ -1,14 +1,20 @@
 """HTTP polling transport, for legacy clients and for the transport comparison.
 
-POST /v1/jobs starts a generation and returns its id; GET /v1/jobs/{id}?after=SEQ&wait_ms=N returns the
-chunks after SEQ, waiting up to wait_ms for new ones (long polling); DELETE cancels. A job's chunk log is
-bounded by its max_tokens; finished jobs are kept for job_ttl_s so late readers get the end, then expire.
+POST /v1/jobs takes the fields of a WebSocket `generate` (without type and id), starts a generation and
+answers 202 with its id; GET /v1/jobs/{id}?after=SEQ&wait_ms=N returns the chunks after SEQ (-1, the default:
+all), waiting up to wait_ms (capped by poll_max_wait_ms) for new ones while the job runs (long polling);
+DELETE cancels. A reply carries status (running, done or cancelled), the new chunks, next_seq (the seq of the
+last chunk so far: the `after` of the next poll), and finish_reason, stop_reason and usage once finished.
+A job's chunk log is bounded by its max_tokens; finished jobs are kept for job_ttl_s so late readers get the
+end, then expire. At most max_jobs jobs (running or kept) exist at once; beyond that POST gets 429.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,6 +27,8 @@ from seedance.engine.events import FinishReason
 from seedance.protocol import ProtocolError, decode_client_message
 from seedance.server.http_errors import HttpError, from_engine_error, read_json_object
 from seedance.server.requests import generate_request_from
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,11 +48,17 @@ class Job:
     def done(self) -> bool:
         return self.finish_reason is not None
 
+    @property
+    def status(self) -> str:
+        if self.finish_reason is None:
+            return "running"
+        return "cancelled" if self.finish_reason == FinishReason.CANCELLED else "done"
+
     def view(self, after: int) -> dict:
         return {
             "id": self.id,
-            "status": "done" if self.done else "running",
-            "chunks": self.chunks[after + 1 :] if after >= -1 else self.chunks,
+            "status": self.status,
+            "chunks": self.chunks[after + 1 :],
             "next_seq": len(self.chunks) - 1,
             "finish_reason": self.finish_reason,
             "stop_reason": self.stop_reason,
@@ -66,6 +80,17 @@ class JobStore:
         return job
 
     async def _consume(self, job: Job) -> None:
+        try:
+            await self._record(job)
+        except Exception:  # a job that can never finish would hold its slot forever and hang its pollers
+            log.exception("job %s failed", job.id)
+            self.engine.cancel(job.stream.request_id)
+            if not job.done:
+                job.finish_reason = str(FinishReason.ERROR)
+                job.finished_at = time.monotonic()
+                job.changed.set()
+
+    async def _record(self, job: Job) -> None:
         completion = 0
         async for event in job.stream:
             events = [event, *job.stream.drain()]
@@ -116,14 +141,13 @@ async def create_job(request: web.Request) -> web.Response:
     if state.draining:
         raise HttpError(503, "shutting_down", "server is shutting down")
     body = await read_json_object(request, state.config.max_message_bytes)
-    body.setdefault("type", "generate")
-    body.setdefault("id", "job")
+    if body.setdefault("type", "generate") != "generate":
+        raise HttpError(400, "invalid_request", f"type must be 'generate' or left out, got {body['type']!r}", "type")
+    body.setdefault("id", "job")  # the server names the job; the field is only there for the decoder
     store.expire(time.monotonic())
     if len(store.jobs) >= store.max_jobs:
         raise HttpError(429, "overloaded", f"at most {store.max_jobs} jobs", headers={"Retry-After": "1"})
     try:
-        import json
-
         message = decode_client_message(json.dumps(body), max_size=state.config.max_message_bytes)
         job_id = f"job-{uuid.uuid4().hex}"
         stream = store.engine.submit(generate_request_from(message, request_id=job_id))
@@ -156,6 +180,8 @@ def _int_query(request: web.Request, name: str, default: int) -> int:
 async def get_job(request: web.Request) -> web.Response:
     job = _job(request)
     after = _int_query(request, "after", -1)
+    if after < -1:
+        raise HttpError(400, "invalid_request", "after must be >= -1 (-1: from the first chunk)", "after")
     wait_ms = min(max(0, _int_query(request, "wait_ms", 0)), request.app["state"].config.poll_max_wait_ms)
     deadline = time.monotonic() + wait_ms / 1000
     while len(job.chunks) - 1 <= after and not job.done:
@@ -176,5 +202,4 @@ async def delete_job(request: web.Request) -> web.Response:
         if job.task:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(job.task), 5)
-    return web.json_response({"id": job.id, "status": "cancelled" if job.finish_reason == FinishReason.CANCELLED
-                              else "done", "finish_reason": job.finish_reason})
+    return web.json_response({"id": job.id, "status": job.status, "finish_reason": job.finish_reason})

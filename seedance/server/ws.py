@@ -15,6 +15,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
@@ -32,12 +33,18 @@ from seedance.protocol import (
     ProtocolError,
     decode_client_message,
     encode_frame,
-    encode_server_message,
 )
 from seedance.protocol import errors as codes
 from seedance.server.config import ServerConfig
 from seedance.server.keepalive import apply_keepalive
-from seedance.server.messages import chunk_message, done_message, error_message, frame_metadata, pong_message
+from seedance.server.messages import (
+    chunk_message,
+    done_message,
+    error_message,
+    frame_metadata,
+    pong_message,
+    refused_done_message,
+)
 from seedance.server.requests import generate_request_from
 
 log = logging.getLogger(__name__)
@@ -56,12 +63,13 @@ class ActiveRequest:
 
 
 class WsConnection:
-    def __init__(self, ws: web.WebSocketResponse, engine: AsyncEngine, config: ServerConfig,
-                 registry: set[WsConnection]) -> None:
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None, engine: AsyncEngine,
+                 config: ServerConfig, draining: Callable[[], bool]) -> None:
         self.ws = ws
+        self.transport = transport
         self.engine = engine
         self.config = config
-        self.registry = registry
+        self.draining = draining
         self.requests: dict[str, ActiveRequest] = {}
         self.wake = asyncio.Event()
         self.missed_pongs = 0
@@ -115,7 +123,10 @@ class WsConnection:
         try:
             message = decode_client_message(data, max_size=self.config.max_message_bytes)
         except ProtocolError as err:
-            await self._send_now(error_message(err.request_id, err.code, err.message))
+            if err.message_type == "generate" and err.request_id and err.request_id not in self.requests:
+                await self._refuse(err.request_id, err.code, err.message)
+            else:
+                await self._send_now(error_message(err.request_id, err.code, err.message))
             return
         if isinstance(message, Generate):
             await self._on_generate(message)
@@ -142,21 +153,23 @@ class WsConnection:
             await self._send_now(pong_message(message.ts))
 
     async def _on_generate(self, msg: Generate) -> None:
+        if self.draining():
+            await self._refuse(msg.id, codes.OVERLOADED, "server is shutting down")
+            return
         if msg.id in self.requests:
             await self._send_now(error_message(msg.id, codes.DUPLICATE_ID, f"request id {msg.id!r} is already active"))
             return
         if len(self.requests) >= self.config.max_requests_per_connection:
-            await self._send_now(error_message(
-                msg.id, codes.TOO_MANY_REQUESTS,
-                f"at most {self.config.max_requests_per_connection} concurrent requests per connection"))
+            await self._refuse(msg.id, codes.TOO_MANY_REQUESTS,
+                               f"at most {self.config.max_requests_per_connection} concurrent requests per connection")
             return
         try:
             stream = self.engine.submit(generate_request_from(msg, request_id=self._engine_id(msg.id)))
         except ProtocolError as err:
-            await self._send_now(error_message(msg.id, err.code, err.message))
+            await self._refuse(msg.id, err.code, err.message)
             return
         except EngineError as err:
-            await self._send_now(error_message(msg.id, err.code, str(err)))
+            await self._refuse(msg.id, err.code, str(err))
             return
         stream.listener = self.wake.set
         self.requests[msg.id] = ActiveRequest(msg.id, stream, msg.binary, msg.credit)
@@ -232,8 +245,7 @@ class WsConnection:
     async def _apply_backpressure(self) -> bool:
         """Water marks on the socket's unsent bytes, for requests without explicit credit. Returns True
         when the writer must not write now."""
-        transport = self.ws._req.transport if self.ws._req is not None else None  # noqa: SLF001
-        buffered = transport.get_write_buffer_size() if transport is not None else 0
+        buffered = self.transport.get_write_buffer_size() if self.transport is not None else 0
         # Credit grants may resume requests paused for credit.
         for active in self.requests.values():
             if active.paused_for_credit and (active.credit or 0) > 0:
@@ -263,6 +275,11 @@ class WsConnection:
             asyncio.get_running_loop().call_later(0.05, self.wake.set)
             return True
         return False
+
+    async def _refuse(self, request_id: str, code: str, message: str) -> None:
+        """A refused generate ends like any request: error, then done with finish_reason error."""
+        body = b"[" + error_message(request_id, code, message) + b"," + refused_done_message(request_id) + b"]"
+        await self._send_now(body)
 
     async def _send_now(self, body: bytes) -> None:
         if not self.ws.closed:
@@ -300,7 +317,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if len(state.websockets) >= config.max_connections:
         await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"too many connections")
         return ws
-    conn = WsConnection(ws, state.engine, config, state.websockets)
+    conn = WsConnection(ws, transport, state.engine, config, lambda: state.draining)
     state.websockets.add(conn)
     try:
         await conn.run()

@@ -145,8 +145,13 @@ async def test_application_ping_and_protocol_ping(server):
 async def test_bad_input_gets_an_error_and_the_connection_survives(server, raw, code):
     async with connect(server.ws) as ws:
         await ws.send(raw)
-        (error,) = messages_of(await ws.recv())
+        error, *rest = messages_of(await ws.recv())
         assert error["type"] == "error" and error["code"] == code and error["message"]
+        if '"generate", "id"' in raw:  # a refused generate still ends with its done
+            assert rest == [{"type": "done", "id": "a", "finish_reason": "error",
+                             "usage": {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0}}]
+        else:
+            assert rest == []
         result = await run_requests(ws, [{"id": "ok", "prompt": "Amen", "max_tokens": 2}])
         assert result["ok"]["done"]["finish_reason"] in ("length", "stop")
 
@@ -213,8 +218,8 @@ async def test_binary_token_prompt(server):
         assert result["t"]["done"]["usage"]["prompt_tokens"] == 3
         await ws.send(json.dumps({"type": "generate", "id": "e", "prompt_b64": b64,
                                   "prompt_format": "embedding_f32le"}))
-        (error,) = messages_of(await ws.recv())
-        assert error["code"] == "unsupported"
+        error, done = messages_of(await ws.recv())
+        assert error["code"] == "unsupported" and done["finish_reason"] == "error"
 
 
 async def test_credit_pauses_the_stream_until_granted(server):
@@ -330,3 +335,28 @@ def test_slow_consumer_is_paused_then_dropped(server_factory):
     code = read_until_close_code(sock, timeout=10)
     sock.close()
     assert code == CloseCode.SLOW_CONSUMER
+
+
+async def test_sigterm_drains_then_closes_websockets_with_1001(server_factory):
+    srv = server_factory(shutdown_grace_s=1.0)
+    async with connect(srv.ws) as ws:
+        await ws.send(json.dumps({"type": "generate", "id": "long", "prompt": "And", "max_tokens": 3000,
+                                  "ignore_eos": True}))
+        await ws.recv()
+        srv.process.send_signal(__import__("signal").SIGTERM)
+        await asyncio.sleep(0.2)
+        await ws.send(json.dumps({"type": "generate", "id": "late", "prompt": "And", "max_tokens": 3}))
+        seen_refusal, done = False, {}
+        start = time.monotonic()
+        with pytest.raises(ConnectionClosed) as info:
+            async with asyncio.timeout(15):
+                while True:
+                    for m in messages_of(await ws.recv()):
+                        seen_refusal |= m["type"] == "error" and m["id"] == "late" and m["code"] == "overloaded"
+                        if m["type"] == "done":
+                            done[m["id"]] = m["finish_reason"]
+        assert info.value.rcvd.code == CloseCode.GOING_AWAY
+        assert seen_refusal and done["late"] == "error"  # no new work while draining
+        assert done["long"] == "cancelled"  # cancelled at the grace deadline, and told so
+        assert time.monotonic() - start < 10
+    assert srv.process.wait(15) == 0
