@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from seedance.models.llama import LlamaForCausalLM
+from seedance.models.llama import LlamaForCausalLM, rope_tables
 from seedance.models.tokenizer import TextTokenizer
 
 BUILTIN_MODEL_DIR = Path(__file__).resolve().parent / "tiny"
@@ -71,10 +71,10 @@ def load_model(
         limit = min(limit, int(sliding))  # within the window, sliding attention equals full attention
     max_len = min(max_model_len or limit, limit)
     torch_dtype = DTYPES[dtype]
-    with torch.device("meta"):
+    with torch.device("meta"):  # no random init of weights we are about to overwrite
         net = LlamaForCausalLM(config, max_positions=max_len)
     net = net.to_empty(device="cpu")
-    net.rope_cos, net.rope_sin = _rope_buffers(config, max_len)
+    net.rope_cos, net.rope_sin = rope_tables(config, max_len)  # buffers are not in the checkpoint
     net.load_hf_weights(read_safetensors(path))
     net = net.to(device=device, dtype=torch_dtype).eval()
     net.rope_cos, net.rope_sin = net.rope_cos.float(), net.rope_sin.float()
@@ -85,8 +85,3 @@ def load_model(
     )
     return LoadedModel(path, config, net, tokenizer, max_len)
 
-
-def _rope_buffers(config, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from seedance.models.llama import rope_tables
-
-    return rope_tables(config, max_len)

@@ -94,18 +94,14 @@ def _coerce(value: Any, current: Any, f: dataclasses.Field, source: str) -> Any:
         return value
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     try:
-        if "bool" in kind:
-            return value.lower() in ("1", "true", "yes", "on")
-        if kind.startswith("int"):
-            return int(value)
-        if kind.startswith("float"):
-            return float(value)
-        if "int" in kind and value.lower() not in ("", "none"):
-            return int(value)
-        if "float" in kind and value.lower() not in ("", "none"):
-            return float(value)
         if value.lower() in ("", "none") and "None" in kind:
             return None
+        if "bool" in kind:
+            return value.lower() in ("1", "true", "yes", "on")
+        if "int" in kind:
+            return int(value)
+        if "float" in kind:
+            return float(value)
     except ValueError as err:
         raise ValueError(f"{source}: {f.name} expects {kind}, got {value!r}") from err
     return value

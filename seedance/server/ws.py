@@ -22,7 +22,7 @@ from aiohttp import WSMsgType, web
 
 from seedance.engine.async_engine import AsyncEngine, RequestStream
 from seedance.engine.errors import EngineError
-from seedance.engine.events import TokenEvent
+from seedance.engine.events import FinishReason, TokenEvent
 from seedance.protocol import (
     Cancel,
     CloseCode,
@@ -221,6 +221,8 @@ class WsConnection:
             else:
                 texts.append(chunk_message(active.id, seq, token_events))
         if final is not None:
+            if final.finish_reason is FinishReason.ERROR:
+                texts.append(error_message(active.id, codes.INTERNAL, "generation failed on the server"))
             if not active.binary:
                 texts.append(done_message(active.id, final, active.completion_tokens))
             del self.requests[active.id]
