@@ -1,7 +1,8 @@
 """The demo page at `/` in a real headless Chromium, driven over the Chrome DevTools Protocol.
 
-Needs Debian's Chromium (`apt-get install -y chromium`, which provides /usr/bin/chromium). Without it the
-tests skip, unless the environment variable CI is set: then they fail, so CI cannot silently lose them.
+Needs Debian's Chromium (`apt-get update && apt-get install -y chromium`, which provides /usr/bin/chromium;
+SEEDANCE_CHROMIUM names another binary). Without it the tests skip, unless the environment variable CI is set:
+then they fail, so CI cannot silently lose them.
 
 The screenshot of the finished streams goes to the test's tmp dir; with SEEDANCE_UPDATE_SCREENSHOT=1 it
 also replaces docs/images/demo.png (kept out of ordinary runs so that `pytest` leaves the tree clean).
@@ -28,39 +29,63 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("SEEDANCE_CHROMIUM", "/usr/bin/chromium")  # override: another Chromium/Chrome binary
+INSTALL_HINT = "apt-get update && apt-get install -y chromium"
 WIDTH, HEIGHT = 1100, 900
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "demo.png"
 DEVTOOLS_LINE = re.compile(r"DevTools listening on (ws://\S+)")
+
+# Skip before any fixture (the session's server) starts; under CI the `chromium` fixture fails instead.
+pytestmark = pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK) and not os.environ.get("CI"),
+                                reason=f"{CHROMIUM} not found ({INSTALL_HINT}); with CI set this fails instead")
 
 
 # ------------------------------------------------------------------------------------------------ the browser
 
 
-def _stop_group(process: subprocess.Popen) -> None:
-    """End Chromium and every process it started (they share the process group we gave it)."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+def _pids_mentioning(marker: str) -> list[int]:
+    """Live processes whose command line contains `marker` (our unique temp dir)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+    return pids
+
+
+def _stop(process: subprocess.Popen, marker: str) -> None:
+    """End Chromium and every process it started, leaving none behind.
+
+    Its helpers (zygotes, renderers, GPU, network) share the process group we gave it; the crash handlers
+    start their own sessions, so they are found by our temp dir on their command line (--database=...).
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5  # the crash handlers exit by themselves once the browser is gone
+    while (pids := _pids_mentioning(marker)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(wait)
-        except subprocess.TimeoutExpired:
-            continue
-        # The browser is gone; make sure no helper of its group (renderer, zygote, GPU) lingers.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        return
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
 def chromium(tmp_path_factory) -> Iterator[str]:
     """A headless Chromium for this module; yields its browser-level DevTools WebSocket URL."""
-    if not os.access(CHROMIUM, os.X_OK):
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing; install it with: apt-get update && apt-get install -y chromium")
-        pytest.skip(f"{CHROMIUM} not found (apt-get install -y chromium); set CI=1 to make this a failure")
+    if not os.access(CHROMIUM, os.X_OK):  # only reached under CI (see pytestmark)
+        pytest.fail(f"{CHROMIUM} is missing; install it with: {INSTALL_HINT}")
     log_path = tmp_path_factory.mktemp("chromium") / "chromium.log"
-    profile = tempfile.mkdtemp(prefix="seedance-chromium-")
+    root = tempfile.mkdtemp(prefix="seedance-chromium-")  # profile, and the config/cache dirs it would put in ~
+    profile = os.path.join(root, "profile")
+    env = {**os.environ, "XDG_CONFIG_HOME": os.path.join(root, "config"), "XDG_CACHE_HOME": os.path.join(root, "cache")}
     args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             "--remote-debugging-port=0", f"--user-data-dir={profile}", f"--window-size={WIDTH},{HEIGHT}",
@@ -68,7 +93,7 @@ def chromium(tmp_path_factory) -> Iterator[str]:
     # stderr to a file, not a pipe: Chromium logs a lot (dbus noise) and would block on a full pipe.
     with open(log_path, "w") as log:
         process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -80,8 +105,8 @@ def chromium(tmp_path_factory) -> Iterator[str]:
             time.sleep(0.05)
         yield found.group(1)
     finally:
-        _stop_group(process)
-        shutil.rmtree(profile, ignore_errors=True)
+        _stop(process, root)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 class CdpError(Exception):
