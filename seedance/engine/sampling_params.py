@@ -37,6 +37,8 @@ class SamplingParams:
             raise InvalidRequest(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}]")
         if any(not s for s in self.stop):
             raise InvalidRequest("stop strings must be non-empty")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:
+            raise InvalidRequest("seed must fit in 64 bits")
         if len(self.stop) > 16:
             raise InvalidRequest("at most 16 stop strings")
 

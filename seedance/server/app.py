@@ -21,6 +21,7 @@ from seedance.engine.async_engine import AsyncEngine
 from seedance.protocol import CloseCode
 from seedance.server import openai_api, polling
 from seedance.server.config import ServerConfig
+from seedance.server.http_errors import HttpError
 from seedance.server.ws import WsConnection, websocket_handler
 
 log = logging.getLogger("seedance.server")
@@ -129,8 +130,23 @@ async def _on_cleanup(app: web.Application) -> None:
             await task
 
 
+@web.middleware
+async def json_errors(request: web.Request, handler):
+    """aiohttp's own 404/405 pages are plain text; every HTTP error here is the JSON shape clients parse."""
+    try:
+        return await handler(request)
+    except HttpError:
+        raise
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "message_too_large"}.get(exc.status, "http_error")
+        raise HttpError(exc.status, code, exc.reason or "error", headers={
+            k: v for k, v in exc.headers.items() if k.lower() == "allow"}) from None
+
+
 def build_app(config: ServerConfig) -> web.Application:
-    app = web.Application(client_max_size=config.max_message_bytes)
+    app = web.Application(client_max_size=config.max_message_bytes, middlewares=[json_errors])
     app["state"] = ServerState(config)
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(drain)
@@ -142,6 +158,7 @@ def build_app(config: ServerConfig) -> web.Application:
         web.get("/stats", stats),
         web.get("/v1/stream", websocket_handler),
         web.get("/v1/models", openai_api.models),
+        web.get("/v1/models/{model_id}", openai_api.model),
         web.post("/v1/completions", openai_api.completions),
         web.post("/v1/chat/completions", openai_api.chat_completions),
         web.post("/v1/jobs", polling.create_job),

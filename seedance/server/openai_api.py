@@ -1,9 +1,10 @@
 """OpenAI-compatible HTTP API: /v1/completions, /v1/chat/completions (SSE when stream=true), /v1/models.
 
 Field names, finish reasons, usage and logprobs follow the OpenAI API so the official `openai` SDK works
-unchanged. Each SSE event carries `id: <request id>:<seq>` so a client can resume with Last-Event-ID.
-A client that disconnects cancels its generation (the handler is cancelled and the stream's exit
-cancels the engine request).
+unchanged. Each SSE event carries `id: <request id>:<seq>` (seq counts events from 0), so a client can tell
+which request an event belongs to and where a dropped stream stopped; a stream cannot be resumed, because a
+client that disconnects cancels its generation (the handler is cancelled and the stream's exit cancels the
+engine request). Malformed requests get 400 before anything reaches the engine.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from seedance.engine.events import FinishReason, TokenEvent
 from seedance.engine.sampling_params import SamplingParams
 from seedance.server.http_errors import HttpError, from_engine_error, read_json_object
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -67,6 +69,9 @@ def _common_params(body: dict, max_tokens_default: int | None) -> SamplingParams
         raise HttpError(400, "invalid_request", "stop must be a string or a list of strings", "stop")
     name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _get(body, name, (int,), max_tokens_default)
+    seed = _get(body, "seed", (int,))
+    if seed is not None and not INT64_MIN <= seed <= INT64_MAX:  # a seed torch cannot take would fail the step
+        raise HttpError(400, "invalid_request", "seed must be a 64-bit signed integer", "seed")
     stop_token_ids = _get(body, "stop_token_ids", (list,), [])
     if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in stop_token_ids):
         raise HttpError(400, "invalid_request", "stop_token_ids must be a list of token ids (integers >= 0)",
@@ -76,7 +81,7 @@ def _common_params(body: dict, max_tokens_default: int | None) -> SamplingParams
         temperature=float(_get(body, "temperature", (int, float), 1.0)),
         top_p=float(_get(body, "top_p", (int, float), 1.0)),
         top_k=int(_get(body, "top_k", (int,), 0)),
-        seed=_get(body, "seed", (int,)),
+        seed=seed,
         stop=stops,
         stop_token_ids=list(stop_token_ids),
         ignore_eos=bool(_get(body, "ignore_eos", (bool,), False)),
@@ -306,7 +311,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return await _handle(request, chat=True)
 
 
+def _model_card(state) -> dict:
+    return {"id": state.config.model_name, "object": "model", "created": state.started_at, "owned_by": "seedance"}
+
+
 async def models(request: web.Request) -> web.Response:
+    return web.json_response({"object": "list", "data": [_model_card(request.app["state"])]})
+
+
+async def model(request: web.Request) -> web.Response:
+    """GET /v1/models/{model_id}, the SDK's models.retrieve (app.py routes it)."""
     state = request.app["state"]
-    return web.json_response({"object": "list", "data": [
-        {"id": state.config.model_name, "object": "model", "created": state.started_at, "owned_by": "seedance"}]})
+    model_id = request.match_info["model_id"]
+    if model_id != state.config.model_name:
+        raise HttpError(404, "model_not_found", f"model {model_id!r} is not served here; see /v1/models", "model")
+    return web.json_response(_model_card(state))
