@@ -111,8 +111,8 @@ def bench_engine(
     concurrency: Annotated[list[int] | None, typer.Option(help="streams (repeatable)")] = None,
     max_tokens: int = 128,
     prompt_tokens: int = 64,
-    requests: Annotated[int, typer.Option(help="requests per Poisson run")] = 48,
-    rate: Annotated[float, typer.Option(help="Poisson arrival rate, requests/s")] = 4.0,
+    requests: Annotated[int, typer.Option(help="requests per Poisson run")] = 64,
+    rate: Annotated[float, typer.Option(help="Poisson arrival rate, requests/s")] = 10.0,
     model: ModelOpt = None,
     output: Annotated[str | None, typer.Option(help="write results JSON here")] = None,
 ) -> None:

@@ -91,25 +91,26 @@ class RequestStream:
 
 
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine) -> None:
+    def __init__(self, engine: LLMEngine, executor: ThreadPoolExecutor | None = None) -> None:
         self.engine = engine
         self.config = engine.config
         self._streams: dict[str, RequestStream] = {}
         self._commands: list[Callable[[], None]] = []
         self._pending_adds = 0
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedance-engine")
+        # All torch work runs on this one thread. A second thread doing torch ops would get its own
+        # OpenMP pool, and two pools spinning on the same cores slow each other down several-fold.
+        self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedance-engine")
         self._task: asyncio.Task | None = None
         self._closed = False
         self.step_latencies: list[float] = []  # seconds per step, bounded to the last 1024
 
     @classmethod
     async def create(cls, config: EngineConfig) -> AsyncEngine:
-        """Load the model off the event loop and start the engine task."""
-        loop = asyncio.get_running_loop()
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            engine = await loop.run_in_executor(pool, LLMEngine.from_config, config)
-        self = cls(engine)
+        """Load the model on the engine thread (off the event loop) and start the engine task."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedance-engine")
+        engine = await asyncio.get_running_loop().run_in_executor(executor, LLMEngine.from_config, config)
+        self = cls(engine, executor)
         self.start()
         return self
 
@@ -130,7 +131,7 @@ class AsyncEngine:
         if self._task is not None:
             await self._task
             self._task = None
-        self._executor.shutdown(wait=True)
+        self.executor.shutdown(wait=True)
 
     # ---- requests ---------------------------------------------------------------------------------
     def encode(self, request: GenerateRequest) -> list[int]:
@@ -231,7 +232,7 @@ class AsyncEngine:
                 continue
             started = time.perf_counter()
             try:
-                events = await loop.run_in_executor(self._executor, self.engine.step)
+                events = await loop.run_in_executor(self.executor, self.engine.step)
             except Exception:
                 log.exception("engine step crashed")
                 events = []
