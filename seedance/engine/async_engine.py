@@ -40,6 +40,7 @@ class GenerateRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     priority: int = 0
     request_id: str | None = None
+    pin_key: str | None = None  # keep the finished request's KV pinned for this session's next turn
 
 
 class RequestStream:
@@ -165,7 +166,8 @@ class AsyncEngine:
         def add() -> None:
             self._pending_adds -= 1
             if request_id in self._streams:  # not cancelled before it was added
-                self.engine.add_request(request_id, token_ids, request.params, request.priority, arrival)
+                self.engine.add_request(request_id, token_ids, request.params, request.priority, arrival,
+                                        pin_key=request.pin_key)
 
         self._command(add)
         return stream
@@ -186,6 +188,9 @@ class AsyncEngine:
             stream._deliver(event)
 
         self._command(abort)
+
+    def unpin(self, key: str) -> None:
+        self._command(lambda: self.engine.unpin(key))
 
     def pause(self, request_id: str) -> None:
         self._command(lambda: request_id in self.engine.requests and self.engine.pause(request_id))

@@ -33,6 +33,13 @@ class Block:
 
 
 @dataclass(slots=True)
+class Pin:
+    block_ids: list[int]
+    num_tokens: int  # tokens whose KV the blocks hold
+    token_ids: tuple[int, ...]  # those tokens, to check the next turn really continues them
+
+
+@dataclass(slots=True)
 class PrefixCacheStats:
     query_tokens: int = 0  # prompt tokens looked up
     hit_tokens: int = 0  # of those, served from cache
@@ -53,6 +60,13 @@ class BlockManager:
         self.free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
         self.cached: dict[bytes, int] = {}
         self.stats = PrefixCacheStats()
+        # Pins: block references held for an idle conversation so its next turn finds its KV. LRU order.
+        self.pins: OrderedDict[str, Pin] = OrderedDict()
+        self.max_pinned_blocks = num_blocks // 2
+
+    @property
+    def num_pinned_blocks(self) -> int:
+        return sum(len(p.block_ids) for p in self.pins.values())
 
     @property
     def num_free_blocks(self) -> int:
@@ -142,6 +156,63 @@ class BlockManager:
                 block.token_ids = tuple(seq.token_ids[i * bs : (i + 1) * bs])
                 self.cached[block.hash] = block.block_id
         seq.num_committed_blocks = max(seq.num_committed_blocks, num_full)
+
+    def pin(self, key: str, seq: Sequence) -> int:
+        """Hold every block with computed KV of seq (the partial last one included) under key, so the
+        conversation's next turn continues from it instead of recomputing (see take_pin). Replaces key's
+        previous pin. Over the pin budget, the least recently pinned keys are released first. Returns the
+        number of tokens pinned."""
+        self.unpin(key)
+        n = seq.num_computed_tokens
+        blocks = seq.block_table[: self.blocks_needed(n)]
+        if not blocks or len(blocks) > self.max_pinned_blocks:
+            return 0
+        for block_id in blocks:
+            self.blocks[block_id].ref_count += 1
+        self.pins[key] = Pin(list(blocks), n, tuple(seq.token_ids[:n]))
+        while self.num_pinned_blocks > self.max_pinned_blocks:
+            self.release_lru_pin()
+        return n
+
+    def take_pin(self, key: str, seq: Sequence) -> int:
+        """Give a new sequence its conversation's pinned KV if the pinned tokens are a prefix of its tokens:
+        the blocks move to it (no copy; the partial last block is owned by the pin alone, so the sequence
+        may write into it). Returns the tokens reused (0 when there is no usable pin)."""
+        pin = self.pins.get(key)
+        if pin is None or seq.block_table or len(seq) <= 1:
+            return 0
+        if tuple(seq.token_ids[: pin.num_tokens]) != pin.token_ids:
+            self.unpin(key)  # the conversation diverged (edited history): its KV is of no use
+            return 0
+        del self.pins[key]
+        seq.block_table = pin.block_ids  # the pin's references become the sequence's
+        seq.num_computed_tokens = min(pin.num_tokens, len(seq) - 1)  # recompute >= 1 token for logits
+        seq.num_committed_blocks = seq.num_computed_tokens // self.block_size
+        if not seq.admitted_once:
+            seq.admitted_once = True
+            seq.num_cached_tokens = seq.num_computed_tokens
+            self.stats.query_tokens += seq.num_prompt_tokens
+            self.stats.hit_tokens += seq.num_computed_tokens
+        return seq.num_computed_tokens
+
+    def unpin(self, key: str) -> None:
+        pin = self.pins.pop(key, None)
+        if pin is None:
+            return
+        for block_id in reversed(pin.block_ids):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self.free[block_id] = None  # full blocks stay in the prefix cache until reused
+                if block.hash is None:
+                    self.free.move_to_end(block_id, last=False)
+
+    def release_lru_pin(self) -> bool:
+        """Memory pressure: let the least recently pinned conversation's KV become evictable."""
+        if not self.pins:
+            return False
+        self.unpin(next(iter(self.pins)))
+        return True
 
     def free_sequence(self, seq: Sequence) -> None:
         """Release seq's blocks; tail blocks go first so shared prefixes outlive them in the cache."""

@@ -20,6 +20,7 @@ class EngineConfig:
     max_tokens_limit: int = 4096  # largest max_tokens a request may ask for
     aging_interval_s: float = 2.0  # every interval waited raises a request's priority by one level
     enable_prefix_caching: bool = True
+    max_pinned_kv_fraction: float = 0.5  # share of the KV pool idle sessions may pin for their next turn
     seed: int = 0  # seeds unseeded sampling, so a whole run is reproducible
     threads: int | None = None  # torch intra-op threads; None: torch's default
     # Synthetic backend (transport benchmarks): tokens per second per stream, no model compute.

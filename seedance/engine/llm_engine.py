@@ -31,6 +31,7 @@ class EngineStats:
     prefix_cache_query_tokens: int
     prefix_cache_hit_tokens: int
     num_preemptions: int
+    num_pinned_blocks: int
     steps: int
     generated_tokens: int
 
@@ -44,6 +45,7 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
         self.block_manager = BlockManager(runner.num_kv_blocks, config.block_size, config.enable_prefix_caching)
+        self.block_manager.max_pinned_blocks = int(runner.num_kv_blocks * config.max_pinned_kv_fraction)
         self.scheduler = Scheduler(
             self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, config.aging_interval_s
         )
@@ -96,7 +98,10 @@ class LLMEngine:
         params: SamplingParams,
         priority: int = 0,
         arrival_time: float | None = None,
+        pin_key: str | None = None,
     ) -> None:
+        """pin_key: when the request completes, keep its KV pinned under this key (a session) so the
+        conversation's next turn reuses it instead of recomputing."""
         self.check_admission(request_id, prompt_token_ids, params)
         seq = Sequence(
             request_id,
@@ -105,6 +110,7 @@ class LLMEngine:
             priority,
             time.monotonic() if arrival_time is None else arrival_time,
         )
+        seq.pin_key = pin_key
         self.requests[request_id] = RequestOutputState(
             seq, self.tokenizer.backend if self.tokenizer else None, self.eos_token_ids, self.max_model_len
         )
@@ -144,6 +150,9 @@ class LLMEngine:
     def set_priority(self, request_id: str, priority: int) -> None:
         self.scheduler.set_priority(self._seq(request_id), priority)
 
+    def unpin(self, key: str) -> None:
+        self.block_manager.unpin(key)
+
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
@@ -172,6 +181,8 @@ class LLMEngine:
             events.append(event)
             if event.finished:
                 del self.requests[seq.request_id]
+                if seq.pin_key is not None:
+                    self.block_manager.pin(seq.pin_key, seq)
                 self.scheduler.finish(seq, event.finish_reason)
                 self.runner.forget(seq.request_id)
         self.generated_tokens += len(results)
@@ -188,6 +199,7 @@ class LLMEngine:
             bm.stats.query_tokens,
             bm.stats.hit_tokens,
             sch.num_preemptions,
+            bm.num_pinned_blocks,
             self.steps,
             self.generated_tokens,
         )

@@ -114,6 +114,8 @@ class Scheduler:
             seq = self.running[i]
             n = min(seq.num_uncomputed_tokens, budget)
             while not self.bm.can_allocate(seq, n):
+                if self.bm.release_lru_pin():  # idle conversations' KV goes first: it can be recomputed
+                    continue
                 victim = self._idle_holder(exclude=seq)
                 if victim is None and len(self.running) > i + 1:
                     victim = self.running[-1]  # lowest priority, not yet scheduled this step
@@ -131,10 +133,14 @@ class Scheduler:
             seq = self.waiting.peek(now)
             if seq is None:
                 break
+            if seq.pin_key is not None:
+                self.bm.take_pin(seq.pin_key, seq)  # the session's own KV, partial block included
             cached = self.bm.find_cached_prefix(seq)
             computed = seq.num_computed_tokens + len(cached) * self.bm.block_size
             n = min(len(seq) - computed, budget)
             while not self.bm.can_allocate(seq, n, cached):
+                if self.bm.release_lru_pin():
+                    continue
                 victim = self._idle_holder(exclude=seq)
                 if victim is None and self.running:
                     # A more urgent request takes the memory of the least urgent running one. Both sides

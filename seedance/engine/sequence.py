@@ -33,6 +33,7 @@ class Sequence:
         "num_prompt_tokens",
         "params",
         "pause_requested",
+        "pin_key",
         "priority",
         "request_id",
         "status",
@@ -63,6 +64,7 @@ class Sequence:
         self.num_cached_tokens = 0  # prompt tokens found in the prefix cache at first admission
         self.finish_reason: str | None = None
         self.pause_requested = False
+        self.pin_key: str | None = None  # session whose KV this sequence continues and leaves pinned
 
     def __len__(self) -> int:
         return len(self.token_ids)

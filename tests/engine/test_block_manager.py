@@ -80,3 +80,46 @@ def test_generated_tokens_are_cached_for_the_next_turn():
     turn2.token_ids = [*a.token_ids, 80, 81]
     turn2.num_prompt_tokens = len(turn2.token_ids)
     assert len(bm.find_cached_prefix(turn2)) == 2  # 11 tokens computed -> 2 full blocks
+
+
+def test_pinned_kv_survives_eviction_pressure_and_the_next_turn_takes_it_over():
+    bm = BlockManager(num_blocks=8, block_size=4)
+    a = make_seq("a", 13)  # 3 full blocks + 1 token in a partial block
+    compute(bm, a)
+    assert bm.pin("session-1", a) == 13
+    bm.free_sequence(a)
+    assert bm.num_free_blocks == 4  # the 4 pinned blocks are held
+    b = make_seq("b", 16, first_token=300)  # takes every free block: pinned ones must not be evicted
+    compute(bm, b)
+    bm.free_sequence(b)
+    turn2 = make_seq("t2", 0)
+    turn2.token_ids = [*a.token_ids, 99, 98]
+    turn2.num_prompt_tokens = len(turn2.token_ids)
+    assert bm.take_pin("session-1", turn2) == 13  # all of it, the partial block included
+    assert len(turn2.block_table) == 4 and turn2.num_computed_tokens == 13 and not bm.pins
+    assert bm.allocate(turn2, 2)  # two new tokens: both fit in the partial block (13, 14 -> block 3)
+    assert len(turn2.block_table) == 4
+
+
+def test_a_diverged_conversation_does_not_reuse_its_pin():
+    bm = BlockManager(num_blocks=8, block_size=4)
+    a = make_seq("a", 10)
+    compute(bm, a)
+    bm.pin("s", a)
+    bm.free_sequence(a)
+    edited = make_seq("e", 12)
+    edited.token_ids[2] = 777
+    assert bm.take_pin("s", edited) == 0 and not bm.pins and bm.num_free_blocks == 8
+
+
+def test_pin_budget_releases_least_recent_pins_first():
+    bm = BlockManager(num_blocks=32, block_size=4)
+    bm.max_pinned_blocks = 5
+    for i, key in enumerate(("old", "new")):
+        s = make_seq(key, 9, first_token=100 * (i + 1))  # 3 blocks with KV
+        compute(bm, s)
+        bm.pin(key, s)
+        bm.free_sequence(s)
+    assert list(bm.pins) == ["new"] and bm.num_pinned_blocks == 3  # 3 + 3 > 5: the older pin went
+    assert bm.release_lru_pin() and not bm.pins and not bm.release_lru_pin()
+    bm.unpin("missing")  # unknown keys are a no-op

@@ -265,3 +265,31 @@ async def test_chat_messages_use_the_chat_template(engine):
     ]
     expected = engine.tokenizer.apply_chat_template([{"role": "user", "content": "Who made the heaven?"}])
     assert events[0].num_prompt_tokens == len(expected) > 0
+
+
+async def test_session_pin_reuses_prior_turns_kv_across_a_three_turn_chat(engine):
+    tok = engine.tokenizer
+    history: list[int] = []
+    reuse = []
+    params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
+    for turn, message in enumerate(["And God said unto Moses,", " And Moses answered,", " Then said the LORD,"]):
+        prompt = history + tok.encode(message)
+        events = [e async for e in engine.generate(GenerateRequest(
+            prompt_token_ids=prompt, params=params, pin_key="chat-1"))]
+        if turn:
+            reuse.append(events[0].num_cached_tokens / len(history))
+        history = prompt + tokens_of(events)
+        # Other traffic that would evict unpinned blocks from the LRU cache meanwhile.
+        await asyncio.gather(*[collect(engine, prompt=f"Verse {i} " * 30, max_tokens=30) for i in range(6)])
+    assert all(r >= 0.8 for r in reuse), reuse
+    assert engine.stats().num_pinned_blocks > 0
+    # Continuing from the pinned KV gives exactly what recomputing the whole history gives.
+    fresh = await AsyncEngine.create(EngineConfig(num_kv_blocks=256, enable_prefix_caching=False))
+    try:
+        recomputed = [e async for e in fresh.generate(GenerateRequest(prompt_token_ids=prompt, params=params))]
+    finally:
+        await fresh.close()
+    assert tokens_of(recomputed) == tokens_of(events)
+    engine.unpin("chat-1")
+    await asyncio.sleep(0.05)
+    assert engine.stats().num_pinned_blocks == 0
