@@ -172,9 +172,11 @@ class WsConnection:
             await self._refuse(msg.id, err.code, str(err))
             return
         stream.listener = self.wake.set
-        self.requests[msg.id] = ActiveRequest(msg.id, stream, msg.binary, msg.credit)
+        active = self.requests[msg.id] = ActiveRequest(msg.id, stream, msg.binary, msg.credit)
         if msg.credit == 0:
-            self._pause_for_credit(self.requests[msg.id])
+            self._pause_for_credit(active)
+        elif msg.credit is None and self.paused_for_backpressure:
+            self.engine.pause(stream.request_id)  # joins its connection's back-pressure pause
 
     def _engine_id(self, client_id: str) -> str:
         # Client ids are per connection; the engine needs globally unique ones.
@@ -191,11 +193,13 @@ class WsConnection:
             frames: list[bytes] = []
             for active in list(self.requests.values()):
                 self._collect(active, texts, frames)
+            if self.ws.closed:
+                return
             if texts:
                 body = texts[0] if len(texts) == 1 else b"[" + b",".join(texts) + b"]"
-                await self.ws.send_str(body.decode())
+                await self.ws.send_frame(body, WSMsgType.TEXT)  # already UTF-8 JSON: no re-encoding
             if frames:
-                await self.ws.send_bytes(b"".join(frames))
+                await self.ws.send_frame(b"".join(frames), WSMsgType.BINARY)
 
     def _collect(self, active: ActiveRequest, texts: list[bytes], frames: list[bytes]) -> None:
         """Turn the request's ready events into one chunk (and its done), respecting credit."""
@@ -285,7 +289,7 @@ class WsConnection:
 
     async def _send_now(self, body: bytes) -> None:
         if not self.ws.closed:
-            await self.ws.send_str(body.decode())
+            await self.ws.send_frame(body, WSMsgType.TEXT)
 
     # ---- heartbeat --------------------------------------------------------------------------------
     async def _heartbeat(self) -> None:

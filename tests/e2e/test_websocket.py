@@ -139,6 +139,9 @@ async def test_application_ping_and_protocol_ping(server):
     ('{"type": "generate", "id": "a", "prompt": "x", "messages": [{"role": "user", "content": "y"}]}',
      "invalid_message"),
     ('{"type": "cancel", "id": "nobody"}', "unknown_id"),
+    ('{"type": "credit", "id": "nobody", "n": 3}', "unknown_id"),
+    ('{"type": "priority", "id": "nobody", "priority": 1}', "unknown_id"),
+    ('{"type": "credit", "id": "a", "n": 0}', "invalid_message"),
     ('{"type": "generate", "id": "a", "prompt": "", "max_tokens": 2}', "invalid_request"),
     ('{"type": "generate", "id": "a", "prompt": "x", "max_tokens": 100000}', "invalid_request"),
 ])
@@ -154,6 +157,20 @@ async def test_bad_input_gets_an_error_and_the_connection_survives(server, raw, 
             assert rest == []
         result = await run_requests(ws, [{"id": "ok", "prompt": "Amen", "max_tokens": 2}])
         assert result["ok"]["done"]["finish_reason"] in ("length", "stop")
+
+
+async def test_priority_message_reprioritises_a_running_request(server):
+    async with connect(server.ws) as ws:
+        await ws.send(json.dumps({"type": "generate", "id": "p", "prompt": "And", "max_tokens": 30,
+                                  "temperature": 0, "ignore_eos": True}))
+        await ws.send(json.dumps({"type": "priority", "id": "p", "priority": -3}))
+        done, errors = None, []
+        async with asyncio.timeout(30):
+            while done is None:
+                for m in messages_of(await ws.recv()):
+                    errors += [m] if m["type"] == "error" else []
+                    done = m if m["type"] == "done" else done
+        assert errors == [] and done["finish_reason"] == "length"
 
 
 async def test_duplicate_id_and_per_connection_limit(server):
