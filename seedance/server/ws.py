@@ -16,13 +16,11 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
 
-from seedance.engine.async_engine import AsyncEngine, RequestStream
+from seedance.engine.async_engine import AsyncEngine
 from seedance.engine.errors import EngineError
-from seedance.engine.events import FinishReason, TokenEvent
 from seedance.protocol import (
     Cancel,
     CloseCode,
@@ -32,34 +30,15 @@ from seedance.protocol import (
     Priority,
     ProtocolError,
     decode_client_message,
-    encode_frame,
 )
 from seedance.protocol import errors as codes
 from seedance.server.config import ServerConfig
 from seedance.server.keepalive import apply_keepalive
-from seedance.server.messages import (
-    chunk_message,
-    done_message,
-    error_message,
-    frame_metadata,
-    pong_message,
-    refused_done_message,
-)
+from seedance.server.messages import error_message, pong_message, refused_done_message
 from seedance.server.requests import generate_request_from
+from seedance.server.stream_request import StreamRequest
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class ActiveRequest:
-    id: str
-    stream: RequestStream
-    binary: bool
-    credit: int | None  # None: no explicit flow control
-    next_seq: int = 0  # chunk counter
-    completion_tokens: int = 0
-    paused_for_credit: bool = False
-    cancelled: bool = False  # the client cancelled: its done goes out whatever the credit
 
 
 class WsConnection:
@@ -70,7 +49,7 @@ class WsConnection:
         self.engine = engine
         self.config = config
         self.draining = draining
-        self.requests: dict[str, ActiveRequest] = {}
+        self.requests: dict[str, StreamRequest] = {}
         self.wake = asyncio.Event()
         self.missed_pongs = 0
         self.paused_for_backpressure = False
@@ -172,9 +151,9 @@ class WsConnection:
             await self._refuse(msg.id, err.code, str(err))
             return
         stream.listener = self.wake.set
-        active = self.requests[msg.id] = ActiveRequest(msg.id, stream, msg.binary, msg.credit)
+        active = self.requests[msg.id] = StreamRequest(msg.id, stream, self.engine, msg.binary, msg.credit)
         if msg.credit == 0:
-            self._pause_for_credit(active)
+            active.pause_for_credit()
         elif msg.credit is None and self.paused_for_backpressure:
             self.engine.pause(stream.request_id)  # joins its connection's back-pressure pause
 
@@ -192,7 +171,9 @@ class WsConnection:
             texts: list[bytes] = []
             frames: list[bytes] = []
             for active in list(self.requests.values()):
-                self._collect(active, texts, frames)
+                active.produce(texts, frames)
+                if active.finished:
+                    del self.requests[active.id]
             if self.ws.closed:
                 return
             if texts:
@@ -200,53 +181,6 @@ class WsConnection:
                 await self.ws.send_frame(body, WSMsgType.TEXT)  # already UTF-8 JSON: no re-encoding
             if frames:
                 await self.ws.send_frame(b"".join(frames), WSMsgType.BINARY)
-
-    def _collect(self, active: ActiveRequest, texts: list[bytes], frames: list[bytes]) -> None:
-        """Turn the request's ready events into one chunk (and its done), respecting credit."""
-        if active.credit is not None and active.credit <= 0 and not active.cancelled:
-            if not active.stream.queue.empty():
-                self._pause_for_credit(active)
-            return
-        events = active.stream.drain()
-        if active.cancelled:  # unsent tokens of a cancelled request are dropped
-            events = [e for e in events if e.finished]
-        if not events:
-            return
-        token_events = [e for e in events if e.token_id >= 0]
-        final = events[-1] if events[-1].finished else None
-        active.completion_tokens += len(token_events)
-        if token_events or (final is not None and active.binary):
-            seq = active.next_seq
-            active.next_seq += 1
-            if active.credit is not None:
-                active.credit -= 1
-            if active.binary:
-                frames.append(self._frame(active, seq, token_events, final))
-            else:
-                texts.append(chunk_message(active.id, seq, token_events))
-        if final is not None:
-            if final.finish_reason is FinishReason.ERROR:
-                texts.append(error_message(active.id, codes.INTERNAL, "generation failed on the server"))
-            if not active.binary:
-                texts.append(done_message(active.id, final, active.completion_tokens))
-            del self.requests[active.id]
-        elif active.credit is not None and active.credit <= 0:
-            self._pause_for_credit(active)
-
-    def _frame(self, active: ActiveRequest, seq: int, events: list[TokenEvent], final: TokenEvent | None) -> bytes:
-        has_logprobs = bool(events) and events[0].logprob is not None
-        return encode_frame(
-            [e.token_id for e in events],
-            "".join(e.text_delta for e in events),
-            frame_metadata(active.id, seq, events, final, active.completion_tokens),
-            logprobs=[e.logprob for e in events] if has_logprobs else None,
-            is_partial=final is None,
-        )
-
-    def _pause_for_credit(self, active: ActiveRequest) -> None:
-        if not active.paused_for_credit:
-            active.paused_for_credit = True
-            self.engine.pause(active.stream.request_id)
 
     async def _apply_backpressure(self) -> bool:
         """Water marks on the socket's unsent bytes, for requests without explicit credit. Returns True
