@@ -18,6 +18,7 @@ class EngineConfig:
     max_waiting: int = 256  # waiting-queue bound; beyond it submit() raises EngineOverloaded
     max_model_len: int | None = None  # defaults to the model's max_position_embeddings
     max_tokens_limit: int = 4096  # largest max_tokens a request may ask for
+    max_prompt_tokens: int | None = None  # longest prompt a request may send (policy); None: the context length
     aging_interval_s: float = 2.0  # every interval waited raises a request's priority by one level
     enable_prefix_caching: bool = True
     max_pinned_kv_fraction: float = 0.5  # share of the KV pool idle sessions may pin for their next turn

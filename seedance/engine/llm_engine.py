@@ -79,6 +79,10 @@ class LLMEngine:
             raise InvalidRequest("prompt is empty")
         if params.max_tokens > self.config.max_tokens_limit:
             raise InvalidRequest(f"max_tokens {params.max_tokens} exceeds the limit {self.config.max_tokens_limit}")
+        if self.config.max_prompt_tokens is not None and len(prompt_token_ids) > self.config.max_prompt_tokens:
+            raise InvalidRequest(
+                f"prompt has {len(prompt_token_ids)} tokens; the limit is {self.config.max_prompt_tokens}"
+            )
         if len(prompt_token_ids) >= self.max_model_len:
             raise InvalidRequest(
                 f"prompt has {len(prompt_token_ids)} tokens; the model's context is {self.max_model_len}"

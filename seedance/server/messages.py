@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from seedance.engine.events import TokenEvent
-from seedance.protocol import Chunk, Done, Error, Pong, TokenLogprob, Usage, encode_server_message
+from seedance.protocol import Chunk, Done, Error, Pong, SnapshotAck, TokenLogprob, Usage, encode_server_message
 
 
 def _logprobs(events: list[TokenEvent]) -> list[TokenLogprob] | None:
@@ -23,9 +23,15 @@ def usage_of(final: TokenEvent, completion_tokens: int) -> Usage:
                  cached_tokens=final.num_cached_tokens)
 
 
-def done_message(request_id: str, final: TokenEvent, completion_tokens: int) -> bytes:
+def done_message(request_id: str, final: TokenEvent, completion_tokens: int, kv_reuse: float | None = None) -> bytes:
     return encode_server_message(Done(id=request_id, finish_reason=str(final.finish_reason),
-                                      usage=usage_of(final, completion_tokens), stop_reason=final.stop_reason))
+                                      usage=usage_of(final, completion_tokens), stop_reason=final.stop_reason,
+                                      kv_reuse=None if kv_reuse is None else round(kv_reuse, 4)))
+
+
+def snapshot_message(request_id: str, snapshot) -> bytes:
+    return encode_server_message(SnapshotAck(id=request_id, session=snapshot.session_id, turn=snapshot.turn,
+                                             kv_cache_hash=snapshot.kv_cache_hash))
 
 
 def refused_done_message(request_id: str) -> bytes:

@@ -40,6 +40,7 @@ class StreamRequest:
     # (seq, is_binary, message) for everything produced; kept for session requests only (replay).
     log: list[tuple[int, bool, bytes]] | None = None
     on_finish: Callable[[StreamRequest], None] | None = None
+    on_snapshot: Callable[[object], None] | None = None  # the session turn is durable (set by its connection)
 
     @property
     def finished(self) -> bool:
@@ -86,7 +87,9 @@ class StreamRequest:
             if final.finish_reason is FinishReason.ERROR:
                 texts.append(error_message(self.id, codes.INTERNAL, "generation failed on the server"))
             if not self.binary:
-                self._emit(texts, END, False, done_message(self.id, final, self.completion_tokens))
+                kv_reuse = (final.num_cached_tokens / final.num_prompt_tokens
+                            if self.session_id is not None and final.num_prompt_tokens else None)
+                self._emit(texts, END, False, done_message(self.id, final, self.completion_tokens, kv_reuse))
             if self.on_finish is not None:
                 self.on_finish(self)
         elif self.credit is not None and self.credit <= 0:

@@ -33,8 +33,8 @@ class Snapshot(msgspec.Struct, kw_only=True):
     kv_cache_hash: str
     timestamp: float = msgspec.field(default_factory=time.time)
     turns: list[Turn] = msgspec.field(default_factory=list)
-    # Per-request log of the messages sent for the last turn (JSON text or MTF1 bytes), for replay.
-    replay: dict[str, list[bytes]] = msgspec.field(default_factory=dict)
+    # Per-request log of what was sent for the last turn, (seq, is_binary, message), for replay.
+    replay: dict[str, list[tuple[int, bool, bytes]]] = msgspec.field(default_factory=dict)
 
     def verify(self) -> None:
         if kv_cache_hash(self.token_ids) != self.kv_cache_hash:

@@ -57,6 +57,7 @@ def start_server(tmp_path_factory, **env: object) -> RunningServer:
     port = free_port()
     log_path = str(tmp_path_factory.mktemp("server") / "server.log")
     environ = {**os.environ, "SEEDANCE_PORT": str(port), "SEEDANCE_HOST": "127.0.0.1"}
+    env.setdefault("session_store", f"sqlite://{tmp_path_factory.mktemp('sessions') / 'sessions.db'}")
     environ.update({f"SEEDANCE_{k.upper()}": str(v) for k, v in env.items()})
     with open(log_path, "w") as log:
         process = subprocess.Popen([sys.executable, "-m", "seedance.cli", "serve"], env=environ,

@@ -18,7 +18,8 @@ def make_snapshot(session_id: str, turn: int, tokens: list[int]) -> Snapshot:
         kv_cache_hash=kv_cache_hash(tokens),
         turns=[Turn(request_id="r1", input_text="In the beginning", output_text=" God", finish_reason="stop",
                     prompt_tokens=3, completion_tokens=1, cached_tokens=0)],
-        replay={"r1": [b'{"type":"chunk","id":"r1","seq":0,"text":" God","token_ids":[9]}', b"MTF1\x01"]},
+        replay={"r1": [(0, False, b'{"type":"chunk","id":"r1","seq":0,"text":" God","token_ids":[9]}'),
+                       (1, True, b"MTF1\x01")]},
     )
 
 

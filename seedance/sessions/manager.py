@@ -1,0 +1,213 @@
+"""Sessions in memory: conversation state, the turn in progress, and what happens while its client is away.
+
+A session is named by the client (`session` on a generate). Each turn's prompt is the conversation so far
+(as tokens, exactly as the model saw them) plus the new input, and its request leaves its KV pinned in the
+engine under the session id, so the next turn continues from it instead of recomputing.
+
+When a connection drops, the turn in progress is detached, not cancelled: it keeps generating into its
+replay log up to `detached_buffer_tokens`, then is paused in the engine (KV kept) until the client
+resumes or `resume_grace_s` runs out, when it is cancelled and its KV freed. Each completed turn is
+snapshotted to the store (off the event loop); a session evicted from memory, or lost in a restart, is
+restored from its snapshot and verified against its kv_cache_hash.
+
+Bounds: `max_sessions` in memory (LRU eviction of idle sessions: never one with a turn in progress),
+`session_idle_ttl_s`, and the engine's pinned-KV budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from seedance.engine.async_engine import AsyncEngine
+from seedance.engine.events import FinishReason
+from seedance.sessions.snapshot import Snapshot, Turn, kv_cache_hash
+from seedance.sessions.store import SessionStore
+
+log = logging.getLogger(__name__)
+
+
+class SessionError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(eq=False)
+class Session:
+    id: str
+    token_ids: list[int] = field(default_factory=list)
+    turn: int = 0
+    turns: list[Turn] = field(default_factory=list)
+    last_active: float = field(default_factory=time.monotonic)
+    current: Any = None  # the StreamRequest of the turn in progress (attached or detached)
+    replay: dict[str, list[tuple[int, bool, bytes]]] = field(default_factory=dict)  # last completed turn
+    detached_task: asyncio.Task | None = None
+    grace_timer: asyncio.TimerHandle | None = None
+    restored: bool = False
+
+    @property
+    def busy(self) -> bool:
+        return self.current is not None
+
+
+class SessionManager:
+    def __init__(self, engine: AsyncEngine, store: SessionStore, *, max_sessions: int = 10_000,
+                 idle_ttl_s: float = 3600.0, resume_grace_s: float = 60.0,
+                 detached_buffer_tokens: int = 256) -> None:
+        self.engine = engine
+        self.store = store
+        self.max_sessions = max_sessions
+        self.idle_ttl_s = idle_ttl_s
+        self.resume_grace_s = resume_grace_s
+        self.detached_buffer_tokens = detached_buffer_tokens
+        self.sessions: OrderedDict[str, Session] = OrderedDict()
+        self.pending_saves: set[asyncio.Task] = set()
+        self.snapshots_written = 0
+
+    # ---- lookup -----------------------------------------------------------------------------------
+    async def get(self, session_id: str) -> Session:
+        """The live session, else restored from its snapshot, else a new one."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            session = await self._restore(session_id) or Session(session_id)
+            self.sessions[session_id] = session
+            self._evict_over_limit()
+        self.sessions.move_to_end(session_id)
+        session.last_active = time.monotonic()
+        return session
+
+    async def _restore(self, session_id: str) -> Session | None:
+        snapshot = await self.store.load(session_id)
+        if snapshot is None:
+            return None
+        try:
+            snapshot.verify()
+        except ValueError as err:
+            raise SessionError("invalid_request", str(err)) from None
+        log.info("session %s restored from its snapshot (turn %d, %d tokens)", session_id, snapshot.turn,
+                 len(snapshot.token_ids))
+        return Session(session_id, list(snapshot.token_ids), snapshot.turn, list(snapshot.turns),
+                       replay={k: list(v) for k, v in snapshot.replay.items()}, restored=True)
+
+    def _evict_over_limit(self) -> None:
+        for session in list(self.sessions.values()):
+            if len(self.sessions) <= self.max_sessions:
+                break
+            if not session.busy:
+                self._evict(session)
+
+    def _evict(self, session: Session) -> None:
+        """Drop from memory; its snapshot stays in the store and its KV pin is released."""
+        self.sessions.pop(session.id, None)
+        self.engine.unpin(session.id)
+
+    def evict_idle(self, now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        idle = [s for s in self.sessions.values() if not s.busy and now - s.last_active > self.idle_ttl_s]
+        for session in idle:
+            self._evict(session)
+        return len(idle)
+
+    # ---- turns ------------------------------------------------------------------------------------
+    def begin_turn(self, session: Session, request: Any) -> None:
+        if session.busy:
+            raise SessionError("invalid_request", f"session {session.id!r} has a turn in progress "
+                                                  f"({session.current.id!r}); wait for its done or cancel it")
+        session.current = request
+        request.on_finish = lambda req: self._finish_turn(session, req)
+
+    def _finish_turn(self, session: Session, request: Any) -> None:
+        """Called when the turn's last event is produced. Completed turns extend the conversation and are
+        snapshotted; cancelled or failed ones leave it as it was."""
+        session.current = None
+        session.last_active = time.monotonic()
+        self._stop_detached(session)
+        final = request.final
+        if final.finish_reason not in (FinishReason.STOP, FinishReason.LENGTH):
+            return
+        session.token_ids = request.prompt_token_ids + request.output_token_ids
+        session.turn += 1
+        session.turns.append(Turn(
+            request_id=request.id, input_text=request.input_text, output_text="".join(request.output_text),
+            finish_reason=str(final.finish_reason), prompt_tokens=final.num_prompt_tokens,
+            completion_tokens=request.completion_tokens, cached_tokens=final.num_cached_tokens))
+        session.replay = {request.id: list(request.log or [])}
+        snapshot = Snapshot(session_id=session.id, turn=session.turn, token_ids=list(session.token_ids),
+                            last_token_id=session.token_ids[-1], kv_cache_hash=kv_cache_hash(session.token_ids),
+                            turns=list(session.turns), replay=session.replay)
+        task = asyncio.get_running_loop().create_task(self._save(snapshot, request))
+        self.pending_saves.add(task)
+        task.add_done_callback(self.pending_saves.discard)
+
+    async def _save(self, snapshot: Snapshot, request: Any) -> None:
+        try:
+            await self.store.save(snapshot)
+        except Exception:
+            log.exception("snapshot of session %s turn %d failed", snapshot.session_id, snapshot.turn)
+            return
+        self.snapshots_written += 1
+        if request.on_snapshot is not None:
+            request.on_snapshot(snapshot)
+
+    # ---- away and back ----------------------------------------------------------------------------
+    def detach(self, request: Any) -> None:
+        """The client's connection is gone: keep the turn going into its replay log, bounded, then paused."""
+        session = self.sessions.get(request.session_id)
+        if session is None or session.current is not request or request.finished:
+            return
+        request.on_snapshot = None
+        loop = asyncio.get_running_loop()
+        session.detached_task = loop.create_task(self._consume_detached(request))
+        session.grace_timer = loop.call_later(self.resume_grace_s, self._grace_expired, session, request)
+
+    async def _consume_detached(self, request: Any) -> None:
+        wake = asyncio.Event()
+        request.stream.listener = wake.set
+        wake.set()
+        start = request.completion_tokens
+        paused = False
+        while not request.finished:
+            await wake.wait()
+            wake.clear()
+            request.produce([], [])  # logged for replay, sent to nobody
+            if not paused and not request.finished and request.completion_tokens - start >= self.detached_buffer_tokens:
+                paused = True
+                self.engine.pause(request.engine_id)  # buffer full: stop computing, keep the KV
+
+    def _grace_expired(self, session: Session, request: Any) -> None:
+        if session.current is request and not request.finished:
+            log.info("session %s: client did not come back within %.0f s; cancelling %s", session.id,
+                     self.resume_grace_s, request.id)
+            request.cancelled = True
+            self.engine.cancel(request.engine_id)
+
+    def _stop_detached(self, session: Session) -> None:
+        if session.grace_timer is not None:
+            session.grace_timer.cancel()
+            session.grace_timer = None
+        task, session.detached_task = session.detached_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    def adopt(self, session: Session, request_id: str) -> Any | None:
+        """A client resumed: hand the detached turn to its new connection (None if there is none)."""
+        request = session.current
+        if request is None or request.id != request_id:
+            return None
+        self._stop_detached(session)
+        return request
+
+    async def close(self) -> None:
+        for session in self.sessions.values():
+            self._stop_detached(session)
+        if self.pending_saves:
+            await asyncio.gather(*self.pending_saves, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.store.close()

@@ -1,0 +1,171 @@
+"""Sessions end to end: multi-turn KV reuse, resume after an abrupt drop, restart between turns.
+
+Every test runs against both session stores, SQLite and a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+SAMPLED = {"max_tokens": 48, "temperature": 0.8, "top_p": 0.95, "seed": 11, "ignore_eos": True}
+TURNS = ["And God said unto Moses,", " And Moses answered and said,", " Then the LORD spake, saying,"]
+
+
+def messages_of(raw) -> list[dict]:
+    parsed = json.loads(raw)
+    return parsed if isinstance(parsed, list) else [parsed]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path / 'sessions.db'}"
+    return request.getfixturevalue("redis_url")
+
+
+async def read_turn(ws, request_id: str, want_snapshot: bool = True, timeout: float = 60) -> dict:
+    """Collect a request's chunks, its done and (for completed turns) its snapshot ack."""
+    out = {"chunks": [], "done": None, "snapshot": None, "errors": []}
+    async with asyncio.timeout(timeout):
+        while out["done"] is None or (want_snapshot and out["snapshot"] is None
+                                      and out["done"]["finish_reason"] in ("stop", "length")):
+            for m in messages_of(await ws.recv()):
+                if m.get("id") != request_id:
+                    continue
+                kind = m["type"]
+                if kind == "chunk":
+                    out["chunks"].append(m)
+                elif kind == "done":
+                    out["done"] = m
+                elif kind == "snapshot":
+                    out["snapshot"] = m
+                elif kind == "error":
+                    out["errors"].append(m)
+    return out
+
+
+def text(turn: dict) -> str:
+    return "".join(c["text"] for c in turn["chunks"])
+
+
+async def chat(ws_url: str, session: str, turns: list[str], params: dict) -> list[dict]:
+    results = []
+    async with connect(ws_url) as ws:
+        for i, message in enumerate(turns):
+            await ws.send(json.dumps({"type": "generate", "id": f"t{i}", "session": session, "prompt": message,
+                                      **params}))
+            results.append(await read_turn(ws, f"t{i}"))
+    return results
+
+
+async def test_three_turn_chat_reuses_at_least_80_percent_of_prior_kv(server_factory, store_url):
+    srv = server_factory(session_store=store_url)
+    turns = await chat(srv.ws, "reuse-chat", TURNS, SAMPLED)
+    prior = 0
+    for i, turn in enumerate(turns):
+        done, usage = turn["done"], turn["done"]["usage"]
+        assert done["finish_reason"] == "length" and usage["completion_tokens"] == SAMPLED["max_tokens"]
+        assert turn["snapshot"] == {"type": "snapshot", "id": f"t{i}", "session": "reuse-chat", "turn": i + 1,
+                                    "kv_cache_hash": turn["snapshot"]["kv_cache_hash"]}
+        if i:
+            # The prompt is the whole conversation, and nearly all of it came from the pinned KV.
+            assert usage["prompt_tokens"] > prior
+            assert usage["cached_tokens"] / prior >= 0.8
+            assert done["kv_reuse"] == pytest.approx(usage["cached_tokens"] / usage["prompt_tokens"], abs=1e-3)
+        prior = usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+async def test_abrupt_drop_mid_stream_then_resume_gives_the_uninterrupted_text(server_factory, store_url):
+    srv = server_factory(session_store=store_url, detached_buffer_tokens=8)
+    reference = (await chat(srv.ws, "uninterrupted", TURNS[:1], SAMPLED))[0]
+
+    ws = await connect(srv.ws)
+    await ws.send(json.dumps({"type": "generate", "id": "t0", "session": "dropped", "prompt": TURNS[0], **SAMPLED}))
+    seen = []
+    while len(seen) < 5:
+        seen += [m for m in messages_of(await ws.recv()) if m["type"] == "chunk"]
+    ws.transport.abort()  # an abrupt TCP drop: no close frame
+    # While the client is away the turn runs into its bounded buffer, then is paused with its KV kept.
+    for _ in range(100):
+        stats = httpx.get(f"{srv.http}/stats").json()
+        if stats["num_paused"] == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert stats["num_paused"] == 1 and stats["num_running"] == 0
+
+    async with connect(srv.ws) as ws2:
+        last_seq = seen[-1]["seq"]
+        await ws2.send(json.dumps({"type": "resume", "session": "dropped", "id": "t0", "last_seq": last_seq}))
+        rest = await read_turn(ws2, "t0")
+    chunks = seen + rest["chunks"]
+    assert [c["seq"] for c in chunks] == list(range(len(chunks)))  # nothing lost, nothing twice
+    assert "".join(c["text"] for c in chunks) == text(reference)
+    assert rest["done"]["usage"]["completion_tokens"] == SAMPLED["max_tokens"]
+    assert rest["snapshot"]["turn"] == 1
+
+
+async def test_a_client_that_does_not_come_back_is_cancelled_after_the_grace(server_factory):
+    srv = server_factory(resume_grace_s=0.5, detached_buffer_tokens=4)
+    ws = await connect(srv.ws)
+    await ws.send(json.dumps({"type": "generate", "id": "t0", "session": "gone", "prompt": "And",
+                              "max_tokens": 2000, "ignore_eos": True}))
+    await ws.recv()
+    ws.transport.abort()
+    for _ in range(100):
+        stats = httpx.get(f"{srv.http}/stats").json()
+        if stats["open_requests"] == 0 and stats["num_paused"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert stats["open_requests"] == 0 and stats["num_running"] == 0 and stats["num_paused"] == 0
+    async with connect(srv.ws) as ws2:
+        await ws2.send(json.dumps({"type": "resume", "session": "gone", "id": "t0"}))
+        (error,) = messages_of(await ws2.recv())
+        assert error["code"] == "unknown_id"
+
+
+async def test_restart_between_turns_continues_the_conversation(server_factory, store_url):
+    reference_srv = server_factory(session_store=store_url)
+    reference = await chat(reference_srv.ws, "no-restart", TURNS[:2], SAMPLED)
+    reference_srv.stop()
+
+    first = server_factory(session_store=store_url)
+    turn1 = (await chat(first.ws, "restarted", TURNS[:1], SAMPLED))[0]
+    assert turn1["snapshot"]["turn"] == 1  # acknowledged: durable from here on
+    first.process.send_signal(signal.SIGKILL)  # no graceful anything
+    first.process.wait(10)
+
+    second = server_factory(session_store=store_url)
+    async with connect(second.ws) as ws:
+        # The last completed turn replays from the snapshot...
+        await ws.send(json.dumps({"type": "resume", "session": "restarted", "id": "t0", "last_seq": 2}))
+        replayed = await read_turn(ws, "t0", want_snapshot=False)
+        assert [c["seq"] for c in replayed["chunks"]] == [c["seq"] for c in turn1["chunks"][3:]]
+        assert text(replayed) == text(turn1)[len("".join(c["text"] for c in turn1["chunks"][:3])):]
+        # ...and the conversation goes on as if nothing happened.
+        await ws.send(json.dumps({"type": "generate", "id": "t1", "session": "restarted", "prompt": TURNS[1],
+                                  **SAMPLED}))
+        turn2 = await read_turn(ws, "t1")
+    assert text(turn1) == text(reference[0])
+    assert text(turn2) == text(reference[1])
+    assert turn2["done"]["usage"]["prompt_tokens"] == reference[1]["done"]["usage"]["prompt_tokens"]
+    assert turn2["snapshot"]["kv_cache_hash"] == reference[1]["snapshot"]["kv_cache_hash"]
+
+
+async def test_one_turn_at_a_time_per_session(server):
+    async with connect(server.ws) as ws:
+        long = {"type": "generate", "session": "busy", "prompt": "And", "max_tokens": 500, "ignore_eos": True}
+        await ws.send(json.dumps({**long, "id": "a"}))
+        await ws.send(json.dumps({**long, "id": "b"}))
+        errors = []
+        async with asyncio.timeout(30):
+            while not errors:
+                errors = [m for m in messages_of(await ws.recv()) if m["type"] == "error"]
+        assert errors[0]["id"] == "b" and "turn in progress" in errors[0]["message"]
+        await ws.send(json.dumps({"type": "cancel", "id": "a"}))
+        cancelled = await read_turn(ws, "a", want_snapshot=False)
+        assert cancelled["done"]["finish_reason"] == "cancelled"
