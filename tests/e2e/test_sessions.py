@@ -169,3 +169,43 @@ async def test_one_turn_at_a_time_per_session(server):
         await ws.send(json.dumps({"type": "cancel", "id": "a"}))
         cancelled = await read_turn(ws, "a", want_snapshot=False)
         assert cancelled["done"]["finish_reason"] == "cancelled"
+
+
+def sse_events(lines) -> list[tuple[str, str]]:
+    """(id, data) pairs from SSE lines."""
+    events, event_id = [], None
+    for line in lines:
+        if line.startswith("id: "):
+            event_id = line[4:]
+        elif line.startswith("data: "):
+            events.append((event_id, line[6:]))
+    return events
+
+
+def completion_text(events) -> str:
+    return "".join(json.loads(d)["choices"][0]["text"] for _, d in events
+                   if d != "[DONE]" and json.loads(d).get("choices"))
+
+
+def test_sse_session_turn_resumes_with_last_event_id(server):
+    body = {"model": "seedance-tiny", "prompt": TURNS[0], "stream": True, **SAMPLED}
+    with httpx.Client(base_url=server.http, timeout=60) as http:
+        with http.stream("POST", "/v1/completions", json={**body, "session": "sse-ref"}) as whole:
+            reference = sse_events(whole.iter_lines())
+        assert reference[-1][1] == "[DONE]" and reference[0][0].startswith("sse-ref/cmpl-")
+        seen, lines_read = [], []
+        with http.stream("POST", "/v1/completions", json={**body, "session": "sse-cut"}) as cut:
+            lines = cut.iter_lines()
+            while len(seen) < 4:
+                lines_read.append(next(lines))
+                seen = sse_events(lines_read)
+        # The client went away mid-stream; it comes back with the last event id it saw.
+        with http.stream("POST", "/v1/completions", json={}, headers={"Last-Event-ID": seen[-1][0]}) as rest:
+            assert rest.status_code == 200
+            resumed = sse_events(rest.iter_lines())
+    seqs = [int(i.rsplit(":", 1)[1]) for i, d in seen + resumed if i is not None and d != "[DONE]"]
+    assert seqs == list(range(len(seqs)))  # nothing lost, nothing twice
+    assert completion_text(seen + resumed) == completion_text(reference)
+    assert resumed[-1][1] == "[DONE]"
+    missing = httpx.post(f"{server.http}/v1/completions", json={}, headers={"Last-Event-ID": "nobody/cmpl-x:3"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_id"

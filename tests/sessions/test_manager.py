@@ -1,0 +1,59 @@
+"""Session bookkeeping with the real engine (synthetic backend: the point is the state, not the model)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from seedance.engine.async_engine import AsyncEngine
+from seedance.engine.config import EngineConfig
+from seedance.sessions.manager import SessionError, SessionManager
+from seedance.sessions.snapshot import Snapshot, kv_cache_hash
+from seedance.sessions.store import MemoryStore
+
+
+@pytest.fixture
+async def engine():
+    eng = await AsyncEngine.create(EngineConfig(synthetic_rate=1000.0))
+    yield eng
+    await eng.close()
+
+
+async def test_lru_eviction_skips_sessions_with_a_turn_in_progress(engine):
+    manager = SessionManager(engine, MemoryStore(), max_sessions=2)
+    busy = await manager.get("busy")
+    manager.begin_turn(busy, SimpleNamespace(id="r", on_finish=None))
+    await manager.get("idle-1")
+    await manager.get("idle-2")  # over the limit: the least recent idle one goes, never the busy one
+    assert list(manager.sessions) == ["busy", "idle-2"]
+
+
+async def test_idle_ttl_evicts_and_the_snapshot_brings_it_back(engine):
+    store = MemoryStore()
+    tokens = [5, 6, 7]
+    await store.save(Snapshot(session_id="s", turn=1, token_ids=tokens, last_token_id=7,
+                              kv_cache_hash=kv_cache_hash(tokens)))
+    manager = SessionManager(engine, store, idle_ttl_s=10)
+    session = await manager.get("s")
+    assert session.restored and session.token_ids == tokens and session.turn == 1
+    assert manager.evict_idle(now=session.last_active + 11) == 1 and "s" not in manager.sessions
+    assert (await manager.get("s")).token_ids == tokens
+
+
+async def test_a_corrupt_snapshot_is_refused_not_used(engine):
+    store = MemoryStore()
+    await store.save(Snapshot(session_id="s", turn=1, token_ids=[1, 2], last_token_id=2, kv_cache_hash="00"))
+    manager = SessionManager(engine, store)
+    with pytest.raises(SessionError, match="kv_cache_hash"):
+        await manager.get("s")
+
+
+async def test_one_turn_at_a_time(engine):
+    manager = SessionManager(engine, MemoryStore())
+    session = await manager.get("s")
+    manager.begin_turn(session, SimpleNamespace(id="a", on_finish=None))
+    with pytest.raises(SessionError, match="turn in progress"):
+        manager.begin_turn(session, SimpleNamespace(id="b", on_finish=None))
+    await asyncio.sleep(0)
