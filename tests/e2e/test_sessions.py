@@ -209,3 +209,22 @@ def test_sse_session_turn_resumes_with_last_event_id(server):
     assert resumed[-1][1] == "[DONE]"
     missing = httpx.post(f"{server.http}/v1/completions", json={}, headers={"Last-Event-ID": "nobody/cmpl-x:3"})
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_id"
+
+
+async def test_missed_heartbeats_start_the_same_grace_window(server_factory):
+    from tests.e2e.test_websocket import raw_handshake, read_until_close_code, send_masked_text
+
+    srv = server_factory(heartbeat_interval_s=0.3, heartbeat_max_missed=2, detached_buffer_tokens=6)
+    sock = raw_handshake(srv.port)
+    # credit 5: it stops after five chunks, so the turn is still in progress when the server gives up on us
+    send_masked_text(sock, json.dumps({"type": "generate", "id": "t0", "session": "silent", "prompt": TURNS[0],
+                                       "credit": 5, **SAMPLED}))
+    assert read_until_close_code(sock, timeout=10) == 4000  # it never answered a ping
+    sock.close()
+    stats = httpx.get(f"{srv.http}/stats").json()
+    assert stats["open_requests"] == 1  # detached, not cancelled
+    async with connect(srv.ws) as ws:
+        await ws.send(json.dumps({"type": "resume", "session": "silent", "id": "t0"}))
+        turn = await read_turn(ws, "t0")
+    assert turn["done"]["usage"]["completion_tokens"] == SAMPLED["max_tokens"]
+    assert [c["seq"] for c in turn["chunks"]] == list(range(len(turn["chunks"])))
