@@ -1,0 +1,12 @@
+"""Python client SDK for Seedance's WebSocket protocol."""
+
+from seedance.client.connection import (
+    ChunkOut,
+    ConnectionLost,
+    DoneOut,
+    GenerationStream,
+    SeedanceClient,
+    SeedanceError,
+)
+
+__all__ = ["ChunkOut", "ConnectionLost", "DoneOut", "GenerationStream", "SeedanceClient", "SeedanceError"]

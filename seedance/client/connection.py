@@ -1,0 +1,294 @@
+"""The async Python client for Seedance's WebSocket protocol.
+
+    async with SeedanceClient("ws://127.0.0.1:8000/v1/stream") as client:
+        async for chunk in client.generate("In the beginning", max_tokens=32, seed=1):
+            print(chunk.text, end="")
+
+Many generations share one connection (each its own iterator). If the connection drops, the client
+reconnects with exponential back-off and jitter and resumes every open stream from the last seq it
+delivered: each caller's iterator sees every chunk exactly once. Resuming needs a server-side session, so
+a generation without one gets a private single-turn session unless `resumable=False`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import ssl as ssl_module
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from seedance.protocol import decode_frames
+
+log = logging.getLogger(__name__)
+
+
+class SeedanceError(Exception):
+    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+class ConnectionLost(SeedanceError):
+    def __init__(self, message: str) -> None:
+        super().__init__("connection_lost", message)
+
+
+@dataclass(slots=True)
+class ChunkOut:
+    id: str
+    seq: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[float] | None = None
+
+
+@dataclass(slots=True)
+class DoneOut:
+    id: str
+    finish_reason: str
+    usage: dict
+    stop_reason: str | int | None = None
+    kv_reuse: float | None = None
+
+
+@dataclass(eq=False)
+class GenerationStream:
+    """Async iterator of ChunkOut; `done` is set when it ends. Leaving it early cancels the generation."""
+
+    client: SeedanceClient
+    id: str
+    session: str | None
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    last_seq: int = -1
+    done: DoneOut | None = None
+    snapshot: dict | None = None
+    credit_window: int | None = None
+    consumed_since_grant: int = 0
+    request: dict = field(default_factory=dict)  # the generate message, re-sent if the server never saw it
+
+    def __aiter__(self) -> AsyncIterator[ChunkOut]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[ChunkOut]:
+        try:
+            while True:
+                item = await self.queue.get()
+                if isinstance(item, DoneOut):
+                    self.done = item
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+                await self.client._consumed(self)
+        finally:
+            if self.done is None:
+                await self.client.cancel(self.id)
+
+    async def collect(self) -> str:
+        return "".join([c.text async for c in self])
+
+
+class SeedanceClient:
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        binary: bool = False,
+        credit_window: int | None = None,
+        heartbeat_interval: float = 15.0,
+        reconnect: bool = True,
+        backoff_base: float = 0.05,
+        backoff_max: float = 5.0,
+        max_reconnect_attempts: int = 50,
+        open_timeout: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.token = token
+        self.ssl = ssl
+        self.binary = binary
+        self.credit_window = credit_window
+        self.heartbeat_interval = heartbeat_interval
+        self.reconnect = reconnect
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.max_reconnect_attempts = max_reconnect_attempts
+        self.open_timeout = open_timeout
+        self.streams: dict[str, GenerationStream] = {}
+        self.reconnects = 0
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task | None = None
+        self._connected = asyncio.Event()
+        self._closing = False
+
+    async def __aenter__(self) -> SeedanceClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _open(self) -> ClientConnection:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        return await connect(self.url, additional_headers=headers, ssl=self.ssl, open_timeout=self.open_timeout,
+                             ping_interval=self.heartbeat_interval, ping_timeout=self.heartbeat_interval * 2,
+                             max_size=None, max_queue=None)
+
+    async def connect(self) -> None:
+        self._ws = await self._open()
+        self._connected.set()
+        self._reader = asyncio.create_task(self._read_loop(), name="seedance-client-reader")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        for stream in self.streams.values():
+            stream.queue.put_nowait(ConnectionLost("client closed"))
+        self.streams.clear()
+
+    # ---- requests ---------------------------------------------------------------------------------
+    async def _send(self, message: dict) -> None:
+        await self._connected.wait()
+        with contextlib.suppress(ConnectionClosed):  # the reader reconnects and resumes from there
+            await self._ws.send(json.dumps(message))
+
+    def generate(self, prompt: str | None = None, *, messages: list[dict] | None = None, session: str | None = None,
+                 id: str | None = None, resumable: bool = True, **params: Any) -> GenerationStream:
+        request_id = id or uuid.uuid4().hex[:16]
+        if session is None and resumable:
+            session = f"sdk-{uuid.uuid4().hex}"  # a private one-turn session makes it resumable
+        stream = GenerationStream(self, request_id, session, credit_window=self.credit_window)
+        self.streams[request_id] = stream
+        message: dict[str, Any] = {"type": "generate", "id": request_id, **params}
+        if prompt is not None:
+            message["prompt"] = prompt
+        if messages is not None:
+            message["messages"] = messages
+        if session is not None:
+            message["session"] = session
+        if self.binary:
+            message["binary"] = True
+        if self.credit_window:
+            message["credit"] = self.credit_window
+        stream.request = message
+        asyncio.get_running_loop().create_task(self._send(message))
+        return stream
+
+    async def cancel(self, request_id: str) -> None:
+        if request_id in self.streams:
+            await self._send({"type": "cancel", "id": request_id})
+
+    async def _consumed(self, stream: GenerationStream) -> None:
+        """Credit flow control: grant back what the caller has consumed, half a window at a time."""
+        if stream.credit_window:
+            stream.consumed_since_grant += 1
+            if stream.consumed_since_grant >= max(1, stream.credit_window // 2):
+                n, stream.consumed_since_grant = stream.consumed_since_grant, 0
+                await self._send({"type": "credit", "id": stream.id, "n": n})
+
+    # ---- reading ----------------------------------------------------------------------------------
+    async def _read_loop(self) -> None:
+        while not self._closing:
+            try:
+                async for raw in self._ws:
+                    self._dispatch(raw)
+            except ConnectionClosed:
+                pass
+            if self._closing:
+                return
+            self._connected.clear()
+            if not self.reconnect or not await self._reconnect():
+                for stream in self.streams.values():
+                    stream.queue.put_nowait(ConnectionLost("connection lost and not re-established"))
+                self.streams.clear()
+                return
+
+    async def _reconnect(self) -> bool:
+        for attempt in range(self.max_reconnect_attempts):
+            delay = min(self.backoff_max, self.backoff_base * 2**attempt) * random.uniform(0.5, 1.5)
+            await asyncio.sleep(delay)
+            try:
+                self._ws = await self._open()
+            except (OSError, TimeoutError, InvalidStatus) as err:
+                log.info("reconnect attempt %d failed: %s", attempt + 1, err)
+                continue
+            self.reconnects += 1
+            self._connected.set()
+            for stream in list(self.streams.values()):
+                if stream.session is None:
+                    stream.queue.put_nowait(ConnectionLost(f"request {stream.id} had no session to resume"))
+                    del self.streams[stream.id]
+                    continue
+                stream.credit_window = None  # a resumed stream runs under the new connection's water marks
+                await self._send({"type": "resume", "session": stream.session, "id": stream.id,
+                                  "last_seq": stream.last_seq})
+            return True
+        return False
+
+    def _dispatch(self, raw: str | bytes) -> None:
+        if isinstance(raw, bytes):
+            for frame in decode_frames(raw):
+                meta = frame.metadata
+                self._on_chunk(ChunkOut(meta["id"], meta["seq"], frame.text, list(frame.token_ids),
+                                        list(frame.logprobs) if frame.logprobs is not None else None))
+                if not frame.is_partial:
+                    self._on_done(DoneOut(meta["id"], meta["finish_reason"], meta.get("usage", {}),
+                                          meta.get("stop_reason")))
+            return
+        parsed = json.loads(raw)
+        for m in parsed if isinstance(parsed, list) else [parsed]:
+            kind = m.get("type")
+            if kind == "chunk":
+                logprobs = [lp["logprob"] for lp in m["logprobs"]] if m.get("logprobs") else None
+                self._on_chunk(ChunkOut(m["id"], m["seq"], m["text"], m["token_ids"], logprobs))
+            elif kind == "done":
+                self._on_done(DoneOut(m["id"], m["finish_reason"], m["usage"], m.get("stop_reason"),
+                                      m.get("kv_reuse")))
+            elif kind == "snapshot":
+                stream = self.streams.get(m["id"])
+                if stream is not None:
+                    stream.snapshot = m
+            elif kind == "error":
+                self._on_error(m)
+
+    def _on_chunk(self, chunk: ChunkOut) -> None:
+        stream = self.streams.get(chunk.id)
+        if stream is None or chunk.seq <= stream.last_seq:
+            return  # already delivered (a replay overlapping what arrived before the drop)
+        stream.last_seq = chunk.seq
+        stream.queue.put_nowait(chunk)
+
+    def _on_done(self, done: DoneOut) -> None:
+        stream = self.streams.pop(done.id, None)
+        if stream is not None:
+            stream.queue.put_nowait(done)
+
+    def _on_error(self, m: dict) -> None:
+        request_id = m.get("id")
+        stream = self.streams.get(request_id) if request_id else None
+        if stream is None:
+            log.warning("server error: %s %s", m.get("code"), m.get("message"))
+            return
+        if m.get("code") == "unknown_id" and stream.last_seq == -1:
+            # The connection died before the server saw the generate: send it again.
+            asyncio.get_running_loop().create_task(self._send(stream.request))
+            return
+        self.streams.pop(request_id, None)
+        stream.queue.put_nowait(SeedanceError(m["code"], m["message"], request_id))
