@@ -8,5 +8,14 @@ from seedance.client.connection import (
     SeedanceClient,
     SeedanceError,
 )
+from seedance.client.sync import SyncSeedanceClient
 
-__all__ = ["ChunkOut", "ConnectionLost", "DoneOut", "GenerationStream", "SeedanceClient", "SeedanceError"]
+__all__ = [
+    "ChunkOut",
+    "ConnectionLost",
+    "DoneOut",
+    "GenerationStream",
+    "SeedanceClient",
+    "SeedanceError",
+    "SyncSeedanceClient",
+]
