@@ -1,5 +1,6 @@
 """Python client SDK for Seedance's WebSocket protocol."""
 
+from seedance.client.breaker import BreakerState, CircuitBreaker, Transition
 from seedance.client.connection import (
     ChunkOut,
     ConnectionLost,
@@ -8,14 +9,20 @@ from seedance.client.connection import (
     SeedanceClient,
     SeedanceError,
 )
+from seedance.client.pool import NoHealthyEndpoint, SeedancePool
 from seedance.client.sync import SyncSeedanceClient
 
 __all__ = [
+    "BreakerState",
     "ChunkOut",
+    "CircuitBreaker",
     "ConnectionLost",
     "DoneOut",
     "GenerationStream",
+    "NoHealthyEndpoint",
     "SeedanceClient",
     "SeedanceError",
+    "SeedancePool",
     "SyncSeedanceClient",
+    "Transition",
 ]

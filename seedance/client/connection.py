@@ -133,6 +133,11 @@ class SeedanceClient:
         self._connected = asyncio.Event()
         self._closing = False
 
+    @property
+    def healthy(self) -> bool:
+        """Connected now (not closed, not in the middle of reconnecting)."""
+        return self._connected.is_set() and self._reader is not None and not self._reader.done()
+
     async def __aenter__(self) -> SeedanceClient:
         await self.connect()
         return self
