@@ -72,7 +72,6 @@ class GenerationStream:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     last_seq: int = -1
     done: DoneOut | None = None
-    snapshot: dict | None = None
     credit_window: int | None = None
     consumed_since_grant: int = 0
     request: dict = field(default_factory=dict)  # the generate message, re-sent if the server never saw it
@@ -127,6 +126,7 @@ class SeedanceClient:
         self.max_reconnect_attempts = max_reconnect_attempts
         self.open_timeout = open_timeout
         self.streams: dict[str, GenerationStream] = {}
+        self.snapshots: dict[str, dict] = {}  # request id -> the server's snapshot ack of that session turn
         self.reconnects = 0
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task | None = None
@@ -267,9 +267,7 @@ class SeedanceClient:
                 self._on_done(DoneOut(m["id"], m["finish_reason"], m["usage"], m.get("stop_reason"),
                                       m.get("kv_reuse")))
             elif kind == "snapshot":
-                stream = self.streams.get(m["id"])
-                if stream is not None:
-                    stream.snapshot = m
+                self.snapshots[m["id"]] = m  # arrives after the turn's done: the turn is durable
             elif kind == "error":
                 self._on_error(m)
 
