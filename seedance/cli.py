@@ -32,6 +32,25 @@ def serve(
     dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16")] = None,
     model_name: Annotated[str | None, typer.Option(help="model id reported to clients")] = None,
     keepalive: Annotated[str | None, typer.Option(help="TCP keepalive: conservative, aggressive, off")] = None,
+    tls_cert: Annotated[str | None, typer.Option(help="PEM certificate chain: serve https:// and wss://")] = None,
+    tls_key: Annotated[str | None, typer.Option(help="PEM private key for --tls-cert")] = None,
+    tls_client_ca: Annotated[str | None, typer.Option(help="PEM CA: require client certificates (mTLS)")] = None,
+    tls_min_version: Annotated[str | None, typer.Option(help="1.3 (default) or 1.2")] = None,
+    jwt_secret: Annotated[str | None, typer.Option(help="HS256 secret (prefer env SEEDANCE_JWT_SECRET)")] = None,
+    jwt_public_key: Annotated[str | None, typer.Option(help="PEM public key file: RS256 / ES256 tokens")] = None,
+    jwt_jwks_file: Annotated[str | None, typer.Option(help="JWKS file; keys picked by kid")] = None,
+    jwt_audience: Annotated[str | None, typer.Option(help="required token aud")] = None,
+    jwt_issuer: Annotated[str | None, typer.Option(help="required token iss")] = None,
+    allowed_origins: Annotated[str | None, typer.Option(help="browser origins allowed (comma list)")] = None,
+    trusted_proxies: Annotated[str | None, typer.Option(help="proxies whose X-Forwarded-* count (IPs/CIDRs)")] = None,
+    insecure_no_auth: Annotated[bool, typer.Option("--insecure-no-auth", help="allow no auth off loopback")] = False,
+    max_connections_per_ip: Annotated[int | None, typer.Option(help="concurrent connections per IP; 0: off")] = None,
+    max_connections_per_token: Annotated[int | None, typer.Option(help="the same per token; 0: off")] = None,
+    ws_messages_per_s: Annotated[float | None, typer.Option(help="messages/s per WebSocket; 0: off")] = None,
+    http_requests_per_s: Annotated[float | None, typer.Option(help="HTTP requests/s per IP; 0: off")] = None,
+    max_message_bytes: Annotated[int | None, typer.Option(help="largest client message / HTTP body")] = None,
+    max_prompt_tokens: Annotated[int | None, typer.Option(help="longest prompt in tokens")] = None,
+    max_tokens_limit: Annotated[int | None, typer.Option(help="largest max_tokens a request may ask")] = None,
     log_level: str = "info",
 ) -> None:
     """Start the server (WebSocket /v1/stream, OpenAI-compatible SSE, HTTP polling)."""
@@ -39,10 +58,24 @@ def serve(
 
     from seedance.server.app import serve as run_server
     from seedance.server.config import ServerConfig
+    from seedance.server.security import preflight
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = ServerConfig.load(config, host=host, port=port, model=model, device=device, dtype=dtype,
-                            model_name=model_name, keepalive=keepalive)
+    security = dict(tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, tls_min_version=tls_min_version,
+                    jwt_secret=jwt_secret, jwt_public_key=jwt_public_key, jwt_jwks_file=jwt_jwks_file,
+                    jwt_audience=jwt_audience, jwt_issuer=jwt_issuer, allowed_origins=allowed_origins,
+                    trusted_proxies=trusted_proxies, insecure_no_auth=True if insecure_no_auth else None,
+                    max_connections_per_ip=max_connections_per_ip, max_connections_per_token=max_connections_per_token,
+                    ws_messages_per_s=ws_messages_per_s, http_requests_per_s=http_requests_per_s,
+                    max_message_bytes=max_message_bytes, max_prompt_tokens=max_prompt_tokens,
+                    max_tokens_limit=max_tokens_limit)
+    try:
+        cfg = ServerConfig.load(config, host=host, port=port, model=model, device=device, dtype=dtype,
+                                model_name=model_name, keepalive=keepalive, **security)
+        preflight(cfg)  # refuses unsafe settings and unreadable keys/certificates before binding
+    except ValueError as err:
+        print(f"seedance serve: {err}", file=sys.stderr)
+        raise typer.Exit(2) from None
     try:
         import uvloop
 
@@ -104,6 +137,89 @@ def generate(
         )
 
     asyncio.run(run())
+
+
+UrlOpt = Annotated[str, typer.Option("--url", help="server WebSocket URL (env SEEDANCE_URL)", envvar="SEEDANCE_URL")]
+TokenOpt = Annotated[str | None, typer.Option("--token", help="JWT bearer token (env SEEDANCE_TOKEN)",
+                                              envvar="SEEDANCE_TOKEN")]
+
+
+@app.command()
+def client(
+    prompt: Annotated[str, typer.Argument(help="text to continue")],
+    url: UrlOpt = "ws://127.0.0.1:8000/v1/stream",
+    token: TokenOpt = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n")] = 64,
+    temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.8,
+    seed: int | None = None,
+    session: Annotated[str | None, typer.Option(help="continue this session (multi-turn)")] = None,
+) -> None:
+    """One-shot: stream a completion from a running server (the Python SDK, with reconnect and resume)."""
+    from seedance.client import SeedanceClient, SeedanceError
+
+    async def run() -> int:
+        try:
+            async with SeedanceClient(url, token=token) as c:
+                stream = c.generate(prompt, session=session, max_tokens=max_tokens, temperature=temperature,
+                                    seed=seed)
+                async for chunk in stream:
+                    sys.stdout.write(chunk.text)
+                    sys.stdout.flush()
+                sys.stdout.write("\n")
+                console.print(f"[dim]{stream.done.usage['completion_tokens']} tokens, "
+                              f"finish={stream.done.finish_reason}[/dim]")
+        except (SeedanceError, OSError) as err:
+            console.print(f"[red]error:[/red] {err}")
+            return 1
+        return 0
+
+    raise typer.Exit(asyncio.run(run()))
+
+
+@app.command()
+def chat(
+    url: UrlOpt = "ws://127.0.0.1:8000/v1/stream",
+    token: TokenOpt = None,
+    session: Annotated[str | None, typer.Option(help="session id (default: a new one)")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n")] = 64,
+    temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.8,
+) -> None:
+    """Interactive multi-turn chat on a session; each turn reuses the server's KV of the previous ones."""
+    import uuid
+
+    from seedance.client import SeedanceClient, SeedanceError
+
+    session_id = session or f"chat-{uuid.uuid4().hex[:12]}"
+
+    async def run() -> None:
+        async with SeedanceClient(url, token=token) as c:
+            console.print(f"[dim]session {session_id}; empty line or Ctrl-D to quit[/dim]")
+            loop = asyncio.get_running_loop()
+            while True:
+                line = await loop.run_in_executor(None, _read_line, "> ")
+                if not line:
+                    return
+                try:
+                    stream = c.generate(line, session=session_id, max_tokens=max_tokens, temperature=temperature)
+                    async for chunk in stream:
+                        sys.stdout.write(chunk.text)
+                        sys.stdout.flush()
+                except SeedanceError as err:
+                    console.print(f"[red]error:[/red] {err}")
+                    continue
+                sys.stdout.write("\n")
+                reuse = stream.done.kv_reuse
+                console.print(f"[dim]{stream.done.usage['completion_tokens']} tokens"
+                              + (f", KV reused {reuse:.0%}" if reuse is not None else "") + "[/dim]")
+
+    asyncio.run(run())
+
+
+def _read_line(prompt: str) -> str:
+    try:
+        return input(prompt).strip()
+    except EOFError:
+        return ""
 
 
 @bench_app.command("engine")

@@ -66,7 +66,8 @@ class BlockManager:
 
     @property
     def num_pinned_blocks(self) -> int:
-        return sum(len(p.block_ids) for p in self.pins.values())
+        """Distinct blocks held by pins (sessions with a common history prefix share blocks)."""
+        return len({b for p in self.pins.values() for b in p.block_ids})
 
     @property
     def num_free_blocks(self) -> int:

@@ -30,6 +30,12 @@ OVERLOADED = "overloaded"
 UNSUPPORTED = "unsupported"
 # The server failed; not the client's fault.
 INTERNAL = "internal"
+# A `reauth` token was refused (bad signature, expired, wrong audience...); the connection keeps its old token.
+UNAUTHORIZED = "unauthorized"
+# The connection's token lacks the scope this message or option needs (e.g. logprobs); the connection stays.
+FORBIDDEN = "forbidden"
+# The connection sent messages faster than its rate limit; the server closes it with 1008 after this error.
+RATE_LIMITED = "rate_limited"
 
 ERROR_CODES: frozenset[str] = frozenset(
     {
@@ -44,6 +50,9 @@ ERROR_CODES: frozenset[str] = frozenset(
         OVERLOADED,
         UNSUPPORTED,
         INTERNAL,
+        UNAUTHORIZED,
+        FORBIDDEN,
+        RATE_LIMITED,
     }
 )
 
@@ -91,5 +100,5 @@ class CloseCode(IntEnum):
     TRY_AGAIN_LATER = 1013  # server overloaded / too many connections
     HEARTBEAT_TIMEOUT = 4000  # missed too many WebSocket pongs
     SLOW_CONSUMER = 4001  # send queue stayed above the hard limit
-    UNAUTHORIZED = 4401  # reserved for the auth layer
-    FORBIDDEN = 4403  # reserved for the auth layer
+    UNAUTHORIZED = 4401  # the connection's token expired (no reauth in time) or is no longer valid
+    FORBIDDEN = 4403  # the connection tried something its credentials never allow (reauth as another subject)

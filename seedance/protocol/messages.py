@@ -116,7 +116,22 @@ class Ping(_ClientBase, tag="ping", kw_only=True):
     ts: float | None = None
 
 
-ClientMessage = Generate | Cancel | Credit | Priority | Ping
+class Reauth(_ClientBase, tag="reauth", kw_only=True):
+    """A fresh bearer token for this connection, sent before the current one expires (docs/security.md)."""
+
+    token: Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
+
+
+class Resume(_ClientBase, tag="resume"):
+    """Re-attach to a session's request after a dropped connection: the server replays every message
+    after last_seq (-1: from the start), then continues live."""
+
+    session: RequestId
+    id: RequestId
+    last_seq: Annotated[int, msgspec.Meta(ge=-1, le=INT32_MAX)] = -1
+
+
+ClientMessage = Generate | Cancel | Credit | Priority | Ping | Resume | Reauth
 
 # ---------------------------------------------------------------------------------------------- server → client
 
@@ -150,6 +165,8 @@ class Done(_ServerBase, tag="done", kw_only=True):
     finish_reason: FinishReason
     usage: Usage
     stop_reason: str | int | None = None
+    # Session turns only: share of this turn's prompt whose KV was reused (usage.cached_tokens / prompt_tokens).
+    kv_reuse: float | None = None
 
 
 class Error(_ServerBase, tag="error", kw_only=True, omit_defaults=False):
@@ -163,20 +180,40 @@ class Pong(_ServerBase, tag="pong", kw_only=True, omit_defaults=False):
     ts: float | None = None
 
 
-ServerMessage = Chunk | Done | Error | Pong
+class Authenticated(_ServerBase, tag="authenticated", kw_only=True, omit_defaults=False):
+    """The answer to a successful `reauth`: the connection now runs on the new token."""
+
+    expires_at: float | None = None  # unix time at which the connection is closed with 4401 unless renewed
+    scopes: list[str] = msgspec.field(default_factory=list)
+
+
+class SnapshotAck(_ServerBase, tag="snapshot"):
+    """The session's state after a turn is durable in the session store (it survives a server crash)."""
+
+    id: str  # the request that completed the turn
+    session: str
+    turn: int
+    kv_cache_hash: str
+
+
+ServerMessage = Chunk | Done | Error | Pong | SnapshotAck | Authenticated
 
 CLIENT_MESSAGE_TYPES: Final[dict[str, type[msgspec.Struct]]] = {
     "generate": Generate,
     "cancel": Cancel,
     "credit": Credit,
+    "resume": Resume,
     "priority": Priority,
     "ping": Ping,
+    "reauth": Reauth,
 }
 SERVER_MESSAGE_TYPES: Final[dict[str, type[msgspec.Struct]]] = {
     "chunk": Chunk,
     "done": Done,
+    "snapshot": SnapshotAck,
     "error": Error,
     "pong": Pong,
+    "authenticated": Authenticated,
 }
 
 

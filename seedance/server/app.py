@@ -19,10 +19,12 @@ from aiohttp import web
 
 from seedance.engine.async_engine import AsyncEngine
 from seedance.protocol import CloseCode
-from seedance.server import openai_api, polling
+from seedance.server import openai_api, polling, security
 from seedance.server.config import ServerConfig
 from seedance.server.http_errors import HttpError
 from seedance.server.ws import WsConnection, websocket_handler
+from seedance.sessions.manager import SessionManager
+from seedance.sessions.store import open_store
 
 log = logging.getLogger("seedance.server")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -33,6 +35,7 @@ class ServerState:
     config: ServerConfig
     engine: AsyncEngine | None = None
     jobs: polling.JobStore | None = None
+    sessions: SessionManager | None = None
     websockets: set[WsConnection] = field(default_factory=set)
     draining: bool = False
     started_at: int = field(default_factory=lambda: int(time.time()))
@@ -59,7 +62,11 @@ async def stats(request: web.Request) -> web.Response:
         raise web.HTTPServiceUnavailable(text='{"status": "loading"}', content_type="application/json")
     body = dataclasses.asdict(state.engine.stats())
     body.update(websockets=len(state.websockets), open_requests=state.engine.num_open_requests,
-                jobs=len(state.jobs.jobs) if state.jobs else 0)
+                jobs=len(state.jobs.jobs) if state.jobs else 0,
+                sessions=len(state.sessions.sessions) if state.sessions else 0,
+                snapshots_written=state.sessions.snapshots_written if state.sessions else 0,
+                prefix_cache_hit_rate=round(body["prefix_cache_hit_tokens"] / body["prefix_cache_query_tokens"], 4)
+                if body["prefix_cache_query_tokens"] else 0.0)
     return web.json_response(body)
 
 
@@ -75,8 +82,19 @@ async def _load_engine(app: web.Application) -> None:
         log.exception("model failed to load")
         state.load_error = f"model failed to load: {err}"
         return
+    cfg = state.config
+    try:
+        store = open_store(cfg.session_store, ttl_s=cfg.session_idle_ttl_s * 24)
+    except Exception as err:
+        log.exception("session store unavailable")
+        state.load_error = f"session store {cfg.session_store!r} unavailable: {err}"
+        await engine.close()
+        return
+    state.sessions = SessionManager(engine, store, max_sessions=cfg.max_sessions, idle_ttl_s=cfg.session_idle_ttl_s,
+                                    resume_grace_s=cfg.resume_grace_s,
+                                    detached_buffer_tokens=cfg.detached_buffer_tokens)
+    state.jobs = polling.JobStore(engine, cfg.max_jobs, cfg.job_ttl_s)
     state.engine = engine
-    state.jobs = polling.JobStore(engine, state.config.max_jobs, state.config.job_ttl_s)
     log.info("model ready: %s", state.config.engine.model or "built-in")
 
 
@@ -86,6 +104,8 @@ async def _reap_jobs(app: web.Application) -> None:
         await asyncio.sleep(min(10.0, state.config.job_ttl_s))
         if state.jobs is not None:
             state.jobs.expire(time.monotonic())
+        if state.sessions is not None:
+            state.sessions.evict_idle()
 
 
 async def _on_startup(app: web.Application) -> None:
@@ -118,6 +138,8 @@ async def drain(app: web.Application) -> None:
         await state.jobs.close()
     for conn in list(state.websockets):
         await conn.close(CloseCode.GOING_AWAY, "server is shutting down")
+    if state.sessions is not None:
+        await state.sessions.close()  # waits for snapshot writes in flight
     if engine is not None:
         await engine.close()
 
@@ -146,8 +168,9 @@ async def json_errors(request: web.Request, handler):
 
 
 def build_app(config: ServerConfig) -> web.Application:
-    app = web.Application(client_max_size=config.max_message_bytes, middlewares=[json_errors])
+    app = web.Application(client_max_size=config.max_message_bytes, middlewares=[json_errors, security.middleware])
     app["state"] = ServerState(config)
+    security.install(app, config)  # TLS, auth, scopes, Origin, limits (security.py); refuses unsafe configs
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(drain)
     app.on_cleanup.append(_on_cleanup)
@@ -175,15 +198,17 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=config.shutdown_grace_s + 5)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+    sec = app[security.SECURITY]
+    site = web.TCPSite(runner, config.host, config.port, reuse_address=True, ssl_context=sec.ssl_context)
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     port = runner.addresses[0][1] if runner.addresses else config.port
-    log.info("seedance listening on http://%s:%d (WebSocket ws://%s:%d/v1/stream)", config.host, port,
-             config.host, port)
+    tls = sec.ssl_context is not None
+    log.info("seedance listening on %s://%s:%d (WebSocket %s://%s:%d/v1/stream); %s", "https" if tls else "http",
+             config.host, port, "wss" if tls else "ws", config.host, port, sec.describe())
     if ready is not None:
         ready.set()
     try:

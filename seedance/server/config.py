@@ -36,8 +36,38 @@ class ServerConfig:
     job_ttl_s: float = 300.0  # finished jobs are kept this long for late readers
     max_jobs: int = 1024  # beyond it POST /v1/jobs gets 429
     poll_max_wait_ms: int = 30_000
+    # Sessions (multi-turn state, resume after a dropped connection)
+    session_store: str = "sqlite://seedance-sessions.db"  # or redis://host:port/db
+    max_sessions: int = 10_000  # in memory; idle ones beyond it are evicted LRU (their snapshots remain)
+    session_idle_ttl_s: float = 3600.0  # idle sessions leave memory after this (restored on next use)
+    resume_grace_s: float = 60.0  # a disconnected client's turn waits this long for a resume, then is cancelled
+    detached_buffer_tokens: int = 256  # tokens generated while the client is away before the turn pauses
     # Lifecycle
     shutdown_grace_s: float = 10.0  # in-flight streams get this long to finish on SIGTERM
+    # Security (docs/security.md; checked by seedance.server.security.validate_config)
+    tls_cert: str | None = None  # PEM certificate chain; with tls_key: https:// and wss://
+    tls_key: str | None = None
+    tls_min_version: str = "1.3"  # "1.2" admits TLS 1.2 clients (ECDHE + AEAD suites only)
+    tls_client_ca: str | None = None  # PEM CA bundle: client certificates required and verified (mutual TLS)
+    tls_client_scopes: str = "generate logprobs"  # scopes of a client authenticated by its certificate alone
+    tls_allowed_client_cns: str = ""  # client-certificate common names let in; empty: any the CA signed
+    jwt_secret: str | None = None  # HS256 shared secret, >= 32 bytes (prefer the env var to the flag)
+    jwt_public_key: str | None = None  # PEM public key file: RS256 (RSA >= 2048), ES256/384/512 (EC), EdDSA
+    jwt_jwks_file: str | None = None  # JWKS file, key picked by the token's kid; re-read when it changes
+    jwt_audience: str | None = None  # required aud (comma list: any of them)
+    jwt_issuer: str | None = None  # required iss
+    jwt_leeway_s: float = 10.0  # clock skew allowed on exp / nbf
+    ticket_ttl_s: float = 30.0  # lifetime of a one-time WebSocket ticket (POST /v1/tickets)
+    allowed_origins: str = ""  # browser Origins allowed besides the server's own loopback origin (comma list)
+    insecure_any_origin: bool = False  # let allowed_origins contain "*"
+    insecure_no_auth: bool = False  # run without authentication on a non-loopback address or behind a proxy
+    trusted_proxies: str = ""  # proxy addresses/CIDRs whose X-Forwarded-For / -Proto are believed
+    max_connections_per_ip: int = 256  # open WebSockets + in-flight HTTP requests per client IP; 0: no limit
+    max_connections_per_token: int = 128  # the same per token subject; 0: no limit
+    ws_messages_per_s: float = 200.0  # client messages per WebSocket connection (token bucket); 0: no limit
+    ws_message_burst: int = 400
+    http_requests_per_s: float = 100.0  # HTTP requests per client IP (token bucket); 0: no limit
+    http_request_burst: int = 200
 
     @classmethod
     def load(cls, config_file: str | os.PathLike | None = None, env: dict[str, str] | None = None,

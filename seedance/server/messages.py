@@ -29,8 +29,8 @@ def done_message(request_id: str, final: TokenEvent, completion_tokens: int, kv_
                                       kv_reuse=None if kv_reuse is None else round(kv_reuse, 4)))
 
 
-def snapshot_message(request_id: str, snapshot) -> bytes:
-    return encode_server_message(SnapshotAck(id=request_id, session=snapshot.session_id, turn=snapshot.turn,
+def snapshot_message(request_id: str, session_name: str, snapshot) -> bytes:
+    return encode_server_message(SnapshotAck(id=request_id, session=session_name, turn=snapshot.turn,
                                              kv_cache_hash=snapshot.kv_cache_hash))
 
 

@@ -9,7 +9,7 @@ engine request). Malformed requests get 400 before anything reaches the engine.
 
 from __future__ import annotations
 
-import json
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,6 +22,9 @@ from seedance.engine.errors import EngineError
 from seedance.engine.events import FinishReason, TokenEvent
 from seedance.engine.sampling_params import SamplingParams
 from seedance.server.http_errors import HttpError, from_engine_error, read_json_object
+from seedance.server.security import authorize_generate, principal_of
+from seedance.server.sse_request import SseStreamRequest
+from seedance.sessions.manager import SessionError
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -33,6 +36,7 @@ class ParsedRequest:
     stream: bool
     include_usage: bool
     logprobs: int | None
+    session: str | None = None  # Seedance extension: a session turn (history, KV reuse, resume)
 
 
 _KIND_NAMES = {bool: "a boolean", int: "an integer", float: "a number", list: "an array", dict: "an object"}
@@ -109,7 +113,8 @@ def parse_completion(body: dict) -> ParsedRequest:
         raise HttpError(400, "invalid_request", "prompt must be a string or a list of token ids (one prompt)",
                         "prompt")
     request.priority = _get(body, "priority", (int,), 0)
-    return ParsedRequest(request, bool(_get(body, "stream", (bool,), False)), _include_usage(body), logprobs)
+    return ParsedRequest(request, bool(_get(body, "stream", (bool,), False)), _include_usage(body), logprobs,
+                         _get(body, "session", (str,)))
 
 
 def parse_chat(body: dict) -> ParsedRequest:
@@ -140,7 +145,8 @@ def parse_chat(body: dict) -> ParsedRequest:
     logprobs = (top or 0) if _get(body, "logprobs", (bool,), False) else None
     params.logprobs = logprobs
     request = GenerateRequest(messages=plain, params=params, priority=_get(body, "priority", (int,), 0))
-    return ParsedRequest(request, bool(_get(body, "stream", (bool,), False)), _include_usage(body), logprobs)
+    return ParsedRequest(request, bool(_get(body, "stream", (bool,), False)), _include_usage(body), logprobs,
+                         _get(body, "session", (str,)))
 
 
 def _include_usage(body: dict) -> bool:
@@ -243,16 +249,33 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
         raise HttpError(503, "not_ready", "model is loading", headers={"Retry-After": "1"})
     if state.draining:
         raise HttpError(503, "shutting_down", "server is shutting down")
+    last_event_id = request.headers.get("Last-Event-ID")
+    if last_event_id:
+        return await _resume_sse(request, last_event_id)
     body = await read_json_object(request, state.config.max_message_bytes)
     model = body.get("model")
     if model is not None and model != state.config.model_name:
         raise HttpError(404, "model_not_found", f"model {model!r} is not served here; see /v1/models", "model")
     parsed = parse_chat(body) if chat else parse_completion(body)
+    authorize_generate(request, parsed.logprobs, parsed.request.priority)  # per-option scopes (security.py)
     prefix = "chatcmpl" if chat else "cmpl"
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     parsed.request.request_id = request_id
+    session, input_text = None, ""
     try:
+        if parsed.session is not None:
+            if not parsed.stream:
+                raise HttpError(400, "invalid_request", "session turns stream: set stream to true", "session")
+            session = await state.sessions.get(session_key(request, parsed.session))
+            if session.busy:
+                raise HttpError(409, "invalid_request", f"session {session.id!r} has a turn in progress")
+            input_text = parsed.request.prompt or "\n".join(m["content"] for m in parsed.request.messages or [])
+            parsed.request.prompt_token_ids = session.token_ids + engine.encode(parsed.request)
+            parsed.request.prompt = parsed.request.messages = None
+            parsed.request.pin_key = session.id
         stream = engine.submit(parsed.request)
+    except SessionError as err:
+        raise HttpError(400, err.code, err.message) from None
     except EngineError as err:
         raise from_engine_error(err) from None
     fmt = OpenAIFormatter(chat, state.config.model_name, request_id, engine.tokenizer)
@@ -269,38 +292,78 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
         usage = fmt.usage(stream.num_prompt_tokens, completion, final.num_cached_tokens)
         return web.json_response(fmt.full("".join(text), logprobs, openai_finish_reason(final.finish_reason), usage))
 
+    sr = SseStreamRequest(request_id, stream, engine, fmt=fmt, logprobs_k=parsed.logprobs,
+                          include_usage=parsed.include_usage)
+    if session is not None:
+        sr.session_id, sr.session_name, sr.input_text, sr.log = session.id, parsed.session, input_text, []
+        sr.prompt_token_ids = list(parsed.request.prompt_token_ids)
+        state.sessions.begin_turn(session, sr)
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(request)
-    seq, completion, first = 0, 0, True
-    async for event in stream:
-        events = [event, *stream.drain()]  # everything this engine step produced, in one event and one write
-        final = events[-1] if events[-1].finished else None
-        text = "".join(e.text_delta for e in events)
-        completion += sum(e.token_id >= 0 for e in events)
-        out = b""
-        if final is not None and final.finish_reason is FinishReason.ERROR:
-            out += _sse(f"{request_id}:{seq}", {"error": {"message": "generation failed", "type": "server_error",
-                                                          "code": "internal"}})
-        elif text or final is not None or first:
-            finish = openai_finish_reason(final.finish_reason) if final is not None else None
-            out += _sse(f"{request_id}:{seq}", fmt.chunk(text, fmt.logprobs(events, parsed.logprobs), finish, first))
-            seq += 1
-            first = False
-        if final is not None:
-            if parsed.include_usage:
-                usage = fmt.usage(stream.num_prompt_tokens, completion, final.num_cached_tokens)
-                out += _sse(f"{request_id}:{seq}", fmt.usage_chunk(usage))
-            out += b"data: [DONE]\n\n"
-        if out:
-            await response.write(out)
-        if final is not None:
-            break
+    return await _stream_sse(request, response, sr)
+
+
+def session_key(request: web.Request, name: str) -> str:
+    """As on the WebSocket: with authentication on, sessions are scoped to their caller."""
+    principal = principal_of(request)
+    return f"{principal.id}/{name}" if principal.authenticated else name
+
+
+async def _stream_sse(request: web.Request, response: web.StreamResponse, sr: SseStreamRequest) -> web.StreamResponse:
+    """Write the request's events as they come. If the client goes away, a session turn is detached for a
+    resume (Last-Event-ID); any other request is cancelled."""
+    wake = asyncio.Event()
+    sr.stream.listener = wake.set
+    wake.set()
+    try:
+        while not sr.finished:
+            await wake.wait()
+            wake.clear()
+            out: list[bytes] = []
+            sr.produce(out, [])
+            if out:
+                await response.write(b"".join(out))
+    finally:
+        if not sr.finished:
+            sessions = request.app["state"].sessions
+            if sr.session_id is not None and sessions is not None:
+                sessions.detach(sr)
+            else:
+                sr.engine.cancel(sr.engine_id)
     await response.write_eof()
     return response
 
 
-def _sse(event_id: str, payload: dict) -> bytes:
-    return f"id: {event_id}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+async def _resume_sse(request: web.Request, last_event_id: str) -> web.StreamResponse:
+    """Last-Event-ID: <session>/<request id>:<seq>. Replay the events after seq, then continue live."""
+    state = request.app["state"]
+    try:
+        prefix, seq_text = last_event_id.rsplit(":", 1)
+        session_id, request_id = prefix.split("/", 1)
+        last_seq = int(seq_text)
+    except ValueError:
+        raise HttpError(400, "invalid_request", "Last-Event-ID must be <session>/<request id>:<seq>") from None
+    try:
+        session = await state.sessions.get(session_key(request, session_id))
+    except SessionError as err:
+        raise HttpError(400, err.code, err.message) from None
+    sr = state.sessions.adopt(session, request_id)
+    if sr is None:
+        logged = session.replay.get(request_id)
+        if logged is None:
+            raise HttpError(404, "unknown_id", f"session {session_id!r} has no request {request_id!r} to resume")
+        replay = [m for seq, _, m in logged if seq > last_seq]
+    else:
+        replay, _ = sr.replay_after(last_seq)
+    response = web.StreamResponse(headers=SSE_HEADERS)
+    await response.prepare(request)
+    if replay:
+        await response.write(b"".join(replay))
+    if sr is None or sr.finished:
+        await response.write_eof()
+        return response
+    state.engine.resume(sr.engine_id)  # it may have been paused while its client was away
+    return await _stream_sse(request, response, sr)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:

@@ -27,6 +27,7 @@ from seedance.engine.events import FinishReason
 from seedance.protocol import ProtocolError, decode_client_message
 from seedance.server.http_errors import HttpError, from_engine_error, read_json_object
 from seedance.server.requests import generate_request_from
+from seedance.server.security import authorize_generate, principal_of
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Job:
     finished_at: float | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
+    owner: str | None = None  # the principal that created it; only it can read or cancel the job
 
     @property
     def done(self) -> bool:
@@ -149,20 +151,21 @@ async def create_job(request: web.Request) -> web.Response:
         raise HttpError(429, "overloaded", f"at most {store.max_jobs} jobs", headers={"Retry-After": "1"})
     try:
         message = decode_client_message(json.dumps(body), max_size=state.config.max_message_bytes)
+        authorize_generate(request, message.logprobs, message.priority)  # per-option scopes (security.py)
         job_id = f"job-{uuid.uuid4().hex}"
         stream = store.engine.submit(generate_request_from(message, request_id=job_id))
     except ProtocolError as err:
         raise HttpError(400, err.code, err.message) from None
     except EngineError as err:
         raise from_engine_error(err) from None
-    store.create(stream, job_id)
+    store.create(stream, job_id).owner = principal_of(request).id
     return web.json_response({"id": job_id, "status": "running"}, status=202,
                              headers={"Location": f"/v1/jobs/{job_id}"})
 
 
 def _job(request: web.Request) -> Job:
     job = _store(request).jobs.get(request.match_info["job_id"])
-    if job is None:
+    if job is None or job.owner not in (None, principal_of(request).id):  # another principal's job: not found
         raise HttpError(404, "not_found", f"no job {request.match_info['job_id']!r} (finished jobs expire)")
     return job
 

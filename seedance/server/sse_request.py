@@ -24,7 +24,7 @@ class SseStreamRequest(StreamRequest):
 
     @property
     def event_prefix(self) -> str:
-        return f"{self.session_id}/{self.id}" if self.session_id else self.id
+        return f"{self.session_name}/{self.id}" if self.session_name else self.id
 
     def produce(self, texts: list[bytes], frames: list[bytes]) -> None:
         """Everything the engine step produced becomes one SSE event (and one write)."""

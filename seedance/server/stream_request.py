@@ -27,7 +27,8 @@ class StreamRequest:
     engine: AsyncEngine
     binary: bool = False
     credit: int | None = None  # None: no explicit flow control
-    session_id: str | None = None
+    session_id: str | None = None  # the session's key in the manager (scoped to the caller when authenticated)
+    session_name: str | None = None  # the name the client gave it
     input_text: str = ""
     prompt_token_ids: list[int] = field(default_factory=list)
     next_seq: int = 0  # chunk counter

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from aiohttp import WSMsgType, web
 
-from seedance.engine.async_engine import AsyncEngine
+from seedance.engine.async_engine import AsyncEngine, GenerateRequest
 from seedance.engine.errors import EngineError
 from seedance.protocol import (
     Cancel,
@@ -29,28 +29,35 @@ from seedance.protocol import (
     Ping,
     Priority,
     ProtocolError,
+    Resume,
     decode_client_message,
 )
 from seedance.protocol import errors as codes
 from seedance.server.config import ServerConfig
 from seedance.server.keepalive import apply_keepalive
-from seedance.server.messages import error_message, pong_message, refused_done_message
+from seedance.server.messages import error_message, pong_message, refused_done_message, snapshot_message
 from seedance.server.requests import generate_request_from
+from seedance.server.security import SUBPROTOCOLS, WsGuard
 from seedance.server.stream_request import StreamRequest
+from seedance.sessions.manager import Session, SessionError, SessionManager
 
 log = logging.getLogger(__name__)
 
 
 class WsConnection:
+    guard: WsGuard  # set by websocket_handler: scopes per message, message rate, token expiry, reauth
+
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None, engine: AsyncEngine,
-                 config: ServerConfig, draining: Callable[[], bool]) -> None:
+                 config: ServerConfig, draining: Callable[[], bool], sessions: SessionManager) -> None:
         self.ws = ws
         self.transport = transport
         self.engine = engine
         self.config = config
         self.draining = draining
+        self.sessions = sessions
         self.requests: dict[str, StreamRequest] = {}
         self.wake = asyncio.Event()
+        self.outbox: list[bytes] = []  # out-of-band messages (snapshot acks) for the writer's next batch
         self.missed_pongs = 0
         self.paused_for_backpressure = False
         self.above_high_water_since: float | None = None
@@ -69,8 +76,11 @@ class WsConnection:
             for task in (writer, heartbeat):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            for active in self.requests.values():  # a closed connection cancels its requests
-                self.engine.cancel(active.stream.request_id)
+            for active in self.requests.values():
+                if active.session_id is not None and not active.cancelled:
+                    self.sessions.detach(active)  # the session keeps it for a resume
+                else:
+                    self.engine.cancel(active.engine_id)  # a closed connection cancels its requests
             self.requests.clear()
 
     async def close(self, code: int, reason: str) -> None:
@@ -82,6 +92,8 @@ class WsConnection:
     async def _reader(self) -> None:
         while True:
             msg = await self.ws.receive()
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not await self.guard.within_rate():
+                return  # closed with 1008
             if msg.type == WSMsgType.TEXT:
                 await self._on_text(msg.data)
             elif msg.type == WSMsgType.BINARY:
@@ -107,6 +119,8 @@ class WsConnection:
             else:
                 await self._send_now(error_message(err.request_id, err.code, err.message))
             return
+        if not await self.guard.admit(message):  # refused for a missing scope, or a reauth (answered there)
+            return
         if isinstance(message, Generate):
             await self._on_generate(message)
         elif isinstance(message, Cancel):
@@ -130,6 +144,8 @@ class WsConnection:
                 self.engine.set_priority(self.requests[message.id].stream.request_id, message.priority)
         elif isinstance(message, Ping):
             await self._send_now(pong_message(message.ts))
+        elif isinstance(message, Resume):
+            await self._on_resume(message)
 
     async def _on_generate(self, msg: Generate) -> None:
         if self.draining():
@@ -142,9 +158,14 @@ class WsConnection:
             await self._refuse(msg.id, codes.TOO_MANY_REQUESTS,
                                f"at most {self.config.max_requests_per_connection} concurrent requests per connection")
             return
+        session = None
         try:
-            stream = self.engine.submit(generate_request_from(msg, request_id=self._engine_id(msg.id)))
-        except ProtocolError as err:
+            request = generate_request_from(msg, request_id=self._engine_id(msg.id))
+            if msg.session is not None:
+                session = await self.sessions.get(self._session_key(msg.session))
+                request, input_text = self._session_turn(session, request)
+            stream = self.engine.submit(request)
+        except (ProtocolError, SessionError) as err:
             await self._refuse(msg.id, err.code, err.message)
             return
         except EngineError as err:
@@ -152,10 +173,83 @@ class WsConnection:
             return
         stream.listener = self.wake.set
         active = self.requests[msg.id] = StreamRequest(msg.id, stream, self.engine, msg.binary, msg.credit)
+        if session is not None:
+            active.session_id, active.session_name, active.input_text = session.id, msg.session, input_text
+            active.prompt_token_ids, active.log = list(request.prompt_token_ids), []
+            active.on_snapshot = self._snapshot_acker(active)
+            self.sessions.begin_turn(session, active)
         if msg.credit == 0:
             active.pause_for_credit()
         elif msg.credit is None and self.paused_for_backpressure:
             self.engine.pause(stream.request_id)  # joins its connection's back-pressure pause
+
+    def _session_turn(self, session: Session, request: GenerateRequest) -> tuple[GenerateRequest, str]:
+        """The turn's prompt is the conversation so far, as the tokens the model saw, plus the new input;
+        its KV stays pinned under the session for the next turn."""
+        if session.busy:
+            raise SessionError(codes.INVALID_REQUEST, f"session {session.id!r} has a turn in progress "
+                                                      f"({session.current.id!r}): wait for its done or cancel it")
+        new_ids = self.engine.encode(request)
+        input_text = request.prompt if request.prompt is not None else "\n".join(
+            m["content"] for m in request.messages or [])
+        request.prompt = request.messages = None
+        request.prompt_token_ids = session.token_ids + new_ids
+        request.pin_key = session.id
+        return request, input_text
+
+    def _session_key(self, name: str) -> str:
+        """Sessions belong to their caller: with authentication on, another principal's session of the same
+        name is a different session, so knowing a name is not enough to read or continue it."""
+        principal = self.guard.principal
+        return f"{principal.id}/{name}" if principal.authenticated else name
+
+    def _snapshot_acker(self, active: StreamRequest):
+        def ack(snapshot) -> None:
+            if self.requests.get(active.id, active) is active and not self.ws.closed:
+                self.outbox.append(snapshot_message(active.id, active.session_name, snapshot))
+                self.wake.set()
+
+        return ack
+
+    async def _on_resume(self, msg: Resume) -> None:
+        """Replay everything after last_seq, then continue live (or just the replay if the turn ended)."""
+        if msg.id in self.requests:
+            await self._send_now(error_message(msg.id, codes.DUPLICATE_ID, f"request id {msg.id!r} is already active"))
+            return
+        try:
+            session = await self.sessions.get(self._session_key(msg.session))
+        except SessionError as err:
+            await self._send_now(error_message(msg.id, err.code, err.message))
+            return
+        request = self.sessions.adopt(session, msg.id)
+        if request is None:
+            logged = session.replay.get(msg.id)
+            if logged is None:
+                await self._send_now(error_message(msg.id, codes.UNKNOWN_ID,
+                                                   f"session {msg.session!r} has no request {msg.id!r} to resume"))
+                return
+            texts = [m for seq, is_binary, m in logged if seq > msg.last_seq and not is_binary]
+            frames = [m for seq, is_binary, m in logged if seq > msg.last_seq and is_binary]
+        else:
+            texts, frames = request.replay_after(msg.last_seq)
+        await self._send_batch(texts, frames)
+        if request is not None and not request.finished:
+            request.credit = None  # a new connection starts under its own water marks
+            request.paused_for_credit = False
+            request.on_snapshot = self._snapshot_acker(request)
+            self.requests[msg.id] = request
+            request.stream.listener = self.wake.set
+            self.engine.resume(request.engine_id)
+            self.wake.set()
+
+    async def _send_batch(self, texts: list[bytes], frames: list[bytes]) -> None:
+        if self.ws.closed:
+            return
+        if texts:
+            body = texts[0] if len(texts) == 1 else b"[" + b",".join(texts) + b"]"
+            await self.ws.send_frame(body, WSMsgType.TEXT)  # already UTF-8 JSON: no re-encoding
+        if frames:
+            await self.ws.send_frame(b"".join(frames), WSMsgType.BINARY)
 
     def _engine_id(self, client_id: str) -> str:
         # Client ids are per connection; the engine needs globally unique ones.
@@ -168,19 +262,13 @@ class WsConnection:
             self.wake.clear()
             if await self._apply_backpressure():
                 continue
-            texts: list[bytes] = []
+            texts, self.outbox = self.outbox, []
             frames: list[bytes] = []
             for active in list(self.requests.values()):
                 active.produce(texts, frames)
                 if active.finished:
                     del self.requests[active.id]
-            if self.ws.closed:
-                return
-            if texts:
-                body = texts[0] if len(texts) == 1 else b"[" + b",".join(texts) + b"]"
-                await self.ws.send_frame(body, WSMsgType.TEXT)  # already UTF-8 JSON: no re-encoding
-            if frames:
-                await self.ws.send_frame(b"".join(frames), WSMsgType.BINARY)
+            await self._send_batch(texts, frames)
 
     async def _apply_backpressure(self) -> bool:
         """Water marks on the socket's unsent bytes, for requests without explicit credit. Returns True
@@ -241,7 +329,8 @@ class WsConnection:
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     state = request.app["state"]
     config: ServerConfig = state.config
-    ws = web.WebSocketResponse(autoping=False, max_msg_size=config.max_message_bytes, compress=False)
+    ws = web.WebSocketResponse(autoping=False, max_msg_size=config.max_message_bytes, compress=False,
+                               protocols=SUBPROTOCOLS)
     await ws.prepare(request)
     transport = request.transport
     sock = transport.get_extra_info("socket") if transport else None
@@ -257,11 +346,13 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if len(state.websockets) >= config.max_connections:
         await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"too many connections")
         return ws
-    conn = WsConnection(ws, transport, state.engine, config, lambda: state.draining)
+    conn = WsConnection(ws, transport, state.engine, config, lambda: state.draining, state.sessions)
+    conn.guard = WsGuard(request, conn)
     state.websockets.add(conn)
     try:
         await conn.run()
     finally:
+        conn.guard.stop()
         state.websockets.discard(conn)
         if not ws.closed:
             await ws.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -26,14 +27,15 @@ class RunningServer:
     port: int
     process: subprocess.Popen
     log_path: str
+    client_ssl: ssl.SSLContext | None = None  # set for a TLS server: https:// and wss://, verified with this
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.client_ssl else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/stream"
+        return f"{'wss' if self.client_ssl else 'ws'}://127.0.0.1:{self.port}/v1/stream"
 
     def stats(self) -> dict:
         return httpx.get(f"{self.http}/stats", timeout=5).json()
@@ -53,7 +55,8 @@ class RunningServer:
         return self.process.returncode
 
 
-def start_server(tmp_path_factory, **env: object) -> RunningServer:
+def start_server(tmp_path_factory, client_ssl: ssl.SSLContext | None = None, **env: object) -> RunningServer:
+    """client_ssl: the server has tls_cert/tls_key; the readiness probe connects with this context."""
     port = free_port()
     log_path = str(tmp_path_factory.mktemp("server") / "server.log")
     environ = {**os.environ, "SEEDANCE_PORT": str(port), "SEEDANCE_HOST": "127.0.0.1"}
@@ -62,13 +65,13 @@ def start_server(tmp_path_factory, **env: object) -> RunningServer:
     with open(log_path, "w") as log:
         process = subprocess.Popen([sys.executable, "-m", "seedance.cli", "serve"], env=environ,
                                    stdout=log, stderr=subprocess.STDOUT)
-    server = RunningServer(port, process, log_path)
+    server = RunningServer(port, process, log_path, client_ssl)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited early:\n{server.log()}")
         try:
-            if httpx.get(f"{server.http}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"{server.http}/readyz", timeout=1, verify=client_ssl or True).status_code == 200:
                 return server
         except httpx.HTTPError:
             pass

@@ -97,3 +97,35 @@ async def test_chaos_proxy_cuts_many_times_and_every_text_matches_an_uninterrupt
         await proxy.stop()
     assert client.reconnects >= 5  # it really was cut, many times
     assert texts == reference  # and nothing was lost or duplicated
+
+
+def test_sync_client_streams_and_can_stop_early(server):
+    from seedance.client import SyncSeedanceClient
+
+    with SyncSeedanceClient(server.ws) as client:
+        chunks = list(client.generate("In the beginning", max_tokens=20, temperature=0, ignore_eos=True))
+        assert sum(len(c.token_ids) for c in chunks) == 20 and client.last_done.finish_reason == "length"
+        for i, _chunk in enumerate(client.generate("And", max_tokens=2000, ignore_eos=True)):
+            if i == 3:
+                break  # leaving the iterator cancels the generation on the server
+    for _ in range(100):
+        if server.stats()["num_running"] == 0:
+            break
+        __import__("time").sleep(0.05)
+    assert server.stats()["num_running"] == 0
+
+
+def test_cli_client_and_chat_against_the_server(server):
+    import subprocess
+    import sys
+
+    one_shot = subprocess.run([sys.executable, "-m", "seedance.cli", "client", "In the beginning", "--url", server.ws,
+                               "-n", "12", "--seed", "3"], capture_output=True, text=True, timeout=60)
+    assert one_shot.returncode == 0, one_shot.stderr
+    assert one_shot.stdout.strip() and "12 tokens" in one_shot.stderr
+    chat = subprocess.run([sys.executable, "-m", "seedance.cli", "chat", "--url", server.ws, "-n", "10",
+                           "--session", "cli-chat"],
+                          input="And God said\nAnd Moses answered\n\n", capture_output=True, text=True, timeout=60)
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stderr.count("10 tokens") == 2
+    assert "KV reused" in chat.stderr  # the second turn continued from the first turn's KV

@@ -18,6 +18,9 @@ def test_error_codes_are_the_documented_set() -> None:
         "overloaded",
         "unsupported",
         "internal",
+        "unauthorized",
+        "forbidden",
+        "rate_limited",
     } == ERROR_CODES
 
 
