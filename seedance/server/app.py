@@ -18,6 +18,7 @@ from pathlib import Path
 from aiohttp import web
 
 from seedance.engine.async_engine import AsyncEngine
+from seedance.observability import hub as observability
 from seedance.protocol import CloseCode
 from seedance.server import openai_api, polling, security
 from seedance.server.config import ServerConfig
@@ -76,12 +77,14 @@ async def index(request: web.Request) -> web.FileResponse:
 
 async def _load_engine(app: web.Application) -> None:
     state: ServerState = app["state"]
+    observability.mark(app, "engine_load_start")
     try:
         engine = await AsyncEngine.create(state.config.engine)
     except Exception as err:  # the server stays up and says why in /readyz
         log.exception("model failed to load")
         state.load_error = f"model failed to load: {err}"
         return
+    observability.mark(app, "model_loaded")
     cfg = state.config
     try:
         store = open_store(cfg.session_store, ttl_s=cfg.session_idle_ttl_s * 24)
@@ -95,6 +98,7 @@ async def _load_engine(app: web.Application) -> None:
                                     detached_buffer_tokens=cfg.detached_buffer_tokens)
     state.jobs = polling.JobStore(engine, cfg.max_jobs, cfg.job_ttl_s)
     state.engine = engine
+    observability.mark(app, "engine_ready")
     log.info("model ready: %s", state.config.engine.model or "built-in")
 
 
@@ -136,6 +140,9 @@ async def drain(app: web.Application) -> None:
         await asyncio.sleep(0.05)
     if state.jobs is not None:
         await state.jobs.close()
+    deadline = time.monotonic() + 2.0
+    while any(conn.requests for conn in state.websockets) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)  # each writer sends its cancelled requests' done before the close
     for conn in list(state.websockets):
         await conn.close(CloseCode.GOING_AWAY, "server is shutting down")
     if state.sessions is not None:
@@ -171,6 +178,7 @@ def build_app(config: ServerConfig) -> web.Application:
     app = web.Application(client_max_size=config.max_message_bytes, middlewares=[json_errors, security.middleware])
     app["state"] = ServerState(config)
     security.install(app, config)  # TLS, auth, scopes, Origin, limits (security.py); refuses unsafe configs
+    observability.install(app, config)  # /metrics, tracing, per-transport counters (docs/observability.md)
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(drain)
     app.on_cleanup.append(_on_cleanup)
@@ -201,6 +209,7 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
     sec = app[security.SECURITY]
     site = web.TCPSite(runner, config.host, config.port, reuse_address=True, ssl_context=sec.ssl_context)
     await site.start()
+    observability.mark(app, "listener_ready")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -21,6 +21,8 @@ from seedance.engine.async_engine import AsyncEngine, GenerateRequest
 from seedance.engine.errors import EngineError
 from seedance.engine.events import FinishReason, TokenEvent
 from seedance.engine.sampling_params import SamplingParams
+from seedance.observability.hub import OBS
+from seedance.observability.logs import set_request_context
 from seedance.server.http_errors import HttpError, from_engine_error, read_json_object
 from seedance.server.security import authorize_generate, principal_of
 from seedance.server.sse_request import SseStreamRequest
@@ -261,6 +263,7 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
     prefix = "chatcmpl" if chat else "cmpl"
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     parsed.request.request_id = request_id
+    set_request_context(request_id, parsed.session)  # log lines of this handler carry the ids
     session, input_text = None, ""
     try:
         if parsed.session is not None:
@@ -279,21 +282,28 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
     except EngineError as err:
         raise from_engine_error(err) from None
     fmt = OpenAIFormatter(chat, state.config.model_name, request_id, engine.tokenizer)
+    hub = request.app.get(OBS)
+    obs = hub.request("sse", request_id, parsed.session, engine) if hub is not None else None
 
     if not parsed.stream:
         text, completion, logprobs, final = [], 0, None, None
         async for event in stream:
             text.append(event.text_delta)
             completion += event.token_id >= 0
+            if obs is not None and event.token_id >= 0:
+                obs.tokens(1)
             logprobs = _merge_logprobs(logprobs, fmt.logprobs([event], parsed.logprobs))
             final = event
         if final is None or final.finish_reason is FinishReason.ERROR:
             raise HttpError(500, "internal", "generation failed")
+        if obs is not None:
+            obs.finish(final, completion)
+            obs.sent()
         usage = fmt.usage(stream.num_prompt_tokens, completion, final.num_cached_tokens)
         return web.json_response(fmt.full("".join(text), logprobs, openai_finish_reason(final.finish_reason), usage))
 
     sr = SseStreamRequest(request_id, stream, engine, fmt=fmt, logprobs_k=parsed.logprobs,
-                          include_usage=parsed.include_usage)
+                          include_usage=parsed.include_usage, obs=obs)
     if session is not None:
         sr.session_id, sr.session_name, sr.input_text, sr.log = session.id, parsed.session, input_text, []
         sr.prompt_token_ids = list(parsed.request.prompt_token_ids)
@@ -314,20 +324,23 @@ async def _stream_sse(request: web.Request, response: web.StreamResponse, sr: Ss
     resume (Last-Event-ID); any other request is cancelled."""
     wake = asyncio.Event()
     sr.stream.listener = wake.set
+    owner = sr.owner = object()  # this response; a resume elsewhere takes the request over
     wake.set()
     try:
-        while not sr.finished:
+        while not sr.finished and sr.owner is owner:
             await wake.wait()
             wake.clear()
             out: list[bytes] = []
             sr.produce(out, [])
             if out:
                 await response.write(b"".join(out))
+            if sr.finished and sr.obs is not None:
+                sr.obs.sent()
     finally:
-        if not sr.finished:
+        if not sr.finished and sr.owner is owner:
             sessions = request.app["state"].sessions
             if sr.session_id is not None and sessions is not None:
-                sessions.detach(sr)
+                sessions.detach(sr, owner=owner)
             else:
                 sr.engine.cancel(sr.engine_id)
     await response.write_eof()
@@ -347,7 +360,7 @@ async def _resume_sse(request: web.Request, last_event_id: str) -> web.StreamRes
         session = await state.sessions.get(session_key(request, session_id))
     except SessionError as err:
         raise HttpError(400, err.code, err.message) from None
-    sr = state.sessions.adopt(session, request_id)
+    sr = state.sessions.adopt(session, request_id, owner=None)  # _stream_sse takes ownership below
     if sr is None:
         logged = session.replay.get(request_id)
         if logged is None:

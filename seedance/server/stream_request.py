@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from seedance.engine.async_engine import AsyncEngine, RequestStream
 from seedance.engine.events import FinishReason, TokenEvent
+from seedance.observability.hub import RequestObs
 from seedance.protocol import encode_frame
 from seedance.protocol import errors as codes
 from seedance.server.messages import chunk_message, done_message, error_message, frame_metadata
@@ -42,6 +43,11 @@ class StreamRequest:
     log: list[tuple[int, bool, bytes]] | None = None
     on_finish: Callable[[StreamRequest], None] | None = None
     on_snapshot: Callable[[object], None] | None = None  # the session turn is durable (set by its connection)
+    # Who produces this request's output now: its connection (or SSE response), or the session manager
+    # while the client is away. A resume moves it; only the owner may produce, detach or cancel it.
+    owner: object = None
+    previous_owner: object = None
+    obs: RequestObs | None = None  # metrics / tracing recorder (seedance.observability)
 
     @property
     def finished(self) -> bool:
@@ -74,6 +80,8 @@ class StreamRequest:
         self.completion_tokens += len(token_events)
         self.output_token_ids += [e.token_id for e in token_events]
         self.output_text += [e.text_delta for e in token_events]
+        if self.obs is not None and token_events:
+            self.obs.tokens(len(token_events))
         if token_events or (final is not None and self.binary):
             seq = self.next_seq
             self.next_seq += 1
@@ -85,6 +93,8 @@ class StreamRequest:
                 self._emit(texts, seq, False, chunk_message(self.id, seq, token_events))
         if final is not None:
             self.final = final
+            if self.obs is not None:
+                self.obs.finish(final, self.completion_tokens, self.session_id is not None)
             if final.finish_reason is FinishReason.ERROR:
                 texts.append(error_message(self.id, codes.INTERNAL, "generation failed on the server"))
             if not self.binary:

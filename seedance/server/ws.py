@@ -21,6 +21,8 @@ from aiohttp import WSMsgType, web
 
 from seedance.engine.async_engine import AsyncEngine, GenerateRequest
 from seedance.engine.errors import EngineError
+from seedance.observability.hub import OBS, Observability
+from seedance.observability.logs import reset_request_context, set_request_context
 from seedance.protocol import (
     Cancel,
     CloseCode,
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 
 class WsConnection:
     guard: WsGuard  # set by websocket_handler: scopes per message, message rate, token expiry, reauth
+    obs: Observability | None = None  # metrics / tracing (set by websocket_handler)
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None, engine: AsyncEngine,
                  config: ServerConfig, draining: Callable[[], bool], sessions: SessionManager) -> None:
@@ -77,8 +80,10 @@ class WsConnection:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             for active in self.requests.values():
+                if active.owner is not self:
+                    continue  # resumed elsewhere meanwhile
                 if active.session_id is not None and not active.cancelled:
-                    self.sessions.detach(active)  # the session keeps it for a resume
+                    self.sessions.detach(active, owner=self)  # the session keeps it for a resume
                 else:
                     self.engine.cancel(active.engine_id)  # a closed connection cancels its requests
             self.requests.clear()
@@ -122,7 +127,11 @@ class WsConnection:
         if not await self.guard.admit(message):  # refused for a missing scope, or a reauth (answered there)
             return
         if isinstance(message, Generate):
-            await self._on_generate(message)
+            ctx = set_request_context(self._engine_id(message.id), message.session)  # for log lines
+            try:
+                await self._on_generate(message)
+            finally:
+                reset_request_context(ctx)
         elif isinstance(message, Cancel):
             active = self.requests.get(message.id)
             if active is None:
@@ -173,6 +182,9 @@ class WsConnection:
             return
         stream.listener = self.wake.set
         active = self.requests[msg.id] = StreamRequest(msg.id, stream, self.engine, msg.binary, msg.credit)
+        active.owner = self
+        if self.obs is not None:
+            active.obs = self.obs.request("ws", stream.request_id, msg.session, self.engine)
         if session is not None:
             active.session_id, active.session_name, active.input_text = session.id, msg.session, input_text
             active.prompt_token_ids, active.log = list(request.prompt_token_ids), []
@@ -221,7 +233,9 @@ class WsConnection:
         except SessionError as err:
             await self._send_now(error_message(msg.id, err.code, err.message))
             return
-        request = self.sessions.adopt(session, msg.id)
+        request = self.sessions.adopt(session, msg.id, owner=self)
+        if request is not None and isinstance(request.previous_owner, WsConnection):
+            request.previous_owner.requests.pop(request.id, None)  # its old connection must not produce it
         if request is None:
             logged = session.replay.get(msg.id)
             if logged is None:
@@ -264,11 +278,16 @@ class WsConnection:
                 continue
             texts, self.outbox = self.outbox, []
             frames: list[bytes] = []
+            ended = []
             for active in list(self.requests.values()):
                 active.produce(texts, frames)
                 if active.finished:
                     del self.requests[active.id]
+                    ended.append(active)
             await self._send_batch(texts, frames)
+            for active in ended:
+                if active.obs is not None:
+                    active.obs.sent()
 
     async def _apply_backpressure(self) -> bool:
         """Water marks on the socket's unsent bytes, for requests without explicit credit. Returns True
@@ -307,6 +326,8 @@ class WsConnection:
     async def _refuse(self, request_id: str, code: str, message: str) -> None:
         """A refused generate ends like any request: error, then done with finish_reason error."""
         body = b"[" + error_message(request_id, code, message) + b"," + refused_done_message(request_id) + b"]"
+        if self.obs is not None:
+            self.obs.refused("ws", self._engine_id(request_id), code)
         await self._send_now(body)
 
     async def _send_now(self, body: bytes) -> None:
@@ -319,6 +340,8 @@ class WsConnection:
         while not self.ws.closed:
             await asyncio.sleep(interval)
             if self.missed_pongs >= self.config.heartbeat_max_missed:
+                if self.obs is not None:
+                    self.obs.metrics.heartbeat_timeouts.inc()
                 await self.close(CloseCode.HEARTBEAT_TIMEOUT, f"no pong to {self.missed_pongs} pings")
                 return
             self.missed_pongs += 1
@@ -348,6 +371,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return ws
     conn = WsConnection(ws, transport, state.engine, config, lambda: state.draining, state.sessions)
     conn.guard = WsGuard(request, conn)
+    conn.obs = request.app.get(OBS)
     state.websockets.add(conn)
     try:
         await conn.run()

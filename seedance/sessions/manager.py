@@ -157,11 +157,14 @@ class SessionManager:
             request.on_snapshot(snapshot)
 
     # ---- away and back ----------------------------------------------------------------------------
-    def detach(self, request: Any) -> None:
-        """The client's connection is gone: keep the turn going into its replay log, bounded, then paused."""
+    def detach(self, request: Any, owner: object) -> None:
+        """The client's connection is gone: keep the turn going into its replay log, bounded, then paused.
+        A no-op unless `owner` still owns the request (a resume on another connection may have taken it
+        before the old connection noticed it was dead)."""
         session = self.sessions.get(request.session_id)
-        if session is None or session.current is not request or request.finished:
+        if session is None or session.current is not request or request.finished or request.owner is not owner:
             return
+        request.owner = self
         request.on_snapshot = None
         loop = asyncio.get_running_loop()
         session.detached_task = loop.create_task(self._consume_detached(request))
@@ -196,12 +199,14 @@ class SessionManager:
         if task is not None and task is not asyncio.current_task():
             task.cancel()
 
-    def adopt(self, session: Session, request_id: str) -> Any | None:
-        """A client resumed: hand the detached turn to its new connection (None if there is none)."""
+    def adopt(self, session: Session, request_id: str, owner: object) -> Any | None:
+        """A client resumed: hand the turn to its new connection (None if there is none). Returns it with
+        `previous_owner` set, so a connection that has not yet noticed its death can let go of it."""
         request = session.current
         if request is None or request.id != request_id:
             return None
         self._stop_detached(session)
+        request.previous_owner, request.owner = request.owner, owner
         return request
 
     async def close(self) -> None:

@@ -108,7 +108,7 @@ def test_sync_client_streams_and_can_stop_early(server):
         for i, _chunk in enumerate(client.generate("And", max_tokens=2000, ignore_eos=True)):
             if i == 3:
                 break  # leaving the iterator cancels the generation on the server
-    for _ in range(100):
+    for _ in range(300):
         if server.stats()["num_running"] == 0:
             break
         __import__("time").sleep(0.05)

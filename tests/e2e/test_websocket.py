@@ -114,7 +114,7 @@ async def test_closing_the_connection_cancels_its_requests(server):
         await ws.send(json.dumps({"type": "generate", "id": "x", "prompt": "And", "max_tokens": 3000,
                                   "ignore_eos": True}))
         await ws.recv()
-    for _ in range(100):
+    for _ in range(300):
         stats = server.stats()
         if stats["num_running"] == 0 and stats["open_requests"] == 0:
             break
