@@ -52,6 +52,11 @@ def serve(
     max_prompt_tokens: Annotated[int | None, typer.Option(help="longest prompt in tokens")] = None,
     max_tokens_limit: Annotated[int | None, typer.Option(help="largest max_tokens a request may ask")] = None,
     log_level: str = "info",
+    log_format: Annotated[str | None, typer.Option(help="text or json (one JSON object per line)")] = None,
+    tracing: Annotated[str | None, typer.Option(help="OpenTelemetry spans: off, console, file, otlp")] = None,
+    tracing_file: Annotated[str | None, typer.Option(help="JSON-lines span file for --tracing file")] = None,
+    trace_slow_ms: Annotated[float | None, typer.Option(help="always trace requests slower than this")] = None,
+    trace_sample_rate: Annotated[float | None, typer.Option(help="fraction of other requests traced")] = None,
 ) -> None:
     """Start the server (WebSocket /v1/stream, OpenAI-compatible SSE, HTTP polling)."""
     import logging
@@ -69,13 +74,18 @@ def serve(
                     ws_messages_per_s=ws_messages_per_s, http_requests_per_s=http_requests_per_s,
                     max_message_bytes=max_message_bytes, max_prompt_tokens=max_prompt_tokens,
                     max_tokens_limit=max_tokens_limit)
+    observability = dict(log_format=log_format, tracing=tracing, tracing_file=tracing_file,
+                         trace_slow_ms=trace_slow_ms, trace_sample_rate=trace_sample_rate)
     try:
         cfg = ServerConfig.load(config, host=host, port=port, model=model, device=device, dtype=dtype,
-                                model_name=model_name, keepalive=keepalive, **security)
+                                model_name=model_name, keepalive=keepalive, **security, **observability)
         preflight(cfg)  # refuses unsafe settings and unreadable keys/certificates before binding
     except ValueError as err:
         print(f"seedance serve: {err}", file=sys.stderr)
         raise typer.Exit(2) from None
+    from seedance.observability.logs import configure_logging
+
+    configure_logging(log_level, cfg.log_format)
     try:
         import uvloop
 
@@ -236,6 +246,32 @@ def bench_engine(
     from seedance.bench.engine_bench import run_engine_bench
 
     run_engine_bench(concurrency or [1, 8, 32], max_tokens, prompt_tokens, requests, rate, model, output)
+
+
+@bench_app.command("transports")
+def bench_transports(
+    concurrency: Annotated[str, typer.Option(help="client counts, comma list")] = "20,50,100",
+    transports: Annotated[str, typer.Option(help="comma list of polling, sse, websocket")] = "polling,sse,websocket",
+    duration: Annotated[float, typer.Option(help="seconds per transport and level")] = 5.0,
+    max_tokens: Annotated[int, typer.Option(help="tokens per request")] = 32,
+    processes: Annotated[int, typer.Option(help="load-generator processes")] = 1,
+    backend: Annotated[str, typer.Option(help="synthetic (no model compute) or model (built-in model)")] = "synthetic",
+    rate: Annotated[float, typer.Option(help="synthetic backend: tokens/s per stream")] = 50.0,
+    url: Annotated[str | None, typer.Option(help="target a running loopback server instead of starting one")] = None,
+    p99_bound_ms: Annotated[float, typer.Option(help="knee: p99 TTFT / inter-chunk bound")] = 500.0,
+    memory_connections: Annotated[int, typer.Option(help="K for the memory probe; 0 skips it")] = 100,
+    wrk_clients: Annotated[int, typer.Option(help="cross-check SSE with wrk at this level; 0 skips it")] = 0,
+    output: Annotated[str | None, typer.Option(help="write results JSON here")] = "bench/results/transports.json",
+    plots: Annotated[str | None, typer.Option(help="write PNG plots into this folder")] = "docs/images",
+) -> None:
+    """The same streaming workload over HTTP polling, SSE and WebSocket: throughput, latency, server cost."""
+    from seedance.bench.transports_bench import run_transports_bench
+
+    if backend not in ("synthetic", "model"):
+        raise typer.BadParameter("--backend must be synthetic or model")
+    run_transports_bench([int(c) for c in concurrency.split(",") if c.strip()],
+                         [t.strip() for t in transports.split(",") if t.strip()], duration, max_tokens, processes,
+                         backend, rate, url, p99_bound_ms, memory_connections, wrk_clients or None, output, plots)
 
 
 if __name__ == "__main__":

@@ -157,8 +157,13 @@ class SeedanceClient:
         self._reader = asyncio.create_task(self._read_loop(), name="seedance-client-reader")
 
     async def close(self) -> None:
+        """Cancel what is still running (an explicit close is not a dropped connection: nothing should stay
+        on the server waiting for a resume), then close the socket."""
         self._closing = True
         if self._ws is not None:
+            for stream in list(self.streams.values()):
+                with contextlib.suppress(ConnectionClosed):
+                    await self._ws.send(json.dumps({"type": "cancel", "id": stream.id}))
             await self._ws.close()
         if self._reader is not None:
             self._reader.cancel()

@@ -30,8 +30,12 @@ class SyncSeedanceClient:
 
         out: queue.Queue = queue.Queue(maxsize=1024)
 
+        async def start():
+            return self._client.generate(prompt, **params)
+
+        stream = self._call(start())
+
         async def pump() -> None:
-            stream = self._client.generate(prompt, **params)
             try:
                 async for chunk in stream:
                     await asyncio.to_thread(out.put, chunk)
@@ -47,6 +51,8 @@ class SyncSeedanceClient:
                     raise item
                 yield item
         finally:
+            if stream.done is None:  # left early: cancel on the server before anything else happens
+                self._call(self._client.cancel(stream.id))
             if not future.done():
                 future.cancel()
 

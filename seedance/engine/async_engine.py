@@ -105,6 +105,7 @@ class AsyncEngine:
         self._task: asyncio.Task | None = None
         self._closed = False
         self.step_latencies: list[float] = []  # seconds per step, bounded to the last 1024
+        self.last_step_started: float | None = None  # perf_counter() at the start of the last finished step
 
     @classmethod
     async def create(cls, config: EngineConfig) -> AsyncEngine:
@@ -242,6 +243,7 @@ class AsyncEngine:
                 log.exception("engine step crashed")
                 events = []
             self.step_latencies.append(time.perf_counter() - started)
+            self.last_step_started = started
             if len(self.step_latencies) > 1024:
                 del self.step_latencies[:512]
             for event in events:

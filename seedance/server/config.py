@@ -68,6 +68,14 @@ class ServerConfig:
     ws_message_burst: int = 400
     http_requests_per_s: float = 100.0  # HTTP requests per client IP (token bucket); 0: no limit
     http_request_burst: int = 200
+    # Observability (docs/observability.md)
+    metrics_enabled: bool = True  # GET /metrics in the Prometheus text format (admin scope when auth is on)
+    log_format: str = "text"  # text | json (one JSON object per line, with request_id / session_id when known)
+    tracing: str = "off"  # off | console | file | otlp (OpenTelemetry spans per request and for cold start)
+    tracing_file: str = "seedance-traces.jsonl"  # JSON-lines span file for tracing = "file"
+    tracing_otlp_endpoint: str | None = None  # OTLP/HTTP endpoint for tracing = "otlp" (needs the exporter package)
+    trace_slow_ms: float = 2000.0  # requests slower than this (end to end) are always traced
+    trace_sample_rate: float = 0.01  # fraction of the other successful requests traced (errors always are)
 
     @classmethod
     def load(cls, config_file: str | os.PathLike | None = None, env: dict[str, str] | None = None,
@@ -100,6 +108,12 @@ class ServerConfig:
             raise ValueError("send_low_water_bytes must be below send_high_water_bytes")
         if self.keepalive not in ("conservative", "aggressive", "off"):
             raise ValueError("keepalive must be conservative, aggressive or off")
+        if self.log_format not in ("text", "json"):
+            raise ValueError("log_format must be text or json")
+        if self.tracing not in ("off", "console", "file", "otlp"):
+            raise ValueError("tracing must be off, console, file or otlp")
+        if not 0.0 <= self.trace_sample_rate <= 1.0:
+            raise ValueError("trace_sample_rate must be between 0 and 1")
         for name in ("max_message_bytes", "max_connections", "max_requests_per_connection", "heartbeat_max_missed",
                      "max_jobs"):
             if getattr(self, name) < 1:

@@ -294,11 +294,11 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
                 obs.tokens(1)
             logprobs = _merge_logprobs(logprobs, fmt.logprobs([event], parsed.logprobs))
             final = event
-        if final is None or final.finish_reason is FinishReason.ERROR:
-            raise HttpError(500, "internal", "generation failed")
-        if obs is not None:
+        if obs is not None and final is not None:
             obs.finish(final, completion)
             obs.sent()
+        if final is None or final.finish_reason is FinishReason.ERROR:
+            raise HttpError(500, "internal", "generation failed")
         usage = fmt.usage(stream.num_prompt_tokens, completion, final.num_cached_tokens)
         return web.json_response(fmt.full("".join(text), logprobs, openai_finish_reason(final.finish_reason), usage))
 

@@ -24,6 +24,7 @@ from aiohttp import web
 from seedance.engine.async_engine import AsyncEngine, RequestStream
 from seedance.engine.errors import EngineError
 from seedance.engine.events import FinishReason
+from seedance.observability.hub import OBS
 from seedance.protocol import ProtocolError, decode_client_message
 from seedance.server.http_errors import HttpError, from_engine_error, read_json_object
 from seedance.server.requests import generate_request_from
@@ -45,6 +46,7 @@ class Job:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
     owner: str | None = None  # the principal that created it; only it can read or cancel the job
+    obs: object = None  # seedance.observability.hub.RequestObs: metrics / tracing
 
     @property
     def done(self) -> bool:
@@ -98,6 +100,8 @@ class JobStore:
             events = [event, *job.stream.drain()]
             tokens = [e for e in events if e.token_id >= 0]
             completion += len(tokens)
+            if tokens and job.obs is not None:
+                job.obs.tokens(len(tokens))
             if tokens:
                 job.chunks.append({"seq": len(job.chunks), "text": "".join(e.text_delta for e in tokens),
                                    "token_ids": [e.token_id for e in tokens]})
@@ -108,6 +112,9 @@ class JobStore:
                 job.usage = {"prompt_tokens": job.stream.num_prompt_tokens, "completion_tokens": completion,
                              "cached_tokens": final.num_cached_tokens}
                 job.finished_at = time.monotonic()
+                if job.obs is not None:
+                    job.obs.finish(final, completion)
+                    job.obs.sent()  # pollers read it from here
             job.changed.set()
             if final.finished:
                 return
@@ -158,7 +165,11 @@ async def create_job(request: web.Request) -> web.Response:
         raise HttpError(400, err.code, err.message) from None
     except EngineError as err:
         raise from_engine_error(err) from None
-    store.create(stream, job_id).owner = principal_of(request).id
+    job = store.create(stream, job_id)
+    job.owner = principal_of(request).id
+    hub = request.app.get(OBS)
+    if hub is not None:
+        job.obs = hub.request("polling", job_id, None, store.engine)
     return web.json_response({"id": job_id, "status": "running"}, status=202,
                              headers={"Location": f"/v1/jobs/{job_id}"})
 

@@ -58,6 +58,7 @@ PRINCIPAL = "seedance.principal"  # request keys
 CLIENT = "seedance.client"
 ROUTE_SCOPES = {
     "/stats": SCOPE_ADMIN,
+    "/metrics": SCOPE_ADMIN,
     "/v1/completions": SCOPE_GENERATE,
     "/v1/chat/completions": SCOPE_GENERATE,
     "/v1/jobs": SCOPE_GENERATE,

@@ -41,6 +41,8 @@ class SseStreamRequest(StreamRequest):
         self.completion_tokens += len(token_events)
         self.output_token_ids += [e.token_id for e in token_events]
         self.output_text += [e.text_delta for e in token_events]
+        if self.obs is not None and token_events:
+            self.obs.tokens(len(token_events))
         fmt = self.fmt
         if final is not None and final.finish_reason is FinishReason.ERROR:
             error = {"error": {"message": "generation failed", "type": "server_error", "code": "internal"}}
@@ -53,6 +55,8 @@ class SseStreamRequest(StreamRequest):
             self.first = False
         if final is not None:
             self.final = final
+            if self.obs is not None:
+                self.obs.finish(final, self.completion_tokens, self.session_id is not None)
             tail = b""
             if self.include_usage:
                 usage = fmt.usage(final.num_prompt_tokens, self.completion_tokens, final.num_cached_tokens)

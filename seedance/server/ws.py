@@ -271,6 +271,15 @@ class WsConnection:
 
     # ---- writing ----------------------------------------------------------------------------------
     async def _writer(self) -> None:
+        try:
+            await self._write_loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # never die silently: a dead writer would leave this connection's streams hanging
+            log.exception("websocket writer failed; closing the connection")
+            await self.close(CloseCode.INTERNAL_ERROR, "internal error")
+
+    async def _write_loop(self) -> None:
         while True:
             await self.wake.wait()
             self.wake.clear()

@@ -1,0 +1,234 @@
+"""Load generator for the transport benchmark: one closed-loop streaming workload, three transports.
+
+Each client does generate requests of `max_tokens` tokens back to back until the deadline, over
+HTTP polling (POST /v1/jobs + long-poll GET), SSE (POST /v1/completions stream=true) or WebSocket
+(/v1/stream, one connection per client). A load process (`run_worker`, started by multiprocessing)
+runs many clients on uvloop and returns raw samples: TTFT and inter-chunk gaps in seconds,
+completed requests, delivered chunks, errors and timeouts.
+
+Loopback only by design: the orchestrator passes a 127.0.0.1 URL, and every request has a timeout,
+so a run always ends by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+
+import aiohttp
+
+TRANSPORTS = ("polling", "sse", "websocket")
+PROMPT = "And God said, Let there be light: and there was light. And God saw the light, that it was good:"
+
+
+@dataclass
+class WorkerSpec:
+    transport: str
+    base_url: str  # http://127.0.0.1:PORT
+    clients: int
+    max_tokens: int
+    duration_s: float
+    start_at: float  # time.time() at which every process's clients start together
+    request_timeout_s: float = 30.0
+    worker_index: int = 0
+
+
+@dataclass
+class WorkerResult:
+    completed: int = 0
+    chunks: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    ttft_s: list[float] = field(default_factory=list)
+    itl_s: list[float] = field(default_factory=list)
+    error_samples: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    def error(self, what: str) -> None:
+        self.errors += 1
+        if len(self.error_samples) < 5:
+            self.error_samples.append(what[:300])
+
+
+def raise_nofile_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (each client holds one or more sockets)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class _Request:
+    """Timing of one request: first chunk and the gaps between chunk arrivals."""
+
+    def __init__(self, result: WorkerResult) -> None:
+        self.result = result
+        self.sent = time.perf_counter()
+        self.last: float | None = None
+        self.n = 0
+
+    def chunks(self, n: int) -> None:
+        """n chunks arrived now (several at once when a poll or a read carries several)."""
+        if n <= 0:
+            return
+        now = time.perf_counter()
+        if self.last is None:
+            self.result.ttft_s.append(now - self.sent)
+        else:
+            self.result.itl_s.append(now - self.last)
+        self.result.itl_s.extend([0.0] * (n - 1))
+        self.last = now
+        self.n += n
+
+    def done(self) -> None:
+        self.result.completed += 1
+        self.result.chunks += self.n
+
+
+def _body(spec: WorkerSpec) -> dict:
+    return {"prompt": PROMPT, "max_tokens": spec.max_tokens, "ignore_eos": True, "temperature": 0.0}
+
+
+async def _polling_one(session: aiohttp.ClientSession, spec: WorkerSpec, result: WorkerResult) -> None:
+    req = _Request(result)
+    async with session.post(f"{spec.base_url}/v1/jobs", json=_body(spec)) as resp:
+        if resp.status != 202:
+            result.error(f"POST /v1/jobs {resp.status}: {await resp.text()}")
+            return
+        job_id = (await resp.json())["id"]
+    after = -1
+    while True:
+        url = f"{spec.base_url}/v1/jobs/{job_id}?after={after}&wait_ms=5000"
+        async with session.get(url) as resp:
+            if resp.status != 200:
+                result.error(f"GET job {resp.status}: {await resp.text()}")
+                return
+            view = await resp.json()
+        req.chunks(len(view["chunks"]))
+        after = view["next_seq"]
+        if view["status"] != "running":
+            if view["finish_reason"] not in ("length", "stop"):
+                result.error(f"job finished with {view['finish_reason']}")
+                return
+            req.done()
+            return
+
+
+async def _sse_one(session: aiohttp.ClientSession, spec: WorkerSpec, result: WorkerResult) -> None:
+    req = _Request(result)
+    body = {"model": "seedance-tiny", "stream": True, **_body(spec)}
+    async with session.post(f"{spec.base_url}/v1/completions", json=body) as resp:
+        if resp.status != 200:
+            result.error(f"POST /v1/completions {resp.status}: {await resp.text()}")
+            return
+        buf = b""
+        async for data in resp.content.iter_any():
+            buf += data
+            events = buf.split(b"\n\n")
+            buf = events.pop()
+            n = 0
+            for event in events:
+                for line in event.split(b"\n"):
+                    if line == b"data: [DONE]":
+                        req.chunks(n)
+                        req.done()
+                        return
+                    if line.startswith(b"data: "):
+                        if b'"error"' in line[:20]:
+                            result.error(line.decode(errors="replace"))
+                            return
+                        n += 1
+            req.chunks(n)
+    result.error("SSE stream ended without [DONE]")
+
+
+async def _ws_client(session: aiohttp.ClientSession, spec: WorkerSpec, result: WorkerResult, cid: str,
+                     deadline: float) -> None:
+    async with session.ws_connect(f"{spec.base_url.replace('http', 'ws', 1)}/v1/stream",
+                                  max_msg_size=0, heartbeat=None) as ws:
+        k = 0
+        while time.time() < deadline:
+            rid = f"{cid}-{k}"
+            k += 1
+            req = _Request(result)
+            await ws.send_str(json.dumps({"type": "generate", "id": rid, **_body(spec)}))
+            finished = False
+            while not finished:
+                msg = await asyncio.wait_for(ws.receive(), spec.request_timeout_s)
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    raise ConnectionError(f"websocket closed: {msg.type.name} {msg.data!r} {msg.extra!r}")
+                payload = json.loads(msg.data)
+                items = payload if isinstance(payload, list) else [payload]
+                n = 0
+                for item in items:
+                    kind = item.get("type")
+                    if kind == "chunk":
+                        n += 1
+                    elif kind == "done":
+                        req.chunks(n)
+                        n = 0
+                        finished = True
+                        if item["finish_reason"] in ("length", "stop"):
+                            req.done()
+                        else:
+                            result.error(f"done with {item['finish_reason']}")
+                    elif kind == "error" and item.get("id") != rid:  # an error about this request ends in done
+                        result.error(f"error message: {item}")
+                req.chunks(n)
+
+
+async def _http_client(session: aiohttp.ClientSession, spec: WorkerSpec, result: WorkerResult,
+                       deadline: float) -> None:
+    one = _polling_one if spec.transport == "polling" else _sse_one
+    while time.time() < deadline:
+        try:
+            await asyncio.wait_for(one(session, spec, result), spec.request_timeout_s)
+        except TimeoutError:
+            result.timeouts += 1
+        except aiohttp.ClientError as err:
+            result.error(f"{type(err).__name__}: {err}")
+            await asyncio.sleep(0.1)
+
+
+async def _run(spec: WorkerSpec) -> WorkerResult:
+    result = WorkerResult()
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        delay = spec.start_at - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        t0 = time.perf_counter()
+        deadline = time.time() + spec.duration_s
+
+        async def client(i: int) -> None:
+            if spec.transport == "websocket":
+                while time.time() < deadline:
+                    try:
+                        await _ws_client(session, spec, result, f"w{spec.worker_index}c{i}", deadline)
+                    except TimeoutError:
+                        result.timeouts += 1
+                    except (aiohttp.ClientError, ConnectionError) as err:
+                        result.error(f"{type(err).__name__}: {err}")
+                        await asyncio.sleep(0.1)
+            else:
+                await _http_client(session, spec, result, deadline)
+
+        await asyncio.gather(*(client(i) for i in range(spec.clients)))
+        result.elapsed_s = time.perf_counter() - t0
+    return result
+
+
+def run_worker(spec: WorkerSpec) -> dict:
+    """Entry point of one load process: raise the fd limit, run the clients on uvloop, return samples."""
+    import uvloop
+
+    raise_nofile_limit()
+    return asdict(uvloop.run(_run(spec)))

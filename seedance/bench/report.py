@@ -1,0 +1,53 @@
+"""Terminal tables for `seedance bench transports`."""
+
+from __future__ import annotations
+
+
+def _f(value, fmt: str = "{:.1f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def render(console, report: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title="Transports: same closed-loop streaming workload "
+                  f"({report['settings']['max_tokens']} tokens/request, {report['settings']['duration_s']:g} s/level)")
+    for col in ("transport", "clients", "req/s", "chunks/s", "TTFT p50/p90/p99/p99.9 ms",
+                "inter-chunk p50/p90/p99/p99.9 ms", "err", "t/o", "server CPU% mean/max", "RSS MiB"):
+        table.add_column(col, justify="right")
+    for r in report["results"]:
+        lat = [" / ".join(_f(r[key][p]) for p in ("p50", "p90", "p99", "p99.9")) for key in ("ttft_ms",
+                                                                                             "inter_chunk_ms")]
+        srv = r["server"]
+        table.add_row(r["transport"], str(r["clients"]), f"{r['requests_per_s']:.1f}", f"{r['chunks_per_s']:.0f}",
+                      lat[0], lat[1], str(r["errors"]), str(r["timeouts"]),
+                      f"{_f(srv['cpu_percent_mean'], '{:.0f}')} / {_f(srv['cpu_percent_max'], '{:.0f}')}",
+                      _f(srv["rss_mib_max"], "{:.0f}"))
+    console.print(table)
+    for transport, knee in report.get("knee", {}).items():
+        where = f"{knee['clients']} clients" if knee["clients"] is not None else "below the lowest level"
+        console.print(f"knee {transport}: {where} ({knee['reason']})")
+    if cold := report.get("cold_start"):
+        console.print("cold start: listening {:.2f} s, ready {:.2f} s, first token {:.2f} s after process start"
+                      .format(cold["process_start_to_listening_s"], cold["process_start_to_ready_s"],
+                              cold["process_start_to_first_token_s"]))
+    if mem := report.get("memory"):
+        console.print(
+            f"memory: idle {_f(mem.get('rss_idle_mib'))} MiB; {mem['connections']} idle WebSockets "
+            f"{_f(mem.get('rss_idle_connections_mib'))} MiB ({_f(mem.get('rss_per_idle_connection_kib'))} KiB each); "
+            f"streaming {_f(mem.get('rss_streaming_mib'))} MiB ({_f(mem.get('rss_per_streaming_connection_kib'))} "
+            f"KiB each); KV blocks in use {mem['kv_blocks_in_use']}/{mem['kv_blocks_total']}; prefix-cache hit "
+            f"rate {mem['prefix_cache_hit_rate']:.0%}")
+    if wrk := report.get("wrk"):
+        if "wrk" not in wrk:
+            console.print(f"wrk cross-check: {wrk.get('error')}")
+        else:
+            w, o = wrk["wrk"], wrk["seedance_loadgen"]
+            if "error" in w:
+                console.print(f"wrk failed: {w['error']}")
+            else:
+                console.print(f"SSE at {w['clients']} clients: wrk {w['requests_per_s']:.1f} req/s "
+                              f"(p50/p99 full response {w['latency_full_response_ms']['p50']:.0f}/"
+                              f"{w['latency_full_response_ms']['p99']:.0f} ms, {w['socket_errors']} socket errors, "
+                              f"{w['status_errors']} non-2xx) vs seedance loadgen {o['requests_per_s']:.1f} req/s "
+                              f"({o['errors']} errors)")

@@ -1,0 +1,474 @@
+"""`seedance bench transports`: the same streaming workload over HTTP polling, SSE and WebSocket.
+
+Starts its own `seedance serve` subprocess on a free loopback port (or targets --url), then for each
+transport and concurrency level runs N closed-loop clients spread over --processes load processes, while
+a thread samples the server's CPU and RSS with psutil. Then memory per idle / streaming WebSocket
+connection, cold start, and optionally a cross-check of the SSE transport with `wrk`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import multiprocessing as mp
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+
+from seedance.bench.loadgen import TRANSPORTS, WorkerSpec, raise_nofile_limit, run_worker
+
+PERCENTILES = (50, 90, 99, 99.9)
+CDF_POINTS = 101  # quantiles kept per latency distribution for the CDF plots
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_env(backend: str, rate: float, max_clients: int) -> dict[str, str]:
+    """Settings that let one loopback client IP open max_clients streams without tripping a limit."""
+    big = max(4 * max_clients, 1024)
+    env = {
+        "max_connections": big,
+        "max_requests_per_connection": 64,
+        "max_connections_per_ip": 0,
+        "max_connections_per_token": 0,
+        "http_requests_per_s": 0,
+        "ws_messages_per_s": 0,
+        "max_waiting": big,
+        "max_jobs": big,
+        "job_ttl_s": 5,
+        "max_num_seqs": max(64, max_clients + 16) if backend == "synthetic" else 64,
+        "max_num_batched_tokens": max(256, 2 * max_clients + 64) if backend == "synthetic" else 256,
+    }
+    if backend == "synthetic":
+        env["synthetic_rate"] = rate
+    return {f"SEEDANCE_{k.upper()}": str(v) for k, v in env.items()}
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen | None = None
+    log_path: str | None = None
+    timeline: dict = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def stats(self) -> dict:
+        return httpx.get(f"{self.url}/stats", timeout=10).json()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def first_token_s(url: str, timeout: float = 30.0) -> float:
+    """Seconds from sending one SSE completion to its first data event."""
+    body = {"model": "seedance-tiny", "prompt": "In the beginning", "max_tokens": 4, "stream": True}
+    t0 = time.perf_counter()
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=timeout) as resp:
+        for line in resp.iter_lines():
+            if line.startswith("data: "):
+                return time.perf_counter() - t0
+    raise RuntimeError("no token")
+
+
+def start_server(backend: str, rate: float, max_clients: int, workdir: Path) -> Server:
+    """`seedance serve` on a free loopback port; records process start → listening → ready → first token."""
+    port = free_port()
+    log_path = workdir / f"server-{port}.log"
+    environ = {**os.environ, "SEEDANCE_PORT": str(port), "SEEDANCE_HOST": "127.0.0.1",
+               "SEEDANCE_SESSION_STORE": f"sqlite://{workdir / f'sessions-{port}.db'}",
+               **server_env(backend, rate, max_clients)}
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "seedance.cli", "serve", "--log-level", "warning"],
+                                   env=environ, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(url, process, str(log_path))
+    deadline = time.monotonic() + 120
+    listening = None
+    with httpx.Client(timeout=1) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{log_path.read_text()[-3000:]}")
+            try:
+                code = client.get(f"{url}/readyz").status_code
+                if listening is None:
+                    listening = time.perf_counter() - t0
+                if code == 200:
+                    ready = time.perf_counter() - t0
+                    first = first_token_s(url)
+                    server.timeline = {
+                        "process_start_to_listening_s": listening,
+                        "process_start_to_ready_s": ready,
+                        "process_start_to_first_token_s": time.perf_counter() - t0,
+                        "first_request_ttft_s": first,
+                    }
+                    return server
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.02)
+    server.stop()
+    raise RuntimeError(f"server not ready in time:\n{log_path.read_text()[-3000:]}")
+
+
+class Sampler(threading.Thread):
+    """Samples the server process's CPU% (of one core) and RSS every interval while running."""
+
+    def __init__(self, pid: int | None, interval: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.proc = psutil.Process(pid) if pid else None
+        self.interval = interval
+        self.cpu: list[float] = []
+        self.rss: list[int] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.cpu_percent(None)
+        while not self._halt.wait(self.interval):
+            try:
+                self.cpu.append(self.proc.cpu_percent(None))
+                self.rss.append(self.proc.memory_info().rss)
+            except psutil.Error:
+                return
+
+    def finish(self) -> dict:
+        self._halt.set()
+        self.join()
+        if not self.cpu:
+            return {"cpu_percent_mean": None, "cpu_percent_max": None, "rss_mib_max": None}
+        return {
+            "cpu_percent_mean": float(np.mean(self.cpu)),
+            "cpu_percent_max": float(np.max(self.cpu)),
+            "rss_mib_max": max(self.rss) / 2**20,
+        }
+
+
+def latency_summary(seconds: list[float]) -> dict:
+    if not seconds:
+        return {"count": 0, **{f"p{q:g}": None for q in PERCENTILES}, "mean": None, "cdf_ms": []}
+    arr = np.asarray(seconds) * 1000.0
+    out: dict = {"count": int(arr.size), "mean": float(arr.mean())}
+    out.update({f"p{q:g}": float(np.percentile(arr, q)) for q in PERCENTILES})
+    out["cdf_ms"] = np.percentile(arr, np.linspace(0, 100, CDF_POINTS)).round(3).tolist()
+    return out
+
+
+def run_level(pool: ProcessPoolExecutor, server: Server, transport: str, clients: int, processes: int,
+              max_tokens: int, duration: float, progress=None, task=None) -> dict:
+    processes = max(1, min(processes, clients))
+    share = [clients // processes + (i < clients % processes) for i in range(processes)]
+    start_at = time.time() + 1.0 + 0.5 * processes  # let every spawned process be up before the clock starts
+    specs = [WorkerSpec(transport, server.url, n, max_tokens, duration, start_at,
+                        request_timeout_s=max(30.0, duration), worker_index=i) for i, n in enumerate(share)]
+    futures = [pool.submit(run_worker, s) for s in specs]
+    while time.time() < start_at:
+        time.sleep(0.05)
+    sampler = Sampler(server.pid)
+    sampler.start()
+    while not all(f.done() for f in futures):
+        if progress is not None:
+            progress.update(task, completed=min(duration, time.time() - start_at))
+        time.sleep(0.1)
+    usage = sampler.finish()
+    if progress is not None:
+        progress.update(task, completed=duration)
+    parts = [f.result() for f in futures]
+    elapsed = max(p["elapsed_s"] for p in parts)
+    completed = sum(p["completed"] for p in parts)
+    chunks = sum(p["chunks"] for p in parts)
+    return {
+        "transport": transport,
+        "clients": clients,
+        "processes": processes,
+        "elapsed_s": elapsed,
+        "completed": completed,
+        "requests_per_s": completed / elapsed,
+        "chunks": chunks,
+        "chunks_per_s": chunks / elapsed,
+        "errors": sum(p["errors"] for p in parts),
+        "timeouts": sum(p["timeouts"] for p in parts),
+        "error_samples": [e for p in parts for e in p["error_samples"]][:5],
+        "ttft_ms": latency_summary([x for p in parts for x in p["ttft_s"]]),
+        "inter_chunk_ms": latency_summary([x for p in parts for x in p["itl_s"]]),
+        "server": usage,
+    }
+
+
+def find_knee(rows: list[dict], p99_bound_ms: float) -> dict:
+    """The last level before throughput stops rising by > 10% or the inter-chunk / TTFT p99 crosses the bound."""
+    rows = sorted(rows, key=lambda r: r["clients"])
+    knee, reason = rows[-1]["clients"], "throughput still rising by > 10% at the highest level"
+    for prev, row in itertools.pairwise(rows):
+        if row["chunks_per_s"] < 1.1 * prev["chunks_per_s"]:
+            knee, reason = prev["clients"], f"chunks/s rose < 10% from {prev['clients']} to {row['clients']} clients"
+            break
+        p99 = max(row["inter_chunk_ms"]["p99"] or 0, row["ttft_ms"]["p99"] or 0)
+        if p99 > p99_bound_ms:
+            knee, reason = prev["clients"], f"p99 {p99:.0f} ms > {p99_bound_ms:g} ms at {row['clients']} clients"
+            break
+    first = rows[0]
+    if max(first["inter_chunk_ms"]["p99"] or 0, first["ttft_ms"]["p99"] or 0) > p99_bound_ms:
+        knee, reason = None, f"p99 above {p99_bound_ms:g} ms already at {first['clients']} clients"
+    return {"clients": knee, "reason": reason}
+
+
+async def _memory_probe(url: str, k: int, max_tokens: int, pid: int | None) -> dict:
+    import aiohttp
+
+    proc = psutil.Process(pid) if pid else None
+
+    def rss() -> float | None:
+        return proc.memory_info().rss / 2**20 if proc else None
+
+    def stats() -> dict:
+        return httpx.get(f"{url}/stats", timeout=10).json()
+
+    out: dict = {"connections": k}
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        # Warm-up: a few streams over one connection, so one-time costs (lazy imports, first allocations of
+        # the WebSocket and engine paths) are not counted as per-connection memory.
+        async with session.ws_connect(f"{url.replace('http', 'ws', 1)}/v1/stream", heartbeat=None) as ws:
+            for i in range(8):
+                await ws.send_str(json.dumps({"type": "generate", "id": f"w{i}", "prompt": "Amen",
+                                              "max_tokens": 4, "ignore_eos": True}))
+            done = 0
+            while done < 8:
+                msg = await asyncio.wait_for(ws.receive(), 60)
+                payload = json.loads(msg.data)
+                done += sum(item.get("type") == "done" for item in (payload if isinstance(payload, list)
+                                                                   else [payload]))
+        await asyncio.sleep(1.0)
+        out["rss_idle_mib"] = rss()
+        sockets = await asyncio.gather(*(session.ws_connect(f"{url.replace('http', 'ws', 1)}/v1/stream",
+                                                            heartbeat=None) for _ in range(k)))
+        await asyncio.sleep(1.0)
+        out["rss_idle_connections_mib"] = rss()
+        out["websockets_open"] = (await asyncio.to_thread(stats))["websockets"]
+        from seedance.bench.loadgen import PROMPT
+
+        for i, ws in enumerate(sockets):
+            await ws.send_str(json.dumps({"type": "generate", "id": f"m{i}", "prompt": PROMPT,
+                                          "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0.0}))
+
+        async def drain(ws) -> int:
+            n = 0
+            while True:
+                msg = await ws.receive()
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    return n
+                payload = json.loads(msg.data)
+                for item in payload if isinstance(payload, list) else [payload]:
+                    if item.get("type") == "chunk":
+                        n += 1
+                    elif item.get("type") == "done":
+                        return n
+
+        readers = [asyncio.create_task(drain(ws)) for ws in sockets]
+        await asyncio.sleep(1.5)  # every stream admitted and streaming
+        out["rss_streaming_mib"] = rss()
+        s = await asyncio.to_thread(stats)
+        out["kv_blocks_total"] = s["num_kv_blocks"]
+        out["kv_blocks_in_use"] = s["num_kv_blocks"] - s["num_free_blocks"]
+        out["running"] = s["num_running"]
+        out["waiting"] = s["num_waiting"]
+        try:
+            await asyncio.wait_for(asyncio.gather(*readers), 60)
+        except TimeoutError:
+            out["streams_timed_out"] = True
+        s = await asyncio.to_thread(stats)
+        out["prefix_cache_query_tokens"] = s["prefix_cache_query_tokens"]
+        out["prefix_cache_hit_tokens"] = s["prefix_cache_hit_tokens"]
+        out["prefix_cache_hit_rate"] = s["prefix_cache_hit_rate"]
+        for ws in sockets:
+            await ws.close()
+    if proc:
+        out["rss_per_idle_connection_kib"] = (out["rss_idle_connections_mib"] - out["rss_idle_mib"]) * 1024 / k
+        out["rss_per_streaming_connection_kib"] = (out["rss_streaming_mib"] - out["rss_idle_mib"]) * 1024 / k
+    return out
+
+
+def memory_probe(url: str, k: int, max_tokens: int, pid: int | None) -> dict:
+    import uvloop
+
+    return uvloop.run(_memory_probe(url, k, max_tokens, pid))
+
+
+WRK_SCRIPT = """\
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"model": "seedance-tiny", "prompt": "%s", "max_tokens": %d, "ignore_eos": true, ' ..
+  '"temperature": 0, "stream": true}'
+done = function(summary, latency, requests)
+  io.write(string.format("SEEDANCE_WRK %%d %%d %%d %%d %%d %%f %%f %%f %%f\\n", summary.requests,
+    summary.errors.connect + summary.errors.read + summary.errors.write, summary.errors.status,
+    summary.errors.timeout, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency:percentile(99.9)))
+end
+"""
+
+
+def run_wrk(url: str, clients: int, duration: float, max_tokens: int, workdir: Path) -> dict | None:
+    """SSE completions with wrk (a load tool written elsewhere): requests/s and full-response latency."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return None
+    from seedance.bench.loadgen import PROMPT
+
+    script = workdir / "sse.lua"
+    script.write_text(WRK_SCRIPT % (PROMPT, max_tokens))
+    cmd = [wrk, "-t", "1", "-c", str(clients), "-d", f"{duration:g}s", "--timeout", "30s", "-s", str(script),
+           f"{url}/v1/completions"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    m = re.search(r"SEEDANCE_WRK (\d+) (\d+) (\d+) (\d+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+) ([\d.]+)", proc.stdout)
+    if not m:
+        return {"error": (proc.stdout + proc.stderr)[-1000:], "command": " ".join(cmd)}
+    reqs, sock_err, status_err, timeouts, dur_us = (int(m.group(i)) for i in range(1, 6))
+    p = [float(m.group(i)) / 1000.0 for i in range(6, 10)]  # microseconds → ms
+    return {
+        "tool": "wrk " + subprocess.run([wrk, "-v"], capture_output=True, text=True).stdout.split("\n")[0],
+        "command": " ".join(cmd),
+        "clients": clients,
+        "requests": reqs,
+        "requests_per_s": reqs / (dur_us / 1e6),
+        "socket_errors": sock_err,
+        "status_errors": status_err,
+        "timeouts": timeouts,
+        "latency_full_response_ms": {"p50": p[0], "p90": p[1], "p99": p[2], "p99.9": p[3]},
+    }
+
+
+def machine_info() -> dict:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_avg_at_start": os.getloadavg(),
+    }
+
+
+def run_transports_bench(
+    concurrency: list[int],
+    transports: list[str],
+    duration: float,
+    max_tokens: int,
+    processes: int,
+    backend: str,
+    rate: float,
+    url: str | None,
+    p99_bound_ms: float,
+    memory_connections: int,
+    wrk_clients: int | None,
+    output: str | None,
+    plots_dir: str | None,
+    console=None,
+) -> dict:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from seedance.bench.plots import write_plots
+    from seedance.bench.report import render
+
+    console = console or Console(width=160)
+    for t in transports:
+        if t not in TRANSPORTS:
+            raise ValueError(f"unknown transport {t!r}; choose from {', '.join(TRANSPORTS)}")
+    if url and not re.match(r"^https?://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?/?$", url):
+        raise ValueError("--url must be a loopback address (http://127.0.0.1:PORT)")
+    raise_nofile_limit()
+    workdir = Path(tempfile.mkdtemp(prefix="seedance-bench-"))
+    report: dict = {
+        "command": " ".join(["seedance", "bench", "transports", *sys.argv[3:]]) if sys.argv[1:3] == ["bench",
+                                                                                                       "transports"]
+        else None,
+        "machine": machine_info(),
+        "settings": {"backend": backend if not url else "external", "synthetic_rate": rate if backend == "synthetic"
+                     else None, "duration_s": duration, "max_tokens": max_tokens, "processes": processes,
+                     "concurrency": concurrency, "transports": transports, "p99_bound_ms": p99_bound_ms},
+        "results": [],
+    }
+    max_clients = max([*concurrency, memory_connections, wrk_clients or 0])
+    server = Server(url.rstrip("/")) if url else start_server(backend, rate, max_clients, workdir)
+    if server.process:
+        report["cold_start"] = server.timeline
+        console.print(f"server pid {server.pid} on {server.url}: ready in "
+                      f"{server.timeline['process_start_to_ready_s']:.2f} s")
+    try:
+        if memory_connections:  # first, on a fresh server, so the load levels' heap growth doesn't hide it
+            console.print(f"memory: {memory_connections} idle then streaming WebSocket connections")
+            report["memory"] = memory_probe(server.url, memory_connections, max(8, int(rate * 4)) if
+                                            backend == "synthetic" else max_tokens, server.pid)
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=processes, mp_context=ctx) as pool, Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
+            TimeRemainingColumn(), console=console, transient=False,
+        ) as progress:
+            for transport in transports:
+                for clients in concurrency:
+                    task = progress.add_task(f"{transport:>9} × {clients:<5}", total=duration)
+                    row = run_level(pool, server, transport, clients, processes, max_tokens, duration,
+                                    progress, task)
+                    report["results"].append(row)
+                    progress.update(task, description=f"{transport:>9} × {clients:<5} "
+                                    f"{row['requests_per_s']:.0f} req/s, {row['errors']} err")
+                    time.sleep(0.5)
+        report["knee"] = {t: find_knee([r for r in report["results"] if r["transport"] == t], p99_bound_ms)
+                          for t in transports}
+        if wrk_clients:
+            console.print(f"cross-check: wrk, SSE, {wrk_clients} connections, {duration:g} s")
+            wrk = run_wrk(server.url, wrk_clients, duration, max_tokens, workdir)
+            if wrk is None:
+                report["wrk"] = {"error": "wrk not installed (apt-get install -y wrk)"}
+            else:
+                time.sleep(1.0)
+                with ProcessPoolExecutor(max_workers=processes, mp_context=mp.get_context("spawn")) as pool:
+                    ours = run_level(pool, server, "sse", wrk_clients, processes, max_tokens, duration)
+                report["wrk"] = {"wrk": wrk, "seedance_loadgen": {k: ours[k] for k in (
+                    "clients", "requests_per_s", "chunks_per_s", "errors", "timeouts")}}
+                report["wrk"]["seedance_loadgen"]["latency_full_response_note"] = (
+                    "our generator reports TTFT/inter-chunk, wrk the time to the whole response")
+    finally:
+        server.stop()
+    if server.log_path:
+        report["server_log_tail"] = Path(server.log_path).read_text()[-2000:]
+    if plots_dir:
+        report["plots"] = write_plots(report, Path(plots_dir))
+    render(console, report)
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(report, indent=2) + "\n")
+        console.print(f"results: {output}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return report

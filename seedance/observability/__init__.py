@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics, OpenTelemetry tracing, structured (JSON) logs. docs/observability.md."""

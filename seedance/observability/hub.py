@@ -1,0 +1,194 @@
+"""Per-app observability: the metrics registry, the request tracer and the cold-start marks, plus the
+per-request recorder the transports call (a few cheap calls per chunk), the /metrics route and a
+middleware counting connections per transport, HTTP refusals and auth refusals."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from time import perf_counter, time_ns
+
+from aiohttp import web
+
+from seedance.observability.metrics import Metrics
+from seedance.observability.tracing import ColdStart, RequestTimes, RequestTracer, TailSampler, make_provider
+
+log = logging.getLogger(__name__)
+request_log = logging.getLogger("seedance.requests")  # one line per finished request (an access log)
+# Route (canonical path) -> transport label, for connection gauges and refusals counted by the middleware.
+ROUTE_TRANSPORTS = {"/v1/stream": "ws", "/v1/completions": "sse", "/v1/chat/completions": "sse",
+                    "/v1/jobs": "polling", "/v1/jobs/{job_id}": "polling"}
+GENERATE_ROUTES = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/jobs"})  # POST creates a request
+AUTH_CODES = frozenset({"unauthorized", "forbidden", "origin_not_allowed", "host_not_allowed"})
+
+
+class Observability:
+    def __init__(self, config, state=None) -> None:
+        self.metrics = Metrics(state)
+        self.provider = make_provider(config.tracing, config.tracing_file, config.tracing_otlp_endpoint)
+        self.tracer = (RequestTracer(self.provider, TailSampler(config.trace_slow_ms / 1000,
+                                                               config.trace_sample_rate))
+                       if self.provider is not None else None)
+        self.cold_start = ColdStart(self.provider)
+        m = self.metrics
+        self._ttft = {t: m.ttft.labels(t) for t in ("ws", "sse", "polling")}
+        self._itl = {t: m.itl.labels(t) for t in ("ws", "sse", "polling")}
+        self._tokens = {t: m.completion_tokens.labels(t) for t in ("ws", "sse", "polling")}
+
+    def request(self, transport: str, request_id: str, session: str | None = None, engine=None) -> RequestObs:
+        return RequestObs(self, transport, request_id, session, engine)
+
+    def refused(self, transport: str, request_id: str, code: str) -> None:
+        self.metrics.requests.labels(transport, "refused").inc()
+        if self.tracer is not None:
+            now = time_ns()
+            self.tracer.finish(RequestTimes(request_id, transport, submitted=now, finished=now,
+                                            finish_reason="refused", error=code))
+
+    def mark(self, name: str, when_ns: int | None = None) -> None:
+        self.cold_start.mark(name, time_ns() if when_ns is None else when_ns)
+
+    def close(self) -> None:
+        if self.provider is not None:
+            self.provider.shutdown()
+
+
+class RequestObs:
+    """One request's recorder: TTFT / inter-token histograms and the outcome counter as it goes, and the
+    timestamps a trace is built from if the tail sampler keeps it."""
+
+    __slots__ = ("done", "engine", "first", "hub", "last", "t0", "times", "transport", "wall0")
+
+    def __init__(self, hub: Observability, transport: str, request_id: str, session: str | None, engine) -> None:
+        self.hub = hub
+        self.transport = transport
+        self.engine = engine
+        self.t0 = perf_counter()
+        self.wall0 = time_ns()
+        self.first: float | None = None
+        self.last = 0.0
+        self.times = RequestTimes(request_id, transport, session, submitted=self.wall0)
+        self.done = False
+
+    def _wall(self, t: float) -> int:
+        return self.wall0 + int((t - self.t0) * 1e9)
+
+    def tokens(self, n: int) -> None:
+        """n tokens reached the transport as one chunk."""
+        now = perf_counter()
+        if self.first is None:
+            self.first = now
+            self.hub._ttft[self.transport].observe(now - self.t0)
+            step = getattr(self.engine, "last_step_started", None)
+            t = self.times
+            t.first_token = self._wall(now)
+            if step is not None and self.t0 <= step <= now:
+                t.first_step = self._wall(step)
+            if not self.hub.cold_start.exported:
+                self.hub.cold_start.mark("first_token", t.first_token)
+        elif n:
+            self.hub._itl[self.transport].observe((now - self.last) / n)
+        self.last = now
+        self.hub._tokens[self.transport].inc(n)
+
+    def finish(self, final, completion_tokens: int, session_turn: bool = False) -> None:
+        """The request's final event reached the transport."""
+        if self.done:
+            return
+        self.done = True
+        reason = str(final.finish_reason) if final.finish_reason is not None else "unknown"
+        self.hub.metrics.requests.labels(self.transport, reason).inc()
+        if session_turn and final.num_prompt_tokens:
+            self.hub.metrics.kv_reuse.observe(final.num_cached_tokens / final.num_prompt_tokens)
+        t = self.times
+        t.finished = time_ns()
+        t.last_token = self._wall(self.last) if self.first is not None else None
+        t.prompt_tokens, t.cached_tokens = final.num_prompt_tokens, final.num_cached_tokens
+        t.completion_tokens, t.finish_reason = completion_tokens, reason
+        if request_log.isEnabledFor(logging.INFO):
+            ttft = f"{(self.first - self.t0) * 1000:.1f}" if self.first is not None else "-"
+            request_log.info("%s %s finished: %s, prompt %d (cached %d), completion %d, ttft %s ms", self.transport,
+                             t.request_id, reason, t.prompt_tokens, t.cached_tokens, completion_tokens, ttft,
+                             extra={"request_id": t.request_id, "session_id": t.session})
+
+    def sent(self) -> None:
+        """The end of the stream was written (or handed to the poller): close the trace."""
+        if self.times.sent is not None or not self.done:
+            return
+        self.times.sent = time_ns()
+        if self.hub.tracer is not None:
+            self.hub.tracer.finish(self.times)
+
+
+OBS = web.AppKey("observability", Observability)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    obs = request.app[OBS]
+    return web.Response(body=obs.metrics.render(), headers={"Content-Type": obs.metrics.content_type})
+
+
+@web.middleware
+async def middleware(request: web.Request, handler):
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else None
+    transport = ROUTE_TRANSPORTS.get(route)
+    metrics = request.app[OBS].metrics
+    gauge = metrics.active_connections.labels(transport) if transport else None
+    if gauge is not None:
+        gauge.inc()
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status in (401, 403):
+            metrics.auth_refusals.labels(_error_code(exc)).inc()
+        if exc.status >= 400 and request.method == "POST" and route in GENERATE_ROUTES:
+            metrics.requests.labels(transport, "refused").inc()
+        raise
+    finally:
+        if gauge is not None:
+            gauge.dec()
+
+
+def _error_code(exc: web.HTTPException) -> str:
+    try:
+        return str(json.loads(exc.text)["error"]["code"])
+    except (TypeError, ValueError, KeyError):
+        return "unknown"
+
+
+def process_start_ns() -> int | None:
+    """When this process started (for the cold-start trace's imports span)."""
+    try:
+        import psutil
+
+        return int(psutil.Process(os.getpid()).create_time() * 1e9)
+    except Exception:
+        return None
+
+
+def install(app: web.Application, config) -> Observability:
+    """Create the app's observability, add /metrics (if enabled) and the counting middleware (outermost)."""
+    obs = Observability(config, state=lambda: app.get("state"))
+    app[OBS] = obs
+    started = process_start_ns()
+    if started is not None:
+        obs.mark("process_start", started)
+    obs.mark("app_built")
+    app.middlewares.insert(0, middleware)
+    if config.metrics_enabled:
+        app.router.add_get("/metrics", metrics_handler)
+
+    async def close(app: web.Application) -> None:
+        obs.close()
+
+    app.on_cleanup.append(close)
+    return obs
+
+
+def mark(app: web.Application, name: str) -> None:
+    obs = app.get(OBS)
+    if obs is not None:
+        obs.mark(name)
+

@@ -1,0 +1,43 @@
+"""Smoke test of `seedance bench transports`: sane output on the synthetic backend, not speed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+from seedance.bench.transports_bench import run_transports_bench
+
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
+def test_transports_bench_smoke(tmp_path):
+    output = tmp_path / "transports.json"
+    plots = tmp_path / "plots"
+    report = run_transports_bench(
+        concurrency=[20], transports=["polling", "sse", "websocket"], duration=3.0, max_tokens=16, processes=1,
+        backend="synthetic", rate=50.0, url=None, p99_bound_ms=5000.0, memory_connections=20, wrk_clients=None,
+        output=str(output), plots_dir=str(plots) if HAVE_MATPLOTLIB else None,
+    )
+    assert json.loads(output.read_text())["settings"]["concurrency"] == [20]
+    assert {r["transport"] for r in report["results"]} == {"polling", "sse", "websocket"}
+    for row in report["results"]:
+        assert row["completed"] > 0, row
+        assert row["errors"] == 0 and row["timeouts"] == 0, row
+        assert row["chunks"] >= row["completed"] * 16 > 0
+        for key in ("ttft_ms", "inter_chunk_ms"):
+            lat = row[key]
+            assert lat["count"] > 0
+            assert 0 <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"], lat
+        assert row["server"]["rss_mib_max"] > 0
+    assert set(report["knee"]) == {"polling", "sse", "websocket"}
+    cold = report["cold_start"]
+    assert 0 < cold["process_start_to_listening_s"] <= cold["process_start_to_ready_s"]
+    assert cold["process_start_to_ready_s"] <= cold["process_start_to_first_token_s"]
+    mem = report["memory"]
+    assert mem["websockets_open"] == 20 and mem["kv_blocks_in_use"] > 0
+    assert mem["rss_idle_mib"] > 0
+    if not HAVE_MATPLOTLIB:  # the `bench` / `test` extras install it
+        return
+    names = sorted(p.name for p in plots.iterdir())
+    assert names == ["transports-latency-cdf.png", "transports-memory.png", "transports-throughput.png"]
+    assert all((plots / n).stat().st_size > 1000 for n in names)

@@ -1,0 +1,88 @@
+"""A real server with tracing to a file and JSON logs: a WebSocket generate and an SSE completion, then
+/metrics, the trace file and the log lines."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect
+
+from tests.e2e.conftest import server_factory  # noqa: F401 (fixture)
+
+
+def scrape(srv) -> dict[tuple[str, tuple], float]:
+    body = httpx.get(f"{srv.http}/metrics", timeout=10)
+    assert body.status_code == 200
+    assert body.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(body.text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def value(samples, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_traces_and_json_logs(server_factory, tmp_path):  # noqa: F811
+    traces = tmp_path / "traces.jsonl"
+    srv = server_factory(tracing="file", tracing_file=str(traces), trace_sample_rate=1.0, log_format="json")
+    async with connect(srv.ws) as ws:
+        await ws.send(json.dumps({"type": "generate", "id": "a", "prompt": "In the beginning", "max_tokens": 8,
+                                  "ignore_eos": True}))
+        done = None
+        while done is None:
+            for m in (lambda x: x if isinstance(x, list) else [x])(json.loads(await ws.recv())):
+                if m["type"] == "done":
+                    done = m
+    assert done["finish_reason"] == "length"
+    r = httpx.post(f"{srv.http}/v1/completions", timeout=60, json={
+        "model": "seedance-tiny", "prompt": "And God said", "max_tokens": 6, "stream": True, "ignore_eos": True})
+    assert r.status_code == 200 and "data: [DONE]" in r.text
+    sse_id = json.loads(r.text.split("data: ", 2)[1].split("\n", 1)[0])["id"]
+
+    samples = scrape(srv)
+    assert value(samples, "seedance_requests_total", transport="ws", outcome="length") >= 1
+    assert value(samples, "seedance_requests_total", transport="sse", outcome="length") >= 1
+    assert value(samples, "seedance_ttft_seconds_count", transport="ws") >= 1
+    assert value(samples, "seedance_ttft_seconds_count", transport="sse") >= 1
+    assert value(samples, "seedance_inter_token_seconds_count", transport="ws") >= 1
+    assert value(samples, "seedance_completion_tokens_total", transport="ws") >= 8
+    assert value(samples, "seedance_active_connections", transport="ws") == 0
+    assert ("seedance_engine_running_requests", ()) in samples
+    assert value(samples, "seedance_prefix_cache_query_tokens_total") > 0
+    stats = srv.stats()
+    free = value(samples, "seedance_kv_blocks", state="free")
+    used = value(samples, "seedance_kv_blocks", state="used")
+    assert free + used == stats["num_kv_blocks"] == value(samples, "seedance_kv_blocks_capacity")
+    assert value(samples, "seedance_kv_blocks", state="pinned") == stats["num_pinned_blocks"]
+    assert ("seedance_heartbeat_timeouts_total", ()) in samples
+    assert ("seedance_snapshot_writes_total", ()) in samples
+
+    spans = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        spans = [json.loads(line) for line in traces.read_text().splitlines()] if traces.exists() else []
+        if sum(s["name"] == "seedance.request" for s in spans) >= 2:
+            break
+        time.sleep(0.1)
+    roots = {s["attributes"]["seedance.transport"]: s for s in spans if s["name"] == "seedance.request"}
+    assert set(roots) >= {"ws", "sse"}
+    ws_root = roots["ws"]
+    assert ws_root["attributes"]["seedance.finish_reason"] == "length"
+    assert ws_root["attributes"]["seedance.completion_tokens"] == 8
+    children = {s["name"] for s in spans if s["parent_id"] == ws_root["context"]["span_id"]}
+    assert {"queue", "prefill", "decode", "send"} <= children
+    assert roots["sse"]["attributes"]["seedance.request_id"] == sse_id
+    cold = [s for s in spans if s["name"] == "seedance.cold_start"]
+    assert len(cold) == 1
+    cold_children = {s["name"] for s in spans if s["parent_id"] == cold[0]["context"]["span_id"]}
+    assert {"imports", "model_load", "listener_ready", "first_token"} <= cold_children
+
+    lines = [json.loads(line) for line in srv.log().splitlines() if line.startswith("{")]
+    assert lines and all({"timestamp", "level", "logger", "message"} <= set(entry) for entry in lines)
+    assert any(entry.get("request_id") == sse_id for entry in lines), lines[-10:]
