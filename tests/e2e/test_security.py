@@ -98,9 +98,9 @@ async def test_websocket_upgrade_without_credentials_is_401(secured):
 
 @pytest.mark.parametrize(("token", "reason"), [
     (hs256(ttl=-30), "token expired"),
-    (hs256(aud="another-service"), "audience"),
-    (hs256(iss="https://evil.test"), "issuer"),
-    (hs256("a-completely-different-secret-32-bytes!"), "signature does not verify"),
+    (hs256(aud="another-service", ttl=3600), "audience"),
+    (hs256(iss="https://evil.test", ttl=3600), "issuer"),
+    (hs256("a-completely-different-secret-32-bytes!", ttl=3600), "signature does not verify"),
     (unsigned_token(claims()), "'none' is not accepted"),
     ("not-a-jwt", "malformed token"),
     (hs256(nbf=int(time.time()) + 3600), "not yet valid"),
