@@ -26,7 +26,8 @@ from seedance.observability.logs import set_request_context
 from seedance.server.http_errors import HttpError, from_engine_error, read_json_object
 from seedance.server.security import authorize_generate, principal_of
 from seedance.server.sse_request import SseStreamRequest
-from seedance.sessions.manager import SessionError
+from seedance.server.stream_request import split_replay
+from seedance.sessions.manager import SessionError, scoped_key
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -269,16 +270,11 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
         if parsed.session is not None:
             if not parsed.stream:
                 raise HttpError(400, "invalid_request", "session turns stream: set stream to true", "session")
-            session = await state.sessions.get(session_key(request, parsed.session))
-            if session.busy:
-                raise HttpError(409, "invalid_request", f"session {session.id!r} has a turn in progress")
-            input_text = parsed.request.prompt or "\n".join(m["content"] for m in parsed.request.messages or [])
-            parsed.request.prompt_token_ids = session.token_ids + engine.encode(parsed.request)
-            parsed.request.prompt = parsed.request.messages = None
-            parsed.request.pin_key = session.id
+            session = await state.sessions.get(scoped_key(principal_of(request), parsed.session))
+            input_text = state.sessions.prepare_turn(session, parsed.request)
         stream = engine.submit(parsed.request)
     except SessionError as err:
-        raise HttpError(400, err.code, err.message) from None
+        raise HttpError(err.status, err.code, err.message) from None
     except EngineError as err:
         raise from_engine_error(err) from None
     fmt = OpenAIFormatter(chat, state.config.model_name, request_id, engine.tokenizer)
@@ -311,12 +307,6 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(request)
     return await _stream_sse(request, response, sr)
-
-
-def session_key(request: web.Request, name: str) -> str:
-    """As on the WebSocket: with authentication on, sessions are scoped to their caller."""
-    principal = principal_of(request)
-    return f"{principal.id}/{name}" if principal.authenticated else name
 
 
 async def _stream_sse(request: web.Request, response: web.StreamResponse, sr: SseStreamRequest) -> web.StreamResponse:
@@ -357,7 +347,7 @@ async def _resume_sse(request: web.Request, last_event_id: str) -> web.StreamRes
     except ValueError:
         raise HttpError(400, "invalid_request", "Last-Event-ID must be <session>/<request id>:<seq>") from None
     try:
-        session = await state.sessions.get(session_key(request, session_id))
+        session = await state.sessions.get(scoped_key(principal_of(request), session_id))
     except SessionError as err:
         raise HttpError(400, err.code, err.message) from None
     sr = state.sessions.adopt(session, request_id, owner=None)  # _stream_sse takes ownership below
@@ -365,7 +355,7 @@ async def _resume_sse(request: web.Request, last_event_id: str) -> web.StreamRes
         logged = session.replay.get(request_id)
         if logged is None:
             raise HttpError(404, "unknown_id", f"session {session_id!r} has no request {request_id!r} to resume")
-        replay = [m for seq, _, m in logged if seq > last_seq]
+        replay, _ = split_replay(logged, last_seq)
     else:
         replay, _ = sr.replay_after(last_seq)
     response = web.StreamResponse(headers=SSE_HEADERS)

@@ -122,10 +122,15 @@ class StreamRequest:
         )
 
     def replay_after(self, last_seq: int) -> tuple[list[bytes], list[bytes]]:
-        """Everything logged after last_seq, split into JSON texts and MTF1 frames."""
-        texts: list[bytes] = []
-        frames: list[bytes] = []
-        for seq, is_binary, message in self.log or ():
-            if seq > last_seq:
-                (frames if is_binary else texts).append(message)
-        return texts, frames
+        return split_replay(self.log or (), last_seq)
+
+
+def split_replay(log, last_seq: int) -> tuple[list[bytes], list[bytes]]:
+    """Everything logged after last_seq (a live request's log or a snapshot's), split into JSON texts and
+    MTF1 frames."""
+    texts: list[bytes] = []
+    frames: list[bytes] = []
+    for seq, is_binary, message in log:
+        if seq > last_seq:
+            (frames if is_binary else texts).append(message)
+    return texts, frames

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from aiohttp import WSMsgType, web
 
-from seedance.engine.async_engine import AsyncEngine, GenerateRequest
+from seedance.engine.async_engine import AsyncEngine
 from seedance.engine.errors import EngineError
 from seedance.observability.hub import OBS, Observability
 from seedance.observability.logs import reset_request_context, set_request_context
@@ -40,8 +40,8 @@ from seedance.server.keepalive import apply_keepalive
 from seedance.server.messages import error_message, pong_message, refused_done_message, snapshot_message
 from seedance.server.requests import generate_request_from
 from seedance.server.security import SUBPROTOCOLS, WsGuard
-from seedance.server.stream_request import StreamRequest
-from seedance.sessions.manager import Session, SessionError, SessionManager
+from seedance.server.stream_request import StreamRequest, split_replay
+from seedance.sessions.manager import SessionError, SessionManager, scoped_key
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +171,8 @@ class WsConnection:
         try:
             request = generate_request_from(msg, request_id=self._engine_id(msg.id))
             if msg.session is not None:
-                session = await self.sessions.get(self._session_key(msg.session))
-                request, input_text = self._session_turn(session, request)
+                session = await self.sessions.get(scoped_key(self.guard.principal, msg.session))
+                input_text = self.sessions.prepare_turn(session, request)
             stream = self.engine.submit(request)
         except (ProtocolError, SessionError) as err:
             await self._refuse(msg.id, err.code, err.message)
@@ -195,26 +195,6 @@ class WsConnection:
         elif msg.credit is None and self.paused_for_backpressure:
             self.engine.pause(stream.request_id)  # joins its connection's back-pressure pause
 
-    def _session_turn(self, session: Session, request: GenerateRequest) -> tuple[GenerateRequest, str]:
-        """The turn's prompt is the conversation so far, as the tokens the model saw, plus the new input;
-        its KV stays pinned under the session for the next turn."""
-        if session.busy:
-            raise SessionError(codes.INVALID_REQUEST, f"session {session.id!r} has a turn in progress "
-                                                      f"({session.current.id!r}): wait for its done or cancel it")
-        new_ids = self.engine.encode(request)
-        input_text = request.prompt if request.prompt is not None else "\n".join(
-            m["content"] for m in request.messages or [])
-        request.prompt = request.messages = None
-        request.prompt_token_ids = session.token_ids + new_ids
-        request.pin_key = session.id
-        return request, input_text
-
-    def _session_key(self, name: str) -> str:
-        """Sessions belong to their caller: with authentication on, another principal's session of the same
-        name is a different session, so knowing a name is not enough to read or continue it."""
-        principal = self.guard.principal
-        return f"{principal.id}/{name}" if principal.authenticated else name
-
     def _snapshot_acker(self, active: StreamRequest):
         def ack(snapshot) -> None:
             if self.requests.get(active.id, active) is active and not self.ws.closed:
@@ -229,7 +209,7 @@ class WsConnection:
             await self._send_now(error_message(msg.id, codes.DUPLICATE_ID, f"request id {msg.id!r} is already active"))
             return
         try:
-            session = await self.sessions.get(self._session_key(msg.session))
+            session = await self.sessions.get(scoped_key(self.guard.principal, msg.session))
         except SessionError as err:
             await self._send_now(error_message(msg.id, err.code, err.message))
             return
@@ -242,8 +222,7 @@ class WsConnection:
                 await self._send_now(error_message(msg.id, codes.UNKNOWN_ID,
                                                    f"session {msg.session!r} has no request {msg.id!r} to resume"))
                 return
-            texts = [m for seq, is_binary, m in logged if seq > msg.last_seq and not is_binary]
-            frames = [m for seq, is_binary, m in logged if seq > msg.last_seq and is_binary]
+            texts, frames = split_replay(logged, msg.last_seq)
         else:
             texts, frames = request.replay_after(msg.last_seq)
         await self._send_batch(texts, frames)

@@ -33,10 +33,17 @@ log = logging.getLogger(__name__)
 
 
 class SessionError(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.status = status  # for HTTP transports
+
+
+def scoped_key(principal: Any, name: str) -> str:
+    """Sessions belong to their caller: with authentication on, another principal's session of the same
+    name is a different session, so knowing a name is not enough to read or continue it."""
+    return f"{principal.id}/{name}" if principal.authenticated else name
 
 
 @dataclass(eq=False)
@@ -116,6 +123,21 @@ class SessionManager:
         return len(idle)
 
     # ---- turns ------------------------------------------------------------------------------------
+    def prepare_turn(self, session: Session, request: Any) -> str:
+        """Make a GenerateRequest a turn of the session: its prompt becomes the conversation so far, as the
+        tokens the model saw, plus the new input, and its KV stays pinned under the session for the next
+        turn. Returns the new input as text (for the snapshot)."""
+        if session.busy:
+            raise SessionError("invalid_request", f"session {session.id!r} has a turn in progress "
+                                                  f"({session.current.id!r}): wait for its done or cancel it", 409)
+        new_ids = self.engine.encode(request)
+        input_text = request.prompt if request.prompt is not None else "\n".join(
+            m["content"] for m in request.messages or [])
+        request.prompt = request.messages = None
+        request.prompt_token_ids = session.token_ids + new_ids
+        request.pin_key = session.id
+        return input_text
+
     def begin_turn(self, session: Session, request: Any) -> None:
         if session.busy:
             raise SessionError("invalid_request", f"session {session.id!r} has a turn in progress "
