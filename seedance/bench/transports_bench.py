@@ -16,8 +16,6 @@ import os
 import platform
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,18 +30,13 @@ import numpy as np
 import psutil
 
 from seedance.bench.loadgen import TRANSPORTS, WorkerSpec, raise_nofile_limit, run_worker
+from seedance.bench.server_process import ServerProcess, launch
 
 PERCENTILES = (50, 90, 99, 99.9)
 CDF_POINTS = 101  # quantiles kept per latency distribution for the CDF plots
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def server_env(backend: str, rate: float, max_clients: int) -> dict[str, str]:
+def server_settings(backend: str, rate: float, max_clients: int) -> dict[str, object]:
     """Settings that let one loopback client IP open max_clients streams without tripping a limit."""
     big = max(4 * max_clients, 1024)
     env = {
@@ -61,31 +54,28 @@ def server_env(backend: str, rate: float, max_clients: int) -> dict[str, str]:
     }
     if backend == "synthetic":
         env["synthetic_rate"] = rate
-    return {f"SEEDANCE_{k.upper()}": str(v) for k, v in env.items()}
+    return env
 
 
 @dataclass
 class Server:
+    """The server under test: one this benchmark started (process set) or one at --url."""
+
     url: str
-    process: subprocess.Popen | None = None
-    log_path: str | None = None
+    process: ServerProcess | None = None
     timeline: dict = field(default_factory=dict)
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    def stats(self) -> dict:
-        return httpx.get(f"{self.url}/stats", timeout=10).json()
+    @property
+    def log_path(self) -> str | None:
+        return self.process.log_path if self.process else None
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process:
+            self.process.stop()
 
 
 def first_token_s(url: str, timeout: float = 30.0) -> float:
@@ -101,42 +91,15 @@ def first_token_s(url: str, timeout: float = 30.0) -> float:
 
 def start_server(backend: str, rate: float, max_clients: int, workdir: Path) -> Server:
     """`seedance serve` on a free loopback port; records process start → listening → ready → first token."""
-    port = free_port()
-    log_path = workdir / f"server-{port}.log"
-    environ = {**os.environ, "SEEDANCE_PORT": str(port), "SEEDANCE_HOST": "127.0.0.1",
-               "SEEDANCE_SESSION_STORE": f"sqlite://{workdir / f'sessions-{port}.db'}",
-               **server_env(backend, rate, max_clients)}
-    url = f"http://127.0.0.1:{port}"
+    settings = {"session_store": f"sqlite://{workdir / 'sessions.db'}", **server_settings(backend, rate, max_clients)}
     t0 = time.perf_counter()
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "seedance.cli", "serve", "--log-level", "warning"],
-                                   env=environ, stdout=log, stderr=subprocess.STDOUT)
-    server = Server(url, process, str(log_path))
-    deadline = time.monotonic() + 120
-    listening = None
-    with httpx.Client(timeout=1) as client:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{log_path.read_text()[-3000:]}")
-            try:
-                code = client.get(f"{url}/readyz").status_code
-                if listening is None:
-                    listening = time.perf_counter() - t0
-                if code == 200:
-                    ready = time.perf_counter() - t0
-                    first = first_token_s(url)
-                    server.timeline = {
-                        "process_start_to_listening_s": listening,
-                        "process_start_to_ready_s": ready,
-                        "process_start_to_first_token_s": time.perf_counter() - t0,
-                        "first_request_ttft_s": first,
-                    }
-                    return server
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.02)
-    server.stop()
-    raise RuntimeError(f"server not ready in time:\n{log_path.read_text()[-3000:]}")
+    proc = launch(settings, workdir / "server.log", args=("--log-level", "warning"))
+    first = first_token_s(proc.url)
+    timeline = {"process_start_to_listening_s": proc.timeline["listening_s"],
+                "process_start_to_ready_s": proc.timeline["ready_s"],
+                "process_start_to_first_token_s": time.perf_counter() - t0,
+                "first_request_ttft_s": first}
+    return Server(proc.url, proc, timeline)
 
 
 class Sampler(threading.Thread):
