@@ -34,6 +34,7 @@ class WorkerSpec:
     start_at: float  # time.time() at which every process's clients start together
     request_timeout_s: float = 30.0
     worker_index: int = 0
+    ramp_s: float = 0.0  # clients start spread over this many seconds; requests sent during it are not measured
 
 
 @dataclass
@@ -66,34 +67,45 @@ def raise_nofile_limit() -> int:
 
 
 class _Request:
-    """Timing of one request: first chunk and the gaps between chunk arrivals."""
+    """Timing of one request. Throughput counts the chunks and completions that happen inside the measured
+    window (after the ramp, before the deadline), so requests straddling its edges neither inflate nor
+    deflate it; latencies come from the requests sent inside it."""
+
+    window = (0.0, float("inf"))  # perf_counter() bounds of the measured window, set per load process
 
     def __init__(self, result: WorkerResult) -> None:
         self.result = result
         self.sent = time.perf_counter()
+        self.timed = self.window[0] <= self.sent
         self.last: float | None = None
-        self.n = 0
 
     def chunks(self, n: int) -> None:
         """n chunks arrived now (several at once when a poll or a read carries several)."""
         if n <= 0:
             return
         now = time.perf_counter()
-        if self.last is None:
-            self.result.ttft_s.append(now - self.sent)
-        else:
-            self.result.itl_s.append(now - self.last)
-        self.result.itl_s.extend([0.0] * (n - 1))
+        if self.window[0] <= now <= self.window[1]:
+            self.result.chunks += n
+        if self.timed:
+            if self.last is None:
+                self.result.ttft_s.append(now - self.sent)
+            else:
+                self.result.itl_s.append(now - self.last)
+            self.result.itl_s.extend([0.0] * (n - 1))
         self.last = now
-        self.n += n
 
     def done(self) -> None:
-        self.result.completed += 1
-        self.result.chunks += self.n
+        if self.window[0] <= time.perf_counter() <= self.window[1]:
+            self.result.completed += 1
+
+
+def request_body(max_tokens: int) -> dict:
+    """The one generation every transport and load tool sends: fixed prompt, exactly max_tokens tokens."""
+    return {"prompt": PROMPT, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0.0}
 
 
 def _body(spec: WorkerSpec) -> dict:
-    return {"prompt": PROMPT, "max_tokens": spec.max_tokens, "ignore_eos": True, "temperature": 0.0}
+    return request_body(spec.max_tokens)
 
 
 async def _polling_one(session: aiohttp.ClientSession, spec: WorkerSpec, result: WorkerResult) -> None:
@@ -205,10 +217,12 @@ async def _run(spec: WorkerSpec) -> WorkerResult:
         delay = spec.start_at - time.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        t0 = time.perf_counter()
-        deadline = time.time() + spec.duration_s
+        measure_from = time.perf_counter() + spec.ramp_s
+        _Request.window = (measure_from, measure_from + spec.duration_s)
+        deadline = time.time() + spec.ramp_s + spec.duration_s
 
         async def client(i: int) -> None:
+            await asyncio.sleep(spec.ramp_s * i / spec.clients)
             if spec.transport == "websocket":
                 while time.time() < deadline:
                     try:
@@ -222,7 +236,7 @@ async def _run(spec: WorkerSpec) -> WorkerResult:
                 await _http_client(session, spec, result, deadline)
 
         await asyncio.gather(*(client(i) for i in range(spec.clients)))
-        result.elapsed_s = time.perf_counter() - t0
+        result.elapsed_s = spec.duration_s  # the measured window; the last requests drain after it
     return result
 
 

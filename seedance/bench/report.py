@@ -38,16 +38,19 @@ def render(console, report: dict) -> None:
             f"streaming {_f(mem.get('rss_streaming_mib'))} MiB ({_f(mem.get('rss_per_streaming_connection_kib'))} "
             f"KiB each); KV blocks in use {mem['kv_blocks_in_use']}/{mem['kv_blocks_total']}; prefix-cache hit "
             f"rate {mem['prefix_cache_hit_rate']:.0%}")
-    if wrk := report.get("wrk"):
-        if "wrk" not in wrk:
-            console.print(f"wrk cross-check: {wrk.get('error')}")
-        else:
-            w, o = wrk["wrk"], wrk["seedance_loadgen"]
-            if "error" in w:
-                console.print(f"wrk failed: {w['error']}")
-            else:
-                console.print(f"SSE at {w['clients']} clients: wrk {w['requests_per_s']:.1f} req/s "
-                              f"(p50/p99 full response {w['latency_full_response_ms']['p50']:.0f}/"
-                              f"{w['latency_full_response_ms']['p99']:.0f} ms, {w['socket_errors']} socket errors, "
-                              f"{w['status_errors']} non-2xx) vs seedance loadgen {o['requests_per_s']:.1f} req/s "
-                              f"({o['errors']} errors)")
+    wrk = report.get("wrk") or {}
+    if "error" in wrk:
+        console.print(f"wrk cross-check: {wrk['error']}")
+    for transport, pair in wrk.items():
+        if transport == "error":
+            continue
+        w, o = pair["wrk"], pair["seedance_loadgen"]
+        if "error" in w:
+            console.print(f"wrk failed on {transport}: {w['error']}")
+            continue
+        lat = w["latency_ms"]
+        console.print(f"{transport} at {w['clients']} clients: wrk {w['requests_per_s']:.1f} completed req/s "
+                      f"({w['http_requests_per_s']:.0f} HTTP req/s; latency {w['latency_is']}: p50/p99 "
+                      f"{lat['p50']:.0f}/{lat['p99']:.0f} ms; {w['socket_errors']} socket errors, "
+                      f"{w['status_errors']} non-2xx) vs seedance loadgen {o['requests_per_s']:.1f} req/s "
+                      f"({o['errors']} errors)")

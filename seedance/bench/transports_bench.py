@@ -16,7 +16,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,8 +28,9 @@ import httpx
 import numpy as np
 import psutil
 
-from seedance.bench.loadgen import TRANSPORTS, WorkerSpec, raise_nofile_limit, run_worker
+from seedance.bench.loadgen import TRANSPORTS, WorkerSpec, raise_nofile_limit, request_body, run_worker
 from seedance.bench.server_process import ServerProcess, launch
+from seedance.bench.wrk import run_wrk
 
 PERCENTILES = (50, 90, 99, 99.9)
 CDF_POINTS = 101  # quantiles kept per latency distribution for the CDF plots
@@ -147,24 +147,28 @@ def latency_summary(seconds: list[float]) -> dict:
 
 
 def run_level(pool: ProcessPoolExecutor, server: Server, transport: str, clients: int, processes: int,
-              max_tokens: int, duration: float, progress=None, task=None) -> dict:
+              max_tokens: int, duration: float, progress=None, task=None, ramp: float = 0.0) -> dict:
+    """One transport at one level: clients start over `ramp` seconds, then `duration` seconds are measured."""
     processes = max(1, min(processes, clients))
     share = [clients // processes + (i < clients % processes) for i in range(processes)]
     start_at = time.time() + 1.0 + 0.5 * processes  # let every spawned process be up before the clock starts
     specs = [WorkerSpec(transport, server.url, n, max_tokens, duration, start_at,
-                        request_timeout_s=max(30.0, duration), worker_index=i) for i, n in enumerate(share)]
+                        request_timeout_s=max(30.0, duration), worker_index=i, ramp_s=ramp)
+             for i, n in enumerate(share)]
     futures = [pool.submit(run_worker, s) for s in specs]
-    while time.time() < start_at:
+    while time.time() < start_at + ramp:
+        if progress is not None:
+            progress.update(task, completed=max(0.0, time.time() - start_at))
         time.sleep(0.05)
     sampler = Sampler(server.pid)
     sampler.start()
     while not all(f.done() for f in futures):
         if progress is not None:
-            progress.update(task, completed=min(duration, time.time() - start_at))
+            progress.update(task, completed=min(ramp + duration, time.time() - start_at))
         time.sleep(0.1)
     usage = sampler.finish()
     if progress is not None:
-        progress.update(task, completed=duration)
+        progress.update(task, completed=ramp + duration)
     parts = [f.result() for f in futures]
     elapsed = max(p["elapsed_s"] for p in parts)
     completed = sum(p["completed"] for p in parts)
@@ -173,6 +177,7 @@ def run_level(pool: ProcessPoolExecutor, server: Server, transport: str, clients
         "transport": transport,
         "clients": clients,
         "processes": processes,
+        "ramp_s": ramp,
         "elapsed_s": elapsed,
         "completed": completed,
         "requests_per_s": completed / elapsed,
@@ -287,48 +292,22 @@ def memory_probe(url: str, k: int, max_tokens: int, pid: int | None) -> dict:
     return uvloop.run(_memory_probe(url, k, max_tokens, pid))
 
 
-WRK_SCRIPT = """\
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"model": "seedance-tiny", "prompt": "%s", "max_tokens": %d, "ignore_eos": true, ' ..
-  '"temperature": 0, "stream": true}'
-done = function(summary, latency, requests)
-  io.write(string.format("SEEDANCE_WRK %%d %%d %%d %%d %%d %%f %%f %%f %%f\\n", summary.requests,
-    summary.errors.connect + summary.errors.read + summary.errors.write, summary.errors.status,
-    summary.errors.timeout, summary.duration, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), latency:percentile(99.9)))
-end
-"""
-
-
-def run_wrk(url: str, clients: int, duration: float, max_tokens: int, workdir: Path) -> dict | None:
-    """SSE completions with wrk (a load tool written elsewhere): requests/s and full-response latency."""
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        return None
-    from seedance.bench.loadgen import PROMPT
-
-    script = workdir / "sse.lua"
-    script.write_text(WRK_SCRIPT % (PROMPT, max_tokens))
-    cmd = [wrk, "-t", "1", "-c", str(clients), "-d", f"{duration:g}s", "--timeout", "30s", "-s", str(script),
-           f"{url}/v1/completions"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
-    m = re.search(r"SEEDANCE_WRK (\d+) (\d+) (\d+) (\d+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+) ([\d.]+)", proc.stdout)
-    if not m:
-        return {"error": (proc.stdout + proc.stderr)[-1000:], "command": " ".join(cmd)}
-    reqs, sock_err, status_err, timeouts, dur_us = (int(m.group(i)) for i in range(1, 6))
-    p = [float(m.group(i)) / 1000.0 for i in range(6, 10)]  # microseconds → ms
-    return {
-        "tool": "wrk " + subprocess.run([wrk, "-v"], capture_output=True, text=True).stdout.split("\n")[0],
-        "command": " ".join(cmd),
-        "clients": clients,
-        "requests": reqs,
-        "requests_per_s": reqs / (dur_us / 1e6),
-        "socket_errors": sock_err,
-        "status_errors": status_err,
-        "timeouts": timeouts,
-        "latency_full_response_ms": {"p50": p[0], "p90": p[1], "p99": p[2], "p99.9": p[3]},
-    }
+def cross_check_wrk(server: Server, transports: tuple[str, ...], clients: int, processes: int, max_tokens: int,
+                    duration: float, workdir: Path, console) -> dict:
+    """Each HTTP transport at one level, first with wrk, then with our generator on the same server."""
+    out: dict = {}
+    for transport in transports:
+        console.print(f"cross-check: wrk, {transport}, {clients} connections, {duration:g} s")
+        wrk = run_wrk(transport, server.url, clients, duration, request_body(max_tokens), workdir)
+        if wrk is None:
+            return {"error": "wrk not installed (apt-get install -y wrk)"}
+        time.sleep(1.0)
+        with ProcessPoolExecutor(max_workers=processes, mp_context=mp.get_context("spawn")) as pool:
+            ours = run_level(pool, server, transport, clients, processes, max_tokens, duration)
+        out[transport] = {"wrk": wrk, "seedance_loadgen": {k: ours[k] for k in (
+            "clients", "requests_per_s", "chunks_per_s", "errors", "timeouts")}}
+        time.sleep(1.0)
+    return out
 
 
 def machine_info() -> dict:
@@ -357,6 +336,8 @@ def run_transports_bench(
     output: str | None,
     plots_dir: str | None,
     console=None,
+    ramp: float = 0.0,
+    wrk_transports: tuple[str, ...] = ("sse", "polling"),
 ) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -379,7 +360,8 @@ def run_transports_bench(
         "machine": machine_info(),
         "settings": {"backend": backend if not url else "external", "synthetic_rate": rate if backend == "synthetic"
                      else None, "duration_s": duration, "max_tokens": max_tokens, "processes": processes,
-                     "concurrency": concurrency, "transports": transports, "p99_bound_ms": p99_bound_ms},
+                     "concurrency": concurrency, "transports": transports, "p99_bound_ms": p99_bound_ms,
+                     "ramp_s": ramp},
         "results": [],
     }
     max_clients = max([*concurrency, memory_connections, wrk_clients or 0])
@@ -400,9 +382,9 @@ def run_transports_bench(
         ) as progress:
             for transport in transports:
                 for clients in concurrency:
-                    task = progress.add_task(f"{transport:>9} × {clients:<5}", total=duration)
+                    task = progress.add_task(f"{transport:>9} × {clients:<5}", total=ramp + duration)
                     row = run_level(pool, server, transport, clients, processes, max_tokens, duration,
-                                    progress, task)
+                                    progress, task, ramp=ramp)
                     report["results"].append(row)
                     progress.update(task, description=f"{transport:>9} × {clients:<5} "
                                     f"{row['requests_per_s']:.0f} req/s, {row['errors']} err")
@@ -410,18 +392,8 @@ def run_transports_bench(
         report["knee"] = {t: find_knee([r for r in report["results"] if r["transport"] == t], p99_bound_ms)
                           for t in transports}
         if wrk_clients:
-            console.print(f"cross-check: wrk, SSE, {wrk_clients} connections, {duration:g} s")
-            wrk = run_wrk(server.url, wrk_clients, duration, max_tokens, workdir)
-            if wrk is None:
-                report["wrk"] = {"error": "wrk not installed (apt-get install -y wrk)"}
-            else:
-                time.sleep(1.0)
-                with ProcessPoolExecutor(max_workers=processes, mp_context=mp.get_context("spawn")) as pool:
-                    ours = run_level(pool, server, "sse", wrk_clients, processes, max_tokens, duration)
-                report["wrk"] = {"wrk": wrk, "seedance_loadgen": {k: ours[k] for k in (
-                    "clients", "requests_per_s", "chunks_per_s", "errors", "timeouts")}}
-                report["wrk"]["seedance_loadgen"]["latency_full_response_note"] = (
-                    "our generator reports TTFT/inter-chunk, wrk the time to the whole response")
+            report["wrk"] = cross_check_wrk(server, wrk_transports, wrk_clients, processes, max_tokens, duration,
+                                            workdir, console)
     finally:
         server.stop()
     if server.log_path:

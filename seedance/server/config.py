@@ -18,6 +18,7 @@ ENV_PREFIX = "SEEDANCE_"
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
+    listen_backlog: int = 2048  # listen(2) queue for connection bursts; the kernel caps it at net.core.somaxconn
     engine: EngineConfig = field(default_factory=EngineConfig)
     model_name: str = "seedance-tiny"  # the id /v1/models reports and clients pass as "model"
     # WebSocket limits
@@ -114,8 +115,8 @@ class ServerConfig:
             raise ValueError("tracing must be off, console, file or otlp")
         if not 0.0 <= self.trace_sample_rate <= 1.0:
             raise ValueError("trace_sample_rate must be between 0 and 1")
-        for name in ("max_message_bytes", "max_connections", "max_requests_per_connection", "heartbeat_max_missed",
-                     "max_jobs"):
+        for name in ("listen_backlog", "max_message_bytes", "max_connections", "max_requests_per_connection",
+                     "heartbeat_max_missed", "max_jobs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
 
