@@ -13,7 +13,8 @@ def render(console, report: dict) -> None:
     table = Table(title="Transports: same closed-loop streaming workload "
                   f"({report['settings']['max_tokens']} tokens/request, {report['settings']['duration_s']:g} s/level)")
     for col in ("transport", "clients", "req/s", "chunks/s", "TTFT p50/p90/p99/p99.9 ms",
-                "inter-chunk p50/p90/p99/p99.9 ms", "err", "t/o", "server CPU% mean/max", "RSS MiB"):
+                "inter-chunk p50/p90/p99/p99.9 ms", "err", "t/o", "server CPU% mean/max", "load CPU%",
+                "box CPU%", "RSS MiB"):
         table.add_column(col, justify="right")
     for r in report["results"]:
         lat = [" / ".join(_f(r[key][p]) for p in ("p50", "p90", "p99", "p99.9")) for key in ("ttft_ms",
@@ -22,6 +23,8 @@ def render(console, report: dict) -> None:
         table.add_row(r["transport"], str(r["clients"]), f"{r['requests_per_s']:.1f}", f"{r['chunks_per_s']:.0f}",
                       lat[0], lat[1], str(r["errors"]), str(r["timeouts"]),
                       f"{_f(srv['cpu_percent_mean'], '{:.0f}')} / {_f(srv['cpu_percent_max'], '{:.0f}')}",
+                      _f(srv.get("loadgen_cpu_percent_mean"), "{:.0f}"), _f(srv.get("machine_cpu_percent_mean"),
+                                                                             "{:.0f}"),
                       _f(srv["rss_mib_max"], "{:.0f}"))
     console.print(table)
     for transport, knee in report.get("knee", {}).items():

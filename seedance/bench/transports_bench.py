@@ -103,24 +103,33 @@ def start_server(backend: str, rate: float, max_clients: int, workdir: Path) -> 
 
 
 class Sampler(threading.Thread):
-    """Samples the server process's CPU% (of one core) and RSS every interval while running."""
+    """Samples the server process's CPU% (of one core) and RSS every interval while running, and, when given,
+    the load processes' CPU% and the whole machine's, which say whether the server or the box was the limit."""
 
-    def __init__(self, pid: int | None, interval: float = 0.5) -> None:
+    def __init__(self, pid: int | None, interval: float = 0.5, load_pids: list[int] = ()) -> None:
         super().__init__(daemon=True)
         self.proc = psutil.Process(pid) if pid else None
+        self.load = [psutil.Process(p) for p in load_pids]
         self.interval = interval
         self.cpu: list[float] = []
         self.rss: list[int] = []
+        self.load_cpu: list[float] = []
+        self.machine_cpu: list[float] = []
         self._halt = threading.Event()
 
     def run(self) -> None:
         if self.proc is None:
             return
-        self.proc.cpu_percent(None)
+        for p in (self.proc, *self.load):
+            p.cpu_percent(None)
+        psutil.cpu_percent(None)
         while not self._halt.wait(self.interval):
             try:
                 self.cpu.append(self.proc.cpu_percent(None))
                 self.rss.append(self.proc.memory_info().rss)
+                if self.load:
+                    self.load_cpu.append(sum(p.cpu_percent(None) for p in self.load))
+                self.machine_cpu.append(psutil.cpu_percent(None))
             except psutil.Error:
                 return
 
@@ -129,11 +138,20 @@ class Sampler(threading.Thread):
         self.join()
         if not self.cpu:
             return {"cpu_percent_mean": None, "cpu_percent_max": None, "rss_mib_max": None}
-        return {
+        out = {
             "cpu_percent_mean": float(np.mean(self.cpu)),
             "cpu_percent_max": float(np.max(self.cpu)),
             "rss_mib_max": max(self.rss) / 2**20,
+            "machine_cpu_percent_mean": float(np.mean(self.machine_cpu)),  # of all cores: 100 = every core busy
         }
+        if self.load_cpu:
+            out["loadgen_cpu_percent_mean"] = float(np.mean(self.load_cpu))  # of one core, all load processes
+        return out
+
+
+def load_process_pids(server_pid: int | None) -> list[int]:
+    """This process's children other than the server: the load processes of the pool."""
+    return [c.pid for c in psutil.Process().children() if c.pid != server_pid]
 
 
 def latency_summary(seconds: list[float]) -> dict:
@@ -160,7 +178,7 @@ def run_level(pool: ProcessPoolExecutor, server: Server, transport: str, clients
         if progress is not None:
             progress.update(task, completed=max(0.0, time.time() - start_at))
         time.sleep(0.05)
-    sampler = Sampler(server.pid)
+    sampler = Sampler(server.pid, load_pids=load_process_pids(server.pid))
     sampler.start()
     while not all(f.done() for f in futures):
         if progress is not None:
