@@ -1,5 +1,6 @@
 """Python client SDK for Seedance's WebSocket protocol."""
 
+from seedance.client.auth import ReauthError, TokenProvider
 from seedance.client.breaker import BreakerState, CircuitBreaker, Transition
 from seedance.client.connection import (
     ChunkOut,
@@ -20,9 +21,11 @@ __all__ = [
     "DoneOut",
     "GenerationStream",
     "NoHealthyEndpoint",
+    "ReauthError",
     "SeedanceClient",
     "SeedanceError",
     "SeedancePool",
     "SyncSeedanceClient",
+    "TokenProvider",
     "Transition",
 ]

@@ -8,6 +8,10 @@ Many generations share one connection (each its own iterator). If the connection
 reconnects with exponential back-off and jitter and resumes every open stream from the last seq it
 delivered: each caller's iterator sees every chunk exactly once. Resuming needs a server-side session, so
 a generation without one gets a private single-turn session unless `resumable=False`.
+
+With a `token_provider`, the client keeps a connection's token fresh: it sends `reauth` with a new token a
+margin before the current one expires (streams carry on untouched), and if the server still closes with
+4401 it reconnects with a fresh token and resumes (docs/client.md, "Tokens that expire").
 """
 
 from __future__ import annotations
@@ -18,30 +22,33 @@ import json
 import logging
 import random
 import ssl as ssl_module
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from seedance.protocol import decode_frames
+from seedance.client.auth import (
+    MIN_REAUTH_INTERVAL_S,
+    ReauthError,
+    TokenLifetime,
+    TokenProvider,
+    fetch_token,
+    renewal_delay,
+    retry_delay,
+    token_lifetime,
+)
+from seedance.client.errors import ConnectionLost, SeedanceError
+from seedance.protocol import CloseCode, decode_frames
+
+__all__ = ["ChunkOut", "ConnectionLost", "DoneOut", "GenerationStream", "ReauthError", "SeedanceClient",
+           "SeedanceError"]
 
 log = logging.getLogger(__name__)
-
-
-class SeedanceError(Exception):
-    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.request_id = request_id
-
-
-class ConnectionLost(SeedanceError):
-    def __init__(self, message: str) -> None:
-        super().__init__("connection_lost", message)
+REAUTH_ANSWER_ERRORS = ("unauthorized", "unsupported")  # id-less errors that answer a pending reauth
 
 
 @dataclass(slots=True)
@@ -104,6 +111,10 @@ class SeedanceClient:
         url: str,
         *,
         token: str | None = None,
+        token_provider: TokenProvider | None = None,
+        reauth_margin: float = 30.0,
+        reauth_margin_ratio: float = 0.1,
+        on_auth_error: Callable[[ReauthError], None] | None = None,
         ssl: ssl_module.SSLContext | None = None,
         binary: bool = False,
         credit_window: int | None = None,
@@ -115,7 +126,11 @@ class SeedanceClient:
         open_timeout: float = 10.0,
     ) -> None:
         self.url = url
-        self.token = token
+        self.token = token  # the token of the current connection (the first one, when given with a provider)
+        self.token_provider = token_provider
+        self.reauth_margin = reauth_margin
+        self.reauth_margin_ratio = reauth_margin_ratio
+        self.on_auth_error = on_auth_error
         self.ssl = ssl
         self.binary = binary
         self.credit_window = credit_window
@@ -128,6 +143,11 @@ class SeedanceClient:
         self.streams: dict[str, GenerationStream] = {}
         self.snapshots: dict[str, dict] = {}  # request id -> the server's snapshot ack of that session turn
         self.reconnects = 0
+        self.reauths = 0  # tokens renewed in-band (each answered `authenticated`)
+        self.last_auth_error: ReauthError | None = None
+        self._lifetime = token_lifetime(token, time.time())
+        self._renewer: asyncio.Task | None = None
+        self._reauth_answer: asyncio.Future | None = None
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task | None = None
         self._connected = asyncio.Event()
@@ -145,21 +165,36 @@ class SeedanceClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    @property
+    def expires_at(self) -> float | None:
+        """Unix time at which the current connection's token expires (None: no token, or one without `exp`)."""
+        return self._lifetime.expires_at
+
     async def _open(self) -> ClientConnection:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-        return await connect(self.url, additional_headers=headers, ssl=self.ssl, open_timeout=self.open_timeout,
-                             ping_interval=self.heartbeat_interval, ping_timeout=self.heartbeat_interval * 2,
-                             max_size=None, max_queue=None)
+        """A new connection, with a fresh token from the provider when there is one (the first connection uses
+        a `token` given alongside it). A provider failure raises ReauthError."""
+        token = self.token
+        if self.token_provider is not None and (self._ws is not None or token is None):
+            token = await fetch_token(self.token_provider, self.open_timeout)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        ws = await connect(self.url, additional_headers=headers, ssl=self.ssl, open_timeout=self.open_timeout,
+                           ping_interval=self.heartbeat_interval, ping_timeout=self.heartbeat_interval * 2,
+                           max_size=None, max_queue=None)
+        if token != self.token:
+            self.token, self._lifetime = token, token_lifetime(token, time.time())
+        return ws
 
     async def connect(self) -> None:
         self._ws = await self._open()
         self._connected.set()
+        self._start_renewer()
         self._reader = asyncio.create_task(self._read_loop(), name="seedance-client-reader")
 
     async def close(self) -> None:
         """Cancel what is still running (an explicit close is not a dropped connection: nothing should stay
         on the server waiting for a resume), then close the socket."""
         self._closing = True
+        self._stop_renewer()
         if self._ws is not None:
             for stream in list(self.streams.values()):
                 with contextlib.suppress(ConnectionClosed):
@@ -175,6 +210,14 @@ class SeedanceClient:
 
     # ---- requests ---------------------------------------------------------------------------------
     async def _send(self, message: dict) -> None:
+        if not self._connected.is_set() and self._reader is not None:
+            # Reconnecting: wait for it, unless the reader gives up (then the streams already have their error
+            # and a credit grant or cancel waiting here would hang the caller's iterator for ever).
+            connected = asyncio.ensure_future(self._connected.wait())
+            await asyncio.wait({connected, self._reader}, return_when=asyncio.FIRST_COMPLETED)
+            connected.cancel()
+            if not self._connected.is_set():
+                return
         await self._connected.wait()
         with contextlib.suppress(ConnectionClosed):  # the reader reconnects and resumes from there
             await self._ws.send(json.dumps(message))
@@ -216,19 +259,42 @@ class SeedanceClient:
     # ---- reading ----------------------------------------------------------------------------------
     async def _read_loop(self) -> None:
         while not self._closing:
+            closed: ConnectionClosed | None = None
             try:
                 async for raw in self._ws:
                     self._dispatch(raw)
-            except ConnectionClosed:
-                pass
+            except ConnectionClosed as exc:
+                closed = exc
+            self._stop_renewer()
             if self._closing:
                 return
             self._connected.clear()
-            if not self.reconnect or not await self._reconnect():
-                for stream in self.streams.values():
-                    stream.queue.put_nowait(ConnectionLost("connection lost and not re-established"))
-                self.streams.clear()
-                return
+            fatal = self._closed_over_token(closed)
+            if fatal is None and self.reconnect and await self._reconnect():
+                continue
+            for stream in self.streams.values():
+                stream.queue.put_nowait(fatal or ConnectionLost("connection lost and not re-established"))
+            self.streams.clear()
+            return
+
+    def _closed_over_token(self, closed: ConnectionClosed | None) -> ReauthError | None:
+        """Reported when the server closed over the token; returned when the client will not reconnect: 4403,
+        or 4401 without a provider (the only token the client has is the expired one) or with reconnect off."""
+        rcvd = closed.rcvd if closed is not None else None
+        if rcvd is None or rcvd.code not in (CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN):
+            return None
+        if rcvd.code == CloseCode.FORBIDDEN:
+            error = ReauthError("forbidden", f"the server closed the connection with 4403: {rcvd.reason}")
+        elif self.token_provider is None or not self.reconnect:
+            why = "there is no token_provider to get a fresh token from" if self.reconnect else "reconnect is off"
+            error = ReauthError("token_expired", f"the server closed the connection with 4401 ({rcvd.reason}) "
+                                f"and {why}")
+        else:
+            self._auth_failed(ReauthError("token_expired", f"the server closed the connection with 4401 "
+                                          f"({rcvd.reason}): reconnecting with a fresh token"))
+            return None
+        self._auth_failed(error)
+        return error
 
     async def _reconnect(self) -> bool:
         for attempt in range(self.max_reconnect_attempts):
@@ -236,11 +302,15 @@ class SeedanceClient:
             await asyncio.sleep(delay)
             try:
                 self._ws = await self._open()
+            except ReauthError as err:
+                self._auth_failed(err)
+                continue
             except (OSError, TimeoutError, InvalidStatus) as err:
                 log.info("reconnect attempt %d failed: %s", attempt + 1, err)
                 continue
             self.reconnects += 1
             self._connected.set()
+            self._start_renewer()
             for stream in list(self.streams.values()):
                 if stream.session is None:
                     stream.queue.put_nowait(ConnectionLost(f"request {stream.id} had no session to resume"))
@@ -273,6 +343,10 @@ class SeedanceClient:
                                       m.get("kv_reuse")))
             elif kind == "snapshot":
                 self.snapshots[m["id"]] = m  # arrives after the turn's done: the turn is durable
+            elif self._reauth_answer is not None and (kind == "authenticated" or (
+                    kind == "error" and m.get("id") is None and m.get("code") in REAUTH_ANSWER_ERRORS)):
+                if not self._reauth_answer.done():
+                    self._reauth_answer.set_result(m)
             elif kind == "error":
                 self._on_error(m)
 
@@ -300,3 +374,65 @@ class SeedanceClient:
             return
         self.streams.pop(request_id, None)
         stream.queue.put_nowait(SeedanceError(m["code"], m["message"], request_id))
+
+    # ---- token renewal ----------------------------------------------------------------------------
+    def _start_renewer(self) -> None:
+        if self.token_provider is not None and self._lifetime.expires_at is not None:
+            self._renewer = asyncio.create_task(self._renew(self._ws), name="seedance-client-reauth")
+
+    def _stop_renewer(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            self._renewer = None
+
+    async def _renew(self, ws: ClientConnection) -> None:
+        """For one connection: reauth a margin before expiry, again after each renewal; after a failure,
+        retry until the connection ends (the read loop cancels this task then)."""
+        delay = renewal_delay(self._lifetime, time.time(), self.reauth_margin, self.reauth_margin_ratio)
+        while delay is not None:
+            await asyncio.sleep(delay)
+            try:
+                await self._reauth(ws)
+            except ConnectionClosed:
+                return  # the read loop handles it
+            except ReauthError as err:
+                self._auth_failed(err)
+                if err.code == "unsupported":
+                    return
+                delay = retry_delay(self._lifetime.expires_at, time.time())
+                continue
+            delay = renewal_delay(self._lifetime, time.time(), self.reauth_margin, self.reauth_margin_ratio,
+                                  floor_s=MIN_REAUTH_INTERVAL_S)
+
+    async def _reauth(self, ws: ClientConnection) -> None:
+        token = await fetch_token(self.token_provider, self.open_timeout)
+        fresh = token_lifetime(token, time.time())
+        current = self._lifetime.expires_at
+        if fresh.expires_at is not None and current is not None and fresh.expires_at <= current:
+            raise ReauthError("token_provider", "the token provider returned a token that expires no later than "
+                              "the one in use")
+        answer = asyncio.get_running_loop().create_future()
+        self._reauth_answer = answer
+        try:
+            await ws.send(json.dumps({"type": "reauth", "token": token}))
+            m = await asyncio.wait_for(answer, self.open_timeout)
+        except TimeoutError:
+            raise ReauthError("timeout", f"no answer to reauth within {self.open_timeout:g} s") from None
+        finally:
+            self._reauth_answer = None
+        if m["type"] == "error":
+            raise ReauthError(m["code"], m.get("message", ""))
+        expires_at = fresh.expires_at if fresh.expires_at is not None else m.get("expires_at")
+        self.token, self._lifetime = token, TokenLifetime(expires_at, fresh.issued_at)
+        self.reauths += 1
+        log.debug("token renewed in-band; it expires at %s", expires_at)
+
+    def _auth_failed(self, error: ReauthError) -> None:
+        """Tell the application (the on_auth_error callback, `last_auth_error`, the log)."""
+        self.last_auth_error = error
+        log.warning("seedance client: %s", error)
+        if self.on_auth_error is not None:
+            try:
+                self.on_auth_error(error)
+            except Exception:
+                log.exception("on_auth_error callback failed")

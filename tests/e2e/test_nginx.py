@@ -3,7 +3,7 @@
 The documented site config is used as written, with the listen ports, the upstream port and the
 certificate paths substituted (each substitution must match exactly once, so the doc cannot drift from
 what is tested) and the WebSocket read timeout shortened so that a test can outwait it. nginx runs as a
-subprocess with a generated main config in a temporary directory (daemon off, pid and logs there).
+subprocess with a generated main config in a temporary directory (tests/e2e/nginx.py).
 Clients connect from 127.0.0.2 / 127.0.0.3, nginx reaches the server from 127.0.0.1, which the server
 trusts as a proxy: the server must see the clients' own addresses.
 """
@@ -12,15 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
@@ -29,79 +22,24 @@ from websockets.exceptions import InvalidStatus
 
 from seedance.server.config import ServerConfig
 from tests.e2e.conftest import RunningServer, free_port, start_server
+from tests.e2e.nginx import DEPLOY, Nginx, render, requires_nginx, running_nginx
+from tests.e2e.wire import messages_of, until
 from tests.pki import AUDIENCE, ISSUER, SECRET, Pki, hs256, make_pki
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "deploy" / "nginx.conf"
-NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
-pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (.ci/run installs it)")
+DOC = DEPLOY / "nginx.conf"
+pytestmark = requires_nginx
 WS_READ_TIMEOUT_S = 3  # replaces the documented 120 s; the server pings every 0.5 s here
 
 
-@dataclass
-class Nginx:
-    port: int
-    redirect_port: int
-    process: subprocess.Popen
-    directory: Path
-
-    @property
-    def https(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    @property
-    def wss(self) -> str:
-        return f"wss://127.0.0.1:{self.port}/v1/stream"
-
-
-def render_site(text: str, port: int, redirect_port: int, upstream: int, pki: Pki) -> str:
-    substitutions = [
+def render_site(port: int, redirect_port: int, upstream: int, pki: Pki) -> str:
+    return render(DOC, [
         ("listen 443 ssl;", f"listen 127.0.0.1:{port} ssl;"),
         ("listen 80;", f"listen 127.0.0.1:{redirect_port};"),
         ("server 127.0.0.1:8000;", f"server 127.0.0.1:{upstream};"),
         ("ssl_certificate     /etc/ssl/seedance/fullchain.pem;", f"ssl_certificate     {pki.server.cert_path};"),
         ("ssl_certificate_key /etc/ssl/seedance/privkey.pem;", f"ssl_certificate_key {pki.server.key_path};"),
         ("proxy_read_timeout 120s;", f"proxy_read_timeout {WS_READ_TIMEOUT_S}s;"),
-    ]
-    for old, new in substitutions:
-        assert text.count(old) == 1, f"docs/deploy/nginx.conf should contain {old!r} exactly once"
-        text = text.replace(old, new)
-    return text
-
-
-def start_nginx(directory: Path, site: str, port: int, redirect_port: int) -> Nginx:
-    (directory / "seedance.conf").write_text(site)
-    (directory / "nginx.conf").write_text(f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {directory}/nginx.pid;
-error_log {directory}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {directory}/access.log;
-    client_body_temp_path {directory}/client_body;
-    proxy_temp_path {directory}/proxy;
-    fastcgi_temp_path {directory}/fastcgi;
-    uwsgi_temp_path {directory}/uwsgi;
-    scgi_temp_path {directory}/scgi;
-    include {directory}/seedance.conf;
-}}
-""")
-    log = open(directory / "stderr.log", "w")  # noqa: SIM115 - stays open for the process's life
-    process = subprocess.Popen([NGINX, "-e", str(directory / "error.log"), "-p", str(directory),
-                                "-c", str(directory / "nginx.conf")], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"nginx exited: {(directory / 'stderr.log').read_text()}"
-                               f"{(directory / 'error.log').read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return Nginx(port, redirect_port, process, directory)
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("nginx did not start listening in time")
+    ])
 
 
 @pytest.fixture(scope="module")
@@ -118,18 +56,16 @@ def backend(tmp_path_factory) -> Iterator[RunningServer]:
 
 
 @pytest.fixture(scope="module")
-def nginx(tmp_path_factory, backend, pki) -> Iterator[Nginx]:
-    directory = tmp_path_factory.mktemp("nginx")
-    port, redirect_port = free_port(), free_port()
-    proxy = start_nginx(directory, render_site(DOC.read_text(), port, redirect_port, backend.port, pki), port,
-                        redirect_port)
-    yield proxy
-    proxy.process.terminate()
-    try:
-        proxy.process.wait(10)
-    except subprocess.TimeoutExpired:
-        proxy.process.kill()
-        proxy.process.wait()
+def redirect_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def nginx(tmp_path_factory, backend, pki, redirect_port) -> Iterator[Nginx]:
+    port = free_port()
+    with running_nginx(tmp_path_factory.mktemp("nginx"), render_site(port, redirect_port, backend.port, pki),
+                       port) as proxy:
+        yield proxy
 
 
 def client(pki: Pki, src: str, base_url: str) -> httpx.Client:
@@ -137,14 +73,13 @@ def client(pki: Pki, src: str, base_url: str) -> httpx.Client:
     return httpx.Client(base_url=base_url, transport=transport, timeout=30)
 
 
+def https(nginx: Nginx) -> str:
+    return f"https://127.0.0.1:{nginx.port}"
+
+
 def ws_through(nginx: Nginx, pki: Pki, src: str, token: str, **kw):
-    return connect(nginx.wss, ssl=pki.client_context(), local_addr=(src, 0), proxy=None, open_timeout=10,
-                   additional_headers={"Authorization": f"Bearer {token}"}, **kw)
-
-
-def messages_of(raw: str) -> list[dict]:
-    parsed = json.loads(raw)
-    return parsed if isinstance(parsed, list) else [parsed]
+    return connect(f"wss://127.0.0.1:{nginx.port}/v1/stream", ssl=pki.client_context(), local_addr=(src, 0),
+                   proxy=None, open_timeout=10, additional_headers={"Authorization": f"Bearer {token}"}, **kw)
 
 
 def test_documented_timeouts_outlast_the_heartbeat_and_the_long_poll():
@@ -165,13 +100,9 @@ def test_documented_timeouts_outlast_the_heartbeat_and_the_long_poll():
 async def test_websocket_through_nginx_streams_and_the_server_sees_the_client_ip(nginx, backend, pki):
     async with ws_through(nginx, pki, "127.0.0.2", hs256(sub="web"), ping_interval=None) as ws:
         await ws.send(json.dumps({"type": "generate", "id": "a", "prompt": "In the beginning", "max_tokens": 8}))
-        texts, done = [], None
-        async with asyncio.timeout(30):
-            while done is None:
-                for m in messages_of(await ws.recv()):
-                    texts += [m["text"]] if m["type"] == "chunk" else []
-                    done = m if m["type"] == "done" else None
-        assert done["finish_reason"] in ("length", "stop") and "".join(texts)
+        *before, done = await until(ws, lambda m: m["type"] == "done")
+        text = "".join(m["text"] for m in before if m["type"] == "chunk")
+        assert done["finish_reason"] in ("length", "stop") and text
         assert "websocket open: client=127.0.0.2 (via 127.0.0.1) auth=jwt subject=web" in backend.log()
         # max_connections_per_ip is 1: it counts the real clients, not nginx's one address
         with pytest.raises(InvalidStatus) as info:
@@ -190,7 +121,7 @@ async def test_websocket_through_nginx_streams_and_the_server_sees_the_client_ip
 def test_sse_through_nginx_is_unbuffered_and_the_server_sees_the_client_ip(nginx, pki):
     body = {"prompt": "And God said", "max_tokens": 400, "stream": True, "ignore_eos": True}
     headers = {"Authorization": f"Bearer {hs256(sub='sse')}"}
-    with client(pki, "127.0.0.2", nginx.https) as sse, client(pki, "127.0.0.3", nginx.https) as other:
+    with client(pki, "127.0.0.2", https(nginx)) as sse, client(pki, "127.0.0.3", https(nginx)) as other:
         with sse.stream("POST", "/v1/completions", json=body, headers=headers) as r:
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
             lines = r.iter_lines()
@@ -213,12 +144,12 @@ def test_spoofed_forwarded_headers_are_ignored(nginx, backend, pki):
     with client(pki, "127.0.0.4", backend.http) as direct:  # straight to the server: an untrusted peer
         me = direct.get("/v1/whoami", headers=spoof).json()
     assert (me["client_ip"], me["scheme"]) == ("127.0.0.4", "http")
-    with client(pki, "127.0.0.4", nginx.https) as proxied:  # through nginx: it overwrites the header
+    with client(pki, "127.0.0.4", https(nginx)) as proxied:  # through nginx: it overwrites the header
         me = proxied.get("/v1/whoami", headers=spoof).json()
     assert (me["client_ip"], me["scheme"]) == ("127.0.0.4", "https")
 
 
-def test_plain_http_redirects_to_https(nginx, pki):
-    with client(pki, "127.0.0.5", f"http://127.0.0.1:{nginx.redirect_port}") as plain:
+def test_plain_http_redirects_to_https(nginx, pki, redirect_port):
+    with client(pki, "127.0.0.5", f"http://127.0.0.1:{redirect_port}") as plain:
         r = plain.get("/v1/models")
     assert r.status_code == 301 and r.headers["Location"].startswith("https://127.0.0.1")

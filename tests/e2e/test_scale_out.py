@@ -6,59 +6,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
-import subprocess
 import time
-from pathlib import Path
 
-import httpx
 import pytest
 from websockets.asyncio.client import connect
 
 from seedance.client import SeedanceClient, SeedanceError
 from tests.e2e.conftest import free_port
+from tests.e2e.nginx import DEPLOY, render, requires_nginx, running_nginx
+from tests.e2e.wire import until
 
-CONF = Path(__file__).resolve().parents[2] / "docs" / "deploy" / "nginx-replicas.conf"
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (.ci/run installs it)")
+pytestmark = requires_nginx
 TURNS = ["And God said unto Moses,", " And Moses answered and said,", " Then the LORD spake, saying,"]
 PARAMS = {"max_tokens": 80, "temperature": 0.8, "top_p": 0.95, "ignore_eos": True}
 
 
-def start_nginx(directory: Path, port: int, replicas: list[int]) -> subprocess.Popen:
-    site = CONF.read_text()
-    for old, new in (("listen 8080;", f"listen 127.0.0.1:{port};"), ("127.0.0.1:8001", f"127.0.0.1:{replicas[0]}"),
-                     ("127.0.0.1:8002", f"127.0.0.1:{replicas[1]}")):
-        assert site.count(old) == 1
-        site = site.replace(old, new)
-    (directory / "nginx.conf").write_text(f"""
-daemon off;
-worker_processes 1;
-pid {directory}/nginx.pid;
-error_log {directory}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {directory}/body;
-    proxy_temp_path {directory}/proxy;
-    fastcgi_temp_path {directory}/fastcgi;
-    uwsgi_temp_path {directory}/uwsgi;
-    scgi_temp_path {directory}/scgi;
-{site}
-}}
-""")
-    proc = subprocess.Popen([NGINX, "-p", str(directory), "-c", str(directory / "nginx.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-            return proc
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError((directory / "error.log").read_text())
+def replicas_site(port: int, replicas: list[int]) -> str:
+    return render(DEPLOY / "nginx-replicas.conf", [("listen 8080;", f"listen 127.0.0.1:{port};"),
+                                                   ("127.0.0.1:8001", f"127.0.0.1:{replicas[0]}"),
+                                                   ("127.0.0.1:8002", f"127.0.0.1:{replicas[1]}")])
 
 
 async def run_chat(url: str, session: str) -> list[str]:
@@ -70,9 +37,8 @@ async def test_replica_killed_mid_turn_and_the_conversation_continues_on_the_oth
                                                                                     tmp_path):
     replicas = [server_factory(session_store=redis_url) for _ in range(2)]
     port = free_port()
-    nginx = start_nginx(tmp_path, port, [r.port for r in replicas])
     url = f"ws://127.0.0.1:{port}/v1/stream"
-    try:
+    with running_nginx(tmp_path, replicas_site(port, [r.port for r in replicas]), port):
         reference = await run_chat(url, "reference")
 
         session = "scale-out"
@@ -110,15 +76,7 @@ async def test_replica_killed_mid_turn_and_the_conversation_continues_on_the_oth
         # The last acknowledged turn replays, chunk for chunk, on the survivor: out of Redis.
         async with connect(f"{url}?session={session}") as ws:
             await ws.send(json.dumps({"type": "resume", "session": session, "id": acked_ids[1], "last_seq": -1}))
-            replayed, done = [], None
-            async with asyncio.timeout(10):
-                while done is None:
-                    parsed = json.loads(await ws.recv())
-                    for m in parsed if isinstance(parsed, list) else [parsed]:
-                        if m["type"] == "chunk":
-                            replayed.append(m)
-                        elif m["type"] == "done":
-                            done = m
+            replayed = [m for m in await until(ws, lambda m: m["type"] == "done", 10) if m["type"] == "chunk"]
         assert "".join(m["text"] for m in replayed) == texts[1]
         assert [m["seq"] for m in replayed] == list(range(len(replayed)))
         retry = client.generate(TURNS[2], session=session, seed=2, **PARAMS)
@@ -137,6 +95,3 @@ async def test_replica_killed_mid_turn_and_the_conversation_continues_on_the_oth
         assert recovery_s < 10
         print(f"\nrecovery time (SIGKILL -> first token of the re-sent turn on the other replica): {recovery_s:.2f} s"
               f" (kill issued {killed_at - break_at:.2f} s after the 5th chunk)")
-    finally:
-        nginx.send_signal(signal.SIGTERM)
-        nginx.wait(10)

@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from seedance.protocol import CloseCode
 from tests.e2e.conftest import RunningServer, free_port, start_server
+from tests.e2e.wire import messages_of, until
 from tests.pki import AUDIENCE, ISSUER, SECRET, claims, hs256, unsigned_token
 
 TIMEOUT = 30
@@ -53,11 +54,6 @@ def http(srv: RunningServer, src: str) -> httpx.Client:
     return httpx.Client(base_url=srv.http, transport=httpx.HTTPTransport(local_address=src), timeout=TIMEOUT)
 
 
-def messages_of(raw: str) -> list[dict]:
-    parsed = json.loads(raw)
-    return parsed if isinstance(parsed, list) else [parsed]
-
-
 async def upgrade_refusal(srv: RunningServer, src: str, **kw) -> InvalidStatus:
     with pytest.raises(InvalidStatus) as info:
         async with ws_connect(srv, src, **kw):
@@ -67,17 +63,6 @@ async def upgrade_refusal(srv: RunningServer, src: str, **kw) -> InvalidStatus:
 
 def body_of(err: InvalidStatus) -> dict:
     return json.loads(err.response.body)["error"]
-
-
-async def until(ws, predicate, timeout: float = TIMEOUT) -> list[dict]:
-    """Messages received until one satisfies predicate (inclusive)."""
-    seen: list[dict] = []
-    async with asyncio.timeout(timeout):
-        while True:
-            for m in messages_of(await ws.recv()):
-                seen.append(m)
-                if predicate(m):
-                    return seen
 
 
 async def ping_pong(ws, ts: float = 1.0) -> None:

@@ -12,13 +12,10 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
+from tests.e2e.wire import messages_of, until
+
 SAMPLED = {"max_tokens": 48, "temperature": 0.8, "top_p": 0.95, "seed": 11, "ignore_eos": True}
 TURNS = ["And God said unto Moses,", " And Moses answered and said,", " Then the LORD spake, saying,"]
-
-
-def messages_of(raw) -> list[dict]:
-    parsed = json.loads(raw)
-    return parsed if isinstance(parsed, list) else [parsed]
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -118,7 +115,7 @@ async def test_a_client_that_does_not_come_back_is_cancelled_after_the_grace(ser
     ws.transport.abort()
     for _ in range(300):  # bounded: 15 s
         stats = httpx.get(f"{srv.http}/stats").json()
-        if stats["open_requests"] == 0 and stats["num_paused"] == 0:
+        if stats["open_requests"] == 0 and stats["num_running"] == 0 and stats["num_paused"] == 0:
             break
         await asyncio.sleep(0.05)
     assert stats["open_requests"] == 0 and stats["num_running"] == 0 and stats["num_paused"] == 0
@@ -161,11 +158,8 @@ async def test_one_turn_at_a_time_per_session(server):
         long = {"type": "generate", "session": "busy", "prompt": "And", "max_tokens": 500, "ignore_eos": True}
         await ws.send(json.dumps({**long, "id": "a"}))
         await ws.send(json.dumps({**long, "id": "b"}))
-        errors = []
-        async with asyncio.timeout(30):
-            while not errors:
-                errors = [m for m in messages_of(await ws.recv()) if m["type"] == "error"]
-        assert errors[0]["id"] == "b" and "turn in progress" in errors[0]["message"]
+        error = (await until(ws, lambda m: m["type"] == "error"))[-1]
+        assert error["id"] == "b" and "turn in progress" in error["message"]
         await ws.send(json.dumps({"type": "cancel", "id": "a"}))
         cancelled = await read_turn(ws, "a", want_snapshot=False)
         assert cancelled["done"]["finish_reason"] == "cancelled"

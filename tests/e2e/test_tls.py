@@ -17,6 +17,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.e2e.conftest import RunningServer, start_server
+from tests.e2e.wire import messages_of
 from tests.pki import Issued, Pki, make_pki
 
 
@@ -93,8 +94,7 @@ async def test_wss_streams_and_certificate_scopes_apply_per_message(tls_server, 
         done, errors = {}, []
         async with asyncio.timeout(30):
             while len(done) < 2:
-                raw = json.loads(await ws.recv())
-                for m in raw if isinstance(raw, list) else [raw]:
+                for m in messages_of(await ws.recv()):
                     errors += [m] if m["type"] == "error" else []
                     done.update({m["id"]: m["finish_reason"]} if m["type"] == "done" else {})
     assert done["a"] in ("length", "stop") and done["b"] == "error"

@@ -14,11 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from seedance.protocol import CloseCode, decode_frame
-
-
-def messages_of(raw: str) -> list[dict]:
-    parsed = json.loads(raw)
-    return parsed if isinstance(parsed, list) else [parsed]
+from tests.e2e.wire import messages_of, until
 
 
 async def run_requests(ws, requests: list[dict], timeout: float = 60) -> dict[str, dict]:
@@ -178,20 +174,13 @@ async def test_duplicate_id_and_per_connection_limit(server):
         long = {"type": "generate", "prompt": "And", "max_tokens": 2000, "ignore_eos": True}
         await ws.send(json.dumps({**long, "id": "dup"}))
         await ws.send(json.dumps({**long, "id": "dup"}))
-        errors = []
-        async with asyncio.timeout(30):
-            while not errors:
-                errors = [m for m in messages_of(await ws.recv()) if m["type"] == "error"]
-        assert errors[0]["code"] == "duplicate_id" and errors[0]["id"] == "dup"
+        error = (await until(ws, lambda m: m["type"] == "error"))[-1]
+        assert error["code"] == "duplicate_id" and error["id"] == "dup"
         for i in range(7):  # the fixture's server allows 8 per connection
             await ws.send(json.dumps({**long, "id": f"n{i}"}))
         await ws.send(json.dumps({**long, "id": "one-too-many"}))
-        async with asyncio.timeout(30):
-            while True:
-                found = [m for m in messages_of(await ws.recv()) if m["type"] == "error"]
-                if found:
-                    assert found[0]["code"] == "too_many_requests" and found[0]["id"] == "one-too-many"
-                    break
+        error = (await until(ws, lambda m: m["type"] == "error"))[-1]
+        assert error["code"] == "too_many_requests" and error["id"] == "one-too-many"
 
 
 async def test_oversized_message_closes_with_1009(server_factory):
