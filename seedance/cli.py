@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 from typing import Annotated
@@ -232,6 +233,14 @@ def _read_line(prompt: str) -> str:
         return ""
 
 
+def _seconds(text: str) -> float:
+    """A duration flag: 30, 30s, 500ms, 2m."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*", text)
+    if not m:
+        raise typer.BadParameter(f"{text!r} is not a duration (30, 30s, 500ms, 2m)")
+    return float(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[m.group(2)]
+
+
 @bench_app.command("engine")
 def bench_engine(
     concurrency: Annotated[list[int] | None, typer.Option(help="streams (repeatable)")] = None,
@@ -252,7 +261,8 @@ def bench_engine(
 def bench_transports(
     concurrency: Annotated[str, typer.Option(help="client counts, comma list")] = "20,50,100",
     transports: Annotated[str, typer.Option(help="comma list of polling, sse, websocket")] = "polling,sse,websocket",
-    duration: Annotated[float, typer.Option(help="seconds per transport and level")] = 5.0,
+    duration: Annotated[str, typer.Option(help="measured time per transport and level: 30, 30s, 500ms, 2m")] = "5s",
+    ramp: Annotated[str, typer.Option(help="clients start spread over this long before measuring (0: at once)")] = "0",
     max_tokens: Annotated[int, typer.Option(help="tokens per request")] = 32,
     processes: Annotated[int, typer.Option(help="load-generator processes")] = 1,
     backend: Annotated[str, typer.Option(help="synthetic (no model compute) or model (built-in model)")] = "synthetic",
@@ -260,7 +270,8 @@ def bench_transports(
     url: Annotated[str | None, typer.Option(help="target a running loopback server instead of starting one")] = None,
     p99_bound_ms: Annotated[float, typer.Option(help="knee: p99 TTFT / inter-chunk bound")] = 500.0,
     memory_connections: Annotated[int, typer.Option(help="K for the memory probe; 0 skips it")] = 100,
-    wrk_clients: Annotated[int, typer.Option(help="cross-check SSE with wrk at this level; 0 skips it")] = 0,
+    wrk_clients: Annotated[int, typer.Option(help="cross-check with wrk at this level; 0 skips it")] = 0,
+    wrk_transports: Annotated[str, typer.Option(help="HTTP transports wrk cross-checks")] = "sse,polling",
     output: Annotated[str | None, typer.Option(help="write results JSON here")] = "bench/results/transports.json",
     plots: Annotated[str | None, typer.Option(help="write PNG plots into this folder")] = "docs/images",
 ) -> None:
@@ -270,8 +281,62 @@ def bench_transports(
     if backend not in ("synthetic", "model"):
         raise typer.BadParameter("--backend must be synthetic or model")
     run_transports_bench([int(c) for c in concurrency.split(",") if c.strip()],
-                         [t.strip() for t in transports.split(",") if t.strip()], duration, max_tokens, processes,
-                         backend, rate, url, p99_bound_ms, memory_connections, wrk_clients or None, output, plots)
+                         [t.strip() for t in transports.split(",") if t.strip()], _seconds(duration), max_tokens,
+                         processes, backend, rate, url, p99_bound_ms, memory_connections, wrk_clients or None, output,
+                         plots, ramp=_seconds(ramp),
+                         wrk_transports=tuple(t.strip() for t in wrk_transports.split(",") if t.strip()))
+
+
+@bench_app.command("cold-start")
+def bench_cold_start(
+    runs: Annotated[int, typer.Option(help="servers started per warm-up mode")] = 5,
+    backend: Annotated[str, typer.Option(help="model (built-in model) or synthetic (no model compute)")] = "model",
+    no_warmup: Annotated[bool, typer.Option("--no-warmup", help="servers with EngineConfig.warmup off")] = False,
+    compare_warmup: Annotated[bool, typer.Option("--compare-warmup", help="as many again with warm-up off: "
+                                                 "first-request TTFT with and without")] = False,
+    rate: Annotated[float, typer.Option(help="synthetic backend: tokens/s per stream")] = 50.0,
+    max_tokens: Annotated[int, typer.Option(help="tokens per request (two requests per server)")] = 8,
+    output: Annotated[str | None, typer.Option(help="write results JSON here")] = "bench/results/cold-start.json",
+    plot: Annotated[str | None, typer.Option(help="waterfall PNG")] = "docs/images/cold-start-waterfall.png",
+) -> None:
+    """Process start to first token, N times: each phase (imports, listener, config, weights, tokenizer, KV pool,
+    warm-up, first connection, first token) as mean ± std, a JSON report and a waterfall plot."""
+    from seedance.bench.cold_start import render, run_cold_start_bench
+
+    if backend not in ("synthetic", "model"):
+        raise typer.BadParameter("--backend must be synthetic or model")
+    if runs < 1:
+        raise typer.BadParameter("--runs must be >= 1")
+    modes = (True, False) if compare_warmup else (not no_warmup,)
+    render(console, run_cold_start_bench(runs, backend, modes, rate, max_tokens, output, plot, console=console))
+
+
+@bench_app.command("workloads")
+def bench_workloads(
+    workloads: Annotated[str, typer.Option(help="comma list of short, summary, dialogue")] = "short,summary,dialogue",
+    configs: Annotated[str, typer.Option(
+        help="comma list of server configurations: default, kv-512, kv-160, kv-96, seqs-4, seqs-16, shed, "
+             "chunk-1024, bf16, lean (all but seqs-16 and lean by default; docs/benchmarks.md says what each is)",
+    )] = "default,kv-512,kv-160,kv-96,seqs-4,shed,chunk-1024,bf16",
+    requests: Annotated[int | None, typer.Option(help="requests per cell (dialogue: conversations); "
+                                                      "default 150 / 32 / 40")] = None,
+    rate: Annotated[str | None, typer.Option(help="Poisson arrivals/s: one number for all, or "
+                                                  "short=30,summary=3,dialogue=6 (the defaults)")] = None,
+    deadline: Annotated[float, typer.Option(help="seconds a request (a dialogue turn) may take")] = 15.0,
+    seed: Annotated[int, typer.Option(help="picks the passages and the arrival times")] = 0,
+    retries: Annotated[int, typer.Option(help="reruns of a cell that other processes disturbed")] = 2,
+    output: Annotated[str | None, typer.Option(help="write results JSON here")] = "bench/results/workloads.json",
+    plots: Annotated[str | None, typer.Option(help="write PNG plots into this folder")] = "docs/images",
+) -> None:
+    """Short / long-context summary / multi-turn dialogue × server configurations: latency, memory and completion
+    rate per cell, and the Pareto-optimal configurations per workload."""
+    from seedance.bench.workloads_bench import parse_configs, parse_workloads, run_workloads_bench
+
+    try:
+        chosen, names = parse_workloads(workloads, requests, rate), parse_configs(configs)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+    run_workloads_bench(chosen, names, deadline, output, plots, seed, console=console, retries=retries)
 
 
 if __name__ == "__main__":

@@ -91,6 +91,14 @@ class RequestStream:
         self.engine.cancel(self.request_id)
 
 
+def _load(config: EngineConfig) -> LLMEngine:
+    """Runs on the engine thread: all torch work stays on that one thread."""
+    engine = LLMEngine.from_config(config)
+    if config.warmup:
+        engine.warmup()
+    return engine
+
+
 class AsyncEngine:
     def __init__(self, engine: LLMEngine, executor: ThreadPoolExecutor | None = None) -> None:
         self.engine = engine
@@ -109,9 +117,10 @@ class AsyncEngine:
 
     @classmethod
     async def create(cls, config: EngineConfig) -> AsyncEngine:
-        """Load the model on the engine thread (off the event loop) and start the engine task."""
+        """Load the model (and warm it up, if config.warmup) on the engine thread, off the event loop, and start
+        the engine task. engine.load_times says when each load phase ended."""
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedance-engine")
-        engine = await asyncio.get_running_loop().run_in_executor(executor, LLMEngine.from_config, config)
+        engine = await asyncio.get_running_loop().run_in_executor(executor, _load, config)
         self = cls(engine, executor)
         self.start()
         return self

@@ -24,5 +24,8 @@ class EngineConfig:
     max_pinned_kv_fraction: float = 0.5  # share of the KV pool idle sessions may pin for their next turn
     seed: int = 0  # seeds unseeded sampling, so a whole run is reproducible
     threads: int | None = None  # torch intra-op threads; None: torch's default
+    # One dummy request (a short prefill + a few decodes) through the runner at start, so the first user request
+    # does not pay first-call costs (allocator growth, kernel selection, lazy imports).
+    warmup: bool = True
     # Synthetic backend (transport benchmarks): tokens per second per stream, no model compute.
     synthetic_rate: float | None = None

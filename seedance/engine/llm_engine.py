@@ -53,19 +53,57 @@ class LLMEngine:
         self.eos_token_ids = tokenizer.eos_token_ids if tokenizer else frozenset()
         self.steps = 0
         self.generated_tokens = 0
+        # time_ns() when each load phase ended, taken on the engine thread: config_loaded, weights_loaded,
+        # tokenizer_loaded, kv_allocated (from_config), warmup_done (warmup); the server's cold-start marks.
+        self.load_times: dict[str, int] = {}
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> LLMEngine:
         if config.synthetic_rate:
             from seedance.models.synthetic import SyntheticRateRunner
 
+            start = time.time_ns()  # no config or weights: the tokenizer is all it loads
             runner, tokenizer, max_len = SyntheticRateRunner.create(config)
-            return cls(config, runner, tokenizer, max_len)
-        from seedance.engine.model_runner import TorchModelRunner
-        from seedance.models.loader import load_model
+            times = {"config_loaded": start, "weights_loaded": start, "tokenizer_loaded": time.time_ns()}
+            engine = cls(config, runner, tokenizer, max_len)
+        else:
+            from seedance.engine.model_runner import TorchModelRunner
+            from seedance.models.loader import load_model
 
-        loaded = load_model(config.model, config.device, config.dtype, config.max_model_len)
-        return cls(config, TorchModelRunner(loaded, config), loaded.tokenizer, loaded.max_model_len)
+            loaded = load_model(config.model, config.device, config.dtype, config.max_model_len)
+            times = dict(loaded.timings)
+            engine = cls(config, TorchModelRunner(loaded, config), loaded.tokenizer, loaded.max_model_len)
+        engine.load_times = {**times, "kv_allocated": time.time_ns()}  # the runner's KV pool + the block table
+        return engine
+
+    def warmup(self, prompt_tokens: int = 16, decode_steps: int = 3) -> None:
+        """Run one dummy request (a prefill, then decode_steps decodes, sampled with temperature / top-k / top-p)
+        through the real runner, so the first user request does not pay first-call costs. Its KV blocks are freed
+        (the prefix cache may keep them, as after any request); the counters and the unseeded sampling generator
+        are as they were, so a run's outputs do not depend on it."""
+        n = max(1, min(prompt_tokens, self.max_model_len - decode_steps - 2))
+        # Through the tokenizer when there is one: its first encode has a first-call cost of its own.
+        ids = (self.tokenizer.encode(" warm up" * n) if self.tokenizer else [])[:n] or list(range(1, n + 1))
+        params = SamplingParams(max_tokens=decode_steps + 1, temperature=1.0, top_k=40, top_p=0.95, ignore_eos=True)
+        generator = getattr(getattr(self.runner, "sampler", None), "generator", None)
+        state = generator.get_state() if generator is not None else None
+        request_id = "seedance-warmup"
+        try:
+            self.add_request(request_id, ids, params)
+            for _ in range(64 + n):  # bounded: a prefill in chunks, then the decodes
+                if request_id not in self.requests:
+                    break
+                self.step()
+            self.load_times["warmup_done"] = time.time_ns()
+        except (InvalidRequest, EngineOverloaded) as err:  # a tiny KV pool or token limit: start cold
+            log.warning("engine warm-up skipped: %s", err)
+        finally:
+            self.abort(request_id)
+            if state is not None:
+                generator.set_state(state)
+            self.steps = self.generated_tokens = 0
+            self.block_manager.stats.query_tokens = self.block_manager.stats.hit_tokens = 0
+            self.scheduler.num_preemptions = 0
 
     # ---- admission --------------------------------------------------------------------------------
     def check_admission(

@@ -6,8 +6,9 @@ No hub access: a path is a path. The built-in tiny model ships inside the packag
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from time import time_ns
 
 import torch
 from safetensors.torch import load_file
@@ -29,6 +30,7 @@ class LoadedModel:
     model: LlamaForCausalLM
     tokenizer: TextTokenizer | None
     max_model_len: int
+    timings: dict[str, int] = field(default_factory=dict)  # time_ns() at config / weights / tokenizer loaded
 
 
 def resolve_model_dir(model: str | os.PathLike | None) -> Path:
@@ -64,7 +66,8 @@ def load_model(
     max_model_len: int | None = None,
 ) -> LoadedModel:
     path = resolve_model_dir(model)
-    config = load_config(path)
+    config = load_config(path)  # the first call imports transformers: most of the load on the built-in model
+    config_loaded = time_ns()
     limit = int(getattr(config, "max_position_embeddings", 2048))
     sliding = getattr(config, "sliding_window", None)
     if sliding and getattr(config, "use_sliding_window", True):
@@ -78,10 +81,12 @@ def load_model(
     net.load_hf_weights(read_safetensors(path))
     net = net.to(device=device, dtype=torch_dtype).eval()
     net.rope_cos, net.rope_sin = net.rope_cos.float(), net.rope_sin.float()
+    weights_loaded = time_ns()  # the cold start's weights / tokenizer phases (docs/observability.md)
     tokenizer = (
         TextTokenizer.from_dir(path)
         if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()
         else None
     )
-    return LoadedModel(path, config, net, tokenizer, max_len)
+    timings = {"config_loaded": config_loaded, "weights_loaded": weights_loaded, "tokenizer_loaded": time_ns()}
+    return LoadedModel(path, config, net, tokenizer, max_len, timings)
 

@@ -1,12 +1,14 @@
 """Per-app observability: the metrics registry, the request tracer and the cold-start marks, plus the
 per-request recorder the transports call (a few cheap calls per chunk), the /metrics route and a
-middleware counting connections per transport, HTTP refusals and auth refusals."""
+middleware counting connections per transport, HTTP refusals and auth refusals (and marking the cold start's
+first client connection)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import time
 from time import perf_counter, time_ns
 
 from aiohttp import web
@@ -31,6 +33,7 @@ class Observability:
                                                                config.trace_sample_rate))
                        if self.provider is not None else None)
         self.cold_start = ColdStart(self.provider)
+        self.connected = False  # a client reached a transport route (the cold start's first_connection)
         m = self.metrics
         self._ttft = {t: m.ttft.labels(t) for t in ("ws", "sse", "polling")}
         self._itl = {t: m.itl.labels(t) for t in ("ws", "sse", "polling")}
@@ -134,7 +137,11 @@ async def middleware(request: web.Request, handler):
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else None
     transport = ROUTE_TRANSPORTS.get(route)
-    metrics = request.app[OBS].metrics
+    obs = request.app[OBS]
+    metrics = obs.metrics
+    if transport and not obs.connected:  # probes (/readyz, /stats) are not clients: only transport routes count
+        obs.connected = True
+        obs.mark("first_connection")
     gauge = metrics.active_connections.labels(transport) if transport else None
     if gauge is not None:
         gauge.inc()
@@ -159,7 +166,17 @@ def _error_code(exc: web.HTTPException) -> str:
 
 
 def process_start_ns() -> int | None:
-    """When this process started (for the cold-start trace's imports span)."""
+    """When this process started (wall-clock ns, for the cold-start imports span), to a clock tick (10 ms).
+
+    From /proc/self/stat's start time and CLOCK_BOOTTIME: psutil's create_time adds the start time to the boot
+    time /proc/stat gives in whole seconds, which put process start up to a second off."""
+    try:
+        with open("/proc/self/stat") as fh:
+            ticks = int(fh.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks since boot
+        since_start = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+        return time_ns() - since_start
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass
     try:
         import psutil
 
@@ -187,8 +204,15 @@ def install(app: web.Application, config) -> Observability:
     return obs
 
 
-def mark(app: web.Application, name: str) -> None:
+def mark(app: web.Application, name: str, when_ns: int | None = None) -> None:
+    """A cold-start mark, now or at when_ns (a time_ns() taken where the phase happened, e.g. the engine thread)."""
     obs = app.get(OBS)
     if obs is not None:
-        obs.mark(name)
+        obs.mark(name, when_ns)
+
+
+def cold_start_ms(app: web.Application) -> dict[str, float]:
+    """The cold-start marks seen so far, ms since process start (GET /stats `cold_start_ms`)."""
+    obs = app.get(OBS)
+    return obs.cold_start.since_start_ms() if obs is not None else {}
 

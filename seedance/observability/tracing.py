@@ -1,5 +1,6 @@
 """OpenTelemetry tracing (off by default): one trace per request with child spans for queue, prefill,
-decode and send, and a cold-start trace (imports, model load, engine start, listener ready, first token).
+decode and send, and a cold-start trace (imports, listener, weights, tokenizer, KV pool, warm-up, first
+connection, first token; docs/observability.md).
 
 Sampling is tail-based and cheap: a request only records a handful of timestamps while it runs; at its end
 the sampler decides, and only a kept request becomes spans (with their real start and end times). Kept:
@@ -154,17 +155,44 @@ class RequestTracer:
         self.provider.shutdown()
 
 
-COLD_START_PHASES = (  # (span, from mark, to mark)
-    ("imports", "process_start", "app_built"),
-    ("listener_ready", "app_built", "listener_ready"),
-    ("model_load", "engine_load_start", "model_loaded"),
-    ("engine_start", "model_loaded", "engine_ready"),
-    ("first_token", "engine_ready", "first_token"),
+# The cold-start phases, (span, parent span or None for the root, start marks, end mark): a span starts at the
+# latest of its start marks that is present and ends at its end mark; it is left out if a mark is missing or it
+# would be negative. config / weights / tokenizer / kv_alloc / warmup are timed on the engine thread where they
+# happen and marked with those times; config is apart from weights because its first call imports transformers,
+# which costs more than the weights. The listener is up before the model has loaded, so `listener_ready` overlaps
+# `model_load`; `first_token` starts at ready or at the first client connection, whichever is later.
+COLD_START_PHASES: tuple[tuple[str, str | None, tuple[str, ...], str], ...] = (
+    ("imports", None, ("process_start",), "app_built"),
+    ("listener_ready", None, ("app_built",), "listener_ready"),
+    ("model_load", None, ("engine_load_start",), "model_loaded"),
+    ("config", "model_load", ("engine_load_start",), "config_loaded"),  # import transformers, read config.json
+    ("weights", "model_load", ("config_loaded", "engine_load_start"), "weights_loaded"),  # safetensors -> module
+    ("tokenizer", "model_load", ("weights_loaded",), "model_loaded"),
+    ("engine_start", None, ("model_loaded",), "engine_ready"),
+    ("kv_alloc", "engine_start", ("model_loaded",), "kv_allocated"),  # KV pool tensors + block table
+    ("warmup", "engine_start", ("kv_allocated",), "warmup_done"),  # dummy prefill + decodes (EngineConfig.warmup)
+    ("first_connection", None, ("engine_ready",), "first_connection"),  # first WS upgrade / generating request
+    ("first_token", None, ("engine_ready", "first_connection"), "first_token"),
 )
+# Every mark a cold start sets (warmup_done only with EngineConfig.warmup), in the usual order.
+COLD_START_MARKS = ("process_start", "app_built", "engine_load_start", "listener_ready", "config_loaded",
+                    "weights_loaded", "model_loaded", "kv_allocated", "warmup_done", "engine_ready",
+                    "first_connection", "first_token")
+
+
+def cold_start_spans(marks: dict[str, int]) -> list[tuple[str, str | None, int, int]]:
+    """(span, parent, start, end) for every phase whose marks are present, in COLD_START_PHASES order."""
+    spans = []
+    for name, parent, starts, end in COLD_START_PHASES:
+        begin = max((marks[s] for s in starts if s in marks), default=None)
+        if begin is not None and end in marks and marks[end] >= begin:
+            spans.append((name, parent, begin, marks[end]))
+    return spans
 
 
 class ColdStart:
-    """Marks (wall-clock ns) from process start to the first token, exported once as one trace."""
+    """Marks (wall-clock ns) from process start to the first token, exported once as one trace; the first
+    value of a mark wins."""
 
     def __init__(self, provider: TracerProvider | None) -> None:
         self.provider = provider
@@ -176,6 +204,13 @@ class ColdStart:
         if name == "first_token":
             self.export()
 
+    def since_start_ms(self) -> dict[str, float]:
+        """Each mark seen so far in ms since process start (what GET /stats shows), in time order."""
+        start = self.marks.get("process_start")
+        if start is None:
+            return {}
+        return {k: round((v - start) / 1e6, 3) for k, v in sorted(self.marks.items(), key=lambda kv: kv[1])}
+
     def export(self) -> None:
         if self.exported or self.provider is None or "process_start" not in self.marks:
             return
@@ -184,10 +219,10 @@ class ColdStart:
         m = self.marks
         end = max(m.values())
         root = tracer.start_span("seedance.cold_start", start_time=m["process_start"],
-                                 attributes={f"seedance.{k}_ms": round((v - m["process_start"]) / 1e6, 3)
-                                             for k, v in m.items()})
-        ctx = set_span_in_context(root)
-        for name, a, b in COLD_START_PHASES:
-            if a in m and b in m and m[b] >= m[a]:
-                tracer.start_span(name, context=ctx, start_time=m[a]).end(end_time=m[b])
+                                 attributes={f"seedance.{k}_ms": v for k, v in self.since_start_ms().items()})
+        contexts = {None: set_span_in_context(root)}
+        for name, parent, start, stop in cold_start_spans(m):
+            span = tracer.start_span(name, context=contexts.get(parent, contexts[None]), start_time=start)
+            contexts[name] = set_span_in_context(span)
+            span.end(end_time=stop)
         root.end(end_time=end)

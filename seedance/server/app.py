@@ -20,7 +20,7 @@ from aiohttp import web
 from seedance.engine.async_engine import AsyncEngine
 from seedance.observability import hub as observability
 from seedance.protocol import CloseCode
-from seedance.server import openai_api, polling, security
+from seedance.server import cors, openai_api, polling, security
 from seedance.server.config import ServerConfig
 from seedance.server.http_errors import HttpError
 from seedance.server.ws import WsConnection, websocket_handler
@@ -67,7 +67,8 @@ async def stats(request: web.Request) -> web.Response:
                 sessions=len(state.sessions.sessions) if state.sessions else 0,
                 snapshots_written=state.sessions.snapshots_written if state.sessions else 0,
                 prefix_cache_hit_rate=round(body["prefix_cache_hit_tokens"] / body["prefix_cache_query_tokens"], 4)
-                if body["prefix_cache_query_tokens"] else 0.0)
+                if body["prefix_cache_query_tokens"] else 0.0,
+                cold_start_ms=observability.cold_start_ms(request.app))
     return web.json_response(body)
 
 
@@ -84,7 +85,13 @@ async def _load_engine(app: web.Application) -> None:
         log.exception("model failed to load")
         state.load_error = f"model failed to load: {err}"
         return
-    observability.mark(app, "model_loaded")
+    times = engine.engine.load_times  # taken on the engine thread where each phase ended
+    for mark, key in (("config_loaded", "config_loaded"), ("weights_loaded", "weights_loaded"),
+                      ("model_loaded", "tokenizer_loaded"), ("kv_allocated", "kv_allocated"),
+                      ("warmup_done", "warmup_done")):
+        if key in times:
+            observability.mark(app, mark, times[key])
+    observability.mark(app, "model_loaded")  # a no-op when the engine said when (the first mark wins)
     cfg = state.config
     try:
         store = open_store(cfg.session_store, ttl_s=cfg.session_idle_ttl_s * 24)
@@ -175,9 +182,11 @@ async def json_errors(request: web.Request, handler):
 
 
 def build_app(config: ServerConfig) -> web.Application:
-    app = web.Application(client_max_size=config.max_message_bytes, middlewares=[json_errors, security.middleware])
+    app = web.Application(client_max_size=config.max_message_bytes,
+                          middlewares=[json_errors, cors.middleware, security.middleware])
     app["state"] = ServerState(config)
     security.install(app, config)  # TLS, auth, scopes, Origin, limits (security.py); refuses unsafe configs
+    cors.install(app, config.cors_max_age_s)  # preflights (middleware above) and CORS headers on responses
     observability.install(app, config)  # /metrics, tracing, per-transport counters (docs/observability.md)
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(drain)
@@ -207,7 +216,8 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
                            shutdown_timeout=config.shutdown_grace_s + 5)
     await runner.setup()
     sec = app[security.SECURITY]
-    site = web.TCPSite(runner, config.host, config.port, reuse_address=True, ssl_context=sec.ssl_context)
+    site = web.TCPSite(runner, config.host, config.port, reuse_address=True, ssl_context=sec.ssl_context,
+                       backlog=config.listen_backlog)
     await site.start()
     observability.mark(app, "listener_ready")
     stop = asyncio.Event()

@@ -61,6 +61,7 @@ class ServerConfig:
     ticket_ttl_s: float = 30.0  # lifetime of a one-time WebSocket ticket (POST /v1/tickets)
     allowed_origins: str = ""  # browser Origins allowed besides the server's own loopback origin (comma list)
     insecure_any_origin: bool = False  # let allowed_origins contain "*"
+    cors_max_age_s: int = 600  # how long browsers may cache a CORS preflight answer (Chromium caps it at 7200)
     insecure_no_auth: bool = False  # run without authentication on a non-loopback address or behind a proxy
     trusted_proxies: str = ""  # proxy addresses/CIDRs whose X-Forwarded-For / -Proto are believed
     max_connections_per_ip: int = 256  # open WebSockets + in-flight HTTP requests per client IP; 0: no limit
@@ -113,6 +114,8 @@ class ServerConfig:
             raise ValueError("log_format must be text or json")
         if self.tracing not in ("off", "console", "file", "otlp"):
             raise ValueError("tracing must be off, console, file or otlp")
+        if self.cors_max_age_s < 0:
+            raise ValueError("cors_max_age_s must be >= 0")
         if not 0.0 <= self.trace_sample_rate <= 1.0:
             raise ValueError("trace_sample_rate must be between 0 and 1")
         for name in ("listen_backlog", "max_message_bytes", "max_connections", "max_requests_per_connection",

@@ -254,13 +254,19 @@ class Security:
             return
         if not is_websocket_upgrade(request) and request.method in ("GET", "HEAD", "OPTIONS"):
             return
-        if self.any_origin:
+        if self.origin_allowed(request, origin):
             return
-        normal = normalize_origin(origin)
-        if normal is None:
+        if normalize_origin(origin) is None:
             raise Refusal(403, "origin_not_allowed", f"Origin {origin!r} is refused (opaque or malformed origin)")
-        if normal not in self.origins and normal not in self.own_origins(request):
-            raise Refusal(403, "origin_not_allowed", f"Origin {origin} is not in allowed_origins")
+        raise Refusal(403, "origin_not_allowed", f"Origin {origin} is not in allowed_origins")
+
+    def origin_allowed(self, request: web.Request, origin: str) -> bool:
+        """The one Origin decision, for the check above and for CORS: opaque (`null`) and malformed origins are
+        refused unless any origin is allowed."""
+        if self.any_origin:
+            return True
+        normal = normalize_origin(origin)
+        return normal is not None and (normal in self.origins or normal in self.own_origins(request))
 
     def authenticate(self, request: web.Request, client: ClientAddress) -> Principal:
         cert_subject = None

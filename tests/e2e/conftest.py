@@ -9,6 +9,7 @@ import pytest
 
 from seedance.bench.server_process import ServerProcess as RunningServer
 from seedance.bench.server_process import free_port, launch
+from tests.e2e.browser import launch_chromium
 
 __all__ = ["RunningServer", "free_port", "start_server"]
 
@@ -26,6 +27,14 @@ def server(tmp_path_factory) -> Iterator[RunningServer]:
     srv = start_server(tmp_path_factory, max_requests_per_connection=8, num_kv_blocks=1024)
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory) -> Iterator[str]:
+    """A headless Chromium per test module (tests/e2e/browser.py); yields its DevTools WebSocket URL. Modules
+    using it mark themselves `requires_chromium`, so it is only reached with Chromium installed or CI set."""
+    with launch_chromium(tmp_path_factory.mktemp("chromium")) as url:
+        yield url
 
 
 @pytest.fixture

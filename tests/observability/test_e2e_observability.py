@@ -1,5 +1,5 @@
 """A real server with tracing to a file and JSON logs: a WebSocket generate and an SSE completion, then
-/metrics, the trace file and the log lines."""
+/metrics, the trace file (request spans and the cold-start trace), /stats' cold-start marks and the log lines."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
+from seedance.observability.tracing import COLD_START_MARKS, COLD_START_PHASES
 from tests.e2e.conftest import server_factory  # noqa: F401 (fixture)
 
 
@@ -31,6 +32,9 @@ def value(samples, name: str, **labels) -> float:
 async def test_metrics_traces_and_json_logs(server_factory, tmp_path):  # noqa: F811
     traces = tmp_path / "traces.jsonl"
     srv = server_factory(tracing="file", tracing_file=str(traces), trace_sample_rate=1.0, log_format="json")
+    # Ready, but no client yet: /stats shows the marks so far (the readiness probes are not clients).
+    early = srv.stats()["cold_start_ms"]
+    assert "engine_ready" in early and "first_connection" not in early and "first_token" not in early
     async with connect(srv.ws) as ws:
         await ws.send(json.dumps({"type": "generate", "id": "a", "prompt": "In the beginning", "max_tokens": 8,
                                   "ignore_eos": True}))
@@ -80,8 +84,23 @@ async def test_metrics_traces_and_json_logs(server_factory, tmp_path):  # noqa: 
     assert roots["sse"]["attributes"]["seedance.request_id"] == sse_id
     cold = [s for s in spans if s["name"] == "seedance.cold_start"]
     assert len(cold) == 1
-    cold_children = {s["name"] for s in spans if s["parent_id"] == cold[0]["context"]["span_id"]}
-    assert {"imports", "model_load", "listener_ready", "first_token"} <= cold_children
+    by_name = {s["name"]: s for s in spans if s["context"]["trace_id"] == cold[0]["context"]["trace_id"]}
+    assert set(by_name) == {"seedance.cold_start"} | {p[0] for p in COLD_START_PHASES}
+    for name, parent, _starts, _end in COLD_START_PHASES:
+        want = by_name[parent or "seedance.cold_start"]["context"]["span_id"]
+        assert by_name[name]["parent_id"] == want, name
+
+    # The same marks without tracing: /stats, ms since process start, every phase in order.
+    marks = srv.stats()["cold_start_ms"]
+    assert set(marks) == set(COLD_START_MARKS)
+    assert marks["process_start"] == 0
+    order = ["process_start", "app_built", "listener_ready"]
+    assert [marks[k] for k in order] == sorted(marks[k] for k in order)
+    order = ["app_built", "engine_load_start", "config_loaded", "weights_loaded", "model_loaded", "kv_allocated",
+             "warmup_done", "engine_ready", "first_connection", "first_token"]
+    assert [marks[k] for k in order] == sorted(marks[k] for k in order), marks
+    assert marks["engine_ready"] > marks["app_built"] > 0 and marks["first_token"] < 600_000
+    assert cold[0]["attributes"]["seedance.first_token_ms"] == marks["first_token"]
 
     lines = [json.loads(line) for line in srv.log().splitlines() if line.startswith("{")]
     assert lines and all({"timestamp", "level", "logger", "message"} <= set(entry) for entry in lines)
