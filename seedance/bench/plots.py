@@ -44,13 +44,22 @@ def write_plots(report: dict, out_dir: Path) -> list[str]:
     transports = list(dict.fromkeys(r["transport"] for r in rows))
     backend = report["settings"]["backend"]
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    levels = sorted({r["clients"] for r in rows})
     for t in transports:
         rs = sorted((r for r in rows if r["transport"] == t), key=lambda r: r["clients"])
         xs = [r["clients"] for r in rs]
         axes[0].plot(xs, [r["requests_per_s"] for r in rs], "o-", label=t, color=COLORS.get(t))
         axes[1].plot(xs, [r["chunks_per_s"] for r in rs], "o-", label=t, color=COLORS.get(t))
-    for ax, label in zip(axes, ("completed requests/s", "delivered chunks/s"), strict=True):
+        axes[2].plot(xs, [r["ttft_ms"]["p99"] for r in rs], "o-", label=f"{t} TTFT", color=COLORS.get(t))
+        axes[2].plot(xs, [r["inter_chunk_ms"]["p99"] for r in rs], "s--", label=f"{t} inter-chunk",
+                     color=COLORS.get(t), alpha=0.6)
+    axes[2].set_yscale("log")
+    for ax, label in zip(axes, ("completed requests/s", "delivered chunks/s", "p99 latency (ms)"), strict=True):
+        if levels[-1] >= 10 * levels[0]:  # 1,000 … 10,000: equal room per level
+            ax.set_xscale("log")
+            ax.set_xticks(levels, [f"{n:,}" for n in levels])
+            ax.minorticks_off()
         _style(ax, "concurrent clients", label)
     fig.suptitle(f"Throughput vs concurrency ({backend} backend)")
     _save(fig, out_dir / "transports-throughput.png", written)
