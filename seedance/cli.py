@@ -60,7 +60,10 @@ def serve(
     trace_sample_rate: Annotated[float | None, typer.Option(help="fraction of other requests traced")] = None,
 ) -> None:
     """Start the server (WebSocket /v1/stream, OpenAI-compatible SSE, HTTP polling)."""
+    import gc
     import logging
+
+    gc.disable()  # until the model is loaded (server.app.settle_heap): start-up builds objects that all live on
 
     from seedance.server.app import serve as run_server
     from seedance.server.config import ServerConfig

@@ -165,8 +165,11 @@ async def _sse_one(session: aiohttp.ClientSession, spec: WorkerSpec, result: Wor
 
 async def _ws_client(session: aiohttp.ClientSession, spec: WorkerSpec, result: WorkerResult, cid: str,
                      deadline: float) -> None:
-    async with session.ws_connect(f"{spec.base_url.replace('http', 'ws', 1)}/v1/stream",
-                                  max_msg_size=0, heartbeat=None) as ws:
+    # The handshake is bounded too: when the server's accept queue overflows under a connection burst, a
+    # client can hold an "established" socket the server never accepted and wait for an answer forever.
+    ws = await asyncio.wait_for(session.ws_connect(f"{spec.base_url.replace('http', 'ws', 1)}/v1/stream",
+                                                   max_msg_size=0, heartbeat=None), spec.request_timeout_s)
+    async with ws:
         k = 0
         while time.time() < deadline:
             rid = f"{cid}-{k}"
@@ -237,7 +240,15 @@ async def _run(spec: WorkerSpec) -> WorkerResult:
             else:
                 await _http_client(session, spec, result, deadline)
 
-        await asyncio.gather(*(client(i) for i in range(spec.clients)))
+        tasks = [asyncio.create_task(client(i)) for i in range(spec.clients)]
+        # Every request is bounded, so this is a backstop: a level always ends, whatever the server does.
+        _, stuck = await asyncio.wait(tasks, timeout=spec.ramp_s + spec.duration_s + spec.request_timeout_s + 15)
+        for task in stuck:
+            task.cancel()
+        result.timeouts += len(stuck)
+        if stuck:
+            result.error(f"{len(stuck)} clients still busy past the level's end; cancelled")
+        await asyncio.gather(*stuck, return_exceptions=True)
         result.elapsed_s = spec.duration_s  # the measured window; the last requests drain after it
     return result
 

@@ -328,6 +328,12 @@ def cross_check_wrk(server: Server, transports: tuple[str, ...], clients: int, p
     return out
 
 
+def write_report(report: dict, output: str | None) -> None:
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(report, indent=2) + "\n")
+
+
 def machine_info() -> dict:
     return {
         "cpu": platform.processor() or platform.machine(),
@@ -404,6 +410,7 @@ def run_transports_bench(
                     row = run_level(pool, server, transport, clients, processes, max_tokens, duration,
                                     progress, task, ramp=ramp)
                     report["results"].append(row)
+                    write_report(report, output)  # after every level: a long run that is stopped keeps its rows
                     progress.update(task, description=f"{transport:>9} × {clients:<5} "
                                     f"{row['requests_per_s']:.0f} req/s, {row['errors']} err")
                     time.sleep(0.5)
@@ -420,8 +427,7 @@ def run_transports_bench(
         report["plots"] = write_plots(report, Path(plots_dir))
     render(console, report)
     if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps(report, indent=2) + "\n")
+        write_report(report, output)
         console.print(f"results: {output}")
     shutil.rmtree(workdir, ignore_errors=True)
     return report

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import signal
 import time
@@ -77,6 +78,23 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 async def _load_engine(app: web.Application) -> None:
+    try:
+        await _start_engine(app)
+    finally:
+        settle_heap()
+
+
+def settle_heap() -> None:
+    """End of start-up: collect once, move what start-up built (~365k objects: modules, model, tokenizer) to the
+    permanent generation, and turn the collector back on (`seedance serve` turns it off while importing and
+    loading). Measured: ~0.5 s of repeated full collections during start-up, and one 170-210 ms collection
+    ~0.3 s after ready that stalled the first requests; later full collections now skip those objects."""
+    gc.collect()
+    gc.freeze()
+    gc.enable()
+
+
+async def _start_engine(app: web.Application) -> None:
     state: ServerState = app["state"]
     observability.mark(app, "engine_load_start")
     try:
