@@ -45,6 +45,7 @@ class WorkerResult:
     chunks: int = 0
     errors: int = 0
     timeouts: int = 0
+    connect_timeouts: int = 0  # of which: WebSocket handshakes with no answer in time
     ttft_s: list[float] = field(default_factory=list)
     itl_s: list[float] = field(default_factory=list)
     error_samples: list[str] = field(default_factory=list)
@@ -167,8 +168,12 @@ async def _ws_client(session: aiohttp.ClientSession, spec: WorkerSpec, result: W
                      deadline: float) -> None:
     # The handshake is bounded too: when the server's accept queue overflows under a connection burst, a
     # client can hold an "established" socket the server never accepted and wait for an answer forever.
-    ws = await asyncio.wait_for(session.ws_connect(f"{spec.base_url.replace('http', 'ws', 1)}/v1/stream",
-                                                   max_msg_size=0, heartbeat=None), spec.request_timeout_s)
+    try:
+        ws = await asyncio.wait_for(session.ws_connect(f"{spec.base_url.replace('http', 'ws', 1)}/v1/stream",
+                                                       max_msg_size=0, heartbeat=None), spec.request_timeout_s)
+    except TimeoutError:
+        result.connect_timeouts += 1
+        raise
     async with ws:
         k = 0
         while time.time() < deadline:

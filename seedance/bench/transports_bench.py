@@ -203,6 +203,7 @@ def run_level(pool: ProcessPoolExecutor, server: Server, transport: str, clients
         "chunks_per_s": chunks / elapsed,
         "errors": sum(p["errors"] for p in parts),
         "timeouts": sum(p["timeouts"] for p in parts),
+        "connect_timeouts": sum(p["connect_timeouts"] for p in parts),
         "error_samples": [e for p in parts for e in p["error_samples"]][:5],
         "ttft_ms": latency_summary([x for p in parts for x in p["ttft_s"]]),
         "inter_chunk_ms": latency_summary([x for p in parts for x in p["itl_s"]]),
