@@ -15,6 +15,7 @@ from aiohttp import web
 
 from seedance.observability.metrics import Metrics
 from seedance.observability.tracing import ColdStart, RequestTimes, RequestTracer, TailSampler, make_provider
+from seedance.server.state import STATE
 
 log = logging.getLogger(__name__)
 request_log = logging.getLogger("seedance.requests")  # one line per finished request (an access log)
@@ -187,7 +188,7 @@ def process_start_ns() -> int | None:
 
 def install(app: web.Application, config) -> Observability:
     """Create the app's observability, add /metrics (if enabled) and the counting middleware (outermost)."""
-    obs = Observability(config, state=lambda: app.get("state"))
+    obs = Observability(config, state=lambda: app.get(STATE))
     app[OBS] = obs
     started = process_start_ns()
     if started is not None:

@@ -13,7 +13,6 @@ import gc
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
@@ -24,7 +23,8 @@ from seedance.protocol import CloseCode
 from seedance.server import cors, openai_api, polling, security
 from seedance.server.config import ServerConfig
 from seedance.server.http_errors import HttpError
-from seedance.server.ws import WsConnection, websocket_handler
+from seedance.server.state import STATE, ServerState
+from seedance.server.ws import websocket_handler
 from seedance.sessions.manager import SessionManager
 from seedance.sessions.store import open_store
 
@@ -32,25 +32,12 @@ log = logging.getLogger("seedance.server")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
-@dataclass
-class ServerState:
-    config: ServerConfig
-    engine: AsyncEngine | None = None
-    jobs: polling.JobStore | None = None
-    sessions: SessionManager | None = None
-    websockets: set[WsConnection] = field(default_factory=set)
-    draining: bool = False
-    started_at: int = field(default_factory=lambda: int(time.time()))
-    load_error: str | None = None
-    tasks: list[asyncio.Task] = field(default_factory=list)
-
-
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
-    state: ServerState = request.app["state"]
+    state: ServerState = request.app[STATE]
     if state.engine is None or state.draining:
         reason = state.load_error or ("draining" if state.draining else "loading")
         return web.json_response({"status": "not_ready", "reason": reason}, status=503)
@@ -59,7 +46,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def stats(request: web.Request) -> web.Response:
     """Engine and transport counters as JSON (what an operator or a test checks)."""
-    state: ServerState = request.app["state"]
+    state: ServerState = request.app[STATE]
     if state.engine is None:
         raise web.HTTPServiceUnavailable(text='{"status": "loading"}', content_type="application/json")
     body = dataclasses.asdict(state.engine.stats())
@@ -95,7 +82,7 @@ def settle_heap() -> None:
 
 
 async def _start_engine(app: web.Application) -> None:
-    state: ServerState = app["state"]
+    state: ServerState = app[STATE]
     observability.mark(app, "engine_load_start")
     try:
         engine = await AsyncEngine.create(state.config.engine)
@@ -128,7 +115,7 @@ async def _start_engine(app: web.Application) -> None:
 
 
 async def _reap_jobs(app: web.Application) -> None:
-    state: ServerState = app["state"]
+    state: ServerState = app[STATE]
     while True:
         await asyncio.sleep(min(10.0, state.config.job_ttl_s))
         if state.jobs is not None:
@@ -138,7 +125,7 @@ async def _reap_jobs(app: web.Application) -> None:
 
 
 async def _on_startup(app: web.Application) -> None:
-    state: ServerState = app["state"]
+    state: ServerState = app[STATE]
     state.tasks.append(asyncio.create_task(_load_engine(app), name="load-engine"))
     state.tasks.append(asyncio.create_task(_reap_jobs(app), name="reap-jobs"))
 
@@ -146,7 +133,7 @@ async def _on_startup(app: web.Application) -> None:
 async def drain(app: web.Application) -> None:
     """Stop taking work, give in-flight streams the grace period, cancel the rest (their clients get a
     done/cancelled), then close WebSockets with 1001. Idempotent."""
-    state: ServerState = app["state"]
+    state: ServerState = app[STATE]
     if state.draining:
         return
     state.draining = True
@@ -177,7 +164,7 @@ async def drain(app: web.Application) -> None:
 
 
 async def _on_cleanup(app: web.Application) -> None:
-    state: ServerState = app["state"]
+    state: ServerState = app[STATE]
     for task in state.tasks:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -202,7 +189,7 @@ async def json_errors(request: web.Request, handler):
 def build_app(config: ServerConfig) -> web.Application:
     app = web.Application(client_max_size=config.max_message_bytes,
                           middlewares=[json_errors, cors.middleware, security.middleware])
-    app["state"] = ServerState(config)
+    app[STATE] = ServerState(config)
     security.install(app, config)  # TLS, auth, scopes, Origin, limits (security.py); refuses unsafe configs
     cors.install(app, config.cors_max_age_s)  # preflights (middleware above) and CORS headers on responses
     observability.install(app, config)  # /metrics, tracing, per-transport counters (docs/observability.md)

@@ -39,7 +39,7 @@ ALLOWED_HEADER_PREFIXES = ("x-stainless-",)
 EXPOSE_HEADERS = "Retry-After, WWW-Authenticate, Location"
 PREFLIGHT_VARY = ("Origin", "Access-Control-Request-Method", "Access-Control-Request-Headers")
 MAX_AGE = web.AppKey("cors_max_age_s", int)
-_PREFLIGHT = "seedance.cors_preflight"  # request key (a string, as in security.py: aiohttp>=3.9 has no RequestKey)
+_PREFLIGHT = web.RequestKey("seedance.cors_preflight", bool)
 _METHOD = re.compile(r"[A-Za-z]+")
 
 

@@ -26,6 +26,7 @@ from seedance.observability.logs import set_request_context
 from seedance.server.http_errors import HttpError, from_engine_error, read_json_object
 from seedance.server.security import authorize_generate, principal_of
 from seedance.server.sse_request import SseStreamRequest
+from seedance.server.state import STATE
 from seedance.server.stream_request import split_replay
 from seedance.sessions.manager import SessionError, scoped_key
 
@@ -246,7 +247,7 @@ def _merge_logprobs(acc: dict | None, part: dict | None) -> dict | None:
 
 
 async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
-    state = request.app["state"]
+    state = request.app[STATE]
     engine: AsyncEngine | None = state.engine
     if engine is None:
         raise HttpError(503, "not_ready", "model is loading", headers={"Retry-After": "1"})
@@ -328,7 +329,7 @@ async def _stream_sse(request: web.Request, response: web.StreamResponse, sr: Ss
                 sr.obs.sent()
     finally:
         if not sr.finished and sr.owner is owner:
-            sessions = request.app["state"].sessions
+            sessions = request.app[STATE].sessions
             if sr.session_id is not None and sessions is not None:
                 sessions.detach(sr, owner=owner)
             else:
@@ -339,7 +340,7 @@ async def _stream_sse(request: web.Request, response: web.StreamResponse, sr: Ss
 
 async def _resume_sse(request: web.Request, last_event_id: str) -> web.StreamResponse:
     """Last-Event-ID: <session>/<request id>:<seq>. Replay the events after seq, then continue live."""
-    state = request.app["state"]
+    state = request.app[STATE]
     try:
         prefix, seq_text = last_event_id.rsplit(":", 1)
         session_id, request_id = prefix.split("/", 1)
@@ -382,12 +383,12 @@ def _model_card(state) -> dict:
 
 
 async def models(request: web.Request) -> web.Response:
-    return web.json_response({"object": "list", "data": [_model_card(request.app["state"])]})
+    return web.json_response({"object": "list", "data": [_model_card(request.app[STATE])]})
 
 
 async def model(request: web.Request) -> web.Response:
     """GET /v1/models/{model_id}, the SDK's models.retrieve (app.py routes it)."""
-    state = request.app["state"]
+    state = request.app[STATE]
     model_id = request.match_info["model_id"]
     if model_id != state.config.model_name:
         raise HttpError(404, "model_not_found", f"model {model_id!r} is not served here; see /v1/models", "model")

@@ -29,6 +29,7 @@ from seedance.protocol import ProtocolError, decode_client_message
 from seedance.server.http_errors import HttpError, from_engine_error, read_json_object
 from seedance.server.requests import generate_request_from
 from seedance.server.security import authorize_generate, principal_of
+from seedance.server.state import STATE
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +139,14 @@ class JobStore:
 
 
 def _store(request: web.Request) -> JobStore:
-    state = request.app["state"]
+    state = request.app[STATE]
     if state.jobs is None:
         raise HttpError(503, "not_ready", "model is loading", headers={"Retry-After": "1"})
     return state.jobs
 
 
 async def create_job(request: web.Request) -> web.Response:
-    state = request.app["state"]
+    state = request.app[STATE]
     store = _store(request)
     if state.draining:
         raise HttpError(503, "shutting_down", "server is shutting down")
@@ -196,7 +197,7 @@ async def get_job(request: web.Request) -> web.Response:
     after = _int_query(request, "after", -1)
     if after < -1:
         raise HttpError(400, "invalid_request", "after must be >= -1 (-1: from the first chunk)", "after")
-    wait_ms = min(max(0, _int_query(request, "wait_ms", 0)), request.app["state"].config.poll_max_wait_ms)
+    wait_ms = min(max(0, _int_query(request, "wait_ms", 0)), request.app[STATE].config.poll_max_wait_ms)
     deadline = time.monotonic() + wait_ms / 1000
     while len(job.chunks) - 1 <= after and not job.done:
         remaining = deadline - time.monotonic()

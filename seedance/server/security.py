@@ -54,8 +54,8 @@ SUBPROTOCOL = "seedance.v1"  # the WebSocket subprotocol the server selects when
 SUBPROTOCOLS = (SUBPROTOCOL,)
 TOKEN_PROTOCOL_PREFIX = "bearer."  # a browser's token rides in Sec-WebSocket-Protocol as "bearer.<jwt>"
 PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz"})
-PRINCIPAL = "seedance.principal"  # request keys
-CLIENT = "seedance.client"
+PRINCIPAL = web.RequestKey("seedance.principal", Principal)  # typed request keys
+CLIENT = web.RequestKey("seedance.client", "ClientAddress")
 ROUTE_SCOPES = {
     "/stats": SCOPE_ADMIN,
     "/metrics": SCOPE_ADMIN,

@@ -40,6 +40,7 @@ from seedance.server.keepalive import apply_keepalive
 from seedance.server.messages import error_message, pong_message, refused_done_message, snapshot_message
 from seedance.server.requests import generate_request_from
 from seedance.server.security import SUBPROTOCOLS, WsGuard
+from seedance.server.state import STATE
 from seedance.server.stream_request import StreamRequest, split_replay
 from seedance.sessions.manager import SessionError, SessionManager, scoped_key
 
@@ -338,7 +339,7 @@ class WsConnection:
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
-    state = request.app["state"]
+    state = request.app[STATE]
     config: ServerConfig = state.config
     ws = web.WebSocketResponse(autoping=False, max_msg_size=config.max_message_bytes, compress=False,
                                protocols=SUBPROTOCOLS)
