@@ -30,6 +30,7 @@ import psutil
 
 from seedance.bench.loadgen import TRANSPORTS, WorkerSpec, raise_nofile_limit, request_body, run_worker
 from seedance.bench.server_process import ServerProcess, launch
+from seedance.bench.stats import percentiles_ms
 from seedance.bench.wrk import run_wrk
 
 PERCENTILES = (50, 90, 99, 99.9)
@@ -155,12 +156,9 @@ def load_process_pids(server_pid: int | None) -> list[int]:
 
 
 def latency_summary(seconds: list[float]) -> dict:
-    if not seconds:
-        return {"count": 0, **{f"p{q:g}": None for q in PERCENTILES}, "mean": None, "cdf_ms": []}
-    arr = np.asarray(seconds) * 1000.0
-    out: dict = {"count": int(arr.size), "mean": float(arr.mean())}
-    out.update({f"p{q:g}": float(np.percentile(arr, q)) for q in PERCENTILES})
-    out["cdf_ms"] = np.percentile(arr, np.linspace(0, 100, CDF_POINTS)).round(3).tolist()
+    out = {"count": len(seconds), **percentiles_ms(seconds, PERCENTILES)}
+    out["cdf_ms"] = (np.percentile(np.asarray(seconds) * 1000.0, np.linspace(0, 100, CDF_POINTS)).round(3).tolist()
+                     if seconds else [])
     return out
 
 

@@ -32,7 +32,7 @@ import psutil
 
 from seedance.bench.pareto import pareto_front
 from seedance.bench.server_process import ServerProcess, launch
-from seedance.bench.stats import poisson_arrivals
+from seedance.bench.stats import percentiles_ms, poisson_arrivals
 from seedance.bench.transports_bench import Sampler, machine_info
 
 WORKLOADS = ("short", "summary", "dialogue")
@@ -308,13 +308,6 @@ async def _wait_idle(url: str, timeout_s: float = 15.0) -> None:
         await asyncio.sleep(0.1)
 
 
-def _ms(values: list[float], qs=(50, 90, 99)) -> dict[str, float | None]:
-    if not values:
-        return {f"p{q}": None for q in qs} | {"mean": None}
-    arr = np.asarray(values) * 1000.0
-    return {f"p{q}": float(np.percentile(arr, q)) for q in qs} | {"mean": float(arr.mean())}
-
-
 async def run_cell(server: ServerProcess, workload: Workload, prompts: list, deadline_s: float, seed: int,
                    connections: int = 4, on_unit: Callable[[], None] | None = None) -> dict:
     """Open-loop Poisson arrivals of the workload's units against the server; counts, latencies and peaks."""
@@ -385,8 +378,8 @@ def summarize_cell(workload: Workload, outcomes: list[list[Outcome]], elapsed: f
         "requests_sent": len(flat),
         **{f"requests_{k}": v for k, v in counts.items()},
         "elapsed_s": elapsed,
-        "latency_ms": _ms([o.latency_s for o in done]),
-        "ttft_ms": _ms([o.ttft_s for o in done], qs=(50, 99)),
+        "latency_ms": percentiles_ms([o.latency_s for o in done], (50, 90, 99)),
+        "ttft_ms": percentiles_ms([o.ttft_s for o in done], (50, 99)),
         "tokens_received": sum(o.tokens for o in flat),
         "tokens_per_s": sum(o.tokens for o in done) / elapsed if elapsed > 0 else 0.0,
         "prompt_tokens_mean": float(np.mean([o.prompt_tokens for o in done])) if done else None,
@@ -401,7 +394,7 @@ def summarize_cell(workload: Workload, outcomes: list[list[Outcome]], elapsed: f
     }
     if workload.turns > 1:
         row["turn_latency_p50_ms"] = [
-            _ms([o.latency_s for o in done if o.turn == t])["p50"] for t in range(workload.turns)]
+            percentiles_ms([o.latency_s for o in done if o.turn == t], (50,))["p50"] for t in range(workload.turns)]
         later = [o.kv_reuse for o in done if o.turn > 0 and o.kv_reuse is not None]
         row["kv_reuse_mean"] = float(np.mean(later)) if later else None  # turns 2.. (turn 1 has no history)
         row["kv_reuse_by_turn"] = [
@@ -424,14 +417,6 @@ def base_settings(workdir: Path) -> dict[str, object]:
         "max_requests_per_connection": 1024,
         "max_connections": 1024,
     }
-
-
-def kv_bytes_per_block(dtype: str, block_size: int = 16) -> int:
-    """2 (K and V) × layers × KV heads × head dim × element size × tokens per block, from the model config."""
-    cfg = json.loads((MODEL_DIR / "config.json").read_text())
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    element = 4 if dtype == "float32" else 2
-    return 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * head_dim * element * block_size
 
 
 def build_prompts(corpus: Corpus, workload: Workload, seed: int) -> list:
@@ -508,8 +493,8 @@ def run_config(name: str, settings: dict[str, object], workloads: list[Workload]
         asyncio.run(_warm_up(server))
         stats = server.stats()
         info = report["configs"][name]
-        info.update(num_kv_blocks=stats["num_kv_blocks"],
-                    kv_pool_mib=stats["num_kv_blocks"] * info["kv_bytes_per_block"] / 2**20,
+        info.update(num_kv_blocks=stats["num_kv_blocks"], kv_bytes_per_block=stats["kv_bytes_per_block"],
+                    kv_pool_mib=stats["num_kv_blocks"] * stats["kv_bytes_per_block"] / 2**20,
                     ready_s=server.timeline["ready_s"])
         progress.update(boot, total=1, completed=1, description=f"{label}: ready in "
                         f"{server.timeline['ready_s']:.1f} s, {stats['num_kv_blocks']} KV blocks")
@@ -569,9 +554,7 @@ def run_workloads_bench(
                      "completion_axis": "units completed within the deadline / units (dialogue: all turns)"},
         "workloads": [asdict(w) | {"prompt_tokens_measured": _prompt_sizes(corpus, prompts[w.name])}
                       for w in workloads],
-        "configs": {name: {"settings": table[name], "note": CONFIG_NOTES.get(name, ""),
-                           "kv_bytes_per_block": kv_bytes_per_block(str(table[name].get("dtype", "float32")))}
-                    for name in configs},
+        "configs": {name: {"settings": table[name], "note": CONFIG_NOTES.get(name, "")} for name in configs},
         "results": [],
     }
     workdir = Path(tempfile.mkdtemp(prefix="seedance-workloads-"))

@@ -34,6 +34,7 @@ class EngineStats:
     num_pinned_blocks: int
     steps: int
     generated_tokens: int
+    kv_bytes_per_block: int = 0  # what one block of the pool costs (0: the synthetic backend keeps no KV)
 
 
 class LLMEngine:
@@ -244,4 +245,5 @@ class LLMEngine:
             bm.num_pinned_blocks,
             self.steps,
             self.generated_tokens,
+            self.runner.kv_bytes_per_token * self.config.block_size,
         )
