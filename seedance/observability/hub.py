@@ -34,7 +34,6 @@ class Observability:
                                                                config.trace_sample_rate))
                        if self.provider is not None else None)
         self.cold_start = ColdStart(self.provider)
-        self.connected = False  # a client reached a transport route (the cold start's first_connection)
         m = self.metrics
         self._ttft = {t: m.ttft.labels(t) for t in ("ws", "sse", "polling")}
         self._itl = {t: m.itl.labels(t) for t in ("ws", "sse", "polling")}
@@ -140,8 +139,7 @@ async def middleware(request: web.Request, handler):
     transport = ROUTE_TRANSPORTS.get(route)
     obs = request.app[OBS]
     metrics = obs.metrics
-    if transport and not obs.connected:  # probes (/readyz, /stats) are not clients: only transport routes count
-        obs.connected = True
+    if transport and "first_connection" not in obs.cold_start.marks:  # probes (/readyz, /stats) are not clients
         obs.mark("first_connection")
     gauge = metrics.active_connections.labels(transport) if transport else None
     if gauge is not None:

@@ -39,7 +39,6 @@ ALLOWED_HEADER_PREFIXES = ("x-stainless-",)
 EXPOSE_HEADERS = "Retry-After, WWW-Authenticate, Location"
 PREFLIGHT_VARY = ("Origin", "Access-Control-Request-Method", "Access-Control-Request-Headers")
 MAX_AGE = web.AppKey("cors_max_age_s", int)
-_PREFLIGHT = web.RequestKey("seedance.cors_preflight", bool)
 _METHOD = re.compile(r"[A-Za-z]+")
 
 
@@ -73,7 +72,6 @@ async def _route_methods(request: web.Request, method: str) -> tuple[bool, set[s
 
 async def preflight(request: web.Request) -> web.Response:
     """Answer a CORS preflight: 204 with the grants, or a refusal (logged like the security layer's)."""
-    request[_PREFLIGHT] = True
     sec = request.app[SECURITY]
     origin = request.headers["Origin"]
     method = request.headers["Access-Control-Request-Method"].strip()
@@ -114,7 +112,7 @@ async def middleware(request: web.Request, handler) -> web.StreamResponse:
 async def _on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
     """Grant an allowed Origin the response, whatever produced it (a handler, a stream, an error, a refusal)."""
     origin = request.headers.get("Origin")
-    if origin is None or request.get(_PREFLIGHT) or is_websocket_upgrade(request):
+    if origin is None or is_preflight(request) or is_websocket_upgrade(request):
         return
     if not request.app[SECURITY].origin_allowed(request, origin):
         return
