@@ -270,10 +270,14 @@ def _byte_view(data: bytes | bytearray | memoryview) -> memoryview:
 def _decode_metadata(block: memoryview) -> dict[str, Any]:
     if not block.nbytes:
         raise FrameError("metadata block is empty, expected a JSON object (at least {})")
+    # UTF-8 is checked here, not left to the JSON decoder: msgspec's error for bad UTF-8 changed type across
+    # releases (UnicodeDecodeError up to 0.22, DecodeError from 0.23), and the documented error must not.
     try:
-        value = msgspec.json.decode(block)
+        str(block, "utf-8")
     except UnicodeDecodeError as exc:
         raise FrameError(f"metadata is not valid UTF-8: {exc.reason} at metadata byte {exc.start}") from None
+    try:
+        value = msgspec.json.decode(block)
     except RecursionError:
         raise FrameError("metadata JSON is nested too deeply") from None
     except msgspec.DecodeError as exc:
