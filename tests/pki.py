@@ -141,7 +141,7 @@ def unsigned_token(payload: dict, alg: str = "none") -> str:
     return f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(payload).encode())}."
 
 
-def hmac_token(payload: dict, key: bytes, alg: str = "HS256", kid: str | None = None) -> str:
+def hmac_token(payload: dict, key: bytes, alg: str = "HS256", kid: object = None) -> str:
     """An HS256 token signed with an arbitrary byte string as the key, e.g. an RSA public key's PEM (the
     algorithm-confusion attack; PyJWT itself refuses to build one)."""
     header: dict[str, object] = {"alg": alg, "typ": "JWT"}

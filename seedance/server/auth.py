@@ -13,6 +13,7 @@ required; `exp`, `nbf`, `aud` and `iss` are checked with a small leeway for cloc
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import time
@@ -36,6 +37,8 @@ SCOPE_PRIORITY_HIGH = "priority:high"  # priority below 0 (ahead of the default)
 SCOPE_ADMIN = "admin"  # /stats
 ALL_SCOPES = frozenset({SCOPE_GENERATE, SCOPE_LOGPROBS, SCOPE_PRIORITY_HIGH, SCOPE_ADMIN})
 MAX_TOKEN_BYTES = 8192
+MAX_NUMERIC_DATE = 253_402_300_799  # 9999-12-31T23:59:59Z: a later exp/nbf/iat is a forgery or a bug
+log = logging.getLogger("seedance.security")
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
                                    "EdDSA"})
 
@@ -221,13 +224,24 @@ class JwtVerifier:
             pass  # keep the keys we have; a broken rotation must not lock everyone out
 
     def verify(self, token: str) -> Principal:
+        """The principal of a valid token; AuthError for anything else. Fails closed: whatever a forged token
+        makes the JWT library raise (a non-string kid, an exp too large for a float...) is a refusal, not a 500."""
+        try:
+            return self._verify(token)
+        except AuthError:
+            raise
+        except Exception as err:
+            log.warning("unexpected error verifying a token (refused): %r", err)
+            raise AuthError("malformed token") from None
+
+    def _verify(self, token: str) -> Principal:
         if not token:
             raise AuthError("no token", "invalid_request")
         if len(token) > MAX_TOKEN_BYTES:
             raise AuthError(f"token longer than {MAX_TOKEN_BYTES} bytes")
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError as err:
+        except jwt.InvalidTokenError as err:  # DecodeError, and a header that is not what RFC 7515 says
             raise AuthError(f"malformed token: {err}") from None
         alg = header.get("alg")
         self._maybe_reload()
@@ -260,10 +274,24 @@ class JwtVerifier:
             raise AuthError("token signature does not verify") from None
         except jwt.InvalidTokenError as err:  # DecodeError, bad claim types, InvalidAlgorithmError...
             raise AuthError(f"invalid token: {err}") from None
+        _check_times(claims)
         subject = claims.get("sub") if isinstance(claims.get("sub"), str) else None
         ident = f"{claims.get('iss', '')}|{subject}" if subject else f"jti|{claims.get('jti') or token[-16:]}"
         return Principal(ident, "jwt", scopes_of(claims), subject, float(claims["exp"]) + self.leeway_s,
                          claims=claims)
+
+
+def _check_times(claims: dict[str, Any]) -> None:
+    """RFC 7519 NumericDate: `exp`, `nbf` and `iat` are JSON numbers. PyJWT converts with int(), so it takes
+    "1700000000" and 10**400 (which no float holds); both are refused here, as is anything past year 9999."""
+    for name in ("exp", "nbf", "iat"):
+        if name not in claims:
+            continue
+        value = claims[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise AuthError(f"token claim {name} must be a number (NumericDate)")
+        if not 0 <= value <= MAX_NUMERIC_DATE:  # NaN fails this too; inf and 10**400 compare exactly
+            raise AuthError(f"token claim {name} is out of range")
 
 
 # ---------------------------------------------------------------------------------------------- tickets

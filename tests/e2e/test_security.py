@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from seedance.protocol import CloseCode
 from tests.e2e.conftest import RunningServer, free_port, start_server
 from tests.e2e.wire import messages_of, until
-from tests.pki import AUDIENCE, ISSUER, SECRET, claims, hs256, unsigned_token
+from tests.pki import AUDIENCE, ISSUER, SECRET, claims, hmac_token, hs256, unsigned_token
 
 TIMEOUT = 30
 ALL = "generate logprobs priority:high admin"
@@ -72,6 +72,30 @@ async def ping_pong(ws, ts: float = 1.0) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- WebSocket auth
+
+
+def auth_refusals(srv: RunningServer, src: str) -> float:
+    """seedance_auth_refusals_total summed over its codes, read with an admin token."""
+    text = http(srv, src).get("/metrics", headers=bearer(hs256(scope="admin"))).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("seedance_auth_refusals_total{"))
+
+
+@pytest.mark.parametrize("token", [
+    hmac_token(claims(), b"no key is needed for this one", kid=1),
+    hmac_token(claims(), SECRET.encode(), kid={"nested": [1]}),
+    hmac_token(claims(exp=10**400), SECRET.encode()),
+    hmac_token(claims(exp=str(int(time.time()) + 3600)), SECRET.encode()),
+], ids=["kid-int", "kid-object", "exp-10^400", "exp-numeric-string"])
+def test_forged_tokens_get_the_documented_401_and_are_counted(secured, token):
+    src = "127.0.0.25"
+    before = auth_refusals(secured, src)
+    reply = http(secured, src).post("/v1/completions", json={"prompt": "In", "max_tokens": 1}, headers=bearer(token))
+    assert reply.status_code == 401 and reply.headers["content-type"].startswith("application/json")
+    assert reply.json()["error"]["code"] == "unauthorized"
+    assert reply.headers["WWW-Authenticate"].startswith('Bearer realm="seedance", error="invalid_token"')
+    assert auth_refusals(secured, src) == before + 1
+    assert "Traceback" not in secured.log()
 
 
 async def test_websocket_upgrade_without_credentials_is_401(secured):

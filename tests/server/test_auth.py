@@ -290,3 +290,38 @@ def test_a_ticket_never_outlives_its_token():
     soon = Principal("a", "jwt", frozenset(), "a", time.time() + 5)
     _, ttl = store.issue(soon, "10.0.0.1")
     assert 4 < ttl <= 5
+
+
+# ---------------------------------------------------------------------------------------------- forged tokens
+
+
+def forged_kid_token() -> str:
+    """A header whose kid is not a string: no key is needed to send one."""
+    return hmac_token(claims(), b"any-key-at-all", kid=1)
+
+
+@pytest.mark.parametrize("exp", [10**400, "1999999999", 1e308 * 10, True, -5, 2**63],
+                         ids=["10^400", "numeric-string", "infinity", "bool", "negative", "2^63"])
+def test_an_exp_that_is_not_a_number_in_range_is_refused(exp):
+    reason = refusal(hs_verifier(), hmac_token(claims(exp=exp), SECRET.encode()))
+    assert "exp" in reason or "Expiration" in reason or "expired" in reason
+
+
+def test_signed_nbf_and_iat_must_be_numbers_too():
+    assert "nbf" in refusal(hs_verifier(), hmac_token(claims(nbf=10**400), SECRET.encode()))
+    assert "iat" in refusal(hs_verifier(), hmac_token(claims(iat="123"), SECRET.encode()))
+
+
+def test_a_non_string_kid_is_refused_in_every_key_mode(tmp_path, rsa):
+    path = tmp_path / "jwks.json"
+    write_jwks(path, jwk(RSAAlgorithm, rsa, "r1", "RS256"))
+    for verifier in (hs_verifier(), pem_verifier(tmp_path, rsa), JwtVerifier(jwks_file=str(path))):
+        assert refusal(verifier, forged_kid_token())
+
+
+def test_anything_the_jwt_library_raises_is_a_refusal(monkeypatch):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug in a dependency")
+
+    monkeypatch.setattr(jwt, "decode", broken)
+    assert refusal(hs_verifier(), hs256()) == "malformed token"
