@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from time import perf_counter, time_ns
 
 from aiohttp import web
@@ -22,7 +23,8 @@ request_log = logging.getLogger("seedance.requests")  # one line per finished re
 # Route (canonical path) -> transport label, for connection gauges and refusals counted by the middleware.
 ROUTE_TRANSPORTS = {"/v1/stream": "ws", "/v1/completions": "sse", "/v1/chat/completions": "sse",
                     "/v1/jobs": "polling", "/v1/jobs/{job_id}": "polling"}
-GENERATE_ROUTES = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/jobs"})  # POST creates a request
+# POST creates a request; the id prefix its refusal's trace gets (the ids the handlers give accepted ones)
+GENERATE_ROUTES = {"/v1/completions": "cmpl", "/v1/chat/completions": "chatcmpl", "/v1/jobs": "job"}
 AUTH_CODES = frozenset({"unauthorized", "forbidden", "origin_not_allowed", "host_not_allowed"})
 
 
@@ -150,7 +152,10 @@ async def middleware(request: web.Request, handler):
         if exc.status in (401, 403):
             metrics.auth_refusals.labels(_error_code(exc)).inc()
         if exc.status >= 400 and request.method == "POST" and route in GENERATE_ROUTES:
-            metrics.requests.labels(transport, "refused").inc()
+            # counted and traced like a refused WebSocket generate; the id is in the reply to match the trace
+            request_id = exc.headers.get("X-Request-Id") or f"{GENERATE_ROUTES[route]}-refused-{uuid.uuid4().hex}"
+            exc.headers["X-Request-Id"] = request_id
+            obs.refused(transport, request_id, _error_code(exc))
         raise
     finally:
         if gauge is not None:

@@ -13,6 +13,7 @@ import gc
 import logging
 import signal
 import time
+import uuid
 from pathlib import Path
 
 from aiohttp import web
@@ -172,6 +173,22 @@ async def _on_cleanup(app: web.Application) -> None:
 
 
 @web.middleware
+async def last_resort(request: web.Request, handler):
+    """No route answers aiohttp's text/plain 500: an unexpected exception becomes the JSON error body with a
+    request id, which the log line (with the traceback) carries too, so a report can be matched to it."""
+    try:
+        return await handler(request)
+    except (web.HTTPException, ConnectionError):  # answers, and clients that went away
+        raise
+    except Exception:
+        error_id = f"err-{uuid.uuid4().hex}"
+        log.exception("unexpected error in %s %s (%s)", request.method, request.path, error_id,
+                      extra={"request_id": error_id})
+        raise HttpError(500, "internal", f"internal error (request id {error_id})",
+                        headers={"X-Request-Id": error_id}) from None
+
+
+@web.middleware
 async def json_errors(request: web.Request, handler):
     """aiohttp's own 404/405 pages are plain text; every HTTP error here is the JSON shape clients parse."""
     try:
@@ -188,7 +205,7 @@ async def json_errors(request: web.Request, handler):
 
 def build_app(config: ServerConfig) -> web.Application:
     app = web.Application(client_max_size=config.max_message_bytes,
-                          middlewares=[json_errors, cors.middleware, security.middleware])
+                          middlewares=[last_resort, json_errors, cors.middleware, security.middleware])
     app[STATE] = ServerState(config)
     security.install(app, config)  # TLS, auth, scopes, Origin, limits (security.py); refuses unsafe configs
     cors.install(app, config.cors_max_age_s)  # preflights (middleware above) and CORS headers on responses

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 from aiohttp import web
 
 from seedance.engine.errors import EngineError, EngineOverloaded, InvalidRequest, RequestNotFound
@@ -47,9 +48,16 @@ async def read_json_object(request: web.Request, max_bytes: int) -> dict:
         raw += chunk
         if len(raw) > max_bytes:
             raise HttpError(413, "message_too_large", f"body larger than {max_bytes} bytes")
+    return parse_json_object(bytes(raw))
+
+
+def parse_json_object(raw: bytes) -> dict:
+    """A JSON object, or 400 invalid_json. msgspec, not the json module: it refuses invalid UTF-8, lone UTF-16
+    surrogates ("\\ud800", which no tokenizer can encode) and numbers beyond a double (1e400) as malformed;
+    nesting deep enough to exhaust the recursion limit is refused the same way."""
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as err:
+        body = msgspec.json.decode(raw)
+    except (msgspec.MsgspecError, RecursionError, ValueError) as err:
         raise HttpError(400, "invalid_json", f"body is not valid JSON: {err}") from None
     if not isinstance(body, dict):
         raise HttpError(400, "invalid_json", "body must be a JSON object")

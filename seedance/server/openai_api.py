@@ -31,6 +31,7 @@ from seedance.server.stream_request import split_replay
 from seedance.sessions.manager import SessionError, scoped_key
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # the range of the same fields in a WebSocket generate
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -47,8 +48,11 @@ _KIND_NAMES = {bool: "a boolean", int: "an integer", float: "a number", list: "a
 _JSON_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
 
 
-def _get(body: dict, name: str, kinds: tuple[type, ...], default: Any = None) -> Any:
-    """body[name] if it has one of the JSON types `kinds` (null or absent: default), else a 400 naming the field."""
+def _get(body: dict, name: str, kinds: tuple[type, ...], default: Any = None,
+         int_range: tuple[int, int] = (INT32_MIN, INT32_MAX)) -> Any:
+    """body[name] if it has one of the JSON types `kinds` (null or absent: default), else a 400 naming the field.
+    JSON integers have no size limit: one outside int_range (for an integer field) or beyond a double (for a
+    number field: a 400-digit temperature) is a 400 too, before float() or torch could fail on it."""
     value = body.get(name)
     if value is None:
         return default
@@ -56,6 +60,10 @@ def _get(body: dict, name: str, kinds: tuple[type, ...], default: Any = None) ->
         expected = _KIND_NAMES[float] if float in kinds else " or ".join(_KIND_NAMES[k] for k in kinds)
         got = _JSON_NAMES.get(type(value), type(value).__name__)
         raise HttpError(400, "invalid_request", f"{name} must be {expected}, got {got}", name)
+    if isinstance(value, int) and not isinstance(value, bool):
+        in_range = abs(value) <= 2**1023 if float in kinds else int_range[0] <= value <= int_range[1]
+        if not in_range:
+            raise HttpError(400, "invalid_request", f"{name} is out of range", name)
     return value
 
 
@@ -77,9 +85,7 @@ def _common_params(body: dict, max_tokens_default: int | None) -> SamplingParams
         raise HttpError(400, "invalid_request", "stop must be a string or a list of strings", "stop")
     name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _get(body, name, (int,), max_tokens_default)
-    seed = _get(body, "seed", (int,))
-    if seed is not None and not INT64_MIN <= seed <= INT64_MAX:  # a seed torch cannot take would fail the step
-        raise HttpError(400, "invalid_request", "seed must be a 64-bit signed integer", "seed")
+    seed = _get(body, "seed", (int,), int_range=(INT64_MIN, INT64_MAX))  # a seed torch cannot take fails the step
     stop_token_ids = _get(body, "stop_token_ids", (list,), [])
     if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in stop_token_ids):
         raise HttpError(400, "invalid_request", "stop_token_ids must be a list of token ids (integers >= 0)",

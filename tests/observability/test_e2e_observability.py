@@ -48,6 +48,12 @@ async def test_metrics_traces_and_json_logs(server_factory, tmp_path):  # noqa: 
         "model": "seedance-tiny", "prompt": "And God said", "max_tokens": 6, "stream": True, "ignore_eos": True})
     assert r.status_code == 200 and "data: [DONE]" in r.text
     sse_id = json.loads(r.text.split("data: ", 2)[1].split("\n", 1)[0])["id"]
+    # Refused HTTP generates are traced like refused WebSocket ones; the reply names the trace's request id.
+    refused = {}
+    for transport, path in (("sse", "/v1/completions"), ("polling", "/v1/jobs")):
+        bad = httpx.post(f"{srv.http}{path}", timeout=10, json={"prompt": "x", "temperature": "hot"})
+        assert bad.status_code == 400
+        refused[bad.headers["X-Request-Id"]] = transport
 
     samples = scrape(srv)
     assert value(samples, "seedance_requests_total", transport="ws", outcome="length") >= 1
@@ -71,10 +77,17 @@ async def test_metrics_traces_and_json_logs(server_factory, tmp_path):  # noqa: 
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         spans = [json.loads(line) for line in traces.read_text().splitlines()] if traces.exists() else []
-        if sum(s["name"] == "seedance.request" for s in spans) >= 2:
+        if sum(s["name"] == "seedance.request" for s in spans) >= 4:
             break
         time.sleep(0.1)
-    roots = {s["attributes"]["seedance.transport"]: s for s in spans if s["name"] == "seedance.request"}
+    kept_refusals = {s["attributes"]["seedance.request_id"]: s for s in spans if s["name"] == "seedance.request"
+                     and s["attributes"].get("seedance.finish_reason") == "refused"}
+    assert set(kept_refusals) == set(refused)
+    for request_id, transport in refused.items():
+        assert kept_refusals[request_id]["attributes"]["seedance.transport"] == transport
+        assert kept_refusals[request_id]["status"]["status_code"] == "ERROR"
+    roots = {s["attributes"]["seedance.transport"]: s for s in spans if s["name"] == "seedance.request"
+             and s["attributes"]["seedance.request_id"] not in refused}
     assert set(roots) >= {"ws", "sse"}
     ws_root = roots["ws"]
     assert ws_root["attributes"]["seedance.finish_reason"] == "length"
