@@ -290,6 +290,30 @@ def bench_transports(
                          wrk_transports=tuple(t.strip() for t in wrk_transports.split(",") if t.strip()))
 
 
+@bench_app.command("fuzz")
+def bench_fuzz(
+    ws_messages: Annotated[int, typer.Option(help="fuzzed WebSocket JSON messages")] = 100_000,
+    binary_frames: Annotated[int, typer.Option(help="fuzzed client binary frames")] = 10_000,
+    http_bodies: Annotated[int, typer.Option(help="fuzzed HTTP requests (all routes)")] = 50_000,
+    seed: Annotated[int, typer.Option(help="seed of the mutations (a run is reproducible)")] = 0,
+    ws_connections: Annotated[int, typer.Option(help="WebSocket fuzzing connections")] = 4,
+    http_concurrency: Annotated[int, typer.Option(help="HTTP requests in flight")] = 8,
+    hang_timeout: Annotated[float, typer.Option(help="seconds without an answer that count as a hang")] = 20.0,
+    url: Annotated[str | None, typer.Option(help="target a running loopback server instead of starting one")] = None,
+    output: Annotated[str | None, typer.Option(help="write the report JSON here")] = "bench/results/fuzz.json",
+) -> None:
+    """Fuzz WebSocket JSON, binary frames and HTTP bodies with a canary stream running; exit 1 on any defect."""
+    from seedance.bench.fuzz import run_fuzz_bench
+
+    report = run_fuzz_bench(url, output, ws_messages=ws_messages, binary_frames=binary_frames,
+                            http_bodies=http_bodies, seed=seed, ws_connections=ws_connections,
+                            http_concurrency=http_concurrency, hang_timeout_s=hang_timeout)
+    console.print_json(data={"defects": report.defects, "canary_quiet": report.quiet, "canary_loaded": report.loaded,
+                             "duration_s": report.duration_s})
+    if any(report.defects.values()):
+        raise typer.Exit(1)
+
+
 @bench_app.command("cold-start")
 def bench_cold_start(
     runs: Annotated[int, typer.Option(help="servers started per warm-up mode")] = 5,

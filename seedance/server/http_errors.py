@@ -9,10 +9,17 @@ import msgspec
 from aiohttp import web
 
 from seedance.engine.errors import EngineError, EngineOverloaded, InvalidRequest, RequestNotFound
+from seedance.protocol.errors import ERROR_CODES
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error", 429: "rate_limit_error",
           503: "service_unavailable", 500: "server_error"}
+
+# Every `code` an HTTP error body can carry (docs/protocol.md "HTTP transports", docs/security.md): the
+# protocol's codes plus the HTTP-only ones. The fuzz harness counts any other as undocumented.
+HTTP_ERROR_CODES = ERROR_CODES | {"not_found", "method_not_allowed", "model_not_found", "not_ready", "shutting_down",
+                                  "too_many_connections", "origin_not_allowed", "host_not_allowed",
+                                  "header_not_allowed"}
 
 
 class HttpError(web.HTTPException):

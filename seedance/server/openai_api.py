@@ -44,7 +44,8 @@ class ParsedRequest:
     session: str | None = None  # Seedance extension: a session turn (history, KV reuse, resume)
 
 
-_KIND_NAMES = {bool: "a boolean", int: "an integer", float: "a number", list: "an array", dict: "an object"}
+_KIND_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
+               dict: "an object"}
 _JSON_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
 
 

@@ -1,0 +1,443 @@
+"""`seedance bench fuzz`: throw malformed input at a running server while a canary stream measures the damage.
+
+Three fuzzers run at once against one server: WebSocket JSON messages (mutated `generate`, `cancel`, `credit`,
+`priority`, `ping`, `resume`, `reauth`, and byte-level corruptions of them), client binary frames (random and
+MTF1-shaped bytes), and HTTP bodies on every route (mutated OpenAI, polling and ticket bodies, query strings,
+methods, content types). A canary WebSocket connection runs the same greedy request over and over; its text must
+equal what it was on a quiet server, and its latency (time to each message) is compared with the quiet run.
+
+What is counted as a defect (docs/reliability.md): the server process exiting, any HTTP 5xx or a non-JSON error
+body, an error code or close code the protocol does not document, and a hang (a request without an answer, or a
+connection that does not answer a ping, within `hang_timeout_s`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import struct
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from seedance.bench.server_process import ServerProcess, launch
+from seedance.bench.stats import percentiles_ms
+from seedance.protocol import CloseCode
+from seedance.protocol.errors import ERROR_CODES
+from seedance.server.http_errors import HTTP_ERROR_CODES
+
+CANARY = {"type": "generate", "prompt": "And God said unto Moses,", "max_tokens": 16, "temperature": 0,
+          "ignore_eos": True}
+# The server the harness starts: rate limits off so the fuzz reaches the parsers, small generations so the
+# engine is not the bottleneck on a small machine; everything else is the default.
+SERVER_SETTINGS = {"ws_messages_per_s": 0, "http_requests_per_s": 0, "max_connections_per_ip": 0,
+                   "max_tokens_limit": 16, "max_prompt_tokens": 256, "num_kv_blocks": 512, "max_jobs": 256,
+                   "poll_max_wait_ms": 200, "job_ttl_s": 5}
+DOCUMENTED_CLOSE_CODES = frozenset(int(c) for c in CloseCode)
+DEEP = "[" * 5000 + "]" * 5000  # deeper than any recursion limit
+RAW_VALUES = ["null", "true", "false", "0", "-1", "1", "2147483648", "9223372036854775808", "1" * 400,
+              "-" + "9" * 400, "1e308", "1e400", "-0.0", "0.5", "NaN", "Infinity", '""', '"x"',
+              json.dumps("y" * 5000), '"\\ud800"', '"\\udc00x"', '"\\u0000"', json.dumps("☃ \U0001f600"), "[]", "{}",
+              '[1,2,3]', '["a"]', '{"a":{"b":{"c":1}}}', DEEP]
+WS_TEMPLATES = [
+    {"type": "generate", "id": "g", "prompt": "In the beginning", "max_tokens": 4},
+    {"type": "generate", "id": "m", "messages": [{"role": "user", "content": "Amen"}], "max_tokens": 4,
+     "binary": True, "credit": 2, "stop": ["."], "seed": 1, "logprobs": 2, "session": "s"},
+    {"type": "generate", "id": "b", "prompt_b64": base64.b64encode(struct.pack("<3I", 1, 2, 3)).decode(),
+     "max_tokens": 2, "prompt_format": "token_ids_u32le"},
+    {"type": "cancel", "id": "g"}, {"type": "credit", "id": "g", "tokens": 4}, {"type": "priority", "id": "g",
+                                                                              "priority": -1},
+    {"type": "ping", "ts": 1.5}, {"type": "resume", "session": "s", "id": "g", "last_seq": 0},
+    {"type": "reauth", "token": "x.y.z"},
+]
+HTTP_TEMPLATES = [
+    ("POST", "/v1/completions", {"model": "seedance-tiny", "prompt": "In the beginning", "max_tokens": 4,
+                                 "temperature": 0.7, "top_p": 0.9, "stream": False, "logprobs": 1, "seed": 3}),
+    ("POST", "/v1/completions", {"prompt": [1, 2, 3], "max_tokens": 3, "stream": True,
+                                 "stream_options": {"include_usage": True}, "stop": ["x"], "session": "s"}),
+    ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "Amen"}], "max_tokens": 4,
+                                      "stream": True, "top_logprobs": 2, "logprobs": True, "priority": 0}),
+    ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+                                      "max_completion_tokens": 2, "n": 1, "stop_token_ids": [5]}),
+    ("POST", "/v1/jobs", {"prompt": "Blessed are", "max_tokens": 4, "temperature": 0}),
+    ("POST", "/v1/tickets", {}),
+]
+GET_PATHS = ["/v1/jobs/{job}?after={n}&wait_ms={n}", "/v1/models/{s}", "/v1/models", "/healthz", "/readyz",
+             "/stats", "/metrics", "/v1/whoami", "/static/{s}", "/{s}"]
+CONTENT_TYPES = ["application/json", "text/plain", "application/x-www-form-urlencoded", "", "application/json; "
+                 "charset=latin-1", "multipart/form-data; boundary=x"]
+
+
+@dataclass
+class Tally:
+    sent: int = 0
+    replies: Counter = field(default_factory=Counter)  # error codes (WS) or statuses (HTTP)
+    closes: Counter = field(default_factory=Counter)  # WS close codes
+    server_errors: int = 0  # HTTP 5xx, or a WS `internal` error
+    not_json: int = 0  # an HTTP error body that is not the documented JSON shape
+    undocumented: Counter = field(default_factory=Counter)
+    hangs: int = 0
+    examples: list[str] = field(default_factory=list)  # a few inputs behind the defects, to reproduce them
+
+    def defect(self, what: str, payload: Any) -> None:
+        if len(self.examples) < 20:
+            self.examples.append(f"{what}: {str(payload)[:300]}")
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+class Mutator:
+    """Seeded mutations of valid messages: a field set to an odd JSON value, removed, added, the whole body
+    replaced, or the serialized bytes cut, flipped or spliced."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def value(self) -> str:
+        rng = self.rng
+        if rng.random() < 0.6:
+            return rng.choice(RAW_VALUES)
+        n = rng.choice([0, 1, 7, 100])
+        return json.dumps("".join(chr(rng.randrange(0x20, 0x3000)) for _ in range(n)))
+
+    def body(self, template: dict) -> str:
+        rng = self.rng
+        fields = {k: json.dumps(v) for k, v in template.items()}
+        for _ in range(rng.randint(1, 3)):
+            op = rng.random()
+            if op < 0.55 and fields:
+                fields[rng.choice(list(fields))] = self.value()
+            elif op < 0.7 and fields:
+                del fields[rng.choice(list(fields))]
+            elif op < 0.85:
+                name = rng.choice(["type", "id", "session", "prompt", "messages", "temperature", "top_p", "top_k",
+                                   "max_tokens", "stop", "credit", "priority", "logprobs", "seed", "x" * 300])
+                fields[name] = self.value()
+            else:
+                return self.value()
+        text = "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in fields.items()) + "}"
+        if rng.random() < 0.15:
+            text = self.corrupt(text.encode()).decode("utf-8", "surrogateescape")
+        return text
+
+    def corrupt(self, raw: bytes) -> bytes:
+        rng = self.rng
+        data = bytearray(raw)
+        for _ in range(rng.randint(1, 4)):
+            op = rng.random()
+            if op < 0.3 and data:
+                del data[rng.randrange(len(data)):]  # truncated
+            elif op < 0.6 and data:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            else:
+                at = rng.randrange(len(data) + 1)
+                data[at:at] = rng.choice([b"\xff", b"\xed\xa0\x80", b"\x00", b'"', b"{", b"\\u", b",,"])
+        return bytes(data)
+
+    def binary(self) -> bytes:
+        rng = self.rng
+        if rng.random() < 0.5:
+            return b"MTF1" + struct.pack("<BBHI", rng.randrange(4), rng.randrange(256), rng.randrange(65536),
+                                         rng.randrange(2**32)) + rng.randbytes(rng.randrange(64))
+        return rng.randbytes(rng.choice([0, 1, 16, 1000]))
+
+
+# ---------------------------------------------------------------------------------------------- canary
+
+
+@dataclass
+class CanaryRun:
+    texts: list[str] = field(default_factory=list)
+    gaps_s: list[float] = field(default_factory=list)  # time to each message of a request (first: from send)
+    failures: list[str] = field(default_factory=list)
+
+
+async def canary(ws_url: str, stop: asyncio.Event, runs: int | None, timeout_s: float) -> CanaryRun:
+    """Greedy requests one after another on their own connection until `stop` (or `runs` of them)."""
+    out = CanaryRun()
+    async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, max_msg_size=0, heartbeat=None) as ws:
+        i = 0
+        while not stop.is_set() and (runs is None or i < runs):
+            i += 1
+            last = time.perf_counter()
+            await ws.send_json({**CANARY, "id": f"canary-{i}"})
+            text, done = [], False
+            while not done:
+                try:
+                    msg = await ws.receive(timeout=timeout_s)
+                except TimeoutError:
+                    out.failures.append(f"request {i}: nothing for {timeout_s} s")
+                    return out
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    out.failures.append(f"request {i}: connection ended: {msg.type!r} {msg.data!r}")
+                    return out
+                now = time.perf_counter()
+                out.gaps_s.append(now - last)
+                last = now
+                data = json.loads(msg.data)
+                for m in data if isinstance(data, list) else [data]:
+                    if m["type"] == "chunk":
+                        text.append(m["text"])
+                    elif m["type"] == "done":
+                        done = True
+                    elif m["type"] == "error":
+                        out.failures.append(f"request {i}: {m}")
+            out.texts.append("".join(text))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- fuzzers
+
+
+async def _answers_ping(ws: aiohttp.ClientWebSocketResponse, tally: Tally, timeout_s: float) -> bool:
+    """Send a ping and read (tallying) until its pong; False if the connection ended or stayed silent."""
+    ts = time.time()
+    await ws.send_json({"type": "ping", "ts": ts})
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            msg = await ws.receive(timeout=max(0.01, deadline - time.monotonic()))
+        except TimeoutError:
+            tally.hangs += 1
+            tally.defect("no pong", f"within {timeout_s} s")
+            return False
+        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING,
+                        aiohttp.WSMsgType.ERROR):
+            _closed(ws, tally)
+            return False
+        if msg.type == aiohttp.WSMsgType.TEXT and _tally_ws_text(msg.data, tally, ts):
+            return True
+
+
+def _closed(ws: aiohttp.ClientWebSocketResponse, tally: Tally) -> None:
+    code = ws.close_code
+    tally.closes[code] += 1
+    if code not in DOCUMENTED_CLOSE_CODES:
+        tally.undocumented[f"close {code}"] += 1
+
+
+def _tally_ws_text(raw: str, tally: Tally, pong_ts: float | None = None) -> bool:
+    """Count the error codes in one server text message; True when it holds the pong for pong_ts."""
+    data = json.loads(raw)
+    pong = False
+    for m in data if isinstance(data, list) else [data]:
+        if m.get("type") == "error":
+            code = m.get("code")
+            tally.replies[code] += 1
+            if code == "internal":
+                tally.server_errors += 1
+                tally.defect("ws internal", m)
+            if code not in ERROR_CODES:
+                tally.undocumented[f"error {code}"] += 1
+        elif m.get("type") == "pong" and m.get("ts") == pong_ts:
+            pong = True
+    return pong
+
+
+async def fuzz_ws(ws_url: str, count: int, binary: bool, seed: int, batch: int, hang_timeout_s: float) -> Tally:
+    """`count` fuzzed messages on one connection (reconnecting after each close), a ping check every `batch`."""
+    tally, mutate = Tally(), Mutator(seed)
+    async with aiohttp.ClientSession() as http:
+        while tally.sent < count:
+            try:
+                ws = await asyncio.wait_for(http.ws_connect(ws_url, max_msg_size=0, heartbeat=None), hang_timeout_s)
+            except (aiohttp.ClientError, TimeoutError) as err:
+                tally.hangs += 1
+                tally.defect("connect failed", repr(err))
+                await asyncio.sleep(1)
+                continue
+            async with ws:
+                alive = True
+                while alive and tally.sent < count:
+                    for _ in range(min(batch, count - tally.sent)):
+                        tally.sent += 1
+                        try:
+                            if binary:
+                                await ws.send_bytes(mutate.binary())
+                            else:
+                                await ws.send_str(mutate.body(mutate.rng.choice(WS_TEMPLATES)))
+                        except (ConnectionError, aiohttp.ClientError, UnicodeEncodeError):
+                            break
+                    alive = await _answers_ping(ws, tally, hang_timeout_s)
+    return tally
+
+
+def _http_input(mutate: Mutator, job_ids: list[str]) -> tuple[str, str, bytes, str]:
+    rng = mutate.rng
+    if rng.random() < 0.8:
+        method, path, template = rng.choice(HTTP_TEMPLATES)
+        body = mutate.body(template).encode("utf-8", "surrogateescape")
+    else:
+        method = rng.choice(["GET", "DELETE", "PUT", "PATCH", "POST"])
+        path = rng.choice(GET_PATHS).format(job=rng.choice(job_ids or ["job-x"]), s="%00" + str(rng.random()),
+                                            n=rng.choice(["-1", "0", "x", "1" * 40, "-5", "%ff"]))
+        body = mutate.corrupt(b'{"prompt": "x"}') if method != "GET" else b""
+    ctype = "application/json" if rng.random() < 0.8 else rng.choice(CONTENT_TYPES)
+    return method, path, body, ctype
+
+
+async def fuzz_http(base_url: str, count: int, seed: int, concurrency: int, hang_timeout_s: float) -> Tally:
+    tally, mutate = Tally(), Mutator(seed)
+    job_ids: list[str] = []
+    timeout = aiohttp.ClientTimeout(total=hang_timeout_s)
+
+    async def one(http: aiohttp.ClientSession) -> None:
+        while tally.sent < count:
+            tally.sent += 1
+            method, path, body, ctype = _http_input(mutate, job_ids)
+            headers = {"Content-Type": ctype} if ctype else {}
+            try:
+                async with http.request(method, base_url + path, data=body, headers=headers) as reply:
+                    raw = await reply.read()
+                    status = reply.status
+                    is_json = reply.content_type == "application/json"
+            except TimeoutError:
+                tally.hangs += 1
+                tally.defect(f"hang {method} {path}", body)
+                continue
+            except aiohttp.ClientError as err:
+                tally.replies[f"client error {type(err).__name__}"] += 1
+                continue
+            tally.replies[status] += 1
+            if status >= 500:
+                tally.server_errors += 1
+                tally.defect(f"{status} {method} {path}", body)
+            if status >= 400:
+                _check_http_error(raw, is_json, status, tally, f"{method} {path}", body)
+            elif status == 202 and is_json:
+                job_ids.append(json.loads(raw).get("id", ""))
+                del job_ids[:-50]
+
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        await asyncio.gather(*(one(http) for _ in range(concurrency)))
+    return tally
+
+
+def _check_http_error(raw: bytes, is_json: bool, status: int, tally: Tally, what: str, body: bytes) -> None:
+    try:
+        code = json.loads(raw)["error"]["code"] if is_json else None
+    except (ValueError, KeyError, TypeError):
+        code = None
+    if code is None:
+        tally.not_json += 1
+        tally.defect(f"{status} non-JSON error for {what}", body)
+    elif code not in HTTP_ERROR_CODES:
+        tally.undocumented[f"http {status} {code}"] += 1
+        tally.defect(f"undocumented {code} for {what}", body)
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+@dataclass
+class FuzzReport:
+    settings: dict
+    quiet: dict
+    loaded: dict
+    canary_text_equal: bool
+    canary_failures: list[str]
+    ws_json: dict
+    ws_binary: dict
+    http: dict
+    process_exited: bool
+    healthz_after: bool
+    duration_s: float
+
+    @property
+    def defects(self) -> dict[str, int]:
+        parts = (self.ws_json, self.ws_binary, self.http)
+        return {
+            "exits": int(self.process_exited or not self.healthz_after),
+            "5xx": sum(p["server_errors"] for p in parts),
+            "non_json_errors": self.http["not_json"],
+            "hangs": sum(p["hangs"] for p in parts),
+            "undocumented": sum(sum(p["undocumented"].values()) for p in parts),
+            "canary_mismatch": int(not self.canary_text_equal) + len(self.canary_failures),
+        }
+
+
+def _latency(run: CanaryRun) -> dict:
+    p = percentiles_ms(run.gaps_s, (50, 99))
+    return {"requests": len(run.texts), "p50_ms": p["p50"], "p99_ms": p["p99"],
+            "max_ms": max(run.gaps_s) * 1000 if run.gaps_s else None}
+
+
+def _tally_dict(t: Tally) -> dict:
+    d = asdict(t)
+    for name in ("replies", "closes", "undocumented"):
+        d[name] = {str(k): v for k, v in sorted(getattr(t, name).items(), key=lambda kv: -kv[1])}
+    return d
+
+
+async def run_fuzz(ws_url: str, http_url: str, *, ws_messages: int, binary_frames: int, http_bodies: int,
+                   seed: int = 0, ws_connections: int = 4, http_concurrency: int = 8, quiet_runs: int = 8,
+                   batch: int = 50, hang_timeout_s: float = 20.0, server: ServerProcess | None = None) -> FuzzReport:
+    t0 = time.perf_counter()
+    quiet = await canary(ws_url, asyncio.Event(), quiet_runs, hang_timeout_s)
+    stop = asyncio.Event()
+    canary_task = asyncio.create_task(canary(ws_url, stop, None, hang_timeout_s))
+    per_conn = -(-ws_messages // ws_connections)
+    ws_tasks = [fuzz_ws(ws_url, min(per_conn, ws_messages - i * per_conn), False, seed + i, batch, hang_timeout_s)
+                for i in range(ws_connections) if ws_messages - i * per_conn > 0]
+    fuzzers = await asyncio.gather(
+        asyncio.gather(*ws_tasks),
+        fuzz_ws(ws_url, binary_frames, True, seed + 1000, batch, hang_timeout_s),
+        fuzz_http(http_url, http_bodies, seed + 2000, http_concurrency, hang_timeout_s),
+    )
+    stop.set()
+    loaded = await canary_task
+    ws_json = Tally()
+    for t in fuzzers[0]:
+        ws_json.sent += t.sent
+        ws_json.hangs += t.hangs
+        ws_json.server_errors += t.server_errors
+        ws_json.replies.update(t.replies)
+        ws_json.closes.update(t.closes)
+        ws_json.undocumented.update(t.undocumented)
+        ws_json.examples += t.examples[: 20 - len(ws_json.examples)]
+    healthy = False
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http, \
+                http.get(http_url + "/healthz") as reply:
+            healthy = reply.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        pass
+    reference = quiet.texts[0] if quiet.texts else None
+    equal = bool(quiet.texts) and all(t == reference for t in quiet.texts + loaded.texts)
+    return FuzzReport(
+        settings={"ws_messages": ws_messages, "binary_frames": binary_frames, "http_bodies": http_bodies,
+                  "seed": seed, "ws_connections": ws_connections, "http_concurrency": http_concurrency,
+                  "batch": batch, "hang_timeout_s": hang_timeout_s, "server": SERVER_SETTINGS if server else None},
+        quiet=_latency(quiet), loaded=_latency(loaded), canary_text_equal=equal,
+        canary_failures=quiet.failures + loaded.failures, ws_json=_tally_dict(ws_json),
+        ws_binary=_tally_dict(fuzzers[1]), http=_tally_dict(fuzzers[2]),
+        process_exited=server is not None and server.process.poll() is not None, healthz_after=healthy,
+        duration_s=round(time.perf_counter() - t0, 1))
+
+
+def launch_fuzz_server(log_dir: str | None = None, **overrides: object) -> ServerProcess:
+    log_dir = log_dir or tempfile.mkdtemp(prefix="seedance-fuzz-")
+    settings = {**SERVER_SETTINGS, "session_store": f"sqlite://{Path(log_dir) / 'sessions.db'}", **overrides}
+    return launch(settings, Path(log_dir) / "server.log", ready_timeout_s=120)
+
+
+def run_fuzz_bench(url: str | None, output: str | None, **kw: Any) -> FuzzReport:
+    server = None if url else launch_fuzz_server()
+    base = url or server.http
+    try:
+        report = asyncio.run(run_fuzz(base.replace("http", "ws", 1) + "/v1/stream", base, server=server, **kw))
+    finally:
+        if server is not None:
+            server.stop()
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps({**asdict(report), "defects": report.defects}, indent=2) + "\n")
+    return report
