@@ -21,7 +21,7 @@ from aiohttp import web
 from seedance.engine.async_engine import AsyncEngine
 from seedance.observability import hub as observability
 from seedance.protocol import CloseCode
-from seedance.server import cors, openai_api, polling, security
+from seedance.server import conn_guard, cors, openai_api, polling, security
 from seedance.server.config import ServerConfig
 from seedance.server.http_errors import HttpError
 from seedance.server.state import STATE, ServerState
@@ -205,8 +205,12 @@ async def json_errors(request: web.Request, handler):
 
 def build_app(config: ServerConfig) -> web.Application:
     app = web.Application(client_max_size=config.max_message_bytes,
-                          middlewares=[last_resort, json_errors, cors.middleware, security.middleware])
+                          middlewares=[conn_guard.middleware, last_resort, json_errors, cors.middleware,
+                                       security.middleware])
     app[STATE] = ServerState(config)
+    app[conn_guard.GUARD] = conn_guard.ConnectionGuard(
+        config.header_timeout_s, config.max_pending_connections_per_ip, config.max_open_connections,
+        config.fd_reserve)
     security.install(app, config)  # TLS, auth, scopes, Origin, limits (security.py); refuses unsafe configs
     cors.install(app, config.cors_max_age_s)  # preflights (middleware above) and CORS headers on responses
     observability.install(app, config)  # /metrics, tracing, per-transport counters (docs/observability.md)
@@ -238,8 +242,8 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
                            shutdown_timeout=config.shutdown_grace_s + 5)
     await runner.setup()
     sec = app[security.SECURITY]
-    site = web.TCPSite(runner, config.host, config.port, reuse_address=True, ssl_context=sec.ssl_context,
-                       backlog=config.listen_backlog)
+    site = conn_guard.GuardedSite(runner, app[conn_guard.GUARD], config.host, config.port, reuse_address=True,
+                                  ssl_context=sec.ssl_context, backlog=config.listen_backlog)
     await site.start()
     observability.mark(app, "listener_ready")
     stop = asyncio.Event()

@@ -66,6 +66,11 @@ class ServerConfig:
     trusted_proxies: str = ""  # proxy addresses/CIDRs whose X-Forwarded-For / -Proto are believed
     max_connections_per_ip: int = 256  # open WebSockets + in-flight HTTP requests per client IP; 0: no limit
     max_connections_per_token: int = 128  # the same per token subject; 0: no limit
+    header_timeout_s: float = 10.0  # request headers (and a TLS handshake) must be in this long after connect or
+    #   after the previous response; otherwise the connection is closed (slowloris; also the keep-alive idle time)
+    max_pending_connections_per_ip: int = 64  # connections per IP still sending request headers; 0: no limit
+    max_open_connections: int = 0  # all client connections; 0: RLIMIT_NOFILE less fd_reserve
+    fd_reserve: int = 256  # file descriptors kept from client connections (files, sessions, logs, newcomers)
     ws_messages_per_s: float = 200.0  # client messages per WebSocket connection (token bucket); 0: no limit
     ws_message_burst: int = 400
     http_requests_per_s: float = 100.0  # HTTP requests per client IP (token bucket); 0: no limit
@@ -118,6 +123,11 @@ class ServerConfig:
             raise ValueError("cors_max_age_s must be >= 0")
         if not 0.0 <= self.trace_sample_rate <= 1.0:
             raise ValueError("trace_sample_rate must be between 0 and 1")
+        if self.header_timeout_s <= 0:
+            raise ValueError("header_timeout_s must be > 0")
+        for name in ("max_pending_connections_per_ip", "max_open_connections", "fd_reserve"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
         for name in ("listen_backlog", "max_message_bytes", "max_connections", "max_requests_per_connection",
                      "heartbeat_max_missed", "max_jobs"):
             if getattr(self, name) < 1:
