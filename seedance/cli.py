@@ -58,6 +58,7 @@ def serve(
     tracing_file: Annotated[str | None, typer.Option(help="JSON-lines span file for --tracing file")] = None,
     trace_slow_ms: Annotated[float | None, typer.Option(help="always trace requests slower than this")] = None,
     trace_sample_rate: Annotated[float | None, typer.Option(help="fraction of other requests traced")] = None,
+    session_store: Annotated[str | None, typer.Option(help="sqlite:///path.db or redis://host:port/db")] = None,
 ) -> None:
     """Start the server (WebSocket /v1/stream, OpenAI-compatible SSE, HTTP polling)."""
     import gc
@@ -82,7 +83,8 @@ def serve(
                          trace_slow_ms=trace_slow_ms, trace_sample_rate=trace_sample_rate)
     try:
         cfg = ServerConfig.load(config, host=host, port=port, model=model, device=device, dtype=dtype,
-                                model_name=model_name, keepalive=keepalive, **security, **observability)
+                                model_name=model_name, keepalive=keepalive, session_store=session_store, **security,
+                                **observability)
         preflight(cfg)  # refuses unsafe settings and unreadable keys/certificates before binding
     except ValueError as err:
         print(f"seedance serve: {err}", file=sys.stderr)

@@ -19,6 +19,8 @@ from pathlib import Path
 from aiohttp import web
 
 from seedance.engine.async_engine import AsyncEngine
+from seedance.models.identity import model_identity
+from seedance.models.loader import resolve_model_dir
 from seedance.observability import hub as observability
 from seedance.protocol import CloseCode
 from seedance.server import conn_guard, cors, openai_api, polling, security
@@ -106,13 +108,16 @@ async def _start_engine(app: web.Application) -> None:
         state.load_error = f"session store {cfg.session_store!r} unavailable: {err}"
         await engine.close()
         return
-    state.sessions = SessionManager(engine, store, max_sessions=cfg.max_sessions, idle_ttl_s=cfg.session_idle_ttl_s,
+    model_id = await asyncio.to_thread(
+        model_identity, None if cfg.engine.synthetic_rate else resolve_model_dir(cfg.engine.model), cfg.engine.dtype)
+    state.sessions = SessionManager(engine, store, model_id=model_id, max_sessions=cfg.max_sessions,
+                                    idle_ttl_s=cfg.session_idle_ttl_s,
                                     resume_grace_s=cfg.resume_grace_s,
                                     detached_buffer_tokens=cfg.detached_buffer_tokens)
     state.jobs = polling.JobStore(engine, cfg.max_jobs, cfg.job_ttl_s)
     state.engine = engine
     observability.mark(app, "engine_ready")
-    log.info("model ready: %s", state.config.engine.model or "built-in")
+    log.info("model ready: %s (identity %s)", state.config.engine.model or "built-in", model_id)
 
 
 async def _reap_jobs(app: web.Application) -> None:

@@ -12,6 +12,9 @@ from typing import Any
 from seedance.engine.config import EngineConfig
 
 ENV_PREFIX = "SEEDANCE_"
+# SEEDANCE_* names that are not server settings: read by the client CLI (URL, TOKEN), the benchmarks (WRK) and
+# the test suite (CHROMIUM, UPDATE_SCREENSHOT). Any other SEEDANCE_ name is a typo and refused at start-up.
+OTHER_ENV_NAMES = frozenset({"URL", "TOKEN", "WRK", "CHROMIUM", "UPDATE_SCREENSHOT"})
 
 
 @dataclass(slots=True)
@@ -102,6 +105,8 @@ class ServerConfig:
                 _apply(cfg, {name: raw}, source=key)
             elif name in _fields(cfg.engine):
                 _apply(cfg.engine, {name: raw}, source=key)
+            elif name.upper() not in OTHER_ENV_NAMES:
+                raise ValueError(f"{key}: unknown setting {name!r} (settings: docs/operations.md)")
         for name, value in overrides.items():
             if value is None:
                 continue

@@ -67,8 +67,9 @@ class Session:
 class SessionManager:
     def __init__(self, engine: AsyncEngine, store: SessionStore, *, max_sessions: int = 10_000,
                  idle_ttl_s: float = 3600.0, resume_grace_s: float = 60.0,
-                 detached_buffer_tokens: int = 256) -> None:
+                 detached_buffer_tokens: int = 256, model_id: str = "") -> None:
         self.engine = engine
+        self.model_id = model_id  # snapshots are bound to it (seedance.models.identity)
         self.store = store
         self.max_sessions = max_sessions
         self.idle_ttl_s = idle_ttl_s
@@ -95,7 +96,7 @@ class SessionManager:
         if snapshot is None:
             return None
         try:
-            snapshot.verify()
+            snapshot.verify(self.model_id)
         except ValueError as err:
             raise SessionError("invalid_request", str(err)) from None
         log.info("session %s restored from its snapshot (turn %d, %d tokens)", session_id, snapshot.turn,
@@ -162,7 +163,8 @@ class SessionManager:
             completion_tokens=request.completion_tokens, cached_tokens=final.num_cached_tokens))
         session.replay = {request.id: list(request.log or [])}
         snapshot = Snapshot(session_id=session.id, turn=session.turn, token_ids=list(session.token_ids),
-                            last_token_id=session.token_ids[-1], kv_cache_hash=kv_cache_hash(session.token_ids),
+                            last_token_id=session.token_ids[-1], model_id=self.model_id,
+                            kv_cache_hash=kv_cache_hash(session.token_ids, self.model_id),
                             turns=list(session.turns), replay=session.replay)
         task = asyncio.get_running_loop().create_task(self._save(snapshot, request))
         self.pending_saves.add(task)

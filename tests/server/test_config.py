@@ -44,3 +44,27 @@ def test_keepalive_presets_are_set_on_the_socket(preset):
     with socket.socket() as sock:
         assert not apply_keepalive(sock, "off")
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+
+
+def test_an_unknown_seedance_environment_variable_is_refused_with_its_name():
+    with pytest.raises(ValueError, match="SEEDANCE_MAX_CONECTIONS: unknown setting"):
+        ServerConfig.load(env={"SEEDANCE_MAX_CONECTIONS": "5"})
+    with pytest.raises(ValueError, match="SEEDANCE_ENGINE"):
+        ServerConfig.load(env={"SEEDANCE_ENGINE": "x"})
+    # names other seedance tools read are not server settings, and not refused
+    assert ServerConfig.load(env={"SEEDANCE_URL": "ws://x", "SEEDANCE_TOKEN": "t", "OTHER": "1"}).port == 8000
+
+
+def test_connection_guard_settings_are_validated():
+    with pytest.raises(ValueError, match="header_timeout_s"):
+        ServerConfig.load(env={"SEEDANCE_HEADER_TIMEOUT_S": "0"})
+    with pytest.raises(ValueError, match="fd_reserve"):
+        ServerConfig.load(env={"SEEDANCE_FD_RESERVE": "-1"})
+
+
+def test_serve_takes_the_session_store_option_the_docs_name():
+    from typer.testing import CliRunner
+
+    from seedance.cli import app
+
+    assert "--session-store" in CliRunner().invoke(app, ["serve", "--help"], terminal_width=200).output

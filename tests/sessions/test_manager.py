@@ -57,3 +57,27 @@ async def test_one_turn_at_a_time(engine):
     with pytest.raises(SessionError, match="turn in progress"):
         manager.begin_turn(session, SimpleNamespace(id="b", on_finish=None))
     await asyncio.sleep(0)
+
+
+async def test_a_snapshot_from_another_model_is_refused_clearly(engine):
+    store = MemoryStore()
+    tokens = [5, 6, 7]
+    await store.save(Snapshot(session_id="s", turn=1, token_ids=tokens, last_token_id=7, model_id="aaaa/float32",
+                              kv_cache_hash=kv_cache_hash(tokens, "aaaa/float32")))
+    with pytest.raises(SessionError, match=r"another model \(aaaa/float32; this server runs bbbb/bfloat16\)"):
+        await SessionManager(engine, store, model_id="bbbb/bfloat16").get("s")
+    assert (await SessionManager(engine, store, model_id="aaaa/float32").get("s")).token_ids == tokens
+
+
+def test_the_kv_cache_hash_binds_the_model_and_its_encoding_is_the_documented_one():
+    import blake3
+    import numpy as np
+
+    assert kv_cache_hash([1, 2], "m/float32") != kv_cache_hash([1, 2], "m/bfloat16")
+    expected = blake3.blake3(b"m/float32\n" + np.array([1, 2], "<i8").tobytes()).hexdigest()
+    assert kv_cache_hash([1, 2], "m/float32") == expected
+    # a forged snapshot that names this model but was hashed for another fails the hash check
+    forged = Snapshot(session_id="s", turn=1, token_ids=[1, 2], last_token_id=2, model_id="m/float32",
+                      kv_cache_hash=kv_cache_hash([1, 2], "other/float32"))
+    with pytest.raises(ValueError, match="kv_cache_hash mismatch"):
+        forged.verify("m/float32")
