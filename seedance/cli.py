@@ -316,6 +316,17 @@ def bench_fuzz(
         raise typer.Exit(1)
 
 
+@bench_app.command("slowloris")
+def bench_slowloris(
+    connections: Annotated[int, typer.Option(help="unfinished connections from one address")] = 5000,
+    header_timeout: Annotated[float, typer.Option(help="the server's header_timeout_s")] = 10.0,
+) -> None:
+    """One address holds many connections with unfinished headers; is /healthz still answered for others?"""
+    from seedance.bench.slowloris import run_slowloris_bench
+
+    console.print_json(data=run_slowloris_bench(connections, {"header_timeout_s": header_timeout}))
+
+
 @bench_app.command("cold-start")
 def bench_cold_start(
     runs: Annotated[int, typer.Option(help="servers started per warm-up mode")] = 5,
