@@ -26,6 +26,7 @@ from seedance.protocol import CloseCode
 from seedance.server import conn_guard, cors, openai_api, polling, security
 from seedance.server.config import ServerConfig
 from seedance.server.http_errors import HttpError
+from seedance.server.proxy import TrustedProxies
 from seedance.server.state import STATE, ServerState
 from seedance.server.ws import websocket_handler
 from seedance.sessions.manager import SessionManager
@@ -215,7 +216,7 @@ def build_app(config: ServerConfig) -> web.Application:
     app[STATE] = ServerState(config)
     app[conn_guard.GUARD] = conn_guard.ConnectionGuard(
         config.header_timeout_s, config.max_pending_connections_per_ip, config.max_open_connections,
-        config.fd_reserve)
+        config.fd_reserve, exempt=TrustedProxies(config.trusted_proxies).trusts)
     security.install(app, config)  # TLS, auth, scopes, Origin, limits (security.py); refuses unsafe configs
     cors.install(app, config.cors_max_age_s)  # preflights (middleware above) and CORS headers on responses
     observability.install(app, config)  # /metrics, tracing, per-transport counters (docs/observability.md)

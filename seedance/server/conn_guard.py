@@ -6,7 +6,9 @@ an unfinished header. This guard sits between the listening socket and aiohttp's
 
 - a connection is *pending* from accept, and again from the end of each request (keep-alive), until the next
   request's headers are parsed; one pending longer than `header_timeout_s` is closed;
-- at most `max_pending_per_ip` pending connections per client address; a further one is closed at once;
+- at most `max_pending_per_ip` pending connections per client address; a further one is closed at once
+  (except from a trusted proxy, whose idle upstream keep-alive connections are all pending from one address:
+  the proxy bounds its own clients' headers);
 - at most `max_open` open connections in all (RLIMIT_NOFILE less `fd_reserve`, unless configured), so the
   process keeps file descriptors for its own files and for other clients. Past it, a connection is refused
   unless its address holds fewer than `FAIR_SHARE` connections, up to the hard limit (RLIMIT_NOFILE less
@@ -22,6 +24,7 @@ import logging
 import resource
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -49,6 +52,7 @@ class ConnectionGuard:
     max_pending_per_ip: int = 64  # 0: no limit
     max_open: int = 0  # 0: RLIMIT_NOFILE - fd_reserve
     fd_reserve: int = 256
+    exempt: Callable[[str], bool] = lambda ip: False  # addresses the per-IP pending limit skips (proxies)
     conns: dict[asyncio.BaseTransport, _Conn] = field(default_factory=dict)
     pending_per_ip: Counter = field(default_factory=Counter)
     open_per_ip: Counter = field(default_factory=Counter)
@@ -62,11 +66,12 @@ class ConnectionGuard:
 
     # ---- the protocol's calls ---------------------------------------------------------------------
     def admit(self, transport: asyncio.BaseTransport, ip: str) -> bool:
-        if self.max_pending_per_ip and self.pending_per_ip[ip] >= self.max_pending_per_ip:
+        if self.max_pending_per_ip and self.pending_per_ip[ip] >= self.max_pending_per_ip and not self.exempt(ip):
             return self._refuse("pending_per_ip", ip, f"{self.max_pending_per_ip} connections from {ip} have not "
                                 "sent their request headers yet (max_pending_connections_per_ip)")
         total = len(self.conns)
-        if total >= self.hard_cap or (total >= self.soft_cap and self.open_per_ip[ip] >= FAIR_SHARE):
+        if total >= self.hard_cap or (total >= self.soft_cap and self.open_per_ip[ip] >= FAIR_SHARE
+                                      and not self.exempt(ip)):
             return self._refuse("max_open", ip, f"{total} connections open, the limit is {self.soft_cap} "
                                 f"(file descriptor limit {descriptor_limit()} less fd_reserve)")
         conn = self.conns[transport] = _Conn(ip)
