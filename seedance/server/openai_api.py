@@ -23,6 +23,7 @@ from seedance.engine.events import FinishReason, TokenEvent
 from seedance.engine.sampling_params import SamplingParams
 from seedance.observability.hub import OBS
 from seedance.observability.logs import set_request_context
+from seedance.protocol.messages import MAX_ID_LENGTH
 from seedance.server.http_errors import HttpError, from_engine_error, read_json_object
 from seedance.server.security import authorize_generate, principal_of
 from seedance.server.sse_request import SseStreamRequest
@@ -125,7 +126,7 @@ def parse_completion(body: dict) -> ParsedRequest:
                         "prompt")
     request.priority = _get(body, "priority", (int,), 0)
     return ParsedRequest(request, bool(_get(body, "stream", (bool,), False)), _include_usage(body), logprobs,
-                         _get(body, "session", (str,)))
+                         _session(body))
 
 
 def parse_chat(body: dict) -> ParsedRequest:
@@ -157,7 +158,15 @@ def parse_chat(body: dict) -> ParsedRequest:
     params.logprobs = logprobs
     request = GenerateRequest(messages=plain, params=params, priority=_get(body, "priority", (int,), 0))
     return ParsedRequest(request, bool(_get(body, "stream", (bool,), False)), _include_usage(body), logprobs,
-                         _get(body, "session", (str,)))
+                         _session(body))
+
+
+def _session(body: dict) -> str | None:
+    """A session name is an id, as on the WebSocket: 1 to MAX_ID_LENGTH characters."""
+    name = _get(body, "session", (str,))
+    if name is not None and not 1 <= len(name) <= MAX_ID_LENGTH:
+        raise HttpError(400, "invalid_request", f"session must be 1 to {MAX_ID_LENGTH} characters", "session")
+    return name
 
 
 def _include_usage(body: dict) -> bool:

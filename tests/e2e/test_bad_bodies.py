@@ -14,6 +14,8 @@ ROUTES = {"/v1/completions": '"prompt": "In the beginning", "max_tokens": 2',
 BAD = {
     "session-int": '"session": 7, "stream": true',
     "session-object": '"session": {"a": 1}, "stream": true',
+    "session-empty": '"session": "", "stream": true',
+    "session-too-long": '"session": "' + "s" * 129 + '", "stream": true',
     "temperature-400-digits": '"temperature": ' + "9" * 400,
     "top_p-400-digits": '"top_p": -' + "1" * 400,
     "top_k-huge": '"top_k": ' + "1" * 30,
@@ -30,6 +32,8 @@ BAD = {
 @pytest.mark.parametrize("route", list(ROUTES))
 @pytest.mark.parametrize("extra", list(BAD.values()), ids=list(BAD))
 def test_bad_body_is_a_documented_4xx(server, route, extra):
+    if route == "/v1/jobs" and extra.startswith('"session": "'):
+        pytest.skip("polling jobs are not session turns: a session name is not looked at there")
     body = "{" + ROUTES[route] + ", " + extra + "}"
     reply = httpx.post(server.http + route, content=body.encode(), headers={"Content-Type": "application/json"},
                        timeout=30)
