@@ -103,9 +103,9 @@ class JobStore:
             completion += len(tokens)
             if tokens and job.obs is not None:
                 job.obs.tokens(len(tokens))
-            if tokens:
-                job.chunks.append({"seq": len(job.chunks), "text": "".join(e.text_delta for e in tokens),
-                                   "token_ids": [e.token_id for e in tokens]})
+            text = "".join(e.text_delta for e in events)  # a final event without a token may carry text
+            if tokens or text:
+                job.chunks.append({"seq": len(job.chunks), "text": text, "token_ids": [e.token_id for e in tokens]})
             final = events[-1]
             if final.finished:
                 job.finish_reason = str(final.finish_reason)

@@ -293,3 +293,23 @@ async def test_session_pin_reuses_prior_turns_kv_across_a_three_turn_chat(engine
     engine.unpin("chat-1")
     await asyncio.sleep(0.05)
     assert engine.stats().num_pinned_blocks == 0
+
+
+@pytest.mark.parametrize("prompt, stop", [
+    ("And the LORD spake unto Moses, saying, Speak unto all the", "congregation"),  # begins inside a token
+    ("And the LORD spake unto Moses, saying, Speak unto all the", " children of"),  # at token boundaries
+    ("And the LORD spake unto Moses, saying, Speak unto all the", "ren of Isr"),  # inside, across three
+])
+async def test_stop_string_tokens_do_not_leak_into_token_ids(engine, prompt, stop):
+    full = await collect(engine, prompt=prompt, max_tokens=30, temperature=0, ignore_eos=True)
+    full_text = text_of(full)
+    assert stop in full_text  # the greedy continuation reaches it
+    stopped = await collect(engine, prompt=prompt, max_tokens=30, temperature=0, ignore_eos=True, stop=[stop])
+    text, ids = text_of(stopped), tokens_of(stopped)
+    assert text == full_text[: full_text.index(stop)]
+    # The ids are the longest run of the output's tokens whose text lies wholly before the stop string.
+    assert ids == tokens_of(full)[: len(ids)]
+    assert text.startswith(engine.tokenizer.decode(ids))
+    assert not text.startswith(engine.tokenizer.decode(tokens_of(full)[: len(ids) + 1]))
+    assert stopped[-1].finish_reason is FinishReason.STOP and stopped[-1].stop_reason == stop
+    assert sum(e.finished for e in stopped) == 1

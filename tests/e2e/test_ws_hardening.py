@@ -1,0 +1,58 @@
+"""Issue #12, the WebSocket/engine half, against the real server: stop-string tokens, large prompts,
+fuzzed connections beside a canary stream, and clients that never read."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from tokenizers import Tokenizer
+from websockets.asyncio.client import connect
+
+from seedance.models.loader import BUILTIN_MODEL_DIR
+from seedance.protocol import decode_frames
+from tests.e2e.wire import messages_of
+
+STOP_PROMPT = "And the LORD spake unto Moses, saying, Speak unto all"  # greedy: " the congregation of the..."
+
+
+async def _json_stream(ws, request: dict) -> tuple[str, list[int], dict]:
+    await ws.send(json.dumps({"type": "generate", **request}))
+    text, ids = [], []
+    async with asyncio.timeout(60):
+        while True:
+            for m in messages_of(await ws.recv()):
+                if m["type"] == "chunk":
+                    text.append(m["text"])
+                    ids += m["token_ids"]
+                elif m["type"] == "done":
+                    return "".join(text), ids, m
+
+
+async def _binary_stream(ws, request: dict) -> tuple[str, list[int], dict]:
+    await ws.send(json.dumps({"type": "generate", "binary": True, **request}))
+    text, ids = [], []
+    async with asyncio.timeout(60):
+        while True:
+            for frame in decode_frames(await ws.recv()):
+                text.append(frame.text)
+                ids += frame.token_ids.tolist()
+                if not frame.is_partial:
+                    return "".join(text), ids, frame.metadata
+
+
+async def test_stop_string_tokens_do_not_leak_into_token_ids_json_or_mtf1(server):
+    tokenizer = Tokenizer.from_file(str(BUILTIN_MODEL_DIR / "tokenizer.json"))
+    greedy = {"prompt": STOP_PROMPT, "max_tokens": 12, "temperature": 0, "ignore_eos": True}
+    async with connect(server.ws) as ws:
+        free_text, free_ids, _ = await _json_stream(ws, {"id": "free", **greedy})
+        assert " congregation" in free_text
+        for stream in (_json_stream, _binary_stream):
+            text, ids, end = await stream(ws, {"id": "stopped", **greedy, "stop": ["congregation", "Israel"]})
+            assert end["finish_reason"] == "stop" and end["stop_reason"] == "congregation"
+            assert text == free_text[: free_text.index("congregation")]
+            # The ids are the longest run of output tokens whose text lies wholly before the stop string.
+            assert ids == free_ids[: len(ids)] and ids
+            assert text.startswith(tokenizer.decode(ids))
+            assert "cong" in tokenizer.decode(free_ids[: len(ids) + 1])
+            assert end["usage"]["completion_tokens"] == len(ids)
