@@ -161,7 +161,7 @@ async def create_job(request: web.Request) -> web.Response:
         message = decode_client_message(json.dumps(body), max_size=state.config.max_message_bytes)
         authorize_generate(request, message.logprobs, message.priority)  # per-option scopes (security.py)
         job_id = f"job-{uuid.uuid4().hex}"
-        stream = store.engine.submit(generate_request_from(message, request_id=job_id))
+        stream = await store.engine.submit(generate_request_from(message, request_id=job_id))
     except ProtocolError as err:
         raise HttpError(400, err.code, err.message) from None
     except EngineError as err:

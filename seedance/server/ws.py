@@ -173,8 +173,8 @@ class WsConnection:
             request = generate_request_from(msg, request_id=self._engine_id(msg.id))
             if msg.session is not None:
                 session = await self.sessions.get(scoped_key(self.guard.principal, msg.session))
-                input_text = self.sessions.prepare_turn(session, request)
-            stream = self.engine.submit(request)
+                input_text = await self.sessions.prepare_turn(session, request)
+            stream = await self.engine.submit(request)
         except (ProtocolError, SessionError) as err:
             await self._refuse(msg.id, err.code, err.message)
             return

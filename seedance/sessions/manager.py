@@ -123,14 +123,14 @@ class SessionManager:
         return len(idle)
 
     # ---- turns ------------------------------------------------------------------------------------
-    def prepare_turn(self, session: Session, request: Any) -> str:
+    async def prepare_turn(self, session: Session, request: Any) -> str:
         """Make a GenerateRequest a turn of the session: its prompt becomes the conversation so far, as the
         tokens the model saw, plus the new input, and its KV stays pinned under the session for the next
         turn. Returns the new input as text (for the snapshot)."""
+        new_ids = await self.engine.tokenize(request)  # off the event loop; the session is checked after it
         if session.busy:
             raise SessionError("invalid_request", f"session {session.id!r} has a turn in progress "
                                                   f"({session.current.id!r}): wait for its done or cancel it", 409)
-        new_ids = self.engine.encode(request)
         input_text = request.prompt if request.prompt is not None else "\n".join(
             m["content"] for m in request.messages or [])
         request.prompt = request.messages = None

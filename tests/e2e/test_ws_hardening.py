@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 from tokenizers import Tokenizer
 from websockets.asyncio.client import connect
@@ -56,3 +57,37 @@ async def test_stop_string_tokens_do_not_leak_into_token_ids_json_or_mtf1(server
             assert text.startswith(tokenizer.decode(ids))
             assert "cong" in tokenizer.decode(free_ids[: len(ids) + 1])
             assert end["usage"]["completion_tokens"] == len(ids)
+
+
+async def _ping_rtts(ws, stop: asyncio.Event) -> list[float]:
+    """Ping over `ws` back to back until `stop`; the round trips in seconds."""
+    rtts = []
+    while not stop.is_set() or not rtts:
+        sent = time.perf_counter()
+        await ws.send(json.dumps({"type": "ping", "ts": sent}))
+        async with asyncio.timeout(30):
+            while not any(m["type"] == "pong" for m in messages_of(await ws.recv())):
+                pass
+        rtts.append(time.perf_counter() - sent)
+        await asyncio.sleep(0.005)
+    return rtts
+
+
+async def test_a_megabyte_prompt_is_refused_without_delaying_other_connections(server):
+    huge = "And God said unto Moses, I AM THAT I AM. " * 24_000  # 984,000 characters, under max_message_bytes
+    async with connect(server.ws) as canary, connect(server.ws, max_size=None) as attacker:
+        stop = asyncio.Event()
+        pinger = asyncio.create_task(_ping_rtts(canary, stop))
+        await asyncio.sleep(0.2)
+        refusals = []
+        for i, request in enumerate([{"prompt": huge}, {"messages": [{"role": "user", "content": huge}]}] * 2):
+            await attacker.send(json.dumps({"type": "generate", "id": f"big{i}", **request}))
+            async with asyncio.timeout(30):
+                got = messages_of(await attacker.recv())
+            refusals.append(got[0])
+        await asyncio.sleep(0.2)
+        stop.set()
+        rtts = await pinger
+    assert len(rtts) > 10 and max(rtts) < 0.25, f"canary ping worst {max(rtts) * 1000:.0f} ms"
+    assert all(r["type"] == "error" and r["code"] == "invalid_request"
+               for r in refusals), refusals
