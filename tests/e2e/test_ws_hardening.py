@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 
 from tokenizers import Tokenizer
@@ -12,7 +13,7 @@ from websockets.asyncio.client import connect
 
 from seedance.models.loader import BUILTIN_MODEL_DIR
 from seedance.protocol import decode_frames
-from tests.e2e.wire import messages_of
+from tests.e2e.wire import messages_of, raw_handshake, send_masked_text
 
 STOP_PROMPT = "And the LORD spake unto Moses, saying, Speak unto all"  # greedy: " the congregation of the..."
 
@@ -91,3 +92,37 @@ async def test_a_megabyte_prompt_is_refused_without_delaying_other_connections(s
     assert len(rtts) > 10 and max(rtts) < 0.25, f"canary ping worst {max(rtts) * 1000:.0f} ms"
     assert all(r["type"] == "error" and r["code"] == "invalid_request"
                for r in refusals), refusals
+
+
+def _tcp_state(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]  # tcpi_state; 1 is ESTABLISHED
+
+
+def test_clients_that_never_read_are_paused_then_closed(server_factory):
+    # Default kernel buffers (on loopback they absorb megabytes), default water marks: 4 connections x 32
+    # requests x 4,096 tokens, and the clients never read a byte nor answer a ping.
+    timeout_s = 2.0
+    srv = server_factory(synthetic_rate=2000, slow_consumer_timeout_s=timeout_s, heartbeat_interval_s=60,
+                         max_requests_per_connection=32)
+    socks = [raw_handshake(srv.port) for _ in range(4)]
+    start = time.monotonic()
+    for sock in socks:
+        for i in range(32):
+            send_masked_text(sock, json.dumps({"type": "generate", "id": f"r{i}", "prompt": "x", "max_tokens": 4096}))
+    deadline = start + 10
+    while time.monotonic() < deadline and srv.stats()["num_paused"] < 128:
+        time.sleep(0.05)
+    paused_after = time.monotonic() - start
+    generated = srv.stats()["generated_tokens"]
+    assert srv.stats()["num_paused"] == 128, "the never-reading clients' streams were not paused"
+    assert generated < 128 * 4096 // 4
+    deadline = start + paused_after + timeout_s + 15
+    while time.monotonic() < deadline and (srv.stats()["websockets"] or any(_tcp_state(s) == 1 for s in socks)):
+        time.sleep(0.1)
+    closed_after = time.monotonic() - start
+    stats, states = srv.stats(), [_tcp_state(s) for s in socks]
+    for sock in socks:
+        sock.close()
+    assert stats["websockets"] == 0 and stats["open_requests"] == 0, stats
+    assert 1 not in states, states  # the server let go of every socket (FIN or RST)
+    assert closed_after < paused_after + timeout_s + 15
