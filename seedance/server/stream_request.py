@@ -42,7 +42,8 @@ class StreamRequest:
     # (seq, is_binary, message) for everything produced; kept for session requests only (replay).
     log: list[tuple[int, bool, bytes]] | None = None
     on_finish: Callable[[StreamRequest], None] | None = None
-    on_snapshot: Callable[[object], None] | None = None  # the session turn is durable (set by its connection)
+    # The session turn's snapshot was written (True: durable) or not (False); set by its connection.
+    on_snapshot: Callable[[object, bool], None] | None = None
     # Who produces this request's output now: its connection (or SSE response), or the session manager
     # while the client is away. A resume moves it; only the owner may produce, detach or cancel it.
     owner: object = None

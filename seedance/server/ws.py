@@ -145,7 +145,7 @@ class WsConnection:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not await self.guard.within_rate():
                 return  # closed with 1008
             if msg.type == WSMsgType.TEXT:
-                await self._on_text(msg.data)
+                await self._on_text_guarded(msg.data)
             elif msg.type == WSMsgType.BINARY:
                 await self._send_now(error_message(None, codes.UNSUPPORTED,
                                                    "client messages are JSON text frames"))
@@ -162,6 +162,14 @@ class WsConnection:
                 return
             else:  # CLOSE, CLOSING, CLOSED
                 return
+
+    async def _on_text_guarded(self, data: str) -> None:
+        """A fault while handling one message fails that message, never the connection or its other streams."""
+        try:
+            await self._on_text(data)
+        except Exception:
+            log.exception("websocket message failed")
+            await self._send_now(error_message(None, codes.INTERNAL, "the server failed on this message"))
 
     async def _on_text(self, data: str) -> None:
         try:
@@ -228,6 +236,10 @@ class WsConnection:
         except EngineError as err:
             await self._refuse(msg.id, err.code, str(err))
             return
+        except Exception:  # a fault of ours: this request fails, with its end marker, and nothing else
+            log.exception("generate %s failed to start", msg.id)
+            await self._refuse(msg.id, codes.INTERNAL, "the server failed to start this request")
+            return
         stream.listener = self.wake.set
         active = self.requests[msg.id] = StreamRequest(msg.id, stream, self.engine, msg.binary, msg.credit)
         active.owner = self
@@ -244,9 +256,13 @@ class WsConnection:
             self.engine.pause(stream.request_id)  # joins its connection's back-pressure pause
 
     def _snapshot_acker(self, active: StreamRequest):
-        def ack(snapshot) -> None:
+        def ack(snapshot, durable: bool) -> None:
             if self.requests.get(active.id, active) is active and not self.ws.closed:
-                self.outbox.append(snapshot_message(active.id, active.session_name, snapshot))
+                self.outbox.append(snapshot_message(active.id, active.session_name, snapshot) if durable else
+                                   error_message(active.id, codes.SNAPSHOT_FAILED,
+                                                 f"turn {snapshot.turn} of session {active.session_name!r} is not "
+                                                 "durable: the session store is unavailable (a snapshot follows "
+                                                 "once it is back)"))
                 self.wake.set()
 
         return ack

@@ -8,11 +8,14 @@ import json
 import socket
 import time
 
+import httpx
 from tokenizers import Tokenizer
 from websockets.asyncio.client import connect
 
 from seedance.models.loader import BUILTIN_MODEL_DIR
 from seedance.protocol import decode_frames
+from tests.conftest import start_redis
+from tests.e2e.conftest import free_port
 from tests.e2e.wire import messages_of, raw_handshake, send_masked_text
 
 STOP_PROMPT = "And the LORD spake unto Moses, saying, Speak unto all"  # greedy: " the congregation of the..."
@@ -126,3 +129,63 @@ def test_clients_that_never_read_are_paused_then_closed(server_factory):
     assert stats["websockets"] == 0 and stats["open_requests"] == 0, stats
     assert 1 not in states, states  # the server let go of every socket (FIN or RST)
     assert closed_after < paused_after + timeout_s + 15
+
+
+async def _until_ids(ws, wanted: dict[str, set[str]], timeout: float = 60) -> list[dict]:
+    """Messages until, for each id, every wanted message type has come."""
+    missing = {k: set(v) for k, v in wanted.items()}
+    seen = []
+    async with asyncio.timeout(timeout):
+        while any(missing.values()):
+            for m in messages_of(await ws.recv()):
+                seen.append(m)
+                missing.get(m.get("id"), set()).discard(m["type"])
+    return seen
+
+
+def _one(seen: list[dict], id_: str, type_: str) -> dict:
+    found = [m for m in seen if m.get("id") == id_ and m["type"] == type_]
+    assert len(found) == 1, (id_, type_, seen)
+    return found[0]
+
+
+async def test_redis_down_fails_only_the_session_request_and_readiness_says_so(server_factory, tmp_path):
+    port = free_port()
+    redis = start_redis(port, tmp_path)
+    srv = server_factory(session_store=f"redis://127.0.0.1:{port}/0")
+    turn = {"max_tokens": 8, "temperature": 0}
+    try:
+        async with connect(srv.ws) as ws:
+            await ws.send(json.dumps({"type": "generate", "id": "t1", "session": "kept", "prompt": "Amen", **turn}))
+            _one(await _until_ids(ws, {"t1": {"done", "snapshot"}}), "t1", "snapshot")
+            redis.terminate()
+            redis.wait(10)
+            # A stream without a session, then session requests while the store is down, all on this connection.
+            await ws.send(json.dumps({"type": "generate", "id": "plain", "prompt": "And God said", "max_tokens": 40,
+                                      "temperature": 0, "ignore_eos": True}))
+            await ws.send(json.dumps({"type": "generate", "id": "new", "session": "fresh", "prompt": "Amen", **turn}))
+            await ws.send(json.dumps({"type": "generate", "id": "t2", "session": "kept", "prompt": " Amen", **turn}))
+            seen = await _until_ids(ws, {"plain": {"done"}, "new": {"error", "done"}, "t2": {"done", "error"}})
+            assert _one(seen, "plain", "done")["finish_reason"] == "length"  # its neighbour failing cut nothing
+            assert _one(seen, "new", "error")["code"] == "store_unavailable"
+            assert _one(seen, "new", "done")["finish_reason"] == "error"
+            assert _one(seen, "t2", "done")["finish_reason"] == "length"  # in memory: the turn itself runs
+            assert _one(seen, "t2", "error")["code"] == "snapshot_failed"  # but it says it is not durable
+            async with httpx.AsyncClient(base_url=srv.http, timeout=30) as http:
+                sse = await http.post("/v1/completions", json={"prompt": "Amen", "max_tokens": 4, "stream": True,
+                                                               "session": "other"})
+                assert sse.status_code == 503 and sse.json()["error"]["code"] == "store_unavailable"
+                ready = (await http.get("/readyz")).json()
+                assert ready["status"] == "degraded" and ready["reason"] == "session_store_unavailable"
+                await ws.send(json.dumps({"type": "ping"}))
+                assert any(m["type"] == "pong" for m in await _until_ids(ws, {None: {"pong"}}))
+                # The store comes back: readiness recovers by itself, the failed turn is written and acknowledged.
+                redis = start_redis(port, tmp_path)
+                late = _one(await _until_ids(ws, {"t2": {"snapshot"}}, timeout=30), "t2", "snapshot")
+                assert late["session"] == "kept" and late["turn"] == 2
+                assert (await http.get("/readyz")).json()["status"] == "ready"
+            await ws.send(json.dumps({"type": "generate", "id": "t3", "session": "fresh", "prompt": "Amen", **turn}))
+            _one(await _until_ids(ws, {"t3": {"done", "snapshot"}}), "t3", "snapshot")
+    finally:
+        redis.terminate()
+        redis.wait(10)
