@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 import time
 
@@ -14,6 +15,7 @@ from websockets.asyncio.client import connect
 
 from seedance.models.loader import BUILTIN_MODEL_DIR
 from seedance.protocol import decode_frames
+from seedance.protocol.errors import ERROR_CODES
 from tests.conftest import start_redis
 from tests.e2e.conftest import free_port
 from tests.e2e.wire import messages_of, raw_handshake, send_masked_text
@@ -189,3 +191,64 @@ async def test_redis_down_fails_only_the_session_request_and_readiness_says_so(s
     finally:
         redis.terminate()
         redis.wait(10)
+
+
+def _fuzz_message(rng: random.Random, i: int) -> str | bytes:
+    """Bad and odd client messages, seeded: broken JSON, wrong types, unknown ids and types, binary frames,
+    refused generates (huge prompts, bad parameters) and a few valid ones with odd but legal options."""
+    rid = rng.choice(["f1", "f2", "", "x" * 200, 7, None, f"f{rng.randrange(40)}"])
+    if i % 25 == 0:  # a prompt of almost max_message_bytes, certainly over the context: refused
+        return json.dumps({"type": "generate", "id": f"big{i}", "prompt": "In the beginning " * 55_000})
+    choices = [
+        lambda: rng.choice(["", "{", "[]", "null", "1e999", '"\\ud800"', "[" * 1000 + "]" * 1000, "\x00\xff"]),
+        lambda: json.dumps({"type": rng.choice(["generate", "cancel", "credit", "nope", 5, None])}),
+        lambda: json.dumps({"type": "generate", "id": rid, "prompt": rng.choice(["Amen", "", "\ud800", 5]),
+                            "max_tokens": rng.choice([1, 8, 2**63, -1, 1.5, "8"]),
+                            "temperature": rng.choice([0, 1, -1, 1e308, "x"]), "top_p": rng.choice([1, 0, 2, 0.5]),
+                            "stop": rng.choice([None, [], ["x" * 5000] * 16, ["the"], [""] * 20]),
+                            "logprobs": rng.choice([None, 0, 20, 21]), "binary": rng.choice([True, False])}),
+        lambda: json.dumps({"type": "cancel", "id": rid}),
+        lambda: json.dumps({"type": "credit", "id": rid, "n": rng.choice([1, 0, -1, 2**80])}),
+        lambda: json.dumps({"type": "priority", "id": rid, "priority": rng.choice([-2**31, 2**40, 1.5])}),
+        lambda: json.dumps({"type": "ping", "ts": rng.choice([None, "x", 1e308])}),
+        lambda: json.dumps({"type": "resume", "session": rng.choice(["s", "", 5]), "id": rid, "last_seq": 2**70}),
+        lambda: json.dumps({"type": "generate", "id": rid, "max_tokens": 8,
+                            "prompt_b64": rng.choice(["AAAA", "!!!", "/////w=="])}),
+        lambda: json.dumps({"type": "generate", "id": rid, "max_tokens": 8,
+                            "messages": rng.choice([[], [{"role": "user"}], [{"role": 5, "content": "x"}]])}),
+        lambda: b"\x00\x01binary",
+        lambda: json.dumps({"type": "reauth", "token": rng.choice(["", "a.b.c"])}),
+    ]
+    return rng.choice(choices)()
+
+
+async def test_a_fuzzed_connection_gets_answers_and_a_canary_beside_it_stays_flat(server):
+    greedy = {"prompt": "And God said", "max_tokens": 24, "temperature": 0, "ignore_eos": True}
+    async with connect(server.ws) as canary:
+        quiet_text, _, _ = await _json_stream(canary, {"id": "quiet", **greedy})
+        # The fuzzer reads lazily (a 4-message queue): its replies back up on the server while it sends.
+        async with connect(server.ws, max_size=None, max_queue=4) as fuzzed:
+            stop = asyncio.Event()
+            pinger = asyncio.create_task(_ping_rtts(canary, stop))
+            rng = random.Random(12)
+            for i in range(400):
+                await fuzzed.send(_fuzz_message(rng, i))
+                await asyncio.sleep(1 / 150)  # under the per-connection message rate
+            stop.set()
+            rtts = await pinger
+            # The fuzzed connection still answers: everything it was owed, then the pong to a last ping.
+            await fuzzed.send(json.dumps({"type": "ping", "ts": -1.0}))
+            codes_seen, pong = set(), False
+            async with asyncio.timeout(60):
+                while not pong:
+                    raw = await fuzzed.recv()
+                    if isinstance(raw, bytes):
+                        continue  # MTF1 output of a valid binary request
+                    for m in messages_of(raw):
+                        codes_seen.add(m.get("code"))
+                        pong = pong or (m["type"] == "pong" and m["ts"] == -1.0)
+        canary_text, _, _ = await _json_stream(canary, {"id": "after", **greedy})
+    assert max(rtts) < 0.25, f"canary ping worst {max(rtts) * 1000:.0f} ms over {len(rtts)} pings"
+    assert canary_text == quiet_text
+    assert codes_seen - {None} <= ERROR_CODES and {"invalid_json", "invalid_message", "unsupported"} <= codes_seen
+    assert "Traceback" not in server.log()
