@@ -79,7 +79,7 @@ def never_read(server, conns: int, requests: int, max_tokens: int) -> None:
     while time.monotonic() - start < 120:
         stats = server.stats()
         peak = max(peak, _rss_mib(server.pid))
-        if paused_at is None and stats["num_paused"] >= total:
+        if paused_at is None and stats["num_paused"] and not stats["num_running"]:  # no compute spent on them
             paused_at, tokens_at_pause, rss_at_pause = time.monotonic() - start, stats["generated_tokens"], peak
         established = [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == 1 for s in socks]
         if stats["websockets"] == 0 and not any(established):
@@ -90,22 +90,28 @@ def never_read(server, conns: int, requests: int, max_tokens: int) -> None:
         sock.close()
     print(f"{conns} connections x {requests} requests x {max_tokens} tokens, clients never read:")
     if paused_at is None:
-        print("  never all paused")
+        print("  never paused")
     else:
-        print(f"  all {total} streams paused after {paused_at:.1f} s, {tokens_at_pause:,} tokens generated "
-              f"(of {total * max_tokens:,}); server RSS {rss0:.0f} -> {rss_at_pause:.0f} MiB at the pause")
-    print(f"  closed (4001, then reset) after {closed_at:.1f} s; peak RSS {peak:.0f} MiB" if closed_at
-          else "  not closed within 120 s")
+        print(f"  nothing running (paused or never started) after {paused_at:.1f} s, {tokens_at_pause:,} tokens "
+              f"generated (of {total * max_tokens:,}); server RSS {rss0:.0f} -> {rss_at_pause:.0f} MiB then")
+    closes = sorted({line.split("closing websocket: ")[1] for line in server.log().splitlines()
+                     if "closing websocket: " in line})
+    print(f"  closed after {closed_at:.1f} s ({'; '.join(closes)}); peak RSS {peak:.0f} MiB, "
+          f"{server.stats()['generated_tokens']:,} tokens generated in all"
+          if closed_at else "  not closed within 120 s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["prompts", "never-read"])
     parser.add_argument("--max-message-bytes", type=int, default=1 << 20)
+    parser.add_argument("--synthetic-rate", type=float, help="tokens/s per stream, no model compute (a fast stream)")
     args = parser.parse_args()
     settings: dict[str, object] = {"max_message_bytes": args.max_message_bytes}
     with tempfile.TemporaryDirectory() as tmp:
         settings["session_store"] = f"sqlite://{tmp}/sessions.db"
+        if args.synthetic_rate:
+            settings["synthetic_rate"] = args.synthetic_rate
         server = launch(settings, Path(tmp) / "server.log")
         try:
             if args.what == "prompts":
