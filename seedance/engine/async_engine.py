@@ -174,8 +174,8 @@ class AsyncEngine:
             chars = len(request.prompt) if request.prompt is not None else sum(
                 len(m.get("content", "")) for m in request.messages or [])
             if chars > self.max_prompt_chars:
-                raise InvalidRequest(f"prompt has {chars} characters: more than the {self.max_prompt_tokens} "
-                                     f"tokens a prompt may have (at most {self.max_prompt_chars} characters)")
+                raise InvalidRequest(f"prompt has {chars} characters, certainly more tokens than allowed: the limit "
+                                     f"is {self.max_prompt_tokens} tokens (at most {self.max_prompt_chars} characters)")
 
     def _encode(self, request: GenerateRequest) -> list[int]:
         if request.messages is not None:
