@@ -18,18 +18,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory) -> Iterator[str]:
-    """A real Redis on a free loopback port, with AOF fsync on every write, stopped after the run."""
+def redis_binary() -> str:
     binary = shutil.which("redis-server")
     if binary is None:
         if os.environ.get("CI"):
             pytest.fail("redis-server is not installed (CI installs Debian's redis-server)")
         pytest.skip("redis-server is not installed: apt-get install -y redis-server")
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("redis")
+    return binary
+
+
+def start_redis(port: int, workdir) -> subprocess.Popen:
+    """A real Redis on 127.0.0.1:port, with AOF fsync on every write, answering PING (else the test fails)."""
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
          "--appendfsync", "always", "--dir", str(workdir)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
@@ -38,12 +39,18 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
                 s.sendall(b"PING\r\n")
                 if s.recv(16).startswith(b"+PONG"):
-                    break
+                    return proc
         except OSError:
             time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("redis-server did not start")
+    proc.kill()
+    pytest.fail("redis-server did not start")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> Iterator[str]:
+    """A real Redis on a free loopback port, with AOF fsync on every write, stopped after the run."""
+    port = _free_port()
+    proc = start_redis(port, tmp_path_factory.mktemp("redis"))
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(10)

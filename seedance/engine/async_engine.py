@@ -6,6 +6,10 @@ re-prioritise) are queued and applied between steps, never while a step runs, so
 no locks. All events of one step are delivered before the loop yields, so a transport that drains its
 streams after waking sees one step's tokens together and can send them in one write.
 
+Text prompts are tokenized (and chat-templated) on their own worker thread, in submission order, after a
+length check that refuses a prompt certainly too long for the context without tokenizing it: a megabyte
+prompt must not stall every other client's stream while it is tokenized only to be refused.
+
 Each request's event queue holds at most max_tokens + 1 events, so it is bounded by the request itself;
 a transport whose reader stalls pauses the request (engine.pause) instead of letting it grow.
 """
@@ -21,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from seedance.engine.config import EngineConfig
-from seedance.engine.errors import InvalidRequest
+from seedance.engine.errors import EngineOverloaded, InvalidRequest
 from seedance.engine.events import FinishReason, TokenEvent
 from seedance.engine.llm_engine import EngineStats, LLMEngine
 from seedance.engine.sampling_params import SamplingParams
@@ -110,6 +114,9 @@ class AsyncEngine:
         # All torch work runs on this one thread. A second thread doing torch ops would get its own
         # OpenMP pool, and two pools spinning on the same cores slow each other down several-fold.
         self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedance-engine")
+        # Tokenization has its own thread: the tokenizers library is not torch, and the engine thread is busy.
+        self.tokenize_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedance-tokenize")
+        self._tokenizing = 0
         self._task: asyncio.Task | None = None
         self._closed = False
         self.step_latencies: list[float] = []  # seconds per step, bounded to the last 1024
@@ -143,30 +150,62 @@ class AsyncEngine:
             await self._task
             self._task = None
         self.executor.shutdown(wait=True)
+        self.tokenize_executor.shutdown(wait=False, cancel_futures=True)
 
-    # ---- requests ---------------------------------------------------------------------------------
-    def encode(self, request: GenerateRequest) -> list[int]:
+    # ---- requests ----------------------------------------------------------------------------------
+    @property
+    def max_prompt_tokens(self) -> int:
+        """The longest prompt admission accepts: the policy limit, within the context."""
+        limit = self.engine.max_model_len - 1
+        return min(limit, self.config.max_prompt_tokens) if self.config.max_prompt_tokens is not None else limit
+
+    @property
+    def max_prompt_chars(self) -> int | None:
+        """Longer text prompts are certainly over max_prompt_tokens (see TextTokenizer.max_token_chars)."""
+        return self.max_prompt_tokens * self.tokenizer.max_token_chars if self.tokenizer is not None else None
+
+    def _check_given(self, request: GenerateRequest) -> None:
         given = sum(x is not None for x in (request.prompt, request.prompt_token_ids, request.messages))
         if given != 1:
             raise InvalidRequest("give exactly one of prompt, prompt_token_ids, messages")
-        if request.prompt_token_ids is not None:
-            return list(request.prompt_token_ids)
-        if self.tokenizer is None:
+        if request.prompt_token_ids is None and self.tokenizer is None:
             raise InvalidRequest("this model has no tokenizer: send prompt_token_ids")
+        if request.prompt_token_ids is None:
+            chars = len(request.prompt) if request.prompt is not None else sum(
+                len(m.get("content", "")) for m in request.messages or [])
+            if chars > self.max_prompt_chars:
+                raise InvalidRequest(f"prompt has {chars} characters, certainly more tokens than allowed: the limit "
+                                     f"is {self.max_prompt_tokens} tokens (at most {self.max_prompt_chars} characters)")
+
+    def _encode(self, request: GenerateRequest) -> list[int]:
         if request.messages is not None:
             return self.tokenizer.apply_chat_template(request.messages)
         return self.tokenizer.encode(request.prompt)
 
-    def submit(self, request: GenerateRequest) -> RequestStream:
-        """Admit a request or raise (InvalidRequest, EngineOverloaded) at once; never blocks."""
-        if self._closed:
-            from seedance.engine.errors import EngineOverloaded
+    async def tokenize(self, request: GenerateRequest) -> list[int]:
+        """The request's prompt as token ids, tokenized off the event loop (a text prompt certainly too long is
+        refused first, without tokenizing it). Raises InvalidRequest, or EngineOverloaded when
+        max_pending_tokenize prompts already wait for the tokenizer thread."""
+        self._check_given(request)
+        if request.prompt_token_ids is not None:
+            return list(request.prompt_token_ids)
+        if self._tokenizing >= self.config.max_pending_tokenize:
+            raise EngineOverloaded(f"{self._tokenizing} prompts are waiting to be tokenized; retry later")
+        self._tokenizing += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.tokenize_executor, self._encode, request)
+        finally:
+            self._tokenizing -= 1
 
+    async def submit(self, request: GenerateRequest) -> RequestStream:
+        """Tokenize (off the loop), then admit the request or raise (InvalidRequest, EngineOverloaded); admission
+        itself never waits."""
+        token_ids = await self.tokenize(request)
+        if self._closed:
             raise EngineOverloaded("engine is shutting down")
         request_id = request.request_id or f"req-{next(_ids)}"
         if request_id in self._streams:
             raise InvalidRequest(f"duplicate request id {request_id!r}")
-        token_ids = self.encode(request)
         self.engine.check_admission(request_id, token_ids, request.params, pending=self._pending_adds)
         stream = RequestStream(self, request_id, len(token_ids))
         self._streams[request_id] = stream
@@ -183,7 +222,7 @@ class AsyncEngine:
         return stream
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenEvent]:
-        async for event in self.submit(request):
+        async for event in await self.submit(request):
             yield event
 
     def cancel(self, request_id: str) -> None:

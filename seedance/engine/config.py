@@ -19,6 +19,9 @@ class EngineConfig:
     max_model_len: int | None = None  # defaults to the model's max_position_embeddings
     max_tokens_limit: int = 4096  # largest max_tokens a request may ask for
     max_prompt_tokens: int | None = None  # longest prompt a request may send (policy); None: the context length
+    # Text prompts are tokenized (and chat-templated) on a worker thread, off the event loop; at most this many
+    # wait for it at once, beyond that submit() raises EngineOverloaded.
+    max_pending_tokenize: int = 64
     aging_interval_s: float = 2.0  # every interval waited raises a request's priority by one level
     enable_prefix_caching: bool = True
     max_pinned_kv_fraction: float = 0.5  # share of the KV pool idle sessions may pin for their next turn

@@ -220,9 +220,10 @@ class LLMEngine:
         for chunk, sampled in results:
             seq = chunk.seq
             seq.token_ids.append(sampled.token_id)
-            event = self.requests[seq.request_id].process(sampled)
-            events.append(event)
-            if event.finished:
+            ready = self.requests[seq.request_id].process(sampled)
+            events += ready
+            if ready and ready[-1].finished:
+                event = ready[-1]
                 del self.requests[seq.request_id]
                 if seq.pin_key is not None:
                     self.block_manager.pin(seq.pin_key, seq)

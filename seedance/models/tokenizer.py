@@ -13,6 +13,12 @@ class TextTokenizer:
         self.hf = hf_tokenizer  # transformers PreTrainedTokenizerFast
         self.backend: Tokenizer = hf_tokenizer.backend_tokenizer
         self.eos_token_ids = eos_token_ids
+        # No token covers more characters of text than its vocabulary string has (a byte-level vocabulary
+        # spells each byte as one character, so a character is at least one of them): a text of n characters
+        # is at least n / max_token_chars tokens, which bounds a prompt's length before tokenizing it. A
+        # normalizer may shrink the text first (NFC composes up to 3 characters into 1), hence the margin.
+        longest = max((len(t) for t in hf_tokenizer.get_vocab()), default=1)
+        self.max_token_chars = longest * (4 if self.backend.normalizer is not None else 1)
 
     @classmethod
     def from_dir(cls, path: Path) -> TextTokenizer:

@@ -36,6 +36,12 @@ UNAUTHORIZED = "unauthorized"
 FORBIDDEN = "forbidden"
 # The connection sent messages faster than its rate limit; the server closes it with 1008 after this error.
 RATE_LIMITED = "rate_limited"
+# The session store (Redis, SQLite) could not be reached to read the session: this request fails, others go on;
+# retry later (readiness reports the store as degraded meanwhile).
+STORE_UNAVAILABLE = "store_unavailable"
+# A session turn completed (its `done` was sent) but its snapshot could not be written: the turn is not durable
+# (it lives in this server's memory only). Written, and acknowledged with a late `snapshot`, once the store is back.
+SNAPSHOT_FAILED = "snapshot_failed"
 
 ERROR_CODES: frozenset[str] = frozenset(
     {
@@ -53,6 +59,8 @@ ERROR_CODES: frozenset[str] = frozenset(
         UNAUTHORIZED,
         FORBIDDEN,
         RATE_LIMITED,
+        STORE_UNAVAILABLE,
+        SNAPSHOT_FAILED,
     }
 )
 

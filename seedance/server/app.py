@@ -45,6 +45,10 @@ async def readyz(request: web.Request) -> web.Response:
     if state.engine is None or state.draining:
         reason = state.load_error or ("draining" if state.draining else "loading")
         return web.json_response({"status": "not_ready", "reason": reason}, status=503)
+    if state.sessions is not None and state.sessions.store_error is not None:
+        # Still serving (requests without a session work); session requests fail with store_unavailable.
+        return web.json_response({"status": "degraded", "reason": "session_store_unavailable",
+                                  "detail": state.sessions.store_error, "model": state.config.model_name})
     return web.json_response({"status": "ready", "model": state.config.model_name})
 
 

@@ -13,8 +13,9 @@ def _logprobs(events: list[TokenEvent]) -> list[TokenLogprob] | None:
                          top=list(e.top_logprobs) if e.top_logprobs else None) for e in events]
 
 
-def chunk_message(request_id: str, seq: int, events: list[TokenEvent]) -> bytes:
-    return encode_server_message(Chunk(id=request_id, seq=seq, text="".join(e.text_delta for e in events),
+def chunk_message(request_id: str, seq: int, events: list[TokenEvent], text: str) -> bytes:
+    """events: the chunk's token events; text: all the text (a final event without a token may add some)."""
+    return encode_server_message(Chunk(id=request_id, seq=seq, text=text,
                                        token_ids=[e.token_id for e in events], logprobs=_logprobs(events)))
 
 

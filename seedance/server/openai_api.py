@@ -288,8 +288,8 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
             if not parsed.stream:
                 raise HttpError(400, "invalid_request", "session turns stream: set stream to true", "session")
             session = await state.sessions.get(scoped_key(principal_of(request), parsed.session))
-            input_text = state.sessions.prepare_turn(session, parsed.request)
-        stream = engine.submit(parsed.request)
+            input_text = await state.sessions.prepare_turn(session, parsed.request)
+        stream = await engine.submit(parsed.request)
     except SessionError as err:
         raise HttpError(err.status, err.code, err.message) from None
     except EngineError as err:

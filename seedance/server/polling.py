@@ -103,9 +103,9 @@ class JobStore:
             completion += len(tokens)
             if tokens and job.obs is not None:
                 job.obs.tokens(len(tokens))
-            if tokens:
-                job.chunks.append({"seq": len(job.chunks), "text": "".join(e.text_delta for e in tokens),
-                                   "token_ids": [e.token_id for e in tokens]})
+            text = "".join(e.text_delta for e in events)  # a final event without a token may carry text
+            if tokens or text:
+                job.chunks.append({"seq": len(job.chunks), "text": text, "token_ids": [e.token_id for e in tokens]})
             final = events[-1]
             if final.finished:
                 job.finish_reason = str(final.finish_reason)
@@ -161,7 +161,7 @@ async def create_job(request: web.Request) -> web.Response:
         message = decode_client_message(json.dumps(body), max_size=state.config.max_message_bytes)
         authorize_generate(request, message.logprobs, message.priority)  # per-option scopes (security.py)
         job_id = f"job-{uuid.uuid4().hex}"
-        stream = store.engine.submit(generate_request_from(message, request_id=job_id))
+        stream = await store.engine.submit(generate_request_from(message, request_id=job_id))
     except ProtocolError as err:
         raise HttpError(400, err.code, err.message) from None
     except EngineError as err:

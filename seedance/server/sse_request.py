@@ -40,7 +40,7 @@ class SseStreamRequest(StreamRequest):
         text = "".join(e.text_delta for e in events)
         self.completion_tokens += len(token_events)
         self.output_token_ids += [e.token_id for e in token_events]
-        self.output_text += [e.text_delta for e in token_events]
+        self.output_text.append(text)
         if self.obs is not None and token_events:
             self.obs.tokens(len(token_events))
         fmt = self.fmt

@@ -42,7 +42,8 @@ class StreamRequest:
     # (seq, is_binary, message) for everything produced; kept for session requests only (replay).
     log: list[tuple[int, bool, bytes]] | None = None
     on_finish: Callable[[StreamRequest], None] | None = None
-    on_snapshot: Callable[[object], None] | None = None  # the session turn is durable (set by its connection)
+    # The session turn's snapshot was written (True: durable) or not (False); set by its connection.
+    on_snapshot: Callable[[object, bool], None] | None = None
     # Who produces this request's output now: its connection (or SSE response), or the session manager
     # while the client is away. A resume moves it; only the owner may produce, detach or cancel it.
     owner: object = None
@@ -79,18 +80,19 @@ class StreamRequest:
         final = events[-1] if events[-1].finished else None
         self.completion_tokens += len(token_events)
         self.output_token_ids += [e.token_id for e in token_events]
-        self.output_text += [e.text_delta for e in token_events]
+        text = "".join(e.text_delta for e in events)
+        self.output_text.append(text)
         if self.obs is not None and token_events:
             self.obs.tokens(len(token_events))
-        if token_events or (final is not None and self.binary):
+        if token_events or text or (final is not None and self.binary):
             seq = self.next_seq
             self.next_seq += 1
             if self.credit is not None:
                 self.credit -= 1
             if self.binary:
-                self._emit(frames, seq, True, self._frame(seq, token_events, final))
+                self._emit(frames, seq, True, self._frame(seq, token_events, text, final))
             else:
-                self._emit(texts, seq, False, chunk_message(self.id, seq, token_events))
+                self._emit(texts, seq, False, chunk_message(self.id, seq, token_events, text))
         if final is not None:
             self.final = final
             if self.obs is not None:
@@ -111,11 +113,11 @@ class StreamRequest:
         if self.log is not None:
             self.log.append((seq, is_binary, message))
 
-    def _frame(self, seq: int, events: list[TokenEvent], final: TokenEvent | None) -> bytes:
+    def _frame(self, seq: int, events: list[TokenEvent], text: str, final: TokenEvent | None) -> bytes:
         has_logprobs = bool(events) and events[0].logprob is not None
         return encode_frame(
             [e.token_id for e in events],
-            "".join(e.text_delta for e in events),
+            text,
             frame_metadata(self.id, seq, events, final, self.completion_tokens),
             logprobs=[e.logprob for e in events] if has_logprobs else None,
             is_partial=final is None,

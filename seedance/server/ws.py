@@ -4,8 +4,14 @@ One reader (client messages), one writer (all the connection's streams) and one 
 connection. The writer wakes when any of the connection's streams has events and sends everything that
 is ready as one WebSocket message: a JSON array when several requests produced tokens in the same engine
 step, concatenated MTF1 frames for binary requests. Flow control pauses requests in the engine (they stop
-costing compute and keep their KV) instead of buffering: per request by credit, per connection by the
-socket's send-buffer water marks.
+costing compute and keep their KV) instead of buffering: per request by credit, per connection by water
+marks on the bytes in flight (see _unsent_bytes).
+
+Nothing here ever waits for the client to read: aiohttp's writer would otherwise wait for the socket to drain
+after every 64 KiB, and a client that stops reading would then hang the writer, the reader and the heartbeat
+together, and with them the very policy that pauses and closes it. Instead every send returns at once, the
+water marks bound what is buffered, and a client that stays above high water is closed (4001), its socket
+aborted if it will not even take the close frame.
 """
 
 from __future__ import annotations
@@ -14,10 +20,11 @@ import asyncio
 import contextlib
 import logging
 import socket
+import struct
 import time
 from collections.abc import Callable
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from seedance.engine.async_engine import AsyncEngine
 from seedance.engine.errors import EngineError
@@ -46,6 +53,10 @@ from seedance.sessions.manager import SessionError, SessionManager, scoped_key
 
 log = logging.getLogger(__name__)
 
+_NEVER_DRAIN = 1 << 62  # aiohttp writer_limit: never wait for the socket to drain (the water marks bound it)
+CLOSE_TIMEOUT_S = 10.0  # how long a closing peer has to answer (and read) the close frame before it is aborted
+_PROBE = b"sd:"  # ping payload prefix: "sd:<bytes written>", echoed in the pong, acknowledges that much output
+
 
 class WsConnection:
     guard: WsGuard  # set by websocket_handler: scopes per message, message rate, token expiry, reauth
@@ -66,6 +77,10 @@ class WsConnection:
         self.paused_for_backpressure = False
         self.above_high_water_since: float | None = None
         self.closing = False
+        self.bytes_written = 0  # message bytes handed to the socket
+        self.bytes_acked = 0  # of those, how many the client has read (a pong to a ping sent after them)
+        self.probed_at = 0  # bytes_written when the last probe ping went out
+        self._closer: asyncio.Task | None = None
 
     # ---- lifecycle --------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -88,11 +103,40 @@ class WsConnection:
                 else:
                     self.engine.cancel(active.engine_id)  # a closed connection cancels its requests
             self.requests.clear()
+            if self._closer is not None:
+                with contextlib.suppress(Exception):
+                    await self._closer
+            self._abort_if_stuck()
 
     async def close(self, code: int, reason: str) -> None:
-        if not self.ws.closed:
+        """Send the close frame and wait (bounded) for the peer's; on a task of its own, so the connection's
+        tasks ending meanwhile cannot cut the handshake short."""
+        if self._closer is None and not self.ws.closed:
             log.info("closing websocket: %d %s", code, reason)
-            await self.ws.close(code=code, message=reason.encode())
+            if code in (CloseCode.SLOW_CONSUMER, CloseCode.HEARTBEAT_TIMEOUT):
+                self._reset_on_close()  # the peer does not read: its close frame may never get through
+            self._closer = asyncio.ensure_future(self.ws.close(code=code, message=reason.encode(), drain=False))
+        if self._closer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._closer)
+
+    def _abort_if_stuck(self) -> None:
+        """Called once the close handshake is over (or timed out after CLOSE_TIMEOUT_S): a peer that still has
+        not read what was sent will not. Drop the socket; a plain close would wait for the unsent bytes
+        forever, holding the file descriptor and the buffer."""
+        transport = self.transport
+        unanswered = self._closer is not None and self.ws.close_code == WSCloseCode.ABNORMAL_CLOSURE
+        if transport is not None and (unanswered or transport.get_write_buffer_size() > 0):
+            self._reset_on_close()
+            transport.abort()
+
+    def _reset_on_close(self) -> None:
+        """Linger 0: closing the socket sends a reset, so the kernel drops what it still holds for a peer that
+        does not read, instead of keeping it as an orphan socket for minutes."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
     # ---- reading ----------------------------------------------------------------------------------
     async def _reader(self) -> None:
@@ -101,7 +145,7 @@ class WsConnection:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not await self.guard.within_rate():
                 return  # closed with 1008
             if msg.type == WSMsgType.TEXT:
-                await self._on_text(msg.data)
+                await self._on_text_guarded(msg.data)
             elif msg.type == WSMsgType.BINARY:
                 await self._send_now(error_message(None, codes.UNSUPPORTED,
                                                    "client messages are JSON text frames"))
@@ -109,12 +153,23 @@ class WsConnection:
                 await self.ws.pong(msg.data)
             elif msg.type == WSMsgType.PONG:
                 self.missed_pongs = 0
+                if msg.data.startswith(_PROBE) and msg.data[len(_PROBE):].isdigit():
+                    self.bytes_acked = max(self.bytes_acked, int(msg.data[len(_PROBE):]))
+                    self.wake.set()  # may resume streams paused for back-pressure
             elif msg.type == WSMsgType.ERROR:
                 err = self.ws.exception()
                 log.info("websocket error: %s", err)
                 return
             else:  # CLOSE, CLOSING, CLOSED
                 return
+
+    async def _on_text_guarded(self, data: str) -> None:
+        """A fault while handling one message fails that message, never the connection or its other streams."""
+        try:
+            await self._on_text(data)
+        except Exception:
+            log.exception("websocket message failed")
+            await self._send_now(error_message(None, codes.INTERNAL, "the server failed on this message"))
 
     async def _on_text(self, data: str) -> None:
         try:
@@ -173,13 +228,17 @@ class WsConnection:
             request = generate_request_from(msg, request_id=self._engine_id(msg.id))
             if msg.session is not None:
                 session = await self.sessions.get(scoped_key(self.guard.principal, msg.session))
-                input_text = self.sessions.prepare_turn(session, request)
-            stream = self.engine.submit(request)
+                input_text = await self.sessions.prepare_turn(session, request)
+            stream = await self.engine.submit(request)
         except (ProtocolError, SessionError) as err:
             await self._refuse(msg.id, err.code, err.message)
             return
         except EngineError as err:
             await self._refuse(msg.id, err.code, str(err))
+            return
+        except Exception:  # a fault of ours: this request fails, with its end marker, and nothing else
+            log.exception("generate %s failed to start", msg.id)
+            await self._refuse(msg.id, codes.INTERNAL, "the server failed to start this request")
             return
         stream.listener = self.wake.set
         active = self.requests[msg.id] = StreamRequest(msg.id, stream, self.engine, msg.binary, msg.credit)
@@ -197,9 +256,13 @@ class WsConnection:
             self.engine.pause(stream.request_id)  # joins its connection's back-pressure pause
 
     def _snapshot_acker(self, active: StreamRequest):
-        def ack(snapshot) -> None:
+        def ack(snapshot, durable: bool) -> None:
             if self.requests.get(active.id, active) is active and not self.ws.closed:
-                self.outbox.append(snapshot_message(active.id, active.session_name, snapshot))
+                self.outbox.append(snapshot_message(active.id, active.session_name, snapshot) if durable else
+                                   error_message(active.id, codes.SNAPSHOT_FAILED,
+                                                 f"turn {snapshot.turn} of session {active.session_name!r} is not "
+                                                 "durable: the session store is unavailable (a snapshot follows "
+                                                 "once it is back)"))
                 self.wake.set()
 
         return ack
@@ -237,13 +300,33 @@ class WsConnection:
             self.wake.set()
 
     async def _send_batch(self, texts: list[bytes], frames: list[bytes]) -> None:
+        if texts:
+            await self._send(texts[0] if len(texts) == 1 else b"[" + b",".join(texts) + b"]", WSMsgType.TEXT)
+        if frames:
+            await self._send(b"".join(frames), WSMsgType.BINARY)
+
+    async def _send(self, body: bytes, opcode: WSMsgType) -> None:
+        """Every message goes out here: never waits for the client (writer_limit), counts the bytes in flight,
+        and after each send_low_water_bytes of output asks the client (a ping) how far it has read."""
         if self.ws.closed:
             return
-        if texts:
-            body = texts[0] if len(texts) == 1 else b"[" + b",".join(texts) + b"]"
-            await self.ws.send_frame(body, WSMsgType.TEXT)  # already UTF-8 JSON: no re-encoding
-        if frames:
-            await self.ws.send_frame(b"".join(frames), WSMsgType.BINARY)
+        with contextlib.suppress(ConnectionError, RuntimeError):  # the peer went away: the reader ends it
+            await self.ws.send_frame(body, opcode)  # already UTF-8 JSON or MTF1: no re-encoding
+            self.bytes_written += len(body)
+            if self.bytes_written - self.probed_at >= self.config.send_low_water_bytes:
+                await self._ping()
+
+    async def _ping(self) -> None:
+        self.probed_at = self.bytes_written
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.ws.ping(_PROBE + str(self.bytes_written).encode())
+
+    def _unsent_bytes(self) -> int:
+        """Output the client has not read yet: what was written after the last ping it answered (that covers
+        the kernel's buffers on both ends, which on loopback hold megabytes), and at least what is still in
+        the transport's own buffer (a client that answers no ping at all)."""
+        buffered = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        return max(buffered, self.bytes_written - self.bytes_acked)
 
     def _engine_id(self, client_id: str) -> str:
         # Client ids are per connection; the engine needs globally unique ones.
@@ -281,7 +364,7 @@ class WsConnection:
     async def _apply_backpressure(self) -> bool:
         """Water marks on the socket's unsent bytes, for requests without explicit credit. Returns True
         when the writer must not write now."""
-        buffered = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        buffered = self._unsent_bytes()
         # Credit grants may resume requests paused for credit.
         for active in self.requests.values():
             if active.paused_for_credit and (active.credit or 0) > 0:
@@ -299,6 +382,8 @@ class WsConnection:
             elif now - self.above_high_water_since > self.config.slow_consumer_timeout_s:
                 await self.close(CloseCode.SLOW_CONSUMER, "slow consumer: send buffer above high water too long")
                 return True
+            if self.probed_at < self.bytes_written:
+                await self._ping()  # so the client's next read of everything can be seen, and resume it
             asyncio.get_running_loop().call_later(0.05, self.wake.set)  # re-check soon
             return True
         if self.paused_for_backpressure and buffered <= self.config.send_low_water_bytes:
@@ -308,6 +393,8 @@ class WsConnection:
                 if not active.paused_for_credit:
                     self.engine.resume(active.stream.request_id)
         elif self.paused_for_backpressure:
+            if self.probed_at < self.bytes_written:
+                await self._ping()
             asyncio.get_running_loop().call_later(0.05, self.wake.set)
             return True
         return False
@@ -320,8 +407,7 @@ class WsConnection:
         await self._send_now(body)
 
     async def _send_now(self, body: bytes) -> None:
-        if not self.ws.closed:
-            await self.ws.send_frame(body, WSMsgType.TEXT)
+        await self._send(body, WSMsgType.TEXT)
 
     # ---- heartbeat --------------------------------------------------------------------------------
     async def _heartbeat(self) -> None:
@@ -334,15 +420,14 @@ class WsConnection:
                 await self.close(CloseCode.HEARTBEAT_TIMEOUT, f"no pong to {self.missed_pongs} pings")
                 return
             self.missed_pongs += 1
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.ws.ping()
+            await self._ping()
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     config: ServerConfig = state.config
     ws = web.WebSocketResponse(autoping=False, max_msg_size=config.max_message_bytes, compress=False,
-                               protocols=SUBPROTOCOLS)
+                               protocols=SUBPROTOCOLS, writer_limit=_NEVER_DRAIN, timeout=CLOSE_TIMEOUT_S)
     await ws.prepare(request)
     transport = request.transport
     sock = transport.get_extra_info("socket") if transport else None

@@ -10,6 +10,11 @@ resumes or `resume_grace_s` runs out, when it is cancelled and its KV freed. Eac
 snapshotted to the store (off the event loop); a session evicted from memory, or lost in a restart, is
 restored from its snapshot and verified against its kv_cache_hash.
 
+A store failure (Redis down) fails only the request that needed the store (`store_unavailable`), or, for a
+snapshot, is told to that turn's client in-band (`snapshot_failed`); the manager then reports the store as
+degraded (readiness shows it) and probes it until it answers, then writes the snapshots it could not, each
+acknowledged late with its `snapshot`.
+
 Bounds: `max_sessions` in memory (LRU eviction of idle sessions: never one with a turn in progress),
 `session_idle_ttl_s`, and the engine's pinned-KV budget.
 """
@@ -26,6 +31,7 @@ from typing import Any
 
 from seedance.engine.async_engine import AsyncEngine
 from seedance.engine.events import FinishReason
+from seedance.protocol import errors as codes
 from seedance.sessions.snapshot import Snapshot, Turn, kv_cache_hash
 from seedance.sessions.store import SessionStore
 
@@ -67,7 +73,8 @@ class Session:
 class SessionManager:
     def __init__(self, engine: AsyncEngine, store: SessionStore, *, max_sessions: int = 10_000,
                  idle_ttl_s: float = 3600.0, resume_grace_s: float = 60.0,
-                 detached_buffer_tokens: int = 256, model_id: str = "") -> None:
+                 detached_buffer_tokens: int = 256, model_id: str = "",
+                 store_probe_interval_s: float = 1.0) -> None:
         self.engine = engine
         self.model_id = model_id  # snapshots are bound to it (seedance.models.identity)
         self.store = store
@@ -78,6 +85,10 @@ class SessionManager:
         self.sessions: OrderedDict[str, Session] = OrderedDict()
         self.pending_saves: set[asyncio.Task] = set()
         self.snapshots_written = 0
+        self.store_error: str | None = None  # why the store last failed; None while it works
+        self.store_probe_interval_s = store_probe_interval_s
+        self._unsaved: dict[str, tuple[Snapshot, Any]] = {}  # newest failed snapshot per session, for the retry
+        self._probe: asyncio.Task | None = None
 
     # ---- lookup -----------------------------------------------------------------------------------
     async def get(self, session_id: str) -> Session:
@@ -92,7 +103,13 @@ class SessionManager:
         return session
 
     async def _restore(self, session_id: str) -> Session | None:
-        snapshot = await self.store.load(session_id)
+        try:
+            snapshot = await self.store.load(session_id)
+        except Exception as err:  # whatever the store's client raises: this request fails, not the connection
+            self._store_failed(err)
+            raise SessionError(codes.STORE_UNAVAILABLE, "the session store is unavailable; retry later",
+                               503) from None
+        self._store_ok()
         if snapshot is None:
             return None
         try:
@@ -124,14 +141,14 @@ class SessionManager:
         return len(idle)
 
     # ---- turns ------------------------------------------------------------------------------------
-    def prepare_turn(self, session: Session, request: Any) -> str:
+    async def prepare_turn(self, session: Session, request: Any) -> str:
         """Make a GenerateRequest a turn of the session: its prompt becomes the conversation so far, as the
         tokens the model saw, plus the new input, and its KV stays pinned under the session for the next
         turn. Returns the new input as text (for the snapshot)."""
+        new_ids = await self.engine.tokenize(request)  # off the event loop; the session is checked after it
         if session.busy:
             raise SessionError("invalid_request", f"session {session.id!r} has a turn in progress "
                                                   f"({session.current.id!r}): wait for its done or cancel it", 409)
-        new_ids = self.engine.encode(request)
         input_text = request.prompt if request.prompt is not None else "\n".join(
             m["content"] for m in request.messages or [])
         request.prompt = request.messages = None
@@ -173,12 +190,52 @@ class SessionManager:
     async def _save(self, snapshot: Snapshot, request: Any) -> None:
         try:
             await self.store.save(snapshot)
-        except Exception:
-            log.exception("snapshot of session %s turn %d failed", snapshot.session_id, snapshot.turn)
+        except Exception as err:
+            log.warning("snapshot of session %s turn %d failed: %s", snapshot.session_id, snapshot.turn, err)
+            self._store_failed(err)
+            unsaved = self._unsaved.get(snapshot.session_id)
+            if unsaved is None or unsaved[0].turn <= snapshot.turn:
+                self._unsaved[snapshot.session_id] = (snapshot, request)
+            if request.on_snapshot is not None:
+                request.on_snapshot(snapshot, False)
             return
+        unsaved = self._unsaved.get(snapshot.session_id)
+        if unsaved is not None and unsaved[0].turn <= snapshot.turn:
+            del self._unsaved[snapshot.session_id]  # this one is as new: an older retry must not overwrite it
+        self._store_ok()
         self.snapshots_written += 1
         if request.on_snapshot is not None:
-            request.on_snapshot(snapshot)
+            request.on_snapshot(snapshot, True)
+
+    # ---- store health -----------------------------------------------------------------------------
+    def _store_failed(self, err: Exception) -> None:
+        if self.store_error is None:
+            log.error("session store unavailable: %s; probing it every %.1f s", err, self.store_probe_interval_s)
+        self.store_error = f"{type(err).__name__}: {err}"[:200]
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_task(self._probe_store(), name="session-store-probe")
+
+    def _store_ok(self) -> None:
+        if self.store_error is not None:
+            log.info("session store is back")
+            self.store_error = None
+        if self._unsaved:
+            unsaved, self._unsaved = self._unsaved, {}
+            for snapshot, request in unsaved.values():  # written now, acknowledged late
+                task = asyncio.get_running_loop().create_task(self._save(snapshot, request))
+                self.pending_saves.add(task)
+                task.add_done_callback(self.pending_saves.discard)
+
+    async def _probe_store(self) -> None:
+        """While the store is failing, read a key that never exists until it answers."""
+        while self.store_error is not None:
+            await asyncio.sleep(self.store_probe_interval_s)
+            try:
+                await self.store.load("\x00seedance-store-probe")
+            except Exception as err:
+                self.store_error = f"{type(err).__name__}: {err}"[:200]
+                continue
+            self._store_ok()
 
     # ---- away and back ----------------------------------------------------------------------------
     def detach(self, request: Any, owner: object) -> None:
@@ -234,6 +291,8 @@ class SessionManager:
         return request
 
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         for session in self.sessions.values():
             self._stop_detached(session)
         if self.pending_saves:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import pytest
 import torch
@@ -113,7 +115,8 @@ async def test_eos_ends_with_stop_and_no_special_text(engine):
 
 async def test_cancel_mid_stream_frees_kv_blocks(engine):
     total = engine.stats().num_kv_blocks
-    stream = engine.submit(GenerateRequest(prompt=PROMPT * 4, params=SamplingParams(max_tokens=500, ignore_eos=True)))
+    params = SamplingParams(max_tokens=500, ignore_eos=True)
+    stream = await engine.submit(GenerateRequest(prompt=PROMPT * 4, params=params))
     seen = []
     async for event in stream:
         seen.append(event)
@@ -153,7 +156,7 @@ async def test_repeated_prompt_hits_the_prefix_cache(engine):
 
 async def test_pause_stops_compute_and_resume_continues_identically(engine):
     reference = tokens_of(await collect(engine, max_tokens=40, temperature=0, ignore_eos=True))
-    stream = engine.submit(
+    stream = await engine.submit(
         GenerateRequest(prompt=PROMPT, params=SamplingParams(max_tokens=40, temperature=0, ignore_eos=True))
     )
     got = []
@@ -171,7 +174,7 @@ async def test_pause_stops_compute_and_resume_continues_identically(engine):
 
 
 async def test_reprioritise_while_running(engine):
-    stream = engine.submit(GenerateRequest(prompt=PROMPT, params=SamplingParams(max_tokens=30, ignore_eos=True)))
+    stream = await engine.submit(GenerateRequest(prompt=PROMPT, params=SamplingParams(max_tokens=30, ignore_eos=True)))
     async for event in stream:
         if event.seq == 2:
             engine.set_priority(stream.request_id, -5)
@@ -183,7 +186,7 @@ async def test_reprioritise_while_running(engine):
 async def test_a_new_request_joins_the_running_batch():
     eng = await AsyncEngine.create(EngineConfig(num_kv_blocks=256))
     try:
-        long = eng.submit(GenerateRequest(prompt=PROMPT, params=SamplingParams(max_tokens=200, ignore_eos=True)))
+        long = await eng.submit(GenerateRequest(prompt=PROMPT, params=SamplingParams(max_tokens=200, ignore_eos=True)))
         order = []
 
         async def consume(stream, name):
@@ -193,7 +196,7 @@ async def test_a_new_request_joins_the_running_batch():
         long_task = asyncio.create_task(consume(long, "long"))
         while not any(n == "long" and s >= 5 for n, s in order):
             await asyncio.sleep(0.005)
-        short = eng.submit(GenerateRequest(prompt="Amen", params=SamplingParams(max_tokens=5, ignore_eos=True)))
+        short = await eng.submit(GenerateRequest(prompt="Amen", params=SamplingParams(max_tokens=5, ignore_eos=True)))
         await consume(short, "short")
         short_done_at = len(order)
         await long_task
@@ -207,21 +210,23 @@ async def test_admission_limits_reject_with_clear_errors():
     eng = await AsyncEngine.create(EngineConfig(num_kv_blocks=64, max_waiting=2, max_tokens_limit=100))
     try:
         with pytest.raises(InvalidRequest, match="duplicate"):
-            eng.submit(GenerateRequest(prompt="d", request_id="dup", params=SamplingParams(max_tokens=5)))
-            eng.submit(GenerateRequest(prompt="d", request_id="dup"))
-        with pytest.raises(InvalidRequest, match="exactly one"):
-            eng.submit(GenerateRequest(prompt="a", messages=[{"role": "user", "content": "b"}]))
-        with pytest.raises(InvalidRequest, match="max_tokens"):
-            eng.submit(GenerateRequest(prompt="a", params=SamplingParams(max_tokens=101)))
-        with pytest.raises(InvalidRequest, match="context"):
-            eng.submit(GenerateRequest(prompt_token_ids=[5] * 5000))
-        with pytest.raises(InvalidRequest, match="vocabulary"):
-            eng.submit(GenerateRequest(prompt_token_ids=[10**6]))
-        with pytest.raises(InvalidRequest, match="KV cache"):
-            eng.submit(GenerateRequest(prompt_token_ids=[5] * 1500))  # 64 blocks hold 1024 tokens
-        eng.submit(GenerateRequest(prompt="b", params=SamplingParams(max_tokens=5)))  # fills the queue
+            # Token-id prompts: nothing to tokenize, so no engine step runs between these submits.
+            await eng.submit(GenerateRequest(prompt_token_ids=[5], request_id="dup",
+                                             params=SamplingParams(max_tokens=5)))
+            await eng.submit(GenerateRequest(prompt_token_ids=[5], request_id="dup"))
+        await eng.submit(GenerateRequest(prompt_token_ids=[6], params=SamplingParams(max_tokens=5)))  # fills the queue
         with pytest.raises(EngineOverloaded, match="waiting queue is full"):
-            eng.submit(GenerateRequest(prompt="c", params=SamplingParams(max_tokens=5)))
+            await eng.submit(GenerateRequest(prompt_token_ids=[7], params=SamplingParams(max_tokens=5)))
+        with pytest.raises(InvalidRequest, match="exactly one"):
+            await eng.submit(GenerateRequest(prompt="a", messages=[{"role": "user", "content": "b"}]))
+        with pytest.raises(InvalidRequest, match="max_tokens"):
+            await eng.submit(GenerateRequest(prompt="a", params=SamplingParams(max_tokens=101)))
+        with pytest.raises(InvalidRequest, match="context"):
+            await eng.submit(GenerateRequest(prompt_token_ids=[5] * 5000))
+        with pytest.raises(InvalidRequest, match="vocabulary"):
+            await eng.submit(GenerateRequest(prompt_token_ids=[10**6]))
+        with pytest.raises(InvalidRequest, match="KV cache"):
+            await eng.submit(GenerateRequest(prompt_token_ids=[5] * 1500))  # 64 blocks hold 1024 tokens
     finally:
         await eng.close()
 
@@ -293,3 +298,63 @@ async def test_session_pin_reuses_prior_turns_kv_across_a_three_turn_chat(engine
     engine.unpin("chat-1")
     await asyncio.sleep(0.05)
     assert engine.stats().num_pinned_blocks == 0
+
+
+@pytest.mark.parametrize("prompt, stop", [
+    ("And the LORD spake unto Moses, saying, Speak unto all the", "congregation"),  # begins inside a token
+    ("And the LORD spake unto Moses, saying, Speak unto all the", " children of"),  # at token boundaries
+    ("And the LORD spake unto Moses, saying, Speak unto all the", "ren of Isr"),  # inside, across three
+])
+async def test_stop_string_tokens_do_not_leak_into_token_ids(engine, prompt, stop):
+    full = await collect(engine, prompt=prompt, max_tokens=30, temperature=0, ignore_eos=True)
+    full_text = text_of(full)
+    assert stop in full_text  # the greedy continuation reaches it
+    stopped = await collect(engine, prompt=prompt, max_tokens=30, temperature=0, ignore_eos=True, stop=[stop])
+    text, ids = text_of(stopped), tokens_of(stopped)
+    assert text == full_text[: full_text.index(stop)]
+    # The ids are the longest run of the output's tokens whose text lies wholly before the stop string.
+    assert ids == tokens_of(full)[: len(ids)]
+    assert text.startswith(engine.tokenizer.decode(ids))
+    assert not text.startswith(engine.tokenizer.decode(tokens_of(full)[: len(ids) + 1]))
+    assert stopped[-1].finish_reason is FinishReason.STOP and stopped[-1].stop_reason == stop
+    assert sum(e.finished for e in stopped) == 1
+
+
+async def test_a_prompt_certainly_over_the_limit_is_refused_without_tokenizing():
+    eng = await AsyncEngine.create(EngineConfig(num_kv_blocks=64, max_prompt_tokens=100, warmup=False))
+    try:
+        longest = max(eng.tokenizer.hf.get_vocab(), key=len)  # e.g. "ĠNebuchadrezzar": one token, 15 chars
+        word = eng.tokenizer.decode([eng.tokenizer.hf.convert_tokens_to_ids(longest)])
+        assert eng.max_prompt_chars == 100 * len(word)
+        # At the bound: tokenized, 100 tokens, admitted. One character more: refused before tokenizing.
+        at_bound = await eng.submit(GenerateRequest(prompt=word * 100, params=SamplingParams(max_tokens=1)))
+        assert at_bound.num_prompt_tokens == 100
+        calls = []
+        encode = eng.tokenizer.encode
+        eng.tokenizer.encode = lambda text: calls.append(len(text)) or encode(text)
+        started = time.perf_counter()
+        for request in (GenerateRequest(prompt=word * 100 + "x"),
+                        GenerateRequest(prompt="In the beginning " * 60_000),  # 1 MB
+                        GenerateRequest(messages=[{"role": "user", "content": "Amen. " * 200_000}])):
+            with pytest.raises(InvalidRequest, match="characters"):
+                await eng.submit(request)
+        assert time.perf_counter() - started < 0.1 and calls == []
+    finally:
+        await eng.close()
+
+
+async def test_prompts_are_tokenized_and_templated_off_the_event_loop(engine):
+    threads = []
+    tokenizer = engine.tokenizer
+    encode, template = tokenizer.encode, tokenizer.apply_chat_template
+    tokenizer.encode = lambda text: threads.append(threading.current_thread()) or encode(text)
+    tokenizer.apply_chat_template = lambda msgs: threads.append(threading.current_thread()) or template(msgs)
+    try:
+        texts = [f"{PROMPT} {i}" for i in range(6)]
+        requests = [GenerateRequest(prompt=t) for t in texts]
+        requests.append(GenerateRequest(messages=[{"role": "user", "content": "Amen"}]))
+        ids = await asyncio.gather(*[engine.tokenize(r) for r in requests])
+    finally:
+        tokenizer.encode, tokenizer.apply_chat_template = encode, template
+    assert ids[:6] == [encode(t) for t in texts]  # each its own, whatever the interleaving
+    assert len(threads) == 7 and threading.main_thread() not in threads

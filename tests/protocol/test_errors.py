@@ -21,6 +21,8 @@ def test_error_codes_are_the_documented_set() -> None:
         "unauthorized",
         "forbidden",
         "rate_limited",
+        "store_unavailable",
+        "snapshot_failed",
     } == ERROR_CODES
 
 
