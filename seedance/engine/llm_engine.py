@@ -71,7 +71,7 @@ class LLMEngine:
             from seedance.engine.model_runner import TorchModelRunner
             from seedance.models.loader import load_model
 
-            loaded = load_model(config.model, config.device, config.dtype, config.max_model_len)
+            loaded = load_model(config.model, config.device, config.dtype, config.max_model_len, config.quantize)
             times = dict(loaded.timings)
             engine = cls(config, TorchModelRunner(loaded, config), loaded.tokenizer, loaded.max_model_len)
         engine.load_times = {**times, "kv_allocated": time.time_ns()}  # the runner's KV pool + the block table
