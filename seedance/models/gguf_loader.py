@@ -25,9 +25,9 @@ from torch import nn
 
 from seedance.models.llama import LlamaForCausalLM
 from seedance.models.quantized_linear import QuantizedEmbedding, QuantizedLinear, int4_shape_ok, quantize_int4
+from seedance.models.registry import QUANTIZE_MODES
 
 GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2")
-QUANTIZE_MODES = ("auto", "none", "int8", "int4")
 INT4_EXACT = ("Q4_0", "Q4_1", "Q4_K")
 FLOAT_TYPES = ("F32", "F16", "BF16")
 
@@ -76,16 +76,6 @@ def field_value(reader, key: str, default=None):
     return default if f is None else f.contents()
 
 
-def gguf_name(path: Path) -> str:
-    """The served name of a GGUF file: its general.name, else the file's stem."""
-    try:
-        from gguf import GGUFReader
-
-        return str(field_value(GGUFReader(str(path)), "general.name") or path.stem)
-    except Exception:  # an unreadable file fails properly when it loads
-        return path.stem
-
-
 def gguf_config(reader, arch: str):
     """A transformers config from llama.cpp's metadata keys (`{arch}.block_count`, ...)."""
     from transformers import LlamaConfig, MistralConfig, Qwen2Config
@@ -130,7 +120,7 @@ def _rows(tensor, model: GGUFModel) -> np.ndarray:
     permutes Llama's q / k rows for its RoPE layout; undone here, on whole rows, so it works on blocks too."""
     data = np.array(tensor.data)  # a copy: the memory map is read-only
     name = tensor.name
-    if model.architecture in ("llama", "mistral") and (name.endswith("attn_q.weight") or name.endswith("attn_k.weight")):
+    if model.architecture in ("llama", "mistral") and name.endswith(("attn_q.weight", "attn_k.weight")):
         cfg = model.config
         heads = cfg.num_attention_heads if "attn_q" in name else cfg.num_key_value_heads
         n = data.shape[0]

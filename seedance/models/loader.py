@@ -16,12 +16,19 @@ from safetensors.torch import load_file
 
 from seedance.models.llama import LlamaForCausalLM, rope_tables
 from seedance.models.quantized_linear import QuantizedEmbedding, QuantizedLinear, quantize_model
+from seedance.models.registry import (
+    BUILTIN_NAMES,
+    BUILTIN_SERVED_NAME,
+    DTYPE_NAMES,
+    REGISTRY,
+    cached_path,
+    check_load_options,
+    check_model_arg,
+)
 from seedance.models.tokenizer import TextTokenizer
 
 BUILTIN_MODEL_DIR = Path(__file__).resolve().parent / "tiny"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-BUILTIN_NAMES = (None, "", "builtin", "tiny")
-BUILTIN_SERVED_NAME = "seedance-tiny"
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 QUANTIZE = {"auto": None, "none": None, "int8": 8, "int4": 4}  # auto: GGUF keeps its own, HF stays float
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -47,22 +54,11 @@ def resolve_model_path(model: str | os.PathLike | None) -> Path:
     """The built-in directory, a pulled name's file (registry.py), or the path as given; checked to exist."""
     if model in BUILTIN_NAMES:
         return BUILTIN_MODEL_DIR
-    from seedance.models.registry import REGISTRY, cached_path
-
-    if str(model) in REGISTRY:
-        try:
-            return cached_path(str(model))
-        except FileNotFoundError as err:
-            raise ModelLoadError(str(err)) from None
-    path = Path(model).expanduser()
-    if path.is_file() and path.suffix.lower() == ".gguf":
-        return path
-    if not (path / "config.json").is_file():
-        raise ModelLoadError(
-            f"{path} is not a model: pass a .gguf file, a local Hugging Face model directory (with config.json), "
-            f"a pulled name ({', '.join(REGISTRY)}), or omit --model for the built-in one"
-        )
-    return path
+    try:
+        check_model_arg(model)
+    except FileNotFoundError as err:
+        raise ModelLoadError(str(err)) from None
+    return cached_path(str(model)) if str(model) in REGISTRY else Path(model).expanduser()
 
 
 def resolve_model_dir(model: str | os.PathLike | None) -> Path:
@@ -70,29 +66,6 @@ def resolve_model_dir(model: str | os.PathLike | None) -> Path:
     if path.is_file():
         raise ModelLoadError(f"{path} is a file, not a model directory")
     return path
-
-
-def served_name(model: str | os.PathLike | None) -> str:
-    """The model's own name, which the server reports by default: the built-in one's, a GGUF's general.name,
-    else the file or directory name."""
-    if model in BUILTIN_NAMES:
-        return BUILTIN_SERVED_NAME
-    try:
-        path = resolve_model_path(model)
-    except (ModelLoadError, OSError):
-        return Path(str(model)).name or str(model)
-    if path.is_file():
-        from seedance.models.gguf_loader import gguf_name
-
-        return gguf_name(path)
-    return path.resolve().name
-
-
-def check_options(dtype: str, quantize: str) -> None:
-    if dtype not in DTYPES:
-        raise ModelLoadError(f"unsupported dtype {dtype!r}; one of {', '.join(DTYPES)}")
-    if quantize not in QUANTIZE:
-        raise ModelLoadError(f"unsupported quantize {quantize!r}; one of {', '.join(QUANTIZE)}")
 
 
 def load_config(path: Path):
@@ -119,7 +92,10 @@ def load_model(
     quantize: str = "auto",
 ) -> LoadedModel:
     """Load and return the model; any failure is a ModelLoadError with a one-line reason."""
-    check_options(dtype, quantize)
+    try:
+        check_load_options(dtype, quantize)
+    except ValueError as err:
+        raise ModelLoadError(str(err)) from None
     path = resolve_model_path(model)
     try:
         if path.is_file():

