@@ -104,7 +104,8 @@ def load_model(
     except ModelLoadError:
         raise
     except Exception as err:  # a corrupt file, an unsupported architecture, a missing tensor...
-        raise ModelLoadError(f"{path}: {err}".replace("\n", " ")) from err
+        message = str(err).replace("\n", " ")
+        raise ModelLoadError(message if str(path) in message else f"{path}: {message}") from err
 
 
 def _context_limit(config, max_model_len: int | None) -> int:
