@@ -74,7 +74,7 @@ def write_gguf(model_dir: Path, out: Path, qtype: GGMLQuantizationType = GGMLQua
             data = _permute(data, config["num_attention_heads"])
         elif gname.endswith("attn_k.weight"):
             data = _permute(data, config["num_key_value_heads"])
-        kind = (embed_qtype or qtype) if gname == "token_embd.weight" else qtype
+        kind = embed_qtype if gname == "token_embd.weight" and embed_qtype is not None else qtype
         if data.ndim == 1 or kind == GGMLQuantizationType.F32:
             w.add_tensor(gname, np.ascontiguousarray(data, np.float32))
         else:
