@@ -122,7 +122,8 @@ def test_hf_directory_quantize_on_load():
 def _strings(n: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     pieces = ["And God said", " unto", "  double  spaces", "\ttab", "\n\nnew lines\n", "1234567", " 3.14159",
-              "naïve café", "日本語のテキスト", "emoji 🎉🚀", "Ünïcödé", "def f(x):\n    return x ** 2", "<|endoftext|>",
+              "naïve café", "日本語のテキスト", "emoji 🎉🚀", "Ünïcödé", "def f(x):\n    return x ** 2",
+              "<|endoftext|>",
               "x<|endoftext|>y", "    indented", "it's we're they'll", "ALL CAPS", "mixed123abc", "¿Qué?", "–—…",
               "    ", " ", "", "Ελληνικά", "Русский текст", "العربية", "a\u200bb", "\r\n", "{'json': [1, 2]}"]
     out = []
@@ -156,7 +157,7 @@ def test_unsupported_architecture_and_corrupt_files_fail_with_one_clear_line(fil
     assert "\n" not in str(err.value)
     corrupt = tmp_path / "corrupt.gguf"
     corrupt.write_bytes(files[T.F32].read_bytes()[: 200_000])
-    with pytest.raises(ModelLoadError, match="corrupt.gguf") as err:
+    with pytest.raises(ModelLoadError, match=r"corrupt\.gguf") as err:
         load_model(corrupt)
     assert "\n" not in str(err.value)
     with pytest.raises(ModelLoadError, match="not a model"):
