@@ -91,7 +91,7 @@ def test_tokenizer_matches_transformers_gguf_tokenizer(smollm2_path, hf_tokenize
 
 
 def test_dequantized_path_equals_transformers_for_32_greedy_tokens(smollm2_path, hf_greedy):
-    engine, prompts, got = ours(smollm2_path, "none")
+    _, prompts, got = ours(smollm2_path, "none")
     assert prompts == [p for p, _ in hf_greedy]
     assert [g[: len(h)] for g, (_, h) in zip(got, hf_greedy, strict=True)] == [h for _, h in hf_greedy]
     assert sum(len(h) for _, h in hf_greedy) >= 24  # the comparison is not vacuous
