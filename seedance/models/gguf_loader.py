@@ -241,12 +241,3 @@ def load_gguf_weights(model: GGUFModel, net: LlamaForCausalLM, mode: str) -> dic
     if leftover:
         raise GGUFError(f"{model.path}: unexpected tensors {leftover[:5]}")
     return floats
-
-
-def path_of(tensor_type_name: str, mode: str = "auto") -> str:
-    """Which path a GGUF tensor type takes for projections (docs/model.md's table)."""
-    if mode == "none" or (tensor_type_name in FLOAT_TYPES and mode == "auto"):
-        return "float"
-    if tensor_type_name in INT4_EXACT and mode in ("auto", "int4"):
-        return "int4 (exact)"
-    return "int4 (requantized)" if mode == "int4" else "int8 (requantized)"
