@@ -16,9 +16,11 @@ buffers, which `.to(dtype)` leaves alone).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
+DEQUANTIZE_ABOVE_ROWS = 8  # more rows than this (prefill chunks) dequantize the weight per call: see forward()
 
 
 class QuantizedLinear(nn.Module):
@@ -68,6 +70,10 @@ class QuantizedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
+        if x2.shape[0] > DEQUANTIZE_ABOVE_ROWS and (self.bits == 8 or self.out_features % 32 == 0):
+            # Prefill: torch's weight-only CPU kernels are slow past a few rows (measured 25-35x a float matmul
+            # at 37 rows); dequantizing the weight for this call and using the float GEMM is cheaper.
+            return F.linear(x, self.dequantize(x.dtype), self.bias)
         if self.bits == 8:
             y = torch.ops.aten._weight_int8pack_mm(x2, self.weight_int8, self.scales)
         else:
@@ -76,13 +82,18 @@ class QuantizedLinear(nn.Module):
             y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features)
 
-    def dequantize(self) -> torch.Tensor:
-        """The float weight [N, K] these buffers stand for (reference paths and tests)."""
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The float weight [N, K] these buffers stand for."""
         if self.bits == 8:
-            return self.weight_int8.float() * self.scales.float()[:, None]
-        eye = torch.eye(self.in_features, dtype=self.scale_and_zeros.dtype)
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(
-            eye, self.weight_int4, self.group_size, self.scale_and_zeros).float().T.contiguous()
+            return self.weight_int8.to(dtype) * self.scales.to(dtype)[:, None]
+        n, k, g = self.out_features, self.in_features, self.group_size
+        if n % 32:
+            eye = torch.eye(k, dtype=self.scale_and_zeros.dtype)
+            return torch.ops.aten._weight_int4pack_mm_for_cpu(
+                eye, self.weight_int4, g, self.scale_and_zeros).to(dtype).T.contiguous()
+        codes = unpack_int4(self.weight_int4, n, k).to(dtype).sub_(8).view(n, k // g, g)
+        sz = self.scale_and_zeros.to(dtype)  # [K/G, N, 2]
+        return (codes * sz[..., 0].T.unsqueeze(-1) + sz[..., 1].T.unsqueeze(-1)).view(n, k)
 
     @property
     def nbytes(self) -> int:
@@ -117,6 +128,16 @@ class QuantizedEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, int8"
+
+
+def unpack_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """The codes [N, K] (uint8, 0..15) inside `_convert_weight_to_int4pack_for_cpu`'s [N, K/2] output, for N a
+    multiple of 32: blocks of 32 rows stored [K/2, 2, 16], rows 0-15 in the low nibbles, 16-31 in the high
+    ones (torch 2.13's layout; test_quantized_linear.py checks it against the codes packed)."""
+    buf = packed.view(n // 32, k // 2, 2, 16)
+    lo = (buf & 15).permute(0, 3, 1, 2).reshape(n // 32, 16, k)
+    hi = (buf >> 4).permute(0, 3, 1, 2).reshape(n // 32, 16, k)
+    return torch.cat([lo, hi], dim=1).view(n, k)
 
 
 def int4_shape_ok(n: int, k: int, group_size: int) -> bool:

@@ -17,20 +17,22 @@ from seedance.models.quantized_linear import (
     quantize_int4,
     quantize_int8,
     quantize_model,
+    unpack_int4,
 )
 
 
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_kernel_equals_dequantized_matmul(bits, dtype):
+@pytest.mark.parametrize("rows", [(1,), (2, 3), (3, 5)])  # up to 8 rows the kernel; more: dequantize per call
+def test_kernel_equals_dequantized_matmul(bits, dtype, rows):
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(192, 576, generator=gen) * 0.05
     bias = torch.randn(192, generator=gen)
     layer = QuantizedLinear.from_float(weight, bits, 32, bias).to(dtype)
-    x = torch.randn(3, 5, 576, generator=gen)  # a leading batch shape, as the runner's [T, hidden] or more
+    x = torch.randn(*rows, 576, generator=gen)  # leading batch shapes, as the runner's [T, hidden] or more
     expected = x.float() @ layer.dequantize().T + bias
     got = layer(x.to(dtype)).float()
-    assert got.shape == (3, 5, 192)
+    assert got.shape == (*rows, 192)
     tol = 1e-4 if dtype == torch.float32 else 0.05 * expected.abs().max().item()
     torch.testing.assert_close(got, expected, atol=tol, rtol=0.02 if dtype == torch.bfloat16 else 1e-4)
 
@@ -92,3 +94,17 @@ def test_quantize_model_shrinks_a_model():
     params = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
     buffers = sum(b.numel() * b.element_size() for n, b in loaded.model.named_buffers() if "rope" not in n)
     assert params + buffers < float_bytes / 3
+
+
+@pytest.mark.parametrize(("n", "k"), [(32, 64), (960, 576), (576, 1536)])
+def test_unpack_reads_the_kernels_packed_layout(n, k):
+    codes = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=torch.Generator().manual_seed(n))
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    assert torch.equal(unpack_int4(packed, n, k).to(torch.int32), codes)
+
+
+def test_int4_dequantize_for_n_not_a_multiple_of_32_uses_the_kernel():
+    weight = torch.randn(48, 64, generator=torch.Generator().manual_seed(3))
+    layer = QuantizedLinear.from_float(weight, 4, 32)
+    x = torch.randn(12, 64)
+    torch.testing.assert_close(layer(x), x @ layer.dequantize().T, atol=1e-4, rtol=1e-4)
