@@ -117,7 +117,7 @@ def _context_limit(config, max_model_len: int | None) -> int:
 
 
 def _finish(net: LlamaForCausalLM, config, max_len: int) -> LlamaForCausalLM:
-    """Materialize what is still on the meta device (quantized modules are real already), set RoPE, cast."""
+    """Materialize what is still on the meta device (quantized modules are real already) and set RoPE."""
     for module in net.modules():
         if not isinstance(module, QuantizedLinear | QuantizedEmbedding):
             module.to_empty(device="cpu", recurse=False)
