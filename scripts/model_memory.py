@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=3.0, help="seconds after ready before reading RSS")
     parser.add_argument("--kv-cache-bytes", type=int, default=None, help="pass a fixed pool instead of the default")
     args = parser.parse_args()
-    print("| model, format | `--quantize` | KV pool (default) | idle RSS |")
+    print("| model, format | `--quantize` | KV pool | idle RSS |")
     print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for label, settings in CASES:
