@@ -24,3 +24,15 @@ def test_a_copy_of_the_model_has_the_same_identity_and_changed_weights_do_not(tm
 def test_the_dtype_is_part_of_the_identity():
     assert model_identity(BUILTIN_MODEL_DIR, "float32") != model_identity(BUILTIN_MODEL_DIR, "bfloat16")
     assert model_identity(None, "float32", synthetic=True) == "synthetic/float32"
+
+
+def test_a_gguf_file_has_an_identity_of_its_own(tmp_path):
+    from gguf import GGMLQuantizationType
+
+    from tests.models.gguf_files import write_gguf
+
+    f32 = write_gguf(BUILTIN_MODEL_DIR, tmp_path / "f32.gguf")
+    q8 = write_gguf(BUILTIN_MODEL_DIR, tmp_path / "q8.gguf", GGMLQuantizationType.Q8_0)
+    assert weights_fingerprint(f32) == weights_fingerprint(f32)
+    assert weights_fingerprint(f32) != weights_fingerprint(q8)
+    assert model_identity(q8, "float32", quantize="auto") != model_identity(q8, "float32", quantize="none")
