@@ -21,6 +21,7 @@ from seedance.bench.workloads_bench import (
     run_workloads_bench,
 )
 from seedance.cli import app, bench_workloads
+from seedance.engine.config import EngineConfig
 
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
@@ -58,10 +59,13 @@ def test_workloads_bench_smoke(tmp_path):
             assert r["kv_reuse_by_turn"][0] is not None and r["kv_reuse_by_turn"][0] < 0.5
             assert r["kv_reuse_mean"] > 0.5, r
             assert len(r["turn_latency_p50_ms"]) == 3
-    # The KV pool is the memory the configurations trade: 2,730 blocks (256 MiB) vs 160 (15 MiB).
+    # The KV pool is the memory the configurations trade: the default's kv_cache_tokens (32,768 tokens: 2,048
+    # blocks, 192 MiB for the built-in model) vs 160 blocks (15 MiB).
     configs = report["configs"]
-    assert configs["default"]["num_kv_blocks"] == 2730 and configs["kv-160"]["num_kv_blocks"] == 160
-    assert configs["default"]["kv_pool_mib"] > 250 > 20 > configs["kv-160"]["kv_pool_mib"]
+    default = EngineConfig()
+    assert configs["default"]["num_kv_blocks"] == default.kv_cache_tokens // default.block_size
+    assert configs["kv-160"]["num_kv_blocks"] == 160
+    assert configs["default"]["kv_pool_mib"] > 150 > 20 > configs["kv-160"]["kv_pool_mib"]
     assert cells[("short", "kv-160")]["server"]["rss_mib_max"] < cells[("short", "default")]["server"]["rss_mib_max"]
     # Pareto: non-empty per workload, exactly the front of the recorded points.
     for workload in ("short", "summary", "dialogue"):
