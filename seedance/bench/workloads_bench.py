@@ -65,7 +65,8 @@ DEFAULT_WORKLOADS: dict[str, Workload] = {
 }
 
 # Each configuration is a dict of EngineConfig / ServerConfig fields (passed as SEEDANCE_* variables).
-# The default KV pool follows the model (32,768 tokens: 192 MiB for the built-in model); the others name their pool in blocks (16 tokens each) so that a dtype
+# The default KV pool follows the model (32,768 tokens: 192 MiB for the built-in model); the others name
+# their pool in blocks (16 tokens each) so that a dtype
 # change changes the bytes, not the block count.
 CONFIGS: dict[str, dict[str, object]] = {
     "default": {},
@@ -80,8 +81,8 @@ CONFIGS: dict[str, dict[str, object]] = {
     "lean": {"dtype": "bfloat16", "num_kv_blocks": 160, "max_num_seqs": 16},
 }
 CONFIG_NOTES: dict[str, str] = {
-    "default": "the server's defaults: float32, KV pool of 32,768 tokens (2,048 blocks, 192 MiB), max_num_seqs 64, 256-token steps, "
-               "max_waiting 256",
+    "default": "the server's defaults: float32, KV pool of 32,768 tokens (2,048 blocks, 192 MiB), max_num_seqs 64, "
+               "256-token steps, max_waiting 256",
     "kv-512": "KV pool of 512 blocks (48 MiB): ~6 summaries at once",
     "kv-160": "KV pool of 160 blocks (15 MiB): 2 summaries at once; sessions may pin 80 blocks",
     "kv-96": "KV pool of 96 blocks (9 MiB): one summary at a time; sessions may pin 48 blocks",
