@@ -10,7 +10,6 @@ engine request). Malformed requests get 400 before anything reaches the engine.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -19,12 +18,13 @@ from aiohttp import web
 
 from seedance.engine.async_engine import AsyncEngine, GenerateRequest
 from seedance.engine.errors import EngineError
-from seedance.engine.events import FinishReason, TokenEvent
+from seedance.engine.events import FinishReason
 from seedance.engine.sampling_params import SamplingParams
-from seedance.observability.hub import OBS
 from seedance.observability.logs import set_request_context
 from seedance.protocol.messages import MAX_ID_LENGTH
 from seedance.server.http_errors import HttpError, from_engine_error, read_json_object
+from seedance.server.observability_http import OBS
+from seedance.server.openai_format import OpenAIFormatter, openai_finish_reason
 from seedance.server.security import authorize_generate, principal_of
 from seedance.server.sse_request import SseStreamRequest
 from seedance.server.state import STATE
@@ -172,83 +172,6 @@ def _session(body: dict) -> str | None:
 def _include_usage(body: dict) -> bool:
     options = _get(body, "stream_options", (dict,), {})
     return bool(_get(options, "include_usage", (bool,), False))
-
-
-class OpenAIFormatter:
-    """Builds completion / chat payloads from engine events."""
-
-    def __init__(self, chat: bool, model: str, request_id: str, tokenizer) -> None:
-        self.chat = chat
-        self.model = model
-        self.id = request_id
-        self.created = int(time.time())
-        self.tokenizer = tokenizer
-        self.text_offset = 0
-
-    def _token_text(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id]) if self.tokenizer else ""
-
-    def logprobs(self, events: list[TokenEvent], k: int | None) -> dict | None:
-        events = [e for e in events if e.token_id >= 0]
-        if k is None or not events:
-            return None
-        if self.chat:
-            return {"content": [self._chat_logprob(e) for e in events]}
-        tokens = [self._token_text(e.token_id) for e in events]
-        offsets = []
-        for t in tokens:
-            offsets.append(self.text_offset)
-            self.text_offset += len(t)
-        return {
-            "tokens": tokens,
-            "token_logprobs": [e.logprob for e in events],
-            "top_logprobs": [{self._token_text(t): lp for t, lp in (e.top_logprobs or ())} for e in events]
-            if k else None,
-            "text_offset": offsets,
-        }
-
-    def _chat_logprob(self, e: TokenEvent) -> dict:
-        text = self._token_text(e.token_id)
-        return {"token": text, "logprob": e.logprob, "bytes": list(text.encode()),
-                "top_logprobs": [{"token": (s := self._token_text(t)), "logprob": lp, "bytes": list(s.encode())}
-                                 for t, lp in (e.top_logprobs or ())]}
-
-    def chunk(self, text: str, logprobs: dict | None, finish: str | None, first: bool) -> dict:
-        if self.chat:
-            delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {"content": text}
-            if finish is not None and not text and not first:
-                delta = {}
-            choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-            return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                    "choices": [choice]}
-        choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
-        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-                "choices": [choice]}
-
-    def usage(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": cached_tokens}}
-
-    def usage_chunk(self, usage: dict) -> dict:
-        obj = "chat.completion.chunk" if self.chat else "text_completion"
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [],
-                "usage": usage}
-
-    def full(self, text: str, logprobs: dict | None, finish: str, usage: dict) -> dict:
-        if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
-                      "finish_reason": finish}
-            obj = "chat.completion"
-        else:
-            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
-            obj = "text_completion"
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [choice],
-                "usage": usage}
-
-
-def openai_finish_reason(reason: FinishReason | None) -> str:
-    return "length" if reason is FinishReason.LENGTH else "stop"
 
 
 def _merge_logprobs(acc: dict | None, part: dict | None) -> dict | None:

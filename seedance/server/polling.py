@@ -24,9 +24,9 @@ from aiohttp import web
 from seedance.engine.async_engine import AsyncEngine, RequestStream
 from seedance.engine.errors import EngineError
 from seedance.engine.events import FinishReason
-from seedance.observability.hub import OBS
 from seedance.protocol import ProtocolError, decode_client_message
 from seedance.server.http_errors import HttpError, from_engine_error, read_json_object
+from seedance.server.observability_http import OBS
 from seedance.server.requests import generate_request_from
 from seedance.server.security import authorize_generate, principal_of
 from seedance.server.state import STATE

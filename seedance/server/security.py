@@ -17,7 +17,7 @@ import ipaddress
 import logging
 import time
 import urllib.parse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
     import ssl
 
     from seedance.server.config import ServerConfig
-    from seedance.server.ws import WsConnection
 
 log = logging.getLogger("seedance.security")
 
@@ -428,10 +427,21 @@ def install(app: web.Application, config: ServerConfig) -> Security:
 # ---------------------------------------------------------------------------------------------- WebSocket guard
 
 
+class GuardedConnection(Protocol):
+    """What the guard needs of the WebSocket connection it guards (server/ws.py WsConnection); a structural
+    type so this module does not import ws.py back."""
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+    async def _send_now(self, body: bytes) -> None: ...
+
+    async def _refuse(self, request_id: str, code: str, message: str) -> None: ...
+
+
 class WsGuard:
     """One per WebSocket connection: scopes per message, message rate, token expiry, reauth."""
 
-    def __init__(self, request: web.Request, conn: WsConnection) -> None:
+    def __init__(self, request: web.Request, conn: GuardedConnection) -> None:
         self.sec: Security = request.app[SECURITY]
         self.conn = conn
         self.principal = principal_of(request)

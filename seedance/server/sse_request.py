@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 
 from seedance.engine.events import FinishReason
+from seedance.server.openai_format import OpenAIFormatter, openai_finish_reason
 from seedance.server.stream_request import END, StreamRequest
 
 
@@ -17,7 +18,7 @@ def sse_event(event_id: str, payload: dict) -> bytes:
 
 @dataclass(eq=False)
 class SseStreamRequest(StreamRequest):
-    fmt: object = None  # openai_api.OpenAIFormatter
+    fmt: OpenAIFormatter | None = None
     logprobs_k: int | None = None
     include_usage: bool = False
     first: bool = field(default=True)
@@ -28,8 +29,6 @@ class SseStreamRequest(StreamRequest):
 
     def produce(self, texts: list[bytes], frames: list[bytes]) -> None:
         """Everything the engine step produced becomes one SSE event (and one write)."""
-        from seedance.server.openai_api import openai_finish_reason
-
         if self.finished:
             return
         events = self.stream.drain()

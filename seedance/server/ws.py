@@ -28,7 +28,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from seedance.engine.async_engine import AsyncEngine
 from seedance.engine.errors import EngineError
-from seedance.observability.hub import OBS, Observability
+from seedance.observability.hub import Observability
 from seedance.observability.logs import reset_request_context, set_request_context
 from seedance.protocol import (
     Cancel,
@@ -45,6 +45,7 @@ from seedance.protocol import errors as codes
 from seedance.server.config import ServerConfig
 from seedance.server.keepalive import apply_keepalive
 from seedance.server.messages import error_message, pong_message, refused_done_message, snapshot_message
+from seedance.server.observability_http import OBS
 from seedance.server.requests import generate_request_from
 from seedance.server.security import SUBPROTOCOLS, WsGuard
 from seedance.server.state import STATE
