@@ -21,6 +21,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "engine": ("server", "sessions", "client", "bench"),
     "models": ("server", "sessions", "engine", "client", "bench"),
     "observability": ("server", "client", "bench"),
+    "sessions": ("server", "client", "bench"),
+    "client": ("server", "sessions", "engine", "models", "bench"),  # a client talks the protocol only
 }
 # Third-party modules a package must not import (the I/O-free layers).
 FORBIDDEN_EXTERNAL: dict[str, tuple[str, ...]] = {

@@ -16,7 +16,8 @@ from seedance.engine.events import FinishReason, TokenEvent
 from seedance.observability.hub import RequestObs
 from seedance.protocol import encode_frame
 from seedance.protocol import errors as codes
-from seedance.server.messages import chunk_message, done_message, error_message, frame_metadata
+from seedance.protocol.server_connection import error_message
+from seedance.server.messages import chunk_message, done_message, frame_metadata
 
 END = 1 << 62  # log position of the end marker: after every chunk
 
