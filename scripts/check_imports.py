@@ -22,6 +22,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "models": ("server", "sessions", "engine", "client", "bench"),
     "observability": ("server", "client", "bench"),
     "sessions": ("server", "client", "bench"),
+    "serving": ("server", "client", "bench"),  # one request's life above the engine, for every transport
     "client": ("server", "sessions", "engine", "models", "bench"),  # a client talks the protocol only
 }
 # Third-party modules a package must not import (the I/O-free layers).

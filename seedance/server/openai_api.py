@@ -28,7 +28,7 @@ from seedance.server.openai_format import OpenAIFormatter, openai_finish_reason
 from seedance.server.security import authorize_generate, principal_of
 from seedance.server.sse_request import SseStreamRequest
 from seedance.server.state import STATE
-from seedance.server.stream_request import split_replay
+from seedance.serving.generation import Generation, split_replay
 from seedance.sessions.manager import SessionError, scoped_key
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -222,21 +222,20 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
     obs = hub.request("sse", request_id, parsed.session, engine) if hub is not None else None
 
     if not parsed.stream:
-        text, completion, logprobs, final = [], 0, None, None
+        gen, logprobs = Generation(request_id, stream, engine, obs=obs), None
         async for event in stream:
-            text.append(event.text_delta)
-            completion += event.token_id >= 0
-            if obs is not None and event.token_id >= 0:
-                obs.tokens(1)
+            step = gen.take([event])
             logprobs = _merge_logprobs(logprobs, fmt.logprobs([event], parsed.logprobs))
-            final = event
+            if step.final is not None:
+                gen.end(step.final)
+        final = gen.final
         if obs is not None and final is not None:
-            obs.finish(final, completion)
             obs.sent()
         if final is None or final.finish_reason is FinishReason.ERROR:
             raise HttpError(500, "internal", "generation failed")
-        usage = fmt.usage(stream.num_prompt_tokens, completion, final.num_cached_tokens)
-        return web.json_response(fmt.full("".join(text), logprobs, openai_finish_reason(final.finish_reason), usage))
+        usage = fmt.usage(stream.num_prompt_tokens, gen.completion_tokens, final.num_cached_tokens)
+        body = fmt.full("".join(gen.output_text), logprobs, openai_finish_reason(final.finish_reason), usage)
+        return web.json_response(body)
 
     sr = SseStreamRequest(request_id, stream, engine, fmt=fmt, logprobs_k=parsed.logprobs,
                           include_usage=parsed.include_usage, obs=obs)

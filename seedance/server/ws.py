@@ -52,7 +52,8 @@ from seedance.server.observability_http import OBS
 from seedance.server.requests import generate_request_from
 from seedance.server.security import SUBPROTOCOLS, WsGuard
 from seedance.server.state import STATE
-from seedance.server.stream_request import StreamRequest, split_replay
+from seedance.server.stream_request import StreamRequest
+from seedance.serving.generation import split_replay
 from seedance.sessions.manager import SessionError, SessionManager, scoped_key
 
 log = logging.getLogger(__name__)
@@ -248,7 +249,7 @@ class WsConnection:
             self.protocol.refuse(msg.id, codes.INTERNAL, "the server failed to start this request")
             return
         stream.listener = self.wake.set
-        active = StreamRequest(msg.id, stream, self.engine, msg.binary, msg.credit)
+        active = StreamRequest(msg.id, stream, self.engine, binary=msg.binary, credit=msg.credit)
         self.protocol.open(msg.id, active)
         active.owner = self
         if self.obs is not None:
