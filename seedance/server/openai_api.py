@@ -26,7 +26,7 @@ from seedance.server.http_errors import HttpError, from_engine_error, read_json_
 from seedance.server.observability_http import OBS
 from seedance.server.openai_format import OpenAIFormatter, openai_finish_reason
 from seedance.server.security import authorize_generate, principal_of
-from seedance.server.sse_request import SseStreamRequest
+from seedance.server.sse_generation import SseGeneration
 from seedance.server.state import STATE
 from seedance.serving.generation import Generation, split_replay
 from seedance.sessions.manager import SessionError, scoped_key
@@ -237,7 +237,7 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
         body = fmt.full("".join(gen.output_text), logprobs, openai_finish_reason(final.finish_reason), usage)
         return web.json_response(body)
 
-    sr = SseStreamRequest(request_id, stream, engine, fmt=fmt, logprobs_k=parsed.logprobs,
+    sr = SseGeneration(request_id, stream, engine, fmt=fmt, logprobs_k=parsed.logprobs,
                           include_usage=parsed.include_usage, obs=obs)
     if session is not None:
         sr.session_id, sr.session_name, sr.input_text, sr.log = session.id, parsed.session, input_text, []
@@ -248,7 +248,7 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
     return await _stream_sse(request, response, sr)
 
 
-async def _stream_sse(request: web.Request, response: web.StreamResponse, sr: SseStreamRequest) -> web.StreamResponse:
+async def _stream_sse(request: web.Request, response: web.StreamResponse, sr: SseGeneration) -> web.StreamResponse:
     """Write the request's events as they come. If the client goes away, a session turn is detached for a
     resume (Last-Event-ID); any other request is cancelled."""
     wake = asyncio.Event()

@@ -47,12 +47,12 @@ from seedance.protocol.server_connection import (
 )
 from seedance.server.config import ServerConfig
 from seedance.server.keepalive import apply_keepalive
-from seedance.server.messages import snapshot_message
 from seedance.server.observability_http import OBS
 from seedance.server.requests import generate_request_from
 from seedance.server.security import SUBPROTOCOLS, WsGuard
 from seedance.server.state import STATE
-from seedance.server.stream_request import StreamRequest
+from seedance.server.ws_generation import WsGeneration
+from seedance.server.ws_messages import snapshot_message
 from seedance.serving.generation import split_replay
 from seedance.sessions.manager import SessionError, SessionManager, scoped_key
 
@@ -69,7 +69,7 @@ class WsConnection:
     queues; and everything about the socket itself: the writer, flow control, heartbeat, closing."""
 
     guard: WsGuard  # set by websocket_handler: message rate, token expiry, reauth verification
-    protocol: ServerConnection[StreamRequest]  # set by websocket_handler: the request table and the rules
+    protocol: ServerConnection[WsGeneration]  # set by websocket_handler: the request table and the rules
     obs: Observability | None = None  # metrics / tracing (set by websocket_handler)
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None, engine: AsyncEngine,
@@ -148,7 +148,7 @@ class WsConnection:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
     @property
-    def requests(self) -> dict[str, StreamRequest]:
+    def requests(self) -> dict[str, WsGeneration]:
         """The connection's live requests by client id: the protocol's request table."""
         return self.protocol.requests
 
@@ -249,7 +249,7 @@ class WsConnection:
             self.protocol.refuse(msg.id, codes.INTERNAL, "the server failed to start this request")
             return
         stream.listener = self.wake.set
-        active = StreamRequest(msg.id, stream, self.engine, binary=msg.binary, credit=msg.credit)
+        active = WsGeneration(msg.id, stream, self.engine, binary=msg.binary, credit=msg.credit)
         self.protocol.open(msg.id, active)
         active.owner = self
         if self.obs is not None:
@@ -264,7 +264,7 @@ class WsConnection:
         elif msg.credit is None and self.paused_for_backpressure:
             self.engine.pause(stream.request_id)  # joins its connection's back-pressure pause
 
-    def _snapshot_acker(self, active: StreamRequest):
+    def _snapshot_acker(self, active: WsGeneration):
         def ack(snapshot, durable: bool) -> None:
             if self.requests.get(active.id, active) is active and not self.ws.closed:
                 self.outbox.append(snapshot_message(active.id, active.session_name, snapshot) if durable else

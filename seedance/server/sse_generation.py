@@ -17,7 +17,7 @@ def sse_event(event_id: str, payload: dict) -> bytes:
 
 
 @dataclass(eq=False)
-class SseStreamRequest(Generation):
+class SseGeneration(Generation):
     fmt: OpenAIFormatter | None = None
     logprobs_k: int | None = None
     include_usage: bool = False

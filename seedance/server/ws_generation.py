@@ -9,12 +9,12 @@ from seedance.engine.events import FinishReason, TokenEvent
 from seedance.protocol import encode_frame
 from seedance.protocol import errors as codes
 from seedance.protocol.server_connection import error_message
-from seedance.server.messages import chunk_message, done_message, frame_metadata
+from seedance.server.ws_messages import chunk_message, done_message, frame_metadata
 from seedance.serving.generation import END, Generation
 
 
 @dataclass(eq=False)
-class StreamRequest(Generation):
+class WsGeneration(Generation):
     binary: bool = False
     credit: int | None = None  # None: no explicit flow control
     next_seq: int = 0  # chunk counter

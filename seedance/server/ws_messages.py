@@ -1,4 +1,4 @@
-"""Engine events -> protocol messages (JSON bytes) and MTF1 frame metadata."""
+"""Engine events -> WebSocket protocol messages (JSON bytes) and MTF1 frame metadata."""
 
 from __future__ import annotations
 
