@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -13,6 +12,8 @@ from aiohttp import web
 from seedance.server.config import ServerConfig
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from seedance.engine.async_engine import AsyncEngine
     from seedance.sessions.manager import SessionManager
 
