@@ -26,7 +26,7 @@ from seedance.bench.stats import poisson_arrivals, summarize_ms
 from seedance.engine.async_engine import AsyncEngine, GenerateRequest
 from seedance.engine.config import EngineConfig
 from seedance.engine.sampling_params import SamplingParams
-from seedance.models.synthetic import PASSAGE
+from seedance.engine.synthetic_runner import PASSAGE
 
 SLO_TTFT_S = 1.0
 SLO_TPOT_S = 0.1

@@ -209,7 +209,8 @@ class SeedanceClient:
         self.streams.clear()
 
     # ---- requests ---------------------------------------------------------------------------------
-    async def _send(self, message: dict) -> None:
+    async def _send(self, message: dict, still_wanted: Callable[[], bool] | None = None) -> None:
+        """Send once connected; `still_wanted` is asked again then (a reconnect may have made it moot)."""
         if not self._connected.is_set() and self._reader is not None:
             # Reconnecting: wait for it, unless the reader gives up (then the streams already have their error
             # and a credit grant or cancel waiting here would hang the caller's iterator for ever).
@@ -219,6 +220,8 @@ class SeedanceClient:
             if not self._connected.is_set():
                 return
         await self._connected.wait()
+        if still_wanted is not None and not still_wanted():
+            return
         with contextlib.suppress(ConnectionClosed):  # the reader reconnects and resumes from there
             await self._ws.send(json.dumps(message))
 
@@ -254,7 +257,10 @@ class SeedanceClient:
             stream.consumed_since_grant += 1
             if stream.consumed_since_grant >= max(1, stream.credit_window // 2):
                 n, stream.consumed_since_grant = stream.consumed_since_grant, 0
-                await self._send({"type": "credit", "id": stream.id, "n": n})
+                # A grant held up by a reconnect is dropped: the resumed stream runs under water marks, and a
+                # late grant would put it back under credit that no one grants any more.
+                await self._send({"type": "credit", "id": stream.id, "n": n},
+                                 still_wanted=lambda: stream.credit_window is not None)
 
     # ---- reading ----------------------------------------------------------------------------------
     async def _read_loop(self) -> None:
@@ -309,6 +315,8 @@ class SeedanceClient:
                 log.info("reconnect attempt %d failed: %s", attempt + 1, err)
                 continue
             self.reconnects += 1
+            for stream in self.streams.values():  # before any send wakes: see _consumed
+                stream.credit_window = None  # a resumed stream runs under the new connection's water marks
             self._connected.set()
             self._start_renewer()
             for stream in list(self.streams.values()):
@@ -316,7 +324,6 @@ class SeedanceClient:
                     stream.queue.put_nowait(ConnectionLost(f"request {stream.id} had no session to resume"))
                     del self.streams[stream.id]
                     continue
-                stream.credit_window = None  # a resumed stream runs under the new connection's water marks
                 await self._send({"type": "resume", "session": stream.session, "id": stream.id,
                                   "last_seq": stream.last_seq})
             return True

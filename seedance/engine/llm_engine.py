@@ -62,7 +62,7 @@ class LLMEngine:
     @classmethod
     def from_config(cls, config: EngineConfig) -> LLMEngine:
         if config.synthetic_rate:
-            from seedance.models.synthetic import SyntheticRateRunner
+            from seedance.engine.synthetic_runner import SyntheticRateRunner
 
             start = time.time_ns()  # no config or weights: the tokenizer is all it loads
             runner, tokenizer, max_len = SyntheticRateRunner.create(config)

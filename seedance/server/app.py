@@ -21,9 +21,9 @@ from aiohttp import web
 from seedance.engine.async_engine import AsyncEngine
 from seedance.models.identity import model_identity
 from seedance.models.loader import resolve_model_path
-from seedance.observability import hub as observability
 from seedance.protocol import CloseCode
 from seedance.server import conn_guard, cors, openai_api, polling, security
+from seedance.server import observability_http as observability
 from seedance.server.config import ServerConfig
 from seedance.server.http_errors import HttpError
 from seedance.server.proxy import TrustedProxies

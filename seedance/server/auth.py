@@ -26,16 +26,11 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from seedance.protocol import Cancel, Credit, Generate, Ping, Priority
-from seedance.protocol.messages import Reauth
+from seedance.protocol.scopes import ALL_SCOPES
 
 # ---------------------------------------------------------------------------------------------- scopes
+# Which scopes a message or a generation needs is the protocol's rule: seedance/protocol/scopes.py.
 
-SCOPE_GENERATE = "generate"  # start generations (WebSocket generate, SSE completions, polling jobs)
-SCOPE_LOGPROBS = "logprobs"  # ask for logprobs / top logprobs
-SCOPE_PRIORITY_HIGH = "priority:high"  # priority below 0 (ahead of the default), at start or by `priority`
-SCOPE_ADMIN = "admin"  # /stats
-ALL_SCOPES = frozenset({SCOPE_GENERATE, SCOPE_LOGPROBS, SCOPE_PRIORITY_HIGH, SCOPE_ADMIN})
 MAX_TOKEN_BYTES = 8192
 MAX_NUMERIC_DATE = 253_402_300_799  # 9999-12-31T23:59:59Z: a later exp/nbf/iat is a forgery or a bug
 log = logging.getLogger("seedance.security")
@@ -83,28 +78,6 @@ def parse_scopes(value: str | Iterable[str] | None) -> frozenset[str]:
         return frozenset()
     items = value.replace(",", " ").split() if isinstance(value, str) else list(value)
     return frozenset(s.strip() for s in items if s.strip())
-
-
-def generate_scopes(logprobs: int | None, priority: int) -> list[str]:
-    """Scopes a generation with these options needs (any transport)."""
-    needed = [SCOPE_GENERATE]
-    if logprobs is not None:
-        needed.append(SCOPE_LOGPROBS)
-    if priority < 0:
-        needed.append(SCOPE_PRIORITY_HIGH)
-    return needed
-
-
-def message_scopes(message: Any) -> list[str]:
-    """Scopes a WebSocket client message needs. Control messages for one's own requests need none;
-    message types this table does not know (added later) need `generate` until they are listed."""
-    if isinstance(message, Generate):
-        return generate_scopes(message.logprobs, message.priority)
-    if isinstance(message, Priority):
-        return [SCOPE_PRIORITY_HIGH] if message.priority < 0 else []
-    if isinstance(message, Cancel | Credit | Ping | Reauth):
-        return []
-    return [SCOPE_GENERATE]
 
 
 def missing_scopes(principal: Principal, needed: Iterable[str]) -> list[str]:

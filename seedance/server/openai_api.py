@@ -10,7 +10,6 @@ engine request). Malformed requests get 400 before anything reaches the engine.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -19,16 +18,17 @@ from aiohttp import web
 
 from seedance.engine.async_engine import AsyncEngine, GenerateRequest
 from seedance.engine.errors import EngineError
-from seedance.engine.events import FinishReason, TokenEvent
+from seedance.engine.events import FinishReason
 from seedance.engine.sampling_params import SamplingParams
-from seedance.observability.hub import OBS
 from seedance.observability.logs import set_request_context
 from seedance.protocol.messages import MAX_ID_LENGTH
 from seedance.server.http_errors import HttpError, from_engine_error, read_json_object
+from seedance.server.observability_http import OBS
+from seedance.server.openai_format import OpenAIFormatter, openai_finish_reason
 from seedance.server.security import authorize_generate, principal_of
-from seedance.server.sse_request import SseStreamRequest
+from seedance.server.sse_generation import SseGeneration
 from seedance.server.state import STATE
-from seedance.server.stream_request import split_replay
+from seedance.serving.generation import Generation, split_replay
 from seedance.sessions.manager import SessionError, scoped_key
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -174,83 +174,6 @@ def _include_usage(body: dict) -> bool:
     return bool(_get(options, "include_usage", (bool,), False))
 
 
-class OpenAIFormatter:
-    """Builds completion / chat payloads from engine events."""
-
-    def __init__(self, chat: bool, model: str, request_id: str, tokenizer) -> None:
-        self.chat = chat
-        self.model = model
-        self.id = request_id
-        self.created = int(time.time())
-        self.tokenizer = tokenizer
-        self.text_offset = 0
-
-    def _token_text(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id]) if self.tokenizer else ""
-
-    def logprobs(self, events: list[TokenEvent], k: int | None) -> dict | None:
-        events = [e for e in events if e.token_id >= 0]
-        if k is None or not events:
-            return None
-        if self.chat:
-            return {"content": [self._chat_logprob(e) for e in events]}
-        tokens = [self._token_text(e.token_id) for e in events]
-        offsets = []
-        for t in tokens:
-            offsets.append(self.text_offset)
-            self.text_offset += len(t)
-        return {
-            "tokens": tokens,
-            "token_logprobs": [e.logprob for e in events],
-            "top_logprobs": [{self._token_text(t): lp for t, lp in (e.top_logprobs or ())} for e in events]
-            if k else None,
-            "text_offset": offsets,
-        }
-
-    def _chat_logprob(self, e: TokenEvent) -> dict:
-        text = self._token_text(e.token_id)
-        return {"token": text, "logprob": e.logprob, "bytes": list(text.encode()),
-                "top_logprobs": [{"token": (s := self._token_text(t)), "logprob": lp, "bytes": list(s.encode())}
-                                 for t, lp in (e.top_logprobs or ())]}
-
-    def chunk(self, text: str, logprobs: dict | None, finish: str | None, first: bool) -> dict:
-        if self.chat:
-            delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {"content": text}
-            if finish is not None and not text and not first:
-                delta = {}
-            choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-            return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                    "choices": [choice]}
-        choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
-        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-                "choices": [choice]}
-
-    def usage(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": cached_tokens}}
-
-    def usage_chunk(self, usage: dict) -> dict:
-        obj = "chat.completion.chunk" if self.chat else "text_completion"
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [],
-                "usage": usage}
-
-    def full(self, text: str, logprobs: dict | None, finish: str, usage: dict) -> dict:
-        if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
-                      "finish_reason": finish}
-            obj = "chat.completion"
-        else:
-            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
-            obj = "text_completion"
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [choice],
-                "usage": usage}
-
-
-def openai_finish_reason(reason: FinishReason | None) -> str:
-    return "length" if reason is FinishReason.LENGTH else "stop"
-
-
 def _merge_logprobs(acc: dict | None, part: dict | None) -> dict | None:
     if part is None:
         return acc
@@ -299,23 +222,22 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
     obs = hub.request("sse", request_id, parsed.session, engine) if hub is not None else None
 
     if not parsed.stream:
-        text, completion, logprobs, final = [], 0, None, None
+        gen, logprobs = Generation(request_id, stream, engine, obs=obs), None
         async for event in stream:
-            text.append(event.text_delta)
-            completion += event.token_id >= 0
-            if obs is not None and event.token_id >= 0:
-                obs.tokens(1)
+            step = gen.take([event])
             logprobs = _merge_logprobs(logprobs, fmt.logprobs([event], parsed.logprobs))
-            final = event
+            if step.final is not None:
+                gen.end(step.final)
+        final = gen.final
         if obs is not None and final is not None:
-            obs.finish(final, completion)
             obs.sent()
         if final is None or final.finish_reason is FinishReason.ERROR:
             raise HttpError(500, "internal", "generation failed")
-        usage = fmt.usage(stream.num_prompt_tokens, completion, final.num_cached_tokens)
-        return web.json_response(fmt.full("".join(text), logprobs, openai_finish_reason(final.finish_reason), usage))
+        usage = fmt.usage(stream.num_prompt_tokens, gen.completion_tokens, final.num_cached_tokens)
+        body = fmt.full("".join(gen.output_text), logprobs, openai_finish_reason(final.finish_reason), usage)
+        return web.json_response(body)
 
-    sr = SseStreamRequest(request_id, stream, engine, fmt=fmt, logprobs_k=parsed.logprobs,
+    sr = SseGeneration(request_id, stream, engine, fmt=fmt, logprobs_k=parsed.logprobs,
                           include_usage=parsed.include_usage, obs=obs)
     if session is not None:
         sr.session_id, sr.session_name, sr.input_text, sr.log = session.id, parsed.session, input_text, []
@@ -326,7 +248,7 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
     return await _stream_sse(request, response, sr)
 
 
-async def _stream_sse(request: web.Request, response: web.StreamResponse, sr: SseStreamRequest) -> web.StreamResponse:
+async def _stream_sse(request: web.Request, response: web.StreamResponse, sr: SseGeneration) -> web.StreamResponse:
     """Write the request's events as they come. If the client goes away, a session turn is detached for a
     resume (Last-Event-ID); any other request is cancelled."""
     wake = asyncio.Event()

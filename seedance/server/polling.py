@@ -24,12 +24,14 @@ from aiohttp import web
 from seedance.engine.async_engine import AsyncEngine, RequestStream
 from seedance.engine.errors import EngineError
 from seedance.engine.events import FinishReason
-from seedance.observability.hub import OBS
+from seedance.observability.hub import RequestObs
 from seedance.protocol import ProtocolError, decode_client_message
 from seedance.server.http_errors import HttpError, from_engine_error, read_json_object
+from seedance.server.observability_http import OBS
 from seedance.server.requests import generate_request_from
 from seedance.server.security import authorize_generate, principal_of
 from seedance.server.state import STATE
+from seedance.serving.generation import Generation
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ class Job:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
     owner: str | None = None  # the principal that created it; only it can read or cancel the job
-    obs: object = None  # seedance.observability.hub.RequestObs: metrics / tracing
+    obs: RequestObs | None = None  # metrics / tracing
 
     @property
     def done(self) -> bool:
@@ -96,28 +98,24 @@ class JobStore:
                 job.changed.set()
 
     async def _record(self, job: Job) -> None:
-        completion = 0
+        gen = Generation(job.id, job.stream, self.engine, obs=job.obs)
         async for event in job.stream:
-            events = [event, *job.stream.drain()]
-            tokens = [e for e in events if e.token_id >= 0]
-            completion += len(tokens)
-            if tokens and job.obs is not None:
-                job.obs.tokens(len(tokens))
-            text = "".join(e.text_delta for e in events)  # a final event without a token may carry text
-            if tokens or text:
-                job.chunks.append({"seq": len(job.chunks), "text": text, "token_ids": [e.token_id for e in tokens]})
-            final = events[-1]
-            if final.finished:
+            step = gen.take([event, *job.stream.drain()])
+            if step.tokens or step.text:
+                job.chunks.append({"seq": len(job.chunks), "text": step.text,
+                                   "token_ids": [e.token_id for e in step.tokens]})
+            final = step.final
+            if final is not None:
                 job.finish_reason = str(final.finish_reason)
                 job.stop_reason = final.stop_reason
-                job.usage = {"prompt_tokens": job.stream.num_prompt_tokens, "completion_tokens": completion,
+                job.usage = {"prompt_tokens": job.stream.num_prompt_tokens, "completion_tokens": gen.completion_tokens,
                              "cached_tokens": final.num_cached_tokens}
                 job.finished_at = time.monotonic()
+                gen.end(final)
                 if job.obs is not None:
-                    job.obs.finish(final, completion)
                     job.obs.sent()  # pollers read it from here
             job.changed.set()
-            if final.finished:
+            if final is not None:
                 return
 
     def expire(self, now: float) -> int:

@@ -17,28 +17,24 @@ import ipaddress
 import logging
 import time
 import urllib.parse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
-from seedance.protocol import Authenticated, CloseCode, Generate, Reauth, encode_server_message
-from seedance.protocol import errors as codes
+from seedance.protocol import CloseCode
+from seedance.protocol.scopes import SCOPE_ADMIN, SCOPE_GENERATE, generate_scopes
+from seedance.protocol.server_connection import ServerConnection
 from seedance.server.auth import (
     ANONYMOUS,
-    SCOPE_ADMIN,
-    SCOPE_GENERATE,
     AuthError,
     JwtVerifier,
     Principal,
     TicketStore,
-    generate_scopes,
-    message_scopes,
     missing_scopes,
     parse_scopes,
 )
 from seedance.server.http_errors import HttpError
 from seedance.server.limits import ConnectionLimiter, LimitExceeded, RateLimiter, TokenBucket
-from seedance.server.messages import error_message
 from seedance.server.proxy import ClientAddress, TrustedProxies, split_list
 from seedance.server.tls import build_server_context, common_name, peer_subject
 
@@ -46,7 +42,6 @@ if TYPE_CHECKING:
     import ssl
 
     from seedance.server.config import ServerConfig
-    from seedance.server.ws import WsConnection
 
 log = logging.getLogger("seedance.security")
 
@@ -428,10 +423,17 @@ def install(app: web.Application, config: ServerConfig) -> Security:
 # ---------------------------------------------------------------------------------------------- WebSocket guard
 
 
+class GuardedConnection(Protocol):
+    """What the guard needs of the WebSocket connection it guards (server/ws.py WsConnection): a structural
+    type so this module does not import ws.py back."""
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
 class WsGuard:
     """One per WebSocket connection: scopes per message, message rate, token expiry, reauth."""
 
-    def __init__(self, request: web.Request, conn: WsConnection) -> None:
+    def __init__(self, request: web.Request, conn: GuardedConnection) -> None:
         self.sec: Security = request.app[SECURITY]
         self.conn = conn
         self.principal = principal_of(request)
@@ -463,56 +465,37 @@ class WsGuard:
             self._timer.cancel()
             self._timer = None
 
-    async def within_rate(self) -> bool:
-        """False (after sending error rate_limited and closing with 1008) when the client sends too fast."""
+    def rate_exceeded(self) -> str | None:
+        """Why this message is one too many (the client sends too fast), or None."""
         if self.rate is None or self.rate.take() == 0.0:
-            return True
+            return None
         cfg = self.sec.config
         reason = f"message rate limit exceeded ({cfg.ws_messages_per_s:g}/s, burst {cfg.ws_message_burst})"
         log.info("websocket refused: client=%s: %s: closing with 1008", self.client.ip, reason)
-        await self.conn._send_now(error_message(None, codes.RATE_LIMITED, reason))
-        await self.conn.close(CloseCode.POLICY_VIOLATION, reason)
-        return False
+        return reason
 
-    async def admit(self, message: Any) -> bool:
-        """True when the message may proceed; otherwise it was answered here (reauth, or refused by scope)."""
-        if isinstance(message, Reauth):
-            await self._reauth(message)
-            return False
-        missing = missing_scopes(self.principal, message_scopes(message))
-        if not missing:
-            return True
-        mtype = type(message).__name__.lower()
-        reason = f"{mtype} needs scope {missing[0]!r}, which this connection's token does not have"
-        log.info("websocket message refused: client=%s subject=%s: %s", self.client.ip, self.principal.subject,
-                 reason)
-        request_id = getattr(message, "id", None)
-        if isinstance(message, Generate):
-            await self.conn._refuse(message.id, codes.FORBIDDEN, reason)
-        else:
-            await self.conn._send_now(error_message(request_id, codes.FORBIDDEN, reason))
-        return False
+    @property
+    def log_context(self) -> str:
+        return f"client={self.client.ip} subject={self.principal.subject}"
 
-    async def _reauth(self, message: Reauth) -> None:
-        if self.sec.verifier is None:
-            await self.conn._send_now(error_message(None, codes.UNSUPPORTED,
-                                                    "this server does not use bearer tokens: nothing to renew"))
-            return
+    def reauth(self, token: str, protocol: ServerConnection) -> None:
+        """Verify a renewed token and tell the connection's protocol the outcome (docs/security.md)."""
+        assert self.sec.verifier is not None  # the protocol answers reauth itself without bearer tokens
         try:
-            fresh = self.sec.verifier.verify(message.token)
+            fresh = self.sec.verifier.verify(token)
         except AuthError as err:
             log.warning("websocket reauth refused: client=%s subject=%s: %s", self.client.ip, self.principal.subject,
                         err.reason)
-            await self.conn._send_now(error_message(None, codes.UNAUTHORIZED, f"reauth refused: {err.reason}"))
+            protocol.reauth_refused(err.reason)
             return
         if fresh.id != self.principal.id:
             log.warning("websocket reauth as another subject: client=%s %s -> %s: closing with 4403",
                         self.client.ip, self.principal.subject, fresh.subject)
-            await self.conn.close(CloseCode.FORBIDDEN, "reauth token is for another subject")
+            protocol.close(CloseCode.FORBIDDEN, "reauth token is for another subject")
             return
         self.principal = fresh.with_cert(self.principal.cert_subject)
         self._schedule_expiry()
         log.info("websocket reauth: client=%s subject=%s until %.0f", self.client.ip, fresh.subject,
                  fresh.expires_at or 0)
-        await self.conn._send_now(encode_server_message(
-            Authenticated(expires_at=fresh.expires_at, scopes=sorted(fresh.scopes))))
+        protocol.log_context = self.log_context
+        protocol.reauthenticated(fresh.scopes, fresh.expires_at)

@@ -6,26 +6,48 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
 from seedance.server.config import ServerConfig
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from seedance.engine.async_engine import AsyncEngine
-    from seedance.server.polling import JobStore
-    from seedance.server.ws import WsConnection
     from seedance.sessions.manager import SessionManager
+
+
+# What the app (stats, expiry, drain) needs of the transports' registries: structural types, so the state
+# every transport imports does not import the transports back (scripts/check_imports.py).
+class JobRegistry(Protocol):
+    """The polling transport's job store (server/polling.py JobStore)."""
+
+    @property
+    def jobs(self) -> Mapping[str, object]: ...
+
+    def expire(self, now: float) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+class OpenWebSocket(Protocol):
+    """One open WebSocket connection (server/ws.py WsConnection)."""
+
+    @property
+    def requests(self) -> Mapping[str, object]: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
 
 
 @dataclass
 class ServerState:
     config: ServerConfig
     engine: AsyncEngine | None = None
-    jobs: JobStore | None = None
+    jobs: JobRegistry | None = None
     sessions: SessionManager | None = None
-    websockets: set[WsConnection] = field(default_factory=set)
+    websockets: set[OpenWebSocket] = field(default_factory=set)
     draining: bool = False
     started_at: int = field(default_factory=lambda: int(time.time()))
     load_error: str | None = None

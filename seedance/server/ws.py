@@ -28,27 +28,32 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from seedance.engine.async_engine import AsyncEngine
 from seedance.engine.errors import EngineError
-from seedance.observability.hub import OBS, Observability
+from seedance.observability.hub import Observability
 from seedance.observability.logs import reset_request_context, set_request_context
-from seedance.protocol import (
-    Cancel,
-    CloseCode,
-    Credit,
-    Generate,
-    Ping,
-    Priority,
-    ProtocolError,
-    Resume,
-    decode_client_message,
-)
+from seedance.protocol import CloseCode, Generate, ProtocolError, Resume
 from seedance.protocol import errors as codes
+from seedance.protocol.server_connection import (
+    CancelRequest,
+    CloseConnection,
+    Command,
+    GrantCredit,
+    Reauthenticate,
+    Refused,
+    ResumeRequest,
+    ServerConnection,
+    SetPriority,
+    Submit,
+    error_message,
+)
 from seedance.server.config import ServerConfig
 from seedance.server.keepalive import apply_keepalive
-from seedance.server.messages import error_message, pong_message, refused_done_message, snapshot_message
+from seedance.server.observability_http import OBS
 from seedance.server.requests import generate_request_from
 from seedance.server.security import SUBPROTOCOLS, WsGuard
 from seedance.server.state import STATE
-from seedance.server.stream_request import StreamRequest, split_replay
+from seedance.server.ws_generation import WsGeneration
+from seedance.server.ws_messages import snapshot_message
+from seedance.serving.generation import split_replay
 from seedance.sessions.manager import SessionError, SessionManager, scoped_key
 
 log = logging.getLogger(__name__)
@@ -59,7 +64,12 @@ _PROBE = b"sd:"  # ping payload prefix: "sd:<bytes written>", echoed in the pong
 
 
 class WsConnection:
-    guard: WsGuard  # set by websocket_handler: scopes per message, message rate, token expiry, reauth
+    """The I/O around one connection's ServerConnection (the protocol's rules, protocol/server_connection.py):
+    reads frames into it, carries out its commands against the engine and the sessions, writes what it
+    queues; and everything about the socket itself: the writer, flow control, heartbeat, closing."""
+
+    guard: WsGuard  # set by websocket_handler: message rate, token expiry, reauth verification
+    protocol: ServerConnection[WsGeneration]  # set by websocket_handler: the request table and the rules
     obs: Observability | None = None  # metrics / tracing (set by websocket_handler)
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None, engine: AsyncEngine,
@@ -70,7 +80,6 @@ class WsConnection:
         self.config = config
         self.draining = draining
         self.sessions = sessions
-        self.requests: dict[str, StreamRequest] = {}
         self.wake = asyncio.Event()
         self.outbox: list[bytes] = []  # out-of-band messages (snapshot acks) for the writer's next batch
         self.missed_pongs = 0
@@ -102,7 +111,7 @@ class WsConnection:
                     self.sessions.detach(active, owner=self)  # the session keeps it for a resume
                 else:
                     self.engine.cancel(active.engine_id)  # a closed connection cancels its requests
-            self.requests.clear()
+            self.requests.clear()  # the protocol's table
             if self._closer is not None:
                 with contextlib.suppress(Exception):
                     await self._closer
@@ -138,17 +147,25 @@ class WsConnection:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
+    @property
+    def requests(self) -> dict[str, WsGeneration]:
+        """The connection's live requests by client id: the protocol's request table."""
+        return self.protocol.requests
+
     # ---- reading ----------------------------------------------------------------------------------
     async def _reader(self) -> None:
         while True:
             msg = await self.ws.receive()
-            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not await self.guard.within_rate():
-                return  # closed with 1008
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and (reason := self.guard.rate_exceeded()):
+                self.protocol.error(None, codes.RATE_LIMITED, reason)
+                await self._pump()
+                await self.close(CloseCode.POLICY_VIOLATION, reason)
+                return
             if msg.type == WSMsgType.TEXT:
                 await self._on_text_guarded(msg.data)
             elif msg.type == WSMsgType.BINARY:
-                await self._send_now(error_message(None, codes.UNSUPPORTED,
-                                                   "client messages are JSON text frames"))
+                self.protocol.receive_binary()
+                await self._pump()
             elif msg.type == WSMsgType.PING:
                 await self.ws.pong(msg.data)
             elif msg.type == WSMsgType.PONG:
@@ -166,63 +183,54 @@ class WsConnection:
     async def _on_text_guarded(self, data: str) -> None:
         """A fault while handling one message fails that message, never the connection or its other streams."""
         try:
-            await self._on_text(data)
+            self.protocol.receive_text(data)
+            await self._pump()
         except Exception:
             log.exception("websocket message failed")
-            await self._send_now(error_message(None, codes.INTERNAL, "the server failed on this message"))
+            self.protocol.commands()  # what was left of that message is dropped with it
+            self.protocol.error(None, codes.INTERNAL, "the server failed on this message")
+            await self._pump()
 
-    async def _on_text(self, data: str) -> None:
-        try:
-            message = decode_client_message(data, max_size=self.config.max_message_bytes)
-        except ProtocolError as err:
-            if err.message_type == "generate" and err.request_id and err.request_id not in self.requests:
-                await self._refuse(err.request_id, err.code, err.message)
-            else:
-                await self._send_now(error_message(err.request_id, err.code, err.message))
-            return
-        if not await self.guard.admit(message):  # refused for a missing scope, or a reauth (answered there)
-            return
-        if isinstance(message, Generate):
-            ctx = set_request_context(self._engine_id(message.id), message.session)  # for log lines
+    async def _pump(self) -> None:
+        """Send what the protocol queued, then carry out its commands (whose answers may queue more)."""
+        while True:
+            for body in self.protocol.data_to_send():
+                await self._send(body, WSMsgType.TEXT)
+            commands = self.protocol.commands()
+            if not commands:
+                return
+            for command in commands:
+                await self._do(command)
+
+    async def _do(self, command: Command) -> None:
+        if isinstance(command, Submit):
+            ctx = set_request_context(self._engine_id(command.message.id), command.message.session)  # log lines
             try:
-                await self._on_generate(message)
+                await self._on_generate(command.message)
             finally:
                 reset_request_context(ctx)
-        elif isinstance(message, Cancel):
-            active = self.requests.get(message.id)
-            if active is None:
-                await self._send_now(error_message(message.id, codes.UNKNOWN_ID, f"no active request {message.id!r}"))
-            else:
-                active.cancelled = True
-                self.engine.cancel(active.stream.request_id)  # the stream ends with done{cancelled}
-        elif isinstance(message, Credit):
-            active = self.requests.get(message.id)
-            if active is None:
-                await self._send_now(error_message(message.id, codes.UNKNOWN_ID, f"no active request {message.id!r}"))
-            else:
-                active.credit = (active.credit or 0) + message.n
-                self.wake.set()
-        elif isinstance(message, Priority):
-            if message.id not in self.requests:
-                await self._send_now(error_message(message.id, codes.UNKNOWN_ID, f"no active request {message.id!r}"))
-            else:
-                self.engine.set_priority(self.requests[message.id].stream.request_id, message.priority)
-        elif isinstance(message, Ping):
-            await self._send_now(pong_message(message.ts))
-        elif isinstance(message, Resume):
-            await self._on_resume(message)
+        elif isinstance(command, Refused):
+            if self.obs is not None:
+                self.obs.refused("ws", self._engine_id(command.id), command.code)
+        elif isinstance(command, ResumeRequest):
+            await self._on_resume(command.message)
+        elif isinstance(command, Reauthenticate):
+            self.guard.reauth(command.token, self.protocol)
+        elif isinstance(command, CloseConnection):
+            await self.close(command.code, command.reason)
+        elif (active := self.requests.get(command.id)) is None:
+            pass  # ended since the message was read: the client has (or will get) its done
+        elif isinstance(command, CancelRequest):
+            active.cancelled = True
+            self.engine.cancel(active.engine_id)  # the stream ends with done{cancelled}
+        elif isinstance(command, GrantCredit):
+            active.credit = (active.credit or 0) + command.n
+            self.wake.set()
+        elif isinstance(command, SetPriority):
+            self.engine.set_priority(active.engine_id, command.priority)
 
     async def _on_generate(self, msg: Generate) -> None:
-        if self.draining():
-            await self._refuse(msg.id, codes.OVERLOADED, "server is shutting down")
-            return
-        if msg.id in self.requests:
-            await self._send_now(error_message(msg.id, codes.DUPLICATE_ID, f"request id {msg.id!r} is already active"))
-            return
-        if len(self.requests) >= self.config.max_requests_per_connection:
-            await self._refuse(msg.id, codes.TOO_MANY_REQUESTS,
-                               f"at most {self.config.max_requests_per_connection} concurrent requests per connection")
-            return
+        """Start a generate the protocol admitted (scopes, id, limits); a failure refuses it."""
         session = None
         try:
             request = generate_request_from(msg, request_id=self._engine_id(msg.id))
@@ -231,17 +239,18 @@ class WsConnection:
                 input_text = await self.sessions.prepare_turn(session, request)
             stream = await self.engine.submit(request)
         except (ProtocolError, SessionError) as err:
-            await self._refuse(msg.id, err.code, err.message)
+            self.protocol.refuse(msg.id, err.code, err.message)
             return
         except EngineError as err:
-            await self._refuse(msg.id, err.code, str(err))
+            self.protocol.refuse(msg.id, err.code, str(err))
             return
         except Exception:  # a fault of ours: this request fails, with its end marker, and nothing else
             log.exception("generate %s failed to start", msg.id)
-            await self._refuse(msg.id, codes.INTERNAL, "the server failed to start this request")
+            self.protocol.refuse(msg.id, codes.INTERNAL, "the server failed to start this request")
             return
         stream.listener = self.wake.set
-        active = self.requests[msg.id] = StreamRequest(msg.id, stream, self.engine, msg.binary, msg.credit)
+        active = WsGeneration(msg.id, stream, self.engine, binary=msg.binary, credit=msg.credit)
+        self.protocol.open(msg.id, active)
         active.owner = self
         if self.obs is not None:
             active.obs = self.obs.request("ws", stream.request_id, msg.session, self.engine)
@@ -255,7 +264,7 @@ class WsConnection:
         elif msg.credit is None and self.paused_for_backpressure:
             self.engine.pause(stream.request_id)  # joins its connection's back-pressure pause
 
-    def _snapshot_acker(self, active: StreamRequest):
+    def _snapshot_acker(self, active: WsGeneration):
         def ack(snapshot, durable: bool) -> None:
             if self.requests.get(active.id, active) is active and not self.ws.closed:
                 self.outbox.append(snapshot_message(active.id, active.session_name, snapshot) if durable else
@@ -269,22 +278,19 @@ class WsConnection:
 
     async def _on_resume(self, msg: Resume) -> None:
         """Replay everything after last_seq, then continue live (or just the replay if the turn ended)."""
-        if msg.id in self.requests:
-            await self._send_now(error_message(msg.id, codes.DUPLICATE_ID, f"request id {msg.id!r} is already active"))
-            return
         try:
             session = await self.sessions.get(scoped_key(self.guard.principal, msg.session))
         except SessionError as err:
-            await self._send_now(error_message(msg.id, err.code, err.message))
+            self.protocol.error(msg.id, err.code, err.message)
             return
         request = self.sessions.adopt(session, msg.id, owner=self)
         if request is not None and isinstance(request.previous_owner, WsConnection):
-            request.previous_owner.requests.pop(request.id, None)  # its old connection must not produce it
+            request.previous_owner.protocol.forget(request.id)  # its old connection must not produce it
         if request is None:
             logged = session.replay.get(msg.id)
             if logged is None:
-                await self._send_now(error_message(msg.id, codes.UNKNOWN_ID,
-                                                   f"session {msg.session!r} has no request {msg.id!r} to resume"))
+                self.protocol.error(msg.id, codes.UNKNOWN_ID,
+                                    f"session {msg.session!r} has no request {msg.id!r} to resume")
                 return
             texts, frames = split_replay(logged, msg.last_seq)
         else:
@@ -294,7 +300,7 @@ class WsConnection:
             request.credit = None  # a new connection starts under its own water marks
             request.paused_for_credit = False
             request.on_snapshot = self._snapshot_acker(request)
-            self.requests[msg.id] = request
+            self.protocol.open(msg.id, request)
             request.stream.listener = self.wake.set
             self.engine.resume(request.engine_id)
             self.wake.set()
@@ -354,7 +360,7 @@ class WsConnection:
             for active in list(self.requests.values()):
                 active.produce(texts, frames)
                 if active.finished:
-                    del self.requests[active.id]
+                    self.protocol.forget(active.id)
                     ended.append(active)
             await self._send_batch(texts, frames)
             for active in ended:
@@ -399,16 +405,6 @@ class WsConnection:
             return True
         return False
 
-    async def _refuse(self, request_id: str, code: str, message: str) -> None:
-        """A refused generate ends like any request: error, then done with finish_reason error."""
-        body = b"[" + error_message(request_id, code, message) + b"," + refused_done_message(request_id) + b"]"
-        if self.obs is not None:
-            self.obs.refused("ws", self._engine_id(request_id), code)
-        await self._send_now(body)
-
-    async def _send_now(self, body: bytes) -> None:
-        await self._send(body, WSMsgType.TEXT)
-
     # ---- heartbeat --------------------------------------------------------------------------------
     async def _heartbeat(self) -> None:
         interval = self.config.heartbeat_interval_s
@@ -444,7 +440,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"too many connections")
         return ws
     conn = WsConnection(ws, transport, state.engine, config, lambda: state.draining, state.sessions)
-    conn.guard = WsGuard(request, conn)
+    conn.guard = guard = WsGuard(request, conn)
+    conn.protocol = ServerConnection(max_message_bytes=config.max_message_bytes,
+                                     max_requests=config.max_requests_per_connection,
+                                     scopes=guard.principal.scopes, token_auth=guard.sec.verifier is not None,
+                                     draining=conn.draining, log_context=guard.log_context)
     conn.obs = request.app.get(OBS)
     state.websockets.add(conn)
     try:

@@ -27,11 +27,12 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
-from seedance.engine.async_engine import AsyncEngine
+from seedance.engine.async_engine import AsyncEngine, GenerateRequest
 from seedance.engine.events import FinishReason
 from seedance.protocol import errors as codes
+from seedance.serving.generation import Generation
 from seedance.sessions.snapshot import Snapshot, Turn, kv_cache_hash
 from seedance.sessions.store import SessionStore
 
@@ -46,7 +47,17 @@ class SessionError(Exception):
         self.status = status  # for HTTP transports
 
 
-def scoped_key(principal: Any, name: str) -> str:
+class Caller(Protocol):
+    """Who asks (server/auth.py Principal)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def authenticated(self) -> bool: ...
+
+
+def scoped_key(principal: Caller, name: str) -> str:
     """Sessions belong to their caller: with authentication on, another principal's session of the same
     name is a different session, so knowing a name is not enough to read or continue it."""
     return f"{principal.id}/{name}" if principal.authenticated else name
@@ -59,7 +70,7 @@ class Session:
     turn: int = 0
     turns: list[Turn] = field(default_factory=list)
     last_active: float = field(default_factory=time.monotonic)
-    current: Any = None  # the StreamRequest of the turn in progress (attached or detached)
+    current: Generation | None = None  # the turn in progress (attached or detached)
     replay: dict[str, list[tuple[int, bool, bytes]]] = field(default_factory=dict)  # last completed turn
     detached_task: asyncio.Task | None = None
     grace_timer: asyncio.TimerHandle | None = None
@@ -87,7 +98,7 @@ class SessionManager:
         self.snapshots_written = 0
         self.store_error: str | None = None  # why the store last failed; None while it works
         self.store_probe_interval_s = store_probe_interval_s
-        self._unsaved: dict[str, tuple[Snapshot, Any]] = {}  # newest failed snapshot per session, for the retry
+        self._unsaved: dict[str, tuple[Snapshot, Generation]] = {}  # newest failed snapshot per session, for the retry
         self._probe: asyncio.Task | None = None
 
     # ---- lookup -----------------------------------------------------------------------------------
@@ -141,7 +152,7 @@ class SessionManager:
         return len(idle)
 
     # ---- turns ------------------------------------------------------------------------------------
-    async def prepare_turn(self, session: Session, request: Any) -> str:
+    async def prepare_turn(self, session: Session, request: GenerateRequest) -> str:
         """Make a GenerateRequest a turn of the session: its prompt becomes the conversation so far, as the
         tokens the model saw, plus the new input, and its KV stays pinned under the session for the next
         turn. Returns the new input as text (for the snapshot)."""
@@ -156,14 +167,14 @@ class SessionManager:
         request.pin_key = session.id
         return input_text
 
-    def begin_turn(self, session: Session, request: Any) -> None:
+    def begin_turn(self, session: Session, request: Generation) -> None:
         if session.busy:
             raise SessionError("invalid_request", f"session {session.id!r} has a turn in progress "
                                                   f"({session.current.id!r}); wait for its done or cancel it")
         session.current = request
         request.on_finish = lambda req: self._finish_turn(session, req)
 
-    def _finish_turn(self, session: Session, request: Any) -> None:
+    def _finish_turn(self, session: Session, request: Generation) -> None:
         """Called when the turn's last event is produced. Completed turns extend the conversation and are
         snapshotted; cancelled or failed ones leave it as it was."""
         session.current = None
@@ -187,7 +198,7 @@ class SessionManager:
         self.pending_saves.add(task)
         task.add_done_callback(self.pending_saves.discard)
 
-    async def _save(self, snapshot: Snapshot, request: Any) -> None:
+    async def _save(self, snapshot: Snapshot, request: Generation) -> None:
         try:
             await self.store.save(snapshot)
         except Exception as err:
@@ -238,7 +249,7 @@ class SessionManager:
             self._store_ok()
 
     # ---- away and back ----------------------------------------------------------------------------
-    def detach(self, request: Any, owner: object) -> None:
+    def detach(self, request: Generation, owner: object) -> None:
         """The client's connection is gone: keep the turn going into its replay log, bounded, then paused.
         A no-op unless `owner` still owns the request (a resume on another connection may have taken it
         before the old connection noticed it was dead)."""
@@ -251,7 +262,7 @@ class SessionManager:
         session.detached_task = loop.create_task(self._consume_detached(request))
         session.grace_timer = loop.call_later(self.resume_grace_s, self._grace_expired, session, request)
 
-    async def _consume_detached(self, request: Any) -> None:
+    async def _consume_detached(self, request: Generation) -> None:
         wake = asyncio.Event()
         request.stream.listener = wake.set
         wake.set()
@@ -265,7 +276,7 @@ class SessionManager:
                 paused = True
                 self.engine.pause(request.engine_id)  # buffer full: stop computing, keep the KV
 
-    def _grace_expired(self, session: Session, request: Any) -> None:
+    def _grace_expired(self, session: Session, request: Generation) -> None:
         if session.current is request and not request.finished:
             log.info("session %s: client did not come back within %.0f s; cancelling %s", session.id,
                      self.resume_grace_s, request.id)
@@ -280,7 +291,7 @@ class SessionManager:
         if task is not None and task is not asyncio.current_task():
             task.cancel()
 
-    def adopt(self, session: Session, request_id: str, owner: object) -> Any | None:
+    def adopt(self, session: Session, request_id: str, owner: object) -> Generation | None:
         """A client resumed: hand the turn to its new connection (None if there is none). Returns it with
         `previous_owner` set, so a connection that has not yet noticed its death can let go of it."""
         request = session.current

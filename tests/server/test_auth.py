@@ -11,14 +11,13 @@ import pytest
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from seedance.protocol import Cancel, Credit, Generate, Ping, Priority, Reauth, Resume
+from seedance.protocol.scopes import generate_scopes, message_scopes
 from seedance.server.auth import (
     ANONYMOUS,
     AuthError,
     JwtVerifier,
     Principal,
     TicketStore,
-    generate_scopes,
-    message_scopes,
     missing_scopes,
     scopes_of,
 )

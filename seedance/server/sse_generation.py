@@ -1,4 +1,4 @@
-"""An OpenAI SSE stream as a StreamRequest: the same ownership, replay log and session hand-off as the
+"""An OpenAI SSE stream as a Generation: the same ownership, replay log and session hand-off as the
 WebSocket path, with OpenAI chunk objects as its messages. Event ids are `<request id>:<seq>`, or
 `<session>/<request id>:<seq>` for session turns, which a client resumes with Last-Event-ID."""
 
@@ -8,7 +8,8 @@ import json
 from dataclasses import dataclass, field
 
 from seedance.engine.events import FinishReason
-from seedance.server.stream_request import END, StreamRequest
+from seedance.server.openai_format import OpenAIFormatter, openai_finish_reason
+from seedance.serving.generation import END, Generation
 
 
 def sse_event(event_id: str, payload: dict) -> bytes:
@@ -16,11 +17,12 @@ def sse_event(event_id: str, payload: dict) -> bytes:
 
 
 @dataclass(eq=False)
-class SseStreamRequest(StreamRequest):
-    fmt: object = None  # openai_api.OpenAIFormatter
+class SseGeneration(Generation):
+    fmt: OpenAIFormatter | None = None
     logprobs_k: int | None = None
     include_usage: bool = False
     first: bool = field(default=True)
+    next_seq: int = 0  # event counter
 
     @property
     def event_prefix(self) -> str:
@@ -28,39 +30,29 @@ class SseStreamRequest(StreamRequest):
 
     def produce(self, texts: list[bytes], frames: list[bytes]) -> None:
         """Everything the engine step produced becomes one SSE event (and one write)."""
-        from seedance.server.openai_api import openai_finish_reason
-
         if self.finished:
             return
         events = self.stream.drain()
         if not events:
             return
-        token_events = [e for e in events if e.token_id >= 0]
-        final = events[-1] if events[-1].finished else None
-        text = "".join(e.text_delta for e in events)
-        self.completion_tokens += len(token_events)
-        self.output_token_ids += [e.token_id for e in token_events]
-        self.output_text.append(text)
-        if self.obs is not None and token_events:
-            self.obs.tokens(len(token_events))
+        step = self.take(events)
+        final, text = step.final, step.text
         fmt = self.fmt
         if final is not None and final.finish_reason is FinishReason.ERROR:
             error = {"error": {"message": "generation failed", "type": "server_error", "code": "internal"}}
-            self._emit(texts, self.next_seq, False, sse_event(f"{self.event_prefix}:{self.next_seq}", error))
+            self.emit(texts, self.next_seq, False, sse_event(f"{self.event_prefix}:{self.next_seq}", error))
         elif text or final is not None or self.first:
             finish = openai_finish_reason(final.finish_reason) if final is not None else None
             chunk = fmt.chunk(text, fmt.logprobs(events, self.logprobs_k), finish, self.first)
-            self._emit(texts, self.next_seq, False, sse_event(f"{self.event_prefix}:{self.next_seq}", chunk))
+            self.emit(texts, self.next_seq, False, sse_event(f"{self.event_prefix}:{self.next_seq}", chunk))
             self.next_seq += 1
             self.first = False
         if final is not None:
-            self.final = final
-            if self.obs is not None:
-                self.obs.finish(final, self.completion_tokens, self.session_id is not None)
+            self.end(final)
             tail = b""
             if self.include_usage:
                 usage = fmt.usage(final.num_prompt_tokens, self.completion_tokens, final.num_cached_tokens)
                 tail += sse_event(f"{self.event_prefix}:{self.next_seq}", fmt.usage_chunk(usage))
-            self._emit(texts, END, False, tail + b"data: [DONE]\n\n")
+            self.emit(texts, END, False, tail + b"data: [DONE]\n\n")
             if self.on_finish is not None:
                 self.on_finish(self)

@@ -3,7 +3,7 @@ import time
 from seedance.engine.async_engine import AsyncEngine, GenerateRequest
 from seedance.engine.config import EngineConfig
 from seedance.engine.sampling_params import SamplingParams
-from seedance.models.synthetic import PASSAGE
+from seedance.engine.synthetic_runner import PASSAGE
 
 
 async def test_synthetic_backend_streams_the_passage_at_the_configured_rate():

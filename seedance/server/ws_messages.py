@@ -1,9 +1,9 @@
-"""Engine events -> protocol messages (JSON bytes) and MTF1 frame metadata."""
+"""Engine events -> WebSocket protocol messages (JSON bytes) and MTF1 frame metadata."""
 
 from __future__ import annotations
 
 from seedance.engine.events import TokenEvent
-from seedance.protocol import Chunk, Done, Error, Pong, SnapshotAck, TokenLogprob, Usage, encode_server_message
+from seedance.protocol import Chunk, Done, SnapshotAck, TokenLogprob, Usage, encode_server_message
 
 
 def _logprobs(events: list[TokenEvent]) -> list[TokenLogprob] | None:
@@ -33,19 +33,6 @@ def done_message(request_id: str, final: TokenEvent, completion_tokens: int, kv_
 def snapshot_message(request_id: str, session_name: str, snapshot) -> bytes:
     return encode_server_message(SnapshotAck(id=request_id, session=session_name, turn=snapshot.turn,
                                              kv_cache_hash=snapshot.kv_cache_hash))
-
-
-def refused_done_message(request_id: str) -> bytes:
-    return encode_server_message(Done(id=request_id, finish_reason="error",
-                                      usage=Usage(prompt_tokens=0, completion_tokens=0)))
-
-
-def error_message(request_id: str | None, code: str, message: str) -> bytes:
-    return encode_server_message(Error(id=request_id, code=code, message=message))
-
-
-def pong_message(ts: float | None) -> bytes:
-    return encode_server_message(Pong(ts=ts))
 
 
 def frame_metadata(request_id: str, seq: int, events: list[TokenEvent], final: TokenEvent | None,

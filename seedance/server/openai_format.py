@@ -1,0 +1,88 @@
+"""OpenAI wire shapes from engine events: streaming chunks, non-streaming bodies, usage and logprobs.
+
+Pure (no aiohttp, no server state), so the SSE stream and the non-streaming handler build the same objects
+and the formatting can be tested without a server."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from seedance.engine.events import FinishReason, TokenEvent
+
+
+class OpenAIFormatter:
+    """Builds completion / chat payloads from engine events."""
+
+    def __init__(self, chat: bool, model: str, request_id: str, tokenizer) -> None:
+        self.chat = chat
+        self.model = model
+        self.id = request_id
+        self.created = int(time.time())
+        self.tokenizer = tokenizer
+        self.text_offset = 0
+
+    def _token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id]) if self.tokenizer else ""
+
+    def logprobs(self, events: list[TokenEvent], k: int | None) -> dict | None:
+        events = [e for e in events if e.token_id >= 0]
+        if k is None or not events:
+            return None
+        if self.chat:
+            return {"content": [self._chat_logprob(e) for e in events]}
+        tokens = [self._token_text(e.token_id) for e in events]
+        offsets = []
+        for t in tokens:
+            offsets.append(self.text_offset)
+            self.text_offset += len(t)
+        return {
+            "tokens": tokens,
+            "token_logprobs": [e.logprob for e in events],
+            "top_logprobs": [{self._token_text(t): lp for t, lp in (e.top_logprobs or ())} for e in events]
+            if k else None,
+            "text_offset": offsets,
+        }
+
+    def _chat_logprob(self, e: TokenEvent) -> dict:
+        text = self._token_text(e.token_id)
+        return {"token": text, "logprob": e.logprob, "bytes": list(text.encode()),
+                "top_logprobs": [{"token": (s := self._token_text(t)), "logprob": lp, "bytes": list(s.encode())}
+                                 for t, lp in (e.top_logprobs or ())]}
+
+    def chunk(self, text: str, logprobs: dict | None, finish: str | None, first: bool) -> dict:
+        if self.chat:
+            delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {"content": text}
+            if finish is not None and not text and not first:
+                delta = {}
+            choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+            return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                    "choices": [choice]}
+        choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                "choices": [choice]}
+
+    def usage(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+
+    def usage_chunk(self, usage: dict) -> dict:
+        obj = "chat.completion.chunk" if self.chat else "text_completion"
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [],
+                "usage": usage}
+
+    def full(self, text: str, logprobs: dict | None, finish: str, usage: dict) -> dict:
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+                      "finish_reason": finish}
+            obj = "chat.completion"
+        else:
+            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
+            obj = "text_completion"
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [choice],
+                "usage": usage}
+
+
+def openai_finish_reason(reason: FinishReason | None) -> str:
+    return "length" if reason is FinishReason.LENGTH else "stop"

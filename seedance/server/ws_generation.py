@@ -1,0 +1,73 @@
+"""One WebSocket request's output side: a Generation whose steps become protocol messages (JSON chunks and
+done, or MTF1 frames), with credit accounting (per-request flow control)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from seedance.engine.events import FinishReason, TokenEvent
+from seedance.protocol import encode_frame
+from seedance.protocol import errors as codes
+from seedance.protocol.server_connection import error_message
+from seedance.server.ws_messages import chunk_message, done_message, frame_metadata
+from seedance.serving.generation import END, Generation
+
+
+@dataclass(eq=False)
+class WsGeneration(Generation):
+    binary: bool = False
+    credit: int | None = None  # None: no explicit flow control
+    next_seq: int = 0  # chunk counter
+    paused_for_credit: bool = False
+
+    def pause_for_credit(self) -> None:
+        if not self.paused_for_credit:
+            self.paused_for_credit = True
+            self.engine.pause(self.engine_id)
+
+    def produce(self, texts: list[bytes], frames: list[bytes]) -> None:
+        """Turn the ready events into one chunk (and the end marker if it ended), respecting credit."""
+        if self.finished:
+            return
+        if self.credit is not None and self.credit <= 0 and not self.cancelled:
+            if not self.stream.queue.empty():
+                self.pause_for_credit()
+            return
+        events = self.stream.drain()
+        if self.cancelled:  # unsent tokens of a cancelled request are dropped
+            events = [e for e in events if e.finished]
+        if not events:
+            return
+        step = self.take(events)
+        final = step.final
+        if step.tokens or step.text or (final is not None and self.binary):
+            seq = self.next_seq
+            self.next_seq += 1
+            if self.credit is not None:
+                self.credit -= 1
+            if self.binary:
+                self.emit(frames, seq, True, self._frame(seq, step.tokens, step.text, final))
+            else:
+                self.emit(texts, seq, False, chunk_message(self.id, seq, step.tokens, step.text))
+        if final is not None:
+            self.end(final)
+            if final.finish_reason is FinishReason.ERROR:
+                texts.append(error_message(self.id, codes.INTERNAL, "generation failed on the server"))
+            if not self.binary:
+                kv_reuse = (final.num_cached_tokens / final.num_prompt_tokens
+                            if self.session_id is not None and final.num_prompt_tokens else None)
+                self.emit(texts, END, False, done_message(self.id, final, self.completion_tokens, kv_reuse))
+            if self.on_finish is not None:
+                self.on_finish(self)
+        elif self.credit is not None and self.credit <= 0:
+            self.pause_for_credit()
+
+    def _frame(self, seq: int, events: list[TokenEvent], text: str, final: TokenEvent | None) -> bytes:
+        has_logprobs = bool(events) and events[0].logprob is not None
+        return encode_frame(
+            [e.token_id for e in events],
+            text,
+            frame_metadata(self.id, seq, events, final, self.completion_tokens),
+            logprobs=[e.logprob for e in events] if has_logprobs else None,
+            is_partial=final is None,
+        )
