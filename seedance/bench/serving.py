@@ -56,6 +56,7 @@ class RequestResult:
     ok: bool = False
     error: str | None = None
     output_tokens: int = 0
+    prompt_tokens: int | None = None  # as the server's usage reports it
     ttft_s: float | None = None
     e2e_s: float | None = None
     tpot_s: float | None = None
@@ -121,6 +122,7 @@ async def send(session: aiohttp.ClientSession, target: Target, prompt: Prompt) -
                 usage = chunk.get("usage")
                 if usage and usage.get("completion_tokens") is not None:
                     usage_tokens = int(usage["completion_tokens"])
+                    result.prompt_tokens = usage.get("prompt_tokens")
     except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"[:200]
         return result
@@ -214,6 +216,8 @@ def summarize(results: list[RequestResult], duration_s: float, slo: Slo, expecte
         "short_outputs": sum(1 for r in ok if expected_tokens and r.output_tokens != expected_tokens),
         "duration_s": duration_s,
         "output_tokens": out_tokens,
+        "prompt_tokens_mean": float(np.mean(prompt)) if (prompt := [r.prompt_tokens for r in ok
+                                                                    if r.prompt_tokens is not None]) else None,
         "output_tok_s": out_tokens / duration_s if duration_s > 0 else 0.0,
         "requests_per_s": len(ok) / duration_s if duration_s > 0 else 0.0,
         "goodput_req_s": len(good) / duration_s if duration_s > 0 else 0.0,
