@@ -20,7 +20,8 @@ console = Console(stderr=True)
 
 ModelOpt = Annotated[str | None, typer.Option("--model", help="local HF model directory (default: built-in)")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda[:N]")]
-DtypeOpt = Annotated[str, typer.Option(help="float32, bfloat16 or float16")]
+DtypeOpt = Annotated[str, typer.Option(help="auto (bfloat16 on AMX / AVX512_BF16 CPUs, else float32), float32, "
+                                             "bfloat16 or float16")]
 
 
 @app.command()
@@ -30,7 +31,8 @@ def serve(
     model: ModelOpt = None,
     config: Annotated[str | None, typer.Option("--config", help="TOML config file")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda[:N]")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16")] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto (the default: bfloat16 on AMX / AVX512_BF16 CPUs, else "
+                                                   "float32), float32, bfloat16, float16")] = None,
     model_name: Annotated[str | None, typer.Option(help="model id reported to clients")] = None,
     keepalive: Annotated[str | None, typer.Option(help="TCP keepalive: conservative, aggressive, off")] = None,
     tls_cert: Annotated[str | None, typer.Option(help="PEM certificate chain: serve https:// and wss://")] = None,
@@ -109,7 +111,7 @@ def generate(
     stop: Annotated[list[str] | None, typer.Option(help="stop string (repeatable)")] = None,
     model: ModelOpt = None,
     device: DeviceOpt = "cpu",
-    dtype: DtypeOpt = "float32",
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """Stream a completion of PROMPT from the model to stdout."""
     from seedance.engine.async_engine import AsyncEngine, GenerateRequest

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 class EngineConfig:
     model: str | None = None  # a local HF model directory; None: the built-in tiny model
     device: str = "cpu"  # "cpu" or "cuda[:N]"
-    dtype: str = "float32"  # float32, bfloat16, float16
+    # auto: bfloat16 on CPUs with AMX / AVX512_BF16 and on bf16 GPUs, else float32 (models/precision.py)
+    dtype: str = "auto"  # auto, float32, bfloat16, float16
     block_size: int = 16  # tokens per KV block
     kv_cache_bytes: int = 256 * 1024 * 1024  # size of the paged KV pool
     num_kv_blocks: int | None = None  # overrides kv_cache_bytes when set

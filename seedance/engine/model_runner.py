@@ -14,7 +14,7 @@ from seedance.engine.output_processor import SampledToken
 from seedance.engine.sampler import Sampler
 from seedance.engine.scheduler import ScheduledChunk
 from seedance.models.llama import head_dim_of
-from seedance.models.loader import DTYPES, LoadedModel
+from seedance.models.loader import LoadedModel
 from seedance.models.paged_attention import AttentionMetadata, PrefillChunk
 
 
@@ -44,7 +44,7 @@ class TorchModelRunner:
             torch.set_num_threads(config.threads)
         self.model = loaded.model
         self.device = torch.device(config.device)
-        self.dtype = DTYPES[config.dtype]
+        self.dtype = loaded.model.embed_tokens.weight.dtype  # the KV cache matches the weights
         self.block_size = config.block_size
         mc = loaded.config
         num_kv_heads = mc.num_key_value_heads or mc.num_attention_heads

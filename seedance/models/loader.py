@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from seedance.models.llama import LlamaForCausalLM, rope_tables
+from seedance.models.precision import resolve_dtype
 from seedance.models.tokenizer import TextTokenizer
 
 BUILTIN_MODEL_DIR = Path(__file__).resolve().parent / "tiny"
@@ -73,7 +74,7 @@ def load_model(
     if sliding and getattr(config, "use_sliding_window", True):
         limit = min(limit, int(sliding))  # within the window, sliding attention equals full attention
     max_len = min(max_model_len or limit, limit)
-    torch_dtype = DTYPES[dtype]
+    torch_dtype = DTYPES[resolve_dtype(dtype, device)]
     with torch.device("meta"):  # no random init of weights we are about to overwrite
         net = LlamaForCausalLM(config, max_positions=max_len)
     net = net.to_empty(device="cpu")

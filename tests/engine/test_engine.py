@@ -21,7 +21,7 @@ PROMPT = "And God said unto Moses,"
 
 @pytest.fixture
 async def engine():
-    eng = await AsyncEngine.create(EngineConfig(num_kv_blocks=256, max_num_batched_tokens=128))
+    eng = await AsyncEngine.create(EngineConfig(dtype="float32", num_kv_blocks=256, max_num_batched_tokens=128))
     yield eng
     await eng.close()
 
@@ -204,10 +204,14 @@ async def test_a_new_request_joins_the_running_batch():
 
 
 async def test_admission_limits_reject_with_clear_errors():
-    eng = await AsyncEngine.create(EngineConfig(num_kv_blocks=64, max_waiting=2, max_tokens_limit=100))
+    # One running sequence at a time: "dup" (100 tokens) runs while "b" and "c" would wait.
+    eng = await AsyncEngine.create(EngineConfig(num_kv_blocks=64, max_waiting=1, max_tokens_limit=100,
+                                                max_num_seqs=1))
     try:
+        running = eng.submit(GenerateRequest(prompt="d", request_id="dup",
+                                             params=SamplingParams(max_tokens=100, ignore_eos=True)))
+        await running.queue.get()  # its first token: it is running, no longer waiting
         with pytest.raises(InvalidRequest, match="duplicate"):
-            eng.submit(GenerateRequest(prompt="d", request_id="dup", params=SamplingParams(max_tokens=5)))
             eng.submit(GenerateRequest(prompt="d", request_id="dup"))
         with pytest.raises(InvalidRequest, match="exactly one"):
             eng.submit(GenerateRequest(prompt="a", messages=[{"role": "user", "content": "b"}]))
@@ -228,8 +232,8 @@ async def test_admission_limits_reject_with_clear_errors():
 
 async def test_preemption_under_kv_pressure_keeps_outputs_exact():
     # 12 blocks of 16 tokens cannot hold four 60-token streams at once: the engine preempts and recomputes.
-    eng = await AsyncEngine.create(EngineConfig(num_kv_blocks=12, max_num_batched_tokens=64))
-    roomy = await AsyncEngine.create(EngineConfig(num_kv_blocks=256))
+    eng = await AsyncEngine.create(EngineConfig(dtype="float32", num_kv_blocks=12, max_num_batched_tokens=64))
+    roomy = await AsyncEngine.create(EngineConfig(dtype="float32", num_kv_blocks=256))
     try:
         prompts = [f"{PROMPT} {w}" for w in ("Go", "Speak", "Behold", "Arise")]
         kwargs = dict(max_tokens=50, temperature=0, ignore_eos=True)
