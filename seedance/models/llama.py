@@ -30,9 +30,8 @@ class RMSNorm(nn.Module):
 
 def rope_tables(config, max_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables [max_positions, head_dim], from transformers' own RoPE initialisers so every
-    rope_type (default, llama3, linear, dynamic, yarn...) means what it means there."""
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
+    rope_type (default, llama3, linear, dynamic, yarn...) means what it means there. The default one is
+    computed here, so a plain model starts without importing transformers."""
     params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type == "default":
@@ -43,6 +42,8 @@ def rope_tables(config, max_positions: int) -> tuple[torch.Tensor, torch.Tensor]
         inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
         scaling = 1.0
     else:
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
         inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu")
     freqs = torch.arange(max_positions, dtype=torch.float32)[:, None] * inv_freq[None, :].float()
     emb = torch.cat((freqs, freqs), dim=-1)

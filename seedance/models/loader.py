@@ -13,8 +13,8 @@ from time import time_ns
 import torch
 from safetensors.torch import load_file
 
+from seedance.models.hf_config import plain_llama_config
 from seedance.models.llama import LlamaForCausalLM, rope_tables
-from seedance.models.precision import resolve_dtype
 from seedance.models.tokenizer import TextTokenizer
 
 BUILTIN_MODEL_DIR = Path(__file__).resolve().parent / "tiny"
@@ -45,6 +45,9 @@ def resolve_model_dir(model: str | os.PathLike | None) -> Path:
 
 
 def load_config(path: Path):
+    plain = plain_llama_config(path)  # no transformers import where it is not needed
+    if plain is not None:
+        return plain
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(str(path), local_files_only=True)
@@ -74,7 +77,7 @@ def load_model(
     if sliding and getattr(config, "use_sliding_window", True):
         limit = min(limit, int(sliding))  # within the window, sliding attention equals full attention
     max_len = min(max_model_len or limit, limit)
-    torch_dtype = DTYPES[resolve_dtype(dtype, device)]
+    torch_dtype = DTYPES[dtype]
     with torch.device("meta"):  # no random init of weights we are about to overwrite
         net = LlamaForCausalLM(config, max_positions=max_len)
     net = net.to_empty(device="cpu")
