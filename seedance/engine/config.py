@@ -24,7 +24,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     max_pinned_kv_fraction: float = 0.5  # share of the KV pool idle sessions may pin for their next turn
     seed: int = 0  # seeds unseeded sampling, so a whole run is reproducible
-    threads: int | None = None  # torch intra-op threads; None: torch's default
+    threads: int | None = None  # torch intra-op threads; None on CPU: all cores but one (model_runner.default_threads)
     # One dummy request (a short prefill + a few decodes) through the runner at start, so the first user request
     # does not pay first-call costs (allocator growth, kernel selection, lazy imports).
     warmup: bool = True
