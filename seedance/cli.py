@@ -16,12 +16,25 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+models_app = typer.Typer(help="Models one command away (docs/model.md).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 console = Console(stderr=True)
 
-ModelOpt = Annotated[str | None, typer.Option("--model", help="local HF model directory (default: built-in)")]
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", help="a .gguf file, a local HF model directory, or a pulled name like smollm2 (default: built-in)")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda[:N]")]
 DtypeOpt = Annotated[str, typer.Option(help="auto (bfloat16 on AMX / AVX512_BF16 CPUs, else float32), float32, "
                                              "bfloat16 or float16")]
+QuantizeOpt = Annotated[str | None, typer.Option(
+    help="auto (a GGUF keeps its quantization), none (dequantize to --dtype), int8 or int4 (quantize on load)")]
+
+
+def parse_bytes(text: str) -> int:
+    """A memory size flag: 268435456, 256MiB, 256M, 1.5GiB, 2G (binary units)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise typer.BadParameter(f"{text!r} is not a size (268435456, 256MiB, 1.5GiB)")
+    return int(float(m.group(1)) * 1024 ** ("KMGT".find(m.group(2).upper()) + 1 if m.group(2) else 0))
 
 
 @app.command()
@@ -33,7 +46,11 @@ def serve(
     device: Annotated[str | None, typer.Option(help="cpu or cuda[:N]")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto (the default: bfloat16 on AMX / AVX512_BF16 CPUs, else "
                                                    "float32), float32, bfloat16, float16")] = None,
-    model_name: Annotated[str | None, typer.Option(help="model id reported to clients")] = None,
+    model_name: Annotated[str | None, typer.Option(help="model id reported to clients (default: the model's own)")]
+    = None,
+    quantize: QuantizeOpt = None,
+    kv_cache_memory: Annotated[str | None, typer.Option(
+        help="KV pool size, e.g. 512MiB (default: follows the model, docs/model.md)")] = None,
     keepalive: Annotated[str | None, typer.Option(help="TCP keepalive: conservative, aggressive, off")] = None,
     tls_cert: Annotated[str | None, typer.Option(help="PEM certificate chain: serve https:// and wss://")] = None,
     tls_key: Annotated[str | None, typer.Option(help="PEM private key for --tls-cert")] = None,
@@ -83,10 +100,12 @@ def serve(
     observability = dict(log_format=log_format, tracing=tracing, tracing_file=tracing_file,
                          trace_slow_ms=trace_slow_ms, trace_sample_rate=trace_sample_rate)
     try:
+        kv_bytes = parse_bytes(kv_cache_memory) if kv_cache_memory is not None else None
         cfg = ServerConfig.load(config, host=host, port=port, model=model, device=device, dtype=dtype,
-                                model_name=model_name, keepalive=keepalive, **security, **observability)
+                                model_name=model_name, keepalive=keepalive, quantize=quantize,
+                                kv_cache_bytes=kv_bytes, **security, **observability)
         preflight(cfg)  # refuses unsafe settings and unreadable keys/certificates before binding
-    except ValueError as err:
+    except (ValueError, typer.BadParameter) as err:
         print(f"seedance serve: {err}", file=sys.stderr)
         raise typer.Exit(2) from None
     from seedance.observability.logs import configure_logging
@@ -95,9 +114,36 @@ def serve(
     try:
         import uvloop
 
-        uvloop.run(run_server(cfg))
+        failure = uvloop.run(run_server(cfg))
     except ImportError:
-        asyncio.run(run_server(cfg))
+        failure = asyncio.run(run_server(cfg))
+    if failure:  # already logged, on one line
+        raise typer.Exit(1)
+
+
+@models_app.command("pull")
+def models_pull(name: Annotated[str, typer.Argument(help="a known model: smollm2")]) -> None:
+    """Download a known model into the cache (SEEDANCE_CACHE or ~/.cache/seedance), verify its sha256, print its
+    path. Idempotent; `seedance serve --model NAME` then serves it."""
+    from seedance.models.registry import PullError, pull
+
+    try:
+        path = pull(name, log=lambda line: console.print(f"[dim]{line}[/dim]"))
+    except (PullError, OSError) as err:
+        print(f"seedance models pull: {err}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    print(path)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """The models `models pull` knows, and whether each is in the cache."""
+    from seedance.models.registry import REGISTRY, target_path
+
+    for name, entry in REGISTRY.items():
+        path = target_path(name)
+        state = str(path) if path.is_file() else "not pulled"
+        print(f"{name}\t{entry.package}=={entry.version}\t{entry.size / 1e6:.0f} MB\t{entry.licence}\t{state}")
 
 
 @app.command()
@@ -112,6 +158,7 @@ def generate(
     model: ModelOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "auto",
+    quantize: QuantizeOpt = "auto",
 ) -> None:
     """Stream a completion of PROMPT from the model to stdout."""
     from seedance.engine.async_engine import AsyncEngine, GenerateRequest
@@ -120,7 +167,7 @@ def generate(
 
     async def run() -> None:
         t0 = time.perf_counter()
-        engine = await AsyncEngine.create(EngineConfig(model=model, device=device, dtype=dtype))
+        engine = await AsyncEngine.create(EngineConfig(model=model, device=device, dtype=dtype, quantize=quantize))
         loaded = time.perf_counter()
         params = SamplingParams(
             max_tokens=max_tokens,

@@ -47,3 +47,17 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def smollm2_path():
+    """The SmolLM2 GGUF `seedance models pull smollm2` put in the cache (.ci/run pulls it); skip without it.
+    Tests never download it themselves. Under CI a missing copy fails rather than skips."""
+    from seedance.models.registry import cached_path
+
+    try:
+        return cached_path("smollm2")
+    except FileNotFoundError as err:
+        if os.environ.get("CI"):
+            pytest.fail(f"{err} (.ci/run pulls it)")
+        pytest.skip(str(err))

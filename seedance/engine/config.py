@@ -7,12 +7,15 @@ from dataclasses import dataclass
 
 @dataclass(slots=True)
 class EngineConfig:
-    model: str | None = None  # a local HF model directory; None: the built-in tiny model
+    model: str | None = None  # a local HF model directory, a .gguf file or a pulled name; None: the built-in one
     device: str = "cpu"  # "cpu" or "cuda[:N]"
     # auto: bfloat16 on CPUs with AMX / AVX512_BF16 and on bf16 GPUs, else float32 (models/precision.py)
     dtype: str = "auto"  # auto, float32, bfloat16, float16
+    quantize: str = "auto"  # auto (a GGUF keeps its own quantization), none, int8, int4 (docs/model.md)
     block_size: int = 16  # tokens per KV block
-    kv_cache_bytes: int = 256 * 1024 * 1024  # size of the paged KV pool
+    kv_cache_bytes: int | None = None  # size of the paged KV pool; None: default_kv_cache_bytes (follows the model)
+    kv_cache_tokens: int = 32768  # the default pool holds this many tokens, at the model's bytes per token
+    kv_cache_max_fraction: float = 0.25  # ... but at most this share of the memory available at start
     num_kv_blocks: int | None = None  # overrides kv_cache_bytes when set
     max_num_seqs: int = 64  # running batch bound
     max_num_batched_tokens: int = 256  # tokens per step: decode tokens + prefill chunks
@@ -30,3 +33,13 @@ class EngineConfig:
     warmup: bool = True
     # Synthetic backend (transport benchmarks): tokens per second per stream, no model compute.
     synthetic_rate: float | None = None
+
+
+def default_kv_cache_bytes(config: EngineConfig, kv_bytes_per_token: int, max_model_len: int) -> int:
+    """The KV pool when kv_cache_bytes is unset: kv_cache_tokens tokens (at least one full-length sequence) of
+    this model, capped at kv_cache_max_fraction of available memory, so a 135M model and a 5.5M one differ."""
+    import psutil
+
+    tokens = max(config.kv_cache_tokens, min(max_model_len, 8 * config.kv_cache_tokens))
+    cap = int(psutil.virtual_memory().available * config.kv_cache_max_fraction)
+    return max(kv_bytes_per_token * config.block_size, min(tokens * kv_bytes_per_token, cap))

@@ -58,6 +58,7 @@ class LLMEngine:
         # time_ns() when each load phase ended, taken on the engine thread: config_loaded, weights_loaded,
         # tokenizer_loaded, kv_allocated (from_config), warmup_done (warmup); the server's cold-start marks.
         self.load_times: dict[str, int] = {}
+        self.model_name: str | None = None  # the model's own name (models/loader.py served_name); None: synthetic
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> LLMEngine:
@@ -75,9 +76,10 @@ class LLMEngine:
             from seedance.engine.model_runner import TorchModelRunner
             from seedance.models.loader import load_model
 
-            loaded = load_model(config.model, config.device, config.dtype, config.max_model_len)
+            loaded = load_model(config.model, config.device, config.dtype, config.max_model_len, config.quantize)
             times = dict(loaded.timings)
             engine = cls(config, TorchModelRunner(loaded, config), loaded.tokenizer, loaded.max_model_len)
+            engine.model_name = loaded.name
         engine.load_times = {**times, "kv_allocated": time.time_ns()}  # the runner's KV pool + the block table
         return engine
 

@@ -10,7 +10,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from seedance.engine.config import EngineConfig
+from seedance.engine.config import EngineConfig, default_kv_cache_bytes
 from seedance.engine.output_processor import SampledToken
 from seedance.engine.sampler import Sampler
 from seedance.engine.scheduler import ScheduledChunk
@@ -53,16 +53,15 @@ class TorchModelRunner:
             torch.set_num_threads(config.threads or default_threads())
         self.model = loaded.model
         self.device = torch.device(config.device)
-        self.dtype = loaded.model.embed_tokens.weight.dtype  # the KV cache matches the weights
+        self.dtype = loaded.model.norm.weight.dtype  # the KV cache matches the model (quantized ones too)
         self.block_size = config.block_size
         mc = loaded.config
         num_kv_heads = mc.num_key_value_heads or mc.num_attention_heads
         head_dim = head_dim_of(mc)
         element = torch.empty((), dtype=self.dtype).element_size()
         self.kv_bytes_per_token = 2 * mc.num_hidden_layers * num_kv_heads * head_dim * element
-        self.num_kv_blocks = config.num_kv_blocks or max(
-            1, config.kv_cache_bytes // (self.kv_bytes_per_token * self.block_size)
-        )
+        pool = config.kv_cache_bytes or default_kv_cache_bytes(config, self.kv_bytes_per_token, loaded.max_model_len)
+        self.num_kv_blocks = config.num_kv_blocks or max(1, pool // (self.kv_bytes_per_token * self.block_size))
         slots = self.num_kv_blocks * self.block_size
         self.kv_caches = [
             (

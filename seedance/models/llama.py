@@ -140,8 +140,9 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = self.norm(hidden)
-        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight)
+        if self.lm_head is not None:  # its own head, or a quantized one (quantized_linear.py)
+            return self.lm_head(hidden)
+        return F.linear(hidden, self.embed_tokens.weight)
 
     def load_hf_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """Load a transformers-layout state dict, fusing q/k/v and gate/up as it goes."""

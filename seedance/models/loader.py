@@ -1,4 +1,5 @@
-"""Load a local Hugging Face model directory (config.json + safetensors + tokenizer) for our runner.
+"""Load a model for our runner: a local Hugging Face directory (config.json + safetensors + tokenizer), a GGUF
+file (gguf_loader.py), or a name `seedance models pull` fetched (registry.py).
 
 No hub access: a path is a path. The built-in tiny model ships inside the package.
 """
@@ -15,10 +16,21 @@ from safetensors.torch import load_file
 
 from seedance.models.hf_config import plain_llama_config
 from seedance.models.llama import LlamaForCausalLM, rope_tables
+from seedance.models.quantized_linear import QuantizedEmbedding, QuantizedLinear, quantize_model
+from seedance.models.registry import (
+    BUILTIN_NAMES,
+    BUILTIN_SERVED_NAME,
+    DTYPE_NAMES,
+    REGISTRY,
+    cached_path,
+    check_load_options,
+    check_model_arg,
+)
 from seedance.models.tokenizer import TextTokenizer
 
 BUILTIN_MODEL_DIR = Path(__file__).resolve().parent / "tiny"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
+QUANTIZE = {"auto": None, "none": None, "int8": 8, "int4": 4}  # auto: GGUF keeps its own, HF stays float
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -32,15 +44,28 @@ class LoadedModel:
     tokenizer: TextTokenizer | None
     max_model_len: int
     timings: dict[str, int] = field(default_factory=dict)  # time_ns() at config / weights / tokenizer loaded
+    name: str = BUILTIN_SERVED_NAME  # the model's own name (served_name)
+
+
+class ModelLoadError(ValueError):
+    """A model that cannot load (bad path, dtype, format, architecture); the message is one line for the user."""
+
+
+def resolve_model_path(model: str | os.PathLike | None) -> Path:
+    """The built-in directory, a pulled name's file (registry.py), or the path as given; checked to exist."""
+    if model in BUILTIN_NAMES:
+        return BUILTIN_MODEL_DIR
+    try:
+        check_model_arg(model)
+    except FileNotFoundError as err:
+        raise ModelLoadError(str(err)) from None
+    return cached_path(str(model)) if str(model) in REGISTRY else Path(model).expanduser()
 
 
 def resolve_model_dir(model: str | os.PathLike | None) -> Path:
-    path = BUILTIN_MODEL_DIR if model in (None, "", "builtin", "tiny") else Path(model).expanduser()
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{path} is not a model directory (no config.json); "
-            "pass a local Hugging Face model directory or omit --model for the built-in one"
-        )
+    path = resolve_model_path(model)
+    if path.is_file():
+        raise ModelLoadError(f"{path} is a file, not a model directory")
     return path
 
 
@@ -68,23 +93,62 @@ def load_model(
     device: str = "cpu",
     dtype: str = "float32",
     max_model_len: int | None = None,
+    quantize: str = "auto",
 ) -> LoadedModel:
-    path = resolve_model_dir(model)
-    config = load_config(path)  # the first call imports transformers: most of the load on the built-in model
-    config_loaded = time_ns()
+    """Load and return the model; any failure is a ModelLoadError with a one-line reason."""
+    try:
+        check_load_options(dtype, quantize)
+    except ValueError as err:
+        raise ModelLoadError(str(err)) from None
+    path = resolve_model_path(model)
+    try:
+        if path.is_file():
+            return _load_gguf(path, device, dtype, max_model_len, quantize)
+        return _load_hf_dir(path, device, dtype, max_model_len, quantize)
+    except ModelLoadError:
+        raise
+    except Exception as err:  # a corrupt file, an unsupported architecture, a missing tensor...
+        message = str(err).replace("\n", " ")
+        raise ModelLoadError(message if str(path) in message else f"{path}: {message}") from err
+
+
+def _context_limit(config, max_model_len: int | None) -> int:
     limit = int(getattr(config, "max_position_embeddings", 2048))
     sliding = getattr(config, "sliding_window", None)
     if sliding and getattr(config, "use_sliding_window", True):
         limit = min(limit, int(sliding))  # within the window, sliding attention equals full attention
-    max_len = min(max_model_len or limit, limit)
-    torch_dtype = DTYPES[dtype]
+    return min(max_model_len or limit, limit)
+
+
+def _finish(net: LlamaForCausalLM, config, max_len: int) -> LlamaForCausalLM:
+    """Materialize what is still on the meta device (quantized modules are real already) and set RoPE."""
+    for module in net.modules():
+        if not isinstance(module, QuantizedLinear | QuantizedEmbedding):
+            module.to_empty(device="cpu", recurse=False)
+    net.rope_cos, net.rope_sin = rope_tables(config, max_len)  # buffers are not in the checkpoint
+    return net
+
+
+def _to_serving(net: LlamaForCausalLM, device: str, dtype: str) -> LlamaForCausalLM:
+    quantized = any(isinstance(m, QuantizedLinear) for m in net.modules())
+    if quantized and torch.device(device).type != "cpu":
+        raise ModelLoadError("quantized weights run on the CPU kernels only: use --device cpu or --quantize none")
+    net = net.to(device=device, dtype=DTYPES[dtype]).eval()
+    net.rope_cos, net.rope_sin = net.rope_cos.float(), net.rope_sin.float()
+    return net
+
+
+def _load_hf_dir(path: Path, device: str, dtype: str, max_model_len: int | None, quantize: str) -> LoadedModel:
+    config = load_config(path)  # the first call imports transformers: most of the load on the built-in model
+    config_loaded = time_ns()
+    max_len = _context_limit(config, max_model_len)
     with torch.device("meta"):  # no random init of weights we are about to overwrite
         net = LlamaForCausalLM(config, max_positions=max_len)
-    net = net.to_empty(device="cpu")
-    net.rope_cos, net.rope_sin = rope_tables(config, max_len)  # buffers are not in the checkpoint
+    net = _finish(net, config, max_len)
     net.load_hf_weights(read_safetensors(path))
-    net = net.to(device=device, dtype=torch_dtype).eval()
-    net.rope_cos, net.rope_sin = net.rope_cos.float(), net.rope_sin.float()
+    if QUANTIZE[quantize]:
+        quantize_model(net, QUANTIZE[quantize])
+    net = _to_serving(net, device, dtype)
     weights_loaded = time_ns()  # the cold start's weights / tokenizer phases (docs/observability.md)
     tokenizer = (
         TextTokenizer.from_dir(path)
@@ -92,5 +156,24 @@ def load_model(
         else None
     )
     timings = {"config_loaded": config_loaded, "weights_loaded": weights_loaded, "tokenizer_loaded": time_ns()}
-    return LoadedModel(path, config, net, tokenizer, max_len, timings)
+    name = BUILTIN_SERVED_NAME if path == BUILTIN_MODEL_DIR else path.resolve().name
+    return LoadedModel(path, config, net, tokenizer, max_len, timings, name)
 
+
+def _load_gguf(path: Path, device: str, dtype: str, max_model_len: int | None, quantize: str) -> LoadedModel:
+    from seedance.models.gguf_loader import load_gguf_weights, open_gguf
+    from seedance.models.gguf_tokenizer import gguf_tokenizer
+
+    gguf = open_gguf(path)
+    config_loaded = time_ns()
+    max_len = _context_limit(gguf.config, max_model_len)
+    with torch.device("meta"):
+        net = LlamaForCausalLM(gguf.config, max_positions=max_len)
+    floats = load_gguf_weights(gguf, net, quantize)  # installs the quantized modules
+    net = _finish(net, gguf.config, max_len)
+    net.load_hf_weights(floats)
+    net = _to_serving(net, device, dtype)
+    weights_loaded = time_ns()
+    tokenizer = gguf_tokenizer(gguf.reader, path)
+    timings = {"config_loaded": config_loaded, "weights_loaded": weights_loaded, "tokenizer_loaded": time_ns()}
+    return LoadedModel(path, gguf.config, net, tokenizer, max_len, timings, gguf.name)

@@ -9,7 +9,8 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-DTYPE_NAMES = ("float32", "bfloat16", "float16")
+from seedance.models.registry import DTYPE_NAMES
+
 BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
 

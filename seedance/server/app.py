@@ -86,9 +86,12 @@ async def _start_engine(app: web.Application) -> None:
     observability.mark(app, "engine_load_start")
     try:
         engine = await AsyncEngine.create(state.config.engine)
-    except Exception as err:  # the server stays up and says why in /readyz
-        log.exception("model failed to load")
+    except Exception as err:  # one line, then `seedance serve` exits non-zero (serve() returns the reason)
+        log.debug("model failed to load", exc_info=True)
         state.load_error = f"model failed to load: {err}"
+        log.error("%s", state.load_error)
+        if state.on_load_failure is not None:
+            state.on_load_failure()
         return
     times = engine.engine.load_times  # taken on the engine thread where each phase ended
     for mark, key in (("config_loaded", "config_loaded"), ("weights_loaded", "weights_loaded"),
@@ -109,6 +112,8 @@ async def _start_engine(app: web.Application) -> None:
                                     resume_grace_s=cfg.resume_grace_s,
                                     detached_buffer_tokens=cfg.detached_buffer_tokens)
     state.jobs = polling.JobStore(engine, cfg.max_jobs, cfg.job_ttl_s)
+    if not state.model_name_given and engine.engine.model_name:
+        cfg.model_name = engine.engine.model_name  # the model's own (a GGUF's general.name)
     state.engine = engine
     observability.mark(app, "engine_ready")
     log.info("model ready: %s", state.config.engine.model or "built-in")
@@ -189,7 +194,11 @@ async def json_errors(request: web.Request, handler):
 def build_app(config: ServerConfig) -> web.Application:
     app = web.Application(client_max_size=config.max_message_bytes,
                           middlewares=[json_errors, cors.middleware, security.middleware])
-    app[STATE] = ServerState(config)
+    app[STATE] = ServerState(config, model_name_given=config.model_name is not None)
+    if config.model_name is None:
+        from seedance.models.registry import served_name
+
+        config.model_name = served_name(config.engine.model)
     security.install(app, config)  # TLS, auth, scopes, Origin, limits (security.py); refuses unsafe configs
     cors.install(app, config.cors_max_age_s)  # preflights (middleware above) and CORS headers on responses
     observability.install(app, config)  # /metrics, tracing, per-transport counters (docs/observability.md)
@@ -214,8 +223,9 @@ def build_app(config: ServerConfig) -> web.Application:
     return app
 
 
-async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> str | None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully; a model that fails to load stops it too.
+    Returns why the model failed to load (the CLI exits non-zero with it), None after a normal run."""
     app = build_app(config)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=config.shutdown_grace_s + 5)
@@ -226,6 +236,7 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
     await site.start()
     observability.mark(app, "listener_ready")
     stop = asyncio.Event()
+    app[STATE].on_load_failure = stop.set
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -245,3 +256,4 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
             await s.stop()  # no new connections
         await drain(app)
         await runner.cleanup()
+    return app[STATE].load_error

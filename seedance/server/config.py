@@ -20,7 +20,7 @@ class ServerConfig:
     port: int = 8000
     listen_backlog: int = 2048  # listen(2) queue for connection bursts; the kernel caps it at net.core.somaxconn
     engine: EngineConfig = field(default_factory=EngineConfig)
-    model_name: str = "seedance-tiny"  # the id /v1/models reports and clients pass as "model"
+    model_name: str | None = None  # the id /v1/models reports and clients pass as "model"; None: the model's own
     # WebSocket limits
     max_message_bytes: int = 1 << 20  # larger client messages close the socket with 1009
     max_connections: int = 1024  # beyond it new WebSockets are closed with 1013
@@ -118,10 +118,27 @@ class ServerConfig:
             raise ValueError("cors_max_age_s must be >= 0")
         if not 0.0 <= self.trace_sample_rate <= 1.0:
             raise ValueError("trace_sample_rate must be between 0 and 1")
+        self.validate_model()
         for name in ("listen_backlog", "max_message_bytes", "max_connections", "max_requests_per_connection",
                      "heartbeat_max_missed", "max_jobs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+
+
+    def validate_model(self) -> None:
+        """A --model, --dtype or --quantize that cannot load is refused before binding (one line, exit 2)."""
+        from seedance.models.registry import check_load_options, check_model_arg
+
+        engine = self.engine
+        check_load_options(engine.dtype, engine.quantize)
+        if engine.kv_cache_bytes is not None and engine.kv_cache_bytes < 1:
+            raise ValueError("kv_cache_bytes must be >= 1")
+        if engine.synthetic_rate:
+            return
+        try:
+            check_model_arg(engine.model)
+        except FileNotFoundError as err:
+            raise ValueError(str(err)) from None
 
 
 def _fields(obj) -> dict[str, dataclasses.Field]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,8 @@ class ServerState:
     draining: bool = False
     started_at: int = field(default_factory=lambda: int(time.time()))
     load_error: str | None = None
+    on_load_failure: Callable[[], None] | None = None  # serve() stops the server: a failed load exits non-zero
+    model_name_given: bool = False  # --model-name set: keep it rather than the model's own name
     tasks: list[asyncio.Task] = field(default_factory=list)
 
 

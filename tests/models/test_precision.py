@@ -33,5 +33,5 @@ def test_engine_runs_in_the_resolved_dtype(name):
     engine = LLMEngine.from_config(EngineConfig(dtype=name, num_kv_blocks=16, warmup=False))
     expected = getattr(torch, resolve_dtype(name, "cpu"))
     assert engine.config.dtype == resolve_dtype(name, "cpu")
-    assert engine.runner.model.embed_tokens.weight.dtype == expected
+    assert engine.runner.model.norm.weight.dtype == expected
     assert engine.runner.kv_caches[0][0].dtype == expected

@@ -1,0 +1,243 @@
+"""Load a GGUF file (llama.cpp / Ollama's format) into our Llama-family runner, quantized weights kept quantized.
+
+The `gguf` library reads the file (memory-mapped) and dequantizes; this module maps llama.cpp's names and
+metadata onto ours and picks, per projection, the path its GGUF type allows (docs/model.md, "Formats"):
+
+- F32 / F16 / BF16: loaded as they are (cast to the serving dtype).
+- Q4_0, Q4_1, Q4_K: exactly int4 groupwise with group 32 (QuantizedLinear over `_weight_int4pack_mm_for_cpu`):
+  Q4_0 is w = d (q - 8), Q4_1 w = d q + m, Q4_K's 32-element sub-blocks w = (d sc) q - (dmin m).
+- every other quantized type (Q8_0, Q6_K, Q5_x, Q2_K/Q3_K/Q5_K, IQ*...): dequantized by `gguf.quants`, then
+  requantized to int8 per output channel (lossy; the tolerance is measured in tests/models/test_gguf.py).
+- the token embedding, when quantized: int8 rows (QuantizedEmbedding), shared with a tied output head.
+
+`quantize="none"` dequantizes everything to the serving dtype (the path transformers' own GGUF loading matches);
+"int8" / "int4" force one kind for every projection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from seedance.models.llama import LlamaForCausalLM
+from seedance.models.quantized_linear import QuantizedEmbedding, QuantizedLinear, int4_shape_ok, quantize_int4
+from seedance.models.registry import QUANTIZE_MODES
+
+GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2")
+INT4_EXACT = ("Q4_0", "Q4_1", "Q4_K")
+FLOAT_TYPES = ("F32", "F16", "BF16")
+
+# GGUF tensor name (after "blk.N.") -> our module path and the HF piece it is (for fused projections).
+LAYER_TENSORS = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_output": "self_attn.o_proj",
+    "ffn_down": "mlp.down_proj",
+}
+FUSED = {  # our fused module -> its GGUF pieces, in order
+    "self_attn.qkv_proj": ("attn_q", "attn_k", "attn_v"),
+    "mlp.gate_up_proj": ("ffn_gate", "ffn_up"),
+}
+
+
+class GGUFError(ValueError):
+    """A GGUF file we cannot serve (corrupt, unsupported architecture or tensor); the message says why."""
+
+
+@dataclass(slots=True)
+class GGUFModel:
+    path: Path
+    reader: object  # gguf.GGUFReader
+    architecture: str
+    config: object  # transformers PretrainedConfig
+    name: str
+
+
+def open_gguf(path: Path) -> GGUFModel:
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as err:  # the library raises ValueError, struct.error, OSError... for a damaged file
+        raise GGUFError(f"{path} is not a readable GGUF file ({type(err).__name__}: {err})") from None
+    arch = field_value(reader, "general.architecture")
+    if arch not in GGUF_ARCHITECTURES:
+        raise GGUFError(f"{path}: unsupported GGUF architecture {arch!r}; supported: {', '.join(GGUF_ARCHITECTURES)}")
+    name = field_value(reader, "general.name") or path.stem
+    return GGUFModel(path, reader, arch, gguf_config(reader, arch), str(name))
+
+
+def field_value(reader, key: str, default=None):
+    f = reader.fields.get(key)
+    return default if f is None else f.contents()
+
+
+def gguf_config(reader, arch: str):
+    """A transformers config from llama.cpp's metadata keys (`{arch}.block_count`, ...)."""
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    def meta(key: str, default=None):
+        return field_value(reader, f"{arch}.{key}", default)
+
+    tensors = {t.name for t in reader.tensors}
+    if "rope_freqs.weight" in tensors:
+        raise GGUFError("GGUF files with per-frequency RoPE factors (rope_freqs, Llama 3.1 style) are not supported")
+    n_vocab = meta("vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data)
+    heads = int(meta("attention.head_count"))
+    hidden = int(meta("embedding_length"))
+    kwargs = dict(
+        vocab_size=int(n_vocab), hidden_size=hidden, intermediate_size=int(meta("feed_forward_length")),
+        num_hidden_layers=int(meta("block_count")), num_attention_heads=heads,
+        num_key_value_heads=int(meta("attention.head_count_kv", heads)),
+        head_dim=int(meta("attention.key_length", hidden // heads)),
+        rms_norm_eps=float(meta("attention.layer_norm_rms_epsilon", 1e-5)),
+        max_position_embeddings=int(meta("context_length", 2048)),
+        rope_theta=float(meta("rope.freq_base", 10000.0)),
+        tie_word_embeddings="output.weight" not in tensors,
+        bos_token_id=field_value(reader, "tokenizer.ggml.bos_token_id"),
+        eos_token_id=field_value(reader, "tokenizer.ggml.eos_token_id"),
+    )
+    scaling = meta("rope.scaling.type")
+    if scaling and scaling != "none":
+        if scaling != "linear":
+            raise GGUFError(f"GGUF RoPE scaling {scaling!r} is not supported (linear is)")
+        kwargs["rope_scaling"] = {"rope_type": "linear", "factor": float(meta("rope.scaling.factor", 1.0))}
+    cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[arch]
+    if arch == "mistral":
+        kwargs["sliding_window"] = meta("attention.sliding_window")
+    return cls(**kwargs)
+
+
+# ---- tensors ---------------------------------------------------------------------------------------
+
+
+def _rows(tensor, model: GGUFModel) -> np.ndarray:
+    """The tensor's rows (output channels) as stored: raw blocks for quantized types. llama.cpp's converter
+    permutes Llama's q / k rows for its RoPE layout; undone here, on whole rows, so it works on blocks too."""
+    data = np.array(tensor.data)  # a copy: the memory map is read-only
+    name = tensor.name
+    if model.architecture in ("llama", "mistral") and name.endswith(("attn_q.weight", "attn_k.weight")):
+        cfg = model.config
+        heads = cfg.num_attention_heads if "attn_q" in name else cfg.num_key_value_heads
+        n = data.shape[0]
+        data = data.reshape(heads, n // heads // 2, 2, *data.shape[1:]).swapaxes(1, 2).reshape(data.shape)
+    return data
+
+
+def _dequantize(tensor, model: GGUFModel) -> torch.Tensor:
+    from gguf.quants import dequantize
+
+    return torch.from_numpy(np.ascontiguousarray(dequantize(_rows(tensor, model), tensor.tensor_type), np.float32))
+
+
+def int4_blocks(tensor, data: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q4_0 / Q4_1 / Q4_K rows as int4 group-32 (codes 0..15 [N, K], scale and zero [N, K/32]), exactly:
+    (q - 8) * scale + zero is the block's own dequantization."""
+    from gguf.quants import Q4_K
+
+    kind = tensor.tensor_type.name
+    n = data.shape[0]
+    per_block = {"Q4_0": 18, "Q4_1": 20, "Q4_K": 144}[kind]
+    blocks = data.reshape(n, -1, per_block)
+    d = blocks[..., 0:2].copy().view(np.float16).astype(np.float32)  # [N, blocks, 1]
+    if kind == "Q4_K":
+        dmin = blocks[..., 2:4].copy().view(np.float16).astype(np.float32)
+        sc, mn = Q4_K.get_scale_min(blocks[..., 4:16].reshape(-1, 12))
+        sc = sc.reshape(n, -1, 8).astype(np.float32)
+        mn = mn.reshape(n, -1, 8).astype(np.float32)
+        qs = blocks[..., 16:].reshape(n, -1, 4, 1, 32) >> np.array([0, 4], np.uint8).reshape(1, 1, 1, 2, 1)
+        codes = (qs & 0x0F).reshape(n, -1)  # per 64: low nibbles, then high nibbles
+        scale = (d * sc).reshape(n, -1)
+        zero = (8.0 * d * sc - dmin * mn).reshape(n, -1)
+    else:
+        offset = 2 if kind == "Q4_0" else 4
+        qs = blocks[..., offset:]  # [N, blocks, 16]: element i in the low nibble, i + 16 in the high one
+        codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(n, -1)
+        scale = d.reshape(n, -1)
+        if kind == "Q4_0":
+            zero = np.zeros_like(scale)
+        else:
+            m = blocks[..., 2:4].copy().view(np.float16).astype(np.float32).reshape(n, -1)
+            zero = m + 8.0 * scale
+    return torch.from_numpy(codes.astype(np.int32)), torch.from_numpy(scale), torch.from_numpy(zero)
+
+
+def _linear(pieces: list, model: GGUFModel, mode: str, bias: torch.Tensor | None) -> nn.Module | torch.Tensor:
+    """One (possibly fused) projection: a QuantizedLinear, or a float weight for the model's own nn.Linear."""
+    kinds = {p.tensor_type.name for p in pieces}
+    n = sum(int(p.data.shape[0]) for p in pieces)
+    k = int(pieces[0].shape[0])  # GGUF shapes are [K, N]
+    exact = kinds <= set(INT4_EXACT) and int4_shape_ok(n, k, 32)
+    if mode in ("auto", "int4") and exact:
+        parts = [int4_blocks(p, _rows(p, model)) for p in pieces]
+        codes, scale, zero = (torch.cat([part[i] for part in parts]) for i in range(3))
+        return QuantizedLinear.from_int4(codes, scale, zero, 32, bias)
+    floats = kinds <= set(FLOAT_TYPES)
+    weight = torch.cat([_dequantize(p, model) for p in pieces])
+    if mode == "none" or (mode == "auto" and floats):
+        return weight
+    if mode == "int4" and int4_shape_ok(n, k, 32):
+        codes, scale, zero = quantize_int4(weight, 32)
+        return QuantizedLinear.from_int4(codes, scale, zero, 32, bias)
+    return QuantizedLinear.from_float(weight, 8, bias=bias)
+
+
+def load_gguf_weights(model: GGUFModel, net: LlamaForCausalLM, mode: str) -> dict[str, torch.Tensor]:
+    """Install quantized modules into net (still on the meta device) and return the float weights left for
+    net.load_hf_weights, by our module names."""
+    if mode not in QUANTIZE_MODES:
+        raise GGUFError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, not {mode!r}")
+    by_name = {t.name: t for t in model.reader.tensors}
+    floats: dict[str, torch.Tensor] = {}
+
+    def take(name: str) -> object:
+        try:
+            return by_name.pop(name)
+        except KeyError:
+            raise GGUFError(f"{model.path}: tensor {name!r} is missing") from None
+
+    def bias_of(names: tuple[str, ...]) -> torch.Tensor | None:
+        found = [by_name.pop(f"{n}.bias", None) for n in names]
+        return None if found[0] is None else torch.cat([_dequantize(t, model) for t in found])
+
+    def install(path: str, gguf_names: tuple[str, ...]) -> None:
+        bias = bias_of(gguf_names)
+        out = _linear([take(f"{n}.weight") for n in gguf_names], model, mode, bias)
+        if isinstance(out, nn.Module):
+            parent, _, child = path.rpartition(".")
+            setattr(net.get_submodule(parent), child, out)
+        else:
+            floats[f"{path}.weight"] = out
+            if bias is not None:
+                floats[f"{path}.bias"] = bias
+
+    for i in range(len(net.layers)):
+        for ours, pieces in FUSED.items():
+            install(f"layers.{i}.{ours}", tuple(f"blk.{i}.{p}" for p in pieces))
+        for theirs, ours in LAYER_TENSORS.items():
+            if ours.endswith("_proj"):
+                install(f"layers.{i}.{ours}", (f"blk.{i}.{theirs}",))
+            else:
+                floats[f"layers.{i}.{ours}.weight"] = _dequantize(take(f"blk.{i}.{theirs}.weight"), model)
+    floats["norm.weight"] = _dequantize(take("output_norm.weight"), model)
+    embed = take("token_embd.weight")
+    if mode in ("int8", "int4") or (mode == "auto" and embed.tensor_type.name not in FLOAT_TYPES):
+        net.embed_tokens = QuantizedEmbedding.from_float(_dequantize(embed, model))
+        if net.lm_head is None:
+            net.lm_head = net.embed_tokens.as_linear()
+    else:
+        floats["embed_tokens.weight"] = _dequantize(embed, model)
+    if "output.weight" in by_name:
+        head = _linear([take("output.weight")], model, mode, None)
+        if isinstance(head, nn.Module):
+            net.lm_head = head
+        else:
+            floats["lm_head.weight"] = head
+    leftover = sorted(n for n in by_name if not n.startswith("rope_freqs"))
+    if leftover:
+        raise GGUFError(f"{model.path}: unexpected tensors {leftover[:5]}")
+    return floats

@@ -1,0 +1,188 @@
+"""Weight-only quantized linear layers over torch's CPU kernels, so a Q4/Q8 model stays a fraction of float32.
+
+Two layouts, both what `torch.ops.aten` computes with directly (no dequantized copy of the weight is kept):
+
+- int8: codes [N, K] int8 and one scale per output channel; `_weight_int8pack_mm(x, w, scales)`
+  is `x @ (w * scales[:, None]).T`.
+- int4: codes 0..15 in groups of G along K, one (scale, zero) pair per group and channel; the weight is
+  `(q - 8) * scale + zero`. `_convert_weight_to_int4pack_for_cpu` packs the codes ([N, K/2] uint8) and
+  `_weight_int4pack_mm_for_cpu(x, packed, G, scale_and_zeros[K/G, N, 2])` multiplies. N must be a multiple
+  of 16 and K of G. GGUF's Q4_0 / Q4_1 / Q4_K blocks are exactly this with G = 32 (gguf_loader.py).
+
+The activation dtype must equal the scales' dtype: `module.to(dtype)` converts the scales (the codes are integer
+buffers, which `.to(dtype)` leaves alone).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+INT4_GROUP_SIZES = (32, 64, 128, 256)
+DEQUANTIZE_ABOVE_ROWS = 8  # more rows than this (prefill chunks) dequantize the weight per call: see forward()
+
+
+class QuantizedLinear(nn.Module):
+    """A bias-optional linear whose weight is int8 per channel or int4 groupwise. Buffers are not persistent:
+    the model's state_dict (load_hf_weights' bookkeeping) lists only float parameters."""
+
+    def __init__(self, in_features: int, out_features: int, bits: int, group_size: int = 0,
+                 bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if bits not in (4, 8):
+            raise ValueError(f"bits must be 4 or 8, not {bits}")
+        self.in_features, self.out_features, self.bits, self.group_size = in_features, out_features, bits, group_size
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone(), persistent=False)
+
+    # ---- constructors ----------------------------------------------------------------------------
+    @classmethod
+    def from_int8(cls, codes: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None) -> QuantizedLinear:
+        n, k = codes.shape
+        m = cls(k, n, 8, bias=bias)
+        m.register_buffer("weight_int8", codes.to(torch.int8).contiguous(), persistent=False)
+        m.register_buffer("scales", scales.reshape(n).float().contiguous(), persistent=False)
+        return m
+
+    @classmethod
+    def from_int4(cls, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
+                  bias: torch.Tensor | None = None) -> QuantizedLinear:
+        """codes [N, K] in 0..15; scale, zero [N, K / group_size]: w = (q - 8) * scale + zero."""
+        n, k = codes.shape
+        if not int4_shape_ok(n, k, group_size):
+            raise ValueError(f"int4 needs N % 16 == 0 and K % group == 0 (N={n}, K={k}, group={group_size})")
+        m = cls(k, n, 4, group_size, bias=bias)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)
+        sz = torch.stack([scale.float(), zero.float()], dim=-1).transpose(0, 1).contiguous()  # [K/G, N, 2]
+        m.register_buffer("weight_int4", packed, persistent=False)
+        m.register_buffer("scale_and_zeros", sz, persistent=False)
+        return m
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, bits: int, group_size: int = 32,
+                   bias: torch.Tensor | None = None) -> QuantizedLinear:
+        """Quantize a float weight [N, K]: int8 symmetric per channel, or int4 asymmetric per group."""
+        if bits == 8:
+            return cls.from_int8(*quantize_int8(weight), bias=bias)
+        return cls.from_int4(*quantize_int4(weight, group_size), group_size, bias=bias)
+
+    # ---- compute ---------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features)
+        if x2.shape[0] > DEQUANTIZE_ABOVE_ROWS and (self.bits == 8 or self.out_features % 32 == 0):
+            # Prefill: torch's weight-only CPU kernels are slow past a few rows (measured 25-35x a float matmul
+            # at 37 rows); dequantizing the weight for this call and using the float GEMM is cheaper.
+            return F.linear(x, self.dequantize(x.dtype), self.bias)
+        if self.bits == 8:
+            y = torch.ops.aten._weight_int8pack_mm(x2, self.weight_int8, self.scales)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.weight_int4, self.group_size, self.scale_and_zeros)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The float weight [N, K] these buffers stand for."""
+        if self.bits == 8:
+            return self.weight_int8.to(dtype) * self.scales.to(dtype)[:, None]
+        n, k, g = self.out_features, self.in_features, self.group_size
+        if n % 32:
+            eye = torch.eye(k, dtype=self.scale_and_zeros.dtype)
+            return torch.ops.aten._weight_int4pack_mm_for_cpu(
+                eye, self.weight_int4, g, self.scale_and_zeros).to(dtype).T.contiguous()
+        codes = unpack_int4(self.weight_int4, n, k).to(dtype).sub_(8).view(n, k // g, g)
+        sz = self.scale_and_zeros.to(dtype)  # [K/G, N, 2]
+        return (codes * sz[..., 0].T.unsqueeze(-1) + sz[..., 1].T.unsqueeze(-1)).view(n, k)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def extra_repr(self) -> str:
+        group = f", group_size={self.group_size}" if self.bits == 4 else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, int{self.bits}{group}"
+
+
+class QuantizedEmbedding(nn.Module):
+    """Token embedding rows kept as int8 with one scale per row; with tied weights the same buffers are the
+    output head (`as_linear`), so a quantized vocabulary is stored once."""
+
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = codes.shape
+        self.register_buffer("weight_int8", codes.to(torch.int8).contiguous(), persistent=False)
+        self.register_buffer("scales", scales.reshape(-1).float().contiguous(), persistent=False)
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor) -> QuantizedEmbedding:
+        return cls(*quantize_int8(weight))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight_int8[ids].to(self.scales.dtype) * self.scales[ids].unsqueeze(-1)
+
+    def as_linear(self) -> QuantizedLinear:
+        head = QuantizedLinear(self.embedding_dim, self.num_embeddings, 8)
+        head.weight_int8, head.scales = self.weight_int8, self.scales  # shared, not copied
+        return head
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8"
+
+
+def unpack_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """The codes [N, K] (uint8, 0..15) inside `_convert_weight_to_int4pack_for_cpu`'s [N, K/2] output, for N a
+    multiple of 32: blocks of 32 rows stored [K/2, 2, 16], rows 0-15 in the low nibbles, 16-31 in the high
+    ones (torch 2.13's layout; test_quantized_linear.py checks it against the codes packed)."""
+    buf = packed.view(n // 32, k // 2, 2, 16)
+    lo = (buf & 15).permute(0, 3, 1, 2).reshape(n // 32, 16, k)
+    hi = (buf >> 4).permute(0, 3, 1, 2).reshape(n // 32, 16, k)
+    return torch.cat([lo, hi], dim=1).view(n, k)
+
+
+def int4_shape_ok(n: int, k: int, group_size: int) -> bool:
+    return n % 16 == 0 and group_size in INT4_GROUP_SIZES and k % group_size == 0
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: codes [N, K] and scales [N] (absmax / 127)."""
+    w = weight.float()
+    scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+    codes = torch.round(w / scales[:, None]).clamp_(-127, 127).to(torch.int8)
+    return codes, scales
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric int4 per group of K (min/max): codes 0..15 [N, K], scale and zero [N, K/G]."""
+    n, k = weight.shape
+    w = weight.float().reshape(n, k // group_size, group_size)
+    lo, hi = w.amin(dim=-1), w.amax(dim=-1)
+    scale = ((hi - lo) / 15.0).clamp(min=1e-12)
+    codes = torch.round((w - lo[..., None]) / scale[..., None]).clamp_(0, 15).to(torch.int32).reshape(n, k)
+    return codes, scale, lo + 8.0 * scale  # zero: the value of code 8
+
+
+def quantize_linears(net: nn.Module, bits: int, group_size: int = 32) -> int:
+    """Swap every nn.Linear in net for a QuantizedLinear (`--quantize int8|int4` on a float model); a layer
+    int4 cannot take (N % 16, K % group) falls back to int8. Returns how many were swapped."""
+    count = 0
+    for name, module in list(net.named_modules()):
+        if not isinstance(module, nn.Linear):
+            continue
+        n, k = module.weight.shape
+        use = bits if bits == 8 or int4_shape_ok(n, k, group_size) else 8
+        q = QuantizedLinear.from_float(module.weight.data, use, group_size, module.bias)
+        parent_name, _, child = name.rpartition(".")
+        setattr(net.get_submodule(parent_name) if parent_name else net, child, q)
+        count += 1
+    return count
+
+
+def quantize_model(net: nn.Module, bits: int, group_size: int = 32) -> None:
+    """`--quantize`: every projection, and a tied embedding (int8 rows, shared with the output head)."""
+    if getattr(net, "lm_head", True) is None and isinstance(net.embed_tokens, nn.Embedding):
+        net.embed_tokens = QuantizedEmbedding.from_float(net.embed_tokens.weight.data)
+        quantize_linears(net, bits, group_size)
+        net.lm_head = net.embed_tokens.as_linear()
+        return
+    quantize_linears(net, bits, group_size)

@@ -1,0 +1,110 @@
+"""QuantizedLinear against a dequantized float matmul, and GGUF's 4-bit blocks mapped onto int4 exactly."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize, quantize
+
+from seedance.models.gguf_loader import int4_blocks
+from seedance.models.quantized_linear import (
+    QuantizedEmbedding,
+    QuantizedLinear,
+    quantize_int4,
+    quantize_int8,
+    quantize_model,
+    unpack_int4,
+)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [(1,), (2, 3), (3, 5)])  # up to 8 rows the kernel; more: dequantize per call
+def test_kernel_equals_dequantized_matmul(bits, dtype, rows):
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(192, 576, generator=gen) * 0.05
+    bias = torch.randn(192, generator=gen)
+    layer = QuantizedLinear.from_float(weight, bits, 32, bias).to(dtype)
+    x = torch.randn(*rows, 576, generator=gen)  # leading batch shapes, as the runner's [T, hidden] or more
+    expected = x.float() @ layer.dequantize().T + bias
+    got = layer(x.to(dtype)).float()
+    assert got.shape == (*rows, 192)
+    tol = 1e-4 if dtype == torch.float32 else 0.05 * expected.abs().max().item()
+    torch.testing.assert_close(got, expected, atol=tol, rtol=0.02 if dtype == torch.bfloat16 else 1e-4)
+
+
+def test_quantization_error_is_bounded():
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(64, 256, generator=gen)
+    codes, scales = quantize_int8(weight)
+    assert (codes.float() * scales[:, None] - weight).abs().max() <= scales.max() / 2 + 1e-6
+    q, scale, zero = quantize_int4(weight, 32)
+    rebuilt = ((q.float() - 8).reshape(64, 8, 32) * scale[..., None] + zero[..., None]).reshape(64, 256)
+    assert (rebuilt - weight).abs().max() <= scale.max() / 2 + 1e-5
+    assert q.min() >= 0 and q.max() <= 15
+
+
+def _random_q4k_rows(rows: int, k: int, seed: int) -> np.ndarray:
+    """Random Q4_K blocks (144 bytes per 256 weights) with sane f16 d / dmin: every byte pattern is valid."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, size=(rows, k // 256, 144), dtype=np.uint8)
+    blocks[..., 0:2] = np.float16(0.01 * rng.random((rows, k // 256)) + 1e-3)[..., None].view(np.uint8)
+    blocks[..., 2:4] = np.float16(0.01 * rng.random((rows, k // 256)))[..., None].view(np.uint8)
+    return blocks.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q4_K"])
+def test_gguf_4bit_blocks_map_onto_int4_exactly(kind):
+    qtype = GGMLQuantizationType[kind]
+    rows, k = 48, 512
+    if kind == "Q4_K":  # gguf has no Q4_K quantizer: random blocks
+        data = _random_q4k_rows(rows, k, 0)
+    else:
+        data = quantize(np.random.default_rng(0).standard_normal((rows, k)).astype(np.float32), qtype)
+    reference = torch.from_numpy(dequantize(data, qtype))
+    codes, scale, zero = int4_blocks(SimpleNamespace(tensor_type=qtype), data)
+    layer = QuantizedLinear.from_int4(codes, scale, zero, 32)
+    torch.testing.assert_close(layer.dequantize(), reference, atol=1e-5, rtol=1e-5)
+    x = torch.randn(4, k)
+    torch.testing.assert_close(layer(x), x @ reference.T, atol=1e-3, rtol=1e-4)
+
+
+def test_quantized_embedding_is_shared_with_the_tied_head():
+    gen = torch.Generator().manual_seed(2)
+    table = torch.randn(512, 64, generator=gen)
+    emb = QuantizedEmbedding.from_float(table)
+    ids = torch.tensor([0, 7, 511])
+    torch.testing.assert_close(emb(ids), table[ids], atol=0.02, rtol=0)
+    head = emb.as_linear()
+    assert head.weight_int8.data_ptr() == emb.weight_int8.data_ptr()
+    h = torch.randn(2, 64, generator=gen)
+    torch.testing.assert_close(head(h), h @ (emb.weight_int8.float() * emb.scales[:, None]).T, atol=1e-4, rtol=1e-4)
+
+
+def test_quantize_model_shrinks_a_model():
+    from seedance.models.loader import load_model
+
+    loaded = load_model(None)
+    float_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    quantize_model(loaded.model, 4)
+    params = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    buffers = sum(b.numel() * b.element_size() for n, b in loaded.model.named_buffers() if "rope" not in n)
+    assert params + buffers < float_bytes / 3
+
+
+@pytest.mark.parametrize(("n", "k"), [(32, 64), (960, 576), (576, 1536)])
+def test_unpack_reads_the_kernels_packed_layout(n, k):
+    codes = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=torch.Generator().manual_seed(n))
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    assert torch.equal(unpack_int4(packed, n, k).to(torch.int32), codes)
+
+
+def test_int4_dequantize_for_n_not_a_multiple_of_32_uses_the_kernel():
+    weight = torch.randn(48, 64, generator=torch.Generator().manual_seed(3))
+    layer = QuantizedLinear.from_float(weight, 4, 32)
+    x = torch.randn(12, 64)
+    torch.testing.assert_close(layer(x), x @ layer.dequantize().T, atol=1e-4, rtol=1e-4)
