@@ -309,7 +309,9 @@ async def run_serving_bench(base_url: str, levels: list[Level], prompts: list[Pr
     needed = warmup + sum(level.num_prompts for level in levels)
     if len(prompts) < needed:
         raise ValueError(f"need {needed} prompts, got {len(prompts)}")
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    # A fresh connection per request: llama-server closes idle keep-alive connections, and a reused dead one
+    # fails the next request ("can not write request body"); a loopback connect costs ~0.1 ms.
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session:
         model = model or await discover_model(session, base_url)
         target = Target(base_url, model, endpoint, max_tokens, ignore_eos)
