@@ -260,15 +260,17 @@ async def open_loop(session, target: Target, prompts: list[Prompt], rate: float,
 
 
 async def wait_until_serving(session: aiohttp.ClientSession, target: Target, prompt: Prompt,
-                             timeout_s: float) -> None:
+                             timeout_s: float, discover: bool) -> str:
     """Send a one-token request until one succeeds (a server may listen long before it serves: 503 while
-    loading), or raise after timeout_s."""
-    probe = Target(target.base_url, target.model, target.endpoint, 1, target.ignore_eos, timeout_s=60)
+    loading), or raise after timeout_s; the model name that served. With discover, the name is asked of
+    /v1/models before each try: a server may report another name while it is still loading."""
     deadline = time.monotonic() + timeout_s
     while True:
+        model = await discover_model(session, target.base_url) if discover else target.model
+        probe = Target(target.base_url, model, target.endpoint, 1, target.ignore_eos, timeout_s=60)
         result = await send(session, probe, prompt)
         if result.ok:
-            return
+            return model
         if time.monotonic() > deadline:
             raise RuntimeError(f"{target.base_url} did not serve within {timeout_s:g} s: {result.error}")
         await asyncio.sleep(0.5)
@@ -313,9 +315,8 @@ async def run_serving_bench(base_url: str, levels: list[Level], prompts: list[Pr
     # fails the next request ("can not write request body"); a loopback connect costs ~0.1 ms.
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session:
-        model = model or await discover_model(session, base_url)
-        target = Target(base_url, model, endpoint, max_tokens, ignore_eos)
-        await wait_until_serving(session, target, prompts[0], ready_timeout_s)
+        target = Target(base_url, model or "", endpoint, max_tokens, ignore_eos)
+        model = target.model = await wait_until_serving(session, target, prompts[0], ready_timeout_s, not model)
         if warmup:
             await closed_loop(session, Target(base_url, model, endpoint, 8, ignore_eos), prompts[:warmup], warmup)
         memory = MemorySampler(server_pid) if server_pid else None
