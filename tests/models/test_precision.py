@@ -35,3 +35,11 @@ def test_engine_runs_in_the_resolved_dtype(name):
     assert engine.config.dtype == resolve_dtype(name, "cpu")
     assert engine.runner.model.norm.weight.dtype == expected
     assert engine.runner.kv_caches[0][0].dtype == expected
+
+
+@pytest.mark.parametrize(("cores", "threads"), [({0}, 1), ({0, 1}, 1), (set(range(16)), 15)])
+def test_engine_threads_leave_a_core_for_the_event_loop(monkeypatch, cores, threads):
+    from seedance.engine import model_runner
+
+    monkeypatch.setattr(model_runner.os, "sched_getaffinity", lambda pid: cores)
+    assert model_runner.default_threads() == threads
