@@ -23,7 +23,8 @@ console = Console(stderr=True)
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", help="a .gguf file, a local HF model directory, or a pulled name like smollm2 (default: built-in)")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda[:N]")]
-DtypeOpt = Annotated[str, typer.Option(help="float32, bfloat16 or float16")]
+DtypeOpt = Annotated[str, typer.Option(help="auto (bfloat16 on AMX / AVX512_BF16 CPUs, else float32), float32, "
+                                             "bfloat16 or float16")]
 QuantizeOpt = Annotated[str | None, typer.Option(
     help="auto (a GGUF keeps its quantization), none (dequantize to --dtype), int8 or int4 (quantize on load)")]
 
@@ -43,7 +44,8 @@ def serve(
     model: ModelOpt = None,
     config: Annotated[str | None, typer.Option("--config", help="TOML config file")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda[:N]")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16")] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto (the default: bfloat16 on AMX / AVX512_BF16 CPUs, else "
+                                                   "float32), float32, bfloat16, float16")] = None,
     model_name: Annotated[str | None, typer.Option(help="model id reported to clients (default: the model's own)")]
     = None,
     quantize: QuantizeOpt = None,
@@ -156,7 +158,7 @@ def generate(
     stop: Annotated[list[str] | None, typer.Option(help="stop string (repeatable)")] = None,
     model: ModelOpt = None,
     device: DeviceOpt = "cpu",
-    dtype: DtypeOpt = "float32",
+    dtype: DtypeOpt = "auto",
     quantize: QuantizeOpt = "auto",
 ) -> None:
     """Stream a completion of PROMPT from the model to stdout."""
@@ -423,6 +425,50 @@ def bench_workloads(
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
     run_workloads_bench(chosen, names, deadline, output, plots, seed, console=console, retries=retries)
+
+
+@bench_app.command("serving")
+def bench_serving(
+    base_url: Annotated[str, typer.Option(help="the server's OpenAI base URL (Seedance, vLLM, llama-server...)")] = (
+        "http://127.0.0.1:8000/v1"),
+    concurrency: Annotated[str, typer.Option(help="closed-loop levels: C clients started together")] = "1,8,32,64",
+    request_rate: Annotated[str | None, typer.Option(help="open-loop levels instead: Poisson req/s, comma list")] = (
+        None),
+    rounds: Annotated[int, typer.Option(help="closed loop: prompts per level = C × rounds")] = 1,
+    num_prompts: Annotated[int | None, typer.Option(help="prompts per level (overrides C × rounds; "
+                                                          "open loop: default 64)")] = None,
+    max_concurrency: Annotated[int | None, typer.Option(help="open loop: cap on requests in flight")] = None,
+    prompt_tokens: Annotated[int, typer.Option(help="random prompts: tokens per prompt")] = 64,
+    max_tokens: Annotated[int, typer.Option(help="output tokens per request")] = 128,
+    dataset: Annotated[str | None, typer.Option(help="JSONL prompts ({\"prompt\"} or {\"messages\"} a line) "
+                                                     "instead of random tokens")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="the served model's tokenizer.json or model dir, for "
+                                                       "random prompts (default: the built-in model's)")] = None,
+    endpoint: Annotated[str, typer.Option(help="completions or chat")] = "completions",
+    model: Annotated[str | None, typer.Option("--model", help="model name to send (default: /v1/models' first)")] = (
+        None),
+    ignore_eos: Annotated[bool, typer.Option(help="every request generates max_tokens")] = True,
+    slo: Annotated[str, typer.Option(help="goodput SLO in ms: ttft=,tpot=,e2e=")] = "ttft=1000,tpot=100",
+    warmup: Annotated[int, typer.Option(help="unmeasured requests first")] = 2,
+    seed: Annotated[int, typer.Option(help="picks the random prompts and the arrival times")] = 0,
+    server_pid: Annotated[int | None, typer.Option(help="local server pid, for its RSS (children included)")] = None,
+    server_port: Annotated[int | None, typer.Option(help="or find the local server's pid by its port")] = None,
+    label: Annotated[str | None, typer.Option(help="name of this run in tables and plots")] = None,
+    output: Annotated[str | None, typer.Option(help="write results JSON here")] = "bench/results/serving.json",
+    plots: Annotated[str | None, typer.Option(help="write serving.png into this folder")] = None,
+    compare: Annotated[list[str] | None, typer.Option(help="earlier result JSONs to plot beside this run")] = None,
+) -> None:
+    """Load any OpenAI-compatible server like `vllm bench serve`: output tok/s, TTFT / ITL / TPOT / E2E
+    percentiles, goodput, errors and the server's memory, per concurrency level or request rate."""
+    from seedance.bench.serving_run import BadOption, ServingOptions, run_serving
+
+    options = ServingOptions(base_url, concurrency, request_rate, rounds, num_prompts, max_concurrency, prompt_tokens,
+                             max_tokens, dataset, tokenizer, endpoint, model, ignore_eos, slo, warmup, seed,
+                             server_pid, server_port, label, output, plots, compare or [])
+    try:
+        run_serving(options, console)
+    except BadOption as err:
+        raise typer.BadParameter(str(err)) from None
 
 
 if __name__ == "__main__":

@@ -169,15 +169,14 @@ def run_engine_bench(
     t0 = time.perf_counter()
 
     async def main() -> dict:
-        engine = await AsyncEngine.create(EngineConfig(model=model, max_num_seqs=64, max_num_batched_tokens=512))
+        engine = await AsyncEngine.create(EngineConfig(model=model, dtype="float32", max_num_seqs=64,
+                                                         max_num_batched_tokens=512))
         cold_start = time.perf_counter() - t0
         tok = engine.tokenizer
         runner = engine.engine.runner
-        loop = asyncio.get_running_loop()
-
         async def on_engine_thread(fn, *args):
             # Same OS thread as the engine: one OpenMP pool, so neither side slows the other down.
-            return await loop.run_in_executor(engine.executor, fn, *args)
+            return await engine.run_on_engine_thread(lambda: fn(*args))
 
         hf = await on_engine_thread(
             lambda: AutoModelForCausalLM.from_pretrained(str(runner_model_path(engine)), dtype=torch.float32).eval())

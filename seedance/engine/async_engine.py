@@ -1,10 +1,12 @@
 """The engine API the transports use: submit a request, iterate its TokenEvents.
 
-One background task drives the engine. Model steps run on a dedicated worker thread, so the event loop
-keeps serving sockets while the model computes. Commands from the loop (submit, cancel, pause, resume,
-re-prioritise) are queued and applied between steps, never while a step runs, so the engine core needs
-no locks. All events of one step are delivered before the loop yields, so a transport that drains its
-streams after waking sees one step's tokens together and can send them in one write.
+The engine runs its own loop on a dedicated worker thread: it applies queued commands (submit, cancel, pause,
+resume, re-prioritise) between steps, never while a step runs, so the engine core needs no locks, and starts the
+next step as soon as the last one is done. Each step's events go to the event loop in one thread-safe call, so
+the loop formats and writes one step's tokens while the model computes the next, and a transport that drains
+its streams after waking sees one step's tokens together and can send them in one write. (Handing every step
+to an executor from the event loop instead made the engine wait on the loop twice per token: single-stream
+speed through the server was less than half the engine's own.)
 
 Text prompts are tokenized (and chat-templated) on their own worker thread, in submission order, after a
 length check that refuses a prompt certainly too long for the context without tokenizing it: a megabyte
@@ -17,11 +19,14 @@ a transport whose reader stalls pauses the request (engine.pause) instead of let
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from seedance.engine.config import EngineConfig
@@ -108,16 +113,18 @@ class AsyncEngine:
         self.engine = engine
         self.config = engine.config
         self._streams: dict[str, RequestStream] = {}
-        self._commands: list[Callable[[], None]] = []
-        self._pending_adds = 0
-        self._wakeup = asyncio.Event()
+        self._commands: deque[Callable[[], None]] = deque()  # appended on the loop, run on the engine thread
+        self._work = threading.Event()  # set when commands are queued: wakes an idle engine thread
+        self._submitted = 0  # requests submitted (event loop only)
+        self._added = 0  # of them, added to the engine or dropped (engine thread only)
+        self._loop: asyncio.AbstractEventLoop | None = None
         # All torch work runs on this one thread. A second thread doing torch ops would get its own
         # OpenMP pool, and two pools spinning on the same cores slow each other down several-fold.
         self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedance-engine")
         # Tokenization has its own thread: the tokenizers library is not torch, and the engine thread is busy.
         self.tokenize_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedance-tokenize")
         self._tokenizing = 0
-        self._task: asyncio.Task | None = None
+        self._thread_done: Future | None = None
         self._closed = False
         self.step_latencies: list[float] = []  # seconds per step, bounded to the last 1024
         self.last_step_started: float | None = None  # perf_counter() at the start of the last finished step
@@ -137,20 +144,38 @@ class AsyncEngine:
         return self.engine.tokenizer
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="seedance-engine-loop")
+        if self._thread_done is None:
+            self._loop = asyncio.get_running_loop()
+            self._thread_done = self.executor.submit(self._engine_loop)
 
     async def close(self) -> None:
-        """Cancel every open request and stop the loop."""
+        """Cancel every open request and stop the engine thread."""
         self._closed = True
         for request_id in list(self._streams):
             self.cancel(request_id)
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        self._work.set()
+        if self._thread_done is not None:
+            await asyncio.wrap_future(self._thread_done)
+            self._thread_done = None
+        await asyncio.sleep(0)  # let the last deliveries run
         self.executor.shutdown(wait=True)
         self.tokenize_executor.shutdown(wait=False, cancel_futures=True)
+
+    async def run_on_engine_thread(self, fn: Callable[[], object]) -> object:
+        """Run fn on the engine thread between two steps and return its result (torch work that must share
+        the engine's OpenMP pool, such as a benchmark's baseline)."""
+        if self._thread_done is None:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+        done: Future = Future()
+
+        def call() -> None:
+            try:
+                done.set_result(fn())
+            except BaseException as exc:  # handed to the awaiting coroutine
+                done.set_exception(exc)
+
+        self._command(call)
+        return await asyncio.wrap_future(done)
 
     # ---- requests ----------------------------------------------------------------------------------
     @property
@@ -206,14 +231,15 @@ class AsyncEngine:
         request_id = request.request_id or f"req-{next(_ids)}"
         if request_id in self._streams:
             raise InvalidRequest(f"duplicate request id {request_id!r}")
-        self.engine.check_admission(request_id, token_ids, request.params, pending=self._pending_adds)
+        pending = self._submitted - self._added
+        self.engine.check_admission(request_id, token_ids, request.params, pending=pending)
         stream = RequestStream(self, request_id, len(token_ids))
         self._streams[request_id] = stream
-        self._pending_adds += 1
+        self._submitted += 1
         arrival = time.monotonic()
 
         def add() -> None:
-            self._pending_adds -= 1
+            self._added += 1
             if request_id in self._streams:  # not cancelled before it was added
                 self.engine.add_request(request_id, token_ids, request.params, request.priority, arrival,
                                         pin_key=request.pin_key)
@@ -234,7 +260,7 @@ class AsyncEngine:
             event = self.engine.abort(request_id)
             if event is None:  # cancelled before it was added
                 event = TokenEvent(request_id, 0, -1, "", finish_reason=FinishReason.CANCELLED)
-            stream._deliver(event)
+            self._post(self._deliver_to, stream, event)
 
         self._command(abort)
 
@@ -262,44 +288,60 @@ class AsyncEngine:
 
     def _command(self, fn: Callable[[], None]) -> None:
         self._commands.append(fn)
-        self._wakeup.set()
+        self._work.set()
 
-    # ---- the loop ---------------------------------------------------------------------------------
+    # ---- the engine thread ------------------------------------------------------------------------
     def _apply_commands(self) -> None:
-        commands, self._commands = self._commands, []
-        for fn in commands:
+        for _ in range(len(self._commands)):  # the ones queued now: a steady stream must not starve the steps
+            fn = self._commands.popleft()
             try:
                 fn()
             except Exception:  # one bad command must not stop the engine
                 log.exception("engine command failed")
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _post(self, fn: Callable, *args) -> None:
+        """Run fn(*args) on the event loop (from the engine thread); a loop already closed drops it."""
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _engine_loop(self) -> None:
         while True:
             self._apply_commands()
             if self._closed and not self._commands:
                 return
             if not self.engine.has_work():
-                self._wakeup.clear()
-                if not self._commands:
-                    await self._wakeup.wait()
+                self._work.clear()
+                if not self._commands and not self._closed:
+                    self._work.wait()
                 continue
+            steps = self.engine.steps
             started = time.perf_counter()
             try:
-                events = await loop.run_in_executor(self.executor, self.engine.step)
+                events = self.engine.step()
             except Exception:
                 log.exception("engine step crashed")
                 events = []
             self.step_latencies.append(time.perf_counter() - started)
-            self.last_step_started = started
             if len(self.step_latencies) > 1024:
                 del self.step_latencies[:512]
-            for event in events:
-                stream = self._streams.get(event.request_id)
-                if stream is None:
-                    continue
-                stream._deliver(event)
-                if event.finished:
-                    del self._streams[event.request_id]
-            if not events:
-                await asyncio.sleep(0)  # let commands in while waiting on e.g. paused requests
+            if events:
+                self._post(self._deliver_step, events, started)
+            elif self.engine.steps == steps:  # nothing could run (e.g. no KV room yet): wait for a command
+                self._work.clear()
+                if not self._commands:
+                    self._work.wait(0.005)
+
+    # ---- the event loop ---------------------------------------------------------------------------
+    def _deliver_step(self, events: list[TokenEvent], started: float) -> None:
+        self.last_step_started = started
+        for event in events:
+            stream = self._streams.get(event.request_id)
+            if stream is None:
+                continue
+            stream._deliver(event)
+            if event.finished:
+                del self._streams[event.request_id]
+
+    @staticmethod
+    def _deliver_to(stream: RequestStream, event: TokenEvent) -> None:
+        stream._deliver(event)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 class EngineConfig:
     model: str | None = None  # a local HF model directory, a .gguf file or a pulled name; None: the built-in one
     device: str = "cpu"  # "cpu" or "cuda[:N]"
-    dtype: str = "float32"  # float32, bfloat16, float16
+    # auto: bfloat16 on CPUs with AMX / AVX512_BF16 and on bf16 GPUs, else float32 (models/precision.py)
+    dtype: str = "auto"  # auto, float32, bfloat16, float16
     quantize: str = "auto"  # auto (a GGUF keeps its own quantization), none, int8, int4 (docs/model.md)
     block_size: int = 16  # tokens per KV block
     kv_cache_bytes: int | None = None  # size of the paged KV pool; None: default_kv_cache_bytes (follows the model)
@@ -29,7 +30,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     max_pinned_kv_fraction: float = 0.5  # share of the KV pool idle sessions may pin for their next turn
     seed: int = 0  # seeds unseeded sampling, so a whole run is reproducible
-    threads: int | None = None  # torch intra-op threads; None: torch's default
+    threads: int | None = None  # torch intra-op threads; None on CPU: all cores but one (model_runner.default_threads)
     # One dummy request (a short prefill + a few decodes) through the runner at start, so the first user request
     # does not pay first-call costs (allocator growth, kernel selection, lazy imports).
     warmup: bool = True

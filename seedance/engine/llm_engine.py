@@ -3,6 +3,7 @@ AsyncEngine owns it and calls it from one thread at a time."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -61,6 +62,9 @@ class LLMEngine:
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> LLMEngine:
+        from seedance.models.precision import resolve_dtype
+
+        config = dataclasses.replace(config, dtype=resolve_dtype(config.dtype, config.device))
         if config.synthetic_rate:
             from seedance.engine.synthetic_runner import SyntheticRateRunner
 

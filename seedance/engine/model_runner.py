@@ -3,6 +3,7 @@ metadata from plain scheduler output, executes the model, samples."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -14,7 +15,7 @@ from seedance.engine.output_processor import SampledToken
 from seedance.engine.sampler import Sampler
 from seedance.engine.scheduler import ScheduledChunk
 from seedance.models.llama import head_dim_of
-from seedance.models.loader import DTYPES, LoadedModel
+from seedance.models.loader import LoadedModel
 from seedance.models.paged_attention import AttentionMetadata, PrefillChunk
 
 
@@ -38,13 +39,21 @@ class ModelRunner(Protocol):
         """Drop per-request state (seeded generators) once a request ends."""
 
 
+def default_threads() -> int:
+    """torch threads for the engine: every core this process may use but one. The event loop (sockets, SSE
+    formatting) and local clients need a core; OpenMP threads that share it spin-wait on each other, and on
+    2 cores 2 threads ran single-stream serving at 18-37 tok/s against 200 with 1 (docs/benchmarks.md)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
 class TorchModelRunner:
     def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        if config.threads or config.device == "cpu":
+            torch.set_num_threads(config.threads or default_threads())
         self.model = loaded.model
         self.device = torch.device(config.device)
-        self.dtype = DTYPES[config.dtype]
+        self.dtype = loaded.model.norm.weight.dtype  # the KV cache matches the model (quantized ones too)
         self.block_size = config.block_size
         mc = loaded.config
         num_kv_heads = mc.num_key_value_heads or mc.num_attention_heads

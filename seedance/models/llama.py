@@ -6,6 +6,8 @@ config's rope parameters); projections are fused (qkv, gate+up) so a step issues
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,6 +15,19 @@ from torch import nn
 from seedance.models.paged_attention import AttentionMetadata, paged_attention
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
+
+
+@contextlib.contextmanager
+def empty_weights():
+    """Build modules on the meta device without running their initialisers: the weights are loaded right after,
+    and torch's normal_ on meta tensors imports torch._dynamo (over a second of every cold start)."""
+    saved = nn.Linear.reset_parameters, nn.Embedding.reset_parameters
+    nn.Linear.reset_parameters = nn.Embedding.reset_parameters = lambda self: None
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        nn.Linear.reset_parameters, nn.Embedding.reset_parameters = saved
 
 
 class RMSNorm(nn.Module):
@@ -30,9 +45,14 @@ class RMSNorm(nn.Module):
 
 def rope_tables(config, max_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables [max_positions, head_dim], from transformers' own RoPE initialisers so every
-    rope_type (default, llama3, linear, dynamic, yarn...) means what it means there."""
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    rope_type (default, llama3, linear, dynamic, yarn...) means what it means there. The default one is
+    computed here, so a plain model starts without importing transformers. Always computed on the CPU (under
+    a meta-device context torch's reference kernels would import torch._dynamo: a second of cold start)."""
+    with torch.device("cpu"):
+        return _rope_tables(config, max_positions)
 
+
+def _rope_tables(config, max_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
     params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type == "default":
@@ -43,6 +63,8 @@ def rope_tables(config, max_positions: int) -> tuple[torch.Tensor, torch.Tensor]
         inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
         scaling = 1.0
     else:
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
         inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu")
     freqs = torch.arange(max_positions, dtype=torch.float32)[:, None] * inv_freq[None, :].float()
     emb = torch.cat((freqs, freqs), dim=-1)

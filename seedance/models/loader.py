@@ -14,7 +14,8 @@ from time import time_ns
 import torch
 from safetensors.torch import load_file
 
-from seedance.models.llama import LlamaForCausalLM, rope_tables
+from seedance.models.hf_config import plain_llama_config
+from seedance.models.llama import LlamaForCausalLM, empty_weights, rope_tables
 from seedance.models.quantized_linear import QuantizedEmbedding, QuantizedLinear, quantize_model
 from seedance.models.registry import (
     BUILTIN_NAMES,
@@ -69,6 +70,9 @@ def resolve_model_dir(model: str | os.PathLike | None) -> Path:
 
 
 def load_config(path: Path):
+    plain = plain_llama_config(path)  # no transformers import where it is not needed
+    if plain is not None:
+        return plain
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(str(path), local_files_only=True)
@@ -138,7 +142,7 @@ def _load_hf_dir(path: Path, device: str, dtype: str, max_model_len: int | None,
     config = load_config(path)  # the first call imports transformers: most of the load on the built-in model
     config_loaded = time_ns()
     max_len = _context_limit(config, max_model_len)
-    with torch.device("meta"):  # no random init of weights we are about to overwrite
+    with empty_weights():  # no random init of weights we are about to overwrite
         net = LlamaForCausalLM(config, max_positions=max_len)
     net = _finish(net, config, max_len)
     net.load_hf_weights(read_safetensors(path))
@@ -163,7 +167,7 @@ def _load_gguf(path: Path, device: str, dtype: str, max_model_len: int | None, q
     gguf = open_gguf(path)
     config_loaded = time_ns()
     max_len = _context_limit(gguf.config, max_model_len)
-    with torch.device("meta"):
+    with empty_weights():
         net = LlamaForCausalLM(gguf.config, max_positions=max_len)
     floats = load_gguf_weights(gguf, net, quantize)  # installs the quantized modules
     net = _finish(net, gguf.config, max_len)

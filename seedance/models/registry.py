@@ -124,8 +124,8 @@ def served_name(model: str | os.PathLike | None) -> str:
 
 
 def check_load_options(dtype: str, quantize: str) -> None:
-    if dtype not in DTYPE_NAMES:
-        raise ValueError(f"unsupported dtype {dtype!r}; one of {', '.join(DTYPE_NAMES)}")
+    if dtype != "auto" and dtype not in DTYPE_NAMES:  # auto: models/precision.py picks per device
+        raise ValueError(f"unsupported dtype {dtype!r}; one of auto, {', '.join(DTYPE_NAMES)}")
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"unsupported quantize {quantize!r}; one of {', '.join(QUANTIZE_MODES)}")
 

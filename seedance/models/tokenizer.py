@@ -1,4 +1,10 @@
-"""The text side of a model: encoding, chat templates, EOS ids and the fast backend for streaming decode."""
+"""The text side of a model: encoding, chat templates, EOS ids and the fast backend for streaming decode.
+
+A model directory with a tokenizer.json saved by the `tokenizers` backend loads straight into
+`tokenizers.Tokenizer`, its chat template rendered by chat_template.py: serving it never imports transformers
+(about 2 s of a cold start). Anything else (sentencepiece-only directories, tokenizer classes that transformers
+rewrites on load, templates only transformers can render) goes through transformers' AutoTokenizer.
+"""
 
 from __future__ import annotations
 
@@ -7,45 +13,102 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+# tokenizer_config.json classes whose tokenizer.json transformers loads as-is (no rewrite of the pipeline)
+PLAIN_TOKENIZER_CLASSES = frozenset({"TokenizersBackend", "PreTrainedTokenizerFast"})
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+
 
 class TextTokenizer:
-    def __init__(self, hf_tokenizer, eos_token_ids: frozenset[int]) -> None:
-        self.hf = hf_tokenizer  # transformers PreTrainedTokenizerFast
-        self.backend: Tokenizer = hf_tokenizer.backend_tokenizer
+    def __init__(self, hf_tokenizer, eos_token_ids: frozenset[int], *, backend: Tokenizer | None = None,
+                 chat_template: str | None = None, special_tokens: dict[str, str] | None = None) -> None:
+        """From a transformers tokenizer (hf_tokenizer), or without one from its `tokenizers` backend, chat template
+        and special-token strings."""
+        self.hf = hf_tokenizer  # transformers PreTrainedTokenizerFast, or None on the fast path
+        self.backend: Tokenizer = backend if backend is not None else hf_tokenizer.backend_tokenizer
         self.eos_token_ids = eos_token_ids
+        self.chat_template = chat_template if hf_tokenizer is None else hf_tokenizer.chat_template
+        self.special_tokens = special_tokens or {}
         # No token covers more characters of text than its vocabulary string has (a byte-level vocabulary
         # spells each byte as one character, so a character is at least one of them): a text of n characters
         # is at least n / max_token_chars tokens, which bounds a prompt's length before tokenizing it. A
         # normalizer may shrink the text first (NFC composes up to 3 characters into 1), hence the margin.
-        longest = max((len(t) for t in hf_tokenizer.get_vocab()), default=1)
+        longest = max((len(t) for t in self.backend.get_vocab()), default=1)
         self.max_token_chars = longest * (4 if self.backend.normalizer is not None else 1)
 
     @classmethod
     def from_dir(cls, path: Path) -> TextTokenizer:
+        config = _read_json(path / "tokenizer_config.json")
+        eos: set[int] = set()
+        value = _read_json(path / "generation_config.json").get("eos_token_id")
+        eos.update(value if isinstance(value, list) else [value] if value is not None else [])
+        fast = (path / "tokenizer.json").is_file() and config.get("tokenizer_class") in PLAIN_TOKENIZER_CLASSES
+        template = _chat_template(path, config) if fast else None
+        if fast and (template is None or _compiles(template)):
+            backend = Tokenizer.from_file(str(path / "tokenizer.json"))
+            special = {k: s for k in SPECIAL_TOKEN_KEYS if (s := _token_text(config.get(k))) is not None}
+            eos_id = backend.token_to_id(special["eos_token"]) if "eos_token" in special else None
+            if eos_id is not None:
+                eos.add(eos_id)
+            return cls(None, frozenset(eos), backend=backend, chat_template=template, special_tokens=special)
         from transformers import AutoTokenizer
 
         hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        eos: set[int] = set()
-        gen_cfg = path / "generation_config.json"
-        if gen_cfg.is_file():
-            value = json.loads(gen_cfg.read_text()).get("eos_token_id")
-            eos.update(value if isinstance(value, list) else [value] if value is not None else [])
         if hf.eos_token_id is not None:
             eos.add(hf.eos_token_id)
         return cls(hf, frozenset(eos))
 
     @property
     def vocab_size(self) -> int:
-        return len(self.hf)
+        return len(self.hf) if self.hf is not None else self.backend.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False)
+        if self.hf is not None:
+            return self.hf.encode(text, add_special_tokens=False)
+        return self.backend.encode(text, add_special_tokens=False).ids
 
     def apply_chat_template(self, messages: list[dict[str, str]]) -> list[int]:
-        if not self.hf.chat_template:
+        if not self.chat_template:
             text = "\n".join(m.get("content", "") for m in messages) + "\n"
             return self.encode(text)
-        return list(self.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+        if self.hf is not None:
+            return list(self.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                    return_dict=False))
+        from seedance.models.chat_template import render_chat
+
+        return self.encode(render_chat(self.chat_template, messages, self.special_tokens))
 
     def decode(self, token_ids: list[int]) -> str:
         return self.backend.decode(token_ids, skip_special_tokens=True)
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _token_text(value) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string or an AddedToken dict."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _chat_template(path: Path, config: dict) -> str | None:
+    file = path / "chat_template.jinja"
+    if file.is_file():
+        return file.read_text()
+    template = config.get("chat_template")
+    if isinstance(template, list):  # named templates: the default one
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    return template if isinstance(template, str) else None
+
+
+def _compiles(template: str) -> bool:
+    from jinja2 import TemplateError
+
+    from seedance.models.chat_template import compile_template
+
+    try:
+        compile_template(template)
+    except TemplateError:
+        return False
+    return True

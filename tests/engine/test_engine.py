@@ -23,7 +23,7 @@ PROMPT = "And God said unto Moses,"
 
 @pytest.fixture
 async def engine():
-    eng = await AsyncEngine.create(EngineConfig(num_kv_blocks=256, max_num_batched_tokens=128))
+    eng = await AsyncEngine.create(EngineConfig(dtype="float32", num_kv_blocks=256, max_num_batched_tokens=128))
     yield eng
     await eng.close()
 
@@ -207,12 +207,15 @@ async def test_a_new_request_joins_the_running_batch():
 
 
 async def test_admission_limits_reject_with_clear_errors():
-    eng = await AsyncEngine.create(EngineConfig(num_kv_blocks=64, max_waiting=2, max_tokens_limit=100))
+    # One running sequence at a time (the engine thread starts steps on its own): "dup" (100 tokens) runs while
+    # the next one waits and fills the queue.
+    eng = await AsyncEngine.create(EngineConfig(num_kv_blocks=64, max_waiting=1, max_tokens_limit=100,
+                                                max_num_seqs=1))
     try:
+        running = await eng.submit(GenerateRequest(prompt_token_ids=[5], request_id="dup",
+                                                   params=SamplingParams(max_tokens=100, ignore_eos=True)))
+        await running.queue.get()  # its first token: it is running, no longer waiting
         with pytest.raises(InvalidRequest, match="duplicate"):
-            # Token-id prompts: nothing to tokenize, so no engine step runs between these submits.
-            await eng.submit(GenerateRequest(prompt_token_ids=[5], request_id="dup",
-                                             params=SamplingParams(max_tokens=5)))
             await eng.submit(GenerateRequest(prompt_token_ids=[5], request_id="dup"))
         await eng.submit(GenerateRequest(prompt_token_ids=[6], params=SamplingParams(max_tokens=5)))  # fills the queue
         with pytest.raises(EngineOverloaded, match="waiting queue is full"):
@@ -233,8 +236,8 @@ async def test_admission_limits_reject_with_clear_errors():
 
 async def test_preemption_under_kv_pressure_keeps_outputs_exact():
     # 12 blocks of 16 tokens cannot hold four 60-token streams at once: the engine preempts and recomputes.
-    eng = await AsyncEngine.create(EngineConfig(num_kv_blocks=12, max_num_batched_tokens=64))
-    roomy = await AsyncEngine.create(EngineConfig(num_kv_blocks=256))
+    eng = await AsyncEngine.create(EngineConfig(dtype="float32", num_kv_blocks=12, max_num_batched_tokens=64))
+    roomy = await AsyncEngine.create(EngineConfig(dtype="float32", num_kv_blocks=256))
     try:
         prompts = [f"{PROMPT} {w}" for w in ("Go", "Speak", "Behold", "Arise")]
         kwargs = dict(max_tokens=50, temperature=0, ignore_eos=True)

