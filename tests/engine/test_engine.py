@@ -326,8 +326,9 @@ async def test_stop_string_tokens_do_not_leak_into_token_ids(engine, prompt, sto
 async def test_a_prompt_certainly_over_the_limit_is_refused_without_tokenizing():
     eng = await AsyncEngine.create(EngineConfig(num_kv_blocks=64, max_prompt_tokens=100, warmup=False))
     try:
-        longest = max(eng.tokenizer.hf.get_vocab(), key=len)  # e.g. "ĠNebuchadrezzar": one token, 15 chars
-        word = eng.tokenizer.decode([eng.tokenizer.hf.convert_tokens_to_ids(longest)])
+        vocab = eng.tokenizer.backend.get_vocab()
+        longest = max(vocab, key=len)  # e.g. "ĠNebuchadrezzar": one token, 15 chars
+        word = eng.tokenizer.decode([vocab[longest]])
         assert eng.max_prompt_chars == 100 * len(word)
         # At the bound: tokenized, 100 tokens, admitted. One character more: refused before tokenizing.
         at_bound = await eng.submit(GenerateRequest(prompt=word * 100, params=SamplingParams(max_tokens=1)))
@@ -360,4 +361,5 @@ async def test_prompts_are_tokenized_and_templated_off_the_event_loop(engine):
     finally:
         tokenizer.encode, tokenizer.apply_chat_template = encode, template
     assert ids[:6] == [encode(t) for t in texts]  # each its own, whatever the interleaving
-    assert len(threads) == 7 and threading.main_thread() not in threads
+    # 7 requests, each tokenized off the loop (a chat template rendered without transformers also calls encode)
+    assert len(threads) >= 7 and threading.main_thread() not in threads
