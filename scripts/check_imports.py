@@ -33,7 +33,7 @@ FORBIDDEN_EXTERNAL: dict[str, tuple[str, ...]] = {
 
 
 def module_name(root: Path, path: Path) -> str:
-    """The dotted name of ``path`` (``seedance/server/ws.py`` → ``seedance.server.ws``)."""
+    """The dotted name of ``path`` (``seedance/server/transports/ws.py`` → ``seedance.server.transports.ws``)."""
     parts = list(path.relative_to(root.parent).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()

@@ -86,8 +86,8 @@ def serve(
     gc.disable()  # until the model is loaded (server.app.settle_heap): start-up builds objects that all live on
 
     from seedance.server.app import serve as run_server
-    from seedance.server.config import ServerConfig
-    from seedance.server.security import preflight
+    from seedance.server.http.config import ServerConfig
+    from seedance.server.http.security import preflight
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     security = dict(tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, tls_min_version=tls_min_version,

@@ -44,7 +44,7 @@ def test_upward_and_io_imports_from_the_lower_layers_are_found(tmp_path):
     root = write(tmp_path / "seedance", {
         "__init__.py": "",
         "server/__init__.py": "",
-        "server/state.py": "",
+        "server/http/state.py": "",
         "engine/__init__.py": "",
         "engine/config.py": "",
         "protocol/__init__.py": "",
@@ -52,7 +52,7 @@ def test_upward_and_io_imports_from_the_lower_layers_are_found(tmp_path):
         "models/__init__.py": "",
         "models/runner.py": "from seedance.engine.config import X\n",
         "observability/__init__.py": "",
-        "observability/hub.py": "from aiohttp import web\nfrom seedance.server.state import STATE\n",
+        "observability/hub.py": "from aiohttp import web\nfrom seedance.server.http.state import STATE\n",
         "sessions/__init__.py": "",
         "sessions/manager.py": "from seedance.engine import config\n",  # downward: fine
     })
@@ -63,5 +63,5 @@ def test_upward_and_io_imports_from_the_lower_layers_are_found(tmp_path):
         "I/O import in protocol/: seedance.protocol.codec imports asyncio",
         "upward import: seedance.models.runner imports seedance.engine.config",
         "I/O import in observability/: seedance.observability.hub imports aiohttp",
-        "upward import: seedance.observability.hub imports seedance.server.state",
+        "upward import: seedance.observability.hub imports seedance.server.http.state",
     }

@@ -31,7 +31,7 @@ from seedance.bench.server_process import ServerProcess, launch
 from seedance.bench.stats import percentiles_ms
 from seedance.protocol import CloseCode
 from seedance.protocol.errors import ERROR_CODES
-from seedance.server.http_errors import HTTP_ERROR_CODES
+from seedance.server.http.http_errors import HTTP_ERROR_CODES
 
 CANARY = {"type": "generate", "prompt": "And God said unto Moses,", "max_tokens": 16, "temperature": 0,
           "ignore_eos": True}

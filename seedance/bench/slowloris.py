@@ -81,7 +81,7 @@ async def run_slowloris(port: int, connections: int, attacker: str = "127.0.0.2"
 
 def guard_counts(log: str) -> dict[str, int]:
     """What the server's connection guard logged: connections refused at accept and closed for their headers
-    (each line counts itself and the lines it held back, seedance/server/conn_guard.py)."""
+    (each line counts itself and the lines it held back, seedance/server/http/conn_guard.py)."""
     counts = {"refused_at_accept": 0, "closed_by_header_timeout": 0}
     for line in log.splitlines():
         match = re.search(r"\((\d+) such since the last line\)", line)

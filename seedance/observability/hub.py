@@ -1,6 +1,6 @@
 """Per-process observability: the metrics registry, the request tracer and the cold-start marks, plus the
 per-request recorder the transports call (a few cheap calls per chunk). No HTTP here: the /metrics route and
-the counting middleware are server/observability_http.py, so any transport (or a test) can record."""
+the counting middleware are server/http/observability_http.py, so any transport (or a test) can record."""
 
 from __future__ import annotations
 

@@ -22,13 +22,14 @@ from seedance.engine.async_engine import AsyncEngine
 from seedance.models.identity import model_identity
 from seedance.models.loader import resolve_model_path
 from seedance.protocol import CloseCode
-from seedance.server import conn_guard, cors, openai_api, polling, security
-from seedance.server import observability_http as observability
-from seedance.server.config import ServerConfig
-from seedance.server.http_errors import HttpError
-from seedance.server.proxy import TrustedProxies
-from seedance.server.state import STATE, ServerState
-from seedance.server.ws import websocket_handler
+from seedance.server.http import conn_guard, cors, security
+from seedance.server.http import observability_http as observability
+from seedance.server.http.config import ServerConfig
+from seedance.server.http.http_errors import HttpError
+from seedance.server.http.proxy import TrustedProxies
+from seedance.server.http.state import STATE, ServerState
+from seedance.server.transports import openai_api, polling
+from seedance.server.transports.ws import websocket_handler
 from seedance.sessions.manager import SessionManager
 from seedance.sessions.store import open_store
 

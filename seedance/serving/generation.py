@@ -1,7 +1,8 @@
 """One request's life above the engine, the same for every transport: the events taken per step, the
 counts and output it accumulated (what a session turn and the usage are built from), the replay log, who
 owns it now, and the observability hooks. No wire format: each transport's subclass encodes a step in
-`produce` (server/ws_generation.py for WebSocket JSON and MTF1, server/sse_generation.py for OpenAI SSE).
+`produce` (server/transports/ws_generation.py for WebSocket JSON and MTF1,
+server/transports/sse_generation.py for OpenAI SSE).
 
 Whoever owns the request (a live connection, or the session while the client is away) calls produce();
 only one owner at a time, so seq numbers and the log are exact: a resumed client gets every message after

@@ -48,7 +48,7 @@ class SessionError(Exception):
 
 
 class Caller(Protocol):
-    """Who asks (server/auth.py Principal)."""
+    """Who asks (server/http/auth.py Principal)."""
 
     @property
     def id(self) -> str: ...

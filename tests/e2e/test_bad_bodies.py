@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from seedance.server.http_errors import HTTP_ERROR_CODES
+from seedance.server.http.http_errors import HTTP_ERROR_CODES
 
 ROUTES = {"/v1/completions": '"prompt": "In the beginning", "max_tokens": 2',
           "/v1/chat/completions": '"messages": [{"role": "user", "content": "Amen"}], "max_tokens": 2',

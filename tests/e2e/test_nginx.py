@@ -20,7 +20,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from seedance.server.config import ServerConfig
+from seedance.server.http.config import ServerConfig
 from tests.e2e.conftest import RunningServer, free_port, start_server
 from tests.e2e.nginx import DEPLOY, Nginx, render, requires_nginx, running_nginx
 from tests.e2e.wire import messages_of, until

@@ -14,7 +14,7 @@ from seedance.engine.async_engine import AsyncEngine
 from seedance.engine.config import EngineConfig
 from seedance.engine.llm_engine import LLMEngine
 from seedance.observability.hub import process_start_ns
-from seedance.server.config import ServerConfig
+from seedance.server.http.config import ServerConfig
 
 
 def test_load_times_are_taken_in_phase_order():

@@ -11,7 +11,7 @@ from seedance.engine.events import FinishReason, TokenEvent
 from seedance.engine.llm_engine import EngineStats
 from seedance.observability.hub import Observability
 from seedance.observability.metrics import Metrics
-from seedance.server.config import ServerConfig
+from seedance.server.http.config import ServerConfig
 from tests.pki import AUDIENCE, ISSUER, SECRET, hs256
 
 

@@ -12,7 +12,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from seedance.protocol import Cancel, Credit, Generate, Ping, Priority, Reauth, Resume
 from seedance.protocol.scopes import generate_scopes, message_scopes
-from seedance.server.auth import (
+from seedance.server.http.auth import (
     ANONYMOUS,
     AuthError,
     JwtVerifier,
@@ -279,7 +279,7 @@ def test_tickets_are_single_use_bound_to_the_ip_and_short_lived(monkeypatch):
         store.redeem(other, "10.0.0.1")  # a failed redemption used it up too
     late, _ = store.issue(alice, "10.0.0.1")
     real = time.monotonic
-    monkeypatch.setattr("seedance.server.auth.time.monotonic", lambda: real() + 31)
+    monkeypatch.setattr("seedance.server.http.auth.time.monotonic", lambda: real() + 31)
     with pytest.raises(AuthError, match="expired"):
         store.redeem(late, "10.0.0.1")
 

@@ -2,8 +2,8 @@ import socket
 
 import pytest
 
-from seedance.server.config import ServerConfig
-from seedance.server.keepalive import PRESETS, apply_keepalive
+from seedance.server.http.config import ServerConfig
+from seedance.server.http.keepalive import PRESETS, apply_keepalive
 
 
 def test_precedence_file_then_env_then_flags(tmp_path):

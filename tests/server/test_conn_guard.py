@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from seedance.server.conn_guard import FAIR_SHARE, ConnectionGuard
+from seedance.server.http.conn_guard import FAIR_SHARE, ConnectionGuard
 
 
 class FakeTransport:

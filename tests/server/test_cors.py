@@ -1,4 +1,4 @@
-"""CORS (seedance/server/cors.py) through the real app (build_app) on aiohttp's test server.
+"""CORS (seedance/server/http/cors.py) through the real app (build_app) on aiohttp's test server.
 
 Most tests run without loading the model (a loading server still answers: 503 `not_ready` with Retry-After,
 which is one more error response that must carry CORS headers); the SSE test loads the built-in model.
@@ -16,9 +16,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from seedance.server import cors
 from seedance.server.app import build_app
-from seedance.server.config import ServerConfig
+from seedance.server.http import cors
+from seedance.server.http.config import ServerConfig
 from tests.pki import AUDIENCE, ISSUER, SECRET, hs256
 
 APP = "https://app.example"

@@ -1,10 +1,10 @@
-"""server/openai_format.py, the OpenAI wire shapes, without a server (the SDK-level checks are
+"""server/transports/openai_format.py, the OpenAI wire shapes, without a server (the SDK-level checks are
 tests/e2e/test_openai_sse.py)."""
 
 from types import SimpleNamespace
 
 from seedance.engine.events import FinishReason, TokenEvent
-from seedance.server.openai_format import OpenAIFormatter, openai_finish_reason
+from seedance.server.transports.openai_format import OpenAIFormatter, openai_finish_reason
 
 TOKENIZER = SimpleNamespace(decode=lambda ids: {1: "In", 2: " the", 3: " be"}[ids[0]])
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from seedance.server.config import ServerConfig
-from seedance.server.limits import ConnectionLimiter, LimitExceeded, RateLimiter, TokenBucket
-from seedance.server.proxy import TrustedProxies
-from seedance.server.security import is_loopback_host, normalize_origin, validate_config
+from seedance.server.http.config import ServerConfig
+from seedance.server.http.limits import ConnectionLimiter, LimitExceeded, RateLimiter, TokenBucket
+from seedance.server.http.proxy import TrustedProxies
+from seedance.server.http.security import is_loopback_host, normalize_origin, validate_config
 from tests.pki import SECRET
 
 

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from seedance.server.tls import build_server_context, common_name, subject_of
+from seedance.server.http.tls import build_server_context, common_name, subject_of
 from tests.pki import Pki, make_pki
 
 

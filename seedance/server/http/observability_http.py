@@ -10,7 +10,7 @@ import uuid
 from aiohttp import web
 
 from seedance.observability.hub import Observability, process_start_ns
-from seedance.server.state import STATE
+from seedance.server.http.state import STATE
 
 # Route (canonical path) -> transport label, for connection gauges and refusals counted by the middleware.
 ROUTE_TRANSPORTS = {"/v1/stream": "ws", "/v1/completions": "sse", "/v1/chat/completions": "sse",

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
-from seedance.server.config import ServerConfig
+from seedance.server.http.config import ServerConfig
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 # What the app (stats, expiry, drain) needs of the transports' registries: structural types, so the state
 # every transport imports does not import the transports back (scripts/check_imports.py).
 class JobRegistry(Protocol):
-    """The polling transport's job store (server/polling.py JobStore)."""
+    """The polling transport's job store (server/transports/polling.py JobStore)."""
 
     @property
     def jobs(self) -> Mapping[str, object]: ...
@@ -33,7 +33,7 @@ class JobRegistry(Protocol):
 
 
 class OpenWebSocket(Protocol):
-    """One open WebSocket connection (server/ws.py WsConnection)."""
+    """One open WebSocket connection (server/transports/ws.py WsConnection)."""
 
     @property
     def requests(self) -> Mapping[str, object]: ...

@@ -24,7 +24,7 @@ from aiohttp import web
 from seedance.protocol import CloseCode
 from seedance.protocol.scopes import SCOPE_ADMIN, SCOPE_GENERATE, generate_scopes
 from seedance.protocol.server_connection import ServerConnection
-from seedance.server.auth import (
+from seedance.server.http.auth import (
     ANONYMOUS,
     AuthError,
     JwtVerifier,
@@ -33,15 +33,15 @@ from seedance.server.auth import (
     missing_scopes,
     parse_scopes,
 )
-from seedance.server.http_errors import HttpError
-from seedance.server.limits import ConnectionLimiter, LimitExceeded, RateLimiter, TokenBucket
-from seedance.server.proxy import ClientAddress, TrustedProxies, split_list
-from seedance.server.tls import build_server_context, common_name, peer_subject
+from seedance.server.http.http_errors import HttpError
+from seedance.server.http.limits import ConnectionLimiter, LimitExceeded, RateLimiter, TokenBucket
+from seedance.server.http.proxy import ClientAddress, TrustedProxies, split_list
+from seedance.server.http.tls import build_server_context, common_name, peer_subject
 
 if TYPE_CHECKING:
     import ssl
 
-    from seedance.server.config import ServerConfig
+    from seedance.server.http.config import ServerConfig
 
 log = logging.getLogger("seedance.security")
 
@@ -424,7 +424,7 @@ def install(app: web.Application, config: ServerConfig) -> Security:
 
 
 class GuardedConnection(Protocol):
-    """What the guard needs of the WebSocket connection it guards (server/ws.py WsConnection): a structural
+    """What the guard needs of the WebSocket connection it guards (server/transports/ws.py WsConnection): a structural
     type so this module does not import ws.py back."""
 
     async def close(self, code: int, reason: str) -> None: ...

@@ -45,14 +45,14 @@ from seedance.protocol.server_connection import (
     Submit,
     error_message,
 )
-from seedance.server.config import ServerConfig
-from seedance.server.keepalive import apply_keepalive
-from seedance.server.observability_http import OBS
-from seedance.server.requests import generate_request_from
-from seedance.server.security import SUBPROTOCOLS, WsGuard
-from seedance.server.state import STATE
-from seedance.server.ws_generation import WsGeneration
-from seedance.server.ws_messages import snapshot_message
+from seedance.server.http.config import ServerConfig
+from seedance.server.http.keepalive import apply_keepalive
+from seedance.server.http.observability_http import OBS
+from seedance.server.http.security import SUBPROTOCOLS, WsGuard
+from seedance.server.http.state import STATE
+from seedance.server.transports.requests import generate_request_from
+from seedance.server.transports.ws_generation import WsGeneration
+from seedance.server.transports.ws_messages import snapshot_message
 from seedance.serving.generation import split_replay
 from seedance.sessions.manager import SessionError, SessionManager, scoped_key
 

@@ -26,11 +26,11 @@ from seedance.engine.errors import EngineError
 from seedance.engine.events import FinishReason
 from seedance.observability.hub import RequestObs
 from seedance.protocol import ProtocolError, decode_client_message
-from seedance.server.http_errors import HttpError, from_engine_error, read_json_object
-from seedance.server.observability_http import OBS
-from seedance.server.requests import generate_request_from
-from seedance.server.security import authorize_generate, principal_of
-from seedance.server.state import STATE
+from seedance.server.http.http_errors import HttpError, from_engine_error, read_json_object
+from seedance.server.http.observability_http import OBS
+from seedance.server.http.security import authorize_generate, principal_of
+from seedance.server.http.state import STATE
+from seedance.server.transports.requests import generate_request_from
 from seedance.serving.generation import Generation
 
 log = logging.getLogger(__name__)

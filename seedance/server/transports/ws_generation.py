@@ -9,7 +9,7 @@ from seedance.engine.events import FinishReason, TokenEvent
 from seedance.protocol import encode_frame
 from seedance.protocol import errors as codes
 from seedance.protocol.server_connection import error_message
-from seedance.server.ws_messages import chunk_message, done_message, frame_metadata
+from seedance.server.transports.ws_messages import chunk_message, done_message, frame_metadata
 from seedance.serving.generation import END, Generation
 
 

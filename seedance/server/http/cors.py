@@ -24,8 +24,8 @@ import re
 
 from aiohttp import web
 
-from seedance.server.http_errors import HttpError
-from seedance.server.security import SECURITY, Refusal, is_websocket_upgrade
+from seedance.server.http.http_errors import HttpError
+from seedance.server.http.security import SECURITY, Refusal, is_websocket_upgrade
 
 # Request headers a cross-origin page may send (compared lowercased). Besides our own (the bearer token, JSON
 # bodies, SSE resumption), the OpenAI SDKs' headers, so `new OpenAI({baseURL, dangerouslyAllowBrowser: true})`

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 
 from seedance.engine.events import FinishReason
-from seedance.server.openai_format import OpenAIFormatter, openai_finish_reason
+from seedance.server.transports.openai_format import OpenAIFormatter, openai_finish_reason
 from seedance.serving.generation import END, Generation
 
 

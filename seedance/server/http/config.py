@@ -48,7 +48,7 @@ class ServerConfig:
     detached_buffer_tokens: int = 256  # tokens generated while the client is away before the turn pauses
     # Lifecycle
     shutdown_grace_s: float = 10.0  # in-flight streams get this long to finish on SIGTERM
-    # Security (docs/security.md; checked by seedance.server.security.validate_config)
+    # Security (docs/security.md; checked by seedance.server.http.security.validate_config)
     tls_cert: str | None = None  # PEM certificate chain; with tls_key: https:// and wss://
     tls_key: str | None = None
     tls_min_version: str = "1.3"  # "1.2" admits TLS 1.2 clients (ECDHE + AEAD suites only)

@@ -22,12 +22,12 @@ from seedance.engine.events import FinishReason
 from seedance.engine.sampling_params import SamplingParams
 from seedance.observability.logs import set_request_context
 from seedance.protocol.messages import MAX_ID_LENGTH
-from seedance.server.http_errors import HttpError, from_engine_error, read_json_object
-from seedance.server.observability_http import OBS
-from seedance.server.openai_format import OpenAIFormatter, openai_finish_reason
-from seedance.server.security import authorize_generate, principal_of
-from seedance.server.sse_generation import SseGeneration
-from seedance.server.state import STATE
+from seedance.server.http.http_errors import HttpError, from_engine_error, read_json_object
+from seedance.server.http.observability_http import OBS
+from seedance.server.http.security import authorize_generate, principal_of
+from seedance.server.http.state import STATE
+from seedance.server.transports.openai_format import OpenAIFormatter, openai_finish_reason
+from seedance.server.transports.sse_generation import SseGeneration
 from seedance.serving.generation import Generation, split_replay
 from seedance.sessions.manager import SessionError, scoped_key
 

@@ -1,0 +1,1 @@
+"""The transports over one engine API: WebSocket, OpenAI SSE / JSON, polling."""
