@@ -56,6 +56,9 @@ def serve(
     tls_key: Annotated[str | None, typer.Option(help="PEM private key for --tls-cert")] = None,
     tls_client_ca: Annotated[str | None, typer.Option(help="PEM CA: require client certificates (mTLS)")] = None,
     tls_min_version: Annotated[str | None, typer.Option(help="1.3 (default) or 1.2")] = None,
+    api_key: Annotated[list[str] | None, typer.Option(
+        "--api-key", metavar="KEY", help="shared bearer key clients send as 'Authorization: Bearer KEY' (repeatable; "
+        "env SEEDANCE_API_KEY, comma-separated)")] = None,
     jwt_secret: Annotated[str | None, typer.Option(help="HS256 secret (prefer env SEEDANCE_JWT_SECRET)")] = None,
     jwt_public_key: Annotated[str | None, typer.Option(help="PEM public key file: RS256 / ES256 tokens")] = None,
     jwt_jwks_file: Annotated[str | None, typer.Option(help="JWKS file; keys picked by kid")] = None,
@@ -90,7 +93,8 @@ def serve(
     from seedance.server.http.security import preflight
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    security = dict(tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, tls_min_version=tls_min_version,
+    security = dict(api_key=",".join(api_key) if api_key else None,
+                    tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, tls_min_version=tls_min_version,
                     jwt_secret=jwt_secret, jwt_public_key=jwt_public_key, jwt_jwks_file=jwt_jwks_file,
                     jwt_audience=jwt_audience, jwt_issuer=jwt_issuer, allowed_origins=allowed_origins,
                     trusted_proxies=trusted_proxies, insecure_no_auth=True if insecure_no_auth else None,

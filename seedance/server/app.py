@@ -242,6 +242,7 @@ def build_app(config: ServerConfig) -> web.Application:
         web.get("/", index),
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
+        web.get("/health", readyz),  # the name vLLM, llama-server and TGI use: readiness (503 until loaded)
         web.get("/stats", stats),
         web.get("/v1/stream", websocket_handler),
         web.get("/v1/models", openai_api.models),

@@ -55,6 +55,7 @@ class ServerConfig:
     tls_client_ca: str | None = None  # PEM CA bundle: client certificates required and verified (mutual TLS)
     tls_client_scopes: str = "generate logprobs"  # scopes of a client authenticated by its certificate alone
     tls_allowed_client_cns: str = ""  # client-certificate common names let in; empty: any the CA signed
+    api_key: str = ""  # shared bearer keys (comma list; --api-key is repeatable), beside or instead of JWT
     jwt_secret: str | None = None  # HS256 shared secret, >= 32 bytes (prefer the env var to the flag)
     jwt_public_key: str | None = None  # PEM public key file: RS256 (RSA >= 2048), ES256/384/512 (EC), EdDSA
     jwt_jwks_file: str | None = None  # JWKS file, key picked by the token's kid; re-read when it changes

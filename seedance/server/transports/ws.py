@@ -443,7 +443,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     conn.guard = guard = WsGuard(request, conn)
     conn.protocol = ServerConnection(max_message_bytes=config.max_message_bytes,
                                      max_requests=config.max_requests_per_connection,
-                                     scopes=guard.principal.scopes, token_auth=guard.sec.verifier is not None,
+                                     scopes=guard.principal.scopes, token_auth=guard.sec.bearer_auth,
                                      draining=conn.draining, log_context=guard.log_context)
     conn.obs = request.app.get(OBS)
     state.websockets.add(conn)
