@@ -61,10 +61,16 @@ class TextTokenizer:
     def vocab_size(self) -> int:
         return len(self.hf) if self.hf is not None else self.backend.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Prompts are encoded without special tokens (a chat template writes its own); /tokenize may ask for
+        them (a BOS, where the tokenizer's post-processor adds one)."""
         if self.hf is not None:
-            return self.hf.encode(text, add_special_tokens=False)
-        return self.backend.encode(text, add_special_tokens=False).ids
+            return self.hf.encode(text, add_special_tokens=add_special_tokens)
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def token_strings(self, token_ids: list[int]) -> list[str | None]:
+        """The vocabulary entry of each id (None for an id outside it), as vLLM's /tokenize token_strs."""
+        return [self.backend.id_to_token(i) for i in token_ids]
 
     def apply_chat_template(self, messages: list[dict[str, str]]) -> list[int]:
         if not self.chat_template:

@@ -28,7 +28,7 @@ from seedance.server.http.config import ServerConfig
 from seedance.server.http.http_errors import HttpError
 from seedance.server.http.proxy import TrustedProxies
 from seedance.server.http.state import STATE, ServerState
-from seedance.server.transports import openai_api, polling
+from seedance.server.transports import embeddings, openai_api, polling, tokenize_api
 from seedance.server.transports.ws import websocket_handler
 from seedance.sessions.manager import SessionManager
 from seedance.sessions.store import open_store
@@ -252,6 +252,9 @@ def build_app(config: ServerConfig) -> web.Application:
         web.post("/v1/jobs", polling.create_job),
         web.get("/v1/jobs/{job_id}", polling.get_job),
         web.delete("/v1/jobs/{job_id}", polling.delete_job),
+        web.post("/v1/embeddings", embeddings.embeddings),
+        web.post("/tokenize", tokenize_api.tokenize),
+        web.post("/detokenize", tokenize_api.detokenize),
     ])
     app.router.add_static("/static", STATIC_DIR)
     return app

@@ -40,6 +40,9 @@ class ServerConfig:
     job_ttl_s: float = 300.0  # finished jobs are kept this long for late readers
     max_jobs: int = 1024  # beyond it POST /v1/jobs gets 429
     poll_max_wait_ms: int = 30_000
+    # /v1/embeddings (each input also within the prompt limit, max_prompt_tokens)
+    max_embedding_inputs: int = 128  # inputs per request
+    max_embedding_tokens: int = 16_384  # tokens per request, all inputs together
     # Sessions (multi-turn state, resume after a dropped connection)
     session_store: str = "sqlite://seedance-sessions.db"  # or redis://host:port/db
     max_sessions: int = 10_000  # in memory; idle ones beyond it are evicted LRU (their snapshots remain)
@@ -136,7 +139,7 @@ class ServerConfig:
                 raise ValueError(f"{name} must be >= 0")
         self.validate_model()
         for name in ("listen_backlog", "max_message_bytes", "max_connections", "max_requests_per_connection",
-                     "heartbeat_max_missed", "max_jobs"):
+                     "heartbeat_max_missed", "max_jobs", "max_embedding_inputs", "max_embedding_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
 

@@ -59,6 +59,9 @@ ROUTE_SCOPES = {
     "/v1/chat/completions": SCOPE_GENERATE,
     "/v1/jobs": SCOPE_GENERATE,
     "/v1/jobs/{job_id}": SCOPE_GENERATE,
+    "/v1/embeddings": SCOPE_GENERATE,
+    "/tokenize": SCOPE_GENERATE,
+    "/detokenize": SCOPE_GENERATE,
 }
 
 
