@@ -68,8 +68,12 @@ HTTP_TEMPLATES = [
                                       "max_completion_tokens": 2, "n": 1, "stop_token_ids": [5]}),
     ("POST", "/v1/jobs", {"prompt": "Blessed are", "max_tokens": 4, "temperature": 0}),
     ("POST", "/v1/tickets", {}),
+    ("POST", "/v1/embeddings", {"model": "seedance-tiny", "input": ["Amen", [1, 2, 3]], "encoding_format": "base64"}),
+    ("POST", "/tokenize", {"prompt": "In the beginning", "return_token_strs": True, "with_pieces": True}),
+    ("POST", "/tokenize", {"messages": [{"role": "user", "content": "Amen"}], "add_generation_prompt": True}),
+    ("POST", "/detokenize", {"tokens": [1, 2, 3]}),
 ]
-GET_PATHS = ["/v1/jobs/{job}?after={n}&wait_ms={n}", "/v1/models/{s}", "/v1/models", "/healthz", "/readyz",
+GET_PATHS = ["/v1/jobs/{job}?after={n}&wait_ms={n}", "/v1/models/{s}", "/v1/models", "/healthz", "/readyz", "/health",
              "/stats", "/metrics", "/v1/whoami", "/static/{s}", "/{s}"]
 CONTENT_TYPES = ["application/json", "text/plain", "application/x-www-form-urlencoded", "", "application/json; "
                  "charset=latin-1", "multipart/form-data; boundary=x"]

@@ -111,10 +111,10 @@ async def _start_engine(app: web.Application) -> None:
     observability.mark(app, "model_loaded")  # a no-op when the engine said when (the first mark wins)
     cfg = state.config
     try:
-        store = open_store(cfg.session_store, ttl_s=cfg.session_idle_ttl_s * 24)
+        store = open_store(cfg.session_store_url(), ttl_s=cfg.session_idle_ttl_s * 24)
     except Exception as err:
         log.exception("session store unavailable")
-        state.load_error = f"session store {cfg.session_store!r} unavailable: {err}"
+        state.load_error = f"session store {cfg.session_store_url()!r} unavailable: {err}"
         await engine.close()
         return
     model_id = await asyncio.to_thread(
@@ -270,7 +270,11 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> str
     sec = app[security.SECURITY]
     site = conn_guard.GuardedSite(runner, app[conn_guard.GUARD], config.host, config.port, reuse_address=True,
                                   ssl_context=sec.ssl_context, backlog=config.listen_backlog)
-    await site.start()
+    try:
+        await site.start()
+    except OSError:  # cannot listen (port in use...): the CLI says so in one line
+        await runner.cleanup()
+        raise
     observability.mark(app, "listener_ready")
     stop = asyncio.Event()
     app[STATE].on_load_failure = stop.set

@@ -44,7 +44,8 @@ class ServerConfig:
     max_embedding_inputs: int = 128  # inputs per request
     max_embedding_tokens: int = 16_384  # tokens per request, all inputs together
     # Sessions (multi-turn state, resume after a dropped connection)
-    session_store: str = "sqlite://seedance-sessions.db"  # or redis://host:port/db
+    state_dir: str | None = None  # files of the server's own; None: $XDG_STATE_HOME/seedance (seedance/paths.py)
+    session_store: str | None = None  # None: sqlite://<state_dir>/sessions.db; or sqlite:///path.db, redis://...
     max_sessions: int = 10_000  # in memory; idle ones beyond it are evicted LRU (their snapshots remain)
     session_idle_ttl_s: float = 3600.0  # idle sessions leave memory after this (restored on next use)
     resume_grace_s: float = 60.0  # a disconnected client's turn waits this long for a resume, then is cancelled
@@ -118,6 +119,12 @@ class ServerConfig:
             _apply(target, {name: value}, source=f"--{name.replace('_', '-')}")
         cfg.validate()
         return cfg
+
+    def session_store_url(self) -> str:
+        """The session store, by default a SQLite file in the state directory (never the working directory)."""
+        from seedance.paths import state_dir
+
+        return self.session_store or f"sqlite://{state_dir(self.state_dir) / 'sessions.db'}"
 
     def validate(self) -> None:
         if self.send_low_water_bytes >= self.send_high_water_bytes:

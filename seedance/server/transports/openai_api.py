@@ -219,7 +219,8 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
         raise from_engine_error(err) from None
     fmt = OpenAIFormatter(chat, state.config.model_name, request_id, engine.tokenizer)
     hub = request.app.get(OBS)
-    obs = hub.request("sse", request_id, parsed.session, engine) if hub is not None else None
+    label = "sse" if parsed.stream else "json"  # the log line, metrics and traces tell the two apart
+    obs = hub.request(label, request_id, parsed.session, engine) if hub is not None else None
 
     if not parsed.stream:
         gen, logprobs = Generation(request_id, stream, engine, obs=obs), None
