@@ -252,10 +252,10 @@ def build_app(config: ServerConfig) -> web.Application:
         web.post("/v1/jobs", polling.create_job),
         web.get("/v1/jobs/{job_id}", polling.get_job),
         web.delete("/v1/jobs/{job_id}", polling.delete_job),
-        web.post("/v1/embeddings", embeddings.embeddings),
         web.post("/tokenize", tokenize_api.tokenize),
         web.post("/detokenize", tokenize_api.detokenize),
     ])
+    embeddings.install(app)  # POST /v1/embeddings and its bound
     app.router.add_static("/static", STATIC_DIR)
     return app
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 
@@ -21,9 +22,9 @@ KEYS = ("sk-seedance-first-key", "sk-seedance-second-key")
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory) -> Iterator[RunningServer]:
-    """Two API keys (the env var's comma form) and a JWT secret on one server."""
+    """Two API keys (the env var's comma form) and a JWT secret on one server; one embedding request at a time."""
     srv = start_server(tmp_path_factory, api_key=",".join(KEYS), jwt_secret=SECRET, jwt_audience=AUDIENCE,
-                       jwt_issuer=ISSUER, num_kv_blocks=256)
+                       jwt_issuer=ISSUER, num_kv_blocks=256, max_pending_embeddings=1)
     yield srv
     srv.stop()
 
@@ -95,3 +96,27 @@ def test_auth_off_says_so_at_start_up_and_the_key_turns_it_on(server, keyed):
     notice = "authentication is off (loopback only): any Authorization header"
     assert sum(notice in line for line in server.log().splitlines()) == 1
     assert notice not in keyed.log() and "API key (2)" in keyed.log()
+
+
+async def test_reauth_takes_an_api_key(keyed):
+    async with connect(keyed.ws, additional_headers={"Authorization": f"Bearer {KEYS[0]}"}, proxy=None) as ws:
+        await ws.send(json.dumps({"type": "reauth", "token": "sk-wrong"}))
+        got = await until(ws, lambda m: m["type"] == "error")
+        assert got[-1]["code"] == "unauthorized"
+        await ws.send(json.dumps({"type": "reauth", "token": KEYS[0]}))
+        got = await until(ws, lambda m: m["type"] == "authenticated")
+        assert got[-1]["expires_at"] is None and "admin" in got[-1]["scopes"]
+        await _stream_one(ws)
+
+
+async def test_embeddings_beyond_max_pending_get_429_and_need_the_key(keyed):
+    headers = {"Authorization": f"Bearer {KEYS[0]}"}
+    body = {"input": ["And God said, Let there be light: and there was light. " * 8] * 64}
+    async with httpx.AsyncClient(base_url=keyed.http, timeout=120) as client:
+        assert (await client.post("/v1/embeddings", json={"input": "a"})).status_code == 401
+        replies = await asyncio.gather(*(client.post("/v1/embeddings", json=body, headers=headers) for _ in range(3)))
+    codes = sorted(r.status_code for r in replies)
+    assert codes[0] == 200 and 429 in codes, codes
+    refused = next(r for r in replies if r.status_code == 429)
+    assert refused.headers["Retry-After"] == "1" and refused.json()["error"]["code"] == "overloaded"
+    assert len(next(r for r in replies if r.status_code == 200).json()["data"]) == 64

@@ -43,6 +43,7 @@ class ServerConfig:
     # /v1/embeddings (each input also within the prompt limit, max_prompt_tokens)
     max_embedding_inputs: int = 128  # inputs per request
     max_embedding_tokens: int = 16_384  # tokens per request, all inputs together
+    max_pending_embeddings: int = 16  # requests computing or waiting at once; beyond: 429
     # Sessions (multi-turn state, resume after a dropped connection)
     state_dir: str | None = None  # files of the server's own; None: $XDG_STATE_HOME/seedance (seedance/paths.py)
     session_store: str | None = None  # None: sqlite://<state_dir>/sessions.db; or sqlite:///path.db, redis://...
@@ -146,7 +147,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must be >= 0")
         self.validate_model()
         for name in ("listen_backlog", "max_message_bytes", "max_connections", "max_requests_per_connection",
-                     "heartbeat_max_missed", "max_jobs", "max_embedding_inputs", "max_embedding_tokens"):
+                     "heartbeat_max_missed", "max_jobs", "max_embedding_inputs", "max_embedding_tokens",
+                     "max_pending_embeddings"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
 

@@ -3,7 +3,8 @@ float or base64 (little-endian float32, what the openai SDK asks for by default 
 
 Each vector is the served model's mean-pooled, L2-normalised last hidden state (models/pooling.py), computed
 on the engine thread (engine/embedding.py); text is tokenized on the tokenizer thread. Bounded per request:
-`max_embedding_inputs` inputs, each within the prompt limit, `max_embedding_tokens` tokens in all.
+`max_embedding_inputs` inputs, each within the prompt limit, `max_embedding_tokens` tokens in all; at most
+`max_pending_embeddings` requests are computed or waiting at once, beyond that a 429 with Retry-After.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from seedance.engine.errors import EngineError
 from seedance.server.http.http_errors import HttpError, from_engine_error, read_json_object
 from seedance.server.http.state import STATE
 from seedance.server.transports.engine_gate import check_model, ready_engine
+
+PENDING = web.AppKey("embeddings_pending", list)  # [requests being computed or waiting for the engine thread]
 
 
 def _is_ids(value: object) -> bool:
@@ -74,6 +77,11 @@ def _encode(vector: np.ndarray, encoding: str) -> list[float] | str:
     return vector.tolist()
 
 
+def install(app: web.Application) -> None:
+    app[PENDING] = [0]
+    app.router.add_post("/v1/embeddings", embeddings)
+
+
 async def embeddings(request: web.Request) -> web.Response:
     engine = ready_engine(request)
     cfg = request.app[STATE].config
@@ -93,8 +101,16 @@ async def embeddings(request: web.Request) -> web.Response:
     if body.get("user") is not None and not isinstance(body["user"], str):
         raise HttpError(400, "invalid_request", "user must be a string", "user")
     items = parse_inputs(body.get("input"), cfg.max_embedding_inputs)
-    lists = await _token_lists(engine, items, vocab, cfg.max_embedding_tokens)
-    vectors = await embed(engine, lists)
+    pending = request.app[PENDING]
+    if pending[0] >= cfg.max_pending_embeddings:
+        raise HttpError(429, "overloaded", f"{pending[0]} embedding requests are in progress (max_pending_embeddings); "
+                        "retry later", headers={"Retry-After": "1"})
+    pending[0] += 1
+    try:
+        lists = await _token_lists(engine, items, vocab, cfg.max_embedding_tokens)
+        vectors = await embed(engine, lists)
+    finally:
+        pending[0] -= 1
     tokens = sum(map(len, lists))
     return web.json_response({
         "object": "list",
