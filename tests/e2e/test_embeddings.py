@@ -4,6 +4,7 @@ transformers' mean-pooled last hidden state on the same model."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Iterator
 
@@ -124,3 +125,16 @@ def test_detokenize_round_trips(server):
 def test_bad_tokenize_requests_are_400(server, path, body):
     reply = post(server, path, body)
     assert reply.status_code == 400 and reply.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_embeddings_during_a_stream_leave_its_output_unchanged(server):
+    """The forward runs on scratch K/V, never the paged cache: a greedy stream gives the same text with a large
+    embedding batch computed between its steps."""
+    body = {"prompt": "And it came to pass", "max_tokens": 48, "temperature": 0, "ignore_eos": True}
+    async with httpx.AsyncClient(base_url=server.http, timeout=120) as client:
+        alone = (await client.post("/v1/completions", json=body)).json()["choices"][0]["text"]
+        batch = {"input": [TEXTS[0] * 6] * 32}
+        together, vectors = await asyncio.gather(client.post("/v1/completions", json=body),
+                                                 client.post("/v1/embeddings", json=batch))
+    assert vectors.status_code == 200 and len(vectors.json()["data"]) == 32
+    assert together.json()["choices"][0]["text"] == alone
