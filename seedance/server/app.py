@@ -118,15 +118,13 @@ async def _start_engine(app: web.Application) -> None:
         await engine.close()
         return
     model_id = await asyncio.to_thread(
-        model_identity, None if cfg.engine.synthetic_rate else resolve_model_path(cfg.engine.model), cfg.engine.dtype,
-        quantize=cfg.engine.quantize)
+        model_identity, None if cfg.engine.synthetic_rate else resolve_model_path(cfg.engine.model),
+        engine.engine.config.dtype, quantize=cfg.engine.quantize)  # the dtype "auto" resolved to on this machine
     state.sessions = SessionManager(engine, store, model_id=model_id, max_sessions=cfg.max_sessions,
                                     idle_ttl_s=cfg.session_idle_ttl_s,
                                     resume_grace_s=cfg.resume_grace_s,
                                     detached_buffer_tokens=cfg.detached_buffer_tokens)
     state.jobs = polling.JobStore(engine, cfg.max_jobs, cfg.job_ttl_s)
-    if not state.model_name_given and engine.engine.model_name:
-        cfg.model_name = engine.engine.model_name  # the model's own (a GGUF's general.name)
     state.engine = engine
     observability.mark(app, "engine_ready")
     log.info("model ready: %s (identity %s)", state.config.engine.model or "built-in", model_id)
@@ -224,7 +222,7 @@ def build_app(config: ServerConfig) -> web.Application:
     app = web.Application(client_max_size=config.max_message_bytes,
                           middlewares=[conn_guard.middleware, last_resort, json_errors, cors.middleware,
                                        security.middleware])
-    app[STATE] = ServerState(config, model_name_given=config.model_name is not None)
+    app[STATE] = ServerState(config)
     if config.model_name is None:
         from seedance.models.registry import served_name
 
