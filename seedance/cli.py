@@ -127,8 +127,8 @@ def serve(
 
     gc.disable()  # until the model is loaded (server.app.settle_heap): start-up builds objects that all live on
 
-    from seedance.server.app import serve as run_server
     from seedance.server.http.config import ServerConfig
+    from seedance.server.http.listen import check_can_listen
     from seedance.server.http.security import preflight
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -153,7 +153,13 @@ def serve(
     except (ValueError, typer.BadParameter) as err:
         print(f"seedance serve: {err}", file=sys.stderr)
         raise typer.Exit(2) from None
+    try:
+        check_can_listen(cfg.host, cfg.port)
+    except OSError as err:
+        print(f"seedance serve: {listen_error(cfg.host, cfg.port, err)}", file=sys.stderr)
+        raise typer.Exit(1) from None
     from seedance.observability.logs import configure_logging
+    from seedance.server.app import serve as run_server
 
     configure_logging(log_level, cfg.log_format)
     try:

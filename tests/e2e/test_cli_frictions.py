@@ -29,9 +29,9 @@ def test_a_port_in_use_is_one_line_and_exit_1(tmp_path):
         out = run(["serve", "--port", str(port)], SEEDANCE_STATE_DIR=str(tmp_path))
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
-    lines = [line for line in out.stderr.splitlines() if line.startswith("seedance serve:")]
-    assert lines == [f"seedance serve: cannot listen on 127.0.0.1:{port}: the address is already in use (another "
-                     "server running?); choose another with --port, or stop the one holding it"]
+    assert out.stderr.strip().splitlines() == [
+        f"seedance serve: cannot listen on 127.0.0.1:{port}: the address is already in use (another server "
+        "running?); choose another with --port, or stop the one holding it"]
 
 
 def test_generate_streams_from_a_running_server_with_url(server):
