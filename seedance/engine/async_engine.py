@@ -222,10 +222,19 @@ class AsyncEngine:
         finally:
             self._tokenizing -= 1
 
+    async def compile_guide(self, params: SamplingParams) -> None:
+        """Compile (or find cached) the request's grammar on the tokenizer thread, so neither the event loop nor
+        the engine's step waits for it; InvalidRequest for a grammar that does not compile."""
+        guides = self.engine.guides
+        if params.guided is None or guides is None:
+            return
+        await asyncio.get_running_loop().run_in_executor(self.tokenize_executor, guides.compile, params.guided)
+
     async def submit(self, request: GenerateRequest) -> RequestStream:
         """Tokenize (off the loop), then admit the request or raise (InvalidRequest, EngineOverloaded); admission
         itself never waits."""
         token_ids = await self.tokenize(request)
+        await self.compile_guide(request.params)
         if self._closed:
             raise EngineOverloaded("engine is shutting down")
         request_id = request.request_id or f"req-{next(_ids)}"
