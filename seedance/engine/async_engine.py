@@ -50,6 +50,7 @@ class GenerateRequest:
     priority: int = 0
     request_id: str | None = None
     pin_key: str | None = None  # keep the finished request's KV pinned for this session's next turn
+    tools: list[dict] | None = None  # OpenAI tools, for a chat template that renders them (template_takes_tools)
 
 
 class RequestStream:
@@ -204,6 +205,8 @@ class AsyncEngine:
 
     def _encode(self, request: GenerateRequest) -> list[int]:
         if request.messages is not None:
+            if request.tools:
+                return self.tokenizer.apply_chat_template(request.messages, tools=request.tools)
             return self.tokenizer.apply_chat_template(request.messages)
         return self.tokenizer.encode(request.prompt)
 
