@@ -321,3 +321,32 @@ def test_penalties_change_output_as_specified(client):
             client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, **bad)
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, extra_body={"repetition_penalty": 0})
+
+
+# ------------------------------------------------------------------------------------- the WebSocket generate
+
+
+async def test_websocket_generate_takes_penalties_logit_bias_and_guided(server, tokenizer):
+    from websockets.asyncio.client import connect
+
+    from tests.e2e.test_websocket import run_requests, text_of
+
+    greedy = {"prompt": PROMPT, "max_tokens": 32, "temperature": 0, "ignore_eos": True}
+    forced = tokenizer.encode(" firmament")[0]
+    async with connect(server.ws) as ws:
+        results = await run_requests(ws, [
+            {"id": "plain", **greedy},
+            {"id": "freq", **greedy, "frequency_penalty": 2.0},
+            {"id": "bias", **greedy, "max_tokens": 4, "logit_bias": {str(forced): 100}},
+            {"id": "json", **greedy, "max_tokens": 120, "ignore_eos": False, "guided_json": PERSON},
+            {"id": "two", **greedy, "n": 2},
+            {"id": "both", **greedy, "guided_regex": "a", "guided_choice": ["b"]},
+        ])
+    plain = [t for c in results["plain"]["chunks"] for t in c["token_ids"]]
+    freq = [t for c in results["freq"]["chunks"] for t in c["token_ids"]]
+    assert max(Counter(freq).values()) < max(Counter(plain).values())
+    assert [t for c in results["bias"]["chunks"] for t in c["token_ids"]] == [forced] * 4
+    jsonschema.validate(json.loads(text_of(results["json"])), PERSON)
+    assert results["json"]["done"]["finish_reason"] == "stop"
+    for refused in ("two", "both"):
+        assert results[refused]["errors"][0]["code"] == "invalid_message", results[refused]
