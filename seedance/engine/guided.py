@@ -15,6 +15,7 @@ import logging
 import threading
 from collections import OrderedDict
 
+import numpy as np
 import torch
 
 from seedance.engine.errors import InvalidRequest
@@ -24,7 +25,6 @@ log = logging.getLogger(__name__)
 
 # Compact JSON (no free whitespace): small models otherwise pad with newlines until max_tokens.
 _JSON_OPTIONS = {"whitespace_flexible": False}
-_BITS = torch.arange(32, dtype=torch.int32)
 
 
 class GuideCompiler:
@@ -111,12 +111,12 @@ def fill_bitmask(matchers: list, bitmask: torch.Tensor) -> None:
 
 
 def apply_bitmask(logits: torch.Tensor, rows: list[int], bitmask: torch.Tensor) -> None:
-    """logits[rows] = -inf wherever the row's bitmask bit is 0; ids past the bitmask are never allowed."""
+    """logits[rows] = -inf wherever the row's bitmask bit is 0, in place; ids past the bitmask are never allowed."""
     vocab = logits.shape[1]
-    allowed = ((bitmask[:, :, None] >> _BITS) & 1).bool().reshape(len(rows), -1)
-    width = min(vocab, allowed.shape[1])
-    mask = torch.zeros(len(rows), vocab, dtype=torch.bool)
-    mask[:, :width] = allowed[:, :width]
-    index = torch.tensor(rows, dtype=torch.long)
-    logits[index] = logits[index].masked_fill(~mask.to(logits.device), float("-inf"))
-
+    bits = np.unpackbits(bitmask.numpy().view(np.uint8), axis=1, bitorder="little")  # [R, 32 * words]
+    width = min(vocab, bits.shape[1])
+    banned = torch.from_numpy(bits[:, :width] == 0).to(logits.device)
+    for j, i in enumerate(rows):
+        row = logits[i]
+        row[:width].masked_fill_(banned[j], float("-inf"))
+        row[width:] = float("-inf")

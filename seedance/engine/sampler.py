@@ -70,8 +70,9 @@ class Sampler:
             matchers[i] = m
         bitmask = torch.zeros(len(rows), (self.guides.vocab_size + 31) // 32, dtype=torch.int32)
         fill_bitmask([matchers[i] for i in rows], bitmask)
+        alive = bitmask.any(dim=1).tolist()
         for j, i in enumerate(rows):
-            if matchers[i].is_error() or not bitmask[j].any():  # a dead end: only an end of sequence is left
+            if matchers[i].is_error() or not alive[j]:  # a dead end: only an end of sequence is left
                 log.warning("grammar of request %s failed: %s", request_ids[i], matchers[i].get_error())
                 bitmask[j].zero_()
                 for eos in self.guides.eos_token_ids:
