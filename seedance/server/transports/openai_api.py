@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import uuid
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from seedance.server.http.http_errors import HttpError, from_engine_error, read_
 from seedance.server.http.observability_http import OBS
 from seedance.server.http.security import authorize_generate, principal_of
 from seedance.server.http.state import STATE
+from seedance.server.transports.openai_fields import check_fields
 from seedance.server.transports.openai_format import OpenAIFormatter, openai_finish_reason
 from seedance.server.transports.openai_params import INT64_MAX, choices_count, get_field, sampling_params
 from seedance.server.transports.openai_tools import ToolChoice, assistant_call_text, parse_tool_choice, tool_calls_of
@@ -32,6 +34,7 @@ from seedance.server.transports.sse_generation import SseGeneration, sse_event
 from seedance.serving.generation import Generation, split_replay
 from seedance.sessions.manager import SessionError, scoped_key
 
+log = logging.getLogger(__name__)
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -50,10 +53,8 @@ _get = get_field
 
 
 def parse_completion(body: dict) -> ParsedRequest:
-    if _get(body, "echo", (bool,), False):
-        raise HttpError(400, "unsupported", "echo is not supported", "echo")
-    if body.get("suffix"):
-        raise HttpError(400, "unsupported", "suffix is not supported", "suffix")
+    _get(body, "echo", (bool,))
+    _get(body, "suffix", (str,))
     params = sampling_params(body, 16)
     logprobs = _get(body, "logprobs", (int,))
     if logprobs is not None and not 0 <= logprobs <= 20:
@@ -126,6 +127,7 @@ def parse_chat(body: dict) -> ParsedRequest:
     logprobs = (top or 0) if _get(body, "logprobs", (bool,), False) else None
     params.logprobs = logprobs
     _get(body, "parallel_tool_calls", (bool,))  # a reply makes at most one call either way
+    _get(body, "store", (bool,))
     request = GenerateRequest(messages=plain, params=params, priority=_get(body, "priority", (int,), 0))
     return ParsedRequest(request, bool(_get(body, "stream", (bool,), False)), _include_usage(body), logprobs,
                          _session(body), choices_count(body), tool_choice)
@@ -184,13 +186,17 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
     model = body.get("model")
     if model is not None and model != state.config.model_name:
         raise HttpError(404, "model_not_found", f"model {model!r} is not served here; see /v1/models", "model")
+    check_fields(body, chat)
     parsed = parse_chat(body) if chat else parse_completion(body)
+    end_user = _get(body, "user", (str,)) or (_get(body, "safety_identifier", (str,)) if chat else None)
     authorize_generate(request, parsed.logprobs, parsed.request.priority)  # per-option scopes (security.py)
     _with_tools(parsed.request, parsed.tool_choice, engine.tokenizer)
     prefix = "chatcmpl" if chat else "cmpl"
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     parsed.request.request_id = request_id
     set_request_context(request_id, parsed.session)  # log lines of this handler carry the ids
+    if end_user is not None:
+        log.info("request %s for end user %r", request_id, end_user[:128])
     session, input_text = None, ""
     try:
         if parsed.session is not None:
