@@ -75,7 +75,7 @@ class GuideCompiler:
                 return M.grammar_from_lark("start: " + " | ".join(json.dumps(c) for c in choices))
             if guided.kind == "grammar":
                 return M.grammar_from_lark(guided.spec)
-        except ValueError as err:
+        except Exception as err:  # malformed JSON or schema: whatever the library raises, it is the request's fault
             raise InvalidRequest(f"invalid {guided.kind}: {err}") from None
         raise InvalidRequest(f"unknown guided decoding kind {guided.kind!r}")
 
@@ -90,7 +90,11 @@ class GuideCompiler:
                 self._cache.move_to_end(guided)
                 return hit
             limits = llguidance.LLParserLimits(initial_lexer_fuel=self.fuel, verbose_errors=False)
-            matcher = llguidance.LLMatcher(self._lltokenizer(), self.grammar(guided), log_level=0, limits=limits)
+            grammar = self.grammar(guided)
+            try:
+                matcher = llguidance.LLMatcher(self._lltokenizer(), grammar, log_level=0, limits=limits)
+            except Exception as err:  # documented never to raise for grammar errors; a request's fault either way
+                raise InvalidRequest(f"invalid {guided.kind}: {err}") from None
             if matcher.is_error():
                 raise InvalidRequest(f"invalid {guided.kind}: {matcher.get_error()}")
             self._cache[guided] = matcher

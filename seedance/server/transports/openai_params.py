@@ -62,7 +62,7 @@ def logit_bias(body: dict) -> dict[int, float]:
         raise HttpError(400, "invalid_request", f"logit_bias has more than {MAX_LOGIT_BIAS} entries", "logit_bias")
     out: dict[int, float] = {}
     for key, value in raw.items():
-        if not key.isdigit() or len(key) > 9:
+        if not (key.isascii() and key.isdigit()) or len(key) > 9:
             raise HttpError(400, "invalid_request", f"logit_bias keys are token ids, got {key!r}", "logit_bias")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100 <= value <= 100:
             raise HttpError(400, "invalid_request", "logit_bias values must be numbers in [-100, 100]", "logit_bias")
