@@ -39,10 +39,11 @@ class ToolChoice:
         return options[0] if len(options) == 1 else {"anyOf": options}
 
     def guided(self) -> GuidedDecoding:
-        schema = json.dumps(self.call_schema(), sort_keys=True, separators=(",", ":"))
-        if self.mode == "auto":  # a call, or text that does not open with "{"
-            return GuidedDecoding("grammar", f"start: call | TEXT\ncall: %json {schema}\nTEXT: /[^{{](.|\\n)*/\n")
-        return GuidedDecoding("json_schema", schema)
+        schema = self.call_schema()
+        if self.mode == "auto":  # a call (compact JSON, like engine/guided.py), or text that does not open with "{"
+            text = json.dumps({**schema, "x-guidance": {"whitespace_flexible": False}}, sort_keys=True)
+            return GuidedDecoding("grammar", f"start: call | TEXT\ncall: %json {text}\nTEXT: /[^{{](.|\\n)*/\n")
+        return GuidedDecoding("json_schema", json.dumps(schema, sort_keys=True, separators=(",", ":")))
 
     def system_prompt(self) -> str:
         listed = "\n".join(json.dumps(f, separators=(",", ":")) for f in self.functions)
