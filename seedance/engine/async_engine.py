@@ -50,6 +50,7 @@ class GenerateRequest:
     priority: int = 0
     request_id: str | None = None
     pin_key: str | None = None  # keep the finished request's KV pinned for this session's next turn
+    tools: list[dict] | None = None  # OpenAI tools, for a chat template that renders them (template_takes_tools)
 
 
 class RequestStream:
@@ -204,6 +205,8 @@ class AsyncEngine:
 
     def _encode(self, request: GenerateRequest) -> list[int]:
         if request.messages is not None:
+            if request.tools:
+                return self.tokenizer.apply_chat_template(request.messages, tools=request.tools)
             return self.tokenizer.apply_chat_template(request.messages)
         return self.tokenizer.encode(request.prompt)
 
@@ -222,10 +225,19 @@ class AsyncEngine:
         finally:
             self._tokenizing -= 1
 
+    async def compile_guide(self, params: SamplingParams) -> None:
+        """Compile (or find cached) the request's grammar on the tokenizer thread, so neither the event loop nor
+        the engine's step waits for it; InvalidRequest for a grammar that does not compile."""
+        guides = self.engine.guides
+        if params.guided is None or guides is None:
+            return
+        await asyncio.get_running_loop().run_in_executor(self.tokenize_executor, guides.compile, params.guided)
+
     async def submit(self, request: GenerateRequest) -> RequestStream:
         """Tokenize (off the loop), then admit the request or raise (InvalidRequest, EngineOverloaded); admission
         itself never waits."""
         token_ids = await self.tokenize(request)
+        await self.compile_guide(request.params)
         if self._closed:
             raise EngineOverloaded("engine is shutting down")
         request_id = request.request_id or f"req-{next(_ids)}"

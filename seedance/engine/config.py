@@ -34,6 +34,12 @@ class EngineConfig:
     # One dummy request (a short prefill + a few decodes) through the runner at start, so the first user request
     # does not pay first-call costs (allocator growth, kernel selection, lazy imports).
     warmup: bool = True
+    # Constrained decoding (response_format, guided_*; engine/guided.py): the longest grammar source a request may
+    # send, the compiled grammars kept for reuse, and llguidance's fuel for building one (about 50k per ms, so the
+    # default bounds a compile near 20 ms of lexer work).
+    max_guided_spec_bytes: int = 65536
+    guided_cache_size: int = 64
+    guided_compile_fuel: int = 1_000_000
     # Synthetic backend (transport benchmarks): tokens per second per stream, no model compute.
     synthetic_rate: float | None = None
 

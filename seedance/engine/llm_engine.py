@@ -53,6 +53,7 @@ class LLMEngine:
         )
         self.requests: dict[str, RequestOutputState] = {}
         self.eos_token_ids = tokenizer.eos_token_ids if tokenizer else frozenset()
+        self.guides = getattr(runner, "guides", None)  # engine/guided.py GuideCompiler; None: no constrained decoding
         self.steps = 0
         self.generated_tokens = 0
         # time_ns() when each load phase ended, taken on the engine thread: config_loaded, weights_loaded,
@@ -135,6 +136,10 @@ class LLMEngine:
         vocab = self.tokenizer.vocab_size if self.tokenizer else None
         if vocab is not None and (min(prompt_token_ids) < 0 or max(prompt_token_ids) >= vocab):
             raise InvalidRequest("prompt token id out of the vocabulary")
+        if params.logit_bias and vocab is not None and max(params.logit_bias) >= vocab:
+            raise InvalidRequest("logit_bias token id out of the vocabulary")
+        if params.guided is not None and self.guides is None:
+            raise InvalidRequest("this backend has no constrained decoding (response_format, guided_*)")
         if self.block_manager.blocks_needed(len(prompt_token_ids) + 1) > self.block_manager.num_blocks:
             raise InvalidRequest("prompt does not fit in the KV cache")
         if len(self.scheduler.waiting) + pending >= self.config.max_waiting:

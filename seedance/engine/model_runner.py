@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from seedance.engine.config import EngineConfig, default_kv_cache_bytes
+from seedance.engine.guided import GuideCompiler
 from seedance.engine.output_processor import SampledToken
 from seedance.engine.sampler import Sampler
 from seedance.engine.scheduler import ScheduledChunk
@@ -70,7 +71,13 @@ class TorchModelRunner:
             )
             for _ in range(mc.num_hidden_layers)
         ]
-        self.sampler = Sampler(config.seed, self.device)
+        tokenizer = loaded.tokenizer
+        self.guides = None  # constrained decoding needs the tokenizer's vocabulary
+        if tokenizer is not None:
+            vocab = max(mc.vocab_size, tokenizer.vocab_size)
+            self.guides = GuideCompiler(tokenizer, vocab, config.max_guided_spec_bytes, config.guided_cache_size,
+                                        config.guided_compile_fuel)
+        self.sampler = Sampler(config.seed, self.device, guides=self.guides)
 
     def forget(self, request_id: str) -> None:
         self.sampler.forget(request_id)
@@ -84,7 +91,8 @@ class TorchModelRunner:
         hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta)
         logits = self.model.compute_logits(hidden[batch.sample_index])
         seqs = [c.seq for c in batch.sampling]
-        sampled = self.sampler(logits, [s.request_id for s in seqs], [s.params for s in seqs])
+        sampled = self.sampler(logits, [s.request_id for s in seqs], [s.params for s in seqs],
+                               [s.token_ids for s in seqs], [s.num_prompt_tokens for s in seqs])
         return list(zip(batch.sampling, sampled, strict=True))
 
     def prepare(self, chunks: list[ScheduledChunk]) -> StepBatch:

@@ -25,6 +25,7 @@ class SampledToken:
     token_id: int
     logprob: float | None = None
     top_logprobs: tuple[tuple[int, float], ...] | None = None
+    grammar_done: bool = False  # the request's grammar admits no further token: it ends here
 
 
 @dataclass(slots=True)
@@ -69,6 +70,10 @@ class RequestOutputState:
             events = self._release(released, before)
             events.append(self._event(None, index + 1, self._take(match_at), FinishReason.STOP, matched))
             self.held.clear()
+            return events
+        if sampled.grammar_done:
+            events = self._release(released + self.stop_matcher.flush(), len(self.held))
+            events[-1] = replace(events[-1], finish_reason=FinishReason.STOP)
             return events
         if seq.num_output_tokens >= seq.params.max_tokens or len(seq) >= self.max_model_len:
             events = self._release(released + self.stop_matcher.flush(), len(self.held))

@@ -72,16 +72,21 @@ class TextTokenizer:
         """The vocabulary entry of each id (None for an id outside it), as vLLM's /tokenize token_strs."""
         return [self.backend.id_to_token(i) for i in token_ids]
 
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> list[int]:
+    @property
+    def template_takes_tools(self) -> bool:
+        """The chat template renders a `tools` list (Qwen2, Llama 3.1 do; SmolLM2 and the built-in one do not)."""
+        return "tools" in (self.chat_template or "")
+
+    def apply_chat_template(self, messages: list[dict[str, str]], tools: list[dict] | None = None) -> list[int]:
         if not self.chat_template:
             text = "\n".join(m.get("content", "") for m in messages) + "\n"
             return self.encode(text)
         if self.hf is not None:
-            return list(self.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+            return list(self.hf.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True,
                                                     return_dict=False))
         from seedance.models.chat_template import render_chat
 
-        return self.encode(render_chat(self.chat_template, messages, self.special_tokens))
+        return self.encode(render_chat(self.chat_template, messages, self.special_tokens, tools))
 
     def decode(self, token_ids: list[int]) -> str:
         return self.backend.decode(token_ids, skip_special_tokens=True)

@@ -50,6 +50,9 @@ class ChatMessage(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     content: str
 
 
+GUIDED_FIELDS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
+
+
 class Generate(_ClientBase, tag="generate", kw_only=True):
     """Start a request. Exactly one of prompt / messages / prompt_b64 carries the input."""
 
@@ -72,6 +75,18 @@ class Generate(_ClientBase, tag="generate", kw_only=True):
     binary: bool = False
     credit: Count | None = None
     session: str | None = None  # reserved for resumable sessions; ignored today
+    # Penalties and logit_bias as in the OpenAI API (engine/sampling_params.py); one choice per request.
+    presence_penalty: Annotated[float, msgspec.Meta(ge=-2.0, le=2.0)] = 0.0
+    frequency_penalty: Annotated[float, msgspec.Meta(ge=-2.0, le=2.0)] = 0.0
+    repetition_penalty: Annotated[float, msgspec.Meta(gt=0.0, le=10.0)] = 1.0
+    logit_bias: Annotated[dict[TokenId, Annotated[float, msgspec.Meta(ge=-100.0, le=100.0)]],
+                          msgspec.Meta(max_length=1024)] | None = None
+    n: Annotated[int, msgspec.Meta(ge=1, le=1)] = 1  # several choices: send several generates
+    # Constrained output, at most one (vLLM's names): a JSON schema, a regex, a list of strings, a Lark grammar.
+    guided_json: dict | None = None
+    guided_regex: str | None = None
+    guided_choice: Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)] | None = None
+    guided_grammar: str | None = None
 
     def __post_init__(self) -> None:
         # Raised as ValueError so msgspec reports it as a ValidationError on decode, like any other field rule.
@@ -79,6 +94,9 @@ class Generate(_ClientBase, tag="generate", kw_only=True):
         if len(given) != 1:
             got = "none" if not given else " and ".join(given)
             raise ValueError(f"exactly one of prompt, messages, prompt_b64 is required, got {got}")
+        guided = [name for name in GUIDED_FIELDS if getattr(self, name) is not None]
+        if len(guided) > 1:
+            raise ValueError(f"at most one of {', '.join(GUIDED_FIELDS)}, got {' and '.join(guided)}")
         if self.prompt_b64 is not None:
             try:
                 raw = _b64decode(self.prompt_b64)

@@ -363,3 +363,31 @@ async def test_prompts_are_tokenized_and_templated_off_the_event_loop(engine):
     assert ids[:6] == [encode(t) for t in texts]  # each its own, whatever the interleaving
     # 7 requests, each tokenized off the loop (a chat template rendered without transformers also calls encode)
     assert len(threads) >= 7 and threading.main_thread() not in threads
+
+
+async def test_grammars_compile_off_the_event_loop_once_and_bad_ones_are_refused(engine):
+    import json
+
+    from seedance.engine.sampling_params import GuidedDecoding
+
+    guides = engine.engine.guides
+    threads = []
+    compile_ = guides.compile
+    guides.compile = lambda spec: threads.append(threading.current_thread()) or compile_(spec)
+    a = {"type": "integer", "minimum": 0, "maximum": 99}
+    spec = GuidedDecoding("json_schema", json.dumps({"type": "object", "properties": {"a": a}, "required": ["a"],
+                                                     "additionalProperties": False}))
+    try:
+        texts = []
+        for _ in range(2):
+            events = await collect(engine, max_tokens=40, temperature=0, guided=spec)
+            texts.append("".join(e.text_delta for e in events))
+            assert events[-1].finish_reason is FinishReason.STOP
+        with pytest.raises(InvalidRequest, match="invalid grammar"):
+            await engine.submit(GenerateRequest(prompt=PROMPT, params=SamplingParams(
+                guided=GuidedDecoding("grammar", "start: undefined_rule"))))
+    finally:
+        guides.compile = compile_
+    assert json.loads(texts[0]).keys() == {"a"} and texts[0] == texts[1]
+    assert threads and threading.main_thread() not in threads
+    assert len(guides._cache) == 1  # the second request reused the first one's compile
