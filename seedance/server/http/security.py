@@ -58,6 +58,7 @@ ROUTE_SCOPES = {
     "/v1/chat/completions": SCOPE_GENERATE,
     "/v1/jobs": SCOPE_GENERATE,
     "/v1/jobs/{job_id}": SCOPE_GENERATE,
+    "/v1/realtime": SCOPE_GENERATE,
 }
 
 

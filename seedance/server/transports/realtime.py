@@ -1,0 +1,272 @@
+"""OpenAI Realtime-compatible WebSocket (`GET /v1/realtime?model=...`): the adapter between the sans-I/O
+protocol (protocol/realtime_connection.py) and the engine, the way ws.py is for /v1/stream.
+
+The conversation is a Seedance session (sessions/manager.py): each response is a session turn whose prompt is the
+history the model already saw (KV pinned in the engine) plus the items added since, templated off the event loop
+by the engine's tokenizer thread; usage.input_token_details.cached_tokens reports the KV reused. `?session=<name>`
+(a Seedance extension) names the session so a later connection continues its history; without it the session
+lives as long as the connection.
+
+One reader (client events) and one writer per connection. The writer wakes when the response's stream has
+events and turns one engine step into its text delta. A barge-in (response.create while one streams) or a
+response.cancel cancels the engine request between two steps; what a step delivered after the cancel is dropped
+unsent, so the item, the session's history and the KV it keeps are exactly what the client saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from aiohttp import WSMsgType, web
+
+from seedance.engine.async_engine import AsyncEngine, GenerateRequest
+from seedance.engine.errors import EngineError
+from seedance.engine.events import FinishReason
+from seedance.engine.sampling_params import SamplingParams
+from seedance.protocol import CloseCode
+from seedance.protocol.realtime_connection import CancelResponse, Limits, RealtimeConnection, StartResponse, Usage
+from seedance.protocol.realtime_events import INTERNAL, MAX_ID_LENGTH, RATE_LIMITED, RESPONSE_FAILED
+from seedance.server.http.config import ServerConfig
+from seedance.server.http.http_errors import HttpError
+from seedance.server.http.security import SUBPROTOCOLS, WsGuard
+from seedance.server.http.state import STATE
+from seedance.serving.generation import Generation
+from seedance.sessions.manager import Session, SessionError, SessionManager, scoped_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class RealtimeGeneration(Generation):
+    """One response's engine request. `cut`: cancelled by the client; later events are not sent."""
+
+    cut: bool = False
+    first_token_at: float | None = None
+
+
+class RealtimeSocket:
+    def __init__(self, ws: web.WebSocketResponse, engine: AsyncEngine, sessions: SessionManager,
+                 config: ServerConfig, protocol: RealtimeConnection, session_key: str, keep_session: bool) -> None:
+        self.ws = ws
+        self.engine = engine
+        self.sessions = sessions
+        self.config = config
+        self.protocol = protocol
+        self.session_key = session_key
+        self.keep_session = keep_session  # named by the client: outlives the connection
+        self.guard: WsGuard | None = None
+        self.wake = asyncio.Event()
+        self.current: RealtimeGeneration | None = None
+        self.starting: str | None = None  # response id being tokenized and submitted
+        self.cancel_on_start: set[str] = set()
+        self.session: Session | None = None
+        self.eos_id = _end_of_turn_token(engine)
+        self._send_lock = asyncio.Lock()  # the reader and the writer both flush: events keep their order
+
+    @property
+    def requests(self) -> dict[str, RealtimeGeneration]:
+        """The open engine request, for the server's drain (app.py), which waits for it to end."""
+        return {self.current.id: self.current} if self.current is not None and not self.current.finished else {}
+
+    async def close(self, code: int, reason: str) -> None:
+        """GuardedConnection: the token expired, or the client sends too fast."""
+        if not self.ws.closed:
+            log.info("closing realtime websocket: %d %s", code, reason)
+            await self.ws.close(code=code, message=reason.encode())
+
+    async def run(self) -> None:
+        writer = asyncio.create_task(self._writer(), name="realtime-writer")
+        try:
+            await self._flush()  # session.created
+            async for msg in self.ws:
+                if msg.type == WSMsgType.TEXT:
+                    await self._on_text(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    self.protocol.error("invalid_event", "events are JSON text messages, not binary")
+                    await self._flush()
+                elif msg.type == WSMsgType.ERROR:
+                    return
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+            if self.current is not None and not self.current.finished:
+                self.current.cut = True
+                self.engine.cancel(self.current.engine_id)
+            if self.session is not None and not self.keep_session and not self.session.busy:
+                self.sessions.drop(self.session)
+
+    async def _on_text(self, data: str) -> None:
+        """A fault while handling one event fails that event (an error event), never the connection."""
+        if self.guard is not None and (reason := self.guard.rate_exceeded()) is not None:
+            self.protocol.error(RATE_LIMITED, reason)
+            await self._flush()
+            await self.close(CloseCode.POLICY_VIOLATION, reason)
+            return
+        try:
+            self.protocol.receive_text(data)
+            await self._flush()
+        except Exception:
+            log.exception("realtime event failed")
+            self.protocol.commands()
+            self.protocol.error(INTERNAL, "the server failed on this event", type="server_error")
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Send what the protocol queued, then carry out its commands (whose answers may queue more)."""
+        while True:
+            async with self._send_lock:
+                for body in self.protocol.data_to_send():
+                    if self.ws.closed:
+                        break
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await self.ws.send_frame(body, WSMsgType.TEXT)
+            commands = self.protocol.commands()
+            if not commands:
+                return
+            for command in commands:
+                if isinstance(command, StartResponse):
+                    await self._start(command)
+                elif isinstance(command, CancelResponse):
+                    self._cancel(command.response_id)
+
+    def _cancel(self, response_id: str) -> None:
+        current = self.current
+        if current is not None and current.id == response_id and not current.finished:
+            current.cut = True
+            self.engine.cancel(current.engine_id)  # applied between two engine steps
+        elif self.starting == response_id:
+            self.cancel_on_start.add(response_id)
+
+    async def _start(self, command: StartResponse) -> None:
+        limit = self.engine.config.max_tokens_limit
+        params = SamplingParams(max_tokens=min(command.max_output_tokens or limit, limit),
+                                temperature=command.temperature)
+        request = GenerateRequest(messages=command.messages, params=params,
+                                  request_id=f"rt{id(self):x}:{command.response_id}")
+        session, input_text = None, ""
+        self.starting = command.response_id
+        try:
+            if command.in_conversation:
+                session = self.session = await self.sessions.get(self.session_key)
+                if command.restart and not session.busy:
+                    session.token_ids = []  # edited history: render the conversation again
+                input_text = await self.sessions.prepare_turn(session, request)
+            stream = await self.engine.submit(request)
+        except (SessionError, EngineError) as err:
+            code = getattr(err, "code", RESPONSE_FAILED)
+            self.protocol.response_failed_to_start(command.response_id, code, getattr(err, "message", str(err)))
+            return
+        except Exception:
+            log.exception("realtime response %s failed to start", command.response_id)
+            self.protocol.response_failed_to_start(command.response_id, INTERNAL,
+                                                   "the server failed to start this response")
+            return
+        finally:
+            self.starting = None
+        gen = RealtimeGeneration(command.response_id, stream, self.engine, keep_on_cancel=True)
+        if session is not None:
+            gen.session_id, gen.session_name, gen.input_text = session.id, self.session_key, input_text
+            gen.prompt_token_ids = list(request.prompt_token_ids)
+            self.sessions.begin_turn(session, gen)
+        gen.owner = self
+        self.current = gen
+        stream.listener = self.wake.set
+        if command.response_id in self.cancel_on_start:
+            self.cancel_on_start.discard(command.response_id)
+            self._cancel(command.response_id)
+        self.wake.set()
+
+    async def _writer(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            try:
+                self._produce()
+                await self._flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never die silently: the response would hang
+                log.exception("realtime writer failed; closing the connection")
+                await self.close(CloseCode.INTERNAL_ERROR, "internal error")
+                return
+
+    def _produce(self) -> None:
+        """One engine step of the current response becomes its delta (and its end)."""
+        gen = self.current
+        if gen is None or gen.finished:
+            return
+        events = gen.stream.drain()
+        if gen.cut:
+            events = [e for e in events if e.finished]  # delivered after the cancel: never sent
+        if not events:
+            return
+        step = gen.take(events)
+        if step.text and gen.first_token_at is None:
+            gen.first_token_at = time.monotonic()
+        self.protocol.response_text(gen.id, step.text)
+        final = step.final
+        if final is None:
+            return
+        if final.finish_reason is FinishReason.CANCELLED and self.eos_id is not None and gen.output_token_ids:
+            gen.output_token_ids.append(self.eos_id)  # the kept answer ends as a finished one would
+        gen.end(final)
+        self.current = None
+        if gen.on_finish is not None:
+            gen.on_finish(gen)
+        usage = Usage(final.num_prompt_tokens, gen.completion_tokens, final.num_cached_tokens)
+        self.protocol.response_ended(gen.id, str(final.finish_reason), usage,
+                                     "generation failed on the server" if final.finish_reason is FinishReason.ERROR
+                                     else None)
+
+
+def _end_of_turn_token(engine: AsyncEngine) -> int | None:
+    """The token a finished answer ends with (the model's EOS), appended to an answer cut short."""
+    tokenizer = engine.tokenizer
+    eos = getattr(tokenizer, "special_tokens", {}).get("eos_token") if tokenizer is not None else None
+    if eos is None:
+        return None
+    return tokenizer.backend.token_to_id(eos)
+
+
+async def realtime_handler(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    config: ServerConfig = state.config
+    model = request.query.get("model")
+    if model is not None and model != config.model_name:
+        raise HttpError(404, "model_not_found", f"model {model!r} is not served here; see /v1/models", "model")
+    name = request.query.get("session")
+    if name is not None and not 1 <= len(name) <= MAX_ID_LENGTH:
+        raise HttpError(400, "invalid_request", f"session must be 1 to {MAX_ID_LENGTH} characters", "session")
+    ws = web.WebSocketResponse(max_msg_size=config.max_message_bytes, compress=False, protocols=SUBPROTOCOLS,
+                               heartbeat=config.heartbeat_interval_s)
+    await ws.prepare(request)
+    if state.engine is None:
+        await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"model is loading")
+        return ws
+    if state.draining:
+        await ws.close(code=CloseCode.GOING_AWAY, message=b"server is shutting down")
+        return ws
+    if len(state.websockets) >= config.max_connections:
+        await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"too many connections")
+        return ws
+    prefix = os.urandom(6).hex()
+    protocol = RealtimeConnection(config.model_name or "", id_prefix=prefix,
+                                  limits=Limits(max_items=config.realtime_max_items))
+    conn = RealtimeSocket(ws, state.engine, state.sessions, config, protocol, "", keep_session=name is not None)
+    conn.guard = guard = WsGuard(request, conn)
+    conn.session_key = scoped_key(guard.principal, name or f"realtime-{prefix}")
+    state.websockets.add(conn)
+    try:
+        await conn.run()
+    finally:
+        guard.stop()
+        state.websockets.discard(conn)
+        if not ws.closed:
+            await ws.close()
+    return ws
