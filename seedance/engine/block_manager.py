@@ -158,13 +158,18 @@ class BlockManager:
                 self.cached[block.hash] = block.block_id
         seq.num_committed_blocks = max(seq.num_committed_blocks, num_full)
 
-    def pin(self, key: str, seq: Sequence) -> int:
+    def pin(self, key: str, seq: Sequence, num_tokens: int | None = None) -> int:
         """Hold every block with computed KV of seq (the partial last one included) under key, so the
         conversation's next turn continues from it instead of recomputing (see take_pin). Replaces key's
         previous pin. Over the pin budget, the least recently pinned keys are released first. Returns the
-        number of tokens pinned."""
+        number of tokens pinned.
+
+        num_tokens: pin only that prefix (a cancelled turn keeps what its client was sent). The next turn writes
+        into the partial last block, so a block the prefix cache holds as full is left out of it."""
         self.unpin(key)
-        n = seq.num_computed_tokens
+        n = seq.num_computed_tokens if num_tokens is None else max(0, min(num_tokens, seq.num_computed_tokens))
+        if n % self.block_size and self.blocks[seq.block_table[n // self.block_size]].hash is not None:
+            n -= n % self.block_size
         blocks = seq.block_table[: self.blocks_needed(n)]
         if not blocks or len(blocks) > self.max_pinned_blocks:
             return 0

@@ -123,3 +123,14 @@ def test_pin_budget_releases_least_recent_pins_first():
     assert list(bm.pins) == ["new"] and bm.num_pinned_blocks == 3  # 3 + 3 > 5: the older pin went
     assert bm.release_lru_pin() and not bm.pins and not bm.release_lru_pin()
     bm.unpin("missing")  # unknown keys are a no-op
+
+
+def test_a_cut_turn_pins_only_the_tokens_it_keeps():
+    bm = BlockManager(num_blocks=8, block_size=4)
+    a = make_seq("a", 14)
+    compute(bm, a)  # blocks 0-2 full (hashed), block 3 partial
+    assert bm.pin("cut", a, num_tokens=13) == 13  # inside the partial block: kept, the next turn overwrites it
+    assert bm.pins["cut"].token_ids == tuple(a.token_ids[:13]) and bm.num_pinned_blocks == 4
+    assert bm.pin("cut", a, num_tokens=10) == 8  # inside a full, cached block: left out, never written into
+    assert bm.num_pinned_blocks == 2
+    assert bm.pin("cut", a, num_tokens=99) == 14  # never more than was computed

@@ -139,7 +139,9 @@ class RealtimeSocket:
         current = self.current
         if current is not None and current.id == response_id and not current.finished:
             current.cut = True
-            self.engine.cancel(current.engine_id)  # applied between two engine steps
+            # applied between two engine steps; the KV of what was sent stays pinned for the next response
+            self.engine.cancel(current.engine_id, keep_tokens=len(current.prompt_token_ids) +
+                               len(current.output_token_ids) if current.session_id is not None else None)
         elif self.starting == response_id:
             self.cancel_on_start.add(response_id)
 
