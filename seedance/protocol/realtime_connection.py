@@ -31,6 +31,8 @@ from seedance.protocol.realtime_events import (
     INVALID_EVENT,
     ITEM_IN_PROGRESS,
     ITEM_NOT_FOUND,
+    ITEM_NOT_OPEN,
+    ITEM_TOO_LARGE,
     NO_ACTIVE_RESPONSE,
     SERVER_ERROR,
     TOO_MANY_ITEMS,
@@ -39,6 +41,7 @@ from seedance.protocol.realtime_events import (
     ClientEvent,
     EventError,
     Item,
+    ItemAppend,
     ItemCreate,
     ItemDelete,
     ItemRetrieve,
@@ -81,7 +84,12 @@ class CancelResponse:
     response_id: str
 
 
-Command = StartResponse | CancelResponse
+@dataclass(slots=True)
+class InputChanged:
+    """An item still arriving grew, and no response runs: the transport may prefill `pending_messages()`."""
+
+
+Command = StartResponse | CancelResponse | InputChanged
 
 
 @dataclass(eq=False)
@@ -122,6 +130,7 @@ class _Response:
 @dataclass(slots=True)
 class Limits:
     max_items: int = 1000  # conversation items per connection
+    max_item_chars: int = 1 << 20  # text of one item (conversation.item.append grows it)
     max_output_tokens: int | None = None  # a response's cap ("inf" means this); None: the engine's
 
 
@@ -223,6 +232,8 @@ class RealtimeConnection:
                 "output_token_details": {"text_tokens": usage.output_tokens, "audio_tokens": 0},
             }
         self._emit("response.done", response=response.wire(status, details, wire_usage, [item.wire()]))
+        if self.pending is None and self.pending_messages() is not None:
+            self._input_changed()  # what arrived meanwhile can be prefilled now
         if self.pending is not None:
             event, pending_event_id = self.pending
             self.pending = None
@@ -242,6 +253,8 @@ class RealtimeConnection:
             self._session_update(event.session, event.event_id)
         elif isinstance(event, ItemCreate):
             self._item_create(event)
+        elif isinstance(event, ItemAppend):
+            self._item_append(event)
         elif isinstance(event, ItemDelete):
             self._item_delete(event)
         elif isinstance(event, ItemTruncate):
@@ -270,6 +283,14 @@ class RealtimeConnection:
 
     def _item_create(self, event: ItemCreate) -> None:
         item = _input_item(event.item, event.event_id)
+        if event.item.status == "in_progress":
+            if item.role != "user":
+                raise EventError(INVALID_EVENT, "only a user item can be created in_progress (to append to)",
+                                 event_id=event.event_id, param="item.status")
+            item.status = "in_progress"
+        if len(item.text) > self.limits.max_item_chars:
+            raise EventError(ITEM_TOO_LARGE, f"an item holds at most {self.limits.max_item_chars} characters",
+                             event_id=event.event_id, param="item.content")
         if len(self.items) >= self.limits.max_items:
             raise EventError(TOO_MANY_ITEMS, f"the conversation has {len(self.items)} items, the limit: delete "
                                              "some first", event_id=event.event_id)
@@ -288,7 +309,41 @@ class RealtimeConnection:
         self.items.insert(index, item)
         previous = self._previous_id(item)
         self._emit("conversation.item.added", item=item.wire(), previous_item_id=previous)
-        self._emit("conversation.item.done", item=item.wire(), previous_item_id=previous)
+        if item.status == "in_progress":
+            self._input_changed()
+        else:
+            self._emit("conversation.item.done", item=item.wire(), previous_item_id=previous)
+
+    def _item_append(self, event: ItemAppend) -> None:
+        item = self._find(event.item_id, event.event_id)
+        if item.status != "in_progress" or item.role != "user":
+            raise EventError(ITEM_NOT_OPEN, f"item {item.id!r} is complete: append only to a user item created "
+                                            "with status 'in_progress'", event_id=event.event_id, param="item_id")
+        if len(item.text) + len(event.text) > self.limits.max_item_chars:
+            raise EventError(ITEM_TOO_LARGE, f"an item holds at most {self.limits.max_item_chars} characters",
+                             event_id=event.event_id, param="text")
+        if item.committed:
+            self.restart = True  # cannot happen while open; kept for safety of the history invariant
+        item.text += event.text
+        if event.done:
+            self._close(item)
+        else:
+            self._input_changed()
+
+    def _close(self, item: _Item) -> None:
+        item.status = "completed"
+        self._emit("conversation.item.done", item=item.wire(), previous_item_id=self._previous_id(item))
+
+    def _input_changed(self) -> None:
+        if self.active is None and not any(isinstance(c, InputChanged) for c in self._commands):
+            self._commands.append(InputChanged())
+
+    def pending_messages(self) -> list[dict[str, str]] | None:
+        """What the next response would append to the history (its open items' text so far included), or None
+        when no item is still arriving (nothing worth prefilling early)."""
+        if not any(i.status == "in_progress" and i.role == "user" for i in self.items):
+            return None
+        return self._context_messages(None, True, None)
 
     def _item_delete(self, event: ItemDelete) -> None:
         item = self._find(event.item_id, event.event_id)
@@ -354,23 +409,32 @@ class RealtimeConnection:
             self.active.cancelling = True
             self._commands.append(CancelResponse(self.active.id))
 
-    def _start_response(self, event: ResponseCreate) -> None:
-        params = event.response or ResponseParams()
-        in_conversation = params.conversation != "none"
-        instructions = params.instructions if params.instructions is not None else None
-        if in_conversation:
-            restart = self.restart
-            included = [i for i in self.items if restart or not i.committed]
-            context = included
-        else:
-            restart, included = False, []
-            context = ([_input_item(i, event.event_id, "response.input") for i in params.input]
-                       if params.input is not None else list(self.items))
+    def _context_messages(self, instructions: str | None, in_conversation: bool,
+                          inputs: list[_Item] | None) -> list[dict[str, str]]:
+        """The chat messages a response appends to the history: the items the history lacks (all of them after
+        an edit), or an out-of-band response's whole context; the instructions go first in a fresh context."""
+        context = self._included() if in_conversation else inputs if inputs is not None else list(self.items)
         messages = [{"role": i.role, "content": i.text} for i in context if i.text]
-        first = not in_conversation or restart or not any(i.committed for i in self.items)
+        first = not in_conversation or self.restart or not any(i.committed for i in self.items)
         system = instructions if instructions is not None else (self.session["instructions"] if first else "")
         if system:
             messages.insert(0, {"role": "system", "content": system})
+        return messages
+
+    def _included(self) -> list[_Item]:
+        return [i for i in self.items if self.restart or not i.committed]
+
+    def _start_response(self, event: ResponseCreate) -> None:
+        params = event.response or ResponseParams()
+        in_conversation = params.conversation != "none"
+        inputs = ([_input_item(i, event.event_id, "response.input") for i in params.input]
+                  if params.input is not None else None)
+        if in_conversation:
+            for open_item in [i for i in self.items if i.status == "in_progress" and i.role == "user"]:
+                self._close(open_item)  # a response answers what has arrived of it
+        messages = self._context_messages(params.instructions, in_conversation, inputs)
+        restart = in_conversation and self.restart
+        included = self._included() if in_conversation else []
         limit = params.max_output_tokens if params.max_output_tokens is not None else self.session["max_output_tokens"]
         max_tokens = None if limit == "inf" else int(limit)
         if self.limits.max_output_tokens is not None:

@@ -31,6 +31,8 @@ UNSUPPORTED_CONTENT = "unsupported_content_type"
 ITEM_NOT_FOUND = "item_not_found"
 DUPLICATE_ITEM = "duplicate_item_id"
 ITEM_IN_PROGRESS = "item_in_progress"
+ITEM_NOT_OPEN = "item_not_open"
+ITEM_TOO_LARGE = "item_too_large"
 TOO_MANY_ITEMS = "too_many_items"
 ACTIVE_RESPONSE = "conversation_already_has_active_response"
 NO_ACTIVE_RESPONSE = "response_cancel_not_active"
@@ -124,6 +126,15 @@ class ItemRetrieve(_ClientEvent, tag="conversation.item.retrieve"):
     item_id: str
 
 
+class ItemAppend(_ClientEvent, tag="conversation.item.append"):
+    """Seedance extension: more text for a user item created with status "in_progress" (a message still being
+    typed or transcribed); `done` completes it. The server prefills each piece as it arrives."""
+
+    item_id: str
+    text: str = ""
+    done: bool = False
+
+
 class ResponseCreate(_ClientEvent, tag="response.create"):
     response: ResponseParams | None = None
 
@@ -132,7 +143,8 @@ class ResponseCancel(_ClientEvent, tag="response.cancel"):
     response_id: str | None = None
 
 
-ClientEvent = SessionUpdate | ItemCreate | ItemDelete | ItemTruncate | ItemRetrieve | ResponseCreate | ResponseCancel
+ClientEvent = (SessionUpdate | ItemCreate | ItemAppend | ItemDelete | ItemTruncate | ItemRetrieve | ResponseCreate |
+               ResponseCancel)
 _decoder = msgspec.json.Decoder(ClientEvent)
 _CLIENT_TYPES = frozenset(cls.__struct_config__.tag for cls in ClientEvent.__args__)
 

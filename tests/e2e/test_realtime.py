@@ -189,3 +189,41 @@ async def test_not_json_and_a_wrong_model(server):
     status = await reader.readline()
     writer.close()
     assert status.split()[1] == b"404"  # refused before the upgrade, with the JSON error body
+
+
+LONG_MESSAGE = " ".join(["And the LORD spake unto Moses in the wilderness of Sinai, saying,"] * 12)
+
+
+async def answer_whole(server, message: str) -> object:
+    async with realtime(server) as conn:
+        await conn.session.update(session=GREEDY)
+        await conn.conversation.item.create(item=user(message))
+        await conn.response.create()
+        return (await events_until(conn, "response.done"))[-1].response
+
+
+async def test_a_message_arriving_in_pieces_is_prefilled_as_it_arrives(server):
+    words = LONG_MESSAGE.split(" ")
+    pieces = [" ".join(words[i:i + 8]) + " " for i in range(0, len(words), 8)]
+    pieces[-1] = pieces[-1].rstrip()
+    async with realtime(server) as conn:
+        await conn.session.update(session=GREEDY)
+        await conn.conversation.item.create(item={**user(""), "id": "typing", "status": "in_progress"})
+        added = (await events_until(conn, "conversation.item.added"))[-1]
+        assert added.item.status == "in_progress"
+        for piece in pieces[:-1]:
+            await conn.send({"type": "conversation.item.append", "item_id": "typing", "text": piece})
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # the last prefill catches up
+        await conn.send({"type": "conversation.item.append", "item_id": "typing", "text": pieces[-1], "done": True})
+        done_item = (await events_until(conn, "conversation.item.done"))[-1].item
+        assert done_item.status == "completed" and done_item.content[0].text == LONG_MESSAGE
+        await conn.response.create()
+        streamed = (await events_until(conn, "response.done"))[-1].response
+    # First on this server with this message: its cached tokens are what its own prefills left.
+    whole = await answer_whole(server, LONG_MESSAGE)
+    # the same answer as the message sent at once, from a prompt almost all prefilled before it ended
+    assert streamed.output[0].content[0].text == whole.output[0].content[0].text
+    assert streamed.usage.input_tokens == whole.usage.input_tokens
+    last_piece_tokens = 20
+    assert streamed.usage.input_token_details.cached_tokens >= streamed.usage.input_tokens - last_piece_tokens

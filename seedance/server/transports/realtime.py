@@ -29,7 +29,14 @@ from seedance.engine.errors import EngineError
 from seedance.engine.events import FinishReason
 from seedance.engine.sampling_params import SamplingParams
 from seedance.protocol import CloseCode
-from seedance.protocol.realtime_connection import CancelResponse, Limits, RealtimeConnection, StartResponse, Usage
+from seedance.protocol.realtime_connection import (
+    CancelResponse,
+    InputChanged,
+    Limits,
+    RealtimeConnection,
+    StartResponse,
+    Usage,
+)
 from seedance.protocol.realtime_events import INTERNAL, MAX_ID_LENGTH, RATE_LIMITED, RESPONSE_FAILED
 from seedance.server.http.config import ServerConfig
 from seedance.server.http.http_errors import HttpError
@@ -67,6 +74,9 @@ class RealtimeSocket:
         self.session: Session | None = None
         self.eos_id = _end_of_turn_token(engine)
         self._send_lock = asyncio.Lock()  # the reader and the writer both flush: events keep their order
+        self._prefill: asyncio.Task | None = None
+        self._prefilled: list[int] = []  # the prompt the last prefill left pinned
+        self.prefills = 0
 
     @property
     def requests(self) -> dict[str, RealtimeGeneration]:
@@ -92,9 +102,11 @@ class RealtimeSocket:
                 elif msg.type == WSMsgType.ERROR:
                     return
         finally:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
+            for task in (writer, self._prefill):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
             if self.current is not None and not self.current.finished:
                 self.current.cut = True
                 self.engine.cancel(self.current.engine_id)
@@ -134,6 +146,8 @@ class RealtimeSocket:
                     await self._start(command)
                 elif isinstance(command, CancelResponse):
                     self._cancel(command.response_id)
+                elif isinstance(command, InputChanged) and (self._prefill is None or self._prefill.done()):
+                    self._prefill = asyncio.create_task(self._prefill_input(), name="realtime-prefill")
 
     def _cancel(self, response_id: str) -> None:
         current = self.current
@@ -145,7 +159,47 @@ class RealtimeSocket:
         elif self.starting == response_id:
             self.cancel_on_start.add(response_id)
 
+    async def _prefill_input(self) -> None:
+        """Streaming input: while a user item is still arriving and no response runs, prefill what has arrived
+        into the session's KV (a one-token request that leaves its prompt pinned), so the response to the
+        finished message computes only its last piece. A piece's last word may still grow, so it waits for the
+        next piece; text a finished message tokenizes differently is recomputed (take_pin keeps the rest)."""
+        loop = asyncio.get_running_loop()
+        while self.current is None and self.starting is None and not self.ws.closed:
+            messages = self.protocol.pending_messages()
+            if not messages:
+                return
+            last = messages[-1]
+            stable = last["content"][: _last_word_start(last["content"])]
+            if not stable:
+                return
+            tokenizer = self.engine.tokenizer
+            if tokenizer is None:
+                return
+            session = self.session = await self.sessions.get(self.session_key)
+            if session.busy:
+                return
+            head = await loop.run_in_executor(self.engine.tokenize_executor, tokenizer.chat_prefix_ids,
+                                              [*messages[:-1], {**last, "content": stable}])
+            prompt = session.token_ids + head
+            if not head or prompt == self._prefilled:
+                return
+            request = GenerateRequest(prompt_token_ids=prompt, params=SamplingParams(max_tokens=1, temperature=0),
+                                      pin_key=session.id, request_id=f"rt{id(self):x}:prefill{self.prefills}")
+            try:
+                stream = await self.engine.submit(request)
+                async for _ in stream:
+                    pass
+            except EngineError as err:  # too long so far: the response will say so
+                log.info("realtime prefill skipped: %s", err)
+                return
+            self.prefills += 1
+            self._prefilled = prompt
+
     async def _start(self, command: StartResponse) -> None:
+        if self._prefill is not None and not self._prefill.done():
+            with contextlib.suppress(Exception):
+                await self._prefill  # its KV is this response's to reuse
         limit = self.engine.config.max_tokens_limit
         params = SamplingParams(max_tokens=min(command.max_output_tokens or limit, limit),
                                 temperature=command.temperature)
@@ -225,6 +279,20 @@ class RealtimeSocket:
         self.protocol.response_ended(gen.id, str(final.finish_reason), usage,
                                      "generation failed on the server" if final.finish_reason is FinishReason.ERROR
                                      else None)
+
+
+def _last_word_start(text: str) -> int:
+    """Where the last word (and the whitespace before it) begins: the text before it tokenizes the same however
+    the message goes on, for pre-tokenizers that split at whitespace."""
+    end = len(text.rstrip())
+    if end < len(text):
+        return end  # the last word is complete; only the whitespace after it may join the next one
+    start = end
+    while start > 0 and not text[start - 1].isspace():
+        start -= 1
+    while start > 0 and text[start - 1].isspace():
+        start -= 1
+    return start
 
 
 def _end_of_turn_token(engine: AsyncEngine) -> int | None:
