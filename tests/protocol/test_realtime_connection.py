@@ -235,3 +235,38 @@ def test_items_are_bounded_and_ids_unique():
     peer.send(type="conversation.item.create", item=user("b"), previous_item_id="root")
     assert [i.text for i in peer.conn.items] == ["b", "a"]
     assert peer.send(type="conversation.item.create", item=user("c"))[0]["error"]["code"] == "too_many_items"
+
+
+def test_an_item_arriving_in_pieces_asks_for_prefill_and_completes_on_response_create():
+    from seedance.protocol.realtime_connection import InputChanged
+
+    peer = Peer(limits=Limits(max_item_chars=40))
+    assert peer.conn.pending_messages() is None
+    events = peer.send(type="conversation.item.create", item={**user("Hello"), "id": "u", "status": "in_progress"})
+    assert kinds(events) == ["conversation.item.added"] and events[0]["item"]["status"] == "in_progress"
+    assert peer.conn.commands() == [InputChanged()]
+    assert peer.send(type="conversation.item.append", item_id="u", text=" there") == []
+    assert peer.conn.commands() == [InputChanged()]
+    assert peer.conn.pending_messages() == [{"role": "user", "content": "Hello there"}]
+    error = peer.send(type="conversation.item.append", item_id="u", text="x" * 40, event_id="big")[0]["error"]
+    assert (error["code"], error["event_id"]) == ("item_too_large", "big")
+    command = peer.start()  # closes the open item first
+    assert kinds(peer.events)[-5] == "conversation.item.done" and peer.events[-5]["item"]["status"] == "completed"
+    assert command.messages == [{"role": "user", "content": "Hello there"}]
+    error = peer.send(type="conversation.item.append", item_id="u", text="late")[0]["error"]
+    assert error["code"] == "item_not_open"
+
+
+def test_input_arriving_during_a_response_is_prefilled_once_it_ends():
+    from seedance.protocol.realtime_connection import InputChanged
+
+    peer = Peer()
+    peer.send(type="conversation.item.create", item=user("one"))
+    command = peer.start()
+    peer.send(type="conversation.item.create", item={**user("next"), "status": "in_progress"})
+    assert peer.conn.commands() == []  # the history is not final while the response runs
+    peer.finish(command, "A")
+    assert peer.conn.commands() == [InputChanged()]
+    assert peer.conn.pending_messages() == [{"role": "user", "content": "next"}]
+    refused = peer.send(type="conversation.item.create", item={**user("x"), "role": "system", "status": "in_progress"})
+    assert refused[0]["error"]["param"] == "item.status"
