@@ -117,6 +117,7 @@ class _Response:
     sent: list[str] = field(default_factory=list)
     cancelling: bool = False
     conversation_id: str | None = None
+    session_instructions: str | None = None  # the session's instructions as this response put them in
 
     def wire(self, status: str, status_details: dict | None = None, usage: dict | None = None,
              output: list[dict] | None = None) -> dict[str, Any]:
@@ -147,6 +148,7 @@ class RealtimeConnection:
         }
         self.items: list[_Item] = []
         self.restart = False  # the history was edited: the next response re-renders the conversation
+        self._instructions_in_history = ""  # the session instructions the history last took in
         self.active: _Response | None = None
         self.pending: tuple[ResponseCreate, str | None] | None = None  # a barge-in waiting for active to end
         self._out: list[bytes] = []
@@ -217,6 +219,8 @@ class RealtimeConnection:
             else:
                 for included in (*response.included, item):
                     included.committed = True
+                if response.session_instructions is not None:
+                    self._instructions_in_history = response.session_instructions
                 if response.params.restart:
                     self.restart = False
                 self._emit("conversation.item.done", item=item.wire(), previous_item_id=self._previous_id(item))
@@ -415,8 +419,12 @@ class RealtimeConnection:
         an edit), or an out-of-band response's whole context; the instructions go first in a fresh context."""
         context = self._included() if in_conversation else inputs if inputs is not None else list(self.items)
         messages = [{"role": i.role, "content": i.text} for i in context if i.text]
-        first = not in_conversation or self.restart or not any(i.committed for i in self.items)
-        system = instructions if instructions is not None else (self.session["instructions"] if first else "")
+        fresh = not in_conversation or self.restart or not any(i.committed for i in self.items)
+        current = self.session["instructions"]
+        if instructions is not None:
+            system = instructions
+        else:  # the session's instructions, where the history does not hold them yet
+            system = current if fresh or current != self._instructions_in_history else ""
         if system:
             messages.insert(0, {"role": "system", "content": system})
         return messages
@@ -443,7 +451,9 @@ class RealtimeConnection:
         command = StartResponse(self._new_id("resp"), messages, restart, in_conversation, max_tokens, temperature)
         item = _Item(self._new_id("item"), "assistant", "output_text", "", status="in_progress")
         response = _Response(command.response_id, item, command, included, params.metadata,
-                             conversation_id=f"conv_{self._prefix}" if in_conversation else None)
+                             conversation_id=f"conv_{self._prefix}" if in_conversation else None,
+                             session_instructions=self.session["instructions"]
+                             if in_conversation and params.instructions is None else None)
         self.active = response
         self._emit("response.created", response=response.wire("in_progress"))
         self._emit("response.output_item.added", response_id=response.id, output_index=0,

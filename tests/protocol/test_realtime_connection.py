@@ -270,3 +270,16 @@ def test_input_arriving_during_a_response_is_prefilled_once_it_ends():
     assert peer.conn.pending_messages() == [{"role": "user", "content": "next"}]
     refused = peer.send(type="conversation.item.create", item={**user("x"), "role": "system", "status": "in_progress"})
     assert refused[0]["error"]["param"] == "item.status"
+
+
+def test_new_session_instructions_join_before_the_next_responses_items():
+    peer = Peer()
+    peer.send(type="session.update", session={"instructions": "Be brief."})
+    peer.send(type="conversation.item.create", item=user("one"))
+    peer.finish(peer.start(), "A")
+    peer.send(type="conversation.item.create", item=user("two"))
+    peer.finish(peer.start(), "B")
+    peer.send(type="session.update", session={"instructions": "Now speak like a pirate."})
+    peer.send(type="conversation.item.create", item=user("three"))
+    assert peer.start().messages == [{"role": "system", "content": "Now speak like a pirate."},
+                                     {"role": "user", "content": "three"}]
