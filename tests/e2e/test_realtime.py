@@ -227,3 +227,18 @@ async def test_a_message_arriving_in_pieces_is_prefilled_as_it_arrives(server):
     assert streamed.usage.input_tokens == whole.usage.input_tokens
     last_piece_tokens = 20
     assert streamed.usage.input_token_details.cached_tokens >= streamed.usage.input_tokens - last_piece_tokens
+
+
+async def test_a_named_session_continues_on_a_new_connection(server):
+    reference = await stream_session(server, "rt-named-reference", TURNS, GREEDY["max_output_tokens"])
+    client = AsyncOpenAI(base_url=f"{server.http}/v1", api_key="unused")
+    dones = []
+    for message in TURNS:  # one connection per turn, the same ?session=
+        async with client.realtime.connect(model=MODEL, extra_query={"session": "rt-named"}) as conn:
+            await conn.session.update(session=GREEDY)
+            await conn.conversation.item.create(item=user(message))
+            await conn.response.create()
+            dones.append((await events_until(conn, "response.done"))[-1].response)
+    assert [d.output[0].content[0].text for d in dones] == reference
+    history = dones[0].usage.input_tokens + dones[0].usage.output_tokens
+    assert dones[1].usage.input_token_details.cached_tokens >= history - 1  # its KV outlived the connection
