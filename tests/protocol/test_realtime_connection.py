@@ -4,9 +4,12 @@ shapes are the SDK's, not ours."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openai.types.realtime import RealtimeServerEvent
 from pydantic import TypeAdapter
 
@@ -283,3 +286,48 @@ def test_new_session_instructions_join_before_the_next_responses_items():
     peer.send(type="conversation.item.create", item=user("three"))
     assert peer.start().messages == [{"role": "system", "content": "Now speak like a pirate."},
                                      {"role": "user", "content": "three"}]
+
+
+_texts = st.text(max_size=12)
+_json = st.recursive(st.none() | st.booleans() | st.integers(-3, 3) | _texts,
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_texts, inner, max_size=3),
+                     max_leaves=8)
+_kinds = st.sampled_from(["session.update", "conversation.item.create", "conversation.item.append",
+                          "conversation.item.delete", "conversation.item.truncate", "conversation.item.retrieve",
+                          "response.create", "response.cancel", "input_audio_buffer.append", "nope"])
+_events = st.fixed_dictionaries({"type": _kinds}, optional={
+    "event_id": _texts, "item_id": st.sampled_from(["u1", "x", ""]), "text": _texts, "done": st.booleans(),
+    "content_index": st.integers(-1, 2), "audio_end_ms": st.integers(-1, 2), "response_id": _texts,
+    "previous_item_id": st.sampled_from(["u1", "root", "x"]),
+    "item": st.fixed_dictionaries({}, optional={
+        "type": st.sampled_from(["message", "function_call"]), "id": st.sampled_from(["u1", "u2"]),
+        "role": st.sampled_from(["user", "assistant", "system", "tool"]),
+        "status": st.sampled_from(["in_progress", "completed"]),
+        "content": st.lists(st.fixed_dictionaries({"type": st.sampled_from(["input_text", "output_text",
+                                                                            "input_image"])},
+                                                  optional={"text": _texts}), max_size=2)}),
+    "session": st.dictionaries(st.sampled_from(["instructions", "temperature", "max_output_tokens", "tools",
+                                                "output_modalities", "type"]), _json, max_size=3),
+    "response": st.dictionaries(st.sampled_from(["instructions", "max_output_tokens", "conversation", "input",
+                                                 "metadata", "temperature"]), _json, max_size=3),
+})
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(_events, _json), max_size=12), st.lists(st.sampled_from(["stop", "cancelled", "error"]),
+                                                                  max_size=12))
+def test_any_event_sequence_gives_sdk_shaped_events_and_never_raises(events, finishes):
+    """Whatever the client sends, in whatever order, with the engine ending responses in any way: the connection
+    answers only with events the SDK accepts, and commands stay consistent (one response at a time)."""
+    peer = Peer()
+    for event, finish in itertools.zip_longest(events, finishes):
+        if event is not None:
+            peer.conn.receive_text(json.dumps(event))
+        peer.take()
+        for command in peer.conn.commands():
+            if isinstance(command, StartResponse):
+                assert peer.conn.active is not None and peer.conn.active.id == command.response_id
+        if finish is not None and peer.conn.active is not None:
+            peer.conn.response_text(peer.conn.active.id, "x")
+            peer.conn.response_ended(peer.conn.active.id, finish, Usage(3, 1, 0))
+            peer.take()
