@@ -242,3 +242,19 @@ async def test_a_named_session_continues_on_a_new_connection(server):
     assert [d.output[0].content[0].text for d in dones] == reference
     history = dones[0].usage.input_tokens + dones[0].usage.output_tokens
     assert dones[1].usage.input_token_details.cached_tokens >= history - 1  # its KV outlived the connection
+
+
+async def test_closing_mid_answer_leaves_a_named_session_usable(server):
+    client = AsyncOpenAI(base_url=f"{server.http}/v1", api_key="unused")
+    async with client.realtime.connect(model=MODEL, extra_query={"session": "rt-dropped"}) as conn:
+        await conn.session.update(session={"type": "realtime", "temperature": 0, "max_output_tokens": 1500})
+        await conn.conversation.item.create(item=user(TURNS[0]))
+        await conn.response.create()
+        seen = await events_until(conn, "response.output_text.delta")
+    kept = seen[-1].delta
+    async with client.realtime.connect(model=MODEL, extra_query={"session": "rt-dropped"}) as conn:
+        await conn.conversation.item.create(item=user(TURNS[1]))
+        await conn.response.create(response={"max_output_tokens": 4})
+        done = (await events_until(conn, "response.done"))[-1].response
+    assert done.status in ("completed", "incomplete"), done.status_details  # not refused as busy
+    assert kept and done.usage.input_token_details.cached_tokens > 0

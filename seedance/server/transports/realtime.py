@@ -19,14 +19,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
 
 from seedance.engine.async_engine import AsyncEngine, GenerateRequest
 from seedance.engine.errors import EngineError
-from seedance.engine.events import FinishReason
+from seedance.engine.events import FinishReason, TokenEvent
 from seedance.engine.sampling_params import SamplingParams
 from seedance.protocol import CloseCode
 from seedance.protocol.realtime_connection import (
@@ -53,7 +52,6 @@ class RealtimeGeneration(Generation):
     """One response's engine request. `cut`: cancelled by the client; later events are not sent."""
 
     cut: bool = False
-    first_token_at: float | None = None
 
 
 class RealtimeSocket:
@@ -102,16 +100,21 @@ class RealtimeSocket:
                 elif msg.type == WSMsgType.ERROR:
                     return
         finally:
+            current, self.current = self.current, None
+            if current is not None and not current.finished:
+                # The connection is gone: cancel, and end the session's turn now with what was sent (the engine's
+                # own end comes a step later), so a client reconnecting at once finds the session free.
+                self._cancel_gen(current)
+                self._end(current, TokenEvent(current.engine_id, current.completion_tokens, -1, "",
+                                              finish_reason=FinishReason.CANCELLED,
+                                              num_prompt_tokens=current.stream.num_prompt_tokens))
+            if self.session is not None and not self.keep_session:
+                self.sessions.drop(self.session)
             for task in (writer, self._prefill):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
-            if self.current is not None and not self.current.finished:
-                self.current.cut = True
-                self.engine.cancel(self.current.engine_id)
-            if self.session is not None and not self.keep_session and not self.session.busy:
-                self.sessions.drop(self.session)
 
     async def _on_text(self, data: str) -> None:
         """A fault while handling one event fails that event (an error event), never the connection."""
@@ -152,12 +155,16 @@ class RealtimeSocket:
     def _cancel(self, response_id: str) -> None:
         current = self.current
         if current is not None and current.id == response_id and not current.finished:
-            current.cut = True
-            # applied between two engine steps; the KV of what was sent stays pinned for the next response
-            self.engine.cancel(current.engine_id, keep_tokens=len(current.prompt_token_ids) +
-                               len(current.output_token_ids) if current.session_id is not None else None)
+            self._cancel_gen(current)
         elif self.starting == response_id:
             self.cancel_on_start.add(response_id)
+
+    def _cancel_gen(self, gen: RealtimeGeneration) -> None:
+        """Cancel between two engine steps; the KV of what was sent stays pinned for the next response."""
+        if not gen.cut:
+            gen.cut = True
+            self.engine.cancel(gen.engine_id, keep_tokens=len(gen.prompt_token_ids) + len(gen.output_token_ids)
+                               if gen.session_id is not None else None)
 
     async def _prefill_input(self) -> None:
         """Streaming input: while a user item is still arriving and no response runs, prefill what has arrived
@@ -252,6 +259,15 @@ class RealtimeSocket:
                 await self.close(CloseCode.INTERNAL_ERROR, "internal error")
                 return
 
+    def _end(self, gen: RealtimeGeneration, final: TokenEvent) -> None:
+        """The engine request ended: the session's turn takes what was sent (a cut answer ends with EOS, as a
+        finished one would)."""
+        if final.finish_reason is FinishReason.CANCELLED and self.eos_id is not None and gen.output_token_ids:
+            gen.output_token_ids.append(self.eos_id)
+        gen.end(final)
+        if gen.on_finish is not None:
+            gen.on_finish(gen)
+
     def _produce(self) -> None:
         """One engine step of the current response becomes its delta (and its end)."""
         gen = self.current
@@ -263,18 +279,12 @@ class RealtimeSocket:
         if not events:
             return
         step = gen.take(events)
-        if step.text and gen.first_token_at is None:
-            gen.first_token_at = time.monotonic()
         self.protocol.response_text(gen.id, step.text)
         final = step.final
         if final is None:
             return
-        if final.finish_reason is FinishReason.CANCELLED and self.eos_id is not None and gen.output_token_ids:
-            gen.output_token_ids.append(self.eos_id)  # the kept answer ends as a finished one would
-        gen.end(final)
         self.current = None
-        if gen.on_finish is not None:
-            gen.on_finish(gen)
+        self._end(gen, final)
         usage = Usage(final.num_prompt_tokens, gen.completion_tokens, final.num_cached_tokens)
         self.protocol.response_ended(gen.id, str(final.finish_reason), usage,
                                      "generation failed on the server" if final.finish_reason is FinishReason.ERROR
