@@ -258,3 +258,16 @@ async def test_closing_mid_answer_leaves_a_named_session_usable(server):
         done = (await events_until(conn, "response.done"))[-1].response
     assert done.status in ("completed", "incomplete"), done.status_details  # not refused as busy
     assert kept and done.usage.input_token_details.cached_tokens > 0
+
+
+async def test_realtime_responses_are_counted_in_metrics(server):
+    import re
+
+    import httpx
+
+    await answer_whole(server, "Amen")
+    metrics = httpx.get(f"{server.http}/metrics", timeout=10).text
+    counted = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("seedance_requests_total{") and 'transport="realtime"' in line]
+    assert counted and sum(counted) >= 1, metrics[:2000]
+    assert re.search(r'seedance_ttft_seconds_count\{transport="realtime"\} [1-9]', metrics)

@@ -27,6 +27,7 @@ from seedance.engine.async_engine import AsyncEngine, GenerateRequest
 from seedance.engine.errors import EngineError
 from seedance.engine.events import FinishReason, TokenEvent
 from seedance.engine.sampling_params import SamplingParams
+from seedance.observability.hub import Observability
 from seedance.protocol import CloseCode
 from seedance.protocol.realtime_connection import (
     CancelResponse,
@@ -39,6 +40,7 @@ from seedance.protocol.realtime_connection import (
 from seedance.protocol.realtime_events import INTERNAL, MAX_ID_LENGTH, RATE_LIMITED, RESPONSE_FAILED
 from seedance.server.http.config import ServerConfig
 from seedance.server.http.http_errors import HttpError
+from seedance.server.http.observability_http import OBS
 from seedance.server.http.security import SUBPROTOCOLS, WsGuard
 from seedance.server.http.state import STATE
 from seedance.serving.generation import Generation
@@ -65,6 +67,7 @@ class RealtimeSocket:
         self.session_key = session_key
         self.keep_session = keep_session  # named by the client: outlives the connection
         self.guard: WsGuard | None = None
+        self.obs: Observability | None = None  # metrics / tracing (set by realtime_handler)
         self.wake = asyncio.Event()
         self.current: RealtimeGeneration | None = None
         self.starting: str | None = None  # response id being tokenized and submitted
@@ -223,6 +226,8 @@ class RealtimeSocket:
             stream = await self.engine.submit(request)
         except (SessionError, EngineError) as err:
             code = getattr(err, "code", RESPONSE_FAILED)
+            if self.obs is not None:
+                self.obs.refused("realtime", request.request_id, code)
             self.protocol.response_failed_to_start(command.response_id, code, getattr(err, "message", str(err)))
             return
         except Exception:
@@ -238,6 +243,9 @@ class RealtimeSocket:
             gen.prompt_token_ids = list(request.prompt_token_ids)
             self.sessions.begin_turn(session, gen)
         gen.owner = self
+        if self.obs is not None:
+            gen.obs = self.obs.request("realtime", stream.request_id, self.session_key if session else None,
+                                       self.engine)
         self.current = gen
         stream.listener = self.wake.set
         if command.response_id in self.cancel_on_start:
@@ -285,6 +293,8 @@ class RealtimeSocket:
             return
         self.current = None
         self._end(gen, final)
+        if gen.obs is not None:
+            gen.obs.sent()  # its last events are queued for this writer's flush
         usage = Usage(final.num_prompt_tokens, gen.completion_tokens, final.num_cached_tokens)
         self.protocol.response_ended(gen.id, str(final.finish_reason), usage,
                                      "generation failed on the server" if final.finish_reason is FinishReason.ERROR
@@ -340,6 +350,7 @@ async def realtime_handler(request: web.Request) -> web.StreamResponse:
                                   limits=Limits(max_items=config.realtime_max_items))
     conn = RealtimeSocket(ws, state.engine, state.sessions, config, protocol, "", keep_session=name is not None)
     conn.guard = guard = WsGuard(request, conn)
+    conn.obs = request.app.get(OBS)
     conn.session_key = scoped_key(guard.principal, name or f"realtime-{prefix}")
     state.websockets.add(conn)
     try:
