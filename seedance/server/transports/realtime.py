@@ -111,13 +111,13 @@ class RealtimeSocket:
                 self._end(current, TokenEvent(current.engine_id, current.completion_tokens, -1, "",
                                               finish_reason=FinishReason.CANCELLED,
                                               num_prompt_tokens=current.stream.num_prompt_tokens))
-            if self.session is not None and not self.keep_session:
-                self.sessions.drop(self.session)
             for task in (writer, self._prefill):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
+            if self.session is not None and not self.keep_session:
+                self.sessions.drop(self.session)  # after the prefill's cancel: nothing pins it again
 
     async def _on_text(self, data: str) -> None:
         """A fault while handling one event fails that event (an error event), never the connection."""
