@@ -271,3 +271,28 @@ async def test_realtime_responses_are_counted_in_metrics(server):
                if line.startswith("seedance_requests_total{") and 'transport="realtime"' in line]
     assert counted and sum(counted) >= 1, metrics[:2000]
     assert re.search(r'seedance_ttft_seconds_count\{transport="realtime"\} [1-9]', metrics)
+
+
+def test_a_client_that_stops_reading_is_closed_by_the_heartbeat(server_factory):
+    """Nothing waits on a client forever: one that never reads answers no ping, and the heartbeat closes it."""
+    import base64
+    import socket
+
+    from tests.e2e.wire import send_masked_text
+
+    srv = server_factory(heartbeat_interval_s=1)
+    sock = socket.create_connection(("127.0.0.1", srv.port))
+    key = base64.b64encode(b"0123456789abcdef").decode()
+    sock.sendall((f"GET /v1/realtime?model={MODEL} HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    send_masked_text(sock, json.dumps({"type": "conversation.item.create", "item": user(TURNS[0])}))
+    send_masked_text(sock, json.dumps({"type": "response.create", "response": {"max_output_tokens": 1500}}))
+    started = time.monotonic()
+    time.sleep(3)  # reads nothing, answers no ping
+    sock.settimeout(20)
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    assert b" 101 " in received[:200] and b"session.created" in received
+    assert time.monotonic() - started < 20  # closed by the server, not by this test's timeout
+    sock.close()
