@@ -326,8 +326,6 @@ class RealtimeConnection:
         if len(item.text) + len(event.text) > self.limits.max_item_chars:
             raise EventError(ITEM_TOO_LARGE, f"an item holds at most {self.limits.max_item_chars} characters",
                              event_id=event.event_id, param="text")
-        if item.committed:
-            self.restart = True  # cannot happen while open; kept for safety of the history invariant
         item.text += event.text
         if event.done:
             self._close(item)
@@ -388,8 +386,8 @@ class RealtimeConnection:
         if params.conversation not in (None, "auto", "none"):
             raise EventError(UNSUPPORTED, "response.conversation is 'auto' or 'none' (one conversation per "
                                           "connection)", event_id=event.event_id, param="response.conversation")
-        inputs = [_input_item(i, event.event_id, "response.input") for i in params.input or []]
-        del inputs  # validated now, so a bad barge-in is refused at once rather than when its turn comes
+        for item in params.input or []:  # checked now: a bad barge-in is refused at once, not when its turn comes
+            _input_item(item, event.event_id, "response.input")
         if self.active is None:
             self._start_response(event)
             return
