@@ -263,13 +263,14 @@ class AsyncEngine:
         async for event in await self.submit(request):
             yield event
 
-    def cancel(self, request_id: str) -> None:
+    def cancel(self, request_id: str, keep_tokens: int | None = None) -> None:
+        """End the request between two steps; keep_tokens: see LLMEngine.abort."""
         stream = self._streams.pop(request_id, None)
         if stream is None:
             return
 
         def abort() -> None:
-            event = self.engine.abort(request_id)
+            event = self.engine.abort(request_id, keep_tokens=keep_tokens)
             if event is None:  # cancelled before it was added
                 event = TokenEvent(request_id, 0, -1, "", finish_reason=FinishReason.CANCELLED)
             self._post(self._deliver_to, stream, event)

@@ -177,12 +177,16 @@ class LLMEngine:
         return state.seq
 
     # ---- control ----------------------------------------------------------------------------------
-    def abort(self, request_id: str, reason: FinishReason = FinishReason.CANCELLED) -> TokenEvent | None:
-        """End a request wherever it is and free its KV blocks at once."""
+    def abort(self, request_id: str, reason: FinishReason = FinishReason.CANCELLED,
+              keep_tokens: int | None = None) -> TokenEvent | None:
+        """End a request wherever it is and free its KV blocks at once. keep_tokens: a session turn cut short
+        keeps the KV of that many of its tokens pinned for the next turn (realtime barge-in)."""
         state = self.requests.pop(request_id, None)
         if state is None:
             return None
         seq = state.seq
+        if keep_tokens is not None and seq.pin_key is not None:
+            self.block_manager.pin(seq.pin_key, seq, keep_tokens)
         self.scheduler.finish(seq, reason)
         self.runner.forget(request_id)
         return TokenEvent(

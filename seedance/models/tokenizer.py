@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 # tokenizer_config.json classes whose tokenizer.json transformers loads as-is (no rewrite of the pipeline)
 PLAIN_TOKENIZER_CLASSES = frozenset({"TokenizersBackend", "PreTrainedTokenizerFast"})
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+_OPEN_MESSAGE = "\x00seedance-open-message\x00"  # marks where a message still arriving ends (chat_prefix_ids)
 
 
 class TextTokenizer:
@@ -87,6 +88,23 @@ class TextTokenizer:
         from seedance.models.chat_template import render_chat
 
         return self.encode(render_chat(self.chat_template, messages, self.special_tokens, tools))
+
+    def chat_prefix_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """The conversation's tokens up to the end of the last message's content so far (no end of message, no
+        generation prompt): what apply_chat_template of the finished conversation starts with while that message
+        is still arriving, so it can be prefilled early. [] if the template does not keep the content as it is."""
+        *head, last = messages
+        probe = [*head, {**last, "content": last.get("content", "") + _OPEN_MESSAGE}]
+        if not self.chat_template:
+            text = "\n".join(m.get("content", "") for m in probe)
+        elif self.hf is not None:
+            text = self.hf.apply_chat_template(probe, add_generation_prompt=True, tokenize=False)
+        else:
+            from seedance.models.chat_template import render_chat
+
+            text = render_chat(self.chat_template, probe, self.special_tokens)
+        cut = text.find(_OPEN_MESSAGE)
+        return self.encode(text[:cut]) if cut >= 0 else []
 
     def decode(self, token_ids: list[int]) -> str:
         return self.backend.decode(token_ids, skip_special_tokens=True)

@@ -29,6 +29,7 @@ from seedance.server.http.http_errors import HttpError
 from seedance.server.http.proxy import TrustedProxies
 from seedance.server.http.state import STATE, ServerState
 from seedance.server.transports import embeddings, openai_api, polling, tokenize_api
+from seedance.server.transports.realtime import realtime_handler
 from seedance.server.transports.ws import websocket_handler
 from seedance.sessions.manager import SessionManager
 from seedance.sessions.store import open_store
@@ -243,6 +244,7 @@ def build_app(config: ServerConfig) -> web.Application:
         web.get("/health", readyz),  # the name vLLM, llama-server and TGI use: readiness (503 until loaded)
         web.get("/stats", stats),
         web.get("/v1/stream", websocket_handler),
+        web.get("/v1/realtime", realtime_handler),
         web.get("/v1/models", openai_api.models),
         web.get("/v1/models/{model_id}", openai_api.model),
         web.post("/v1/completions", openai_api.completions),

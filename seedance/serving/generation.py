@@ -48,6 +48,9 @@ class Generation:
     output_token_ids: list[int] = field(default_factory=list)
     output_text: list[str] = field(default_factory=list)
     cancelled: bool = False  # the client cancelled: its end goes out whatever the credit
+    # A cancelled session turn still extends the history with the output taken so far (realtime barge-in: the
+    # answer the client saw stays in the conversation); otherwise a cancelled turn leaves the history as it was.
+    keep_on_cancel: bool = False
     final: TokenEvent | None = None
     log: ReplayLog | None = None  # kept for session requests only (replay)
     on_finish: Callable[[Generation], None] | None = None

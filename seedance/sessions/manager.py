@@ -144,6 +144,12 @@ class SessionManager:
         self.sessions.pop(session.id, None)
         self.engine.unpin(session.id)
 
+    def drop(self, session: Session) -> None:
+        """A session whose client will not come back (an unnamed realtime conversation whose connection closed):
+        out of memory now and its KV unpinned, rather than holding the pin until the idle TTL."""
+        if not session.busy and self.sessions.get(session.id) is session:
+            self._evict(session)
+
     def evict_idle(self, now: float | None = None) -> int:
         now = time.monotonic() if now is None else now
         idle = [s for s in self.sessions.values() if not s.busy and now - s.last_active > self.idle_ttl_s]
@@ -181,7 +187,8 @@ class SessionManager:
         session.last_active = time.monotonic()
         self._stop_detached(session)
         final = request.final
-        if final.finish_reason not in (FinishReason.STOP, FinishReason.LENGTH):
+        kept = request.keep_on_cancel and final.finish_reason is FinishReason.CANCELLED
+        if final.finish_reason not in (FinishReason.STOP, FinishReason.LENGTH) and not kept:
             return
         session.token_ids = request.prompt_token_ids + request.output_token_ids
         session.turn += 1

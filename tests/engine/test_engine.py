@@ -391,3 +391,34 @@ async def test_grammars_compile_off_the_event_loop_once_and_bad_ones_are_refused
     assert json.loads(texts[0]).keys() == {"a"} and texts[0] == texts[1]
     assert threads and threading.main_thread() not in threads
     assert len(guides._cache) == 1  # the second request reused the first one's compile
+
+
+async def test_a_turn_cut_short_keeps_the_kv_of_what_it_kept(engine):
+    """A cancel with keep_tokens (realtime barge-in) pins that prefix; the next turn continues from it and gets
+    exactly what recomputing the kept history from scratch gives."""
+    tok = engine.tokenizer
+    params = SamplingParams(max_tokens=200, temperature=0, ignore_eos=True)
+    prompt = tok.encode("And God said unto Moses,")
+    stream = await engine.submit(GenerateRequest(prompt_token_ids=prompt, params=params, pin_key="cut-1"))
+    taken: list[int] = []
+    async for event in stream:
+        taken.append(event.token_id)
+        if len(taken) == 7:
+            break_at = len(prompt) + len(taken) - 2  # kept: less than was computed, inside a partial block
+            engine.cancel(stream.request_id, keep_tokens=break_at)
+            break
+    await asyncio.sleep(0.05)
+    kept = (prompt + taken)[:break_at]
+    follow = kept + tok.encode(" And Moses answered,")
+    short = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    events = [e async for e in engine.generate(GenerateRequest(prompt_token_ids=follow, params=short,
+                                                               pin_key="cut-1"))]
+    assert break_at % engine.engine.block_manager.block_size  # the cut is inside a block
+    assert events[0].num_cached_tokens == break_at  # all of what was kept, the partial block's part included
+    fresh = await AsyncEngine.create(EngineConfig(num_kv_blocks=256, enable_prefix_caching=False))
+    try:
+        recomputed = [e async for e in fresh.generate(GenerateRequest(prompt_token_ids=follow, params=short))]
+    finally:
+        await fresh.close()
+    assert tokens_of(recomputed) == tokens_of(events)
+    engine.unpin("cut-1")

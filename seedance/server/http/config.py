@@ -28,6 +28,7 @@ class ServerConfig:
     max_message_bytes: int = 1 << 20  # larger client messages close the socket with 1009
     max_connections: int = 1024  # beyond it new WebSockets are closed with 1013
     max_requests_per_connection: int = 32  # beyond it generate gets error too_many_requests
+    realtime_max_items: int = 1000  # conversation items per /v1/realtime connection; beyond: error too_many_items
     heartbeat_interval_s: float = 15.0  # server pings this often
     heartbeat_max_missed: int = 2  # unanswered pings before closing with 4000
     keepalive: str = "conservative"  # TCP keepalive preset: conservative | aggressive | off
@@ -148,7 +149,7 @@ class ServerConfig:
         self.validate_model()
         for name in ("listen_backlog", "max_message_bytes", "max_connections", "max_requests_per_connection",
                      "heartbeat_max_missed", "max_jobs", "max_embedding_inputs", "max_embedding_tokens",
-                     "max_pending_embeddings"):
+                     "max_pending_embeddings", "realtime_max_items"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
 

@@ -62,6 +62,7 @@ ROUTE_SCOPES = {
     "/v1/embeddings": SCOPE_GENERATE,
     "/tokenize": SCOPE_GENERATE,
     "/detokenize": SCOPE_GENERATE,
+    "/v1/realtime": SCOPE_GENERATE,
 }
 
 
