@@ -33,6 +33,7 @@ from seedance.engine.config import EngineConfig
 from seedance.engine.errors import EngineOverloaded, InvalidRequest
 from seedance.engine.events import FinishReason, TokenEvent
 from seedance.engine.llm_engine import EngineStats, LLMEngine
+from seedance.engine.prompt_embeds import PromptEmbeds, assemble_prompt, check_rows
 from seedance.engine.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,15 @@ _ids = itertools.count()
 
 @dataclass(slots=True)
 class GenerateRequest:
-    """Exactly one of prompt (text), prompt_token_ids or messages (chat) is given."""
+    """Exactly one of prompt (text), prompt_token_ids, messages (chat) or prompt_parts is given."""
 
     prompt: str | None = None
     prompt_token_ids: list[int] | None = None
     messages: list[dict[str, str]] | None = None
+    # A segmented prompt: text, token ids and embedding rows ([n, hidden_size] tensors) in order (prompt_embeds.py).
+    prompt_parts: list[str | list[int] | object] | None = None
+    # The embedding rows of prompt_token_ids (whose content ids stand for them); tokenize() sets it for parts.
+    prompt_embeds: PromptEmbeds | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
     priority: int = 0
     request_id: str | None = None
@@ -190,22 +195,38 @@ class AsyncEngine:
         return self.max_prompt_tokens * self.tokenizer.max_token_chars if self.tokenizer is not None else None
 
     def _check_given(self, request: GenerateRequest) -> None:
-        given = sum(x is not None for x in (request.prompt, request.prompt_token_ids, request.messages))
-        if given != 1:
-            raise InvalidRequest("give exactly one of prompt, prompt_token_ids, messages")
-        if request.prompt_token_ids is None and self.tokenizer is None:
+        inputs = (request.prompt, request.prompt_token_ids, request.messages, request.prompt_parts)
+        if sum(x is not None for x in inputs) != 1:
+            raise InvalidRequest("give exactly one of prompt, prompt_token_ids, messages, prompt_parts")
+        texts = [p for p in request.prompt_parts or () if isinstance(p, str)]
+        if self.tokenizer is None and (request.prompt is not None or request.messages is not None or texts):
             raise InvalidRequest("this model has no tokenizer: send prompt_token_ids")
         if request.prompt_token_ids is None:
             chars = len(request.prompt) if request.prompt is not None else sum(
-                len(m.get("content", "")) for m in request.messages or [])
+                len(m.get("content", "")) for m in request.messages or []) + sum(map(len, texts))
             if chars > self.max_prompt_chars:
                 raise InvalidRequest(f"prompt has {chars} characters, certainly more tokens than allowed: the limit "
                                      f"is {self.max_prompt_tokens} tokens (at most {self.max_prompt_chars} characters)")
 
     def _encode(self, request: GenerateRequest) -> list[int]:
+        if request.prompt_parts is not None:
+            return self._assemble(request)
         if request.messages is not None:
             return self.tokenizer.apply_chat_template(request.messages)
         return self.tokenizer.encode(request.prompt)
+
+    def _assemble(self, request: GenerateRequest) -> list[int]:
+        """A segmented prompt's ids; its embedding rows (checked: shape, dtype, NaN/Inf) go to prompt_embeds."""
+        parts: list[list[int] | object] = []
+        for i, part in enumerate(request.prompt_parts):
+            if isinstance(part, str):
+                parts.append(self.tokenizer.encode(part))
+            elif isinstance(part, list):
+                parts.append(part)
+            else:
+                parts.append(check_rows(part, self.engine.hidden_size, f"prompt part {i}"))
+        ids, request.prompt_embeds = assemble_prompt(parts)
+        return ids
 
     async def tokenize(self, request: GenerateRequest) -> list[int]:
         """The request's prompt as token ids, tokenized off the event loop (a text prompt certainly too long is
@@ -226,13 +247,14 @@ class AsyncEngine:
         """Tokenize (off the loop), then admit the request or raise (InvalidRequest, EngineOverloaded); admission
         itself never waits."""
         token_ids = await self.tokenize(request)
+        embeds = request.prompt_embeds
         if self._closed:
             raise EngineOverloaded("engine is shutting down")
         request_id = request.request_id or f"req-{next(_ids)}"
         if request_id in self._streams:
             raise InvalidRequest(f"duplicate request id {request_id!r}")
         pending = self._submitted - self._added
-        self.engine.check_admission(request_id, token_ids, request.params, pending=pending)
+        self.engine.check_admission(request_id, token_ids, request.params, pending=pending, prompt_embeds=embeds)
         stream = RequestStream(self, request_id, len(token_ids))
         self._streams[request_id] = stream
         self._submitted += 1
@@ -242,7 +264,7 @@ class AsyncEngine:
             self._added += 1
             if request_id in self._streams:  # not cancelled before it was added
                 self.engine.add_request(request_id, token_ids, request.params, request.priority, arrival,
-                                        pin_key=request.pin_key)
+                                        pin_key=request.pin_key, prompt_embeds=embeds)
 
         self._command(add)
         return stream

@@ -14,6 +14,7 @@ from seedance.engine.errors import EngineOverloaded, InvalidRequest, RequestNotF
 from seedance.engine.events import FinishReason, TokenEvent
 from seedance.engine.model_runner import ModelRunner
 from seedance.engine.output_processor import RequestOutputState
+from seedance.engine.prompt_embeds import PromptEmbeds
 from seedance.engine.sampling_params import SamplingParams
 from seedance.engine.scheduler import Scheduler
 from seedance.engine.sequence import Sequence, SequenceStatus
@@ -59,6 +60,8 @@ class LLMEngine:
         # tokenizer_loaded, kv_allocated (from_config), warmup_done (warmup); the server's cold-start marks.
         self.load_times: dict[str, int] = {}
         self.model_name: str | None = None  # the model's own name (models/loader.py served_name); None: synthetic
+        # Width of the prompt embedding rows the model takes (its hidden size); None: it takes none (synthetic).
+        self.hidden_size: int | None = getattr(runner, "hidden_size", None)
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> LLMEngine:
@@ -114,9 +117,16 @@ class LLMEngine:
 
     # ---- admission --------------------------------------------------------------------------------
     def check_admission(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, pending: int = 0
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        pending: int = 0,
+        prompt_embeds: PromptEmbeds | None = None,
     ) -> None:
-        """Raise InvalidRequest / EngineOverloaded now rather than let a request grow memory later."""
+        """Raise InvalidRequest / EngineOverloaded now rather than let a request grow memory later. Embedding
+        rows count as prompt tokens; their positions hold content ids (prompt_embeds.py), the only negative ids
+        a prompt may have."""
         params.validate()
         if request_id in self.requests:
             raise InvalidRequest(f"duplicate request id {request_id!r}")
@@ -132,8 +142,13 @@ class LLMEngine:
             raise InvalidRequest(
                 f"prompt has {len(prompt_token_ids)} tokens; the model's context is {self.max_model_len}"
             )
+        num_rows = prompt_embeds.num_rows if prompt_embeds is not None else 0
+        if num_rows and self.hidden_size is None:
+            raise InvalidRequest("this model takes no prompt embeddings")
+        if sum(t < 0 for t in prompt_token_ids) != num_rows:
+            raise InvalidRequest("prompt token id out of the vocabulary")
         vocab = self.tokenizer.vocab_size if self.tokenizer else None
-        if vocab is not None and (min(prompt_token_ids) < 0 or max(prompt_token_ids) >= vocab):
+        if vocab is not None and max(prompt_token_ids) >= vocab:
             raise InvalidRequest("prompt token id out of the vocabulary")
         if self.block_manager.blocks_needed(len(prompt_token_ids) + 1) > self.block_manager.num_blocks:
             raise InvalidRequest("prompt does not fit in the KV cache")
@@ -148,16 +163,19 @@ class LLMEngine:
         priority: int = 0,
         arrival_time: float | None = None,
         pin_key: str | None = None,
+        prompt_embeds: PromptEmbeds | None = None,
     ) -> None:
         """pin_key: when the request completes, keep its KV pinned under this key (a session) so the
-        conversation's next turn reuses it instead of recomputing."""
-        self.check_admission(request_id, prompt_token_ids, params)
+        conversation's next turn reuses it instead of recomputing. prompt_embeds: the embedding rows of a
+        prompt built by prompt_embeds.assemble_prompt (prompt_token_ids then holds their content ids)."""
+        self.check_admission(request_id, prompt_token_ids, params, prompt_embeds=prompt_embeds)
         seq = Sequence(
             request_id,
             prompt_token_ids,
             params,
             priority,
             time.monotonic() if arrival_time is None else arrival_time,
+            prompt_embeds,
         )
         seq.pin_key = pin_key
         self.requests[request_id] = RequestOutputState(
