@@ -33,7 +33,7 @@ from seedance.engine.config import EngineConfig
 from seedance.engine.errors import EngineOverloaded, InvalidRequest
 from seedance.engine.events import FinishReason, TokenEvent
 from seedance.engine.llm_engine import EngineStats, LLMEngine
-from seedance.engine.prompt_embeds import PromptEmbeds, assemble_prompt, check_rows
+from seedance.engine.prompt_embeds import EncodedRows, PromptEmbeds, assemble_prompt, check_rows, decode_rows
 from seedance.engine.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ class GenerateRequest:
     prompt: str | None = None
     prompt_token_ids: list[int] | None = None
     messages: list[dict[str, str]] | None = None
-    # A segmented prompt: text, token ids and embedding rows ([n, hidden_size] tensors) in order (prompt_embeds.py).
+    # A segmented prompt, in order: text, token ids, embedding rows ([n, hidden_size] tensors, or EncodedRows as
+    # they came on the wire); see prompt_embeds.py.
     prompt_parts: list[str | list[int] | object] | None = None
     # The embedding rows of prompt_token_ids (whose content ids stand for them); tokenize() sets it for parts.
     prompt_embeds: PromptEmbeds | None = None
@@ -65,6 +66,7 @@ class RequestStream:
         self.engine = engine
         self.request_id = request_id
         self.num_prompt_tokens = num_prompt_tokens
+        self.is_multimodal = False  # its prompt has embedding rows or image features (MTF1's is_multimodal flag)
         self.queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
         self.finished = False
         # Called after each delivery; a transport points it at its connection's wake-up event so one
@@ -223,6 +225,9 @@ class AsyncEngine:
                 parts.append(self.tokenizer.encode(part))
             elif isinstance(part, list):
                 parts.append(part)
+            elif isinstance(part, EncodedRows):
+                limit = self.config.max_prompt_embeds_bytes
+                parts.append(decode_rows(part, self.engine.hidden_size, limit, f"prompt part {i}"))
             else:
                 parts.append(check_rows(part, self.engine.hidden_size, f"prompt part {i}"))
         ids, request.prompt_embeds = assemble_prompt(parts)
@@ -256,6 +261,7 @@ class AsyncEngine:
         pending = self._submitted - self._added
         self.engine.check_admission(request_id, token_ids, request.params, pending=pending, prompt_embeds=embeds)
         stream = RequestStream(self, request_id, len(token_ids))
+        stream.is_multimodal = embeds is not None
         self._streams[request_id] = stream
         self._submitted += 1
         arrival = time.monotonic()

@@ -26,6 +26,9 @@ class EngineConfig:
     # Text prompts are tokenized (and chat-templated) on a worker thread, off the event loop; at most this many
     # wait for it at once, beyond that submit() raises EngineOverloaded.
     max_pending_tokenize: int = 64
+    # Largest embedding payload one prompt part may carry (decoded bytes: raw f32le or a torch.save'd tensor);
+    # checked before it is parsed. The rows also count as prompt tokens against max_prompt_tokens.
+    max_prompt_embeds_bytes: int = 32 * 1024 * 1024
     aging_interval_s: float = 2.0  # every interval waited raises a request's priority by one level
     enable_prefix_caching: bool = True
     max_pinned_kv_fraction: float = 0.5  # share of the KV pool idle sessions may pin for their next turn

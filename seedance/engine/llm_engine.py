@@ -145,8 +145,9 @@ class LLMEngine:
         num_rows = prompt_embeds.num_rows if prompt_embeds is not None else 0
         if num_rows and self.hidden_size is None:
             raise InvalidRequest("this model takes no prompt embeddings")
-        if sum(t < 0 for t in prompt_token_ids) != num_rows:
-            raise InvalidRequest("prompt token id out of the vocabulary")
+        if sum(t < 0 for t in prompt_token_ids) != num_rows:  # content ids without their rows (or forged ones)
+            raise InvalidRequest("prompt token id out of the vocabulary (a negative id stands for an embedding row "
+                                 "this request does not carry)")
         vocab = self.tokenizer.vocab_size if self.tokenizer else None
         if vocab is not None and max(prompt_token_ids) >= vocab:
             raise InvalidRequest("prompt token id out of the vocabulary")
@@ -206,6 +207,8 @@ class LLMEngine:
             finish_reason=reason,
             num_prompt_tokens=seq.num_prompt_tokens,
             num_cached_tokens=seq.num_cached_tokens,
+            num_embedding_tokens=seq.num_prompt_rows("embedding"),
+            num_image_tokens=seq.num_prompt_rows("image"),
         )
 
     def pause(self, request_id: str) -> None:

@@ -10,8 +10,12 @@ different embeddings apart and finds the same embedding again, without knowing a
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import blake3
 import numpy as np
@@ -28,10 +32,20 @@ _ID_SPACE = 2**62  # content ids lie in [-2**62, -1]: far from any vocabulary, a
 
 
 @dataclass(frozen=True, slots=True)
+class EncodedRows:
+    """Embedding rows as they came on the wire, decoded on the engine's tokenizer thread (not the event loop).
+    f32le: raw little-endian float32, row after row; torch: a torch.save'd tensor, as vLLM's prompt_embeds."""
+
+    data: bytes | str  # the bytes, or their standard base64
+    format: Literal["f32le", "torch"] = "f32le"
+
+
+@dataclass(frozen=True, slots=True)
 class EmbedSegment:
     start: int  # the prompt position of its first row
     rows: torch.Tensor  # [n, hidden_size], CPU, one of ACCEPTED_DTYPES
     digest: bytes  # BLAKE3 of dtype, shape and bytes
+    kind: str = "embedding"  # "embedding" (sent by the client) or "image" (features of an image encoder)
 
     @property
     def end(self) -> int:
@@ -47,6 +61,17 @@ class PromptEmbeds:
     @property
     def num_rows(self) -> int:
         return sum(s.rows.shape[0] for s in self.segments)
+
+    def count(self, kind: str) -> int:
+        return sum(s.rows.shape[0] for s in self.segments if s.kind == kind)
+
+    @staticmethod
+    def join(head: PromptEmbeds | None, offset: int, tail: PromptEmbeds | None) -> PromptEmbeds | None:
+        """The embeddings of a prompt made of head's prompt and, from position offset on, tail's (a session's
+        history and its new turn): tail's segments move by offset."""
+        moved = tuple(EmbedSegment(s.start + offset, s.rows, s.digest, s.kind) for s in tail.segments) if tail else ()
+        segments = (head.segments if head else ()) + moved
+        return PromptEmbeds(segments) if segments else None
 
     def rows_in(self, start: int, end: int) -> list[tuple[int, torch.Tensor]]:
         """(offset from start, rows) for every row whose position lies in [start, end)."""
@@ -80,6 +105,36 @@ def check_rows(rows: torch.Tensor, hidden_size: int | None, what: str = "prompt 
     return rows
 
 
+def decode_rows(encoded: EncodedRows, hidden_size: int | None, max_bytes: int, what: str) -> torch.Tensor:
+    """The tensor that encoded holds, bounded by max_bytes before anything is parsed; never unpickles anything
+    but tensors (torch.load weights_only, as vLLM does). InvalidRequest for anything else."""
+    if hidden_size is None:
+        raise InvalidRequest("this model takes no prompt embeddings")
+    data = encoded.data
+    if isinstance(data, str):
+        if len(data) > max_bytes * 4 // 3 + 4:
+            raise InvalidRequest(f"{what} is over the limit of {max_bytes} bytes")
+        try:
+            data = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidRequest(f"{what} is not valid base64") from None
+    if len(data) > max_bytes:
+        raise InvalidRequest(f"{what} has {len(data)} bytes, over the limit of {max_bytes}")
+    if encoded.format == "f32le":
+        width = 4 * hidden_size
+        if not data or len(data) % width:
+            raise InvalidRequest(f"{what}: {len(data)} bytes is not a whole number of rows of {hidden_size} "
+                                 "float32 values")
+        rows = torch.from_numpy(np.frombuffer(data, dtype="<f4").astype(np.float32).reshape(-1, hidden_size))
+        return check_rows(rows, hidden_size, what)
+    try:
+        with torch.sparse.check_sparse_tensor_invariants():
+            rows = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except Exception as err:  # untrusted bytes: whatever the parser makes of them, the request is what is wrong
+        raise InvalidRequest(f"{what} is not a torch.save'd tensor ({type(err).__name__})") from None
+    return check_rows(rows, hidden_size, what)
+
+
 def digest_of(rows: torch.Tensor) -> bytes:
     raw = rows.view(torch.int16 if rows.element_size() == 2 else torch.int32).numpy().tobytes()
     header = f"{rows.dtype}:{list(rows.shape)}:".encode()
@@ -92,15 +147,18 @@ def content_ids(digest: bytes, n: int) -> list[int]:
     return (-(np.arange(base, base + n, dtype=np.int64) + 1)).tolist()
 
 
-def assemble_prompt(parts: Iterable[list[int] | torch.Tensor]) -> tuple[list[int], PromptEmbeds | None]:
-    """Token-id lists and checked embedding tensors, in order, as one prompt: its ids (content ids for the
-    rows) and its embeddings (None when it has none)."""
+def assemble_prompt(
+    parts: Iterable[list[int] | torch.Tensor | tuple[str, torch.Tensor]],
+) -> tuple[list[int], PromptEmbeds | None]:
+    """Token-id lists and checked embedding tensors (bare, or (kind, tensor)), in order, as one prompt: its ids
+    (content ids for the rows) and its embeddings (None when it has none)."""
     ids: list[int] = []
     segments: list[EmbedSegment] = []
     for part in parts:
+        kind, part = part if isinstance(part, tuple) else ("embedding", part)
         if isinstance(part, torch.Tensor):
             digest = digest_of(part)
-            segments.append(EmbedSegment(len(ids), part, digest))
+            segments.append(EmbedSegment(len(ids), part, digest, kind))
             ids += content_ids(digest, part.shape[0])
         else:
             ids += part

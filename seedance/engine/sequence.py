@@ -80,6 +80,10 @@ class Sequence:
     def __repr__(self) -> str:
         return f"Sequence({self.request_id!r}, {self.status.name}, {self.num_computed_tokens}/{len(self)})"
 
+    def num_prompt_rows(self, kind: str) -> int:
+        """Prompt positions filled by embedding rows of this kind ("embedding" or "image")."""
+        return self.prompt_embeds.count(kind) if self.prompt_embeds is not None else 0
+
     @property
     def num_output_tokens(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens

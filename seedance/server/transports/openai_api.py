@@ -19,6 +19,7 @@ from aiohttp import web
 from seedance.engine.async_engine import AsyncEngine, GenerateRequest
 from seedance.engine.errors import EngineError
 from seedance.engine.events import FinishReason
+from seedance.engine.prompt_embeds import EncodedRows
 from seedance.engine.sampling_params import SamplingParams
 from seedance.observability.logs import set_request_context
 from seedance.protocol.messages import MAX_ID_LENGTH
@@ -117,7 +118,12 @@ def parse_completion(body: dict) -> ParsedRequest:
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]  # a batch of one
-    if isinstance(prompt, str):
+    embeds = _prompt_embeds(body)
+    if embeds is not None:
+        if prompt not in (None, "", []):
+            raise HttpError(400, "invalid_request", "give prompt or prompt_embeds, not both (one prompt)", "prompt")
+        request = GenerateRequest(prompt_parts=[embeds], params=params)
+    elif isinstance(prompt, str):
         request = GenerateRequest(prompt=prompt, params=params)
     elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         request = GenerateRequest(prompt_token_ids=prompt, params=params)
@@ -127,6 +133,20 @@ def parse_completion(body: dict) -> ParsedRequest:
     request.priority = _get(body, "priority", (int,), 0)
     return ParsedRequest(request, bool(_get(body, "stream", (bool,), False)), _include_usage(body), logprobs,
                          _session(body))
+
+
+def _prompt_embeds(body: dict) -> EncodedRows | None:
+    """vLLM's prompt_embeds: base64 of a torch.save'd [n, hidden_size] tensor (a batch of one may be a list of
+    one). Decoded, bounded and checked on the engine's tokenizer thread: torch.load(weights_only=True), no other
+    unpickling (engine/prompt_embeds.py)."""
+    embeds = body.get("prompt_embeds")
+    if isinstance(embeds, list) and len(embeds) == 1:
+        embeds = embeds[0]
+    if embeds is None:
+        return None
+    if not isinstance(embeds, str) or not embeds:
+        raise HttpError(400, "invalid_request", "prompt_embeds must be a base64 string (one prompt)", "prompt_embeds")
+    return EncodedRows(embeds, "torch")
 
 
 def parse_chat(body: dict) -> ParsedRequest:
@@ -233,7 +253,7 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
             obs.sent()
         if final is None or final.finish_reason is FinishReason.ERROR:
             raise HttpError(500, "internal", "generation failed")
-        usage = fmt.usage(stream.num_prompt_tokens, gen.completion_tokens, final.num_cached_tokens)
+        usage = fmt.usage(stream.num_prompt_tokens, gen.completion_tokens, final.num_cached_tokens, final)
         body = fmt.full("".join(gen.output_text), logprobs, openai_finish_reason(final.finish_reason), usage)
         return web.json_response(body)
 
