@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from seedance.engine.config import EngineConfig
 from seedance.engine.errors import EngineOverloaded, InvalidRequest
 from seedance.engine.events import FinishReason, TokenEvent
+from seedance.engine.image_prompt import build_image_prompt, content_chars, count_images, for_template
 from seedance.engine.llm_engine import EngineStats, LLMEngine
 from seedance.engine.prompt_embeds import EncodedRows, PromptEmbeds, assemble_prompt, check_rows, decode_rows
 from seedance.engine.sampling_params import SamplingParams
@@ -46,7 +47,9 @@ class GenerateRequest:
 
     prompt: str | None = None
     prompt_token_ids: list[int] | None = None
-    messages: list[dict[str, str]] | None = None
+    # Chat turns; a content may be a list of parts: {"type": "text", "text"} and, for a model that takes images,
+    # {"type": "image", "image": ImageInput} (engine/image_prompt.py).
+    messages: list[dict] | None = None
     # A segmented prompt, in order: text, token ids, embedding rows ([n, hidden_size] tensors, or EncodedRows as
     # they came on the wire); see prompt_embeds.py.
     prompt_parts: list[str | list[int] | object] | None = None
@@ -130,6 +133,10 @@ class AsyncEngine:
         self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedance-engine")
         # Tokenization has its own thread: the tokenizers library is not torch, and the engine thread is busy.
         self.tokenize_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedance-tokenize")
+        # Images have their own thread (decode, template, vision tower), so a large image never holds up text
+        # prompts behind it, nor the engine's steps: the engine thread only splices the features in.
+        self.vision_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedance-vision")
+        self._encoding = 0
         self._tokenizing = 0
         self._thread_done: Future | None = None
         self._closed = False
@@ -167,6 +174,7 @@ class AsyncEngine:
         await asyncio.sleep(0)  # let the last deliveries run
         self.executor.shutdown(wait=True)
         self.tokenize_executor.shutdown(wait=False, cancel_futures=True)
+        self.vision_executor.shutdown(wait=False, cancel_futures=True)
 
     async def run_on_engine_thread(self, fn: Callable[[], object]) -> object:
         """Run fn on the engine thread between two steps and return its result (torch work that must share
@@ -203,9 +211,14 @@ class AsyncEngine:
         texts = [p for p in request.prompt_parts or () if isinstance(p, str)]
         if self.tokenizer is None and (request.prompt is not None or request.messages is not None or texts):
             raise InvalidRequest("this model has no tokenizer: send prompt_token_ids")
+        images = count_images(request.messages) if request.messages is not None else 0
+        if images and not self.engine.takes_images:
+            raise InvalidRequest("this model takes no images")
+        if images > self.config.max_images_per_prompt:
+            raise InvalidRequest(f"{images} images; the limit is {self.config.max_images_per_prompt} per prompt")
         if request.prompt_token_ids is None:
-            chars = len(request.prompt) if request.prompt is not None else sum(
-                len(m.get("content", "")) for m in request.messages or []) + sum(map(len, texts))
+            chars = len(request.prompt) if request.prompt is not None else content_chars(
+                request.messages or []) + sum(map(len, texts))
             if chars > self.max_prompt_chars:
                 raise InvalidRequest(f"prompt has {chars} characters, certainly more tokens than allowed: the limit "
                                      f"is {self.max_prompt_tokens} tokens (at most {self.max_prompt_chars} characters)")
@@ -214,11 +227,17 @@ class AsyncEngine:
         if request.prompt_parts is not None:
             return self._assemble(request)
         if request.messages is not None:
-            return self.tokenizer.apply_chat_template(request.messages)
+            if count_images(request.messages):
+                return self._assemble(request)
+            return self.tokenizer.apply_chat_template(for_template(request.messages, self.engine.takes_images))
         return self.tokenizer.encode(request.prompt)
 
     def _assemble(self, request: GenerateRequest) -> list[int]:
         """A segmented prompt's ids; its embedding rows (checked: shape, dtype, NaN/Inf) go to prompt_embeds."""
+        if request.prompt_parts is None:  # a chat with images: its features are the embeddings
+            parts = build_image_prompt(request.messages, self.tokenizer, self.engine.vision, self.config)
+            ids, request.prompt_embeds = assemble_prompt(parts)
+            return ids
         parts: list[list[int] | object] = []
         for i, part in enumerate(request.prompt_parts):
             if isinstance(part, str):
@@ -240,11 +259,20 @@ class AsyncEngine:
         self._check_given(request)
         if request.prompt_token_ids is not None:
             return list(request.prompt_token_ids)
+        loop = asyncio.get_running_loop()
+        if request.messages is not None and count_images(request.messages):
+            if self._encoding >= self.config.max_pending_tokenize:
+                raise EngineOverloaded(f"{self._encoding} image prompts are waiting to be encoded; retry later")
+            self._encoding += 1
+            try:
+                return await loop.run_in_executor(self.vision_executor, self._encode, request)
+            finally:
+                self._encoding -= 1
         if self._tokenizing >= self.config.max_pending_tokenize:
             raise EngineOverloaded(f"{self._tokenizing} prompts are waiting to be tokenized; retry later")
         self._tokenizing += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.tokenize_executor, self._encode, request)
+            return await loop.run_in_executor(self.tokenize_executor, self._encode, request)
         finally:
             self._tokenizing -= 1
 

@@ -62,6 +62,8 @@ class LLMEngine:
         self.model_name: str | None = None  # the model's own name (models/loader.py served_name); None: synthetic
         # Width of the prompt embedding rows the model takes (its hidden size); None: it takes none (synthetic).
         self.hidden_size: int | None = getattr(runner, "hidden_size", None)
+        # A LLaVA-family model's image encoder (models/llava.py VisionEncoder); None: the model takes no images.
+        self.vision = None
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> LLMEngine:
@@ -83,8 +85,14 @@ class LLMEngine:
             times = dict(loaded.timings)
             engine = cls(config, TorchModelRunner(loaded, config), loaded.tokenizer, loaded.max_model_len)
             engine.model_name = loaded.name
+            engine.vision = loaded.vision
         engine.load_times = {**times, "kv_allocated": time.time_ns()}  # the runner's KV pool + the block table
         return engine
+
+    @property
+    def takes_images(self) -> bool:
+        """The served model is multimodal (images in chat content parts); transports and /v1/models show it."""
+        return self.vision is not None
 
     def warmup(self, prompt_tokens: int = 16, decode_steps: int = 3) -> None:
         """Run one dummy request (a prefill, then decode_steps decodes, sampled with temperature / top-k / top-p)

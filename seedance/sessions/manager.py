@@ -86,6 +86,11 @@ class Session:
         return self.current is not None
 
 
+def _text_of(content) -> str:
+    """A message's text: its string, or its text parts (an image part has none)."""
+    return content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
+
+
 class SessionManager:
     def __init__(self, engine: AsyncEngine, store: SessionStore, *, max_sessions: int = 10_000,
                  idle_ttl_s: float = 3600.0, resume_grace_s: float = 60.0,
@@ -166,7 +171,7 @@ class SessionManager:
             raise SessionError("invalid_request", f"session {session.id!r} has a turn in progress "
                                                   f"({session.current.id!r}): wait for its done or cancel it", 409)
         input_text = request.prompt if request.prompt is not None else "\n".join(
-            m["content"] for m in request.messages or [])
+            _text_of(m["content"]) for m in request.messages or [])
         request.prompt = request.messages = request.prompt_parts = None
         request.prompt_embeds = PromptEmbeds.join(session.prompt_embeds, len(session.token_ids), request.prompt_embeds)
         session.pending_embeds = request.prompt_embeds
