@@ -28,6 +28,7 @@ INT32_MIN: Final = -(2**31)
 INT32_MAX: Final = 2**31 - 1
 UINT32_MAX: Final = 2**32 - 1
 MAX_ID_LENGTH: Final = 128
+MAX_PROMPT_PARTS: Final = 256  # parts of a segmented prompt, and content parts of one chat message
 
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
 TokenId = Annotated[int, msgspec.Meta(ge=0, le=UINT32_MAX)]
@@ -44,9 +45,30 @@ class _ClientBase(msgspec.Struct, tag_field="type", kw_only=True, forbid_unknown
     pass
 
 
+class ImageUrl(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    url: str  # a data: URL (data:image/png;base64,...); the server fetches nothing
+
+
+class _ContentBase(msgspec.Struct, tag_field="type", kw_only=True, forbid_unknown_fields=False):
+    pass
+
+
+class TextContent(_ContentBase, tag="text"):
+    text: str
+
+
+class ImageUrlContent(_ContentBase, tag="image_url"):
+    """An image, as OpenAI's chat content part (for models that take images)."""
+
+    image_url: ImageUrl
+
+
+ContentPart = TextContent | ImageUrlContent
+
+
 class ChatMessage(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     role: str
-    content: str
+    content: str | Annotated[list[ContentPart], msgspec.Meta(max_length=MAX_PROMPT_PARTS)]
 
 
 class _PartBase(msgspec.Struct, tag_field="type", kw_only=True, forbid_unknown_fields=False):
@@ -69,7 +91,6 @@ class EmbeddingPart(_PartBase, tag="embedding"):
 
 
 PromptPart = TextPart | TokensPart | EmbeddingPart
-MAX_PROMPT_PARTS: Final = 256
 
 
 class Generate(_ClientBase, tag="generate", kw_only=True):
@@ -109,6 +130,11 @@ class Generate(_ClientBase, tag="generate", kw_only=True):
                 _check_b64(part.b64, f"prompt_parts[{i}].b64")
         if self.prompt_b64 is not None:
             _check_b64(self.prompt_b64, "prompt_b64", self.prompt_format)
+
+    @property
+    def has_images(self) -> bool:
+        return any(isinstance(m.content, list) and any(isinstance(p, ImageUrlContent) for p in m.content)
+                   for m in self.messages or ())
 
     @property
     def is_embedding_prompt(self) -> bool:

@@ -28,6 +28,7 @@ from seedance.server.http.observability_http import OBS
 from seedance.server.http.security import authorize_generate, principal_of
 from seedance.server.http.state import STATE
 from seedance.server.transports.openai_format import OpenAIFormatter, openai_finish_reason
+from seedance.server.transports.requests import image_from_url
 from seedance.server.transports.sse_generation import SseGeneration
 from seedance.serving.generation import Generation, split_replay
 from seedance.sessions.manager import SessionError, scoped_key
@@ -149,6 +150,29 @@ def _prompt_embeds(body: dict) -> EncodedRows | None:
     return EncodedRows(embeds, "torch")
 
 
+def _content_parts(content: list, i: int):
+    """OpenAI content parts as the engine takes them: a string when all are text, else text and image parts.
+    An image_url must be a data: URL (the server fetches nothing); the image is decoded on the engine's vision
+    thread, and a model without images refuses it there (400 invalid_request)."""
+    parts = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "text": part["text"]})
+        elif kind == "image_url" and isinstance(part.get("image_url"), dict) and isinstance(
+                part["image_url"].get("url"), str):
+            try:
+                parts.append({"type": "image", "image": image_from_url(part["image_url"]["url"])})
+            except EngineError as err:
+                raise HttpError(400, "invalid_request", f"messages[{i}]: {err}", "messages") from None
+        else:
+            raise HttpError(400, "unsupported", "content parts are text or image_url ({url: data:...})",
+                            "messages")
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts)
+    return parts
+
+
 def parse_chat(body: dict) -> ParsedRequest:
     if body.get("tools") or body.get("functions"):
         raise HttpError(400, "unsupported", "tool calling is not supported", "tools")
@@ -160,14 +184,9 @@ def parse_chat(body: dict) -> ParsedRequest:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise HttpError(400, "invalid_request", f"messages[{i}] needs a role", "messages")
         content = m.get("content")
-        if isinstance(content, list):  # content parts: text only
-            texts = []
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise HttpError(400, "unsupported", "only text content parts are supported", "messages")
-                texts.append(part["text"])
-            content = "".join(texts)
-        if not isinstance(content, str):
+        if isinstance(content, list):  # content parts: text, and images for a model that takes them
+            content = _content_parts(content, i)
+        if not isinstance(content, str | list):
             raise HttpError(400, "invalid_request", f"messages[{i}].content must be a string", "messages")
         plain.append({"role": m["role"], "content": content})
     params = _common_params(body, 256)
@@ -337,7 +356,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 def _model_card(state) -> dict:
-    return {"id": state.config.model_name, "object": "model", "created": state.started_at, "owned_by": "seedance"}
+    """`input_modalities` (a Seedance extension): ["text", "image"] for a model that takes images."""
+    takes_images = state.engine is not None and state.engine.engine.takes_images
+    return {"id": state.config.model_name, "object": "model", "created": state.started_at, "owned_by": "seedance",
+            "input_modalities": ["text", "image"] if takes_images else ["text"]}
 
 
 async def models(request: web.Request) -> web.Response:

@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
+import re
+
 from seedance.engine.async_engine import GenerateRequest
+from seedance.engine.errors import InvalidRequest
+from seedance.engine.image_prompt import ImageInput
 from seedance.engine.prompt_embeds import EncodedRows
 from seedance.engine.sampling_params import SamplingParams
-from seedance.protocol import EmbeddingPart, Generate, TextPart, decode_binary_prompt
+from seedance.protocol import EmbeddingPart, Generate, ImageUrlContent, TextPart, decode_binary_prompt
+
+_DATA_URL = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,")
+
+
+def image_from_url(url: str) -> ImageInput:
+    """An image content part's data: URL as an ImageInput (its base64 is decoded on the vision thread). Any other
+    URL is refused: the server fetches nothing on a client's behalf."""
+    head = _DATA_URL.match(url[:128])
+    if head is None:
+        raise InvalidRequest("image_url.url must be a data:image/...;base64,... URL: this server fetches no URLs")
+    return ImageInput(url[head.end():])
+
+
+def chat_content(content):
+    """Wire content parts (text, image_url) -> the engine's: a string when there is no image, else parts."""
+    if isinstance(content, str):
+        return content
+    if not any(isinstance(p, ImageUrlContent) for p in content):
+        return "".join(p.text for p in content)
+    return [{"type": "image", "image": image_from_url(p.image_url.url)} if isinstance(p, ImageUrlContent)
+            else {"type": "text", "text": p.text} for p in content]
 
 
 def generate_request_from(msg: Generate, request_id: str) -> GenerateRequest:
@@ -31,7 +56,7 @@ def generate_request_from(msg: Generate, request_id: str) -> GenerateRequest:
     elif msg.prompt_b64 is not None:
         request.prompt_token_ids = decode_binary_prompt(msg)
     elif msg.messages is not None:
-        request.messages = [{"role": m.role, "content": m.content} for m in msg.messages]
+        request.messages = [{"role": m.role, "content": chat_content(m.content)} for m in msg.messages]
     else:
         request.prompt = msg.prompt
     return request
