@@ -5,13 +5,15 @@ transformers' LlavaForConditionalGeneration.generate token for token; data: URLs
 from __future__ import annotations
 
 import base64
+import json
 
 import openai
 import pytest
 from websockets.asyncio.client import connect
 
+from seedance.bench.llava_checkpoint import build_llava
 from tests.e2e.test_websocket import run_requests
-from tests.models.llava_files import build_tiny_llava
+from tests.e2e.wire import until
 from tests.models.test_llava import N_NEW, png
 
 MODEL = "tiny-llava"
@@ -19,7 +21,7 @@ MODEL = "tiny-llava"
 
 @pytest.fixture(scope="module")
 def llava_dir(tmp_path_factory):
-    return build_tiny_llava(tmp_path_factory.mktemp("models") / MODEL)
+    return build_llava(tmp_path_factory.mktemp("models") / MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +109,21 @@ async def test_a_text_model_refuses_images(server):
             {"role": "user", "content": content("What is this?", png(1))}]}]))["i"]
     assert [e["code"] for e in result["errors"]] == ["invalid_request"]
     assert "takes no images" in result["errors"][0]["message"]
+
+
+async def test_streaming_vision_session_keeps_earlier_frames(llava_server):
+    """Frames sent one by one as turns of a session: each turn's prompt holds every frame so far, but only the
+    new frame (and the new text) is computed; the earlier frames' KV is the session's."""
+    async with connect(llava_server.ws) as ws:
+        dones = []
+        for k in range(3):
+            turn = [{"role": "user", "content": content(png(40 + k), "And now?")}]
+            await ws.send(json.dumps({"type": "generate", "id": f"f{k}", "session": "video", "messages": turn,
+                                      "max_tokens": 3, "temperature": 0}))
+            seen = await until(ws, lambda m, k=k: m["id"] == f"f{k}" and m["type"] in ("done", "error"), 60)
+            assert seen[-1]["type"] == "done", seen[-1]
+            dones.append(seen[-1])
+    assert [d["usage"]["image_tokens"] for d in dones] == [16, 32, 48]
+    for done in dones[1:]:
+        new = done["usage"]["prompt_tokens"] - done["usage"]["cached_tokens"]
+        assert new <= 16 + 12 and done["kv_reuse"] > 0.5  # the new frame and a few text tokens

@@ -1,6 +1,7 @@
-"""LLaVA-family models: a tiny randomly initialised checkpoint built here (tests/models/llava_files.py) loads with
-our loader; greedy output for image+text chats equals transformers' LlavaForConditionalGeneration.generate token
-for token (the vision tower and projector through transformers' modules, the language model through our runner)."""
+"""LLaVA-family models: a tiny randomly initialised checkpoint built here (seedance/bench/llava_checkpoint.py)
+loads with our loader; greedy output for image+text chats equals transformers' LlavaForConditionalGeneration
+.generate token for token (the vision tower and projector through transformers' modules, the language model
+through our runner)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ import pytest_asyncio
 import torch
 from PIL import Image
 
+from seedance.bench.llava_checkpoint import build_llava
 from seedance.engine.async_engine import AsyncEngine, GenerateRequest
 from seedance.engine.config import EngineConfig
 from seedance.engine.errors import InvalidRequest
 from seedance.engine.image_prompt import ImageInput, for_template
 from seedance.engine.sampling_params import SamplingParams
-from tests.models.llava_files import build_tiny_llava
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 N_NEW = 12
@@ -32,7 +33,7 @@ def png(seed: int, size: tuple[int, int] = (40, 48)) -> bytes:
 
 @pytest.fixture(scope="module")
 def llava_dir(tmp_path_factory):
-    return build_tiny_llava(tmp_path_factory.mktemp("llava"))
+    return build_llava(tmp_path_factory.mktemp("llava"))
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
