@@ -259,22 +259,23 @@ class AsyncEngine:
         self._check_given(request)
         if request.prompt_token_ids is not None:
             return list(request.prompt_token_ids)
-        loop = asyncio.get_running_loop()
         if request.messages is not None and count_images(request.messages):
-            if self._encoding >= self.config.max_pending_tokenize:
-                raise EngineOverloaded(f"{self._encoding} image prompts are waiting to be encoded; retry later")
-            self._encoding += 1
-            try:
-                return await loop.run_in_executor(self.vision_executor, self._encode, request)
-            finally:
-                self._encoding -= 1
-        if self._tokenizing >= self.config.max_pending_tokenize:
-            raise EngineOverloaded(f"{self._tokenizing} prompts are waiting to be tokenized; retry later")
-        self._tokenizing += 1
+            return await self._off_loop(request, self.vision_executor, "_encoding", "image prompts are waiting "
+                                        "to be encoded")
+        return await self._off_loop(request, self.tokenize_executor, "_tokenizing", "prompts are waiting to be "
+                                    "tokenized")
+
+    async def _off_loop(self, request: GenerateRequest, executor: ThreadPoolExecutor, counter: str,
+                        waiting: str) -> list[int]:
+        """_encode(request) on executor, at most max_pending_tokenize waiting for it (counted in counter)."""
+        pending = getattr(self, counter)
+        if pending >= self.config.max_pending_tokenize:
+            raise EngineOverloaded(f"{pending} {waiting}; retry later")
+        setattr(self, counter, pending + 1)
         try:
-            return await loop.run_in_executor(self.tokenize_executor, self._encode, request)
+            return await asyncio.get_running_loop().run_in_executor(executor, self._encode, request)
         finally:
-            self._tokenizing -= 1
+            setattr(self, counter, getattr(self, counter) - 1)
 
     async def submit(self, request: GenerateRequest) -> RequestStream:
         """Tokenize (off the loop), then admit the request or raise (InvalidRequest, EngineOverloaded); admission

@@ -5,12 +5,11 @@ loop: base64, Pillow decoding, the template and the vision tower all happen ther
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 
 from seedance.engine.config import EngineConfig
 from seedance.engine.errors import InvalidRequest
+from seedance.engine.payload import payload_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,20 +53,6 @@ def for_template(messages: list[dict], multimodal: bool) -> list[dict]:
     return out
 
 
-def _image_bytes(image: ImageInput, limit: int, index: int) -> bytes:
-    data = image.data
-    if isinstance(data, str):
-        if len(data) > limit * 4 // 3 + 4:
-            raise InvalidRequest(f"image {index} is over the limit of {limit} bytes")
-        try:
-            data = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidRequest(f"image {index} is not valid base64") from None
-    if len(data) > limit:
-        raise InvalidRequest(f"image {index} has {len(data)} bytes, over the limit of {limit}")
-    return data
-
-
 def build_image_prompt(messages: list[dict], tokenizer, vision, config: EngineConfig) -> list:
     """The prompt parts (token-id lists and ("image", features) pairs) of a chat with images."""
     from seedance.models.llava import ImageError, decode_image
@@ -80,8 +65,8 @@ def build_image_prompt(messages: list[dict], tokenizer, vision, config: EngineCo
         raise InvalidRequest(f"the chat template rendered {len(marks)} image tokens for {len(images)} images "
                              "(an image token in the text, or a template without image support)")
     try:
-        decoded = [decode_image(_image_bytes(img, config.max_image_bytes, i), config.max_image_pixels)
-                   for i, img in enumerate(images)]
+        decoded = [decode_image(payload_bytes(img.data, config.max_image_bytes, f"image {i}"),
+                                config.max_image_pixels) for i, img in enumerate(images)]
     except ImageError as err:
         raise InvalidRequest(str(err)) from None
     features = vision.encode(decoded) if decoded else []

@@ -10,8 +10,6 @@ different embeddings apart and finds the same embedding again, without knowing a
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 
 from seedance.engine.errors import InvalidRequest
+from seedance.engine.payload import payload_bytes
 
 ACCEPTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # dtype -> (integer view, exponent mask): a value is NaN or infinite exactly when its exponent bits are all set.
@@ -110,16 +109,7 @@ def decode_rows(encoded: EncodedRows, hidden_size: int | None, max_bytes: int, w
     but tensors (torch.load weights_only, as vLLM does). InvalidRequest for anything else."""
     if hidden_size is None:
         raise InvalidRequest("this model takes no prompt embeddings")
-    data = encoded.data
-    if isinstance(data, str):
-        if len(data) > max_bytes * 4 // 3 + 4:
-            raise InvalidRequest(f"{what} is over the limit of {max_bytes} bytes")
-        try:
-            data = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidRequest(f"{what} is not valid base64") from None
-    if len(data) > max_bytes:
-        raise InvalidRequest(f"{what} has {len(data)} bytes, over the limit of {max_bytes}")
+    data = payload_bytes(encoded.data, max_bytes, what)
     if encoded.format == "f32le":
         width = 4 * hidden_size
         if not data or len(data) % width:
