@@ -24,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from seedance.bench.llava_checkpoint import BENCH, build_llava
+from seedance.bench.llava_checkpoint import BENCH, TINY, build_llava
 from seedance.bench.server_process import launch
 
 
 def png(seed: int, side: int = 224) -> bytes:
+    """A random-noise PNG (any size works: the model's image processor resizes it)."""
     from PIL import Image
 
     buf = io.BytesIO()
@@ -146,9 +147,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--image-gap-s", type=float, default=0.25)
     ap.add_argument("--max-num-batched-tokens", type=int, default=256)
     ap.add_argument("--frames", type=int, default=6)
+    ap.add_argument("--shape", choices=("bench", "tiny"), default="bench", help="tiny: the tests' checkpoint (smoke)")
     args = ap.parse_args(argv)
     if not (args.model_dir / "config.json").is_file():
-        build_llava(args.model_dir, BENCH)
+        build_llava(args.model_dir, BENCH if args.shape == "bench" else TINY)
     result = {"encode": encode_cost(args.model_dir)}
     server = launch({"model": args.model_dir, "dtype": "float32", "max_message_bytes": 8 << 20,
                      "max_images_per_prompt": max(16, args.frames),
