@@ -132,11 +132,6 @@ class Generate(_ClientBase, tag="generate", kw_only=True):
             _check_b64(self.prompt_b64, "prompt_b64", self.prompt_format)
 
     @property
-    def has_images(self) -> bool:
-        return any(isinstance(m.content, list) and any(isinstance(p, ImageUrlContent) for p in m.content)
-                   for m in self.messages or ())
-
-    @property
     def is_embedding_prompt(self) -> bool:
         """Its input has embedding rows (engine-side they are decoded and checked against the model)."""
         return (self.prompt_b64 is not None and self.prompt_format == "embedding_f32le") or any(

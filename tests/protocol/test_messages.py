@@ -508,3 +508,15 @@ def test_server_batch_errors(data: str, code: str, message: str) -> None:
     assert (info.value.code, info.value.message[: len(message)]) == (code, message)
     if code == "invalid_message":
         assert info.value.request_id == "a"
+
+
+def test_chat_content_parts_decode() -> None:
+    msg = decode({"type": "generate", "id": "c", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]})
+    text, image = msg.messages[0].content
+    assert (type(text).__name__, text.text) == ("TextContent", "What is this?")
+    assert image.image_url.url.startswith("data:image/png;base64,")
+    for bad in ([{"type": "image_url"}], [{"type": "audio", "data": ""}], [{"type": "text"}]):
+        err = error_of({"type": "generate", "id": "c", "messages": [{"role": "user", "content": bad}]})
+        assert err.code == "invalid_message" and err.request_id == "c"
