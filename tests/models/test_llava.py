@@ -116,3 +116,26 @@ async def test_huge_images_are_refused_from_their_header(engine, monkeypatch):
     monkeypatch.setattr(engine.config, "max_image_pixels", 32 * 32)
     with pytest.raises(InvalidRequest, match="pixels"):
         await engine.submit(GenerateRequest(messages=chat(png(1, (64, 64))), params=SamplingParams(max_tokens=2)))
+
+
+async def test_images_are_decoded_and_encoded_on_the_vision_thread(engine):
+    """Neither the event loop nor the engine thread decodes or encodes an image; text prompts keep their own
+    tokenizer thread, so they never wait behind an image."""
+    import threading
+
+    import seedance.models.llava as llava
+
+    seen: dict[str, list[str]] = {"decode": [], "encode": [], "text": []}
+    vision, decode, encode_text = engine.engine.vision, llava.decode_image, engine.tokenizer.encode
+    encode = vision.encode
+    llava.decode_image = lambda *a: seen["decode"].append(threading.current_thread().name) or decode(*a)
+    vision.encode = lambda imgs: seen["encode"].append(threading.current_thread().name) or encode(imgs)
+    engine.tokenizer.encode = lambda t: seen["text"].append(threading.current_thread().name) or encode_text(t)
+    try:
+        await ours(engine, chat(png(8), "Describe", png(9)))
+        await engine.tokenize(GenerateRequest(prompt="And God said"))
+    finally:
+        llava.decode_image, vision.encode, engine.tokenizer.encode = decode, encode, encode_text
+    assert len(seen["decode"]) == 2 and len(seen["encode"]) == 1
+    assert all(name.startswith("seedance-vision") for name in seen["decode"] + seen["encode"])
+    assert seen["text"] and all(name.startswith("seedance-tokenize") for name in seen["text"][-1:])
