@@ -34,6 +34,9 @@ class EngineConfig:
     max_images_per_prompt: int = 16
     max_image_pixels: int = 4096 * 4096
     max_image_bytes: int = 16 * 1024 * 1024
+    # A prompt with embedding rows or images is prefilled at most this many tokens per step (None: the step's
+    # budget, max_num_batched_tokens), so one image does not stall the running streams for a whole budget.
+    max_embed_chunk_tokens: int | None = 64
     aging_interval_s: float = 2.0  # every interval waited raises a request's priority by one level
     enable_prefix_caching: bool = True
     max_pinned_kv_fraction: float = 0.5  # share of the KV pool idle sessions may pin for their next turn

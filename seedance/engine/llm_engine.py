@@ -50,7 +50,8 @@ class LLMEngine:
         self.block_manager = BlockManager(runner.num_kv_blocks, config.block_size, config.enable_prefix_caching)
         self.block_manager.max_pinned_blocks = int(runner.num_kv_blocks * config.max_pinned_kv_fraction)
         self.scheduler = Scheduler(
-            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, config.aging_interval_s
+            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, config.aging_interval_s,
+            config.max_embed_chunk_tokens,
         )
         self.requests: dict[str, RequestOutputState] = {}
         self.eos_token_ids = tokenizer.eos_token_ids if tokenizer else frozenset()
