@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from seedance.engine.config import EngineConfig
 from seedance.engine.errors import EngineOverloaded, InvalidRequest
 from seedance.engine.events import FinishReason, TokenEvent
+from seedance.engine.image_prompt import build_image_prompt, content_chars, count_images, for_template
 from seedance.engine.llm_engine import EngineStats, LLMEngine
+from seedance.engine.prompt_embeds import EncodedRows, PromptEmbeds, assemble_prompt, check_rows, decode_rows
 from seedance.engine.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -41,11 +43,18 @@ _ids = itertools.count()
 
 @dataclass(slots=True)
 class GenerateRequest:
-    """Exactly one of prompt (text), prompt_token_ids or messages (chat) is given."""
+    """Exactly one of prompt (text), prompt_token_ids, messages (chat) or prompt_parts is given."""
 
     prompt: str | None = None
     prompt_token_ids: list[int] | None = None
-    messages: list[dict[str, str]] | None = None
+    # Chat turns; a content may be a list of parts: {"type": "text", "text"} and, for a model that takes images,
+    # {"type": "image", "image": ImageInput} (engine/image_prompt.py).
+    messages: list[dict] | None = None
+    # A segmented prompt, in order: text, token ids, embedding rows ([n, hidden_size] tensors, or EncodedRows as
+    # they came on the wire); see prompt_embeds.py.
+    prompt_parts: list[str | list[int] | object] | None = None
+    # The embedding rows of prompt_token_ids (whose content ids stand for them); tokenize() sets it for parts.
+    prompt_embeds: PromptEmbeds | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
     priority: int = 0
     request_id: str | None = None
@@ -61,6 +70,7 @@ class RequestStream:
         self.engine = engine
         self.request_id = request_id
         self.num_prompt_tokens = num_prompt_tokens
+        self.is_multimodal = False  # its prompt has embedding rows or image features (MTF1's is_multimodal flag)
         self.queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
         self.finished = False
         # Called after each delivery; a transport points it at its connection's wake-up event so one
@@ -124,6 +134,10 @@ class AsyncEngine:
         self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedance-engine")
         # Tokenization has its own thread: the tokenizers library is not torch, and the engine thread is busy.
         self.tokenize_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedance-tokenize")
+        # Images have their own thread (decode, template, vision tower), so a large image never holds up text
+        # prompts behind it, nor the engine's steps: the engine thread only splices the features in.
+        self.vision_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedance-vision")
+        self._encoding = 0
         self._tokenizing = 0
         self._thread_done: Future | None = None
         self._closed = False
@@ -161,6 +175,7 @@ class AsyncEngine:
         await asyncio.sleep(0)  # let the last deliveries run
         self.executor.shutdown(wait=True)
         self.tokenize_executor.shutdown(wait=False, cancel_futures=True)
+        self.vision_executor.shutdown(wait=False, cancel_futures=True)
 
     async def run_on_engine_thread(self, fn: Callable[[], object]) -> object:
         """Run fn on the engine thread between two steps and return its result (torch work that must share
@@ -191,24 +206,55 @@ class AsyncEngine:
         return self.max_prompt_tokens * self.tokenizer.max_token_chars if self.tokenizer is not None else None
 
     def _check_given(self, request: GenerateRequest) -> None:
-        given = sum(x is not None for x in (request.prompt, request.prompt_token_ids, request.messages))
-        if given != 1:
-            raise InvalidRequest("give exactly one of prompt, prompt_token_ids, messages")
-        if request.prompt_token_ids is None and self.tokenizer is None:
+        inputs = (request.prompt, request.prompt_token_ids, request.messages, request.prompt_parts)
+        if sum(x is not None for x in inputs) != 1:
+            raise InvalidRequest("give exactly one of prompt, prompt_token_ids, messages, prompt_parts")
+        texts = [p for p in request.prompt_parts or () if isinstance(p, str)]
+        if self.tokenizer is None and (request.prompt is not None or request.messages is not None or texts):
             raise InvalidRequest("this model has no tokenizer: send prompt_token_ids")
+        images = count_images(request.messages) if request.messages is not None else 0
+        if images and not self.engine.takes_images:
+            raise InvalidRequest("this model takes no images")
+        if images > self.config.max_images_per_prompt:
+            raise InvalidRequest(f"{images} images; the limit is {self.config.max_images_per_prompt} per prompt")
         if request.prompt_token_ids is None:
-            chars = len(request.prompt) if request.prompt is not None else sum(
-                len(m.get("content", "")) for m in request.messages or [])
+            chars = len(request.prompt) if request.prompt is not None else content_chars(
+                request.messages or []) + sum(map(len, texts))
             if chars > self.max_prompt_chars:
                 raise InvalidRequest(f"prompt has {chars} characters, certainly more tokens than allowed: the limit "
                                      f"is {self.max_prompt_tokens} tokens (at most {self.max_prompt_chars} characters)")
 
     def _encode(self, request: GenerateRequest) -> list[int]:
+        if request.prompt_parts is not None:
+            return self._assemble(request)
         if request.messages is not None:
+            if count_images(request.messages):
+                return self._assemble(request)
+            messages = for_template(request.messages, self.engine.takes_images)
             if request.tools:
-                return self.tokenizer.apply_chat_template(request.messages, tools=request.tools)
-            return self.tokenizer.apply_chat_template(request.messages)
+                return self.tokenizer.apply_chat_template(messages, tools=request.tools)
+            return self.tokenizer.apply_chat_template(messages)
         return self.tokenizer.encode(request.prompt)
+
+    def _assemble(self, request: GenerateRequest) -> list[int]:
+        """A segmented prompt's ids; its embedding rows (checked: shape, dtype, NaN/Inf) go to prompt_embeds."""
+        if request.prompt_parts is None:  # a chat with images: its features are the embeddings
+            parts = build_image_prompt(request.messages, self.tokenizer, self.engine.vision, self.config)
+            ids, request.prompt_embeds = assemble_prompt(parts)
+            return ids
+        parts: list[list[int] | object] = []
+        for i, part in enumerate(request.prompt_parts):
+            if isinstance(part, str):
+                parts.append(self.tokenizer.encode(part))
+            elif isinstance(part, list):
+                parts.append(part)
+            elif isinstance(part, EncodedRows):
+                limit = self.config.max_prompt_embeds_bytes
+                parts.append(decode_rows(part, self.engine.hidden_size, limit, f"prompt part {i}"))
+            else:
+                parts.append(check_rows(part, self.engine.hidden_size, f"prompt part {i}"))
+        ids, request.prompt_embeds = assemble_prompt(parts)
+        return ids
 
     async def tokenize(self, request: GenerateRequest) -> list[int]:
         """The request's prompt as token ids, tokenized off the event loop (a text prompt certainly too long is
@@ -217,13 +263,23 @@ class AsyncEngine:
         self._check_given(request)
         if request.prompt_token_ids is not None:
             return list(request.prompt_token_ids)
-        if self._tokenizing >= self.config.max_pending_tokenize:
-            raise EngineOverloaded(f"{self._tokenizing} prompts are waiting to be tokenized; retry later")
-        self._tokenizing += 1
+        if request.messages is not None and count_images(request.messages):
+            return await self._off_loop(request, self.vision_executor, "_encoding", "image prompts are waiting "
+                                        "to be encoded")
+        return await self._off_loop(request, self.tokenize_executor, "_tokenizing", "prompts are waiting to be "
+                                    "tokenized")
+
+    async def _off_loop(self, request: GenerateRequest, executor: ThreadPoolExecutor, counter: str,
+                        waiting: str) -> list[int]:
+        """_encode(request) on executor, at most max_pending_tokenize waiting for it (counted in counter)."""
+        pending = getattr(self, counter)
+        if pending >= self.config.max_pending_tokenize:
+            raise EngineOverloaded(f"{pending} {waiting}; retry later")
+        setattr(self, counter, pending + 1)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.tokenize_executor, self._encode, request)
+            return await asyncio.get_running_loop().run_in_executor(executor, self._encode, request)
         finally:
-            self._tokenizing -= 1
+            setattr(self, counter, getattr(self, counter) - 1)
 
     async def compile_guide(self, params: SamplingParams) -> None:
         """Compile (or find cached) the request's grammar on the tokenizer thread, so neither the event loop nor
@@ -238,14 +294,16 @@ class AsyncEngine:
         itself never waits."""
         token_ids = await self.tokenize(request)
         await self.compile_guide(request.params)
+        embeds = request.prompt_embeds
         if self._closed:
             raise EngineOverloaded("engine is shutting down")
         request_id = request.request_id or f"req-{next(_ids)}"
         if request_id in self._streams:
             raise InvalidRequest(f"duplicate request id {request_id!r}")
         pending = self._submitted - self._added
-        self.engine.check_admission(request_id, token_ids, request.params, pending=pending)
+        self.engine.check_admission(request_id, token_ids, request.params, pending=pending, prompt_embeds=embeds)
         stream = RequestStream(self, request_id, len(token_ids))
+        stream.is_multimodal = embeds is not None
         self._streams[request_id] = stream
         self._submitted += 1
         arrival = time.monotonic()
@@ -254,7 +312,7 @@ class AsyncEngine:
             self._added += 1
             if request_id in self._streams:  # not cancelled before it was added
                 self.engine.add_request(request_id, token_ids, request.params, request.priority, arrival,
-                                        pin_key=request.pin_key)
+                                        pin_key=request.pin_key, prompt_embeds=embeds)
 
         self._command(add)
         return stream

@@ -26,6 +26,17 @@ class EngineConfig:
     # Text prompts are tokenized (and chat-templated) on a worker thread, off the event loop; at most this many
     # wait for it at once, beyond that submit() raises EngineOverloaded.
     max_pending_tokenize: int = 64
+    # Largest embedding payload one prompt part may carry (decoded bytes: raw f32le or a torch.save'd tensor);
+    # checked before it is parsed. The rows also count as prompt tokens against max_prompt_tokens.
+    max_prompt_embeds_bytes: int = 32 * 1024 * 1024
+    # Images (LLaVA-family models): at most this many per prompt (video frames count one each), each at most
+    # max_image_pixels (checked from its header, before decoding) and max_image_bytes (the encoded file).
+    max_images_per_prompt: int = 16
+    max_image_pixels: int = 4096 * 4096
+    max_image_bytes: int = 16 * 1024 * 1024
+    # A prompt with embedding rows or images is prefilled at most this many tokens per step (None: the step's
+    # budget, max_num_batched_tokens), so one image does not stall the running streams for a whole budget.
+    max_embed_chunk_tokens: int | None = 64
     aging_interval_s: float = 2.0  # every interval waited raises a request's priority by one level
     enable_prefix_caching: bool = True
     max_pinned_kv_fraction: float = 0.5  # share of the KV pool idle sessions may pin for their next turn

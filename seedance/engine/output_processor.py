@@ -109,4 +109,6 @@ class RequestOutputState:
             stop_reason=stop_reason,
             num_prompt_tokens=seq.num_prompt_tokens,
             num_cached_tokens=seq.num_cached_tokens,
+            num_embedding_tokens=seq.num_prompt_rows("embedding"),
+            num_image_tokens=seq.num_prompt_rows("image"),
         )

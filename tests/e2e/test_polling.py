@@ -167,14 +167,14 @@ def test_unknown_job_is_404_json(http, method):
     ({"prompt": "x", "max_tokens": "lots"}, "invalid_message", "max_tokens: expected int, got str"),
     ({"prompt": "x", "max_tokens": 0}, "invalid_message", "max_tokens: expected int >= 1"),
     ({"prompt": 5}, "invalid_message", "prompt: expected str"),
-    ({}, "invalid_message", "exactly one of prompt, messages, prompt_b64 is required, got none"),
+    ({}, "invalid_message", "exactly one of prompt, messages, prompt_b64, prompt_parts is required, got none"),
     ({"prompt": "x", "messages": [{"role": "user", "content": "y"}]}, "invalid_message", "prompt and messages"),
     ({"prompt": "x", "temperature": -1}, "invalid_message", "temperature: expected float >= 0.0"),
     ({"type": "cancel", "prompt": "x"}, "invalid_request", "type must be 'generate'"),
     ({"type": "ping"}, "invalid_request", "type must be 'generate'"),
     ({"prompt": "", "max_tokens": 2}, "invalid_request", "prompt is empty"),
     ({"prompt": "x", "max_tokens": 100_000}, "invalid_request", "exceeds the limit"),
-    ({"prompt_b64": "AAAAAA==", "prompt_format": "embedding_f32le"}, "unsupported", "text-only"),
+    ({"prompt_b64": "AAAAAA==", "prompt_format": "embedding_f32le"}, "invalid_request", "whole number of rows"),
 ])
 def test_bad_bodies_get_400_with_a_precise_message(http, body, code, message):
     kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}

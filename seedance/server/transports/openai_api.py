@@ -19,7 +19,8 @@ from aiohttp import web
 
 from seedance.engine.async_engine import AsyncEngine, GenerateRequest, RequestStream
 from seedance.engine.errors import EngineError
-from seedance.engine.events import FinishReason
+from seedance.engine.events import FinishReason, TokenEvent
+from seedance.engine.prompt_embeds import EncodedRows
 from seedance.observability.logs import set_request_context
 from seedance.protocol.messages import MAX_ID_LENGTH
 from seedance.server.http.http_errors import HttpError, from_engine_error, read_json_object
@@ -30,6 +31,7 @@ from seedance.server.transports.openai_fields import check_fields
 from seedance.server.transports.openai_format import OpenAIFormatter, openai_finish_reason
 from seedance.server.transports.openai_params import INT64_MAX, choices_count, get_field, sampling_params
 from seedance.server.transports.openai_tools import ToolChoice, assistant_call_text, parse_tool_choice, tool_calls_of
+from seedance.server.transports.requests import image_from_url
 from seedance.server.transports.sse_generation import SseGeneration, sse_event
 from seedance.serving.generation import Generation, split_replay
 from seedance.sessions.manager import SessionError, scoped_key
@@ -63,7 +65,12 @@ def parse_completion(body: dict) -> ParsedRequest:
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]  # a batch of one
-    if isinstance(prompt, str):
+    embeds = _prompt_embeds(body)
+    if embeds is not None:
+        if prompt not in (None, "", []):
+            raise HttpError(400, "invalid_request", "give prompt or prompt_embeds, not both (one prompt)", "prompt")
+        request = GenerateRequest(prompt_parts=[embeds], params=params)
+    elif isinstance(prompt, str):
         request = GenerateRequest(prompt=prompt, params=params)
     elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         request = GenerateRequest(prompt_token_ids=prompt, params=params)
@@ -73,6 +80,43 @@ def parse_completion(body: dict) -> ParsedRequest:
     request.priority = _get(body, "priority", (int,), 0)
     return ParsedRequest(request, bool(_get(body, "stream", (bool,), False)), _include_usage(body), logprobs,
                          _session(body), choices_count(body))
+
+
+def _prompt_embeds(body: dict) -> EncodedRows | None:
+    """vLLM's prompt_embeds: base64 of a torch.save'd [n, hidden_size] tensor (a batch of one may be a list of
+    one). Decoded, bounded and checked on the engine's tokenizer thread: torch.load(weights_only=True), no other
+    unpickling (engine/prompt_embeds.py)."""
+    embeds = body.get("prompt_embeds")
+    if isinstance(embeds, list) and len(embeds) == 1:
+        embeds = embeds[0]
+    if embeds is None:
+        return None
+    if not isinstance(embeds, str) or not embeds:
+        raise HttpError(400, "invalid_request", "prompt_embeds must be a base64 string (one prompt)", "prompt_embeds")
+    return EncodedRows(embeds, "torch")
+
+
+def _content_parts(content: list, i: int):
+    """OpenAI content parts as the engine takes them: a string when all are text, else text and image parts.
+    An image_url must be a data: URL (the server fetches nothing); the image is decoded on the engine's vision
+    thread, and a model without images refuses it there (400 invalid_request)."""
+    parts = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "text": part["text"]})
+        elif kind == "image_url" and isinstance(part.get("image_url"), dict) and isinstance(
+                part["image_url"].get("url"), str):
+            try:
+                parts.append({"type": "image", "image": image_from_url(part["image_url"]["url"])})
+            except EngineError as err:
+                raise HttpError(400, "invalid_request", f"messages[{i}]: {err}", "messages") from None
+        else:
+            raise HttpError(400, "unsupported", "content parts are text or image_url ({url: data:...})",
+                            "messages")
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts)
+    return parts
 
 
 _CHAT_ROLES = {"system", "developer", "user", "assistant", "tool"}
@@ -92,13 +136,8 @@ def _chat_messages(messages: object) -> list[dict[str, str]]:
             raise HttpError(400, "invalid_request", f"messages[{i}].role must be one of {sorted(_CHAT_ROLES)}",
                             "messages")
         content = m.get("content")
-        if isinstance(content, list):  # content parts: text only
-            texts = []
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise HttpError(400, "unsupported", "only text content parts are supported", "messages")
-                texts.append(part["text"])
-            content = "".join(texts)
+        if isinstance(content, list):  # content parts: text, and images for a model that takes them
+            content = _content_parts(content, i)
         calls = m.get("tool_calls")
         if role == "assistant" and calls:
             if not isinstance(calls, list):
@@ -106,7 +145,7 @@ def _chat_messages(messages: object) -> list[dict[str, str]]:
             content = ((content or "") + "\n" if content else "") + assistant_call_text(calls)
         if role == "tool" and not isinstance(m.get("tool_call_id"), str):
             raise HttpError(400, "invalid_request", f"messages[{i}] (tool) needs a tool_call_id", "messages")
-        if not isinstance(content, str):
+        if not isinstance(content, str | list):
             raise HttpError(400, "invalid_request", f"messages[{i}].content must be a string", "messages")
         plain.append({"role": "system" if role == "developer" else role, "content": content})
     return plain
@@ -225,7 +264,8 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
             for s in streams:
                 if not s.finished:
                     s.cancel()
-        usage = fmts[0].usage(streams[0].num_prompt_tokens, sum(r[1] for r in results), max(r[2] for r in results))
+        usage = fmts[0].usage(streams[0].num_prompt_tokens, sum(r[1] for r in results), max(r[2] for r in results),
+                                results[0][3])
         return web.json_response(fmts[0].body([r[0] for r in results], usage))
 
     srs = [SseGeneration(s.request_id if len(streams) > 1 else request_id, s, engine, fmt=f,
@@ -271,8 +311,9 @@ async def _submit_choices(engine: AsyncEngine, request: GenerateRequest, n: int)
 
 
 async def _collect(stream: RequestStream, engine: AsyncEngine, fmt: OpenAIFormatter, obs, parsed: ParsedRequest
-                   ) -> tuple[dict, int, int]:
-    """One choice of a non-streaming response: (its body choice, completion tokens, cached prompt tokens)."""
+                   ) -> tuple[dict, int, int, TokenEvent]:
+    """One choice of a non-streaming response: (its body choice, completion tokens, cached prompt tokens, its
+    final event)."""
     gen, logprobs = Generation(stream.request_id, stream, engine, obs=obs), None
     async for event in stream:
         step = gen.take([event])
@@ -287,7 +328,7 @@ async def _collect(stream: RequestStream, engine: AsyncEngine, fmt: OpenAIFormat
     text = "".join(gen.output_text)
     calls = tool_calls_of(text, parsed.tool_choice)
     finish = "tool_calls" if calls is not None else openai_finish_reason(final.finish_reason)
-    return fmt.choice(text, logprobs, finish, calls), gen.completion_tokens, final.num_cached_tokens
+    return fmt.choice(text, logprobs, finish, calls), gen.completion_tokens, final.num_cached_tokens, final
 
 
 async def _stream_choices(response: web.StreamResponse, srs: list[SseGeneration], request_id: str
@@ -395,7 +436,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 def _model_card(state) -> dict:
-    return {"id": state.config.model_name, "object": "model", "created": state.started_at, "owned_by": "seedance"}
+    """`input_modalities` (a Seedance extension): ["text", "image"] for a model that takes images."""
+    takes_images = state.engine is not None and state.engine.engine.takes_images
+    return {"id": state.config.model_name, "object": "model", "created": state.started_at, "owned_by": "seedance",
+            "input_modalities": ["text", "image"] if takes_images else ["text"]}
 
 
 async def models(request: web.Request) -> web.Response:

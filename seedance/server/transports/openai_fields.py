@@ -14,7 +14,7 @@ _COMMON = {"model", "stream", "stream_options", "max_tokens", "temperature", "to
            "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "response_format", "user",
            "top_k", "ignore_eos", "stop_token_ids", "priority", "session", "repetition_penalty",
            "guided_json", "guided_regex", "guided_choice", "guided_grammar", "best_of"}
-COMPLETION_FIELDS = _COMMON | {"prompt", "echo", "suffix"}
+COMPLETION_FIELDS = _COMMON | {"prompt", "prompt_embeds", "echo", "suffix"}
 CHAT_FIELDS = _COMMON | {"messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice",
                          "parallel_tool_calls", "safety_identifier", "store", "modalities", "service_tier"}
 

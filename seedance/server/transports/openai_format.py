@@ -68,10 +68,16 @@ class OpenAIFormatter:
         return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
                 "choices": [choice]}
 
-    def usage(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
+    def usage(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int,
+              final: TokenEvent | None = None) -> dict:
+        """final, for a multimodal prompt: prompt_tokens_details also splits it into text, embedding and image
+        tokens (OpenAI names text_tokens / image_tokens; embedding_tokens for rows the client sent)."""
+        details = {"cached_tokens": cached_tokens}
+        if final is not None and (final.num_embedding_tokens or final.num_image_tokens):
+            details.update(text_tokens=final.num_text_tokens, embedding_tokens=final.num_embedding_tokens,
+                           image_tokens=final.num_image_tokens)
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+                "total_tokens": prompt_tokens + completion_tokens, "prompt_tokens_details": details}
 
     def usage_chunk(self, usage: dict) -> dict:
         obj = "chat.completion.chunk" if self.chat else "text_completion"

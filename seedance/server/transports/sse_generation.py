@@ -64,7 +64,7 @@ class SseGeneration(Generation):
                 return
             tail = b""
             if self.include_usage:
-                usage = fmt.usage(final.num_prompt_tokens, self.completion_tokens, final.num_cached_tokens)
+                usage = fmt.usage(final.num_prompt_tokens, self.completion_tokens, final.num_cached_tokens, final)
                 tail += sse_event(f"{self.event_prefix}:{self.next_seq}", fmt.usage_chunk(usage))
             self.emit(texts, END, False, tail + b"data: [DONE]\n\n")
             if self.on_finish is not None:

@@ -69,5 +69,6 @@ class WsGeneration(Generation):
             text,
             frame_metadata(self.id, seq, events, final, self.completion_tokens),
             logprobs=[e.logprob for e in events] if has_logprobs else None,
+            is_multimodal=self.stream.is_multimodal,
             is_partial=final is None,
         )
