@@ -149,6 +149,9 @@ Command = (Submit | CancelRequest | PauseRequest | ResumeStream | SetPriority | 
            | Refused | SendPing | DetachRequest | CloseConnection)
 
 
+_NOTHING: list = []  # returned when there is no output; never appended to
+
+
 def _no_active(request_id: str) -> bytes:
     return error_message(request_id, codes.UNKNOWN_ID, f"no active request {request_id!r}")
 
@@ -173,10 +176,14 @@ class ServerConnection(Generic[H]):
 
     # ---- outputs --------------------------------------------------------------------------------------------
     def data_to_send(self) -> list[bytes]:
+        if not self._out:
+            return _NOTHING  # the common case on the writer's path: no new list
         out, self._out = self._out, []
         return out
 
     def commands(self) -> list[Command]:
+        if not self._commands:
+            return _NOTHING
         out, self._commands = self._commands, []
         return out
 

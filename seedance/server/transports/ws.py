@@ -22,7 +22,6 @@ import logging
 import math
 import socket
 import struct
-import time
 from collections.abc import Callable
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -87,19 +86,21 @@ class WsConnection:
         self.wake = asyncio.Event()
         self.outbox: list[bytes] = []  # out-of-band messages (snapshot acks) for the writer's next batch
         self._closer: asyncio.Task | None = None
+        self._heartbeat: asyncio.TimerHandle | None = None  # a timer, not a task: it only wakes the writer
+        self.loop = asyncio.get_running_loop()
 
     # ---- lifecycle --------------------------------------------------------------------------------
     async def run(self) -> None:
         writer = asyncio.create_task(self._writer(), name="ws-writer")
-        heartbeat = asyncio.create_task(self._heartbeat(), name="ws-heartbeat")
+        self._arm_heartbeat()
         try:
             await self._reader()
         finally:
-            for task in (writer, heartbeat):
-                task.cancel()
-            for task in (writer, heartbeat):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            if self._heartbeat is not None:
+                self._heartbeat.cancel()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
             for command in self.protocol.connection_lost():
                 active = self.requests[command.id]
                 if active.owner is not self:
@@ -181,8 +182,9 @@ class WsConnection:
 
     async def _pump(self) -> None:
         """Send what the protocol queued, then carry out its commands (whose answers may queue more)."""
+        protocol = self.protocol
         while True:  # both taken before any await, so the other task cannot carry out this message's part
-            data, commands = self.protocol.data_to_send(), self.protocol.commands()
+            data, commands = protocol.data_to_send(), protocol.commands()
             if not data and not commands:
                 return
             for body in data:
@@ -322,17 +324,20 @@ class WsConnection:
             await self.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _write_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         protocol = self.protocol
+        wake = self.wake
+        transport = self.transport
         while True:
-            await self.wake.wait()
-            self.wake.clear()
-            buffered = self.transport.get_write_buffer_size() if self.transport is not None else 0
-            hold = protocol.tick(time.monotonic(), buffered)
+            await wake.wait()
+            wake.clear()
+            hold = protocol.tick(loop.time(), transport.get_write_buffer_size() if transport is not None else 0)
             await self._pump()  # pauses, resumes, pings, a close
+            if self._heartbeat is None:
+                self._arm_heartbeat()
             if hold is not None:
                 if hold != math.inf:
-                    loop.call_later(hold, self.wake.set)  # look again soon
+                    loop.call_later(hold, wake.set)  # look again soon
                 continue
             texts, self.outbox = self.outbox, []
             frames: list[bytes] = []
@@ -353,14 +358,15 @@ class WsConnection:
                     active.obs.sent()
 
     # ---- heartbeat --------------------------------------------------------------------------------
-    async def _heartbeat(self) -> None:
-        """Wakes the writer when the protocol's heartbeat is due; the protocol pings, or closes (4000)."""
-        while not self.ws.closed:
-            delay = self.protocol.backpressure.next_heartbeat_at - time.monotonic()
-            if delay <= 0:
-                self.wake.set()
-                delay = 0.05  # the writer's tick moves the next one on
-            await asyncio.sleep(delay)
+    def _arm_heartbeat(self) -> None:
+        """Wake the writer when the protocol's heartbeat is due: its tick pings, or closes (4000), and moves
+        the next one on; the writer then arms this again."""
+        if not self.ws.closed:
+            self._heartbeat = self.loop.call_at(self.protocol.backpressure.next_heartbeat_at, self._heartbeat_due)
+
+    def _heartbeat_due(self) -> None:
+        self._heartbeat = None
+        self.wake.set()
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
@@ -392,7 +398,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                                      flow=FlowLimits(config.send_high_water_bytes, config.send_low_water_bytes,
                                                      config.slow_consumer_timeout_s, config.heartbeat_interval_s,
                                                      config.heartbeat_max_missed),
-                                     now=time.monotonic())
+                                     now=asyncio.get_running_loop().time())
     conn.obs = request.app.get(OBS)
     state.websockets.add(conn)
     try:
