@@ -307,12 +307,15 @@ class WsConnection:
     async def _send(self, body: bytes, opcode: WSMsgType) -> None:
         """Every message goes out here and never waits for the client (writer_limit); the protocol counts
         it and may ask for a probe ping."""
-        if self.ws.closed:
+        ws = self.ws
+        if ws.closed:
             return
-        with contextlib.suppress(ConnectionError, RuntimeError):  # the peer went away: the reader ends it
-            await self.ws.send_frame(body, opcode)  # already UTF-8 JSON or MTF1: no re-encoding
+        try:  # not contextlib.suppress: this runs for every message
+            await ws.send_frame(body, opcode)  # already UTF-8 JSON or MTF1: no re-encoding
             if (probe := self.protocol.wrote(len(body))) is not None:
-                await self.ws.ping(probe)
+                await ws.ping(probe)
+        except (ConnectionError, RuntimeError):
+            pass  # the peer went away: the reader ends it
 
     async def _writer(self) -> None:
         try:
