@@ -79,29 +79,30 @@ class Submit:
 
 
 @dataclass(frozen=True, slots=True)
-class CancelRequest:
-    id: str
+class _ForRequest:
+    id: str  # the client's id: the adapter finds its handle in the request table
 
 
-@dataclass(frozen=True, slots=True)
-class PauseRequest:
+class CancelRequest(_ForRequest):
+    __slots__ = ()
+
+
+class PauseRequest(_ForRequest):
     """Pause it in the engine (no credit, or the client reads too slowly): it keeps its KV."""
 
-    id: str
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class ResumeStream:
+class ResumeStream(_ForRequest):
     """Resume it in the engine and wake the writer: what it held may go out now."""
 
-    id: str
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class DetachRequest:
+class DetachRequest(_ForRequest):
     """The connection is gone: the session keeps this turn for a resume."""
 
-    id: str
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,18 +1,17 @@
 """WebSocket transport (/v1/stream): a thin adapter between the sans-I/O protocol and the engine.
 
-One reader (client messages), one writer (all the connection's streams) and one heartbeat task per
-connection. The writer wakes when any of the connection's streams has events and sends everything that
-is ready as one WebSocket message: a JSON array when several requests produced tokens in the same engine
-step, concatenated MTF1 frames for binary requests. Flow control pauses requests in the engine (they stop
-costing compute and keep their KV) instead of buffering: per request by credit, per connection by water
-marks on the bytes in flight (see _unsent_bytes).
+Every protocol rule, flow control included, is protocol/server_connection.py's; this carries out its
+commands against the engine and the sessions and owns the socket. One reader (client messages) and one
+writer (all the connection's streams) per connection, and a timer that wakes the writer for the
+heartbeat. The writer wakes when any of the connection's streams has events and sends everything that is
+ready as one WebSocket message: a JSON array when several requests produced tokens in the same engine
+step, concatenated MTF1 frames for binary requests.
 
 Nothing here ever waits for the client to read: aiohttp's writer would otherwise wait for the socket to drain
 after every 64 KiB, and a client that stops reading would then hang the writer, the reader and the heartbeat
 together, and with them the very policy that pauses and closes it. Instead every send returns at once, the
 water marks bound what is buffered, and a client that stays above high water is closed (4001), its socket
-aborted if it will not even take the close frame.
-"""
+aborted if it will not even take the close frame."""
 
 from __future__ import annotations
 
