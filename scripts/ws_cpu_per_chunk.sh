@@ -11,12 +11,12 @@ set -euo pipefail
 CODE=$(cd "$1" && pwd); LABEL=$2; N=${3:-1000}; OUT=${OUT:-/tmp/ws-cpu}; PORT=$((18800 + RANDOM % 100))
 mkdir -p "$OUT"
 big=$((4 * N > 1024 ? 4 * N : 1024))
-(cd "$CODE" && env PYTHONPATH="$CODE" SEEDANCE_PORT=$PORT SEEDANCE_HOST=127.0.0.1 SEEDANCE_MAX_CONNECTIONS=$big \
+(cd "$CODE" && exec env PYTHONPATH="$CODE" SEEDANCE_PORT=$PORT SEEDANCE_HOST=127.0.0.1 SEEDANCE_MAX_CONNECTIONS=$big \
   SEEDANCE_MAX_REQUESTS_PER_CONNECTION=64 SEEDANCE_MAX_CONNECTIONS_PER_IP=0 SEEDANCE_MAX_CONNECTIONS_PER_TOKEN=0 \
   SEEDANCE_HTTP_REQUESTS_PER_S=0 SEEDANCE_WS_MESSAGES_PER_S=0 SEEDANCE_MAX_WAITING=$big SEEDANCE_MAX_JOBS=$big \
   SEEDANCE_MAX_NUM_SEQS=$((N + 16)) SEEDANCE_MAX_NUM_BATCHED_TOKENS=$((2 * N + 64)) SEEDANCE_SYNTHETIC_RATE=50 \
   SEEDANCE_MAX_PENDING_TOKENIZE=$big SEEDANCE_SESSION_STORE="sqlite://$OUT/sessions-$LABEL.db" \
-  exec nice -n 19 python -m seedance.cli serve --log-level warning) > "$OUT/serve-$LABEL.log" 2>&1 &
+  nice -n 19 python -m seedance.cli serve --log-level warning) > "$OUT/serve-$LABEL.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 120); do curl -sf "127.0.0.1:$PORT/readyz" > /dev/null && break; sleep 0.5; done
