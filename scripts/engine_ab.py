@@ -10,7 +10,8 @@ judged against its baseline measured in alternation (rounds x cases x variants),
 A case is MODEL:STREAMS:STEPS (MODEL `tiny` = the built-in model): STREAMS requests with distinct 64-token
 prompts are prefilled, then STEPS decode steps are timed (output tok/s, prefill excluded). A variant is
 NAME=PATH[:THREADS]. `--ops` instead counts the top-level aten ops of one decode step of the built-in model
-(load-independent), per variant.
+(load-independent), per variant; `--micro` times this checkout's RMSNorm and RoPE against the formulation they
+replaced (transformers' order of ops), interleaved in one process, at SmolLM2's shapes.
 """
 
 from __future__ import annotations
@@ -69,6 +70,55 @@ def ops_per_step() -> dict:
     return {"ops_per_step": len(top) / 10, "by_name": {k: v / 10 for k, v in Counter(top).most_common(12)}}
 
 
+def micro() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    with torch.inference_mode():
+        for rows in (1, 8, 64):
+            times: dict[str, list[float]] = {}
+            fns = micro_fns(rows)
+            for _ in range(7):
+                for name, fn in fns.items():
+                    times.setdefault(name, []).append(per_call_us(fn))
+            print(f"{rows} rows: " + ", ".join(f"{n} {statistics.median(v):.1f} us" for n, v in times.items()))
+
+
+def micro_fns(rows: int) -> dict:
+    """RMSNorm and RoPE as transformers orders them ("before") and as models/llama.py does ("now")."""
+    import torch
+    import torch.nn.functional as F
+
+    from seedance.models.llama import apply_rope
+
+    weight, x, qkv = torch.randn(576), torch.randn(rows, 576), torch.randn(rows, 960)  # 9 query + 3 KV heads
+    cos, sin = torch.randn(rows, 1, 64), torch.randn(rows, 1, 64)
+
+    def rms_before():
+        h = x.float()
+        return weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5)).to(x.dtype)
+
+    def rotate_half(t):
+        return torch.cat((-t[..., 32:], t[..., :32]), dim=-1)
+
+    def rope_before():
+        q, k, _ = qkv.split([576, 192, 192], -1)
+        q, k = q.view(rows, 9, 64), k.view(rows, 3, 64)
+        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+    return {"rmsnorm before": rms_before, "rmsnorm now": lambda: F.rms_norm(x, (576,), weight, 1e-5),
+            "rope before": rope_before, "rope now": lambda: apply_rope(qkv[:, :768].view(rows, 12, 64), cos, sin)}
+
+
+def per_call_us(fn, n: int = 300) -> float:
+    for _ in range(20):
+        fn()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t) / n * 1e6
+
+
 def child(variant_path: str, args: list[str]) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": os.path.abspath(variant_path)})
@@ -83,6 +133,7 @@ def main() -> None:
     ap.add_argument("--case", action="append", default=[], help="MODEL:STREAMS:STEPS")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--ops", action="store_true")
+    ap.add_argument("--micro", action="store_true")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -91,6 +142,9 @@ def main() -> None:
         else:
             model, streams, steps, threads = args.child
             print(json.dumps({"tok_s": decode_tok_s(model, int(streams), int(steps), int(threads))}))
+        return
+    if args.micro:
+        micro()
         return
     variants = dict(v.split("=", 1) for v in args.variant)
     if args.ops:
