@@ -43,20 +43,13 @@ def paged_attention(
     # index_copy_/index_select, not tensor[index]: several times faster on CPU for these shapes.
     k_cache.index_copy_(0, meta.slot_mapping, k)
     v_cache.index_copy_(0, meta.slot_mapping, v)
-    out = torch.empty_like(q)
-    num_heads, num_kv_heads, head_dim = q.shape[1], k.shape[1], q.shape[2]
-    gqa = num_heads != num_kv_heads
+    gqa = q.shape[1] != k.shape[1]
     nd = meta.num_decode_tokens
+    if nd and not meta.prefills:  # a decode-only step (the common one): no output buffer to copy into
+        return _decode_attention(q, k_cache, v_cache, meta, scale)
+    out = torch.empty_like(q)
     if nd:
-        batch, length = meta.decode_slots.shape
-        flat = meta.decode_slots.reshape(-1)
-        kd = k_cache.index_select(0, flat).view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
-        vd = v_cache.index_select(0, flat).view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
-        # Grouped-query attention without repeating K/V: the query heads sharing a KV head become that
-        # head's "query positions" (heads are grouped consecutively, as transformers' repeat_kv lays them out).
-        qd = q[:nd].view(batch, num_kv_heads, num_heads // num_kv_heads, head_dim)
-        od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=scale)
-        out[:nd] = od.reshape(batch, num_heads, head_dim)
+        out[:nd] = _decode_attention(q[:nd], k_cache, v_cache, meta, scale)
     for chunk in meta.prefills:
         s, n = chunk.token_start, chunk.num_tokens
         qc = q[s : s + n].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
@@ -73,3 +66,17 @@ def paged_attention(
             oc = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask, scale=scale, enable_gqa=gqa)
         out[s : s + n] = oc.squeeze(0).transpose(0, 1)
     return out
+
+
+def _decode_attention(q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """One query per sequence against its gathered context: [B, H, D]."""
+    batch, length = meta.decode_slots.shape
+    num_heads, num_kv_heads, head_dim = q.shape[1], k_cache.shape[1], q.shape[2]
+    flat = meta.decode_slots.reshape(-1)
+    kd = k_cache.index_select(0, flat).view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
+    vd = v_cache.index_select(0, flat).view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
+    # Grouped-query attention without repeating K/V: the query heads sharing a KV head become that
+    # head's "query positions" (heads are grouped consecutively, as transformers' repeat_kv lays them out).
+    qd = q.view(batch, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=scale)
+    return od.reshape(batch, num_heads, head_dim)
