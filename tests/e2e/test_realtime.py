@@ -295,13 +295,14 @@ def test_a_client_that_stops_reading_has_its_response_paused_then_resumed(slow_r
     send_masked_text(sock, json.dumps({"type": "conversation.item.create", "item": user(TURNS[0])}))
     send_masked_text(sock, json.dumps({"type": "response.create", "response": {"max_output_tokens": 4000}}))
     deadline = time.monotonic() + 6  # (before the heartbeat, unanswered meanwhile, closes it)
-    while time.monotonic() < deadline and srv.stats()["num_paused"] < 1:
+    while (stats := srv.stats())["num_paused"] < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
-    stats = srv.stats()
     assert stats["num_paused"] == 1, stats  # the reader stalled: its response waits in the engine
-    time.sleep(0.3)
+    time.sleep(1)
     again = srv.stats()
-    assert again["num_paused"] == 1 and again["generated_tokens"] == stats["generated_tokens"]  # not generating
+    # Mostly paused: it resumes only when the client's kernel takes a little more (it coalesces its queue), so over
+    # the second it generates a small fraction of the 2000 tokens the engine's rate would give.
+    assert again["generated_tokens"] - stats["generated_tokens"] < 300, (stats, again)
     events = read_text_frames(sock, lambda e: e["type"] == "response.done", timeout=30)
     sock.close()
     done = events[-1]["response"]
