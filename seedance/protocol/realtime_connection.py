@@ -215,6 +215,10 @@ class RealtimeConnection:
                                    "event_id": event_id})
 
     # ---- from the engine ---------------------------------------------------------------------------
+    def rate_limits(self, limits: list[dict[str, Any]]) -> None:
+        """rate_limits.updated: the transport's view of the connection's limits (after response.created)."""
+        self._emit("rate_limits.updated", rate_limits=limits)
+
     def response_text(self, response_id: str, text: str) -> None:
         response = self.active
         if response is None or response.id != response_id or not text:

@@ -58,6 +58,11 @@ async def test_an_image_turn_equals_chat_completions_and_the_next_turn_reuses_it
     assert done_1.status in ("completed", "incomplete") and done_1.usage.output_tokens >= 1, done_1
     assert done_2.status in ("completed", "incomplete"), done_2
     texts = [deltas(first, done_1.id), deltas(second, done_2.id)]
+    kinds = [e.type for e in first]
+    assert kinds.index("response.created") < kinds.index("rate_limits.updated") < kinds.index(
+        "response.output_text.delta")
+    (limit,) = first[kinds.index("rate_limits.updated")].rate_limits  # the connection's client-event bucket
+    assert (limit.name, limit.limit) == ("requests", 400) and 0 < limit.remaining < 400 and limit.reset_seconds > 0
 
     chat = await client.chat.completions.create(model=MODEL, max_tokens=N, temperature=0,
                                                 messages=[{"role": "user", "content": content(*TURN_1)}])

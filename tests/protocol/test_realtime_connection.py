@@ -271,6 +271,13 @@ def test_a_bad_input_image_is_an_error_event(part, role, code, param):
     assert peer.conn.items == []
 
 
+def test_rate_limits_updated_is_the_sdk_event():
+    peer = Peer()
+    peer.conn.rate_limits([{"name": "requests", "limit": 400, "remaining": 397, "reset_seconds": 0.015}])
+    (event,) = peer.take()  # validated as the SDK's RateLimitsUpdatedEvent
+    assert event["type"] == "rate_limits.updated" and event["rate_limits"][0]["remaining"] == 397
+
+
 def test_items_are_bounded_and_ids_unique():
     peer = Peer(limits=Limits(max_items=2))
     peer.send(type="conversation.item.create", item=user("a", id="same"))

@@ -255,7 +255,18 @@ class RealtimeSocket:
             self.prefills += 1
             self._prefilled = prompt
 
+    def _report_rate_limits(self) -> None:
+        """rate_limits.updated: the connection's client-event bucket (ws_messages_per_s, ws_message_burst) as
+        the API's `requests` limit: how many events may follow at once, and when the bucket is full again."""
+        bucket = self.guard.rate if self.guard is not None else None
+        if bucket is None:
+            return
+        level = bucket.available()
+        self.protocol.rate_limits([{"name": "requests", "limit": int(bucket.burst), "remaining": int(level),
+                                    "reset_seconds": round((bucket.burst - level) / bucket.rate, 3)}])
+
     async def _start(self, command: StartResponse) -> None:
+        self._report_rate_limits()
         if self._prefill is not None and not self._prefill.done():
             with contextlib.suppress(Exception):
                 await self._prefill  # its KV is this response's to reuse
