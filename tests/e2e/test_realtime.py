@@ -77,7 +77,8 @@ async def test_two_turn_conversation_equals_a_v1_stream_session(server):
             assert kinds[:2] == ["conversation.item.added", "conversation.item.done"]  # the user's item
             first_delta = kinds.index("response.output_text.delta")
             assert kinds[2:first_delta] == ["response.created", "response.output_item.added",
-                                            "conversation.item.added", "response.content_part.added"]
+                                            "conversation.item.added", "response.content_part.added",
+                                            "rate_limits.updated"]
             assert set(kinds[first_delta:-5]) == {"response.output_text.delta"}
             assert kinds[-5:] == ["response.output_text.done", "response.content_part.done",
                                   "response.output_item.done", "conversation.item.done", "response.done"]
