@@ -4,6 +4,7 @@ session, and the next turn reuses the image's KV instead of encoding it again.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from openai import AsyncOpenAI
@@ -101,3 +102,27 @@ async def test_a_bad_image_is_an_error_event_and_the_connection_keeps_working(ll
         done = (await events_until(conn, "response.done"))[-1].response
         assert done.status in ("completed", "incomplete"), done
     await client.close()
+
+
+async def test_text_streamed_in_after_an_image_turn_is_prefilled_with_the_image_in_the_kv(llava_server):
+    """Streaming input after an image turn: the prefill's prompt is the history (image rows included) plus the
+    text so far, so the response computes little more than the last piece."""
+    client = AsyncOpenAI(base_url=f"{llava_server.http}/v1", api_key="unused", max_retries=0)
+    async with client.realtime.connect(model=MODEL) as conn:
+        await conn.session.update(session={"type": "realtime", "temperature": 0, "max_output_tokens": 2})
+        await conn.conversation.item.create(item={"type": "message", "role": "user",
+                                                  "content": realtime_parts(*TURN_1)})
+        await conn.response.create()
+        first = (await events_until(conn, "response.done"))[-1].response
+        await conn.conversation.item.create(item={"type": "message", "role": "user", "id": "typed",
+                                                  "status": "in_progress", "content": []})
+        typed = "one two three four five six seven eight nine ten eleven twelve "
+        await conn.send({"type": "conversation.item.append", "item_id": "typed", "text": typed})
+        await asyncio.sleep(1.5)  # the prefill runs meanwhile
+        await conn.send({"type": "conversation.item.append", "item_id": "typed", "text": "end", "done": True})
+        await conn.response.create()
+        second = (await events_until(conn, "response.done"))[-1].response
+    await client.close()
+    assert second.status in ("completed", "incomplete"), second
+    history = first.usage.input_tokens + first.usage.output_tokens
+    assert second.usage.input_token_details.cached_tokens > history + 6  # the history and most of the new text
