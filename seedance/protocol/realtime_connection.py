@@ -548,7 +548,8 @@ def _input_item(item: Item, event_id: str | None, takes_images: bool, param: str
                 raise EventError(INVALID_EVENT, "input_image.image_url must be a data:image/...;base64,... URL: "
                                                 "this server fetches no URLs", event_id=event_id,
                                  param=f"{where}.image_url")
-            images.append((sum(map(len, texts)), part.image_url, part.detail))
+            detail = part.detail if part.detail in ("auto", "low", "high") else "auto"  # echoed, not used
+            images.append((sum(map(len, texts)), part.image_url, detail))
             continue
         if part.type in ("input_audio", "output_audio", "audio"):
             raise EventError(UNSUPPORTED_CONTENT, f"{part.type} is not supported: this server serves text only",

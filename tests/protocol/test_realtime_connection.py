@@ -354,7 +354,8 @@ _events = st.fixed_dictionaries({"type": _kinds}, optional={
         "content": st.lists(st.fixed_dictionaries({"type": st.sampled_from(["input_text", "output_text",
                                                                             "input_image"])},
                                                   optional={"text": _texts, "image_url": st.sampled_from(
-                                                      [IMAGE, "x"])}), max_size=2)}),
+                                                      [IMAGE, "x"]), "detail": st.sampled_from(["low", "odd"])}),
+                                   max_size=2)}),
     "session": st.dictionaries(st.sampled_from(["instructions", "temperature", "max_output_tokens", "tools",
                                                 "output_modalities", "type"]), _json, max_size=3),
     "response": st.dictionaries(st.sampled_from(["instructions", "max_output_tokens", "conversation", "input",
