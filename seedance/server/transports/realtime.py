@@ -96,7 +96,6 @@ class RealtimeSocket:
         self._prefill: asyncio.Task | None = None
         self._prefilled: list[int] = []  # the prompt the last prefill left pinned
         self.prefills = 0
-        self.backpressure_pauses = 0  # times a response was paused for a client not reading
 
     @property
     def requests(self) -> dict[str, RealtimeGeneration]:
@@ -168,7 +167,6 @@ class RealtimeSocket:
         gen = self.current if self.current is not None and not self.current.finished else None
         if gen is not None:
             self.engine.pause(gen.engine_id)
-            self.backpressure_pauses += 1
         since = time.monotonic()
         try:
             while not self.ws.closed and self._unsent_bytes() > config.send_low_water_bytes:
