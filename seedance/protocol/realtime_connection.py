@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from seedance.protocol.data_url import image_base64
 from seedance.protocol.realtime_events import (
     ACTIVE_RESPONSE,
     DUPLICATE_ITEM,
@@ -72,7 +73,7 @@ class StartResponse:
     conversation when `restart`, or the whole context of an out-of-band response, `in_conversation` False)."""
 
     response_id: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]  # content: a string, or text / image_url parts ({"type", "url"}) with images
     restart: bool
     in_conversation: bool
     max_output_tokens: int | None  # None: "inf" (the server's limit)
@@ -100,11 +101,41 @@ class _Item:
     text: str
     status: str = "completed"
     committed: bool = False  # the session's history (and pinned KV) holds it
+    # A user item's images, in order: (offset, data URL, detail), the image standing before text[offset:]
+    # (so appended text grows the text after the last image).
+    images: list[tuple[int, str, str | None]] = field(default_factory=list)
+
+    def _pieces(self) -> list[tuple[str, str | None]]:
+        """The content in order: ("text", text) and ("image", data URL); the detail is only echoed."""
+        pieces: list[tuple[str, str | None]] = []
+        start = 0
+        for offset, url, _ in self.images:
+            if offset > start:
+                pieces.append(("text", self.text[start:offset]))
+            pieces.append(("image", url))
+            start = offset
+        if start < len(self.text) or not pieces:
+            pieces.append(("text", self.text[start:]))
+        return pieces
 
     def wire(self, *, with_text: bool = True) -> dict[str, Any]:
-        part: dict[str, Any] = {"type": self.content_type, "text": self.text}
+        if not self.images:
+            content = [{"type": self.content_type, "text": self.text}]
+        else:
+            details = iter(detail for _, _, detail in self.images)
+            content = [{"type": self.content_type, "text": value} if kind == "text"
+                       else {"type": "input_image", "image_url": value, "detail": next(details) or "auto"}
+                       for kind, value in self._pieces()]
         return {"id": self.id, "object": "realtime.item", "type": "message", "role": self.role,
-                "status": self.status, "content": [part] if with_text else []}
+                "status": self.status, "content": content if with_text else []}
+
+    def message(self) -> dict[str, Any]:
+        """As a chat message: a string, or (with images) text and image_url parts for the transport to decode."""
+        if not self.images:
+            return {"role": self.role, "content": self.text}
+        return {"role": self.role, "content": [{"type": "text", "text": value} if kind == "text"
+                                               else {"type": "image_url", "url": value}
+                                               for kind, value in self._pieces() if value]}
 
 
 @dataclass(eq=False)
@@ -133,6 +164,7 @@ class Limits:
     max_items: int = 1000  # conversation items per connection
     max_item_chars: int = 1 << 20  # text of one item (conversation.item.append grows it)
     max_output_tokens: int | None = None  # a response's cap ("inf" means this); None: the engine's
+    takes_images: bool = False  # the model takes input_image parts (else they are refused)
 
 
 class RealtimeConnection:
@@ -183,6 +215,10 @@ class RealtimeConnection:
                                    "event_id": event_id})
 
     # ---- from the engine ---------------------------------------------------------------------------
+    def rate_limits(self, limits: list[dict[str, Any]]) -> None:
+        """rate_limits.updated: the transport's view of the connection's limits (after response.created)."""
+        self._emit("rate_limits.updated", rate_limits=limits)
+
     def response_text(self, response_id: str, text: str) -> None:
         response = self.active
         if response is None or response.id != response_id or not text:
@@ -286,7 +322,7 @@ class RealtimeConnection:
         self._emit("session.updated", session=dict(self.session))
 
     def _item_create(self, event: ItemCreate) -> None:
-        item = _input_item(event.item, event.event_id)
+        item = _input_item(event.item, event.event_id, self.limits.takes_images)
         if event.item.status == "in_progress":
             if item.role != "user":
                 raise EventError(INVALID_EVENT, "only a user item can be created in_progress (to append to)",
@@ -340,7 +376,7 @@ class RealtimeConnection:
         if self.active is None and not any(isinstance(c, InputChanged) for c in self._commands):
             self._commands.append(InputChanged())
 
-    def pending_messages(self) -> list[dict[str, str]] | None:
+    def pending_messages(self) -> list[dict[str, Any]] | None:
         """What the next response would append to the history (its open items' text so far included), or None
         when no item is still arriving (nothing worth prefilling early)."""
         if not any(i.status == "in_progress" and i.role == "user" for i in self.items):
@@ -412,11 +448,11 @@ class RealtimeConnection:
             self._commands.append(CancelResponse(self.active.id))
 
     def _context_messages(self, instructions: str | None, in_conversation: bool,
-                          inputs: list[_Item] | None) -> list[dict[str, str]]:
+                          inputs: list[_Item] | None) -> list[dict[str, Any]]:
         """The chat messages a response appends to the history: the items the history lacks (all of them after
         an edit), or an out-of-band response's whole context; the instructions go first in a fresh context."""
         context = self._included() if in_conversation else inputs if inputs is not None else list(self.items)
-        messages = [{"role": i.role, "content": i.text} for i in context if i.text]
+        messages = [i.message() for i in context if i.text or i.images]
         fresh = not in_conversation or self.restart or not any(i.committed for i in self.items)
         current = self.session["instructions"]
         if instructions is not None:
@@ -433,7 +469,7 @@ class RealtimeConnection:
     def _start_response(self, event: ResponseCreate) -> None:
         params = event.response or ResponseParams()
         in_conversation = params.conversation != "none"
-        inputs = ([_input_item(i, event.event_id, "response.input") for i in params.input]
+        inputs = ([_input_item(i, event.event_id, self.limits.takes_images, "response.input") for i in params.input]
                   if params.input is not None else None)
         if in_conversation:
             for open_item in [i for i in self.items if i.status == "in_progress" and i.role == "user"]:
@@ -487,8 +523,9 @@ class RealtimeConnection:
         return self.items[index - 1].id if index > 0 else None
 
 
-def _input_item(item: Item, event_id: str | None, param: str = "item") -> _Item:
-    """A client's message item as the conversation holds it: text content only (images not yet)."""
+def _input_item(item: Item, event_id: str | None, takes_images: bool, param: str = "item") -> _Item:
+    """A client's message item as the conversation holds it: its text, and a user item's images (data: URLs,
+    checked here, decoded by the engine when a response uses them) where the model takes images."""
     if item.type != "message":
         raise EventError(UNSUPPORTED, f"item type {item.type!r} is not supported (no tools): only 'message'",
                          event_id=event_id, param=f"{param}.type")
@@ -496,11 +533,24 @@ def _input_item(item: Item, event_id: str | None, param: str = "item") -> _Item:
         raise EventError(INVALID_EVENT, f"item role must be one of {sorted(ROLES)}", event_id=event_id,
                          param=f"{param}.role")
     expected = INPUT_TEXT_TYPES[item.role]
-    texts = []
+    texts: list[str] = []
+    images: list[tuple[int, str, str | None]] = []
     for index, part in enumerate(item.content):
         if part.type == "input_image":
-            raise EventError(UNSUPPORTED_CONTENT, "input_image is not supported yet: this server serves text "
-                                                  "only", event_id=event_id, param=f"{param}.content[{index}]")
+            where = f"{param}.content[{index}]"
+            if item.role != "user":
+                raise EventError(INVALID_EVENT, "only a user message has input_image parts", event_id=event_id,
+                                 param=where)
+            if not takes_images:
+                raise EventError(UNSUPPORTED_CONTENT, "this model takes no images (serve a LLaVA-family model "
+                                                      "for input_image)", event_id=event_id, param=where)
+            if part.image_url is None or image_base64(part.image_url) is None:
+                raise EventError(INVALID_EVENT, "input_image.image_url must be a data:image/...;base64,... URL: "
+                                                "this server fetches no URLs", event_id=event_id,
+                                 param=f"{where}.image_url")
+            detail = part.detail if part.detail in ("auto", "low", "high") else "auto"  # echoed, not used
+            images.append((sum(map(len, texts)), part.image_url, detail))
+            continue
         if part.type in ("input_audio", "output_audio", "audio"):
             raise EventError(UNSUPPORTED_CONTENT, f"{part.type} is not supported: this server serves text only",
                              event_id=event_id, param=f"{param}.content[{index}]")
@@ -508,7 +558,7 @@ def _input_item(item: Item, event_id: str | None, param: str = "item") -> _Item:
             raise EventError(INVALID_EVENT, f"a {item.role} message's content parts are {expected!r} with text",
                              event_id=event_id, param=f"{param}.content[{index}]")
         texts.append(part.text)
-    return _Item("", item.role, expected, "".join(texts))
+    return _Item("", item.role, expected, "".join(texts), images=images)
 
 
 def _check_text_only(modalities: list[str] | None, audio: Any, event_id: str | None, where: str) -> None:

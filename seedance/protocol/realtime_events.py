@@ -49,7 +49,8 @@ REFUSED_EVENT_TYPES = frozenset({
 
 
 class ContentPart(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
-    """One part of a message's content: input_text / output_text served; input_image, audio refused."""
+    """One part of a message's content: input_text / output_text, input_image (a model that takes images);
+    audio refused."""
 
     type: str
     text: str | None = None

@@ -7,11 +7,14 @@ from collections.abc import Iterator
 
 import pytest
 
+from seedance.bench.llava_checkpoint import build_llava
 from seedance.bench.server_process import ServerProcess as RunningServer
 from seedance.bench.server_process import free_port, launch
 from tests.e2e.browser import launch_chromium
 
-__all__ = ["RunningServer", "free_port", "start_server"]
+__all__ = ["LLAVA_MODEL", "RunningServer", "free_port", "start_server"]
+
+LLAVA_MODEL = "tiny-llava"  # the served name of the tiny LLaVA checkpoint (its directory's name)
 
 
 def start_server(tmp_path_factory, client_ssl: ssl.SSLContext | None = None, **env: object) -> RunningServer:
@@ -35,6 +38,22 @@ def smollm2_server(smollm2_path, tmp_path_factory) -> Iterator[RunningServer]:
     tests/e2e/test_openai_sampling.py)."""
     srv = launch({"model": "smollm2", "session_store": f"sqlite://{tmp_path_factory.mktemp('s') / 's.db'}"},
                  tmp_path_factory.mktemp("smollm2") / "server.log", ready_timeout_s=300, poll_s=0.2)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def llava_dir(tmp_path_factory):
+    """A tiny random LLaVA checkpoint (seedance.bench.llava_checkpoint), built once per test session."""
+    return build_llava(tmp_path_factory.mktemp("models") / LLAVA_MODEL)
+
+
+@pytest.fixture(scope="session")
+def llava_server(tmp_path_factory, llava_dir) -> Iterator[RunningServer]:
+    """The server with the tiny LLaVA, shared by the image tests (tests/e2e/test_images.py,
+    tests/e2e/test_realtime_images.py)."""
+    srv = start_server(tmp_path_factory, model=llava_dir, dtype="float32", max_images_per_prompt=4,
+                       max_message_bytes=4 << 20)
     yield srv
     srv.stop()
 

@@ -11,27 +11,10 @@ import openai
 import pytest
 from websockets.asyncio.client import connect
 
-from seedance.bench.llava_checkpoint import build_llava
+from tests.e2e.conftest import LLAVA_MODEL as MODEL
 from tests.e2e.test_websocket import run_requests
 from tests.e2e.wire import until
 from tests.models.test_llava import N_NEW, png
-
-MODEL = "tiny-llava"
-
-
-@pytest.fixture(scope="module")
-def llava_dir(tmp_path_factory):
-    return build_llava(tmp_path_factory.mktemp("models") / MODEL)
-
-
-@pytest.fixture(scope="module")
-def llava_server(tmp_path_factory, llava_dir):
-    from tests.e2e.conftest import start_server
-
-    srv = start_server(tmp_path_factory, model=llava_dir, dtype="float32", max_images_per_prompt=4,
-                       max_message_bytes=4 << 20)
-    yield srv
-    srv.stop()
 
 
 def data_url(image: bytes) -> str:

@@ -77,7 +77,8 @@ async def test_two_turn_conversation_equals_a_v1_stream_session(server):
             assert kinds[:2] == ["conversation.item.added", "conversation.item.done"]  # the user's item
             first_delta = kinds.index("response.output_text.delta")
             assert kinds[2:first_delta] == ["response.created", "response.output_item.added",
-                                            "conversation.item.added", "response.content_part.added"]
+                                            "conversation.item.added", "response.content_part.added",
+                                            "rate_limits.updated"]
             assert set(kinds[first_delta:-5]) == {"response.output_text.delta"}
             assert kinds[-5:] == ["response.output_text.done", "response.content_part.done",
                                   "response.output_item.done", "conversation.item.done", "response.done"]
@@ -273,14 +274,54 @@ async def test_realtime_responses_are_counted_in_metrics(server):
     assert re.search(r'seedance_ttft_seconds_count\{transport="realtime"\} [1-9]', metrics)
 
 
-def test_a_client_that_stops_reading_is_closed_by_the_heartbeat(server_factory):
+@pytest.fixture(scope="module")
+def slow_reader_server(tmp_path_factory):
+    """Small water marks and socket buffers, the synthetic engine (fast, steady output) and a short heartbeat:
+    for the clients that stop reading."""
+    from tests.e2e.conftest import start_server
+
+    srv = start_server(tmp_path_factory, synthetic_rate=2000, send_high_water_bytes=4096, send_low_water_bytes=1024,
+                       socket_send_buffer_bytes=4096, heartbeat_interval_s=5)
+    yield srv
+    srv.stop()
+
+
+def test_a_client_that_stops_reading_has_its_response_paused_then_resumed(slow_reader_server):
+    """Back-pressure: past the high water mark of unread bytes the response is paused in the engine (not buffered
+    on the server); once the client reads again it resumes, and the client gets all of it, in order."""
+    from tests.e2e.wire import raw_handshake, read_text_frames, send_masked_text
+
+    srv = slow_reader_server
+    sock = raw_handshake(srv.port, rcvbuf=4096, path=f"/v1/realtime?model={MODEL}")
+    send_masked_text(sock, json.dumps({"type": "conversation.item.create", "item": user(TURNS[0])}))
+    send_masked_text(sock, json.dumps({"type": "response.create", "response": {"max_output_tokens": 4000}}))
+    deadline = time.monotonic() + 6  # (before the heartbeat, unanswered meanwhile, closes it)
+    while (stats := srv.stats())["num_paused"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stats["num_paused"] == 1, stats  # the reader stalled: its response waits in the engine
+    time.sleep(1)
+    again = srv.stats()
+    # Mostly paused: it resumes only when the client's kernel takes a little more (it coalesces its queue), so over
+    # the second it generates a small fraction of the 2000 tokens the engine's rate would give.
+    assert again["generated_tokens"] - stats["generated_tokens"] < 300, (stats, again)
+    events = read_text_frames(sock, lambda e: e["type"] == "response.done", timeout=30)
+    sock.close()
+    done = events[-1]["response"]
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert done["status"] in ("completed", "incomplete"), done
+    assert text and text == next(e["text"] for e in events if e["type"] == "response.output_text.done")
+    assert done["usage"]["output_tokens"] > 300  # it went on past the pause (a few hundred tokens fill 12 KB)
+    assert srv.stats()["num_paused"] == 0
+
+
+def test_a_client_that_stops_reading_is_closed_by_the_heartbeat(slow_reader_server):
     """Nothing waits on a client forever: one that never reads answers no ping, and the heartbeat closes it."""
     import base64
     import socket
 
     from tests.e2e.wire import send_masked_text
 
-    srv = server_factory(heartbeat_interval_s=1)
+    srv = slow_reader_server
     sock = socket.create_connection(("127.0.0.1", srv.port))
     key = base64.b64encode(b"0123456789abcdef").decode()
     sock.sendall((f"GET /v1/realtime?model={MODEL} HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\nUpgrade: websocket\r\n"

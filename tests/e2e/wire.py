@@ -31,14 +31,14 @@ async def until(ws, predicate: Callable[[dict], bool], timeout: float = 30) -> l
                     return seen
 
 
-def raw_handshake(port: int, rcvbuf: int | None = None) -> socket.socket:
+def raw_handshake(port: int, rcvbuf: int | None = None, path: str = "/v1/stream") -> socket.socket:
     """A WebSocket client that never answers pings and reads only when told: a stalled peer."""
     sock = socket.socket()
     if rcvbuf:  # before connect, so the advertised window is small from the start
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.connect(("127.0.0.1", port))
     key = base64.b64encode(b"0123456789abcdef").decode()
-    sock.sendall((f"GET /v1/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
     head = b""
     while b"\r\n\r\n" not in head:
@@ -47,9 +47,46 @@ def raw_handshake(port: int, rcvbuf: int | None = None) -> socket.socket:
     return sock
 
 
-def send_masked_text(sock: socket.socket, text: str) -> None:
+def send_masked_text(sock: socket.socket, text: str, opcode: int = 0x1) -> None:
     payload = text.encode()
     mask = b"\x01\x02\x03\x04"
-    header = bytes([0x81, 0x80 | 126]) + struct.pack(">H", len(payload)) if len(payload) > 125 else \
-        bytes([0x81, 0x80 | len(payload)])
+    header = bytes([0x80 | opcode, 0x80 | 126]) + struct.pack(">H", len(payload)) if len(payload) > 125 else \
+        bytes([0x80 | opcode, 0x80 | len(payload)])
     sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+
+def read_text_frames(sock: socket.socket, stop: Callable[[dict], bool], timeout: float = 30) -> list[dict]:
+    """A raw client reading again: the JSON text frames up to the first `stop` accepts, answering pings (so
+    the heartbeat keeps it); AssertionError if the connection closes first."""
+    buf, seen = b"", []
+    sock.settimeout(timeout)
+    while True:
+        while len(buf) < 2 or len(buf) < _frame_end(buf):
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed"
+            buf += chunk
+        end = _frame_end(buf)
+        opcode, payload = buf[0] & 0x0F, buf[end - _payload_len(buf):end]
+        buf = buf[end:]
+        if opcode == 0x9:
+            send_masked_text(sock, payload.decode("latin-1"), opcode=0xA)
+        elif opcode == 0x8:
+            raise AssertionError(f"closed: {payload!r}")
+        elif opcode == 0x1:
+            seen.append(json.loads(payload))
+            if stop(seen[-1]):
+                return seen
+
+
+def _payload_len(buf: bytes) -> int:
+    n = buf[1] & 0x7F
+    return n if n < 126 else struct.unpack(">H", buf[2:4])[0] if n == 126 else struct.unpack(">Q", buf[2:10])[0]
+
+
+def _frame_end(buf: bytes) -> int:
+    """Where the unmasked server frame at the start of buf ends (at least the bytes needed to know it)."""
+    n = buf[1] & 0x7F
+    head = 2 if n < 126 else 4 if n == 126 else 10
+    if len(buf) < head:
+        return head
+    return head + _payload_len(buf)

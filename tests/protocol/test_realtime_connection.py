@@ -230,6 +230,54 @@ def test_undecodable_text_is_an_error_event(raw):
     assert kinds(peer.take()) == ["error"]
 
 
+IMAGE = "data:image/png;base64,iVBORw0KGgo="
+
+
+def test_input_image_parts_become_image_parts_of_the_message_in_order():
+    """A user item's images keep their place among its text (the engine templates them there), are echoed as the
+    SDK's input_image parts, and later text appended to the item follows the last image."""
+    peer = Peer(limits=Limits(takes_images=True))
+    item = {"type": "message", "role": "user", "id": "u1", "status": "in_progress", "content": [
+        {"type": "input_text", "text": "Compare"}, {"type": "input_image", "image_url": IMAGE, "detail": "low"},
+        {"type": "input_text", "text": "with"}, {"type": "input_image", "image_url": IMAGE}]}
+    (added,) = peer.send(type="conversation.item.create", item=item)
+    assert [p["type"] for p in added["item"]["content"]] == ["input_text", "input_image", "input_text",
+                                                             "input_image"]
+    assert added["item"]["content"][1] == {"type": "input_image", "image_url": IMAGE, "detail": "low"}
+    peer.conn.commands()
+    peer.send(type="conversation.item.append", item_id="u1", text=" please.")
+    peer.conn.commands()  # InputChanged: the transport prefills text-only input only
+    command = peer.start()
+    assert command.messages == [{"role": "user", "content": [
+        {"type": "text", "text": "Compare"}, {"type": "image_url", "url": IMAGE}, {"type": "text", "text": "with"},
+        {"type": "image_url", "url": IMAGE}, {"type": "text", "text": " please."}]}]
+    peer.finish(command, "A")
+    peer.send(type="conversation.item.create", item={"type": "message", "role": "user", "content": [
+        {"type": "input_image", "image_url": IMAGE}]})  # an image alone is a message too
+    assert peer.start().messages == [{"role": "user", "content": [{"type": "image_url", "url": IMAGE}]}]
+
+
+@pytest.mark.parametrize("part, role, code, param", [
+    ({"type": "input_image", "image_url": "https://example.com/cat.png"}, "user", "invalid_event",
+     "item.content[0].image_url"),
+    ({"type": "input_image"}, "user", "invalid_event", "item.content[0].image_url"),
+    ({"type": "input_image", "image_url": IMAGE}, "system", "invalid_event", "item.content[0]"),
+])
+def test_a_bad_input_image_is_an_error_event(part, role, code, param):
+    peer = Peer(limits=Limits(takes_images=True))
+    (error,) = peer.send(type="conversation.item.create", event_id="e1",
+                         item={"type": "message", "role": role, "content": [part]})
+    assert error["type"] == "error" and (error["error"]["code"], error["error"]["param"]) == (code, param)
+    assert peer.conn.items == []
+
+
+def test_rate_limits_updated_is_the_sdk_event():
+    peer = Peer()
+    peer.conn.rate_limits([{"name": "requests", "limit": 400, "remaining": 397, "reset_seconds": 0.015}])
+    (event,) = peer.take()  # validated as the SDK's RateLimitsUpdatedEvent
+    assert event["type"] == "rate_limits.updated" and event["rate_limits"][0]["remaining"] == 397
+
+
 def test_items_are_bounded_and_ids_unique():
     peer = Peer(limits=Limits(max_items=2))
     peer.send(type="conversation.item.create", item=user("a", id="same"))
@@ -305,7 +353,9 @@ _events = st.fixed_dictionaries({"type": _kinds}, optional={
         "status": st.sampled_from(["in_progress", "completed"]),
         "content": st.lists(st.fixed_dictionaries({"type": st.sampled_from(["input_text", "output_text",
                                                                             "input_image"])},
-                                                  optional={"text": _texts}), max_size=2)}),
+                                                  optional={"text": _texts, "image_url": st.sampled_from(
+                                                      [IMAGE, "x"]), "detail": st.sampled_from(["low", "odd"])}),
+                                   max_size=2)}),
     "session": st.dictionaries(st.sampled_from(["instructions", "temperature", "max_output_tokens", "tools",
                                                 "output_modalities", "type"]), _json, max_size=3),
     "response": st.dictionaries(st.sampled_from(["instructions", "max_output_tokens", "conversation", "input",
@@ -319,7 +369,7 @@ _events = st.fixed_dictionaries({"type": _kinds}, optional={
 def test_any_event_sequence_gives_sdk_shaped_events_and_never_raises(events, finishes):
     """Whatever the client sends, in whatever order, with the engine ending responses in any way: the connection
     answers only with events the SDK accepts, and commands stay consistent (one response at a time)."""
-    peer = Peer()
+    peer = Peer(limits=Limits(takes_images=len(events) % 2 == 1))
     for event, finish in itertools.zip_longest(events, finishes):
         if event is not None:
             peer.conn.receive_text(json.dumps(event))

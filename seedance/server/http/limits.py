@@ -50,6 +50,11 @@ class TokenBucket:
             return 0.0
         return (1.0 - self.tokens) / self.rate
 
+    def available(self) -> float:
+        """Tokens in the bucket now (it refills as time passes)."""
+        self._refill()
+        return self.tokens
+
     def idle(self) -> bool:
         """Full again: forgetting this bucket changes nothing."""
         self._refill()

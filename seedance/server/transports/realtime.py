@@ -11,6 +11,15 @@ One reader (client events) and one writer per connection. The writer wakes when 
 events and turns one engine step into its text delta. A barge-in (response.create while one streams) or a
 response.cancel cancels the engine request between two steps; what a step delivered after the cancel is dropped
 unsent, so the item, the session's history and the KV it keeps are exactly what the client saw.
+
+Images (input_image parts, for a model that takes them) go to the engine as the chat path's image parts
+(image_from_url), decoded and encoded on its vision thread; an image a session turn took in is the session's KV and
+embedding rows (sessions/manager.py), so a later response does not encode it again.
+
+Back-pressure: sends never wait for the socket to drain (writer_limit); before each send the transport's unsent
+bytes are checked, and past send_high_water_bytes the response is paused in the engine until they fall to
+send_low_water_bytes (as /v1/stream does), the connection's sends waiting meanwhile; above high water for
+slow_consumer_timeout_s the socket is closed (4001).
 """
 
 from __future__ import annotations
@@ -19,7 +28,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
+import time
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -40,13 +52,18 @@ from seedance.protocol.realtime_connection import (
 from seedance.protocol.realtime_events import INTERNAL, MAX_ID_LENGTH, RATE_LIMITED, RESPONSE_FAILED
 from seedance.server.http.config import ServerConfig
 from seedance.server.http.http_errors import HttpError
+from seedance.server.http.keepalive import apply_keepalive
 from seedance.server.http.observability_http import OBS
 from seedance.server.http.security import SUBPROTOCOLS, WsGuard
 from seedance.server.http.state import STATE
+from seedance.server.transports.requests import image_from_url
 from seedance.serving.generation import Generation
 from seedance.sessions.manager import Session, SessionError, SessionManager, scoped_key
 
 log = logging.getLogger(__name__)
+
+_NEVER_DRAIN = 1 << 62  # aiohttp writer_limit: sends never wait for the socket; the water marks bound it
+_BACKLOG_POLL_S = 0.05  # how often a backlogged connection looks whether the client has read
 
 
 @dataclass(eq=False)
@@ -67,6 +84,7 @@ class RealtimeSocket:
         self.session_key = session_key
         self.keep_session = keep_session  # named by the client: outlives the connection
         self.guard: WsGuard | None = None
+        self.transport: asyncio.Transport | None = None  # its write buffer: what the client has not read
         self.obs: Observability | None = None  # metrics / tracing (set by realtime_handler)
         self.wake = asyncio.Event()
         self.current: RealtimeGeneration | None = None
@@ -135,10 +153,36 @@ class RealtimeSocket:
             self.protocol.error(INTERNAL, "the server failed on this event", type="server_error")
             await self._flush()
 
+    def _unsent_bytes(self) -> int:
+        transport = self.transport
+        return transport.get_write_buffer_size() if transport is not None and not transport.is_closing() else 0
+
+    async def _wait_for_reader(self) -> None:
+        """Back-pressure: while the client has not read what was sent (above high water), its response is paused
+        in the engine and the connection sends nothing more; it resumes at low water. Above high water for
+        slow_consumer_timeout_s the socket is closed."""
+        config = self.config
+        if self._unsent_bytes() <= config.send_high_water_bytes:
+            return
+        gen = self.current if self.current is not None and not self.current.finished else None
+        if gen is not None:
+            self.engine.pause(gen.engine_id)
+        since = time.monotonic()
+        try:
+            while not self.ws.closed and self._unsent_bytes() > config.send_low_water_bytes:
+                if time.monotonic() - since > config.slow_consumer_timeout_s:
+                    await self.close(CloseCode.SLOW_CONSUMER, "slow consumer: send buffer above high water too long")
+                    return
+                await asyncio.sleep(_BACKLOG_POLL_S)
+        finally:
+            if gen is not None and not gen.finished:
+                self.engine.resume(gen.engine_id)
+
     async def _flush(self) -> None:
         """Send what the protocol queued, then carry out its commands (whose answers may queue more)."""
         while True:
             async with self._send_lock:
+                await self._wait_for_reader()
                 for body in self.protocol.data_to_send():
                     if self.ws.closed:
                         break
@@ -179,6 +223,8 @@ class RealtimeSocket:
             messages = self.protocol.pending_messages()
             if not messages:
                 return
+            if any(not isinstance(m["content"], str) for m in messages):
+                return  # images are encoded once, by the response (the vision thread's work is not repeated)
             last = messages[-1]
             stable = last["content"][: _last_word_start(last["content"])]
             if not stable:
@@ -195,7 +241,8 @@ class RealtimeSocket:
             if not head or prompt == self._prefilled:
                 return
             request = GenerateRequest(prompt_token_ids=prompt, params=SamplingParams(max_tokens=1, temperature=0),
-                                      pin_key=session.id, request_id=f"rt{id(self):x}:prefill{self.prefills}")
+                                      pin_key=session.id, request_id=f"rt{id(self):x}:prefill{self.prefills}",
+                                      prompt_embeds=session.prompt_embeds)  # earlier turns' image rows
             try:
                 stream = await self.engine.submit(request)
                 async for _ in stream:
@@ -206,18 +253,29 @@ class RealtimeSocket:
             self.prefills += 1
             self._prefilled = prompt
 
+    def _report_rate_limits(self) -> None:
+        """rate_limits.updated: the connection's client-event bucket (ws_messages_per_s, ws_message_burst) as
+        the API's `requests` limit: how many events may follow at once, and when the bucket is full again."""
+        bucket = self.guard.rate if self.guard is not None else None
+        if bucket is None:
+            return
+        level = bucket.available()
+        self.protocol.rate_limits([{"name": "requests", "limit": int(bucket.burst), "remaining": int(level),
+                                    "reset_seconds": round((bucket.burst - level) / bucket.rate, 3)}])
+
     async def _start(self, command: StartResponse) -> None:
+        self._report_rate_limits()
         if self._prefill is not None and not self._prefill.done():
             with contextlib.suppress(Exception):
                 await self._prefill  # its KV is this response's to reuse
         limit = self.engine.config.max_tokens_limit
         params = SamplingParams(max_tokens=min(command.max_output_tokens or limit, limit),
                                 temperature=command.temperature)
-        request = GenerateRequest(messages=command.messages, params=params,
-                                  request_id=f"rt{id(self):x}:{command.response_id}")
         session, input_text = None, ""
         self.starting = command.response_id
         try:
+            request = GenerateRequest(messages=_engine_messages(command.messages), params=params,
+                                      request_id=f"rt{id(self):x}:{command.response_id}")
             if command.in_conversation:
                 session = self.session = await self.sessions.get(self.session_key)
                 if command.restart and not session.busy:
@@ -227,7 +285,7 @@ class RealtimeSocket:
         except (SessionError, EngineError) as err:
             code = getattr(err, "code", RESPONSE_FAILED)
             if self.obs is not None:
-                self.obs.refused("realtime", request.request_id, code)
+                self.obs.refused("realtime", f"rt{id(self):x}:{command.response_id}", code)
             self.protocol.response_failed_to_start(command.response_id, code, getattr(err, "message", str(err)))
             return
         except Exception:
@@ -301,6 +359,14 @@ class RealtimeSocket:
                                      else None)
 
 
+def _engine_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The protocol's messages as the engine takes them: image_url parts become the chat path's image parts
+    (decoded on the engine's vision thread)."""
+    return [m if isinstance(m["content"], str) else {**m, "content": [
+        {"type": "image", "image": image_from_url(p["url"])} if p["type"] == "image_url" else p
+        for p in m["content"]]} for m in messages]
+
+
 def _last_word_start(text: str) -> int:
     """Where the last word (and the whitespace before it) begins: the text before it tokenizes the same however
     the message goes on, for pre-tokenizers that split at whitespace."""
@@ -334,8 +400,12 @@ async def realtime_handler(request: web.Request) -> web.StreamResponse:
     if name is not None and not 1 <= len(name) <= MAX_ID_LENGTH:
         raise HttpError(400, "invalid_request", f"session must be 1 to {MAX_ID_LENGTH} characters", "session")
     ws = web.WebSocketResponse(max_msg_size=config.max_message_bytes, compress=False, protocols=SUBPROTOCOLS,
-                               heartbeat=config.heartbeat_interval_s)
+                               heartbeat=config.heartbeat_interval_s, writer_limit=_NEVER_DRAIN)
     await ws.prepare(request)
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    apply_keepalive(sock, config.keepalive)
+    if sock is not None and config.socket_send_buffer_bytes:  # the kernel's share of the unread bytes
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.socket_send_buffer_bytes)
     if state.engine is None:
         await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"model is loading")
         return ws
@@ -347,9 +417,11 @@ async def realtime_handler(request: web.Request) -> web.StreamResponse:
         return ws
     prefix = os.urandom(6).hex()
     protocol = RealtimeConnection(config.model_name or "", id_prefix=prefix,
-                                  limits=Limits(max_items=config.realtime_max_items))
+                                  limits=Limits(max_items=config.realtime_max_items,
+                                                takes_images=state.engine.engine.takes_images))
     conn = RealtimeSocket(ws, state.engine, state.sessions, config, protocol, "", keep_session=name is not None)
     conn.guard = guard = WsGuard(request, conn)
+    conn.transport = request.transport
     conn.obs = request.app.get(OBS)
     conn.session_key = scoped_key(guard.principal, name or f"realtime-{prefix}")
     state.websockets.add(conn)

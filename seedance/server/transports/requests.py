@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 
 from seedance.engine.async_engine import GenerateRequest
 from seedance.engine.errors import InvalidRequest
@@ -11,17 +10,16 @@ from seedance.engine.image_prompt import ImageInput
 from seedance.engine.prompt_embeds import EncodedRows
 from seedance.engine.sampling_params import GuidedDecoding, SamplingParams
 from seedance.protocol import EmbeddingPart, Generate, ImageUrlContent, TextPart, decode_binary_prompt
-
-_DATA_URL = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,")
+from seedance.protocol.data_url import image_base64
 
 
 def image_from_url(url: str) -> ImageInput:
     """An image content part's data: URL as an ImageInput (its base64 is decoded on the vision thread). Any other
     URL is refused: the server fetches nothing on a client's behalf."""
-    head = _DATA_URL.match(url[:128])
-    if head is None:
+    data = image_base64(url)
+    if data is None:
         raise InvalidRequest("image_url.url must be a data:image/...;base64,... URL: this server fetches no URLs")
-    return ImageInput(url[head.end():])
+    return ImageInput(data)
 
 
 def chat_content(content):
