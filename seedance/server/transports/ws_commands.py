@@ -11,13 +11,16 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from seedance.engine.async_engine import AsyncEngine
+from seedance.engine.async_engine import AsyncEngine, GenerateRequest
 from seedance.engine.errors import EngineError
+from seedance.engine.sampling_params import SamplingParams
 from seedance.observability.hub import Observability
 from seedance.observability.logs import reset_request_context, set_request_context
-from seedance.protocol import Generate, ProtocolError, Resume
+from seedance.protocol import Append, Generate, ProtocolError, Resume
 from seedance.protocol import errors as codes
+from seedance.protocol.messages import MAX_APPEND_CHARS
 from seedance.protocol.server_connection import (
+    AppendInput,
     CancelRequest,
     Command,
     DetachRequest,
@@ -32,11 +35,12 @@ from seedance.protocol.server_connection import (
     error_message,
 )
 from seedance.server.http.security import WsGuard
+from seedance.server.transports.realtime import _last_word_start as last_word_start
 from seedance.server.transports.requests import generate_request_from
 from seedance.server.transports.ws_generation import WsGeneration
 from seedance.server.transports.ws_messages import snapshot_message
 from seedance.serving.generation import split_replay
-from seedance.sessions.manager import SessionError, SessionManager, scoped_key
+from seedance.sessions.manager import Session, SessionError, SessionManager, scoped_key
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,9 @@ class WsCommands:
         self.closed = closed
         self.obs = obs
         self.outbox: list[bytes] = []  # out-of-band messages (snapshot acks) for the writer's next batch
+        self._prefills: dict[str, asyncio.Task] = {}  # streaming input being prefilled, by session
+        self._prefilled: dict[str, list[int]] = {}  # the prompt each session's last prefill left pinned
+        self.prefill_count = 0
 
     @property
     def requests(self) -> dict[str, WsGeneration]:
@@ -76,6 +83,8 @@ class WsCommands:
                 self.obs.refused("ws", self.engine_id(command.id), command.code)
         elif isinstance(command, ResumeRequest):
             await self._on_resume(command.message)
+        elif isinstance(command, AppendInput):
+            await self._on_append(command.message)
         elif isinstance(command, Reauthenticate):
             self.guard.reauth(command.token, self.protocol)
         elif (active := self.requests.get(command.id)) is None:
@@ -102,6 +111,8 @@ class WsCommands:
             else:
                 self.engine.cancel(active.engine_id)  # a closed connection cancels its requests
         self.protocol.forget_all()
+        for task in self._prefills.values():
+            task.cancel()  # a one-token request: the engine finishes it on its own
 
     async def _on_generate(self, msg: Generate) -> None:
         """Start a generate the protocol admitted (scopes, id, limits); a failure refuses it."""
@@ -110,6 +121,8 @@ class WsCommands:
             request = generate_request_from(msg, request_id=self.engine_id(msg.id))
             if msg.session is not None:
                 session = await self.sessions.get(scoped_key(self.guard.principal, msg.session))
+                if (prefill := self._prefills.pop(session.id, None)) is not None:
+                    await asyncio.wait([prefill])  # its KV is this turn's to reuse
                 input_text = await self.sessions.prepare_turn(session, request)
             stream = await self.engine.submit(request)
         except (ProtocolError, SessionError) as err:
@@ -132,6 +145,48 @@ class WsCommands:
             active.on_snapshot = self._snapshot_acker(active)
             self.sessions.begin_turn(session, active)
         self.protocol.open(msg.id, active, credit=msg.credit, binary=msg.binary, session=session is not None)
+
+    async def _on_append(self, msg: Append) -> None:
+        """Streaming input: add the piece to the session's next user message and prefill what has arrived."""
+        try:
+            session = await self.sessions.get(scoped_key(self.guard.principal, msg.session))
+        except SessionError as err:
+            self.protocol.error(None, err.code, err.message)
+            return
+        if len(session.pending_input) + len(msg.text) > MAX_APPEND_CHARS:
+            self.protocol.error(None, codes.INVALID_REQUEST, f"session {msg.session!r}: appended text over "
+                                f"{MAX_APPEND_CHARS} characters; send a generate to end the message")
+            return
+        session.pending_input += msg.text
+        task = self._prefills.get(session.id)
+        if task is None or task.done():
+            self._prefills[session.id] = asyncio.create_task(self._prefill(session), name="ws-prefill")
+
+    async def _prefill(self, session: Session) -> None:
+        """Prefill the session's history plus its next message so far (a one-token request that leaves its
+        prompt pinned, as the Realtime endpoint's streaming input does), until it has caught up with what
+        arrived. A piece's last word may still grow, so it waits for the next piece; text the finished
+        message tokenizes differently is recomputed (the engine's take_pin keeps the shared prefix)."""
+        loop = asyncio.get_running_loop()
+        while not self.closed() and not session.busy and (tokenizer := self.engine.tokenizer) is not None:
+            stable = session.pending_input[: last_word_start(session.pending_input)]
+            if not stable:
+                return
+            head = await loop.run_in_executor(self.engine.tokenize_executor, tokenizer.chat_prefix_ids,
+                                              [{"role": "user", "content": stable}])
+            prompt = session.token_ids + head
+            if session.busy or prompt == self._prefilled.get(session.id):
+                return
+            self.prefill_count += 1
+            request = GenerateRequest(prompt_token_ids=prompt, params=SamplingParams(max_tokens=1, temperature=0),
+                                      pin_key=session.id, request_id=self.engine_id(f"prefill{self.prefill_count}"))
+            try:
+                async for _ in await self.engine.submit(request):
+                    pass
+            except EngineError as err:  # too long so far: the turn will say so
+                log.info("ws prefill skipped: %s", err)
+                return
+            self._prefilled[session.id] = prompt
 
     def _snapshot_acker(self, active: WsGeneration):
         def ack(snapshot, durable: bool) -> None:
