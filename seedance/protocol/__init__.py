@@ -20,6 +20,7 @@ from seedance.protocol.errors import (
 from seedance.protocol.messages import (
     CLIENT_MESSAGE_TYPES,
     SERVER_MESSAGE_TYPES,
+    Append,
     Authenticated,
     Cancel,
     ChatMessage,
@@ -80,6 +81,7 @@ __all__ = [
     "UNKNOWN_ID",
     "UNKNOWN_TYPE",
     "UNSUPPORTED",
+    "Append",
     "Authenticated",
     "Cancel",
     "ChatMessage",

@@ -196,7 +196,19 @@ class Resume(_ClientBase, tag="resume"):
     last_seq: Annotated[int, msgspec.Meta(ge=-1, le=INT32_MAX)] = -1
 
 
-ClientMessage = Generate | Cancel | Credit | Priority | Ping | Resume | Reauth
+MAX_APPEND_CHARS: Final = 1 << 20  # what all of a session's appended pieces may add up to (characters)
+
+
+class Append(_ClientBase, tag="append"):
+    """Streaming input: a piece of a session's next user message, prefilled into the session's KV as it
+    arrives; the session's next generate ends the message (its prompt or last message is the last piece), so
+    only that piece is left to compute."""
+
+    session: RequestId
+    text: Annotated[str, msgspec.Meta(min_length=1)]
+
+
+ClientMessage = Generate | Cancel | Credit | Priority | Ping | Resume | Reauth | Append
 
 # ---------------------------------------------------------------------------------------------- server → client
 
@@ -275,6 +287,7 @@ CLIENT_MESSAGE_TYPES: Final[dict[str, type[msgspec.Struct]]] = {
     "priority": Priority,
     "ping": Ping,
     "reauth": Reauth,
+    "append": Append,
 }
 SERVER_MESSAGE_TYPES: Final[dict[str, type[msgspec.Struct]]] = {
     "chunk": Chunk,

@@ -28,6 +28,7 @@ from seedance.protocol import errors as codes
 from seedance.protocol.errors import CloseCode, ProtocolError
 from seedance.protocol.flow import Backpressure, FlowLimits, RequestFlow, StreamEvent
 from seedance.protocol.messages import (
+    Append,
     Authenticated,
     Cancel,
     ClientMessage,
@@ -126,6 +127,13 @@ class ResumeRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class AppendInput:
+    """Add a piece to the session's next user message and prefill it; answer `error` if it cannot."""
+
+    message: Append
+
+
+@dataclass(frozen=True, slots=True)
 class Reauthenticate:
     """Verify this token; answer `reauthenticated`, `reauth_refused` or close with 4403 (another subject)."""
 
@@ -147,7 +155,7 @@ class CloseConnection:
 
 
 Command = (Submit | CancelRequest | PauseRequest | ResumeStream | SetPriority | ResumeRequest | Reauthenticate
-           | Refused | SendPing | DetachRequest | CloseConnection)
+           | Refused | SendPing | DetachRequest | CloseConnection | AppendInput)
 
 
 _NOTHING: list = []  # returned when there is no output; never appended to
@@ -240,6 +248,11 @@ class ServerConnection(Generic[H]):
                 self._duplicate(message.id)
             else:
                 self._commands.append(ResumeRequest(message))
+        elif isinstance(message, Append):
+            if self.draining():
+                self.error(None, codes.OVERLOADED, "server is shutting down")
+            else:
+                self._commands.append(AppendInput(message))
 
     def receive_binary(self) -> None:
         self.error(None, codes.UNSUPPORTED, "client messages are JSON text frames")

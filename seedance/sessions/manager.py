@@ -80,6 +80,8 @@ class Session:
     # restored from a snapshot has the ids without the rows, and such a turn is refused (engine admission).
     prompt_embeds: PromptEmbeds | None = None
     pending_embeds: PromptEmbeds | None = None  # those of the turn in progress, kept if it completes
+    # Streaming input (/v1/stream `append`): the next user message so far; the next turn's input ends it.
+    pending_input: str = ""
 
     @property
     def busy(self) -> bool:
@@ -89,6 +91,19 @@ class Session:
 def _text_of(content) -> str:
     """A message's text: its string, or its text parts (an image part has none)."""
     return content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
+
+
+def _prepend_input(request: GenerateRequest, text: str) -> None:
+    """Streamed input starts the turn's input: its prompt, or its last message's text."""
+    if request.messages:
+        last = request.messages[-1]
+        content = last["content"]
+        content = text + content if isinstance(content, str) else [{"type": "text", "text": text}, *content]
+        request.messages = [*request.messages[:-1], {**last, "content": content}]
+    elif request.prompt is not None:
+        request.prompt = text + request.prompt
+    else:
+        raise SessionError("invalid_request", "appended text ends with a prompt or messages turn, not tokens")
 
 
 class SessionManager:
@@ -171,13 +186,18 @@ class SessionManager:
     async def prepare_turn(self, session: Session, request: GenerateRequest) -> str:
         """Make a GenerateRequest a turn of the session: its prompt becomes the conversation so far, as the
         tokens the model saw, plus the new input, and its KV stays pinned under the session for the next
-        turn. Returns the new input as text (for the snapshot)."""
+        turn. Text appended to the session's next message since its last turn starts the new input.
+        Returns the new input as text (for the snapshot)."""
+        appended = session.pending_input
+        if appended:
+            _prepend_input(request, appended)
         new_ids = await self.engine.tokenize(request)  # off the event loop; the session is checked after it
         if session.busy:
             raise SessionError("invalid_request", f"session {session.id!r} has a turn in progress "
                                                   f"({session.current.id!r}): wait for its done or cancel it", 409)
         input_text = request.prompt if request.prompt is not None else "\n".join(
             _text_of(m["content"]) for m in request.messages or [])
+        session.pending_input = session.pending_input[len(appended):]  # ended; an append meanwhile starts the next
         request.prompt = request.messages = request.prompt_parts = None
         request.prompt_embeds = PromptEmbeds.join(session.prompt_embeds, len(session.token_ids), request.prompt_embeds)
         session.pending_embeds = request.prompt_embeds

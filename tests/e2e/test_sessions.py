@@ -222,3 +222,36 @@ async def test_missed_heartbeats_start_the_same_grace_window(server_factory):
         turn = await read_turn(ws, "t0")
     assert turn["done"]["usage"]["completion_tokens"] == SAMPLED["max_tokens"]
     assert [c["seq"] for c in turn["chunks"]] == list(range(len(turn["chunks"])))
+
+
+STREAMED = ("And it came to pass, when the king heard the words of the book of the law, that he rent his clothes. "
+            "And the king commanded the priest, and the scribe, and the servant of the king, saying, Go ye, "
+            "enquire of the LORD for me, and for the people, concerning the words of this book that is found.")
+
+
+async def test_append_prefills_a_streamed_message_and_answers_as_if_it_came_whole(server):
+    """The message in pieces cut mid-word, after a first turn: the same greedy answer as the whole message,
+    with the pieces' KV reused (cached_tokens) where the whole message's turn computes it."""
+    greedy = {"max_tokens": 24, "temperature": 0, "ignore_eos": True}
+    first = {"messages": [{"role": "user", "content": "Who wrote the law?"}], **greedy}
+    cuts = list(range(0, len(STREAMED), 37))
+    pieces = [STREAMED[a:b] for a, b in zip(cuts, [*cuts[1:], len(STREAMED)], strict=True)]
+    turns = {}
+    async with connect(server.ws) as ws:
+        for name in ("whole", "pieced"):
+            await ws.send(json.dumps({"type": "generate", "id": "t0", "session": f"append-{name}", **first}))
+            assert (await read_turn(ws, "t0"))["done"]["finish_reason"] == "length"
+        await ws.send(json.dumps({"type": "generate", "id": "t1", "session": "append-whole",
+                                  "messages": [{"role": "user", "content": STREAMED}], **greedy}))
+        turns["whole"] = await read_turn(ws, "t1")
+        for piece in pieces[:-1]:
+            await ws.send(json.dumps({"type": "append", "session": "append-pieced", "text": piece}))
+        await ws.send(json.dumps({"type": "generate", "id": "t1", "session": "append-pieced",
+                                  "messages": [{"role": "user", "content": pieces[-1]}], **greedy}))
+        turns["pieced"] = await read_turn(ws, "t1")
+    whole, pieced = (turns[k]["done"]["usage"] for k in ("whole", "pieced"))
+    assert not turns["pieced"]["errors"] and text(turns["pieced"]) == text(turns["whole"]) != ""
+    assert pieced["prompt_tokens"] == whole["prompt_tokens"]
+    # the whole message's turn reuses only the first turn's KV; the pieced one all but the last piece's
+    assert pieced["cached_tokens"] >= whole["cached_tokens"] + 40
+    assert pieced["prompt_tokens"] - pieced["cached_tokens"] < 30

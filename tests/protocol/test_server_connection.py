@@ -9,6 +9,7 @@ from seedance.protocol import CloseCode, decode_server_messages
 from seedance.protocol import errors as codes
 from seedance.protocol.scopes import ALL_SCOPES, SCOPE_GENERATE
 from seedance.protocol.server_connection import (
+    AppendInput,
     CancelRequest,
     CloseConnection,
     Reauthenticate,
@@ -213,6 +214,28 @@ def test_resume_is_handed_to_the_adapter():
     (command,) = conn.commands()
     assert isinstance(command, ResumeRequest)
     assert (command.message.session, command.message.id, command.message.last_seq) == ("s", "r", 4)
+
+
+def test_append_is_handed_to_the_adapter_and_bad_ones_are_errors():
+    conn = connection()
+    conn.receive_text(json.dumps({"type": "append", "session": "s", "text": "Hello the"}))
+    (command,) = conn.commands()
+    assert isinstance(command, AppendInput)
+    assert (command.message.session, command.message.text) == ("s", "Hello the")
+    assert sent(conn) == []
+    conn.receive_text(json.dumps({"type": "append", "session": "s", "text": ""}))  # an empty piece
+    conn.receive_text(json.dumps({"type": "append", "text": "x"}))  # no session
+    assert conn.commands() == []
+    assert [(m["type"], m["code"]) for m in sent(conn)] == [("error", "invalid_message")] * 2
+
+
+def test_append_needs_the_generate_scope_and_is_refused_while_draining():
+    conn = connection(scopes=frozenset())
+    conn.receive_text(json.dumps({"type": "append", "session": "s", "text": "x"}))
+    assert conn.commands() == [] and [m["code"] for m in sent(conn)] == ["forbidden"]
+    conn = connection(draining=lambda: True)
+    conn.receive_text(json.dumps({"type": "append", "session": "s", "text": "x"}))
+    assert conn.commands() == [] and [m["code"] for m in sent(conn)] == ["overloaded"]
 
 
 def test_close_is_a_command():

@@ -1,9 +1,9 @@
 """WebSocket transport (/v1/stream): a thin adapter between the sans-I/O protocol and the engine.
 
-Every protocol rule, flow control included, is protocol/server_connection.py's; this carries out its
-commands against the engine and the sessions and owns the socket. One reader (client messages) and one
-writer (all the connection's streams) per connection, and a timer that wakes the writer for the
-heartbeat. The writer wakes when any of the connection's streams has events and sends everything that is
+Every protocol rule, flow control included, is protocol/server_connection.py's; what its commands do to
+the engine and the sessions is server/transports/ws_commands.py's; this owns the socket. One reader (client
+messages) and one writer (all the connection's streams) per connection, and a timer that wakes the writer
+for the heartbeat. The writer wakes when any of the connection's streams has events and sends everything that is
 ready as one WebSocket message: a JSON array when several requests produced tokens in the same engine
 step, concatenated MTF1 frames for binary requests.
 
@@ -21,43 +21,20 @@ import logging
 import math
 import socket
 import struct
-from collections.abc import Callable
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from seedance.engine.async_engine import AsyncEngine
-from seedance.engine.errors import EngineError
-from seedance.observability.hub import Observability
-from seedance.observability.logs import reset_request_context, set_request_context
-from seedance.protocol import CloseCode, Generate, ProtocolError, Resume
+from seedance.protocol import CloseCode
 from seedance.protocol import errors as codes
 from seedance.protocol.flow import FlowLimits
-from seedance.protocol.server_connection import (
-    CancelRequest,
-    CloseConnection,
-    Command,
-    DetachRequest,
-    PauseRequest,
-    Reauthenticate,
-    Refused,
-    ResumeRequest,
-    ResumeStream,
-    SendPing,
-    ServerConnection,
-    SetPriority,
-    Submit,
-    error_message,
-)
+from seedance.protocol.server_connection import CloseConnection, Command, SendPing, ServerConnection
 from seedance.server.http.config import ServerConfig
 from seedance.server.http.keepalive import apply_keepalive
 from seedance.server.http.observability_http import OBS
 from seedance.server.http.security import SUBPROTOCOLS, WsGuard
 from seedance.server.http.state import STATE
-from seedance.server.transports.requests import generate_request_from
+from seedance.server.transports.ws_commands import WsCommands
 from seedance.server.transports.ws_generation import WsGeneration
-from seedance.server.transports.ws_messages import snapshot_message
-from seedance.serving.generation import split_replay
-from seedance.sessions.manager import SessionError, SessionManager, scoped_key
 
 log = logging.getLogger(__name__)
 
@@ -66,24 +43,18 @@ CLOSE_TIMEOUT_S = 10.0  # how long a closing peer has to answer (and read) the c
 
 
 class WsConnection:
-    """The I/O around one connection's ServerConnection (every protocol rule, flow control included, is
-    there): reads frames into it, carries out its commands against the engine and the sessions, writes what
-    it produces, and owns the socket itself: the writer, the heartbeat's timer, closing."""
+    """The socket around one connection's ServerConnection (every protocol rule, flow control included, is
+    there): reads frames into it, writes what it produces, pings and closes; its engine and session
+    commands go to WsCommands."""
 
     guard: WsGuard  # set by websocket_handler: message rate, token expiry, reauth verification
     protocol: ServerConnection[WsGeneration]  # set by websocket_handler: the request table and the rules
-    obs: Observability | None = None  # metrics / tracing (set by websocket_handler)
+    commands: WsCommands  # set by websocket_handler: the engine and session side
 
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None, engine: AsyncEngine,
-                 config: ServerConfig, draining: Callable[[], bool], sessions: SessionManager) -> None:
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None) -> None:
         self.ws = ws
         self.transport = transport
-        self.engine = engine
-        self.config = config
-        self.draining = draining
-        self.sessions = sessions
         self.wake = asyncio.Event()
-        self.outbox: list[bytes] = []  # out-of-band messages (snapshot acks) for the writer's next batch
         self._closer: asyncio.Task | None = None
         self._heartbeat: asyncio.TimerHandle | None = None  # a timer, not a task: it only wakes the writer
         self.loop = asyncio.get_running_loop()
@@ -100,15 +71,7 @@ class WsConnection:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
-            for command in self.protocol.connection_lost():
-                active = self.requests[command.id]
-                if active.owner is not self:
-                    continue  # resumed elsewhere meanwhile
-                if isinstance(command, DetachRequest):
-                    self.sessions.detach(active, owner=self)  # the session keeps it for a resume
-                else:
-                    self.engine.cancel(active.engine_id)  # a closed connection cancels its requests
-            self.protocol.forget_all()
+            self.commands.connection_lost()
             if self._closer is not None:
                 with contextlib.suppress(Exception):
                     await self._closer
@@ -192,109 +155,15 @@ class WsConnection:
                 await self._do(command)
 
     async def _do(self, command: Command) -> None:
-        if isinstance(command, Submit):
-            ctx = set_request_context(self._engine_id(command.message.id), command.message.session)  # log lines
-            try:
-                await self._on_generate(command.message)
-            finally:
-                reset_request_context(ctx)
-        elif isinstance(command, SendPing):
+        if isinstance(command, SendPing):
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self.ws.ping(command.payload)
-        elif isinstance(command, Refused):
-            if self.obs is not None:
-                self.obs.refused("ws", self._engine_id(command.id), command.code)
-        elif isinstance(command, ResumeRequest):
-            await self._on_resume(command.message)
-        elif isinstance(command, Reauthenticate):
-            self.guard.reauth(command.token, self.protocol)
         elif isinstance(command, CloseConnection):
-            if command.code == CloseCode.HEARTBEAT_TIMEOUT and self.obs is not None:
-                self.obs.metrics.heartbeat_timeouts.inc()
+            if command.code == CloseCode.HEARTBEAT_TIMEOUT and self.commands.obs is not None:
+                self.commands.obs.metrics.heartbeat_timeouts.inc()
             await self.close(command.code, command.reason)
-        elif (active := self.requests.get(command.id)) is None:
-            pass  # ended since the message was read: the client has (or will get) its done
-        elif isinstance(command, CancelRequest):
-            active.cancelled = True
-            self.engine.cancel(active.engine_id)  # the stream ends with done{cancelled}
-        elif isinstance(command, PauseRequest):
-            self.engine.pause(active.engine_id)
-        elif isinstance(command, ResumeStream):
-            self.engine.resume(active.engine_id)
-            self.wake.set()
-        elif isinstance(command, SetPriority):
-            self.engine.set_priority(active.engine_id, command.priority)
-
-    async def _on_generate(self, msg: Generate) -> None:
-        """Start a generate the protocol admitted (scopes, id, limits); a failure refuses it."""
-        session = None
-        try:
-            request = generate_request_from(msg, request_id=self._engine_id(msg.id))
-            if msg.session is not None:
-                session = await self.sessions.get(scoped_key(self.guard.principal, msg.session))
-                input_text = await self.sessions.prepare_turn(session, request)
-            stream = await self.engine.submit(request)
-        except (ProtocolError, SessionError) as err:
-            self.protocol.refuse(msg.id, err.code, err.message)
-            return
-        except EngineError as err:
-            self.protocol.refuse(msg.id, err.code, str(err))
-            return
-        except Exception:  # a fault of ours: this request fails, with its end marker, and nothing else
-            log.exception("generate %s failed to start", msg.id)
-            self.protocol.refuse(msg.id, codes.INTERNAL, "the server failed to start this request")
-            return
-        stream.listener = self.wake.set
-        active = WsGeneration(msg.id, stream, self.engine, binary=msg.binary, owner=self)
-        if self.obs is not None:
-            active.obs = self.obs.request("ws", stream.request_id, msg.session, self.engine)
-        if session is not None:
-            active.session_id, active.session_name, active.input_text = session.id, msg.session, input_text
-            active.prompt_token_ids, active.log = list(request.prompt_token_ids), []
-            active.on_snapshot = self._snapshot_acker(active)
-            self.sessions.begin_turn(session, active)
-        self.protocol.open(msg.id, active, credit=msg.credit, binary=msg.binary, session=session is not None)
-
-    def _snapshot_acker(self, active: WsGeneration):
-        def ack(snapshot, durable: bool) -> None:
-            if self.requests.get(active.id, active) is active and not self.ws.closed:
-                self.outbox.append(snapshot_message(active.id, active.session_name, snapshot) if durable else
-                                   error_message(active.id, codes.SNAPSHOT_FAILED,
-                                                 f"turn {snapshot.turn} of session {active.session_name!r} is not "
-                                                 "durable: the session store is unavailable (a snapshot follows "
-                                                 "once it is back)"))
-                self.wake.set()
-
-        return ack
-
-    async def _on_resume(self, msg: Resume) -> None:
-        """Replay everything after last_seq, then continue live (or just the replay if the turn ended)."""
-        try:
-            session = await self.sessions.get(scoped_key(self.guard.principal, msg.session))
-        except SessionError as err:
-            self.protocol.error(msg.id, err.code, err.message)
-            return
-        request = self.sessions.adopt(session, msg.id, owner=self)
-        if request is not None and isinstance(request.previous_owner, WsConnection):
-            request.previous_owner.protocol.forget(request.id)  # its old connection must not produce it
-        if request is None:
-            logged = session.replay.get(msg.id)
-            if logged is None:
-                self.protocol.error(msg.id, codes.UNKNOWN_ID,
-                                    f"session {msg.session!r} has no request {msg.id!r} to resume")
-                return
-            texts, frames = split_replay(logged, msg.last_seq)
         else:
-            texts, frames = request.replay_after(msg.last_seq)
-        await self._send_batch(texts, frames)
-        if request is not None and not request.finished:
-            request.on_snapshot = self._snapshot_acker(request)
-            request.stream.listener = self.wake.set
-            self.protocol.open(msg.id, request, binary=request.binary, session=True, resumed=True)
-
-    def _engine_id(self, client_id: str) -> str:
-        # Client ids are per connection; the engine needs globally unique ones.
-        return f"ws{id(self):x}:{client_id}"
+            await self.commands.do(command)
 
     # ---- writing ----------------------------------------------------------------------------------
     async def _send_batch(self, texts: list[bytes], frames: list[bytes]) -> None:
@@ -341,7 +210,7 @@ class WsConnection:
                 if hold != math.inf:
                     loop.call_later(hold, wake.set)  # look again soon
                 continue
-            texts, self.outbox = self.outbox, []
+            texts, self.commands.outbox = self.commands.outbox, []
             frames: list[bytes] = []
             ended = []
             for active in list(self.requests.values()):
@@ -391,17 +260,18 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if len(state.websockets) >= config.max_connections:
         await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"too many connections")
         return ws
-    conn = WsConnection(ws, transport, state.engine, config, lambda: state.draining, state.sessions)
+    conn = WsConnection(ws, transport)
     conn.guard = guard = WsGuard(request, conn)
     conn.protocol = ServerConnection(max_message_bytes=config.max_message_bytes,
                                      max_requests=config.max_requests_per_connection,
                                      scopes=guard.principal.scopes, token_auth=guard.sec.bearer_auth,
-                                     draining=conn.draining, log_context=guard.log_context,
+                                     draining=lambda: state.draining, log_context=guard.log_context,
                                      flow=FlowLimits(config.send_high_water_bytes, config.send_low_water_bytes,
                                                      config.slow_consumer_timeout_s, config.heartbeat_interval_s,
                                                      config.heartbeat_max_missed),
                                      now=asyncio.get_running_loop().time())
-    conn.obs = request.app.get(OBS)
+    conn.commands = WsCommands(conn.protocol, state.engine, state.sessions, guard, conn.wake, conn._send_batch,
+                               lambda: ws.closed, obs=request.app.get(OBS))
     state.websockets.add(conn)
     try:
         await conn.run()
