@@ -145,6 +145,7 @@ class WsCommands:
         gens = [self._generation(msg, stream, None if msg.n == 1 else i) for i, stream in enumerate(streams)]
         if len(gens) > 1:
             self.protocol.open(msg.id, WsChoices(msg.id, gens, owner=self), credit=msg.credit)
+            self.wake.set()  # choices that produced before their listener was set must not wait for another event
             return
         active = gens[0]
         if session is not None:
