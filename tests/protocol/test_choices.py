@@ -3,8 +3,6 @@ commands and bytes out), the chunk's index and the one done that folds the choic
 "Choices"). tests/server/test_ws_choices.py runs the choices through the writer's step; tests/e2e/test_websocket.py
 through a server."""
 
-import json
-
 import msgspec
 import pytest
 
@@ -19,24 +17,8 @@ from seedance.protocol import (
     encode_server_message,
 )
 from seedance.protocol.choices import choices_done
-from seedance.protocol.scopes import ALL_SCOPES
-from seedance.protocol.server_connection import Refused, ServerConnection, Submit
-
-
-def connection() -> ServerConnection[str]:
-    return ServerConnection(max_message_bytes=4096, max_requests=2, scopes=ALL_SCOPES)
-
-
-def gen(request_id: str = "a", **fields) -> str:
-    return json.dumps({"type": "generate", "id": request_id, "prompt": "x", **fields})
-
-
-def sent(conn: ServerConnection) -> list[dict]:
-    out = []
-    for body in conn.data_to_send():
-        value = json.loads(body)
-        out.extend(value if isinstance(value, list) else [value])
-    return out
+from seedance.protocol.server_connection import Refused, Submit
+from tests.protocol.test_server_connection import connection, gen, sent
 
 
 @pytest.mark.parametrize("n", [1, 3, 16])
