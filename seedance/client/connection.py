@@ -79,6 +79,7 @@ class ChunkOut:
     text: str
     token_ids: list[int]
     logprobs: list[float] | None = None
+    index: int | None = None  # the choice, for a generate with n > 1
 
 
 @dataclass(slots=True)
@@ -88,6 +89,7 @@ class DoneOut:
     usage: dict
     stop_reason: str | int | None = None
     kv_reuse: float | None = None
+    choices: list[dict] | None = None  # n > 1: each choice's {index, finish_reason, usage, stop_reason?}
 
 
 @dataclass(eq=False)
@@ -249,7 +251,7 @@ class SeedanceClient:
     def generate(self, prompt: str | None = None, *, messages: list[dict] | None = None, session: str | None = None,
                  id: str | None = None, resumable: bool = True, **params: Any) -> GenerationStream:
         request_id = id or uuid.uuid4().hex[:16]
-        if session is None and resumable:
+        if session is None and resumable and params.get("n", 1) == 1:  # a session turn has one choice
             session = f"sdk-{uuid.uuid4().hex}"  # a private one-turn session makes it resumable
         stream = GenerationStream(self, request_id, session, credit_window=self.credit_window)
         self.streams[request_id] = stream
@@ -367,10 +369,10 @@ class SeedanceClient:
         for m in _server_messages(raw):
             if isinstance(m, ChunkMessage):
                 logprobs = [lp.logprob for lp in m.logprobs] if m.logprobs else None
-                self._on_chunk(ChunkOut(m.id, m.seq, m.text, m.token_ids, logprobs))
+                self._on_chunk(ChunkOut(m.id, m.seq, m.text, m.token_ids, logprobs, m.index))
             elif isinstance(m, Done):
                 self._on_done(DoneOut(m.id, m.finish_reason, msgspec.structs.asdict(m.usage), m.stop_reason,
-                                      m.kv_reuse))
+                                      m.kv_reuse, msgspec.to_builtins(m.choices) if m.choices else None))
             elif isinstance(m, SnapshotAck):
                 self.snapshots[m.id] = msgspec.to_builtins(m)  # arrives after the turn's done: the turn is durable
             elif self._reauth_answer is not None and (isinstance(m, Authenticated) or (

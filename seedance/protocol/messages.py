@@ -29,6 +29,7 @@ INT32_MAX: Final = 2**31 - 1
 UINT32_MAX: Final = 2**32 - 1
 MAX_ID_LENGTH: Final = 128
 MAX_PROMPT_PARTS: Final = 256  # parts of a segmented prompt, and content parts of one chat message
+MAX_CHOICES: Final = 16  # a generate's n: each choice is an engine request of its own (as on the OpenAI endpoints)
 
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
 TokenId = Annotated[int, msgspec.Meta(ge=0, le=UINT32_MAX)]
@@ -120,13 +121,14 @@ class Generate(_ClientBase, tag="generate", kw_only=True):
     binary: bool = False
     credit: Count | None = None
     session: str | None = None  # reserved for resumable sessions; ignored today
-    # Penalties and logit_bias as in the OpenAI API (engine/sampling_params.py); one choice per request.
+    # Penalties and logit_bias as in the OpenAI API (engine/sampling_params.py).
     presence_penalty: Annotated[float, msgspec.Meta(ge=-2.0, le=2.0)] = 0.0
     frequency_penalty: Annotated[float, msgspec.Meta(ge=-2.0, le=2.0)] = 0.0
     repetition_penalty: Annotated[float, msgspec.Meta(gt=0.0, le=10.0)] = 1.0
     logit_bias: Annotated[dict[TokenId, Annotated[float, msgspec.Meta(ge=-100.0, le=100.0)]],
                           msgspec.Meta(max_length=1024)] | None = None
-    n: Annotated[int, msgspec.Meta(ge=1, le=1)] = 1  # several choices: send several generates
+    # Choices sharing the prompt's KV (prefix cache): chunks carry their index, one done ends them all.
+    n: Annotated[int, msgspec.Meta(ge=1, le=MAX_CHOICES)] = 1
     # Constrained output, at most one (vLLM's names): a JSON schema, a regex, a list of strings, a Lark grammar.
     guided_json: dict | None = None
     guided_regex: str | None = None
@@ -239,6 +241,16 @@ class Chunk(_ServerBase, tag="chunk", kw_only=True):
     text: str
     token_ids: list[int]
     logprobs: list[TokenLogprob] | None = None
+    index: int | None = None  # the choice, for a generate with n > 1 only (absent otherwise: n = 1 is unchanged)
+
+
+class ChoiceEnd(msgspec.Struct, kw_only=True, forbid_unknown_fields=False, omit_defaults=True):
+    """How one choice of a generate with n > 1 ended (in its request's one done)."""
+
+    index: int
+    finish_reason: FinishReason
+    usage: Usage
+    stop_reason: str | int | None = None
 
 
 class Done(_ServerBase, tag="done", kw_only=True):
@@ -248,6 +260,8 @@ class Done(_ServerBase, tag="done", kw_only=True):
     stop_reason: str | int | None = None
     # Session turns only: share of this turn's prompt whose KV was reused (usage.cached_tokens / prompt_tokens).
     kv_reuse: float | None = None
+    # A generate with n > 1 only: each choice's end, by index (usage above is their sum).
+    choices: list[ChoiceEnd] | None = None
 
 
 class Error(_ServerBase, tag="error", kw_only=True, omit_defaults=False):

@@ -9,9 +9,11 @@ a session turn, reauth, ping, detach, close).
 It owns the per-message rules of docs/protocol.md, so they are tested with strings in and bytes out, no
 socket: a malformed generate is refused (error, then done with finish_reason error) while other malformed
 messages get an error only; ids are unique among the connection's active requests; at most
-`max_requests` at once; a draining server refuses new generates; each message needs its scopes
-(protocol/scopes.py); reauth and resume are handed to the adapter, which owns the token verifier and the
-sessions. The request table maps the client's ids to whatever the adapter keeps per request (its handle).
+`max_requests` at once (a generate with n choices counts once: credit, cancel and priority are per id
+too); n > 1 takes neither a session nor binary output; a draining server refuses new generates; each
+message needs its scopes (protocol/scopes.py); reauth and resume are handed to the adapter, which owns
+the token verifier and the sessions. The request table maps the client's ids to whatever the adapter
+keeps per request (its handle).
 Flow control (protocol/flow.py) is here too: credit per request, water marks and the heartbeat per
 connection, so a slow reader is paused, then closed, by rules tested without a socket.
 """
@@ -374,6 +376,11 @@ class ServerConnection(Generic[H]):
         elif len(self.requests) >= self.max_requests:
             self.refuse(message.id, codes.TOO_MANY_REQUESTS,
                         f"at most {self.max_requests} concurrent requests per connection")
+        elif message.n > 1 and message.session is not None:
+            self.refuse(message.id, codes.UNSUPPORTED, "a session turn has one choice (n = 1)")
+        elif message.n > 1 and message.binary:
+            self.refuse(message.id, codes.UNSUPPORTED,
+                        "binary (MTF1) output has one choice (n = 1): ask for JSON chunks, which carry each index")
         else:
             self._commands.append(Submit(message))
 

@@ -25,6 +25,17 @@ async def test_concurrent_generations_on_one_connection(server):
         assert again == texts[0]  # MTF1 frames and credit flow control carry the same stream
 
 
+async def test_choices_stream_with_their_index_under_the_ids_credit(server):
+    async with SeedanceClient(server.ws, credit_window=2) as client:  # a window shared by the choices
+        stream = client.generate(PROMPTS[1], n=2, seed=4, max_tokens=20, temperature=0.8, ignore_eos=True)
+        chunks = [c async for c in stream]
+        solo = [await client.generate(PROMPTS[1], seed=4 + i, max_tokens=20, temperature=0.8,
+                                      ignore_eos=True).collect() for i in range(2)]
+    assert stream.session is None  # a request with choices is no session turn
+    assert ["".join(c.text for c in chunks if c.index == i) for i in range(2)] == solo
+    assert [c["index"] for c in stream.done.choices] == [0, 1] and stream.done.usage["completion_tokens"] == 40
+
+
 async def test_errors_reach_the_caller(server):
     async with SeedanceClient(server.ws) as client:
         with pytest.raises(SeedanceError) as info:

@@ -175,6 +175,8 @@ def test_unknown_job_is_404_json(http, method):
     ({"prompt": "", "max_tokens": 2}, "invalid_request", "prompt is empty"),
     ({"prompt": "x", "max_tokens": 100_000}, "invalid_request", "exceeds the limit"),
     ({"prompt_b64": "AAAAAA==", "prompt_format": "embedding_f32le"}, "invalid_request", "whole number of rows"),
+    ({"prompt": "x", "n": 2}, "unsupported", "a job has one choice (n = 1)"),
+    ({"prompt": "x", "n": 17}, "invalid_message", "n: expected int <= 16"),
 ])
 def test_bad_bodies_get_400_with_a_precise_message(http, body, code, message):
     kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}

@@ -105,6 +105,61 @@ async def test_cancel_mid_stream(server):
     assert server.stats()["num_running"] == 0
 
 
+def tokens_of(chunks: list[dict]) -> list[int]:
+    return [t for c in chunks for t in c["token_ids"]]
+
+
+async def test_n_choices_share_one_id_and_the_prompts_kv(server):
+    prompt = "Blessed are the poor in spirit: for theirs is the kingdom of heaven. " * 3  # full KV blocks, fresh
+    sampled = {"prompt": prompt, "max_tokens": 12, "temperature": 0.9, "seed": 40, "ignore_eos": True}
+    greedy = {**sampled, "temperature": 0, "seed": 3}
+    async with connect(server.ws) as ws:
+        got = await run_requests(ws, [{"id": "n3", "n": 3, **sampled}, {"id": "g3", "n": 3, **greedy}])
+        solo = await run_requests(ws, [{"id": f"s{i}", **sampled, "seed": 40 + i} for i in range(3)]
+                                  + [{"id": "g", **greedy}])
+    for result in (*got.values(), *solo.values()):
+        assert result["errors"] == [] and result["done"] is not None
+    for name, one in (("n3", lambda i: solo[f"s{i}"]), ("g3", lambda i: solo["g"])):
+        chunks, done = got[name]["chunks"], got[name]["done"]
+        assert [c["seq"] for c in chunks] == list(range(len(chunks)))  # one counter for the id
+        for i in range(3):  # choice i is the n = 1 run with seed + i
+            mine = [c for c in chunks if c["index"] == i]
+            assert tokens_of(mine) == tokens_of(one(i)["chunks"]) and len(tokens_of(mine)) == 12
+            assert "".join(c["text"] for c in mine) == text_of(one(i))
+        assert {c["index"] for c in chunks} == {0, 1, 2}
+        assert [c["index"] for c in done["choices"]] == [0, 1, 2] and done["finish_reason"] == "length"
+        assert [c["usage"]["completion_tokens"] for c in done["choices"]] == [12, 12, 12]
+        assert done["usage"]["completion_tokens"] == 36
+        assert done["usage"]["prompt_tokens"] == 3 * solo["g"]["done"]["usage"]["prompt_tokens"]
+    assert len({text_of(solo[f"s{i}"]) for i in range(3)}) > 1  # seed + i: different samples
+    reuse = [c["usage"]["cached_tokens"] for c in got["n3"]["done"]["choices"]]
+    assert reuse[0] == 0 and min(reuse[1:]) >= 16  # choices 1 and 2 reused choice 0's prompt KV (16-token blocks)
+    assert got["n3"]["done"]["usage"]["cached_tokens"] == sum(reuse)
+    assert "choices" not in solo["g"]["done"] and all("index" not in c for c in solo["g"]["chunks"])
+
+
+async def test_cancelling_an_id_with_choices_cancels_every_choice(server):
+    async with connect(server.ws) as ws:
+        await ws.send(json.dumps({"type": "generate", "id": "many", "n": 4, "prompt": "And", "max_tokens": 2000,
+                                  "ignore_eos": True}))
+        done = None
+        async with asyncio.timeout(60):
+            while done is None:
+                for m in messages_of(await ws.recv()):
+                    if m["type"] == "chunk" and m["seq"] == 4:
+                        await ws.send(json.dumps({"type": "cancel", "id": "many"}))
+                    elif m["type"] == "done":
+                        done = m
+    assert done["finish_reason"] == "cancelled"
+    assert [c["finish_reason"] for c in done["choices"]] == ["cancelled"] * 4
+    assert done["usage"]["completion_tokens"] < 400
+    for _ in range(50):
+        if server.stats()["num_running"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert server.stats()["num_running"] == 0
+
+
 async def test_closing_the_connection_cancels_its_requests(server):
     async with connect(server.ws) as ws:
         await ws.send(json.dumps({"type": "generate", "id": "x", "prompt": "And", "max_tokens": 3000,

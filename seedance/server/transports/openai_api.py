@@ -10,7 +10,6 @@ engine request). Malformed requests get 400 before anything reaches the engine.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import uuid
 from dataclasses import dataclass
@@ -27,9 +26,10 @@ from seedance.server.http.http_errors import HttpError, from_engine_error, read_
 from seedance.server.http.observability_http import OBS
 from seedance.server.http.security import authorize_generate, principal_of
 from seedance.server.http.state import STATE
+from seedance.server.transports.choices import submit_choices
 from seedance.server.transports.openai_fields import check_fields
 from seedance.server.transports.openai_format import OpenAIFormatter, openai_finish_reason
-from seedance.server.transports.openai_params import INT64_MAX, choices_count, get_field, sampling_params
+from seedance.server.transports.openai_params import choices_count, get_field, sampling_params
 from seedance.server.transports.openai_tools import ToolChoice, assistant_call_text, parse_tool_choice, tool_calls_of
 from seedance.server.transports.requests import image_from_url
 from seedance.server.transports.sse_generation import SseGeneration, sse_event
@@ -245,7 +245,7 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
                 raise HttpError(400, "unsupported", "a session turn has one choice (n = 1)", "n")
             session = await state.sessions.get(scoped_key(principal_of(request), parsed.session))
             input_text = await state.sessions.prepare_turn(session, parsed.request)
-        streams = await _submit_choices(engine, parsed.request, parsed.n)
+        streams = await submit_choices(engine, parsed.request, parsed.n)
     except SessionError as err:
         raise HttpError(err.status, err.code, err.message) from None
     except EngineError as err:
@@ -282,32 +282,6 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
     if len(srs) == 1:
         return await _stream_sse(request, response, sr)
     return await _stream_choices(response, srs, request_id)
-
-
-async def _submit_choices(engine: AsyncEngine, request: GenerateRequest, n: int) -> list[RequestStream]:
-    """Submit the request, n times for n choices. The first choice runs its prefill alone; the others are submitted
-    once it has produced its first token, when the prompt's full KV blocks are in the prefix cache, so they share
-    them instead of computing the prompt again. A seeded request's choice i samples with seed + i."""
-    if n == 1:
-        return [await engine.submit(request)]
-    base, streams = request.request_id, []
-    try:
-        for i in range(n):
-            params = request.params
-            if params.seed is not None:
-                params = dataclasses.replace(params, seed=params.seed + i if params.seed + i < INT64_MAX else -i)
-            choice = dataclasses.replace(request, request_id=f"{base}.{i}", params=params)
-            streams.append(await engine.submit(choice))
-            if i == 0:
-                started = asyncio.Event()
-                streams[0].listener = started.set
-                await started.wait()
-                streams[0].listener = None
-    except BaseException:
-        for s in streams:
-            s.cancel()
-        raise
-    return streams
 
 
 async def _collect(stream: RequestStream, engine: AsyncEngine, fmt: OpenAIFormatter, obs, parsed: ParsedRequest

@@ -8,11 +8,12 @@ import json
 from typing import Any
 
 from seedance.engine.sampling_params import MAX_LOGIT_BIAS, GuidedDecoding, SamplingParams
+from seedance.protocol.messages import MAX_CHOICES
 from seedance.server.http.http_errors import HttpError
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # the range of the same fields in a WebSocket generate
-MAX_N = 16  # choices per request (n); each is an engine request of its own
+MAX_N = MAX_CHOICES  # choices per request (n), as on the WebSocket; each is an engine request of its own
 
 _KIND_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
                dict: "an object"}

@@ -159,6 +159,8 @@ async def create_job(request: web.Request) -> web.Response:
         raise HttpError(429, "overloaded", f"at most {store.max_jobs} jobs", headers={"Retry-After": "1"})
     try:
         message = decode_client_message(json.dumps(body), max_size=state.config.max_message_bytes)
+        if message.n != 1:
+            raise HttpError(400, "unsupported", "a job has one choice (n = 1): post one job per choice", "n")
         authorize_generate(request, message.logprobs, message.priority)  # per-option scopes (security.py)
         job_id = f"job-{uuid.uuid4().hex}"
         stream = await store.engine.submit(generate_request_from(message, request_id=job_id))

@@ -33,8 +33,8 @@ from seedance.server.http.keepalive import apply_keepalive
 from seedance.server.http.observability_http import OBS
 from seedance.server.http.security import SUBPROTOCOLS, WsGuard
 from seedance.server.http.state import STATE
+from seedance.server.transports.ws_choices import WsRequest
 from seedance.server.transports.ws_commands import WsCommands
-from seedance.server.transports.ws_generation import WsGeneration
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class WsConnection:
     commands go to WsCommands."""
 
     guard: WsGuard  # set by websocket_handler: message rate, token expiry, reauth verification
-    protocol: ServerConnection[WsGeneration]  # set by websocket_handler: the request table and the rules
+    protocol: ServerConnection[WsRequest]  # set by websocket_handler: the request table and the rules
     commands: WsCommands  # set by websocket_handler: the engine and session side
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None) -> None:
@@ -108,7 +108,7 @@ class WsConnection:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
     @property
-    def requests(self) -> dict[str, WsGeneration]:
+    def requests(self) -> dict[str, WsRequest]:
         """The connection's live requests by client id: the protocol's request table."""
         return self.protocol.requests
 
@@ -214,19 +214,14 @@ class WsConnection:
             frames: list[bytes] = []
             ended = []
             for active in list(self.requests.values()):
-                stream = active.stream
-                if protocol.may_take(active.id, not stream.queue.empty()):
-                    events = stream.drain()
-                    protocol.receive_events(active.id, events)
-                    active.encode(events, texts, frames)
+                active.write_ready(protocol, texts, frames)
                 if active.finished:
                     protocol.forget(active.id)
                     ended.append(active)
             await self._pump()  # pauses for credit
             await self._send_batch(texts, frames)
             for active in ended:
-                if active.obs is not None:
-                    active.obs.sent()
+                active.sent()
 
     # ---- heartbeat --------------------------------------------------------------------------------
     def _arm_heartbeat(self) -> None:

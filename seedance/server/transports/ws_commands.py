@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from seedance.engine.async_engine import AsyncEngine, GenerateRequest
+from seedance.engine.async_engine import AsyncEngine, GenerateRequest, RequestStream
 from seedance.engine.errors import EngineError
 from seedance.engine.sampling_params import SamplingParams
 from seedance.observability.hub import Observability
@@ -35,8 +35,10 @@ from seedance.protocol.server_connection import (
     error_message,
 )
 from seedance.server.http.security import WsGuard
+from seedance.server.transports.choices import submit_choices
 from seedance.server.transports.realtime import _last_word_start as last_word_start
 from seedance.server.transports.requests import generate_request_from
+from seedance.server.transports.ws_choices import WsChoices, WsRequest
 from seedance.server.transports.ws_generation import WsGeneration
 from seedance.server.transports.ws_messages import snapshot_message
 from seedance.serving.generation import split_replay
@@ -51,7 +53,7 @@ class WsCommands:
     """The engine and session side of one connection: carries out the protocol's commands that are not the
     socket's (pings and closes are ws.py's)."""
 
-    def __init__(self, protocol: ServerConnection[WsGeneration], engine: AsyncEngine, sessions: SessionManager,
+    def __init__(self, protocol: ServerConnection[WsRequest], engine: AsyncEngine, sessions: SessionManager,
                  guard: WsGuard, wake: asyncio.Event, send_batch: SendBatch, closed: Callable[[], bool],
                  obs: Observability | None = None) -> None:
         self.protocol = protocol
@@ -68,7 +70,7 @@ class WsCommands:
         self.prefill_count = 0
 
     @property
-    def requests(self) -> dict[str, WsGeneration]:
+    def requests(self) -> dict[str, WsRequest]:
         return self.protocol.requests
 
     async def do(self, command: Command) -> None:
@@ -91,14 +93,18 @@ class WsCommands:
             pass  # ended since the message was read: the client has (or will get) its done
         elif isinstance(command, CancelRequest):
             active.cancelled = True
-            self.engine.cancel(active.engine_id)  # the stream ends with done{cancelled}
+            for engine_id in active.engine_ids:  # every choice: the id ends with done{cancelled}
+                self.engine.cancel(engine_id)
         elif isinstance(command, PauseRequest):
-            self.engine.pause(active.engine_id)
+            for engine_id in active.engine_ids:
+                self.engine.pause(engine_id)
         elif isinstance(command, ResumeStream):
-            self.engine.resume(active.engine_id)
+            for engine_id in active.engine_ids:
+                self.engine.resume(engine_id)
             self.wake.set()
         elif isinstance(command, SetPriority):
-            self.engine.set_priority(active.engine_id, command.priority)
+            for engine_id in active.engine_ids:
+                self.engine.set_priority(engine_id, command.priority)
 
     def connection_lost(self) -> None:
         """The socket ended: a session turn waits for a resume, anything else is cancelled."""
@@ -106,10 +112,11 @@ class WsCommands:
             active = self.requests[command.id]
             if active.owner is not self:
                 continue  # resumed elsewhere meanwhile
-            if isinstance(command, DetachRequest):
+            if isinstance(command, DetachRequest) and isinstance(active, WsGeneration):
                 self.sessions.detach(active, owner=self)  # the session keeps it for a resume
             else:
-                self.engine.cancel(active.engine_id)  # a closed connection cancels its requests
+                for engine_id in active.engine_ids:  # a closed connection cancels its requests
+                    self.engine.cancel(engine_id)
         self.protocol.forget_all()
         for task in self._prefills.values():
             task.cancel()  # a one-token request: the engine finishes it on its own
@@ -124,7 +131,7 @@ class WsCommands:
                 if (prefill := self._prefills.pop(session.id, None)) is not None:
                     await asyncio.wait([prefill])  # its KV is this turn's to reuse
                 input_text = await self.sessions.prepare_turn(session, request)
-            stream = await self.engine.submit(request)
+            streams = await submit_choices(self.engine, request, msg.n)  # n > 1: no session (the protocol's rule)
         except (ProtocolError, SessionError) as err:
             self.protocol.refuse(msg.id, err.code, err.message)
             return
@@ -135,16 +142,26 @@ class WsCommands:
             log.exception("generate %s failed to start", msg.id)
             self.protocol.refuse(msg.id, codes.INTERNAL, "the server failed to start this request")
             return
-        stream.listener = self.wake.set
-        active = WsGeneration(msg.id, stream, self.engine, binary=msg.binary, owner=self)
-        if self.obs is not None:
-            active.obs = self.obs.request("ws", stream.request_id, msg.session, self.engine)
+        gens = [self._generation(msg, stream, None if msg.n == 1 else i) for i, stream in enumerate(streams)]
+        if len(gens) > 1:
+            self.protocol.open(msg.id, WsChoices(msg.id, gens, owner=self), credit=msg.credit)
+            self.wake.set()  # choices that produced before their listener was set must not wait for another event
+            return
+        active = gens[0]
         if session is not None:
             active.session_id, active.session_name, active.input_text = session.id, msg.session, input_text
             active.prompt_token_ids, active.log = list(request.prompt_token_ids), []
             active.on_snapshot = self._snapshot_acker(active)
             self.sessions.begin_turn(session, active)
         self.protocol.open(msg.id, active, credit=msg.credit, binary=msg.binary, session=session is not None)
+
+    def _generation(self, msg: Generate, stream: RequestStream, index: int | None) -> WsGeneration:
+        """One engine request's output side on this connection (a choice's when index is set)."""
+        stream.listener = self.wake.set
+        active = WsGeneration(msg.id, stream, self.engine, binary=msg.binary, owner=self, index=index)
+        if self.obs is not None:
+            active.obs = self.obs.request("ws", stream.request_id, msg.session, self.engine)
+        return active
 
     async def _on_append(self, msg: Append) -> None:
         """Streaming input: add the piece to the session's next user message and prefill what has arrived."""

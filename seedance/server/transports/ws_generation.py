@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from seedance.engine.events import FinishReason, TokenEvent
 from seedance.protocol import encode_frame
 from seedance.protocol import errors as codes
-from seedance.protocol.server_connection import error_message
+from seedance.protocol.server_connection import ServerConnection, error_message
 from seedance.server.transports.ws_messages import chunk_message, done_message, frame_metadata
 from seedance.serving.generation import END, Generation
 
@@ -17,6 +17,25 @@ from seedance.serving.generation import END, Generation
 class WsGeneration(Generation):
     binary: bool = False
     next_seq: int = 0  # chunk counter (it survives a resume: the client's last_seq counts in it)
+    index: int | None = None  # its choice, when its generate has n > 1 (ws_choices.py sends the one done)
+
+    @property
+    def engine_ids(self) -> tuple[str, ...]:
+        """The engine requests a cancel, pause, resume or priority of its id applies to."""
+        return (self.stream.request_id,)
+
+    def write_ready(self, protocol: ServerConnection, texts: list[bytes], frames: list[bytes]) -> None:
+        """The writer's turn: take what the engine produced, as far as the id's credit allows, and encode it."""
+        stream = self.stream
+        if protocol.may_take(self.id, not stream.queue.empty()):
+            events = stream.drain()
+            protocol.receive_events(self.id, events)
+            self.encode(events, texts, frames)
+
+    def sent(self) -> None:
+        """Its end marker went to the socket."""
+        if self.obs is not None:
+            self.obs.sent()
 
     def produce(self, texts: list[bytes], frames: list[bytes]) -> None:
         """Encode everything the engine produced since the last call (its owner has no credit to respect:
@@ -40,12 +59,12 @@ class WsGeneration(Generation):
             if self.binary:
                 self.emit(frames, seq, True, self._frame(seq, step.tokens, step.text, final))
             else:
-                self.emit(texts, seq, False, chunk_message(self.id, seq, step.tokens, step.text))
+                self.emit(texts, seq, False, chunk_message(self.id, seq, step.tokens, step.text, self.index))
         if final is not None:
             self.end(final)
             if final.finish_reason is FinishReason.ERROR:
                 texts.append(error_message(self.id, codes.INTERNAL, "generation failed on the server"))
-            if not self.binary:
+            if not self.binary and self.index is None:
                 kv_reuse = (final.num_cached_tokens / final.num_prompt_tokens
                             if self.session_id is not None and final.num_prompt_tokens else None)
                 self.emit(texts, END, False, done_message(self.id, final, self.completion_tokens, kv_reuse))

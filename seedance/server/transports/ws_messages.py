@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from seedance.engine.events import TokenEvent
-from seedance.protocol import Chunk, Done, SnapshotAck, TokenLogprob, Usage, encode_server_message
+from seedance.protocol import ChoiceEnd, Chunk, Done, SnapshotAck, TokenLogprob, Usage, encode_server_message
 
 
 def _logprobs(events: list[TokenEvent]) -> list[TokenLogprob] | None:
@@ -15,10 +15,11 @@ def _logprobs(events: list[TokenEvent]) -> list[TokenLogprob] | None:
                          top=list(e.top_logprobs) if e.top_logprobs else None) for e in events]
 
 
-def chunk_message(request_id: str, seq: int, events: list[TokenEvent], text: str) -> bytes:
-    """events: the chunk's token events; text: all the text (a final event without a token may add some)."""
-    return encode_server_message(Chunk(id=request_id, seq=seq, text=text,
-                                       token_ids=[e.token_id for e in events], logprobs=_logprobs(events)))
+def chunk_message(request_id: str, seq: int, events: list[TokenEvent], text: str, index: int | None = None) -> bytes:
+    """events: the chunk's token events; text: all the text (a final event without a token may add some); index:
+    the choice, for a generate with n > 1 (None leaves it out)."""
+    return encode_server_message(Chunk(id=request_id, seq=seq, text=text, token_ids=[e.token_id for e in events],
+                                       logprobs=_logprobs(events), index=index))
 
 
 def usage_of(final: TokenEvent, completion_tokens: int) -> Usage:
@@ -34,6 +35,12 @@ def done_message(request_id: str, final: TokenEvent, completion_tokens: int, kv_
     return encode_server_message(Done(id=request_id, finish_reason=str(final.finish_reason),
                                       usage=usage_of(final, completion_tokens), stop_reason=final.stop_reason,
                                       kv_reuse=None if kv_reuse is None else round(kv_reuse, 4)))
+
+
+def choice_end(index: int, final: TokenEvent, completion_tokens: int) -> ChoiceEnd:
+    """One choice's end, for its request's done (protocol/choices.py)."""
+    return ChoiceEnd(index=index, finish_reason=str(final.finish_reason), usage=usage_of(final, completion_tokens),
+                     stop_reason=final.stop_reason)
 
 
 def snapshot_message(request_id: str, session_name: str, snapshot) -> bytes:
