@@ -348,5 +348,6 @@ async def test_websocket_generate_takes_penalties_logit_bias_and_guided(server, 
     assert [t for c in results["bias"]["chunks"] for t in c["token_ids"]] == [forced] * 4
     jsonschema.validate(json.loads(text_of(results["json"])), PERSON)
     assert results["json"]["done"]["finish_reason"] == "stop"
-    for refused in ("two", "both"):
-        assert results[refused]["errors"][0]["code"] == "invalid_message", results[refused]
+    assert {c["index"] for c in results["two"]["chunks"]} == {0, 1}  # n on the WebSocket: one id, two choices
+    assert [c["index"] for c in results["two"]["done"]["choices"]] == [0, 1]
+    assert results["both"]["errors"][0]["code"] == "invalid_message", results["both"]
