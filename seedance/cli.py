@@ -325,6 +325,8 @@ def bench_transports(
     memory_connections: Annotated[int, typer.Option(help="K for the memory probe; 0 skips it")] = 100,
     wrk_clients: Annotated[int, typer.Option(help="cross-check with wrk at this level; 0 skips it")] = 0,
     wrk_transports: Annotated[str, typer.Option(help="HTTP transports wrk cross-checks")] = "sse,polling",
+    baseline: Annotated[str | None, typer.Option(help="also run the WebSocket levels against a bare server "
+                                                      "(picows) and print the ratios")] = None,
     output: Annotated[str | None, typer.Option(help="write results JSON here")] = "bench/results/transports.json",
     plots: Annotated[str | None, typer.Option(help="write PNG plots into this folder")] = "docs/images",
 ) -> None:
@@ -337,7 +339,8 @@ def bench_transports(
                          [t.strip() for t in transports.split(",") if t.strip()], _seconds(duration), max_tokens,
                          processes, backend, rate, url, p99_bound_ms, memory_connections, wrk_clients or None, output,
                          plots, ramp=_seconds(ramp),
-                         wrk_transports=tuple(t.strip() for t in wrk_transports.split(",") if t.strip()))
+                         wrk_transports=tuple(t.strip() for t in wrk_transports.split(",") if t.strip()),
+                         baseline=baseline)
 
 
 @bench_app.command("fuzz")

@@ -4,7 +4,9 @@ Each client does generate requests of `max_tokens` tokens back to back until the
 HTTP polling (POST /v1/jobs + long-poll GET), SSE (POST /v1/completions stream=true) or WebSocket
 (/v1/stream, one connection per client). A load process (`run_worker`, started by multiprocessing)
 runs many clients on uvloop and returns raw samples: TTFT and inter-chunk gaps in seconds,
-completed requests, delivered chunks, errors and timeouts.
+completed requests, delivered chunks, errors and timeouts, and when each client first got connected (a
+WebSocket handshake done, or an HTTP response's status line), so a client still waiting when the level ends
+is counted as never connected, a failure, rather than vanishing from the figures.
 
 Loopback only by design: the orchestrator passes a 127.0.0.1 URL, and every request has a timeout,
 so a run always ends by itself.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import aiohttp
@@ -46,6 +49,9 @@ class WorkerResult:
     errors: int = 0
     timeouts: int = 0
     connect_timeouts: int = 0  # of which: WebSocket handshakes with no answer in time
+    never_connected: int = 0  # clients with no connection (handshake / first response) by the level's end
+    connected_at_s: list[float] = field(default_factory=list)  # each connected client's first connection, s from start
+    handshake_s: list[float] = field(default_factory=list)  # how long each successful WebSocket handshake took
     ttft_s: list[float] = field(default_factory=list)
     itl_s: list[float] = field(default_factory=list)
     error_samples: list[str] = field(default_factory=list)
@@ -111,9 +117,11 @@ def _body(spec: WorkerSpec) -> dict:
     return request_body(spec.max_tokens)
 
 
-async def _polling_one(session: aiohttp.ClientSession, spec: WorkerSpec, result: WorkerResult) -> None:
+async def _polling_one(session: aiohttp.ClientSession, spec: WorkerSpec, result: WorkerResult,
+                       connected: Callable[[], None]) -> None:
     req = _Request(result)
     async with session.post(f"{spec.base_url}/v1/jobs", json=_body(spec)) as resp:
+        connected()
         if resp.status != 202:
             result.error(f"POST /v1/jobs {resp.status}: {await resp.text()}")
             return
@@ -136,10 +144,12 @@ async def _polling_one(session: aiohttp.ClientSession, spec: WorkerSpec, result:
             return
 
 
-async def _sse_one(session: aiohttp.ClientSession, spec: WorkerSpec, result: WorkerResult) -> None:
+async def _sse_one(session: aiohttp.ClientSession, spec: WorkerSpec, result: WorkerResult,
+                   connected: Callable[[], None]) -> None:
     req = _Request(result)
     body = {"model": "seedance-tiny", "stream": True, **_body(spec)}
     async with session.post(f"{spec.base_url}/v1/completions", json=body) as resp:
+        connected()
         if resp.status != 200:
             result.error(f"POST /v1/completions {resp.status}: {await resp.text()}")
             return
@@ -165,15 +175,18 @@ async def _sse_one(session: aiohttp.ClientSession, spec: WorkerSpec, result: Wor
 
 
 async def _ws_client(session: aiohttp.ClientSession, spec: WorkerSpec, result: WorkerResult, cid: str,
-                     deadline: float) -> None:
+                     deadline: float, connected: Callable[[], None]) -> None:
     # The handshake is bounded too: when the server's accept queue overflows under a connection burst, a
     # client can hold an "established" socket the server never accepted and wait for an answer forever.
+    t0 = time.perf_counter()
     try:
         ws = await asyncio.wait_for(session.ws_connect(f"{spec.base_url.replace('http', 'ws', 1)}/v1/stream",
                                                        max_msg_size=0, heartbeat=None), spec.request_timeout_s)
     except TimeoutError:
         result.connect_timeouts += 1
         raise
+    result.handshake_s.append(time.perf_counter() - t0)
+    connected()
     async with ws:
         k = 0
         while time.time() < deadline:
@@ -207,11 +220,11 @@ async def _ws_client(session: aiohttp.ClientSession, spec: WorkerSpec, result: W
 
 
 async def _http_client(session: aiohttp.ClientSession, spec: WorkerSpec, result: WorkerResult,
-                       deadline: float) -> None:
+                       deadline: float, connected: Callable[[], None]) -> None:
     one = _polling_one if spec.transport == "polling" else _sse_one
     while time.time() < deadline:
         try:
-            await asyncio.wait_for(one(session, spec, result), spec.request_timeout_s)
+            await asyncio.wait_for(one(session, spec, result, connected), spec.request_timeout_s)
         except TimeoutError:
             result.timeouts += 1
         except aiohttp.ClientError as err:
@@ -231,19 +244,24 @@ async def _run(spec: WorkerSpec) -> WorkerResult:
         _Request.window = (measure_from, measure_from + spec.duration_s)
         deadline = time.time() + spec.ramp_s + spec.duration_s
 
+        first_connected: dict[int, float] = {}  # client index -> time.time() of its first connection
+
         async def client(i: int) -> None:
+            def connected() -> None:
+                first_connected.setdefault(i, time.time())
+
             await asyncio.sleep(spec.ramp_s * i / spec.clients)
             if spec.transport == "websocket":
                 while time.time() < deadline:
                     try:
-                        await _ws_client(session, spec, result, f"w{spec.worker_index}c{i}", deadline)
+                        await _ws_client(session, spec, result, f"w{spec.worker_index}c{i}", deadline, connected)
                     except TimeoutError:
                         result.timeouts += 1
                     except (aiohttp.ClientError, ConnectionError) as err:
                         result.error(f"{type(err).__name__}: {err}")
                         await asyncio.sleep(0.1)
             else:
-                await _http_client(session, spec, result, deadline)
+                await _http_client(session, spec, result, deadline, connected)
 
         tasks = [asyncio.create_task(client(i)) for i in range(spec.clients)]
         # Every request is bounded, so this is a backstop: a level always ends, whatever the server does.
@@ -254,6 +272,9 @@ async def _run(spec: WorkerSpec) -> WorkerResult:
         if stuck:
             result.error(f"{len(stuck)} clients still busy past the level's end; cancelled")
         await asyncio.gather(*stuck, return_exceptions=True)
+        in_time = [t - spec.start_at for t in first_connected.values() if t <= deadline]
+        result.connected_at_s = sorted(in_time)
+        result.never_connected = spec.clients - len(in_time)
         result.elapsed_s = spec.duration_s  # the measured window; the last requests drain after it
     return result
 

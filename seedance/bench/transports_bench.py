@@ -155,6 +155,40 @@ def load_process_pids(server_pid: int | None) -> list[int]:
     return [c.pid for c in psutil.Process().children() if c.pid != server_pid]
 
 
+def tree_cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds of a process and all its descendants (gateway workers, the engine process)."""
+    if pid is None:
+        return None
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return None
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            continue
+    return total
+
+
+def connection_summary(clients: int, connected_at: list[float], handshake_s: list[float], ramp: float) -> dict:
+    """When the clients first got connected (seconds from the level's start): all of them, by when, and how fast
+    the server accepted (peak handshakes completed in one second; the arrival rate the ramp asked for)."""
+    per_second = np.bincount(np.asarray(connected_at, dtype=float).astype(int)) if connected_at else np.zeros(1)
+    return {
+        "connected": len(connected_at),
+        "time_to_all_connected_s": connected_at[-1] if connected_at and len(connected_at) == clients else None,
+        "handshakes_per_s_peak": int(per_second.max()),
+        "handshakes_per_s_mean": len(connected_at) / connected_at[-1] if connected_at and connected_at[-1] > 0
+        else None,
+        "arrivals_per_s": clients / ramp if ramp else None,
+        "handshake_ms": percentiles_ms(handshake_s, (50, 99)) if handshake_s else None,
+    }
+
+
 def latency_summary(seconds: list[float]) -> dict:
     out = {"count": len(seconds), **percentiles_ms(seconds, PERCENTILES)}
     out["cdf_ms"] = (np.percentile(np.asarray(seconds) * 1000.0, np.linspace(0, 100, CDF_POINTS)).round(3).tolist()
@@ -178,10 +212,16 @@ def run_level(pool: ProcessPoolExecutor, server: Server, transport: str, clients
         time.sleep(0.05)
     sampler = Sampler(server.pid, load_pids=load_process_pids(server.pid))
     sampler.start()
+    window_end = start_at + ramp + duration
+    cpu_start, cpu_end = tree_cpu_s(server.pid), None
     while not all(f.done() for f in futures):
         if progress is not None:
             progress.update(task, completed=min(ramp + duration, time.time() - start_at))
-        time.sleep(0.1)
+        if cpu_end is None and time.time() >= window_end:
+            cpu_end = tree_cpu_s(server.pid)
+        time.sleep(0.05)
+    if cpu_end is None:
+        cpu_end = tree_cpu_s(server.pid)
     usage = sampler.finish()
     if progress is not None:
         progress.update(task, completed=ramp + duration)
@@ -189,6 +229,13 @@ def run_level(pool: ProcessPoolExecutor, server: Server, transport: str, clients
     elapsed = max(p["elapsed_s"] for p in parts)
     completed = sum(p["completed"] for p in parts)
     chunks = sum(p["chunks"] for p in parts)
+    errors, timeouts = sum(p["errors"] for p in parts), sum(p["timeouts"] for p in parts)
+    never = sum(p["never_connected"] for p in parts)
+    connected_at = sorted(x for p in parts for x in p["connected_at_s"])
+    cpu_s = cpu_end - cpu_start if cpu_start is not None and cpu_end is not None else None
+    usage["cpu_s"] = cpu_s  # the server's process tree (gateway workers and engine process), measured window
+    usage["cpu_us_per_chunk"] = cpu_s / chunks * 1e6 if cpu_s is not None and chunks else None
+    usage["chunks_per_cpu_s"] = chunks / cpu_s if cpu_s else None
     return {
         "transport": transport,
         "clients": clients,
@@ -199,9 +246,12 @@ def run_level(pool: ProcessPoolExecutor, server: Server, transport: str, clients
         "requests_per_s": completed / elapsed,
         "chunks": chunks,
         "chunks_per_s": chunks / elapsed,
-        "errors": sum(p["errors"] for p in parts),
-        "timeouts": sum(p["timeouts"] for p in parts),
+        "errors": errors,
+        "timeouts": timeouts,
         "connect_timeouts": sum(p["connect_timeouts"] for p in parts),
+        "never_connected": never,
+        "failures": errors + timeouts + never,  # a client never connected by the level's end is a failure
+        "connections": connection_summary(clients, connected_at, [x for p in parts for x in p["handshake_s"]], ramp),
         "error_samples": [e for p in parts for e in p["error_samples"]][:5],
         "ttft_ms": latency_summary([x for p in parts for x in p["ttft_s"]]),
         "inter_chunk_ms": latency_summary([x for p in parts for x in p["itl_s"]]),
@@ -327,6 +377,53 @@ def cross_check_wrk(server: Server, transports: tuple[str, ...], clients: int, p
     return out
 
 
+BASELINES = ("picows",)
+
+
+def run_baseline(name: str, rate: float, concurrency: list[int], processes: int, max_tokens: int, duration: float,
+                 ramp: float, workdir: Path, console) -> list[dict]:
+    """The WebSocket levels again against a bare server (seedance/bench/picows_baseline.py), same load."""
+    from seedance.bench.picows_baseline import launch_baseline
+
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+    proc = launch_baseline(rate, str(workdir / "baseline.log"))
+    rows = []
+    try:
+        with ProcessPoolExecutor(max_workers=processes, mp_context=mp.get_context("spawn")) as pool:
+            for clients in concurrency:
+                console.print(f"baseline {name}: websocket × {clients}")
+                row = run_level(pool, Server(proc.url, proc), "websocket", clients, processes, max_tokens, duration,
+                                ramp=ramp)
+                row["server_kind"] = f"{name}-baseline"
+                rows.append(row)
+                time.sleep(0.5)
+    finally:
+        proc.stop()
+    return rows
+
+
+def ratios(report: dict) -> list[dict]:
+    """Per level: Seedance WebSocket CPU per chunk over the baseline's, and WebSocket chunks per CPU-second over
+    SSE's and polling's (the issue's goals: <= 2x picows, >= 2x SSE, >= 6x polling)."""
+    def cost(rows: list[dict], transport: str, clients: int) -> dict | None:
+        return next((r["server"] for r in rows if r["transport"] == transport and r["clients"] == clients), None)
+
+    out = []
+    for clients in report["settings"]["concurrency"]:
+        ws = cost(report["results"], "websocket", clients)
+        row: dict = {"clients": clients}
+        base = cost(report.get("baseline") or [], "websocket", clients)
+        if ws and base and ws.get("cpu_us_per_chunk") and base.get("cpu_us_per_chunk"):
+            row["ws_cpu_per_chunk_over_baseline"] = ws["cpu_us_per_chunk"] / base["cpu_us_per_chunk"]
+        for other in ("sse", "polling"):
+            o = cost(report["results"], other, clients)
+            if ws and o and ws.get("chunks_per_cpu_s") and o.get("chunks_per_cpu_s"):
+                row[f"ws_chunks_per_cpu_s_over_{other}"] = ws["chunks_per_cpu_s"] / o["chunks_per_cpu_s"]
+        out.append(row)
+    return out
+
+
 def write_report(report: dict, output: str | None) -> None:
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
@@ -361,6 +458,7 @@ def run_transports_bench(
     console=None,
     ramp: float = 0.0,
     wrk_transports: tuple[str, ...] = ("sse", "polling"),
+    baseline: str | None = None,
 ) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -384,7 +482,7 @@ def run_transports_bench(
         "settings": {"backend": backend if not url else "external", "synthetic_rate": rate if backend == "synthetic"
                      else None, "duration_s": duration, "max_tokens": max_tokens, "processes": processes,
                      "concurrency": concurrency, "transports": transports, "p99_bound_ms": p99_bound_ms,
-                     "ramp_s": ramp},
+                     "ramp_s": ramp, "baseline": baseline},
         "results": [],
     }
     max_clients = max([*concurrency, memory_connections, wrk_clients or 0])
@@ -415,6 +513,11 @@ def run_transports_bench(
                     time.sleep(0.5)
         report["knee"] = {t: find_knee([r for r in report["results"] if r["transport"] == t], p99_bound_ms)
                           for t in transports}
+        if baseline:
+            report["baseline"] = run_baseline(baseline, rate, concurrency, processes, max_tokens, duration, ramp,
+                                              workdir, console)
+            write_report(report, output)
+        report["ratios"] = ratios(report)
         if wrk_clients:
             report["wrk"] = cross_check_wrk(server, wrk_transports, wrk_clients, processes, max_tokens, duration,
                                             workdir, console)
