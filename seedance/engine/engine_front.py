@@ -1,0 +1,195 @@
+"""The half of the engine API that lives with the event loop, whichever way the engine core runs.
+
+Both engines the transports can be given share it: `AsyncEngine` (the core on a thread of this process) and
+`ProcessEngine` (the core in its own process). It holds the open requests' streams, tokenizes text prompts on
+its own worker thread (after a length check that refuses a prompt certainly too long without tokenizing it: a
+megabyte prompt must not stall every other client's stream), and hands one step's events to their streams.
+
+Each request's event queue holds at most max_tokens + 1 events, so it is bounded by the request itself; a
+transport whose reader stalls pauses the request (engine.pause) instead of letting it grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from seedance.engine.config import EngineConfig
+from seedance.engine.errors import EngineOverloaded, InvalidRequest
+from seedance.engine.events import TokenEvent
+from seedance.engine.sampling_params import SamplingParams
+from seedance.models.tokenizer import TextTokenizer
+
+_ids = itertools.count()
+
+
+@dataclass(slots=True)
+class GenerateRequest:
+    """Exactly one of prompt (text), prompt_token_ids or messages (chat) is given."""
+
+    prompt: str | None = None
+    prompt_token_ids: list[int] | None = None
+    messages: list[dict[str, str]] | None = None
+    params: SamplingParams = field(default_factory=SamplingParams)
+    priority: int = 0
+    request_id: str | None = None
+    pin_key: str | None = None  # keep the finished request's KV pinned for this session's next turn
+
+
+class RequestStream:
+    """Async iterator over one request's events. Leaving it early (break, aclose, a dropped client)
+    cancels the request and frees its KV."""
+
+    def __init__(self, engine: EngineFront, request_id: str, num_prompt_tokens: int) -> None:
+        self.engine = engine
+        self.request_id = request_id
+        self.num_prompt_tokens = num_prompt_tokens
+        self.queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+        self.finished = False
+        # Called after each delivery; a transport points it at its connection's wake-up event so one
+        # writer serves all the connection's streams.
+        self.listener: Callable[[], None] | None = None
+
+    def _deliver(self, event: TokenEvent) -> None:
+        self.queue.put_nowait(event)
+        if self.listener is not None:
+            self.listener()
+
+    def __aiter__(self) -> AsyncIterator[TokenEvent]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[TokenEvent]:
+        try:
+            while not self.finished:
+                event = await self.queue.get()
+                if event.finished:
+                    self.finished = True
+                yield event
+        finally:
+            if not self.finished:
+                self.engine.cancel(self.request_id)
+
+    def drain(self) -> list[TokenEvent]:
+        """Events already delivered, without waiting (for coalescing one step's tokens into one write)."""
+        events = []
+        while not self.queue.empty():
+            event = self.queue.get_nowait()
+            events.append(event)
+            if event.finished:
+                self.finished = True
+                break
+        return events
+
+    def cancel(self) -> None:
+        self.engine.cancel(self.request_id)
+
+
+class EngineFront:
+    """Request table, tokenizer thread and step delivery; subclasses say where the core runs (submit,
+    cancel, pause, resume, set_priority, unpin, stats, close)."""
+
+    def __init__(self, config: EngineConfig, tokenizer: TextTokenizer | None, max_model_len: int) -> None:
+        self.config = config
+        self.max_model_len = max_model_len
+        self._tokenizer = tokenizer
+        self._streams: dict[str, RequestStream] = {}
+        # Tokenization has its own thread: the tokenizers library is not torch, and the engine thread is busy.
+        self.tokenize_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedance-tokenize")
+        self._tokenizing = 0
+        self._closed = False
+        self.step_latencies: list[float] = []  # seconds per step, bounded to the last 1024
+        self.last_step_started: float | None = None  # perf_counter() at the start of the last finished step
+
+    @property
+    def tokenizer(self) -> TextTokenizer | None:
+        return self._tokenizer
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        """The longest prompt admission accepts: the policy limit, within the context."""
+        limit = self.max_model_len - 1
+        return min(limit, self.config.max_prompt_tokens) if self.config.max_prompt_tokens is not None else limit
+
+    @property
+    def max_prompt_chars(self) -> int | None:
+        """Longer text prompts are certainly over max_prompt_tokens (see TextTokenizer.max_token_chars)."""
+        return self.max_prompt_tokens * self.tokenizer.max_token_chars if self.tokenizer is not None else None
+
+    def _check_given(self, request: GenerateRequest) -> None:
+        given = sum(x is not None for x in (request.prompt, request.prompt_token_ids, request.messages))
+        if given != 1:
+            raise InvalidRequest("give exactly one of prompt, prompt_token_ids, messages")
+        if request.prompt_token_ids is None and self.tokenizer is None:
+            raise InvalidRequest("this model has no tokenizer: send prompt_token_ids")
+        if request.prompt_token_ids is None:
+            chars = len(request.prompt) if request.prompt is not None else sum(
+                len(m.get("content", "")) for m in request.messages or [])
+            if chars > self.max_prompt_chars:
+                raise InvalidRequest(f"prompt has {chars} characters, certainly more tokens than allowed: the limit "
+                                     f"is {self.max_prompt_tokens} tokens (at most {self.max_prompt_chars} characters)")
+
+    def _encode(self, request: GenerateRequest) -> list[int]:
+        if request.messages is not None:
+            return self.tokenizer.apply_chat_template(request.messages)
+        return self.tokenizer.encode(request.prompt)
+
+    async def tokenize(self, request: GenerateRequest) -> list[int]:
+        """The request's prompt as token ids, tokenized off the event loop (a text prompt certainly too long is
+        refused first, without tokenizing it). Raises InvalidRequest, or EngineOverloaded when
+        max_pending_tokenize prompts already wait for the tokenizer thread."""
+        self._check_given(request)
+        if request.prompt_token_ids is not None:
+            return list(request.prompt_token_ids)
+        if self._tokenizing >= self.config.max_pending_tokenize:
+            raise EngineOverloaded(f"{self._tokenizing} prompts are waiting to be tokenized; retry later")
+        self._tokenizing += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.tokenize_executor, self._encode, request)
+        finally:
+            self._tokenizing -= 1
+
+    def _new_id(self, request: GenerateRequest) -> str:
+        """The request's id, checked free; raises when shutting down or on a duplicate."""
+        if self._closed:
+            raise EngineOverloaded("engine is shutting down")
+        request_id = request.request_id or f"req-{next(_ids)}"
+        if request_id in self._streams:
+            raise InvalidRequest(f"duplicate request id {request_id!r}")
+        return request_id
+
+    async def submit(self, request: GenerateRequest) -> RequestStream:
+        raise NotImplementedError
+
+    def cancel(self, request_id: str) -> None:
+        raise NotImplementedError
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenEvent]:
+        async for event in await self.submit(request):
+            yield event
+
+    @property
+    def num_open_requests(self) -> int:
+        return len(self._streams)
+
+    def open_request_ids(self) -> list[str]:
+        return list(self._streams)
+
+    def _record_step(self, seconds: float) -> None:
+        self.step_latencies.append(seconds)
+        if len(self.step_latencies) > 1024:
+            del self.step_latencies[:512]
+
+    def _deliver_step(self, events: list[TokenEvent], started: float) -> None:
+        """One step's events to their streams (on the event loop); a finished request leaves the table."""
+        self.last_step_started = started
+        streams = self._streams
+        for event in events:
+            stream = streams.get(event.request_id)
+            if stream is None:
+                continue
+            stream._deliver(event)
+            if event.finish_reason is not None:
+                del streams[event.request_id]
