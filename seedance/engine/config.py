@@ -26,6 +26,9 @@ class EngineConfig:
     # Text prompts are tokenized (and chat-templated) on a worker thread, off the event loop; at most this many
     # wait for it at once, beyond that submit() raises EngineOverloaded.
     max_pending_tokenize: int = 64
+    # Process mode (`seedance serve --engine process`): commands waiting to be written to the engine process
+    # beyond this many bytes refuse new requests with EngineOverloaded.
+    process_channel_bytes: int = 8 << 20
     aging_interval_s: float = 2.0  # every interval waited raises a request's priority by one level
     enable_prefix_caching: bool = True
     max_pinned_kv_fraction: float = 0.5  # share of the KV pool idle sessions may pin for their next turn
