@@ -78,6 +78,8 @@ def serve(
     trace_slow_ms: Annotated[float | None, typer.Option(help="always trace requests slower than this")] = None,
     trace_sample_rate: Annotated[float | None, typer.Option(help="fraction of other requests traced")] = None,
     session_store: Annotated[str | None, typer.Option(help="sqlite:///path.db or redis://host:port/db")] = None,
+    engine: Annotated[str | None, typer.Option("--engine", help="where the engine core runs: thread (in this "
+                                               "process) or process (its own; docs/server-stack.md)")] = None,
 ) -> None:
     """Start the server (WebSocket /v1/stream, OpenAI-compatible SSE, HTTP polling)."""
     import gc
@@ -104,7 +106,8 @@ def serve(
         kv_bytes = parse_bytes(kv_cache_memory) if kv_cache_memory is not None else None
         cfg = ServerConfig.load(config, host=host, port=port, model=model, device=device, dtype=dtype,
                                 model_name=model_name, keepalive=keepalive, session_store=session_store,
-                                quantize=quantize, kv_cache_bytes=kv_bytes, **security, **observability)
+                                quantize=quantize, kv_cache_bytes=kv_bytes, engine_mode=engine, **security,
+                                **observability)
         preflight(cfg)  # refuses unsafe settings and unreadable keys/certificates before binding
     except (ValueError, typer.BadParameter) as err:
         print(f"seedance serve: {err}", file=sys.stderr)

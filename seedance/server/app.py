@@ -19,6 +19,7 @@ from pathlib import Path
 from aiohttp import web
 
 from seedance.engine.async_engine import AsyncEngine
+from seedance.engine.process_engine import ProcessEngine
 from seedance.models.identity import model_identity
 from seedance.models.loader import resolve_model_path
 from seedance.protocol import CloseCode
@@ -46,6 +47,9 @@ async def readyz(request: web.Request) -> web.Response:
     if state.engine is None or state.draining:
         reason = state.load_error or ("draining" if state.draining else "loading")
         return web.json_response({"status": "not_ready", "reason": reason}, status=503)
+    if (failure := getattr(state.engine, "failure", None)) is not None:  # the engine process died
+        return web.json_response({"status": "not_ready", "reason": "engine_unavailable", "detail": failure},
+                                 status=503)
     if state.sessions is not None and state.sessions.store_error is not None:
         # Still serving (requests without a session work); session requests fail with store_unavailable.
         return web.json_response({"status": "degraded", "reason": "session_store_unavailable",
@@ -65,7 +69,9 @@ async def stats(request: web.Request) -> web.Response:
                 snapshots_written=state.sessions.snapshots_written if state.sessions else 0,
                 prefix_cache_hit_rate=round(body["prefix_cache_hit_tokens"] / body["prefix_cache_query_tokens"], 4)
                 if body["prefix_cache_query_tokens"] else 0.0,
-                cold_start_ms=observability.cold_start_ms(request.app))
+                cold_start_ms=observability.cold_start_ms(request.app),
+                engine_mode=state.config.engine_mode,
+                engine_pid=process.pid if (process := getattr(state.engine, "process", None)) is not None else None)
     return web.json_response(body)
 
 
@@ -94,7 +100,10 @@ async def _start_engine(app: web.Application) -> None:
     state: ServerState = app[STATE]
     observability.mark(app, "engine_load_start")
     try:
-        engine = await AsyncEngine.create(state.config.engine)
+        if state.config.engine_mode == "process":
+            engine = await ProcessEngine.create(state.config.engine, log_level=logging.getLogger().level)
+        else:
+            engine = await AsyncEngine.create(state.config.engine)
     except Exception as err:  # one line, then `seedance serve` exits non-zero (serve() returns the reason)
         log.debug("model failed to load", exc_info=True)
         state.load_error = f"model failed to load: {err}"

@@ -15,7 +15,7 @@ from seedance.server.http.config import ServerConfig
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from seedance.engine.async_engine import AsyncEngine
+    from seedance.engine.engine_front import EngineFront
     from seedance.sessions.manager import SessionManager
 
 
@@ -44,7 +44,7 @@ class OpenWebSocket(Protocol):
 @dataclass
 class ServerState:
     config: ServerConfig
-    engine: AsyncEngine | None = None
+    engine: EngineFront | None = None  # AsyncEngine (thread mode) or ProcessEngine
     jobs: JobRegistry | None = None
     sessions: SessionManager | None = None
     websockets: set[OpenWebSocket] = field(default_factory=set)
