@@ -330,6 +330,10 @@ def bench_transports(
     wrk_transports: Annotated[str, typer.Option(help="HTTP transports wrk cross-checks")] = "sse,polling",
     baseline: Annotated[str | None, typer.Option(help="also run the WebSocket levels against a bare server "
                                                       "(picows) and print the ratios")] = None,
+    engine: Annotated[str | None, typer.Option("--engine", help="the server's engine mode: thread or process "
+                                               "(default: the server's own)")] = None,
+    server_path: Annotated[str | None, typer.Option(help="run the server from this source tree (e.g. an older "
+                                                         "commit's `git archive`) for a before/after")] = None,
     output: Annotated[str | None, typer.Option(help="write results JSON here")] = "bench/results/transports.json",
     plots: Annotated[str | None, typer.Option(help="write PNG plots into this folder")] = "docs/images",
 ) -> None:
@@ -343,7 +347,7 @@ def bench_transports(
                          processes, backend, rate, url, p99_bound_ms, memory_connections, wrk_clients or None, output,
                          plots, ramp=_seconds(ramp),
                          wrk_transports=tuple(t.strip() for t in wrk_transports.split(",") if t.strip()),
-                         baseline=baseline)
+                         baseline=baseline, engine_mode=engine, server_path=server_path)
 
 
 @bench_app.command("fuzz")

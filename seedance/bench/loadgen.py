@@ -193,6 +193,7 @@ async def _ws_client(session: aiohttp.ClientSession, spec: WorkerSpec, result: W
             rid = f"{cid}-{k}"
             k += 1
             req = _Request(result)
+            why = None
             await ws.send_str(_encode({"type": "generate", "id": rid, **_body(spec)}).decode())
             finished = False
             while not finished:
@@ -213,8 +214,10 @@ async def _ws_client(session: aiohttp.ClientSession, spec: WorkerSpec, result: W
                         if item["finish_reason"] in ("length", "stop"):
                             req.done()
                         else:
-                            result.error(f"done with {item['finish_reason']}")
-                    elif kind == "error" and item.get("id") != rid:  # an error about this request ends in done
+                            result.error(f"done with {item['finish_reason']}" + (f" after {why}" if why else ""))
+                    elif kind == "error" and item.get("id") == rid:  # an error about this request ends in done
+                        why = f"{item.get('code')}: {item.get('message')}"
+                    elif kind == "error":
                         result.error(f"error message: {item}")
                 req.chunks(n)
 

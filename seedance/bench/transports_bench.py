@@ -37,10 +37,11 @@ PERCENTILES = (50, 90, 99, 99.9)
 CDF_POINTS = 101  # quantiles kept per latency distribution for the CDF plots
 
 
-def server_settings(backend: str, rate: float, max_clients: int) -> dict[str, object]:
+def server_settings(backend: str, rate: float, max_clients: int, engine_mode: str | None = None) -> dict[str, object]:
     """Settings that let one loopback client IP open max_clients streams without tripping a limit."""
     big = max(4 * max_clients, 1024)
     env = {
+        "max_pending_tokenize": big,  # every client may submit in the same instant
         "max_connections": big,
         "max_requests_per_connection": 64,
         "max_connections_per_ip": 0,
@@ -55,6 +56,8 @@ def server_settings(backend: str, rate: float, max_clients: int) -> dict[str, ob
     }
     if backend == "synthetic":
         env["synthetic_rate"] = rate
+    if engine_mode is not None:  # only when asked: a server from before the setting existed refuses the name
+        env["engine_mode"] = engine_mode
     return env
 
 
@@ -90,11 +93,14 @@ def first_token_s(url: str, timeout: float = 30.0) -> float:
     raise RuntimeError("no token")
 
 
-def start_server(backend: str, rate: float, max_clients: int, workdir: Path) -> Server:
-    """`seedance serve` on a free loopback port; records process start → listening → ready → first token."""
-    settings = {"session_store": f"sqlite://{workdir / 'sessions.db'}", **server_settings(backend, rate, max_clients)}
+def start_server(backend: str, rate: float, max_clients: int, workdir: Path, engine_mode: str | None = None,
+                 server_path: str | None = None) -> Server:
+    """`seedance serve` on a free loopback port; records process start → listening → ready → first token.
+    server_path: a source tree (another commit's checkout) whose seedance the server runs instead of this one."""
+    settings = {"session_store": f"sqlite://{workdir / 'sessions.db'}",
+                **server_settings(backend, rate, max_clients, engine_mode)}
     t0 = time.perf_counter()
-    proc = launch(settings, workdir / "server.log", args=("--log-level", "warning"))
+    proc = launch(settings, workdir / "server.log", args=("--log-level", "warning"), python_path=server_path)
     first = first_token_s(proc.url)
     timeline = {"process_start_to_listening_s": proc.timeline["listening_s"],
                 "process_start_to_ready_s": proc.timeline["ready_s"],
@@ -459,6 +465,8 @@ def run_transports_bench(
     ramp: float = 0.0,
     wrk_transports: tuple[str, ...] = ("sse", "polling"),
     baseline: str | None = None,
+    engine_mode: str | None = None,
+    server_path: str | None = None,
 ) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -482,11 +490,12 @@ def run_transports_bench(
         "settings": {"backend": backend if not url else "external", "synthetic_rate": rate if backend == "synthetic"
                      else None, "duration_s": duration, "max_tokens": max_tokens, "processes": processes,
                      "concurrency": concurrency, "transports": transports, "p99_bound_ms": p99_bound_ms,
-                     "ramp_s": ramp, "baseline": baseline},
+                     "ramp_s": ramp, "baseline": baseline, "engine_mode": engine_mode, "server_path": server_path},
         "results": [],
     }
     max_clients = max([*concurrency, memory_connections, wrk_clients or 0])
-    server = Server(url.rstrip("/")) if url else start_server(backend, rate, max_clients, workdir)
+    server = Server(url.rstrip("/")) if url else start_server(backend, rate, max_clients, workdir, engine_mode,
+                                                              server_path)
     if server.process:
         report["cold_start"] = server.timeline
         console.print(f"server pid {server.pid} on {server.url}: ready in "
