@@ -45,6 +45,7 @@ def server_settings(backend: str, rate: float, max_clients: int, engine_mode: st
         "max_connections": big,
         "max_requests_per_connection": 64,
         "max_connections_per_ip": 0,
+        "max_pending_connections_per_ip": 0,  # every client is 127.0.0.1: a ramp has thousands mid-handshake
         "max_connections_per_token": 0,
         "http_requests_per_s": 0,
         "ws_messages_per_s": 0,
