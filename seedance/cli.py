@@ -334,6 +334,9 @@ def bench_transports(
                                                "(default: the server's own)")] = None,
     server_path: Annotated[str | None, typer.Option(help="run the server from this source tree (e.g. an older "
                                                          "commit's `git archive`) for a before/after")] = None,
+    engine_alone: Annotated[bool, typer.Option("--engine-alone", help="--backend model: then the same closed loop "
+                                               "on an in-process engine, no server (the WebSocket figure's ceiling)")]
+    = False,
     output: Annotated[str | None, typer.Option(help="write results JSON here")] = "bench/results/transports.json",
     plots: Annotated[str | None, typer.Option(help="write PNG plots into this folder")] = "docs/images",
 ) -> None:
@@ -347,7 +350,8 @@ def bench_transports(
                          processes, backend, rate, url, p99_bound_ms, memory_connections, wrk_clients or None, output,
                          plots, ramp=_seconds(ramp),
                          wrk_transports=tuple(t.strip() for t in wrk_transports.split(",") if t.strip()),
-                         baseline=baseline, engine_mode=engine, server_path=server_path)
+                         baseline=baseline, engine_mode=engine, server_path=server_path,
+                         with_engine_alone=engine_alone)
 
 
 @bench_app.command("fuzz")

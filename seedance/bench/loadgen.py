@@ -46,6 +46,7 @@ class WorkerSpec:
 class WorkerResult:
     completed: int = 0
     chunks: int = 0
+    tokens: int = 0  # WebSocket: token ids in the chunks counted (a lagging writer may put several in one chunk)
     errors: int = 0
     timeouts: int = 0
     connect_timeouts: int = 0  # of which: WebSocket handshakes with no answer in time
@@ -102,6 +103,10 @@ class _Request:
                 self.result.itl_s.append(now - self.last)
             self.result.itl_s.extend([0.0] * (n - 1))
         self.last = now
+
+    def tokens(self, n: int) -> None:
+        if self.window[0] <= time.perf_counter() <= self.window[1]:
+            self.result.tokens += n
 
     def done(self) -> None:
         if self.window[0] <= time.perf_counter() <= self.window[1]:
@@ -207,6 +212,7 @@ async def _ws_client(session: aiohttp.ClientSession, spec: WorkerSpec, result: W
                     kind = item.get("type")
                     if kind == "chunk":
                         n += 1
+                        req.tokens(len(item.get("token_ids") or ()))
                     elif kind == "done":
                         req.chunks(n)
                         n = 0

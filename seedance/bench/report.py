@@ -44,6 +44,9 @@ def render(console, report: dict) -> None:
         parts = [f"{k.replace('_', ' ')} {v:.2f}x" for k, v in row.items() if k != "clients"]
         if parts:
             console.print(f"ratios at {row['clients']} clients: " + "; ".join(parts))
+    for alone in report.get("engine_alone", []):
+        console.print(f"engine alone (in-process, no server), {alone['clients']} streams: "
+                      f"{alone['tokens_per_s']:.0f} tokens/s")
     for transport, knee in report.get("knee", {}).items():
         where = f"{knee['clients']} clients" if knee["clients"] is not None else "below the lowest level"
         console.print(f"knee {transport}: {where} ({knee['reason']})")

@@ -253,6 +253,7 @@ def run_level(pool: ProcessPoolExecutor, server: Server, transport: str, clients
         "requests_per_s": completed / elapsed,
         "chunks": chunks,
         "chunks_per_s": chunks / elapsed,
+        "tokens_per_s": sum(p["tokens"] for p in parts) / elapsed,  # WebSocket only (0 for the others)
         "errors": errors,
         "timeouts": timeouts,
         "connect_timeouts": sum(p["connect_timeouts"] for p in parts),
@@ -423,6 +424,11 @@ def ratios(report: dict) -> list[dict]:
         base = cost(report.get("baseline") or [], "websocket", clients)
         if ws and base and ws.get("cpu_us_per_chunk") and base.get("cpu_us_per_chunk"):
             row["ws_cpu_per_chunk_over_baseline"] = ws["cpu_us_per_chunk"] / base["cpu_us_per_chunk"]
+        alone = next((r for r in report.get("engine_alone") or [] if r["clients"] == clients), None)
+        ws_row = next((r for r in report["results"] if r["transport"] == "websocket" and r["clients"] == clients),
+                      None)
+        if alone and ws_row and alone["tokens_per_s"]:
+            row["ws_tokens_per_s_over_engine_alone"] = ws_row["tokens_per_s"] / alone["tokens_per_s"]
         for other in ("sse", "polling"):
             o = cost(report["results"], other, clients)
             if ws and o and ws.get("chunks_per_cpu_s") and o.get("chunks_per_cpu_s"):
@@ -468,6 +474,7 @@ def run_transports_bench(
     baseline: str | None = None,
     engine_mode: str | None = None,
     server_path: str | None = None,
+    with_engine_alone: bool = False,
 ) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -533,6 +540,15 @@ def run_transports_bench(
                                             workdir, console)
     finally:
         server.stop()
+    if with_engine_alone and backend == "model" and "websocket" in transports:
+        from seedance.bench.engine_alone import engine_alone
+
+        settings = server_settings(backend, rate, max_clients)
+        report["engine_alone"] = []
+        for clients in concurrency:  # after the server stopped: the engine gets the box to itself, as it did
+            console.print(f"engine alone: {clients} streams, {duration:g} s")
+            report["engine_alone"].append(engine_alone(clients, max_tokens, duration, settings))
+        report["ratios"] = ratios(report)
     if server.log_path:
         report["server_log_tail"] = Path(server.log_path).read_text()[-2000:]
     if plots_dir:

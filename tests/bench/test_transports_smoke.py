@@ -23,7 +23,9 @@ def test_transports_bench_smoke(tmp_path):
     for row in report["results"]:
         assert row["completed"] > 0, row
         assert row["errors"] == 0 and row["timeouts"] == 0, row
-        assert row["chunks"] >= row["completed"] * 16 > 0
+        # One engine step serves every stream, so the 20 clients' requests end together and a window edge may
+        # count up to 20 completions whose first chunks fell before it.
+        assert row["chunks"] >= (row["completed"] - 20) * 16 and row["chunks"] > 0
         for key in ("ttft_ms", "inter_chunk_ms"):
             lat = row[key]
             assert lat["count"] > 0
@@ -32,9 +34,10 @@ def test_transports_bench_smoke(tmp_path):
         assert row["never_connected"] == 0 and row["failures"] == 0, row
         assert row["connections"]["connected"] == 20 and row["connections"]["time_to_all_connected_s"] > 0
         assert row["server"]["cpu_us_per_chunk"] > 0 and row["server"]["chunks_per_cpu_s"] > 0
+        if row["transport"] == "websocket":  # one token per chunk here (16-token requests, 50 tokens/s)
+            assert row["tokens_per_s"] >= row["chunks_per_s"] > 0
     (base,) = report["baseline"]  # the bare picows server, same WebSocket load
     assert base["server_kind"] == "picows-baseline" and base["transport"] == "websocket"
-    # One ticker serves every stream, so all 20 clients finish on the same tick: a window edge may cut 20 at once.
     assert base["completed"] > 0 and base["failures"] == 0 and base["chunks"] >= (base["completed"] - 20) * 16
     assert base["server"]["cpu_us_per_chunk"] > 0
     (ratio,) = report["ratios"]
