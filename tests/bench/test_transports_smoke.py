@@ -23,9 +23,8 @@ def test_transports_bench_smoke(tmp_path):
     for row in report["results"]:
         assert row["completed"] > 0, row
         assert row["errors"] == 0 and row["timeouts"] == 0, row
-        # One engine step serves every stream, so the 20 clients' requests end together and a window edge may
-        # count up to 20 completions whose first chunks fell before it.
-        assert row["chunks"] >= (row["completed"] - 20) * 16 and row["chunks"] > 0
+        # A server whose writer lags puts several tokens in one chunk, so chunks can be fewer than tokens.
+        assert row["chunks"] >= row["completed"] > 0
         for key in ("ttft_ms", "inter_chunk_ms"):
             lat = row[key]
             assert lat["count"] > 0
@@ -34,11 +33,12 @@ def test_transports_bench_smoke(tmp_path):
         assert row["never_connected"] == 0 and row["failures"] == 0, row
         assert row["connections"]["connected"] == 20 and row["connections"]["time_to_all_connected_s"] > 0
         assert row["server"]["cpu_us_per_chunk"] > 0 and row["server"]["chunks_per_cpu_s"] > 0
-        if row["transport"] == "websocket":  # one token per chunk here (16-token requests, 50 tokens/s)
+        if row["transport"] == "websocket":  # tokens are counted, however they were grouped into chunks
+            assert row["tokens_per_s"] * row["elapsed_s"] >= (row["completed"] - 20) * 16
             assert row["tokens_per_s"] >= row["chunks_per_s"] > 0
     (base,) = report["baseline"]  # the bare picows server, same WebSocket load
     assert base["server_kind"] == "picows-baseline" and base["transport"] == "websocket"
-    assert base["completed"] > 0 and base["failures"] == 0 and base["chunks"] >= (base["completed"] - 20) * 16
+    assert base["completed"] > 0 and base["failures"] == 0 and base["chunks"] >= base["completed"]
     assert base["server"]["cpu_us_per_chunk"] > 0
     (ratio,) = report["ratios"]
     assert ratio["clients"] == 20 and ratio["ws_cpu_per_chunk_over_baseline"] > 0
