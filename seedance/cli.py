@@ -80,6 +80,8 @@ def serve(
     session_store: Annotated[str | None, typer.Option(help="sqlite:///path.db or redis://host:port/db")] = None,
     engine: Annotated[str | None, typer.Option("--engine", help="where the engine core runs: thread (in this "
                                                "process) or process (its own; docs/server-stack.md)")] = None,
+    workers: Annotated[int | None, typer.Option(help="gateway processes sharing the port in front of one engine "
+                                                "process (docs/server-stack.md)")] = None,
 ) -> None:
     """Start the server (WebSocket /v1/stream, OpenAI-compatible SSE, HTTP polling)."""
     import gc
@@ -106,8 +108,8 @@ def serve(
         kv_bytes = parse_bytes(kv_cache_memory) if kv_cache_memory is not None else None
         cfg = ServerConfig.load(config, host=host, port=port, model=model, device=device, dtype=dtype,
                                 model_name=model_name, keepalive=keepalive, session_store=session_store,
-                                quantize=quantize, kv_cache_bytes=kv_bytes, engine_mode=engine, **security,
-                                **observability)
+                                quantize=quantize, kv_cache_bytes=kv_bytes, engine_mode=engine, workers=workers,
+                                **security, **observability)
         preflight(cfg)  # refuses unsafe settings and unreadable keys/certificates before binding
     except (ValueError, typer.BadParameter) as err:
         print(f"seedance serve: {err}", file=sys.stderr)
@@ -115,6 +117,10 @@ def serve(
     from seedance.observability.logs import configure_logging
 
     configure_logging(log_level, cfg.log_format)
+    if cfg.workers > 1:
+        from seedance.server.workers import run_workers
+
+        raise typer.Exit(run_workers(cfg, log_level))
     try:
         import uvloop
 

@@ -182,14 +182,16 @@ class EngineFront:
         if len(self.step_latencies) > 1024:
             del self.step_latencies[:512]
 
-    def _deliver_step(self, events: list[TokenEvent], started: float) -> None:
-        """One step's events to their streams (on the event loop); a finished request leaves the table."""
+    def _deliver_step(self, events: list[TokenEvent], started: float, cut: int = 0) -> None:
+        """One step's events to their streams (on the event loop); a finished request leaves the table.
+        cut: the length of a prefix the engine put on the ids (a shared engine process, `--workers N`)."""
         self.last_step_started = started
         streams = self._streams
         for event in events:
-            stream = streams.get(event.request_id)
+            request_id = event.request_id[cut:] if cut else event.request_id
+            stream = streams.get(request_id)
             if stream is None:
                 continue
             stream._deliver(event)
             if event.finish_reason is not None:
-                del streams[event.request_id]
+                del streams[request_id]

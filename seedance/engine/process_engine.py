@@ -96,11 +96,13 @@ class _Channel(asyncio.Protocol):
 
 class ProcessEngine(EngineFront):
     def __init__(self, config: EngineConfig, ready: Ready, transport: asyncio.Transport,
-                 process: mp.process.BaseProcess | None) -> None:
+                 process: mp.process.BaseProcess | None, prefix: str = "") -> None:
         tokenizer = pickle.loads(ready.tokenizer) if ready.tokenizer is not None else None
         super().__init__(config, tokenizer, ready.max_model_len)
         self.engine = EngineInfo(ready)
-        self.process = process
+        self.process = process  # None: a shared core (`--workers N`) that this gateway neither starts nor stops
+        # `--workers N`: this gateway's ids (and session pin keys) in the shared core start with it
+        self.prefix = prefix
         self._transport = transport
         self._stats: EngineStats = ready.stats
         self._admitting: dict[str, asyncio.Future[None]] = {}
@@ -120,8 +122,25 @@ class ProcessEngine(EngineFront):
         return await cls.connect(config, ours, process)
 
     @classmethod
+    async def connect_path(cls, config: EngineConfig, path: str, prefix: str,
+                           timeout_s: float = 60.0) -> ProcessEngine:
+        """A gateway worker's engine: the shared core (core_process.serve_core) listening at path."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(path)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no engine process at {path}") from None
+                await asyncio.sleep(0.05)
+        return await cls.connect(config, sock, prefix=prefix)
+
+    @classmethod
     async def connect(cls, config: EngineConfig, sock: socket.socket,
-                      process: mp.process.BaseProcess | None = None) -> ProcessEngine:
+                      process: mp.process.BaseProcess | None = None, prefix: str = "") -> ProcessEngine:
         """Over an already connected socket (create() above; the tests' fake core): wait for Ready."""
         loop = asyncio.get_running_loop()
         sock.setblocking(False)
@@ -137,7 +156,7 @@ class ProcessEngine(EngineFront):
             if process is not None:
                 await asyncio.to_thread(process.join, 10)
             raise RuntimeError(message.error if isinstance(message, LoadFailed) else "engine core: no Ready")
-        self = cls(config, message, transport, process)
+        self = cls(config, message, transport, process, prefix)
         protocol.engine = self
         for early in protocol.early:
             self._receive(early)
@@ -153,13 +172,15 @@ class ProcessEngine(EngineFront):
         self._streams[request_id] = stream
         verdict = asyncio.get_running_loop().create_future()
         self._admitting[request_id] = verdict
-        self._send(Add(request_id, token_ids, request.params, request.priority, time.monotonic(), request.pin_key))
+        p = self.prefix
+        pin_key = p + request.pin_key if request.pin_key is not None else None
+        self._send(Add(p + request_id, token_ids, request.params, request.priority, time.monotonic(), pin_key))
         try:
             await verdict
         except BaseException:
             self._admitting.pop(request_id, None)
             if self._streams.pop(request_id, None) is not None and not verdict.done():
-                self._send(Abort(request_id))  # the caller gave up waiting: the core must not run it
+                self._send(Abort(self.prefix + request_id))  # the caller gave up waiting: the core must not run it
             raise
         return stream
 
@@ -171,19 +192,19 @@ class ProcessEngine(EngineFront):
             stream._deliver(TokenEvent(request_id, 0, -1, "", finish_reason=FinishReason.CANCELLED))
             return
         self._cancelling[request_id] = stream
-        self._send(Abort(request_id))
+        self._send(Abort(self.prefix + request_id))
 
     def pause(self, request_id: str) -> None:
-        self._send(Pause(request_id))
+        self._send(Pause(self.prefix + request_id))
 
     def resume(self, request_id: str) -> None:
-        self._send(Resume(request_id))
+        self._send(Resume(self.prefix + request_id))
 
     def set_priority(self, request_id: str, priority: int) -> None:
-        self._send(SetPriority(request_id, priority))
+        self._send(SetPriority(self.prefix + request_id, priority))
 
     def unpin(self, key: str) -> None:
-        self._send(Unpin(key))
+        self._send(Unpin(self.prefix + key))
 
     def stats(self) -> EngineStats:
         """The core's counters as of its last frame (sent at least every 50 ms while busy, and when idle)."""
@@ -195,9 +216,14 @@ class ProcessEngine(EngineFront):
             self._closed = True
             for request_id in list(self._streams):
                 self.cancel(request_id)
-            self._send(Shutdown())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._exited), 10)
+            if self.process is not None:  # our own core: stop it
+                self._send(Shutdown())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._exited), 10)
+            else:  # a shared core: let the aborts go out and come back, then hang up (the core drops the rest)
+                deadline = time.monotonic() + 2.0
+                while self._cancelling and self.failure is None and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
         self._transport.close()
         if self.process is not None:
             await asyncio.to_thread(self.process.join, 5)
@@ -228,24 +254,27 @@ class ProcessEngine(EngineFront):
     def _receive(self, message) -> None:
         if not isinstance(message, Step):
             return
+        cut = len(self.prefix)
         for request_id in message.admitted:
-            verdict = self._admitting.pop(request_id, None)
+            verdict = self._admitting.pop(request_id[cut:], None)
             if verdict is not None and not verdict.done():
                 verdict.set_result(None)
         for refusal in message.refused:
-            verdict = self._admitting.pop(refusal.request_id, None)
-            self._streams.pop(refusal.request_id, None)
+            request_id = refusal.request_id[cut:]
+            verdict = self._admitting.pop(request_id, None)
+            self._streams.pop(request_id, None)
             if verdict is not None and not verdict.done():
                 verdict.set_exception(_ERRORS.get(refusal.code, InvalidRequest)(refusal.message))
         if message.events:
-            self._deliver_step(message.events, message.started)
+            self._deliver_step(message.events, message.started, cut)
         if message.started is not None:
             self._record_step(message.seconds)
         for event in message.aborted:
-            stream = self._cancelling.pop(event.request_id, None)
+            request_id = event.request_id[cut:]
+            stream = self._cancelling.pop(request_id, None)
             if stream is not None:
                 stream._deliver(event)
-            elif (stream := self._streams.pop(event.request_id, None)) is not None:
+            elif (stream := self._streams.pop(request_id, None)) is not None:
                 stream._deliver(event)  # the core ended it on its own (shutting down)
         if message.stats is not None:
             self._stats = message.stats

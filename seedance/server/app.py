@@ -12,6 +12,7 @@ import dataclasses
 import gc
 import logging
 import signal
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -28,7 +29,8 @@ from seedance.server.http import observability_http as observability
 from seedance.server.http.config import ServerConfig
 from seedance.server.http.http_errors import HttpError
 from seedance.server.http.proxy import TrustedProxies
-from seedance.server.http.state import STATE, ServerState
+from seedance.server.http.reuseport import attach_source_ip_routing
+from seedance.server.http.state import STATE, Placement, ServerState
 from seedance.server.transports import openai_api, polling
 from seedance.server.transports.ws import websocket_handler
 from seedance.sessions.manager import SessionManager
@@ -70,7 +72,8 @@ async def stats(request: web.Request) -> web.Response:
                 prefix_cache_hit_rate=round(body["prefix_cache_hit_tokens"] / body["prefix_cache_query_tokens"], 4)
                 if body["prefix_cache_query_tokens"] else 0.0,
                 cold_start_ms=observability.cold_start_ms(request.app),
-                engine_mode=state.config.engine_mode,
+                engine_mode="process" if state.worker is not None else state.config.engine_mode,
+                worker=state.worker.index if state.worker is not None else None,
                 engine_pid=process.pid if (process := getattr(state.engine, "process", None)) is not None else None)
     return web.json_response(body)
 
@@ -100,7 +103,10 @@ async def _start_engine(app: web.Application) -> None:
     state: ServerState = app[STATE]
     observability.mark(app, "engine_load_start")
     try:
-        if state.config.engine_mode == "process":
+        if state.worker is not None:  # one of --workers N: the group's engine process
+            engine = await ProcessEngine.connect_path(state.config.engine, state.worker.core_path,
+                                                      state.worker.prefix)
+        elif state.config.engine_mode == "process":
             engine = await ProcessEngine.create(state.config.engine, log_level=logging.getLogger().level)
         else:
             engine = await AsyncEngine.create(state.config.engine)
@@ -265,17 +271,25 @@ def build_app(config: ServerConfig) -> web.Application:
     return app
 
 
-async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> str | None:
+async def serve(config: ServerConfig, ready: asyncio.Event | None = None,
+                worker: Placement | None = None) -> str | None:
     """Run until SIGTERM/SIGINT, then shut down gracefully; a model that fails to load stops it too.
-    Returns why the model failed to load (the CLI exits non-zero with it), None after a normal run."""
+    Returns why the model failed to load (the CLI exits non-zero with it), None after a normal run.
+    worker: this process is one of `--workers N` (server/workers.py): shared port, shared engine process."""
     app = build_app(config)
+    app[STATE].worker = worker
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=config.shutdown_grace_s + 5)
     await runner.setup()
     sec = app[security.SECURITY]
     site = conn_guard.GuardedSite(runner, app[conn_guard.GUARD], config.host, config.port, reuse_address=True,
-                                  ssl_context=sec.ssl_context, backlog=config.listen_backlog)
+                                  ssl_context=sec.ssl_context, backlog=config.listen_backlog,
+                                  reuse_port=worker is not None)
     await site.start()
+    if worker is not None:
+        for sock in site._server.sockets:
+            if sock.family == socket.AF_INET:
+                attach_source_ip_routing(sock, worker.count)
     observability.mark(app, "listener_ready")
     stop = asyncio.Event()
     app[STATE].on_load_failure = stop.set

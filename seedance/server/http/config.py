@@ -26,6 +26,9 @@ class ServerConfig:
     # Where the engine core runs (docs/server-stack.md): "thread" (a thread of the server process) or "process"
     # (its own process, vLLM v1's EngineCore shape: no GIL shared with the event loop).
     engine_mode: str = "thread"
+    # Gateway processes sharing the port in front of one engine process (server/workers.py); > 1 implies
+    # engine_mode "process" and needs a fixed port.
+    workers: int = 1
     model_name: str | None = None  # the id /v1/models reports and clients pass as "model"; None: the model's own
     # WebSocket limits
     max_message_bytes: int = 1 << 20  # larger client messages close the socket with 1009
@@ -125,6 +128,10 @@ class ServerConfig:
             raise ValueError("keepalive must be conservative, aggressive or off")
         if self.engine_mode not in ("thread", "process"):
             raise ValueError("engine_mode must be thread or process")
+        if self.workers < 1:
+            raise ValueError("workers must be >= 1")
+        if self.workers > 1 and self.port == 0:
+            raise ValueError("workers > 1 needs a fixed port (every worker binds the same one)")
         if self.log_format not in ("text", "json"):
             raise ValueError("log_format must be text or json")
         if self.tracing not in ("off", "console", "file", "otlp"):

@@ -41,6 +41,19 @@ class OpenWebSocket(Protocol):
     async def close(self, code: int, reason: str) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where one of `--workers N` sits (server/workers.py): its index of count, and the engine core's socket."""
+
+    index: int
+    count: int
+    core_path: str
+
+    @property
+    def prefix(self) -> str:
+        return f"w{self.index}/"
+
+
 @dataclass
 class ServerState:
     config: ServerConfig
@@ -54,6 +67,7 @@ class ServerState:
     on_load_failure: Callable[[], None] | None = None  # serve() stops the server: a failed load exits non-zero
     model_name_given: bool = False  # --model-name set: keep it rather than the model's own name
     tasks: list[asyncio.Task] = field(default_factory=list)
+    worker: Placement | None = None  # one of `--workers N` (server/workers.py); None: a single process
 
 
 STATE = web.AppKey("state", ServerState)
