@@ -15,6 +15,8 @@ run $S --concurrency $LEVELS --transports websocket --memory-connections 2000 --
     --output $OUT/issue16-after-ws-process.json --plots ''
 run $S --concurrency $LEVELS --transports websocket --memory-connections 0 --engine thread \
     --output $OUT/issue16-after-ws-thread.json --plots ''
+run $S --concurrency $LEVELS --transports websocket --memory-connections 0 --workers 2 --source-addresses 64 \
+    --output $OUT/issue16-after-ws-workers2.json --plots ''
 run $S --concurrency 1000,2000 --transports sse,polling --memory-connections 0 --engine process \
     --output $OUT/issue16-after-http.json --plots ''
 M="seedance bench transports --backend model --max-tokens 32 --ramp 2s --duration 15s --processes 1 --concurrency 32"

@@ -24,6 +24,7 @@ def f(x, fmt="{:,.0f}"):
 
 table = [*rows(load("before-ws"), "before (3a1ea7a)"), *rows(load("after-ws-thread"), "after, --engine thread"),
          *rows(load("after-ws-process"), "after, --engine process"),
+         *rows(load("after-ws-workers2"), "after, --workers 2"),
          *rows(load("after-ws-process"), "", key="baseline"), *rows(load("after-http"), "after, --engine process")]
 print("| server | transport | clients | chunks/s | server CPU s | CPU µs/chunk | chunks/CPU-s | failures (err / t-o / "
       "never connected) | all connected after | handshakes/s peak | TTFT p99 ms | inter-chunk p99 ms |")

@@ -340,6 +340,9 @@ def bench_transports(
                                                "(default: the server's own)")] = None,
     server_path: Annotated[str | None, typer.Option(help="run the server from this source tree (e.g. an older "
                                                          "commit's `git archive`) for a before/after")] = None,
+    workers: Annotated[int | None, typer.Option(help="the server's --workers (gateway processes)")] = None,
+    source_addresses: Annotated[int, typer.Option(help="clients connect from this many loopback addresses "
+                                                  "(127.0.0.1, .2, ...): --workers routes by address")] = 1,
     engine_alone: Annotated[bool, typer.Option("--engine-alone", help="--backend model: then the same closed loop "
                                                "on an in-process engine, no server (the WebSocket figure's ceiling)")]
     = False,
@@ -357,7 +360,7 @@ def bench_transports(
                          plots, ramp=_seconds(ramp),
                          wrk_transports=tuple(t.strip() for t in wrk_transports.split(",") if t.strip()),
                          baseline=baseline, engine_mode=engine, server_path=server_path,
-                         with_engine_alone=engine_alone)
+                         with_engine_alone=engine_alone, workers=workers, source_addresses=source_addresses)
 
 
 @bench_app.command("fuzz")

@@ -40,6 +40,9 @@ class WorkerSpec:
     request_timeout_s: float = 30.0
     worker_index: int = 0
     ramp_s: float = 0.0  # clients start spread over this many seconds; requests sent during it are not measured
+    # Clients connect from this many loopback addresses (127.0.0.1, .2, ...), round robin: a server that routes
+    # by client address (`--workers N`) sees a spread of clients, not one address.
+    source_addresses: int = 1
 
 
 @dataclass
@@ -241,50 +244,66 @@ async def _http_client(session: aiohttp.ClientSession, spec: WorkerSpec, result:
             await asyncio.sleep(0.1)
 
 
+def source_address(index: int) -> str:
+    """The index-th loopback source address: 127.0.0.1, 127.0.0.2, ... (all of 127/8 is loopback)."""
+    return f"127.0.{(index + 1) // 256}.{(index + 1) % 256}"
+
+
 async def _run(spec: WorkerSpec) -> WorkerResult:
     result = WorkerResult()
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        delay = spec.start_at - time.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        measure_from = time.perf_counter() + spec.ramp_s
-        _Request.window = (measure_from, measure_from + spec.duration_s)
-        deadline = time.time() + spec.ramp_s + spec.duration_s
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+        limit=0, force_close=False, local_addr=(source_address(k), 0) if spec.source_addresses > 1 else None),
+        timeout=timeout) for k in range(max(1, spec.source_addresses))]
+    try:
+        return await _run_clients(spec, result, sessions)
+    finally:
+        for session in sessions:
+            await session.close()
 
-        first_connected: dict[int, float] = {}  # client index -> time.time() of its first connection
 
-        async def client(i: int) -> None:
-            def connected() -> None:
-                first_connected.setdefault(i, time.time())
+async def _run_clients(spec: WorkerSpec, result: WorkerResult,
+                       sessions: list[aiohttp.ClientSession]) -> WorkerResult:
+    delay = spec.start_at - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    measure_from = time.perf_counter() + spec.ramp_s
+    _Request.window = (measure_from, measure_from + spec.duration_s)
+    deadline = time.time() + spec.ramp_s + spec.duration_s
 
-            await asyncio.sleep(spec.ramp_s * i / spec.clients)
-            if spec.transport == "websocket":
-                while time.time() < deadline:
-                    try:
-                        await _ws_client(session, spec, result, f"w{spec.worker_index}c{i}", deadline, connected)
-                    except TimeoutError:
-                        result.timeouts += 1
-                    except (aiohttp.ClientError, ConnectionError) as err:
-                        result.error(f"{type(err).__name__}: {err}")
-                        await asyncio.sleep(0.1)
-            else:
-                await _http_client(session, spec, result, deadline, connected)
+    first_connected: dict[int, float] = {}  # client index -> time.time() of its first connection
 
-        tasks = [asyncio.create_task(client(i)) for i in range(spec.clients)]
-        # Every request is bounded, so this is a backstop: a level always ends, whatever the server does.
-        _, stuck = await asyncio.wait(tasks, timeout=spec.ramp_s + spec.duration_s + spec.request_timeout_s + 15)
-        for task in stuck:
-            task.cancel()
-        result.timeouts += len(stuck)
-        if stuck:
-            result.error(f"{len(stuck)} clients still busy past the level's end; cancelled")
-        await asyncio.gather(*stuck, return_exceptions=True)
-        in_time = [t - spec.start_at for t in first_connected.values() if t <= deadline]
-        result.connected_at_s = sorted(in_time)
-        result.never_connected = spec.clients - len(in_time)
-        result.elapsed_s = spec.duration_s  # the measured window; the last requests drain after it
+    async def client(i: int) -> None:
+        def connected() -> None:
+            first_connected.setdefault(i, time.time())
+
+        await asyncio.sleep(spec.ramp_s * i / spec.clients)
+        session = sessions[i % len(sessions)]
+        if spec.transport == "websocket":
+            while time.time() < deadline:
+                try:
+                    await _ws_client(session, spec, result, f"w{spec.worker_index}c{i}", deadline, connected)
+                except TimeoutError:
+                    result.timeouts += 1
+                except (aiohttp.ClientError, ConnectionError) as err:
+                    result.error(f"{type(err).__name__}: {err}")
+                    await asyncio.sleep(0.1)
+        else:
+            await _http_client(session, spec, result, deadline, connected)
+
+    tasks = [asyncio.create_task(client(i)) for i in range(spec.clients)]
+    # Every request is bounded, so this is a backstop: a level always ends, whatever the server does.
+    _, stuck = await asyncio.wait(tasks, timeout=spec.ramp_s + spec.duration_s + spec.request_timeout_s + 15)
+    for task in stuck:
+        task.cancel()
+    result.timeouts += len(stuck)
+    if stuck:
+        result.error(f"{len(stuck)} clients still busy past the level's end; cancelled")
+    await asyncio.gather(*stuck, return_exceptions=True)
+    in_time = [t - spec.start_at for t in first_connected.values() if t <= deadline]
+    result.connected_at_s = sorted(in_time)
+    result.never_connected = spec.clients - len(in_time)
+    result.elapsed_s = spec.duration_s  # the measured window; the last requests drain after it
     return result
 
 

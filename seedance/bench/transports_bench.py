@@ -37,7 +37,8 @@ PERCENTILES = (50, 90, 99, 99.9)
 CDF_POINTS = 101  # quantiles kept per latency distribution for the CDF plots
 
 
-def server_settings(backend: str, rate: float, max_clients: int, engine_mode: str | None = None) -> dict[str, object]:
+def server_settings(backend: str, rate: float, max_clients: int, engine_mode: str | None = None,
+                    workers: int | None = None) -> dict[str, object]:
     """Settings that let one loopback client IP open max_clients streams without tripping a limit."""
     big = max(4 * max_clients, 1024)
     env = {
@@ -59,6 +60,8 @@ def server_settings(backend: str, rate: float, max_clients: int, engine_mode: st
         env["synthetic_rate"] = rate
     if engine_mode is not None:  # only when asked: a server from before the setting existed refuses the name
         env["engine_mode"] = engine_mode
+    if workers is not None:
+        env["workers"] = workers
     return env
 
 
@@ -83,6 +86,25 @@ class Server:
             self.process.stop()
 
 
+def wait_for_workers(url: str, workers: int, source_addresses: int, timeout_s: float = 120.0) -> None:
+    """`--workers N`: launch() saw one worker ready; wait until the load's source addresses reach all N."""
+    from seedance.bench.loadgen import source_address
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        seen = set()
+        for k in range(min(source_addresses, 64)):
+            try:
+                with httpx.Client(transport=httpx.HTTPTransport(local_address=source_address(k)), timeout=5) as c:
+                    seen.add(c.get(f"{url}/stats").json().get("worker"))
+            except (httpx.HTTPError, ValueError):
+                pass
+        if len(seen - {None}) >= workers:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"not all {workers} workers answered from {source_addresses} source addresses")
+
+
 def first_token_s(url: str, timeout: float = 30.0) -> float:
     """Seconds from sending one SSE completion to its first data event."""
     body = {"model": "seedance-tiny", "prompt": "In the beginning", "max_tokens": 4, "stream": True}
@@ -95,11 +117,11 @@ def first_token_s(url: str, timeout: float = 30.0) -> float:
 
 
 def start_server(backend: str, rate: float, max_clients: int, workdir: Path, engine_mode: str | None = None,
-                 server_path: str | None = None) -> Server:
+                 server_path: str | None = None, workers: int | None = None) -> Server:
     """`seedance serve` on a free loopback port; records process start → listening → ready → first token.
     server_path: a source tree (another commit's checkout) whose seedance the server runs instead of this one."""
     settings = {"session_store": f"sqlite://{workdir / 'sessions.db'}",
-                **server_settings(backend, rate, max_clients, engine_mode)}
+                **server_settings(backend, rate, max_clients, engine_mode, workers)}
     t0 = time.perf_counter()
     proc = launch(settings, workdir / "server.log", args=("--log-level", "warning"), python_path=server_path)
     first = first_token_s(proc.url)
@@ -204,13 +226,15 @@ def latency_summary(seconds: list[float]) -> dict:
 
 
 def run_level(pool: ProcessPoolExecutor, server: Server, transport: str, clients: int, processes: int,
-              max_tokens: int, duration: float, progress=None, task=None, ramp: float = 0.0) -> dict:
+              max_tokens: int, duration: float, progress=None, task=None, ramp: float = 0.0,
+              source_addresses: int = 1) -> dict:
     """One transport at one level: clients start over `ramp` seconds, then `duration` seconds are measured."""
     processes = max(1, min(processes, clients))
     share = [clients // processes + (i < clients % processes) for i in range(processes)]
     start_at = time.time() + 1.0 + 0.5 * processes  # let every spawned process be up before the clock starts
     specs = [WorkerSpec(transport, server.url, n, max_tokens, duration, start_at,
-                        request_timeout_s=max(30.0, duration), worker_index=i, ramp_s=ramp)
+                        request_timeout_s=max(30.0, duration), worker_index=i, ramp_s=ramp,
+                        source_addresses=source_addresses)
              for i, n in enumerate(share)]
     futures = [pool.submit(run_worker, s) for s in specs]
     while time.time() < start_at + ramp:
@@ -475,6 +499,8 @@ def run_transports_bench(
     engine_mode: str | None = None,
     server_path: str | None = None,
     with_engine_alone: bool = False,
+    workers: int | None = None,
+    source_addresses: int = 1,
 ) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -498,12 +524,15 @@ def run_transports_bench(
         "settings": {"backend": backend if not url else "external", "synthetic_rate": rate if backend == "synthetic"
                      else None, "duration_s": duration, "max_tokens": max_tokens, "processes": processes,
                      "concurrency": concurrency, "transports": transports, "p99_bound_ms": p99_bound_ms,
-                     "ramp_s": ramp, "baseline": baseline, "engine_mode": engine_mode, "server_path": server_path},
+                     "ramp_s": ramp, "baseline": baseline, "engine_mode": engine_mode, "server_path": server_path,
+                     "workers": workers, "source_addresses": source_addresses},
         "results": [],
     }
     max_clients = max([*concurrency, memory_connections, wrk_clients or 0])
     server = Server(url.rstrip("/")) if url else start_server(backend, rate, max_clients, workdir, engine_mode,
-                                                              server_path)
+                                                              server_path, workers)
+    if workers and workers > 1 and server.process:
+        wait_for_workers(server.url, workers, source_addresses)
     if server.process:
         report["cold_start"] = server.timeline
         console.print(f"server pid {server.pid} on {server.url}: ready in "
@@ -522,7 +551,7 @@ def run_transports_bench(
                 for clients in concurrency:
                     task = progress.add_task(f"{transport:>9} × {clients:<5}", total=ramp + duration)
                     row = run_level(pool, server, transport, clients, processes, max_tokens, duration,
-                                    progress, task, ramp=ramp)
+                                    progress, task, ramp=ramp, source_addresses=source_addresses)
                     report["results"].append(row)
                     write_report(report, output)  # after every level: a long run that is stopped keeps its rows
                     progress.update(task, description=f"{transport:>9} × {clients:<5} "
