@@ -9,6 +9,7 @@ connection, cold start, and optionally a cross-check of the SSE transport with `
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import multiprocessing as mp
@@ -45,6 +46,7 @@ def server_settings(backend: str, rate: float, max_clients: int, engine_mode: st
         "max_pending_tokenize": big,  # every client may submit in the same instant
         "max_connections": big,
         "max_requests_per_connection": 64,
+        "listen_backlog": 4096,  # net.core.somaxconn here: a ramp of 1,000 handshakes/s must not overflow it
         "max_connections_per_ip": 0,
         "max_pending_connections_per_ip": 0,  # every client is 127.0.0.1: a ramp has thousands mid-handshake
         "max_connections_per_token": 0,
@@ -133,12 +135,14 @@ def start_server(backend: str, rate: float, max_clients: int, workdir: Path, eng
 
 
 class Sampler(threading.Thread):
-    """Samples the server process's CPU% (of one core) and RSS every interval while running, and, when given,
-    the load processes' CPU% and the whole machine's, which say whether the server or the box was the limit."""
+    """Samples the server's CPU% (of one core) and RSS every interval while running, over its whole process
+    tree (gateway workers, the engine process), and, when given, the load processes' CPU% and the whole
+    machine's, which say whether the server or the box was the limit."""
 
     def __init__(self, pid: int | None, interval: float = 0.5, load_pids: list[int] = ()) -> None:
         super().__init__(daemon=True)
         self.proc = psutil.Process(pid) if pid else None
+        self.tree: dict[int, psutil.Process] = {}
         self.load = [psutil.Process(p) for p in load_pids]
         self.interval = interval
         self.cpu: list[float] = []
@@ -147,21 +151,46 @@ class Sampler(threading.Thread):
         self.machine_cpu: list[float] = []
         self._halt = threading.Event()
 
+    def _tree(self) -> list[psutil.Process]:
+        """The server and its descendants; a process seen for the first time is primed (its first
+        cpu_percent reads 0) and counted from the next sample on."""
+        current = [self.proc, *self.proc.children(recursive=True)]
+        for p in current:
+            if p.pid not in self.tree:
+                self.tree[p.pid] = p
+                with contextlib.suppress(psutil.Error):
+                    p.cpu_percent(None)
+        alive = {p.pid for p in current}
+        for pid in [pid for pid in self.tree if pid not in alive]:
+            del self.tree[pid]
+        return list(self.tree.values())
+
     def run(self) -> None:
         if self.proc is None:
             return
-        for p in (self.proc, *self.load):
+        try:
+            self._tree()
+        except psutil.Error:
+            return
+        for p in self.load:
             p.cpu_percent(None)
         psutil.cpu_percent(None)
         while not self._halt.wait(self.interval):
             try:
-                self.cpu.append(self.proc.cpu_percent(None))
-                self.rss.append(self.proc.memory_info().rss)
-                if self.load:
-                    self.load_cpu.append(sum(p.cpu_percent(None) for p in self.load))
-                self.machine_cpu.append(psutil.cpu_percent(None))
+                tree = self._tree()
             except psutil.Error:
                 return
+            cpu = rss = 0.0
+            for p in tree:
+                with contextlib.suppress(psutil.Error):
+                    cpu += p.cpu_percent(None)
+                    rss += p.memory_info().rss
+            self.cpu.append(cpu)
+            self.rss.append(int(rss))
+            with contextlib.suppress(psutil.Error):
+                if self.load:
+                    self.load_cpu.append(sum(p.cpu_percent(None) for p in self.load))
+            self.machine_cpu.append(psutil.cpu_percent(None))
 
     def finish(self) -> dict:
         self._halt.set()
