@@ -49,3 +49,20 @@ for name in ("after-ws-process", "model-process", "model-thread"):
         for r in report["results"]:
             print(name, r["transport"], r["clients"], "tokens/s", round(r["tokens_per_s"]), "chunks/s",
                   round(r["chunks_per_s"]))
+
+# The goals, level by level, for every "after" configuration.
+base = {r["clients"]: r for r in (load("after-ws-process") or {}).get("baseline", [])}
+http = {(r["transport"], r["clients"]): r for r in (load("after-http") or {}).get("results", [])}
+for name in ("after-ws-process", "after-ws-thread", "after-ws-workers2", "before-ws"):
+    for r in (load(name) or {}).get("results", []):
+        c, srv = r["clients"], r["server"]
+        parts = [f"{name} {c}:"]
+        if c in base and srv.get("cpu_us_per_chunk") and base[c]["server"].get("cpu_us_per_chunk"):
+            parts.append(f"CPU/chunk {srv['cpu_us_per_chunk'] / base[c]['server']['cpu_us_per_chunk']:.2f}x picows")
+        for t in ("sse", "polling"):
+            o = http.get((t, c))
+            if o and o["server"].get("chunks_per_cpu_s") and srv.get("chunks_per_cpu_s"):
+                parts.append(f"chunks/CPU-s {srv['chunks_per_cpu_s'] / o['server']['chunks_per_cpu_s']:.2f}x {t}")
+        parts.append(f"failures {r['failures']}, never connected {r['never_connected']}, "
+                     f"handshakes/s peak {r['connections']['handshakes_per_s_peak']}")
+        print(" ".join(parts))
