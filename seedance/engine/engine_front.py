@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,6 +40,44 @@ class GenerateRequest:
     pin_key: str | None = None  # keep the finished request's KV pinned for this session's next turn
 
 
+class EventQueue:
+    """One request's events, for its one reader: what asyncio.Queue offers that the transports use (put_nowait,
+    get, get_nowait, empty, qsize) at a tenth of its cost per event (1.5 µs → 0.17 µs here), which every token
+    of every stream pays. Unbounded by itself: a request delivers at most max_tokens + 1 events."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[TokenEvent] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, event: TokenEvent) -> None:
+        self._items.append(event)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def get_nowait(self) -> TokenEvent:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.popleft()
+
+    async def get(self) -> TokenEvent:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+
 class RequestStream:
     """Async iterator over one request's events. Leaving it early (break, aclose, a dropped client)
     cancels the request and frees its KV."""
@@ -47,7 +86,7 @@ class RequestStream:
         self.engine = engine
         self.request_id = request_id
         self.num_prompt_tokens = num_prompt_tokens
-        self.queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+        self.queue = EventQueue()
         self.finished = False
         # Called after each delivery; a transport points it at its connection's wake-up event so one
         # writer serves all the connection's streams.
@@ -74,11 +113,12 @@ class RequestStream:
 
     def drain(self) -> list[TokenEvent]:
         """Events already delivered, without waiting (for coalescing one step's tokens into one write)."""
+        items = self.queue._items
         events = []
-        while not self.queue.empty():
-            event = self.queue.get_nowait()
+        while items:
+            event = items.popleft()
             events.append(event)
-            if event.finished:
+            if event.finish_reason is not None:
                 self.finished = True
                 break
         return events
