@@ -10,6 +10,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+
+from seedance.paths import results_dir
 
 app = typer.Typer(
     help="Seedance: a streaming LLM inference server.", no_args_is_help=True, pretty_exceptions_enable=False
@@ -19,6 +22,26 @@ app.add_typer(bench_app, name="bench")
 models_app = typer.Typer(help="Models one command away (docs/model.md).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 console = Console(stderr=True)
+# Benchmarks write here unless told otherwise: outside the source tree, so a run never overwrites the committed
+# results and figures (seedance/paths.py; SEEDANCE_STATE_DIR or XDG_STATE_HOME move it). "" skips a file.
+RESULTS = str(results_dir())
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"seedance {version('seedance')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            print("seedance (not installed: no version metadata)")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", metavar="", callback=_version, is_eager=True,
+                                               help="print the version and exit")] = False) -> None:
+    """Seedance: a streaming LLM inference server."""
 
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", help="a .gguf file, a local HF model directory, or a pulled name like smollm2 (default: built-in)")]
@@ -37,51 +60,70 @@ def parse_bytes(text: str) -> int:
     return int(float(m.group(1)) * 1024 ** ("KMGT".find(m.group(2).upper()) + 1 if m.group(2) else 0))
 
 
+def _opt(metavar: str, help: str, *names: str) -> typer.models.OptionInfo:
+    """A serve option: given or not (None: the config file, the env, then ServerConfig's default decide), with a
+    plain metavar and its default in the help text."""
+    return typer.Option(*names, metavar=metavar, help=help)
+
+
+S = str | None
+Int = int | None
+F = float | None
+
+
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="bind address (env SEEDANCE_HOST)")] = None,
-    port: Annotated[int | None, typer.Option(help="port; 0 picks a free one (env SEEDANCE_PORT)")] = None,
-    model: ModelOpt = None,
-    config: Annotated[str | None, typer.Option("--config", help="TOML config file")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda[:N]")] = None,
-    dtype: Annotated[str | None, typer.Option(help="auto (the default: bfloat16 on AMX / AVX512_BF16 CPUs, else "
-                                                   "float32), float32, bfloat16, float16")] = None,
-    model_name: Annotated[str | None, typer.Option(help="model id reported to clients (default: the model's own)")]
-    = None,
-    quantize: QuantizeOpt = None,
-    kv_cache_memory: Annotated[str | None, typer.Option(
-        help="KV pool size, e.g. 512MiB (default: follows the model, docs/model.md)")] = None,
-    keepalive: Annotated[str | None, typer.Option(help="TCP keepalive: conservative, aggressive, off")] = None,
-    tls_cert: Annotated[str | None, typer.Option(help="PEM certificate chain: serve https:// and wss://")] = None,
-    tls_key: Annotated[str | None, typer.Option(help="PEM private key for --tls-cert")] = None,
-    tls_client_ca: Annotated[str | None, typer.Option(help="PEM CA: require client certificates (mTLS)")] = None,
-    tls_min_version: Annotated[str | None, typer.Option(help="1.3 (default) or 1.2")] = None,
-    jwt_secret: Annotated[str | None, typer.Option(help="HS256 secret (prefer env SEEDANCE_JWT_SECRET)")] = None,
-    jwt_public_key: Annotated[str | None, typer.Option(help="PEM public key file: RS256 / ES256 tokens")] = None,
-    jwt_jwks_file: Annotated[str | None, typer.Option(help="JWKS file; keys picked by kid")] = None,
-    jwt_audience: Annotated[str | None, typer.Option(help="required token aud")] = None,
-    jwt_issuer: Annotated[str | None, typer.Option(help="required token iss")] = None,
-    allowed_origins: Annotated[str | None, typer.Option(help="browser origins allowed (comma list)")] = None,
-    trusted_proxies: Annotated[str | None, typer.Option(help="proxies whose X-Forwarded-* count (IPs/CIDRs)")] = None,
-    insecure_no_auth: Annotated[bool, typer.Option("--insecure-no-auth", help="allow no auth off loopback")] = False,
-    max_connections_per_ip: Annotated[int | None, typer.Option(help="concurrent connections per IP; 0: off")] = None,
-    max_connections_per_token: Annotated[int | None, typer.Option(help="the same per token; 0: off")] = None,
-    ws_messages_per_s: Annotated[float | None, typer.Option(help="messages/s per WebSocket; 0: off")] = None,
-    http_requests_per_s: Annotated[float | None, typer.Option(help="HTTP requests/s per IP; 0: off")] = None,
-    max_message_bytes: Annotated[int | None, typer.Option(help="largest client message / HTTP body")] = None,
-    max_prompt_tokens: Annotated[int | None, typer.Option(help="longest prompt in tokens")] = None,
-    max_tokens_limit: Annotated[int | None, typer.Option(help="largest max_tokens a request may ask")] = None,
-    log_level: str = "info",
-    log_format: Annotated[str | None, typer.Option(help="text or json (one JSON object per line)")] = None,
-    tracing: Annotated[str | None, typer.Option(help="OpenTelemetry spans: off, console, file, otlp")] = None,
-    tracing_file: Annotated[str | None, typer.Option(help="JSON-lines span file for --tracing file")] = None,
-    trace_slow_ms: Annotated[float | None, typer.Option(help="always trace requests slower than this")] = None,
-    trace_sample_rate: Annotated[float | None, typer.Option(help="fraction of other requests traced")] = None,
-    session_store: Annotated[str | None, typer.Option(help="sqlite:///path.db or redis://host:port/db")] = None,
-    engine: Annotated[str | None, typer.Option("--engine", help="where the engine core runs: thread (in this "
-                                               "process) or process (its own; docs/server-stack.md)")] = None,
-    workers: Annotated[int | None, typer.Option(help="gateway processes sharing the port in front of one engine "
-                                                "process (docs/server-stack.md)")] = None,
+    host: Annotated[S, _opt("ADDR", "bind address (default: 127.0.0.1) (env SEEDANCE_HOST)")] = None,
+    port: Annotated[Int, _opt("PORT", "port; 0 picks a free one (default: 8000) (env SEEDANCE_PORT)")] = None,
+    model: Annotated[S, _opt("MODEL", "a .gguf file, a local HF model directory, or a pulled name like smollm2 "
+                                      "(default: the built-in seedance-tiny)", "--model")] = None,
+    config: Annotated[S, _opt("FILE", "TOML config file", "--config")] = None,
+    device: Annotated[S, _opt("DEVICE", "cpu or cuda[:N] (default: cpu)")] = None,
+    dtype: Annotated[S, _opt("DTYPE", "auto (bfloat16 on AMX / AVX512_BF16 CPUs and bf16 GPUs, else float32), "
+                                      "float32, bfloat16, float16 (default: auto)")] = None,
+    model_name: Annotated[S, _opt("NAME", "model id reported to clients (default: the model's own)")] = None,
+    quantize: Annotated[S, _opt("MODE", "auto (a GGUF keeps its quantization), none (dequantize to --dtype), int8 "
+                                        "or int4 (quantize on load) (default: auto)")] = None,
+    kv_cache_memory: Annotated[S, _opt("SIZE", "KV pool size, e.g. 512MiB (default: follows the model, "
+                                               "docs/model.md)")] = None,
+    keepalive: Annotated[S, _opt("PRESET", "TCP keepalive: conservative, aggressive, off (default: "
+                                           "conservative)")] = None,
+    tls_cert: Annotated[S, _opt("FILE", "PEM certificate chain: serve https:// and wss://")] = None,
+    tls_key: Annotated[S, _opt("FILE", "PEM private key for --tls-cert")] = None,
+    tls_client_ca: Annotated[S, _opt("FILE", "PEM CA: require client certificates (mTLS)")] = None,
+    tls_min_version: Annotated[S, _opt("VERSION", "1.3 or 1.2 (default: 1.3)")] = None,
+    api_key: Annotated[list[str] | None, _opt("KEY", "shared bearer key clients send as 'Authorization: Bearer KEY' "
+                                                     "(repeatable; env SEEDANCE_API_KEY, comma-separated)",
+                                              "--api-key")] = None,
+    jwt_secret: Annotated[S, _opt("SECRET", "HS256 secret (prefer env SEEDANCE_JWT_SECRET)")] = None,
+    jwt_public_key: Annotated[S, _opt("FILE", "PEM public key file: RS256 / ES256 tokens")] = None,
+    jwt_jwks_file: Annotated[S, _opt("FILE", "JWKS file; keys picked by kid")] = None,
+    jwt_audience: Annotated[S, _opt("AUD", "required token aud")] = None,
+    jwt_issuer: Annotated[S, _opt("ISS", "required token iss")] = None,
+    allowed_origins: Annotated[S, _opt("ORIGINS", "browser origins allowed (comma list)")] = None,
+    trusted_proxies: Annotated[S, _opt("CIDRS", "proxies whose X-Forwarded-* count (IPs/CIDRs)")] = None,
+    insecure_no_auth: Annotated[bool, _opt("", "allow no auth off loopback", "--insecure-no-auth")] = False,
+    max_connections_per_ip: Annotated[Int, _opt("N", "concurrent connections per IP; 0: off (default: 256)")] = None,
+    max_connections_per_token: Annotated[Int, _opt("N", "the same per token; 0: off (default: 128)")] = None,
+    ws_messages_per_s: Annotated[F, _opt("RATE", "messages/s per WebSocket; 0: off (default: 200)")] = None,
+    http_requests_per_s: Annotated[F, _opt("RATE", "HTTP requests/s per IP; 0: off (default: 100)")] = None,
+    max_message_bytes: Annotated[Int, _opt("BYTES", "largest client message / HTTP body (default: 1048576)")] = None,
+    max_prompt_tokens: Annotated[Int, _opt("N", "longest prompt in tokens (default: the context length)")] = None,
+    max_tokens_limit: Annotated[Int, _opt("N", "largest max_tokens a request may ask (default: 4096)")] = None,
+    log_level: Annotated[str, _opt("LEVEL", "debug, info, warning, error")] = "info",
+    log_format: Annotated[S, _opt("FORMAT", "text or json (one JSON object per line) (default: text)")] = None,
+    tracing: Annotated[S, _opt("MODE", "OpenTelemetry spans: off, console, file, otlp (default: off)")] = None,
+    tracing_file: Annotated[S, _opt("FILE", "JSON-lines span file for --tracing file")] = None,
+    trace_slow_ms: Annotated[F, _opt("MS", "always trace requests slower than this (default: 2000)")] = None,
+    trace_sample_rate: Annotated[F, _opt("FRACTION", "fraction of other requests traced (default: 0.01)")] = None,
+    session_store: Annotated[S, _opt("URL", "sqlite:///path.db or redis://host:port/db (default: sessions.db in "
+                                            "the state directory)")] = None,
+    state_dir: Annotated[S, _opt("DIR", "the server's own files, the session database (env SEEDANCE_STATE_DIR) "
+                                        "(default: $XDG_STATE_HOME/seedance, else ~/.local/state/seedance)")] = None,
+    engine: Annotated[S, _opt("MODE", "where the engine core runs: thread (in this process) or process (its own; "
+                                      "docs/server-stack.md) (default: thread)", "--engine")] = None,
+    workers: Annotated[Int, _opt("N", "gateway processes sharing the port in front of one engine process "
+                                      "(docs/server-stack.md) (default: 1)")] = None,
 ) -> None:
     """Start the server (WebSocket /v1/stream, OpenAI-compatible SSE, HTTP polling)."""
     import gc
@@ -89,12 +131,13 @@ def serve(
 
     gc.disable()  # until the model is loaded (server.app.settle_heap): start-up builds objects that all live on
 
-    from seedance.server.app import serve as run_server
     from seedance.server.http.config import ServerConfig
+    from seedance.server.http.listen import check_can_listen
     from seedance.server.http.security import preflight
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    security = dict(tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, tls_min_version=tls_min_version,
+    security = dict(api_key=",".join(api_key) if api_key else None,
+                    tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, tls_min_version=tls_min_version,
                     jwt_secret=jwt_secret, jwt_public_key=jwt_public_key, jwt_jwks_file=jwt_jwks_file,
                     jwt_audience=jwt_audience, jwt_issuer=jwt_issuer, allowed_origins=allowed_origins,
                     trusted_proxies=trusted_proxies, insecure_no_auth=True if insecure_no_auth else None,
@@ -108,13 +151,19 @@ def serve(
         kv_bytes = parse_bytes(kv_cache_memory) if kv_cache_memory is not None else None
         cfg = ServerConfig.load(config, host=host, port=port, model=model, device=device, dtype=dtype,
                                 model_name=model_name, keepalive=keepalive, session_store=session_store,
-                                quantize=quantize, kv_cache_bytes=kv_bytes, engine_mode=engine, workers=workers,
-                                **security, **observability)
+                                state_dir=state_dir, engine_mode=engine, workers=workers,
+                                quantize=quantize, kv_cache_bytes=kv_bytes, **security, **observability)
         preflight(cfg)  # refuses unsafe settings and unreadable keys/certificates before binding
     except (ValueError, typer.BadParameter) as err:
         print(f"seedance serve: {err}", file=sys.stderr)
         raise typer.Exit(2) from None
+    try:
+        check_can_listen(cfg.host, cfg.port)
+    except OSError as err:
+        print(f"seedance serve: {listen_error(cfg.host, cfg.port, err)}", file=sys.stderr)
+        raise typer.Exit(1) from None
     from seedance.observability.logs import configure_logging
+    from seedance.server.app import serve as run_server
 
     configure_logging(log_level, cfg.log_format)
     if cfg.workers > 1:
@@ -122,13 +171,29 @@ def serve(
 
         raise typer.Exit(run_workers(cfg, log_level))
     try:
-        import uvloop
-
-        failure = uvloop.run(run_server(cfg))
-    except ImportError:
-        failure = asyncio.run(run_server(cfg))
+        try:
+            import uvloop
+        except ImportError:
+            failure = asyncio.run(run_server(cfg))
+        else:
+            failure = uvloop.run(run_server(cfg))
+    except OSError as err:  # the listener: port in use, no permission, no such address
+        print(f"seedance serve: {listen_error(cfg.host, cfg.port, err)}", file=sys.stderr)
+        raise typer.Exit(1) from None
     if failure:  # already logged, on one line
         raise typer.Exit(1)
+
+
+def listen_error(host: str, port: int, err: OSError) -> str:
+    """One line for a socket that cannot listen (the traceback says nothing more useful)."""
+    import errno
+
+    if err.errno == errno.EADDRINUSE:
+        return (f"cannot listen on {host}:{port}: the address is already in use (another server running?); "
+                "choose another with --port, or stop the one holding it")
+    if err.errno == errno.EACCES:
+        return f"cannot listen on {host}:{port}: permission denied (ports below 1024 need privileges)"
+    return f"cannot listen on {host}:{port}: {err.strerror or err}"
 
 
 @models_app.command("pull")
@@ -156,21 +221,49 @@ def models_list() -> None:
         print(f"{name}\t{entry.package}=={entry.version}\t{entry.size / 1e6:.0f} MB\t{entry.licence}\t{state}")
 
 
+# Sampling defaults of the commands that print text for a person to read (generate, client, chat): one set,
+# shared. They trim the tail (temperature 0.8, top-p 0.95, top-k 40), which reads better from small models.
+# The APIs keep their own defaults, documented in docs/openai-endpoints.md: the OpenAI endpoints OpenAI's
+# (temperature 1, top_p 1), which SDK users rely on, and the WebSocket protocol the engine's SamplingParams.
+CLI_TEMPERATURE, CLI_TOP_P, CLI_TOP_K, CLI_MAX_TOKENS = 0.8, 0.95, 40, 64
+MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", "-n", metavar="N", help="tokens to generate")]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", "-t", metavar="T", help="0: greedy")]
+TopPOpt = Annotated[float, typer.Option(metavar="P", help="nucleus sampling; 1: off")]
+TopKOpt = Annotated[int, typer.Option(metavar="K", help="0: off")]
+UrlOpt = Annotated[str, typer.Option("--url", metavar="URL", help="server WebSocket URL (env SEEDANCE_URL)",
+                                     envvar="SEEDANCE_URL")]
+TokenOpt = Annotated[str | None, typer.Option("--token", metavar="TOKEN", help="API key or JWT bearer token (env "
+                                              "SEEDANCE_TOKEN)", envvar="SEEDANCE_TOKEN")]
+
+
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="text to continue")],
-    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n")] = 64,
-    temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.8,
-    top_p: float = 0.95,
-    top_k: int = 40,
-    seed: int | None = None,
-    stop: Annotated[list[str] | None, typer.Option(help="stop string (repeatable)")] = None,
+    url: Annotated[str | None, typer.Option(
+        "--url", metavar="URL", help="stream from a running server (ws://HOST:PORT/v1/stream) instead of loading "
+        "the model in this process")] = None,
+    token: TokenOpt = None,
+    max_tokens: MaxTokensOpt = CLI_MAX_TOKENS,
+    temperature: TemperatureOpt = CLI_TEMPERATURE,
+    top_p: TopPOpt = CLI_TOP_P,
+    top_k: TopKOpt = CLI_TOP_K,
+    seed: Annotated[int | None, typer.Option(metavar="N")] = None,
+    stop: Annotated[list[str] | None, typer.Option(metavar="TEXT", help="stop string (repeatable)")] = None,
     model: ModelOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "auto",
     quantize: QuantizeOpt = "auto",
 ) -> None:
-    """Stream a completion of PROMPT from the model to stdout."""
+    """Stream a completion of PROMPT to stdout: from a running server with --url, else from the model loaded in
+    this process (no server needed; it says so)."""
+    params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                  stop=stop or [])
+    if url is not None:
+        if model is not None:
+            raise typer.BadParameter("--model picks the model this process loads; with --url the server's is used")
+        raise typer.Exit(_stream_from_server(url, token, prompt, params))
+    console.print("[dim]loading the model in this process (no server); --url ws://HOST:PORT/v1/stream streams "
+                  "from a running one[/dim]")
     from seedance.engine.async_engine import AsyncEngine, GenerateRequest
     from seedance.engine.config import EngineConfig
     from seedance.engine.sampling_params import SamplingParams
@@ -179,20 +272,12 @@ def generate(
         t0 = time.perf_counter()
         engine = await AsyncEngine.create(EngineConfig(model=model, device=device, dtype=dtype, quantize=quantize))
         loaded = time.perf_counter()
-        params = SamplingParams(
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            seed=seed,
-            stop=stop or [],
-        )
         sys.stdout.write(prompt)
         first = None
         count = 0
         reason = None
         try:
-            async for event in engine.generate(GenerateRequest(prompt=prompt, params=params)):
+            async for event in engine.generate(GenerateRequest(prompt=prompt, params=SamplingParams(**params))):
                 if first is None:
                     first = time.perf_counter()
                 count += event.token_id >= 0
@@ -212,29 +297,17 @@ def generate(
     asyncio.run(run())
 
 
-UrlOpt = Annotated[str, typer.Option("--url", help="server WebSocket URL (env SEEDANCE_URL)", envvar="SEEDANCE_URL")]
-TokenOpt = Annotated[str | None, typer.Option("--token", help="JWT bearer token (env SEEDANCE_TOKEN)",
-                                              envvar="SEEDANCE_TOKEN")]
-
-
-@app.command()
-def client(
-    prompt: Annotated[str, typer.Argument(help="text to continue")],
-    url: UrlOpt = "ws://127.0.0.1:8000/v1/stream",
-    token: TokenOpt = None,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n")] = 64,
-    temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.8,
-    seed: int | None = None,
-    session: Annotated[str | None, typer.Option(help="continue this session (multi-turn)")] = None,
-) -> None:
-    """One-shot: stream a completion from a running server (the Python SDK, with reconnect and resume)."""
+def _stream_from_server(url: str, token: str | None, prompt: str, params: dict, echo: bool = True,
+                        session: str | None = None) -> int:
+    """One generation from a running server through the SDK (reconnect and resume); the exit status."""
     from seedance.client import SeedanceClient, SeedanceError
 
     async def run() -> int:
         try:
             async with SeedanceClient(url, token=token) as c:
-                stream = c.generate(prompt, session=session, max_tokens=max_tokens, temperature=temperature,
-                                    seed=seed)
+                stream = c.generate(prompt, session=session, **params)
+                if echo:
+                    sys.stdout.write(prompt)
                 async for chunk in stream:
                     sys.stdout.write(chunk.text)
                     sys.stdout.flush()
@@ -242,50 +315,83 @@ def client(
                 console.print(f"[dim]{stream.done.usage['completion_tokens']} tokens, "
                               f"finish={stream.done.finish_reason}[/dim]")
         except (SeedanceError, OSError) as err:
-            console.print(f"[red]error:[/red] {err}")
+            console.print(f"[red]error:[/red] {escape(str(err))}")
             return 1
         return 0
 
-    raise typer.Exit(asyncio.run(run()))
+    return asyncio.run(run())
+
+
+@app.command()
+def client(
+    prompt: Annotated[str, typer.Argument(help="text to continue")],
+    url: UrlOpt = "ws://127.0.0.1:8000/v1/stream",
+    token: TokenOpt = None,
+    max_tokens: MaxTokensOpt = CLI_MAX_TOKENS,
+    temperature: TemperatureOpt = CLI_TEMPERATURE,
+    top_p: TopPOpt = CLI_TOP_P,
+    top_k: TopKOpt = CLI_TOP_K,
+    seed: Annotated[int | None, typer.Option(metavar="N")] = None,
+    session: Annotated[str | None, typer.Option(metavar="ID", help="continue this session (multi-turn)")] = None,
+) -> None:
+    """One-shot: stream a completion from a running server (the Python SDK, with reconnect and resume)."""
+    params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    raise typer.Exit(_stream_from_server(url, token, prompt, params, echo=False, session=session))
 
 
 @app.command()
 def chat(
     url: UrlOpt = "ws://127.0.0.1:8000/v1/stream",
     token: TokenOpt = None,
-    session: Annotated[str | None, typer.Option(help="session id (default: a new one)")] = None,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n")] = 64,
-    temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.8,
+    session: Annotated[str | None, typer.Option(metavar="ID", help="session id (default: a new one)")] = None,
+    max_tokens: MaxTokensOpt = CLI_MAX_TOKENS,
+    temperature: TemperatureOpt = CLI_TEMPERATURE,
+    top_p: TopPOpt = CLI_TOP_P,
+    top_k: TopKOpt = CLI_TOP_K,
 ) -> None:
-    """Interactive multi-turn chat on a session; each turn reuses the server's KV of the previous ones."""
+    """Interactive multi-turn chat on a session; each turn reuses the server's KV of the previous ones.
+    Ctrl-C stops a reply; at the prompt it quits, as do an empty line and Ctrl-D."""
     import uuid
 
-    from seedance.client import SeedanceClient, SeedanceError
+    from seedance.client import SeedanceError
+    from seedance.client.sync import SyncSeedanceClient
 
     session_id = session or f"chat-{uuid.uuid4().hex[:12]}"
-
-    async def run() -> None:
-        async with SeedanceClient(url, token=token) as c:
-            console.print(f"[dim]session {session_id}; empty line or Ctrl-D to quit[/dim]")
-            loop = asyncio.get_running_loop()
-            while True:
-                line = await loop.run_in_executor(None, _read_line, "> ")
-                if not line:
-                    return
-                try:
-                    stream = c.generate(line, session=session_id, max_tokens=max_tokens, temperature=temperature)
-                    async for chunk in stream:
-                        sys.stdout.write(chunk.text)
-                        sys.stdout.flush()
-                except SeedanceError as err:
-                    console.print(f"[red]error:[/red] {err}")
-                    continue
-                sys.stdout.write("\n")
-                reuse = stream.done.kv_reuse
-                console.print(f"[dim]{stream.done.usage['completion_tokens']} tokens"
+    params = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
+    # The prompt is read on the main thread, so Ctrl-C interrupts input() at once; the client runs its event
+    # loop on a thread of its own (SyncSeedanceClient). A prompt read on a worker thread held the exit until
+    # Enter was pressed.
+    try:
+        c = SyncSeedanceClient(url, token=token)
+    except (SeedanceError, OSError) as err:
+        console.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(1) from None
+    with c:
+        console.print(f"[dim]session {session_id}; empty line, Ctrl-D or Ctrl-C to quit[/dim]")
+        while True:
+            try:
+                line = _read_line("> ")
+            except KeyboardInterrupt:
+                sys.stderr.write("\n")
+                raise typer.Exit(130) from None
+            if not line:
+                return
+            try:
+                for chunk in c.generate(line, session=session_id, **params):
+                    sys.stdout.write(chunk.text)
+                    sys.stdout.flush()
+            except KeyboardInterrupt:
+                console.print("\n[dim](stopped)[/dim]")
+                continue
+            except SeedanceError as err:
+                console.print(f"[red]error:[/red] {escape(str(err))}")
+                continue
+            sys.stdout.write("\n")
+            done = c.last_done
+            if done is not None:
+                reuse = done.kv_reuse
+                console.print(f"[dim]{done.usage['completion_tokens']} tokens"
                               + (f", KV reused {reuse:.0%}" if reuse is not None else "") + "[/dim]")
-
-    asyncio.run(run())
 
 
 def _read_line(prompt: str) -> str:
@@ -346,8 +452,9 @@ def bench_transports(
     engine_alone: Annotated[bool, typer.Option("--engine-alone", help="--backend model: then the same closed loop "
                                                "on an in-process engine, no server (the WebSocket figure's ceiling)")]
     = False,
-    output: Annotated[str | None, typer.Option(help="write results JSON here")] = "bench/results/transports.json",
-    plots: Annotated[str | None, typer.Option(help="write PNG plots into this folder")] = "docs/images",
+    output: Annotated[str | None, typer.Option(metavar="FILE", help="write results JSON here")] = (
+        f"{RESULTS}/transports.json"),
+    plots: Annotated[str | None, typer.Option(metavar="DIR", help="write PNG plots into this folder")] = RESULTS,
 ) -> None:
     """The same streaming workload over HTTP polling, SSE and WebSocket: throughput, latency, server cost."""
     from seedance.bench.transports_bench import run_transports_bench
@@ -373,7 +480,8 @@ def bench_fuzz(
     http_concurrency: Annotated[int, typer.Option(help="HTTP requests in flight")] = 8,
     hang_timeout: Annotated[float, typer.Option(help="seconds without an answer that count as a hang")] = 20.0,
     url: Annotated[str | None, typer.Option(help="target a running loopback server instead of starting one")] = None,
-    output: Annotated[str | None, typer.Option(help="write the report JSON here")] = "bench/results/fuzz.json",
+    output: Annotated[str | None, typer.Option(metavar="FILE", help="write the report JSON here")] = (
+        f"{RESULTS}/fuzz.json"),
 ) -> None:
     """Fuzz WebSocket JSON, binary frames and HTTP bodies with a canary stream running; exit 1 on any defect."""
     from seedance.bench.fuzz import run_fuzz_bench
@@ -407,8 +515,10 @@ def bench_cold_start(
                                                  "first-request TTFT with and without")] = False,
     rate: Annotated[float, typer.Option(help="synthetic backend: tokens/s per stream")] = 50.0,
     max_tokens: Annotated[int, typer.Option(help="tokens per request (two requests per server)")] = 8,
-    output: Annotated[str | None, typer.Option(help="write results JSON here")] = "bench/results/cold-start.json",
-    plot: Annotated[str | None, typer.Option(help="waterfall PNG")] = "docs/images/cold-start-waterfall.png",
+    output: Annotated[str | None, typer.Option(metavar="FILE", help="write results JSON here")] = (
+        f"{RESULTS}/cold-start.json"),
+    plot: Annotated[str | None, typer.Option(metavar="FILE", help="waterfall PNG")] = (
+        f"{RESULTS}/cold-start-waterfall.png"),
 ) -> None:
     """Process start to first token, N times: each phase (imports, listener, config, weights, tokenizer, KV pool,
     warm-up, first connection, first token) as mean ± std, a JSON report and a waterfall plot."""
@@ -436,8 +546,9 @@ def bench_workloads(
     deadline: Annotated[float, typer.Option(help="seconds a request (a dialogue turn) may take")] = 15.0,
     seed: Annotated[int, typer.Option(help="picks the passages and the arrival times")] = 0,
     retries: Annotated[int, typer.Option(help="reruns of a cell that other processes disturbed")] = 2,
-    output: Annotated[str | None, typer.Option(help="write results JSON here")] = "bench/results/workloads.json",
-    plots: Annotated[str | None, typer.Option(help="write PNG plots into this folder")] = "docs/images",
+    output: Annotated[str | None, typer.Option(metavar="FILE", help="write results JSON here")] = (
+        f"{RESULTS}/workloads.json"),
+    plots: Annotated[str | None, typer.Option(metavar="DIR", help="write PNG plots into this folder")] = RESULTS,
 ) -> None:
     """Short / long-context summary / multi-turn dialogue × server configurations: latency, memory and completion
     rate per cell, and the Pareto-optimal configurations per workload."""
@@ -477,7 +588,8 @@ def bench_serving(
     server_pid: Annotated[int | None, typer.Option(help="local server pid, for its RSS (children included)")] = None,
     server_port: Annotated[int | None, typer.Option(help="or find the local server's pid by its port")] = None,
     label: Annotated[str | None, typer.Option(help="name of this run in tables and plots")] = None,
-    output: Annotated[str | None, typer.Option(help="write results JSON here")] = "bench/results/serving.json",
+    output: Annotated[str | None, typer.Option(metavar="FILE", help="write results JSON here")] = (
+        f"{RESULTS}/serving.json"),
     plots: Annotated[str | None, typer.Option(help="write serving.png into this folder")] = None,
     compare: Annotated[list[str] | None, typer.Option(help="earlier result JSONs to plot beside this run")] = None,
 ) -> None:

@@ -104,8 +104,8 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def run_cold_start_bench(runs: int = 5, backend: str = "model", warmup_modes: tuple[bool, ...] = (True,),
-                         rate: float = 50.0, max_tokens: int = 8, output: str | None = "bench/results/cold-start.json",
-                         plot: str | None = "docs/images/cold-start-waterfall.png", console=None) -> dict:
+                         rate: float = 50.0, max_tokens: int = 8, output: str | None = None,
+                         plot: str | None = None, console=None) -> dict:
     """runs servers per warm-up mode, interleaved across modes; the waterfall is of the first mode."""
     if backend not in ("model", "synthetic"):
         raise ValueError("backend must be model or synthetic")
@@ -134,20 +134,19 @@ def run_cold_start_bench(runs: int = 5, backend: str = "model", warmup_modes: tu
         report["warmup_effect_ms"] = {f"{k}_{stat}": round(off[k][stat] - on[k][stat], 3)
                                       for k in ("ttft_first_ms", "ttft_second_ms", "ready_ms", "first_token_ms")
                                       for stat in ("mean", "median")}
-    if plot:
-        main = report["summary"]["warmup_on" if warmup_modes[0] else "warmup_off"]
-        try:
-            from seedance.bench.plots import write_waterfall
+    from seedance.bench.plots import can_plot
 
-            c = main["client_ms"]
-            report["plot"] = write_waterfall(
-                main["phases"], Path(plot),
-                f"Cold start, {backend} backend, warm-up {'on' if warmup_modes[0] else 'off'} ({runs} runs)",
-                {"ready (client)": c["ready_ms"]["mean"], "first token (client)": c["first_token_ms"]["mean"]})
-        except ImportError:  # matplotlib: the optional `bench` extra
-            report["plot"] = None
-            if console is not None:
-                console.print("[yellow]no plot: matplotlib is not installed (pip install seedance[bench])[/yellow]")
+    if plot and not can_plot(console):  # matplotlib: the optional `bench` extra
+        report["plot"] = None
+    elif plot:
+        from seedance.bench.plots import write_waterfall
+
+        main = report["summary"]["warmup_on" if warmup_modes[0] else "warmup_off"]
+        c = main["client_ms"]
+        report["plot"] = write_waterfall(
+            main["phases"], Path(plot),
+            f"Cold start, {backend} backend, warm-up {'on' if warmup_modes[0] else 'off'} ({runs} runs)",
+            {"ready (client)": c["ready_ms"]["mean"], "first token (client)": c["first_token_ms"]["mean"]})
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps(report, indent=2) + "\n")

@@ -66,10 +66,22 @@ HTTP_TEMPLATES = [
                                       "stream": True, "top_logprobs": 2, "logprobs": True, "priority": 0}),
     ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
                                       "max_completion_tokens": 2, "n": 1, "stop_token_ids": [5]}),
+    ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "Rain?"}], "max_tokens": 12,
+                                      "tools": [{"type": "function", "function": {"name": "f", "parameters": {
+                                          "type": "object", "properties": {"a": {"type": "integer"}}}}}],
+                                      "tool_choice": "required", "n": 2, "logit_bias": {"5": 1.5}}),
+    ("POST", "/v1/completions", {"prompt": "Amen", "max_tokens": 8, "presence_penalty": 0.5,
+                                 "frequency_penalty": 0.5, "repetition_penalty": 1.1, "stream": True,
+                                 "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+                                     "type": "object", "properties": {"b": {"type": "string"}}}}}}),
     ("POST", "/v1/jobs", {"prompt": "Blessed are", "max_tokens": 4, "temperature": 0}),
     ("POST", "/v1/tickets", {}),
+    ("POST", "/v1/embeddings", {"model": "seedance-tiny", "input": ["Amen", [1, 2, 3]], "encoding_format": "base64"}),
+    ("POST", "/tokenize", {"prompt": "In the beginning", "return_token_strs": True, "with_pieces": True}),
+    ("POST", "/tokenize", {"messages": [{"role": "user", "content": "Amen"}], "add_generation_prompt": True}),
+    ("POST", "/detokenize", {"tokens": [1, 2, 3]}),
 ]
-GET_PATHS = ["/v1/jobs/{job}?after={n}&wait_ms={n}", "/v1/models/{s}", "/v1/models", "/healthz", "/readyz",
+GET_PATHS = ["/v1/jobs/{job}?after={n}&wait_ms={n}", "/v1/models/{s}", "/v1/models", "/healthz", "/readyz", "/health",
              "/stats", "/metrics", "/v1/whoami", "/static/{s}", "/{s}"]
 CONTENT_TYPES = ["application/json", "text/plain", "application/x-www-form-urlencoded", "", "application/json; "
                  "charset=latin-1", "multipart/form-data; boundary=x"]

@@ -143,7 +143,7 @@ async def _polling_one(session: aiohttp.ClientSession, spec: WorkerSpec, result:
                 return
             view = await resp.json()
         req.chunks(len(view["chunks"]))
-        after = view["next_seq"]
+        after = view["last_seq"]
         if view["status"] != "running":
             if view["finish_reason"] not in ("length", "stop"):
                 result.error(f"job finished with {view['finish_reason']}")

@@ -5,7 +5,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
+PLOTS_SKIPPED = ('plots skipped: matplotlib is not installed (pip install "seedance[bench]", or in a checkout '
+                 'pip install -e ".[bench]")')
 COLORS = {"polling": "tab:orange", "sse": "tab:blue", "websocket": "tab:green"}
+
+
+def have_matplotlib() -> bool:
+    """Plots are optional (the `bench` extra): a benchmark run without matplotlib skips them, never crashes."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def can_plot(console) -> bool:
+    """have_matplotlib(), saying so on the console when not. markup=False: rich would take "[bench]" for a tag."""
+    if have_matplotlib():
+        return True
+    if console is not None:
+        console.print(PLOTS_SKIPPED, style="yellow", markup=False)
+    return False
 
 
 def _pyplot():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,10 +98,9 @@ def run_serving(o: ServingOptions, console) -> dict:
         write_json(report, o.output)
         console.print(f"wrote {o.output}")
     if o.plots:
-        if importlib.util.find_spec("matplotlib") is None:
-            console.print("[yellow]plots skipped: matplotlib is not installed (pip install -e \".[bench]\")"
-                          "[/yellow]")
-        else:
+        from seedance.bench.plots import can_plot
+
+        if can_plot(console):
             from seedance.bench.serving_plots import write_serving_plots
 
             others = [json.loads(Path(path).read_text()) for path in o.compare]

@@ -534,10 +534,12 @@ def run_transports_bench(
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from seedance.bench.plots import write_plots
+    from seedance.bench.plots import can_plot, write_plots
     from seedance.bench.report import render
 
     console = console or Console(width=160)
+    if plots_dir and not can_plot(console):  # said before the run, and the run's end skips them
+        plots_dir = None
     for t in transports:
         if t not in TRANSPORTS:
             raise ValueError(f"unknown transport {t!r}; choose from {', '.join(TRANSPORTS)}")

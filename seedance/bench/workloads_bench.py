@@ -521,8 +521,8 @@ def run_workloads_bench(
     workloads: list[Workload],
     configs: list[str],
     deadline_s: float = 15.0,
-    output: str | None = "bench/results/workloads.json",
-    plots_dir: str | None = "docs/images",
+    output: str | None = None,
+    plots_dir: str | None = None,
     seed: int = 0,
     connections: int = 4,
     extra_configs: dict[str, dict[str, object]] | None = None,
@@ -571,7 +571,9 @@ def run_workloads_bench(
     report["pareto"] = mark_pareto(report["results"])
     report["duration_s"] = time.perf_counter() - started
     report["machine"]["load_avg_at_end"] = os.getloadavg()
-    if plots_dir:
+    from seedance.bench.plots import can_plot
+
+    if plots_dir and can_plot(console):
         from seedance.bench.workload_plots import write_plots
 
         report["plots"] = write_plots(report, Path(plots_dir))

@@ -55,13 +55,13 @@ response = function(status, headers, resp)
     tail = tail + 1
     queue[tail] = {id = id, after = -1}
   elseif status == 200 then
-    local next_seq = tonumber(resp:match('"next_seq":%s*(-?%d+)'))
+    local last_seq = tonumber(resp:match('"last_seq":%s*(-?%d+)'))
     if resp:match('"status":%s*"running"') then
       tail = tail + 1
-      queue[tail] = {id = id, after = next_seq}
+      queue[tail] = {id = id, after = last_seq}
     else
       jobs_done = jobs_done + 1
-      chunks = chunks + next_seq + 1
+      chunks = chunks + last_seq + 1
     end
   end
 end

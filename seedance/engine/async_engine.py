@@ -21,11 +21,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+
+import torch
 
 from seedance.engine.config import EngineConfig
 from seedance.engine.engine_front import EngineFront, GenerateRequest, RequestStream
 from seedance.engine.events import FinishReason, TokenEvent
 from seedance.engine.llm_engine import EngineStats, LLMEngine
+from seedance.engine.sampling_params import SamplingParams
+from seedance.models.pooling import mean_pooled_embeddings
 
 __all__ = ["AsyncEngine", "GenerateRequest", "RequestStream"]
 log = logging.getLogger(__name__)
@@ -53,6 +58,27 @@ class AsyncEngine(EngineFront):
         self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedance-engine")
         self._thread_done: Future | None = None
 
+    # The model facts, read off the engine itself (a test may swap its parts after construction).
+    @property
+    def hidden_size(self) -> int | None:
+        return self.engine.hidden_size
+
+    @property
+    def takes_images(self) -> bool:
+        return self.engine.takes_images
+
+    @property
+    def vision(self):
+        return self.engine.vision
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def embedding_shape(self) -> tuple[int, int] | None:
+        return self.engine.embedding_shape
+
     @classmethod
     async def create(cls, config: EngineConfig) -> AsyncEngine:
         """Load the model (and warm it up, if config.warmup) on the engine thread, off the event loop, and start
@@ -79,7 +105,7 @@ class AsyncEngine(EngineFront):
             self._thread_done = None
         await asyncio.sleep(0)  # let the last deliveries run
         self.executor.shutdown(wait=True)
-        self.tokenize_executor.shutdown(wait=False, cancel_futures=True)
+        self._stop_threads()
 
     async def run_on_engine_thread(self, fn: Callable[[], object]) -> object:
         """Run fn on the engine thread between two steps and return its result (torch work that must share
@@ -97,14 +123,25 @@ class AsyncEngine(EngineFront):
         self._command(call)
         return await asyncio.wrap_future(done)
 
+    async def compile_guide(self, params: SamplingParams) -> None:
+        """Compile (or find cached) the request's grammar on the tokenizer thread, so neither the event loop nor
+        the engine's step waits for it; InvalidRequest for a grammar that does not compile."""
+        guides = self.engine.guides
+        if params.guided is None or guides is None:
+            return
+        await asyncio.get_running_loop().run_in_executor(self.tokenize_executor, guides.compile, params.guided)
+
     async def submit(self, request: GenerateRequest) -> RequestStream:
         """Tokenize (off the loop), then admit the request or raise (InvalidRequest, EngineOverloaded); admission
         itself never waits."""
         token_ids = await self.tokenize(request)
+        await self.compile_guide(request.params)
+        embeds = request.prompt_embeds
         request_id = self._new_id(request)
         pending = self._submitted - self._added
-        self.engine.check_admission(request_id, token_ids, request.params, pending=pending)
+        self.engine.check_admission(request_id, token_ids, request.params, pending=pending, prompt_embeds=embeds)
         stream = RequestStream(self, request_id, len(token_ids))
+        stream.is_multimodal = embeds is not None
         self._streams[request_id] = stream
         self._submitted += 1
         arrival = time.monotonic()
@@ -113,23 +150,27 @@ class AsyncEngine(EngineFront):
             self._added += 1
             if request_id in self._streams:  # not cancelled before it was added
                 self.engine.add_request(request_id, token_ids, request.params, request.priority, arrival,
-                                        pin_key=request.pin_key)
+                                        pin_key=request.pin_key, prompt_embeds=embeds)
 
         self._command(add)
         return stream
 
-    def cancel(self, request_id: str) -> None:
+    def cancel(self, request_id: str, keep_tokens: int | None = None) -> None:
+        """End the request between two steps; keep_tokens: see LLMEngine.abort."""
         stream = self._streams.pop(request_id, None)
         if stream is None:
             return
 
         def abort() -> None:
-            event = self.engine.abort(request_id)
+            event = self.engine.abort(request_id, keep_tokens=keep_tokens)
             if event is None:  # cancelled before it was added
                 event = TokenEvent(request_id, 0, -1, "", finish_reason=FinishReason.CANCELLED)
             self._post(self._deliver_to, stream, event)
 
         self._command(abort)
+
+    async def embed_group(self, inputs: list[list[int]]) -> list[torch.Tensor]:
+        return await self.run_on_engine_thread(partial(mean_pooled_embeddings, self.engine.runner.model, inputs))
 
     def unpin(self, key: str) -> None:
         self._command(lambda: self.engine.unpin(key))

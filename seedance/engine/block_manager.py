@@ -158,13 +158,18 @@ class BlockManager:
                 self.cached[block.hash] = block.block_id
         seq.num_committed_blocks = max(seq.num_committed_blocks, num_full)
 
-    def pin(self, key: str, seq: Sequence) -> int:
+    def pin(self, key: str, seq: Sequence, num_tokens: int | None = None) -> int:
         """Hold every block with computed KV of seq (the partial last one included) under key, so the
         conversation's next turn continues from it instead of recomputing (see take_pin). Replaces key's
         previous pin. Over the pin budget, the least recently pinned keys are released first. Returns the
-        number of tokens pinned."""
+        number of tokens pinned.
+
+        num_tokens: pin only that prefix (a cancelled turn keeps what its client was sent). The next turn writes
+        into the partial last block, so a block the prefix cache holds as full is left out of it."""
         self.unpin(key)
-        n = seq.num_computed_tokens
+        n = seq.num_computed_tokens if num_tokens is None else max(0, min(num_tokens, seq.num_computed_tokens))
+        if n % self.block_size and self.blocks[seq.block_table[n // self.block_size]].hash is not None:
+            n -= n % self.block_size
         blocks = seq.block_table[: self.blocks_needed(n)]
         if not blocks or len(blocks) > self.max_pinned_blocks:
             return 0
@@ -176,15 +181,27 @@ class BlockManager:
         return n
 
     def take_pin(self, key: str, seq: Sequence) -> int:
-        """Give a new sequence its conversation's pinned KV if the pinned tokens are a prefix of its tokens:
-        the blocks move to it (no copy; the partial last block is owned by the pin alone, so the sequence
-        may write into it). Returns the tokens reused (0 when there is no usable pin)."""
+        """Give a new sequence its conversation's pinned KV for the longest prefix its tokens share with the
+        pinned ones: the blocks move to it (no copy; the partial last block is owned by the pin alone, so the
+        sequence may write into it). Where the conversation diverged (edited history, a message prefilled while
+        it arrived that tokenized differently once complete), the shared part is kept, short of a full cached
+        block the sequence would write into. Returns the tokens reused (0 when there is no usable pin)."""
         pin = self.pins.get(key)
         if pin is None or seq.block_table or len(seq) <= 1:
             return 0
-        if tuple(seq.token_ids[: pin.num_tokens]) != pin.token_ids:
-            self.unpin(key)  # the conversation diverged (edited history): its KV is of no use
-            return 0
+        n = pin.num_tokens
+        if tuple(seq.token_ids[:n]) != pin.token_ids:
+            limit, n = min(len(seq.token_ids), pin.num_tokens), 0
+            while n < limit and seq.token_ids[n] == pin.token_ids[n]:
+                n += 1
+            if n % self.block_size and self.blocks[pin.block_ids[n // self.block_size]].hash is not None:
+                n -= n % self.block_size
+            keep = self.blocks_needed(n)
+            self._release(pin.block_ids[keep:])
+            if n == 0:
+                del self.pins[key]
+                return 0
+            pin.block_ids, pin.num_tokens = pin.block_ids[:keep], n
         del self.pins[key]
         seq.block_table = pin.block_ids  # the pin's references become the sequence's
         seq.num_computed_tokens = min(pin.num_tokens, len(seq) - 1)  # recompute >= 1 token for logits
@@ -198,9 +215,12 @@ class BlockManager:
 
     def unpin(self, key: str) -> None:
         pin = self.pins.pop(key, None)
-        if pin is None:
-            return
-        for block_id in reversed(pin.block_ids):
+        if pin is not None:
+            self._release(pin.block_ids)
+
+    def _release(self, block_ids: list[int]) -> None:
+        """Drop a pin's references to these blocks."""
+        for block_id in reversed(block_ids):
             block = self.blocks[block_id]
             block.ref_count -= 1
             if block.ref_count == 0:

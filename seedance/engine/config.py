@@ -29,6 +29,17 @@ class EngineConfig:
     # Process mode (`seedance serve --engine process`): commands waiting to be written to the engine process
     # beyond this many bytes refuse new requests with EngineOverloaded.
     process_channel_bytes: int = 8 << 20
+    # Largest embedding payload one prompt part may carry (decoded bytes: raw f32le or a torch.save'd tensor);
+    # checked before it is parsed. The rows also count as prompt tokens against max_prompt_tokens.
+    max_prompt_embeds_bytes: int = 32 * 1024 * 1024
+    # Images (LLaVA-family models): at most this many per prompt (video frames count one each), each at most
+    # max_image_pixels (checked from its header, before decoding) and max_image_bytes (the encoded file).
+    max_images_per_prompt: int = 16
+    max_image_pixels: int = 4096 * 4096
+    max_image_bytes: int = 16 * 1024 * 1024
+    # A prompt with embedding rows or images is prefilled at most this many tokens per step (None: the step's
+    # budget, max_num_batched_tokens), so one image does not stall the running streams for a whole budget.
+    max_embed_chunk_tokens: int | None = 64
     aging_interval_s: float = 2.0  # every interval waited raises a request's priority by one level
     enable_prefix_caching: bool = True
     max_pinned_kv_fraction: float = 0.5  # share of the KV pool idle sessions may pin for their next turn
@@ -37,6 +48,12 @@ class EngineConfig:
     # One dummy request (a short prefill + a few decodes) through the runner at start, so the first user request
     # does not pay first-call costs (allocator growth, kernel selection, lazy imports).
     warmup: bool = True
+    # Constrained decoding (response_format, guided_*; engine/guided.py): the longest grammar source a request may
+    # send, the compiled grammars kept for reuse, and llguidance's fuel for building one (about 50k per ms, so the
+    # default bounds a compile near 20 ms of lexer work).
+    max_guided_spec_bytes: int = 65536
+    guided_cache_size: int = 64
+    guided_compile_fuel: int = 1_000_000
     # Synthetic backend (transport benchmarks): tokens per second per stream, no model compute.
     synthetic_rate: float | None = None
 

@@ -24,6 +24,8 @@ from seedance.engine.config import EngineConfig
 from seedance.engine.core_protocol import (
     Abort,
     Add,
+    Embed,
+    Embedded,
     FrameBuffer,
     LoadFailed,
     Pause,
@@ -35,11 +37,13 @@ from seedance.engine.core_protocol import (
     Step,
     Unpin,
     decode_commands,
+    embeds_from_wire,
     frame,
 )
-from seedance.engine.errors import EngineError
+from seedance.engine.errors import EngineError, InvalidRequest
 from seedance.engine.events import FinishReason, TokenEvent
 from seedance.engine.llm_engine import LLMEngine
+from seedance.models.pooling import mean_pooled_embeddings
 
 log = logging.getLogger("seedance.engine.core")
 STATS_INTERVAL_S = 0.05  # stats ride on a Step frame at most this often (and whenever the core goes idle)
@@ -56,10 +60,11 @@ class _Gateway:
         self.admitted: list[str] = []
         self.refused: list[Refusal] = []
         self.aborted: list[TokenEvent] = []
+        self.embedded: list[Embedded] = []
         self.requests: set[str] = set()
 
     def pending(self) -> bool:
-        return bool(self.events or self.admitted or self.refused or self.aborted)
+        return bool(self.events or self.admitted or self.refused or self.aborted or self.embedded)
 
 
 class CoreLoop:
@@ -88,15 +93,23 @@ class CoreLoop:
         match command:
             case Add():
                 try:
+                    try:
+                        embeds = embeds_from_wire(command.embeds)
+                    except ValueError as err:
+                        raise InvalidRequest(str(err)) from None
+                    if command.params.guided is not None and engine.guides is not None:
+                        engine.guides.compile(command.params.guided)  # cached; a bad grammar is this refusal
                     engine.add_request(command.request_id, command.token_ids, command.params, command.priority,
-                                       command.arrival, pin_key=command.pin_key)
+                                       command.arrival, pin_key=command.pin_key, prompt_embeds=embeds)
                     gateway.admitted.append(command.request_id)
                     self.owner[command.request_id] = gateway
                     gateway.requests.add(command.request_id)
                 except EngineError as err:
                     gateway.refused.append(Refusal(command.request_id, err.code, str(err)))
+            case Embed():
+                gateway.embedded.append(self.embed(command))
             case Abort():
-                event = engine.abort(command.request_id)
+                event = engine.abort(command.request_id, keep_tokens=command.keep_tokens)
                 if event is None:  # already finished or never admitted: the gateway still gets one final event
                     event = TokenEvent(command.request_id, 0, -1, "", finish_reason=FinishReason.CANCELLED)
                 self._forget(command.request_id)
@@ -111,6 +124,19 @@ class CoreLoop:
                 engine.unpin(command.key)
             case Shutdown():
                 self.shutdown = True
+
+    def embed(self, command: Embed) -> Embedded:
+        """One group's vectors through the engine's model (models/pooling.py), or why not."""
+        if self.engine.embedding_shape is None:
+            return Embedded(command.key, error="this server runs the synthetic backend: it has no model to compute "
+                            "embeddings with", code=InvalidRequest.code)
+        try:
+            vectors = mean_pooled_embeddings(self.engine.runner.model, command.inputs)
+        except Exception as err:  # this request fails, the engine goes on
+            log.exception("embedding failed")
+            return Embedded(command.key, error=f"{type(err).__name__}: {err}")
+        dim = int(vectors[0].shape[0]) if vectors else 0
+        return Embedded(command.key, dim, b"".join(v.float().numpy().tobytes() for v in vectors))
 
     def _forget(self, request_id: str) -> None:
         gateway = self.owner.pop(request_id, None)
@@ -185,8 +211,9 @@ class CoreLoop:
             if not (gateway.pending() or stats):
                 continue
             message = Step(gateway.events, gateway.admitted, gateway.refused, gateway.aborted, started, seconds,
-                           stats)
+                           stats, gateway.embedded)
             gateway.events, gateway.admitted, gateway.refused, gateway.aborted = [], [], [], []
+            gateway.embedded = []
             try:
                 gateway.sock.sendall(frame(message))  # blocks while that gateway's buffer is full: back-pressure
             except OSError:
@@ -234,7 +261,9 @@ def _load(config: EngineConfig) -> tuple[LLMEngine | None, bytes]:
         log.debug("model failed to load", exc_info=True)
         return None, frame(LoadFailed(f"{type(err).__name__}: {err}"))
     tokenizer = pickle.dumps(engine.tokenizer) if engine.tokenizer is not None else None
-    ready = Ready(engine.max_model_len, engine.model_name, engine.load_times, tokenizer, engine.stats())
+    ready = Ready(engine.max_model_len, engine.model_name, engine.load_times, tokenizer, engine.stats(),
+                  dtype=engine.config.dtype, hidden_size=engine.hidden_size, takes_images=engine.takes_images,
+                  embedding_shape=engine.embedding_shape)
     return engine, frame(ready)
 
 

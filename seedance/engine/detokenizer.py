@@ -12,7 +12,9 @@ _PRIME_TOKENS = 8  # enough context for any decoder's merge of the first output 
 class IncrementalDetokenizer:
     def __init__(self, tokenizer: Tokenizer, prompt_token_ids: list[int]) -> None:
         self._tokenizer = tokenizer
-        self._stream = DecodeStream(ids=list(prompt_token_ids[-_PRIME_TOKENS:]), skip_special_tokens=True)
+        # Negative ids stand for embedding rows (prompt_embeds.py): no text to prime with.
+        prime = [t for t in prompt_token_ids[-_PRIME_TOKENS:] if t >= 0]
+        self._stream = DecodeStream(ids=prime, skip_special_tokens=True)
 
     def step(self, token_id: int) -> str:
         return self._stream.step(self._tokenizer, token_id) or ""

@@ -18,9 +18,13 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import torch
+
 from seedance.engine.config import EngineConfig
 from seedance.engine.errors import EngineOverloaded, InvalidRequest
 from seedance.engine.events import TokenEvent
+from seedance.engine.image_prompt import build_image_prompt, content_chars, count_images, for_template
+from seedance.engine.prompt_embeds import EncodedRows, PromptEmbeds, assemble_prompt, check_rows, decode_rows
 from seedance.engine.sampling_params import SamplingParams
 from seedance.models.tokenizer import TextTokenizer
 
@@ -29,15 +33,23 @@ _ids = itertools.count()
 
 @dataclass(slots=True)
 class GenerateRequest:
-    """Exactly one of prompt (text), prompt_token_ids or messages (chat) is given."""
+    """Exactly one of prompt (text), prompt_token_ids, messages (chat) or prompt_parts is given."""
 
     prompt: str | None = None
     prompt_token_ids: list[int] | None = None
-    messages: list[dict[str, str]] | None = None
+    # Chat turns; a content may be a list of parts: {"type": "text", "text"} and, for a model that takes images,
+    # {"type": "image", "image": ImageInput} (engine/image_prompt.py).
+    messages: list[dict] | None = None
+    # A segmented prompt, in order: text, token ids, embedding rows ([n, hidden_size] tensors, or EncodedRows as
+    # they came on the wire); see prompt_embeds.py.
+    prompt_parts: list[str | list[int] | object] | None = None
+    # The embedding rows of prompt_token_ids (whose content ids stand for them); tokenize() sets it for parts.
+    prompt_embeds: PromptEmbeds | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
     priority: int = 0
     request_id: str | None = None
     pin_key: str | None = None  # keep the finished request's KV pinned for this session's next turn
+    tools: list[dict] | None = None  # OpenAI tools, for a chat template that renders them (template_takes_tools)
 
 
 class EventQueue:
@@ -86,6 +98,7 @@ class RequestStream:
         self.engine = engine
         self.request_id = request_id
         self.num_prompt_tokens = num_prompt_tokens
+        self.is_multimodal = False  # its prompt has embedding rows or image features (MTF1's is_multimodal flag)
         self.queue = EventQueue()
         self.finished = False
         # Called after each delivery; a transport points it at its connection's wake-up event so one
@@ -128,16 +141,29 @@ class RequestStream:
 
 
 class EngineFront:
-    """Request table, tokenizer thread and step delivery; subclasses say where the core runs (submit,
-    cancel, pause, resume, set_priority, unpin, stats, close)."""
+    """Request table, tokenizer and vision threads, step delivery; subclasses say where the core runs (submit,
+    cancel, pause, resume, set_priority, unpin, embed_group, stats, close)."""
 
-    def __init__(self, config: EngineConfig, tokenizer: TextTokenizer | None, max_model_len: int) -> None:
+    # Why an image prompt is refused when the model takes images but this engine has no vision encoder here.
+    no_vision_reason = "this model takes no images"
+
+    def __init__(self, config: EngineConfig, tokenizer: TextTokenizer | None, max_model_len: int,
+                 hidden_size: int | None = None, takes_images: bool = False, vision=None,
+                 embedding_shape: tuple[int, int] | None = None) -> None:
         self.config = config
         self.max_model_len = max_model_len
         self._tokenizer = tokenizer
+        self._hidden_size = hidden_size
+        self._takes_images = takes_images
+        self._vision = vision
+        self._embedding_shape = embedding_shape
         self._streams: dict[str, RequestStream] = {}
         # Tokenization has its own thread: the tokenizers library is not torch, and the engine thread is busy.
         self.tokenize_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedance-tokenize")
+        # Images have their own thread (decode, template, vision tower), so a large image never holds up text
+        # prompts behind it, nor the engine's steps: the engine thread only splices the features in.
+        self.vision_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedance-vision")
+        self._encoding = 0
         self._tokenizing = 0
         self._closed = False
         self.step_latencies: list[float] = []  # seconds per step, bounded to the last 1024
@@ -146,6 +172,27 @@ class EngineFront:
     @property
     def tokenizer(self) -> TextTokenizer | None:
         return self._tokenizer
+
+    # ---- model facts (AsyncEngine reads them off its LLMEngine; ProcessEngine got them in the Ready frame) ----
+    @property
+    def hidden_size(self) -> int | None:
+        """Width of the prompt embedding rows the model takes; None: it takes none (synthetic)."""
+        return self._hidden_size
+
+    @property
+    def takes_images(self) -> bool:
+        """The served model is multimodal (its chat template takes image parts; /v1/models shows it)."""
+        return self._takes_images
+
+    @property
+    def vision(self):
+        """The image encoder (models/llava.py) where this engine runs it; None: not here."""
+        return self._vision
+
+    @property
+    def embedding_shape(self) -> tuple[int, int] | None:
+        """(vector size, vocabulary size) for /v1/embeddings; None: the backend has no model to pool."""
+        return self._embedding_shape
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -159,22 +206,57 @@ class EngineFront:
         return self.max_prompt_tokens * self.tokenizer.max_token_chars if self.tokenizer is not None else None
 
     def _check_given(self, request: GenerateRequest) -> None:
-        given = sum(x is not None for x in (request.prompt, request.prompt_token_ids, request.messages))
-        if given != 1:
-            raise InvalidRequest("give exactly one of prompt, prompt_token_ids, messages")
-        if request.prompt_token_ids is None and self.tokenizer is None:
+        inputs = (request.prompt, request.prompt_token_ids, request.messages, request.prompt_parts)
+        if sum(x is not None for x in inputs) != 1:
+            raise InvalidRequest("give exactly one of prompt, prompt_token_ids, messages, prompt_parts")
+        texts = [p for p in request.prompt_parts or () if isinstance(p, str)]
+        if self.tokenizer is None and (request.prompt is not None or request.messages is not None or texts):
             raise InvalidRequest("this model has no tokenizer: send prompt_token_ids")
+        images = count_images(request.messages) if request.messages is not None else 0
+        if images and not self.takes_images:
+            raise InvalidRequest("this model takes no images")
+        if images and self.vision is None:
+            raise InvalidRequest(self.no_vision_reason)
+        if images > self.config.max_images_per_prompt:
+            raise InvalidRequest(f"{images} images; the limit is {self.config.max_images_per_prompt} per prompt")
         if request.prompt_token_ids is None:
-            chars = len(request.prompt) if request.prompt is not None else sum(
-                len(m.get("content", "")) for m in request.messages or [])
+            chars = len(request.prompt) if request.prompt is not None else content_chars(
+                request.messages or []) + sum(map(len, texts))
             if chars > self.max_prompt_chars:
                 raise InvalidRequest(f"prompt has {chars} characters, certainly more tokens than allowed: the limit "
                                      f"is {self.max_prompt_tokens} tokens (at most {self.max_prompt_chars} characters)")
 
     def _encode(self, request: GenerateRequest) -> list[int]:
+        if request.prompt_parts is not None:
+            return self._assemble(request)
         if request.messages is not None:
-            return self.tokenizer.apply_chat_template(request.messages)
+            if count_images(request.messages):
+                return self._assemble(request)
+            messages = for_template(request.messages, self.takes_images)
+            if request.tools:
+                return self.tokenizer.apply_chat_template(messages, tools=request.tools)
+            return self.tokenizer.apply_chat_template(messages)
         return self.tokenizer.encode(request.prompt)
+
+    def _assemble(self, request: GenerateRequest) -> list[int]:
+        """A segmented prompt's ids; its embedding rows (checked: shape, dtype, NaN/Inf) go to prompt_embeds."""
+        if request.prompt_parts is None:  # a chat with images: its features are the embeddings
+            parts = build_image_prompt(request.messages, self.tokenizer, self.vision, self.config)
+            ids, request.prompt_embeds = assemble_prompt(parts)
+            return ids
+        parts: list[list[int] | object] = []
+        for i, part in enumerate(request.prompt_parts):
+            if isinstance(part, str):
+                parts.append(self.tokenizer.encode(part))
+            elif isinstance(part, list):
+                parts.append(part)
+            elif isinstance(part, EncodedRows):
+                limit = self.config.max_prompt_embeds_bytes
+                parts.append(decode_rows(part, self.hidden_size, limit, f"prompt part {i}"))
+            else:
+                parts.append(check_rows(part, self.hidden_size, f"prompt part {i}"))
+        ids, request.prompt_embeds = assemble_prompt(parts)
+        return ids
 
     async def tokenize(self, request: GenerateRequest) -> list[int]:
         """The request's prompt as token ids, tokenized off the event loop (a text prompt certainly too long is
@@ -183,13 +265,27 @@ class EngineFront:
         self._check_given(request)
         if request.prompt_token_ids is not None:
             return list(request.prompt_token_ids)
-        if self._tokenizing >= self.config.max_pending_tokenize:
-            raise EngineOverloaded(f"{self._tokenizing} prompts are waiting to be tokenized; retry later")
-        self._tokenizing += 1
+        if request.messages is not None and count_images(request.messages):
+            return await self._off_loop(request, self.vision_executor, "_encoding", "image prompts are waiting "
+                                        "to be encoded")
+        return await self._off_loop(request, self.tokenize_executor, "_tokenizing", "prompts are waiting to be "
+                                    "tokenized")
+
+    async def _off_loop(self, request: GenerateRequest, executor: ThreadPoolExecutor, counter: str,
+                        waiting: str) -> list[int]:
+        """_encode(request) on executor, at most max_pending_tokenize waiting for it (counted in counter)."""
+        pending = getattr(self, counter)
+        if pending >= self.config.max_pending_tokenize:
+            raise EngineOverloaded(f"{pending} {waiting}; retry later")
+        setattr(self, counter, pending + 1)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.tokenize_executor, self._encode, request)
+            return await asyncio.get_running_loop().run_in_executor(executor, self._encode, request)
         finally:
-            self._tokenizing -= 1
+            setattr(self, counter, getattr(self, counter) - 1)
+
+    def _stop_threads(self) -> None:
+        self.tokenize_executor.shutdown(wait=False, cancel_futures=True)
+        self.vision_executor.shutdown(wait=False, cancel_futures=True)
 
     def _new_id(self, request: GenerateRequest) -> str:
         """The request's id, checked free; raises when shutting down or on a duplicate."""
@@ -203,7 +299,12 @@ class EngineFront:
     async def submit(self, request: GenerateRequest) -> RequestStream:
         raise NotImplementedError
 
-    def cancel(self, request_id: str) -> None:
+    def cancel(self, request_id: str, keep_tokens: int | None = None) -> None:
+        """End the request between two steps; keep_tokens: see LLMEngine.abort."""
+        raise NotImplementedError
+
+    async def embed_group(self, inputs: list[list[int]]) -> list[torch.Tensor]:
+        """Mean-pooled vectors of one group of token lists, one forward between two steps (engine/embedding.py)."""
         raise NotImplementedError
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenEvent]:

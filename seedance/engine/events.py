@@ -31,6 +31,12 @@ class TokenEvent(msgspec.Struct, frozen=True, array_like=True, gc=False):
     stop_reason: str | int | None = None  # the stop string or stop token that ended it
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    num_embedding_tokens: int = 0  # prompt positions that were embedding rows sent by the client
+    num_image_tokens: int = 0  # prompt positions that were image features
+
+    @property
+    def num_text_tokens(self) -> int:
+        return self.num_prompt_tokens - self.num_embedding_tokens - self.num_image_tokens
 
     @property
     def finished(self) -> bool:

@@ -14,6 +14,7 @@ from seedance.engine.errors import EngineOverloaded, InvalidRequest, RequestNotF
 from seedance.engine.events import FinishReason, TokenEvent
 from seedance.engine.model_runner import ModelRunner
 from seedance.engine.output_processor import RequestOutputState
+from seedance.engine.prompt_embeds import PromptEmbeds
 from seedance.engine.sampling_params import SamplingParams
 from seedance.engine.scheduler import Scheduler
 from seedance.engine.sequence import Sequence, SequenceStatus
@@ -49,16 +50,22 @@ class LLMEngine:
         self.block_manager = BlockManager(runner.num_kv_blocks, config.block_size, config.enable_prefix_caching)
         self.block_manager.max_pinned_blocks = int(runner.num_kv_blocks * config.max_pinned_kv_fraction)
         self.scheduler = Scheduler(
-            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, config.aging_interval_s
+            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, config.aging_interval_s,
+            config.max_embed_chunk_tokens,
         )
         self.requests: dict[str, RequestOutputState] = {}
         self.eos_token_ids = tokenizer.eos_token_ids if tokenizer else frozenset()
+        self.guides = getattr(runner, "guides", None)  # engine/guided.py GuideCompiler; None: no constrained decoding
         self.steps = 0
         self.generated_tokens = 0
         # time_ns() when each load phase ended, taken on the engine thread: config_loaded, weights_loaded,
         # tokenizer_loaded, kv_allocated (from_config), warmup_done (warmup); the server's cold-start marks.
         self.load_times: dict[str, int] = {}
         self.model_name: str | None = None  # the model's own name (models/loader.py served_name); None: synthetic
+        # Width of the prompt embedding rows the model takes (its hidden size); None: it takes none (synthetic).
+        self.hidden_size: int | None = getattr(runner, "hidden_size", None)
+        # A LLaVA-family model's image encoder (models/llava.py VisionEncoder); None: the model takes no images.
+        self.vision = None
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> LLMEngine:
@@ -80,8 +87,20 @@ class LLMEngine:
             times = dict(loaded.timings)
             engine = cls(config, TorchModelRunner(loaded, config), loaded.tokenizer, loaded.max_model_len)
             engine.model_name = loaded.name
+            engine.vision = loaded.vision
         engine.load_times = {**times, "kv_allocated": time.time_ns()}  # the runner's KV pool + the block table
         return engine
+
+    @property
+    def embedding_shape(self) -> tuple[int, int] | None:
+        """(vector size, vocabulary size) of the model /v1/embeddings pools; None: no model (synthetic)."""
+        model = getattr(self.runner, "model", None)
+        return (int(model.config.hidden_size), int(model.config.vocab_size)) if model is not None else None
+
+    @property
+    def takes_images(self) -> bool:
+        """The served model is multimodal (images in chat content parts); transports and /v1/models show it."""
+        return self.vision is not None
 
     def warmup(self, prompt_tokens: int = 16, decode_steps: int = 3) -> None:
         """Run one dummy request (a prefill, then decode_steps decodes, sampled with temperature / top-k / top-p)
@@ -114,9 +133,16 @@ class LLMEngine:
 
     # ---- admission --------------------------------------------------------------------------------
     def check_admission(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, pending: int = 0
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        pending: int = 0,
+        prompt_embeds: PromptEmbeds | None = None,
     ) -> None:
-        """Raise InvalidRequest / EngineOverloaded now rather than let a request grow memory later."""
+        """Raise InvalidRequest / EngineOverloaded now rather than let a request grow memory later. Embedding
+        rows count as prompt tokens; their positions hold content ids (prompt_embeds.py), the only negative ids
+        a prompt may have."""
         params.validate()
         if request_id in self.requests:
             raise InvalidRequest(f"duplicate request id {request_id!r}")
@@ -132,9 +158,19 @@ class LLMEngine:
             raise InvalidRequest(
                 f"prompt has {len(prompt_token_ids)} tokens; the model's context is {self.max_model_len}"
             )
+        num_rows = prompt_embeds.num_rows if prompt_embeds is not None else 0
+        if num_rows and self.hidden_size is None:
+            raise InvalidRequest("this model takes no prompt embeddings")
+        if sum(t < 0 for t in prompt_token_ids) != num_rows:  # content ids without their rows (or forged ones)
+            raise InvalidRequest("prompt token id out of the vocabulary (a negative id stands for an embedding row "
+                                 "this request does not carry)")
         vocab = self.tokenizer.vocab_size if self.tokenizer else None
-        if vocab is not None and (min(prompt_token_ids) < 0 or max(prompt_token_ids) >= vocab):
+        if vocab is not None and max(prompt_token_ids) >= vocab:
             raise InvalidRequest("prompt token id out of the vocabulary")
+        if params.logit_bias and vocab is not None and max(params.logit_bias) >= vocab:
+            raise InvalidRequest("logit_bias token id out of the vocabulary")
+        if params.guided is not None and self.guides is None:
+            raise InvalidRequest("this backend has no constrained decoding (response_format, guided_*)")
         if self.block_manager.blocks_needed(len(prompt_token_ids) + 1) > self.block_manager.num_blocks:
             raise InvalidRequest("prompt does not fit in the KV cache")
         if len(self.scheduler.waiting) + pending >= self.config.max_waiting:
@@ -148,16 +184,19 @@ class LLMEngine:
         priority: int = 0,
         arrival_time: float | None = None,
         pin_key: str | None = None,
+        prompt_embeds: PromptEmbeds | None = None,
     ) -> None:
         """pin_key: when the request completes, keep its KV pinned under this key (a session) so the
-        conversation's next turn reuses it instead of recomputing."""
-        self.check_admission(request_id, prompt_token_ids, params)
+        conversation's next turn reuses it instead of recomputing. prompt_embeds: the embedding rows of a
+        prompt built by prompt_embeds.assemble_prompt (prompt_token_ids then holds their content ids)."""
+        self.check_admission(request_id, prompt_token_ids, params, prompt_embeds=prompt_embeds)
         seq = Sequence(
             request_id,
             prompt_token_ids,
             params,
             priority,
             time.monotonic() if arrival_time is None else arrival_time,
+            prompt_embeds,
         )
         seq.pin_key = pin_key
         self.requests[request_id] = RequestOutputState(
@@ -172,12 +211,16 @@ class LLMEngine:
         return state.seq
 
     # ---- control ----------------------------------------------------------------------------------
-    def abort(self, request_id: str, reason: FinishReason = FinishReason.CANCELLED) -> TokenEvent | None:
-        """End a request wherever it is and free its KV blocks at once."""
+    def abort(self, request_id: str, reason: FinishReason = FinishReason.CANCELLED,
+              keep_tokens: int | None = None) -> TokenEvent | None:
+        """End a request wherever it is and free its KV blocks at once. keep_tokens: a session turn cut short
+        keeps the KV of that many of its tokens pinned for the next turn (realtime barge-in)."""
         state = self.requests.pop(request_id, None)
         if state is None:
             return None
         seq = state.seq
+        if keep_tokens is not None and seq.pin_key is not None:
+            self.block_manager.pin(seq.pin_key, seq, keep_tokens)
         self.scheduler.finish(seq, reason)
         self.runner.forget(request_id)
         return TokenEvent(
@@ -188,6 +231,8 @@ class LLMEngine:
             finish_reason=reason,
             num_prompt_tokens=seq.num_prompt_tokens,
             num_cached_tokens=seq.num_cached_tokens,
+            num_embedding_tokens=seq.num_prompt_rows("embedding"),
+            num_image_tokens=seq.num_prompt_rows("image"),
         )
 
     def pause(self, request_id: str) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from seedance.engine.config import EngineConfig, default_kv_cache_bytes
+from seedance.engine.guided import GuideCompiler
 from seedance.engine.output_processor import SampledToken
 from seedance.engine.sampler import Sampler
 from seedance.engine.scheduler import ScheduledChunk
@@ -26,6 +27,7 @@ class StepBatch:
     meta: AttentionMetadata
     sampling: list[ScheduledChunk]  # chunks that yield a token, in output order
     sample_index: torch.Tensor  # index of each sampling chunk's last token in the flattened batch
+    embeds: tuple[torch.Tensor, torch.Tensor] | None = None  # (batch index, rows) of prompt embedding rows
 
 
 class ModelRunner(Protocol):
@@ -56,6 +58,7 @@ class TorchModelRunner:
         self.dtype = loaded.model.norm.weight.dtype  # the KV cache matches the model (quantized ones too)
         self.block_size = config.block_size
         mc = loaded.config
+        self.hidden_size = int(mc.hidden_size)  # the width of prompt embedding rows it accepts
         num_kv_heads = mc.num_key_value_heads or mc.num_attention_heads
         head_dim = head_dim_of(mc)
         element = torch.empty((), dtype=self.dtype).element_size()
@@ -70,7 +73,13 @@ class TorchModelRunner:
             )
             for _ in range(mc.num_hidden_layers)
         ]
-        self.sampler = Sampler(config.seed, self.device)
+        tokenizer = loaded.tokenizer
+        self.guides = None  # constrained decoding needs the tokenizer's vocabulary
+        if tokenizer is not None:
+            vocab = max(mc.vocab_size, tokenizer.vocab_size)
+            self.guides = GuideCompiler(tokenizer, vocab, config.max_guided_spec_bytes, config.guided_cache_size,
+                                        config.guided_compile_fuel)
+        self.sampler = Sampler(config.seed, self.device, guides=self.guides)
 
     def forget(self, request_id: str) -> None:
         self.sampler.forget(request_id)
@@ -78,13 +87,13 @@ class TorchModelRunner:
     @torch.inference_mode()
     def execute(self, chunks: list[ScheduledChunk]) -> list[tuple[ScheduledChunk, SampledToken]]:
         batch = self.prepare(chunks)
+        hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta, batch.embeds)
         if not batch.sampling:
-            self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta)
             return []
-        hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta)
         logits = self.model.compute_logits(hidden[batch.sample_index])
         seqs = [c.seq for c in batch.sampling]
-        sampled = self.sampler(logits, [s.request_id for s in seqs], [s.params for s in seqs])
+        sampled = self.sampler(logits, [s.request_id for s in seqs], [s.params for s in seqs],
+                               [s.token_ids for s in seqs], [s.num_prompt_tokens for s in seqs])
         return list(zip(batch.sampling, sampled, strict=True))
 
     def prepare(self, chunks: list[ScheduledChunk]) -> StepBatch:
@@ -138,10 +147,18 @@ class TorchModelRunner:
 
         sampling: list[ScheduledChunk] = []
         last_index: list[int] = []
+        embed_index: list[torch.Tensor] = []
+        embed_rows: list[torch.Tensor] = []
         end = 0
         for c in decodes + prefills:
+            if c.seq.prompt_embeds is not None:
+                for offset, rows in c.seq.prompt_embeds.rows_in(c.start, c.start + c.num_tokens):
+                    embed_index.append(torch.arange(end + offset, end + offset + rows.shape[0]))
+                    embed_rows.append(rows.to(self.dtype))
             end += c.num_tokens
             if c.samples:
                 sampling.append(c)
                 last_index.append(end - 1)
-        return StepBatch(input_t, pos_t, meta, sampling, torch.tensor(last_index, dtype=torch.long, device=dev))
+        embeds = (torch.cat(embed_index).to(dev), torch.cat(embed_rows).to(dev)) if embed_rows else None
+        sample_index = torch.tensor(last_index, dtype=torch.long, device=dev)
+        return StepBatch(input_t, pos_t, meta, sampling, sample_index, embeds)

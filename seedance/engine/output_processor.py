@@ -26,6 +26,7 @@ class SampledToken:
     token_id: int
     logprob: float | None = None
     top_logprobs: tuple[tuple[int, float], ...] | None = None
+    grammar_done: bool = False  # the request's grammar admits no further token: it ends here
 
 
 @dataclass(slots=True)
@@ -71,6 +72,10 @@ class RequestOutputState:
             events.append(self._event(None, index + 1, self._take(match_at), FinishReason.STOP, matched))
             self.held.clear()
             return events
+        if sampled.grammar_done:
+            events = self._release(released + self.stop_matcher.flush(), len(self.held))
+            events[-1] = replace(events[-1], finish_reason=FinishReason.STOP)
+            return events
         if seq.num_output_tokens >= seq.params.max_tokens or len(seq) >= self.max_model_len:
             events = self._release(released + self.stop_matcher.flush(), len(self.held))
             events[-1] = replace(events[-1], finish_reason=FinishReason.LENGTH)  # the current token: held last
@@ -105,4 +110,6 @@ class RequestOutputState:
             stop_reason=stop_reason,
             num_prompt_tokens=seq.num_prompt_tokens,
             num_cached_tokens=seq.num_cached_tokens,
+            num_embedding_tokens=seq.num_prompt_rows("embedding"),
+            num_image_tokens=seq.num_prompt_rows("image"),
         )

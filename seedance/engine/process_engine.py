@@ -9,6 +9,13 @@ step with all its requests' events, which is handed to the streams in one call, 
 Admission is decided where the engine state is: submit() sends the request and awaits the core's verdict
 (it comes back with the next frame, before the request's first events).
 
+What crosses the boundary: a prompt's embedding rows as raw bytes in the Add frame (the core rebuilds the same
+tensors and content ids); a guided-decoding spec, compiled in the core when the Add arrives (cached there; a
+grammar that does not compile is the request's refusal, InvalidRequest, as in the thread mode);
+cancel(keep_tokens=); /v1/embeddings groups as Embed commands, answered with the vectors' bytes. Not supported:
+images (the vision encoder runs only in the thread mode): an image prompt is refused with InvalidRequest saying
+so, and /v1/models lists text input only.
+
 Bounds: the command channel refuses new requests (EngineOverloaded) while more than
 `process_channel_bytes` of commands wait to be written; the core blocks on a full socket instead of queueing.
 
@@ -20,17 +27,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import itertools
 import logging
 import multiprocessing as mp
 import pickle
 import socket
 import time
 
+import torch
+
 from seedance.engine.config import EngineConfig
 from seedance.engine.core_process import run_core
 from seedance.engine.core_protocol import (
     Abort,
     Add,
+    Embed,
     FrameBuffer,
     LoadFailed,
     Pause,
@@ -41,6 +53,7 @@ from seedance.engine.core_protocol import (
     Step,
     Unpin,
     decode_to_gateway,
+    embeds_to_wire,
     frame,
 )
 from seedance.engine.engine_front import EngineFront, GenerateRequest, RequestStream
@@ -95,10 +108,16 @@ class _Channel(asyncio.Protocol):
 
 
 class ProcessEngine(EngineFront):
+    no_vision_reason = ("images are not supported with --engine process (the vision encoder runs in the thread "
+                        "mode only): run the server with --engine thread")
+
     def __init__(self, config: EngineConfig, ready: Ready, transport: asyncio.Transport,
                  process: mp.process.BaseProcess | None, prefix: str = "") -> None:
         tokenizer = pickle.loads(ready.tokenizer) if ready.tokenizer is not None else None
-        super().__init__(config, tokenizer, ready.max_model_len)
+        config = dataclasses.replace(config, dtype=ready.dtype)  # "auto" as the core resolved it
+        shape = tuple(ready.embedding_shape) if ready.embedding_shape is not None else None
+        super().__init__(config, tokenizer, ready.max_model_len, hidden_size=ready.hidden_size,
+                         takes_images=ready.takes_images, embedding_shape=shape)
         self.engine = EngineInfo(ready)
         self.process = process  # None: a shared core (`--workers N`) that this gateway neither starts nor stops
         # `--workers N`: this gateway's ids (and session pin keys) in the shared core start with it
@@ -107,6 +126,8 @@ class ProcessEngine(EngineFront):
         self._stats: EngineStats = ready.stats
         self._admitting: dict[str, asyncio.Future[None]] = {}
         self._cancelling: dict[str, RequestStream] = {}  # aborted, waiting for the core's final event
+        self._embedding: dict[int, asyncio.Future[list[torch.Tensor]]] = {}  # Embed key -> its vectors
+        self._embed_keys = itertools.count()
         self._outbox: list = []
         self.failure: str | None = None
         self._exited = asyncio.get_running_loop().create_future()
@@ -168,13 +189,16 @@ class ProcessEngine(EngineFront):
         token_ids = await self.tokenize(request)
         request_id = self._new_id(request)
         self._check_channel()
+        embeds = request.prompt_embeds
         stream = RequestStream(self, request_id, len(token_ids))
+        stream.is_multimodal = embeds is not None
         self._streams[request_id] = stream
         verdict = asyncio.get_running_loop().create_future()
         self._admitting[request_id] = verdict
         p = self.prefix
         pin_key = p + request.pin_key if request.pin_key is not None else None
-        self._send(Add(p + request_id, token_ids, request.params, request.priority, time.monotonic(), pin_key))
+        self._send(Add(p + request_id, token_ids, request.params, request.priority, time.monotonic(), pin_key,
+                       embeds_to_wire(embeds)))
         try:
             await verdict
         except BaseException:
@@ -184,7 +208,8 @@ class ProcessEngine(EngineFront):
             raise
         return stream
 
-    def cancel(self, request_id: str) -> None:
+    def cancel(self, request_id: str, keep_tokens: int | None = None) -> None:
+        """End the request between two steps; keep_tokens: see LLMEngine.abort."""
         stream = self._streams.pop(request_id, None)
         if stream is None:
             return
@@ -192,7 +217,18 @@ class ProcessEngine(EngineFront):
             stream._deliver(TokenEvent(request_id, 0, -1, "", finish_reason=FinishReason.CANCELLED))
             return
         self._cancelling[request_id] = stream
-        self._send(Abort(self.prefix + request_id))
+        self._send(Abort(self.prefix + request_id, keep_tokens))
+
+    async def embed_group(self, inputs: list[list[int]]) -> list[torch.Tensor]:
+        """One group's vectors, pooled in the core between two steps (an Embed command and its answer)."""
+        self._check_channel()
+        key = next(self._embed_keys)
+        answer = self._embedding[key] = asyncio.get_running_loop().create_future()
+        self._send(Embed(key, inputs))
+        try:
+            return await answer
+        finally:
+            self._embedding.pop(key, None)
 
     def pause(self, request_id: str) -> None:
         self._send(Pause(self.prefix + request_id))
@@ -230,7 +266,7 @@ class ProcessEngine(EngineFront):
             if self.process.is_alive():
                 self.process.kill()
                 await asyncio.to_thread(self.process.join, 5)
-        self.tokenize_executor.shutdown(wait=False, cancel_futures=True)
+        self._stop_threads()
 
     # ---- the channel ------------------------------------------------------------------------------
     def _check_channel(self) -> None:
@@ -278,6 +314,16 @@ class ProcessEngine(EngineFront):
                 stream._deliver(event)  # the core ended it on its own (shutting down)
         if message.stats is not None:
             self._stats = message.stats
+        for done in message.embedded:
+            answer = self._embedding.get(done.key)
+            if answer is None or answer.done():
+                continue
+            if done.error is not None:
+                error = _ERRORS.get(done.code, RuntimeError) if done.code else RuntimeError
+                answer.set_exception(error(done.error))
+            else:
+                vectors = torch.frombuffer(bytearray(done.data), dtype=torch.float32).view(-1, done.dim)
+                answer.set_result(list(vectors.unbind(0)))
 
     def _fail(self, reason: str) -> None:
         """The core is gone: every open request ends with error, waiting submits are refused."""
@@ -292,6 +338,9 @@ class ProcessEngine(EngineFront):
             if not verdict.done():
                 verdict.set_exception(EngineUnavailable(f"engine unavailable: {reason}; retry later"))
         self._admitting.clear()
+        for answer in self._embedding.values():
+            if not answer.done():
+                answer.set_exception(EngineUnavailable(f"engine unavailable: {reason}; retry later"))
         reason_final = FinishReason.CANCELLED if self._closed else FinishReason.ERROR
         for request_id, stream in [*self._streams.items(), *self._cancelling.items()]:
             final = FinishReason.CANCELLED if request_id in self._cancelling else reason_final

@@ -47,6 +47,7 @@ class Scheduler:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         aging_interval_s: float = 2.0,
+        max_embed_chunk_tokens: int | None = None,
     ) -> None:
         if max_num_batched_tokens < max_num_seqs:
             raise ValueError("max_num_batched_tokens must be >= max_num_seqs")
@@ -57,6 +58,9 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.paused: list[Sequence] = []
         self.num_preemptions = 0
+        # A prompt with embedding rows / image features is prefilled in chunks of at most this many tokens, so
+        # an image's hundreds of rows do not land in one step and stall every running stream for it.
+        self.max_embed_chunk_tokens = max_embed_chunk_tokens
 
     # ---- commands -------------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -112,7 +116,7 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            n = min(seq.num_uncomputed_tokens, budget)
+            n = self._chunk(seq, min(seq.num_uncomputed_tokens, budget))
             while not self.bm.can_allocate(seq, n):
                 if self.bm.release_lru_pin():  # idle conversations' KV goes first: it can be recomputed
                     continue
@@ -137,7 +141,7 @@ class Scheduler:
                 self.bm.take_pin(seq.pin_key, seq)  # the session's own KV, partial block included
             cached = self.bm.find_cached_prefix(seq)
             computed = seq.num_computed_tokens + len(cached) * self.bm.block_size
-            n = min(len(seq) - computed, budget)
+            n = self._chunk(seq, min(len(seq) - computed, budget))
             while not self.bm.can_allocate(seq, n, cached):
                 if self.bm.release_lru_pin():
                     continue
@@ -161,6 +165,13 @@ class Scheduler:
             out.chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n))
             budget -= n
         return out
+
+    def _chunk(self, seq: Sequence, n: int) -> int:
+        """n, capped for a multimodal prompt's prefill (max_embed_chunk_tokens)."""
+        cap = self.max_embed_chunk_tokens
+        if cap and seq.prompt_embeds is not None and seq.num_computed_tokens < seq.num_prompt_tokens:
+            return min(n, cap)
+        return n
 
     def _idle_holder(self, exclude: Sequence) -> Sequence | None:
         """A sequence holding KV blocks without using them this step: paused, or resumed and waiting."""

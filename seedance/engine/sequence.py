@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import itertools
 from enum import Enum, auto
+from typing import TYPE_CHECKING
 
 from seedance.engine.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from seedance.engine.prompt_embeds import PromptEmbeds
 
 _arrival_counter = itertools.count()
 
@@ -18,7 +22,8 @@ class SequenceStatus(Enum):
 
 
 class Sequence:
-    """Plain data the scheduler and block manager reason about; no tensors here."""
+    """Plain data the scheduler and block manager reason about. An embedding prompt's rows ride along in
+    prompt_embeds for the runner alone; the rest of the engine sees their content ids (prompt_embeds.py)."""
 
     __slots__ = (
         "admitted_once",
@@ -35,6 +40,7 @@ class Sequence:
         "pause_requested",
         "pin_key",
         "priority",
+        "prompt_embeds",
         "request_id",
         "status",
         "token_ids",
@@ -47,10 +53,12 @@ class Sequence:
         params: SamplingParams,
         priority: int = 0,
         arrival_time: float = 0.0,
+        prompt_embeds: PromptEmbeds | None = None,
     ) -> None:
         self.request_id = request_id
         self.token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
+        self.prompt_embeds = prompt_embeds  # rows spliced in at their positions (token ids there are content ids)
         self.params = params
         self.priority = priority  # lower value is served first, as in vLLM
         self.arrival_time = arrival_time
@@ -71,6 +79,10 @@ class Sequence:
 
     def __repr__(self) -> str:
         return f"Sequence({self.request_id!r}, {self.status.name}, {self.num_computed_tokens}/{len(self)})"
+
+    def num_prompt_rows(self, kind: str) -> int:
+        """Prompt positions filled by embedding rows of this kind ("embedding" or "image")."""
+        return self.prompt_embeds.count(kind) if self.prompt_embeds is not None else 0
 
     @property
     def num_output_tokens(self) -> int:

@@ -33,7 +33,8 @@ def compile_template(source: str):
     return env.from_string(source)
 
 
-def render_chat(source: str, messages: list[dict[str, str]], special_tokens: dict[str, str]) -> str:
+def render_chat(source: str, messages: list[dict[str, str]], special_tokens: dict[str, str],
+                tools: list[dict] | None = None) -> str:
     """The prompt text for messages, with the generation prompt added (what the model continues)."""
-    return compile_template(source).render(messages=messages, tools=None, documents=None,
+    return compile_template(source).render(messages=messages, tools=tools, documents=None,
                                            add_generation_prompt=True, **special_tokens)

@@ -67,7 +67,7 @@ def open_gguf(path: Path) -> GGUFModel:
     arch = field_value(reader, "general.architecture")
     if arch not in GGUF_ARCHITECTURES:
         raise GGUFError(f"{path}: unsupported GGUF architecture {arch!r}; supported: {', '.join(GGUF_ARCHITECTURES)}")
-    name = field_value(reader, "general.name") or path.stem
+    name = field_value(reader, "general.name") or path.stem  # = registry.served_name
     return GGUFModel(path, reader, arch, gguf_config(reader, arch), str(name))
 
 

@@ -150,9 +150,16 @@ class LlamaForCausalLM(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    def forward(self, input_ids, positions, kv_caches, meta: AttentionMetadata) -> torch.Tensor:
-        """Hidden states [T, hidden] for a flattened step batch; kv_caches: [(k, v)] per layer."""
-        x = self.embed_tokens(input_ids)
+    def forward(self, input_ids, positions, kv_caches, meta: AttentionMetadata, embeds=None) -> torch.Tensor:
+        """Hidden states [T, hidden] for a flattened step batch; kv_caches: [(k, v)] per layer. embeds: None, or
+        (index [E], rows [E, hidden]) input embeddings that replace the token embeddings at those batch indices
+        (prompt embeddings, image features); the ids there are placeholders and never looked up."""
+        if embeds is None:
+            x = self.embed_tokens(input_ids)
+        else:
+            index, rows = embeds
+            x = self.embed_tokens(input_ids.clamp(min=0))
+            x[index] = rows.to(device=x.device, dtype=x.dtype)
         cos = self.rope_cos[positions].to(x.dtype).unsqueeze(1)  # [T, 1, D]
         sin = self.rope_sin[positions].to(x.dtype).unsqueeze(1)
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from seedance.models.hf_config import plain_llama_config
 from seedance.models.llama import LlamaForCausalLM, empty_weights, rope_tables
+from seedance.models.llava import VisionEncoder, is_llava, load_vision, split_weights
 from seedance.models.quantized_linear import QuantizedEmbedding, QuantizedLinear, quantize_model
 from seedance.models.registry import (
     BUILTIN_NAMES,
@@ -45,6 +46,7 @@ class LoadedModel:
     max_model_len: int
     timings: dict[str, int] = field(default_factory=dict)  # time_ns() at config / weights / tokenizer loaded
     name: str = BUILTIN_SERVED_NAME  # the model's own name (served_name)
+    vision: VisionEncoder | None = None  # a LLaVA-family model's image encoder (models/llava.py); None: text only
 
 
 class ModelLoadError(ValueError):
@@ -141,11 +143,16 @@ def _to_serving(net: LlamaForCausalLM, device: str, dtype: str) -> LlamaForCausa
 def _load_hf_dir(path: Path, device: str, dtype: str, max_model_len: int | None, quantize: str) -> LoadedModel:
     config = load_config(path)  # the first call imports transformers: most of the load on the built-in model
     config_loaded = time_ns()
+    weights, vision = read_safetensors(path), None
+    if is_llava(config):  # the vision side through transformers; the language model is ours, like any Llama
+        parts = split_weights(weights)
+        vision = load_vision(path, config, parts, device, DTYPES[dtype])
+        config, weights = config.text_config, parts["text"]
     max_len = _context_limit(config, max_model_len)
     with empty_weights():  # no random init of weights we are about to overwrite
         net = LlamaForCausalLM(config, max_positions=max_len)
     net = _finish(net, config, max_len)
-    net.load_hf_weights(read_safetensors(path))
+    net.load_hf_weights(weights)
     if QUANTIZE[quantize]:
         quantize_model(net, QUANTIZE[quantize])
     net = _to_serving(net, device, dtype)
@@ -157,7 +164,7 @@ def _load_hf_dir(path: Path, device: str, dtype: str, max_model_len: int | None,
     )
     timings = {"config_loaded": config_loaded, "weights_loaded": weights_loaded, "tokenizer_loaded": time_ns()}
     name = BUILTIN_SERVED_NAME if path == BUILTIN_MODEL_DIR else path.resolve().name
-    return LoadedModel(path, config, net, tokenizer, max_len, timings, name)
+    return LoadedModel(path, config, net, tokenizer, max_len, timings, name, vision)
 
 
 def _load_gguf(path: Path, device: str, dtype: str, max_model_len: int | None, quantize: str) -> LoadedModel:

@@ -113,14 +113,28 @@ def pull(name: str, log=print) -> Path:
 
 
 def served_name(model: str | os.PathLike | None) -> str:
-    """The name the server reports before the model has loaded (then LoadedModel.name, which for a GGUF is its
-    general.name): the built-in one's, else the file or directory name. Reads nothing, imports no torch."""
+    """The model's own name, decided once before the load so /v1/models never changes while it loads: the
+    built-in one's, a GGUF's general.name (its metadata only: the gguf reader maps the file, no torch), else
+    the file or directory name. The same name the loader gives (LoadedModel.name)."""
     if model in BUILTIN_NAMES:
         return BUILTIN_SERVED_NAME
     if str(model) in REGISTRY:
         return REGISTRY[str(model)].name
     path = Path(model).expanduser()
-    return path.stem if path.suffix.lower() == ".gguf" else (path.resolve().name or str(model))
+    if path.suffix.lower() == ".gguf":
+        return gguf_general_name(path) or path.stem
+    return path.resolve().name or str(model)
+
+
+def gguf_general_name(path: Path) -> str | None:
+    """A GGUF file's general.name, or None when the file has none or cannot be read (the load reports that)."""
+    try:
+        from gguf import GGUFReader
+
+        field = GGUFReader(str(path)).fields.get("general.name")
+        return None if field is None else str(field.contents()) or None
+    except Exception:  # a damaged or missing file: the loader refuses it with the real reason
+        return None
 
 
 def check_load_options(dtype: str, quantize: str) -> None:

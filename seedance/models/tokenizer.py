@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 # tokenizer_config.json classes whose tokenizer.json transformers loads as-is (no rewrite of the pipeline)
 PLAIN_TOKENIZER_CLASSES = frozenset({"TokenizersBackend", "PreTrainedTokenizerFast"})
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+_OPEN_MESSAGE = "\x00seedance-open-message\x00"  # marks where a message still arriving ends (chat_prefix_ids)
 
 
 class TextTokenizer:
@@ -61,21 +62,49 @@ class TextTokenizer:
     def vocab_size(self) -> int:
         return len(self.hf) if self.hf is not None else self.backend.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Prompts are encoded without special tokens (a chat template writes its own); /tokenize may ask for
+        them (a BOS, where the tokenizer's post-processor adds one)."""
         if self.hf is not None:
-            return self.hf.encode(text, add_special_tokens=False)
-        return self.backend.encode(text, add_special_tokens=False).ids
+            return self.hf.encode(text, add_special_tokens=add_special_tokens)
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
 
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> list[int]:
+    def token_strings(self, token_ids: list[int]) -> list[str | None]:
+        """The vocabulary entry of each id (None for an id outside it), as vLLM's /tokenize token_strs."""
+        return [self.backend.id_to_token(i) for i in token_ids]
+
+    @property
+    def template_takes_tools(self) -> bool:
+        """The chat template renders a `tools` list (Qwen2, Llama 3.1 do; SmolLM2 and the built-in one do not)."""
+        return "tools" in (self.chat_template or "")
+
+    def apply_chat_template(self, messages: list[dict[str, str]], tools: list[dict] | None = None) -> list[int]:
         if not self.chat_template:
             text = "\n".join(m.get("content", "") for m in messages) + "\n"
             return self.encode(text)
         if self.hf is not None:
-            return list(self.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+            return list(self.hf.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True,
                                                     return_dict=False))
         from seedance.models.chat_template import render_chat
 
-        return self.encode(render_chat(self.chat_template, messages, self.special_tokens))
+        return self.encode(render_chat(self.chat_template, messages, self.special_tokens, tools))
+
+    def chat_prefix_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """The conversation's tokens up to the end of the last message's content so far (no end of message, no
+        generation prompt): what apply_chat_template of the finished conversation starts with while that message
+        is still arriving, so it can be prefilled early. [] if the template does not keep the content as it is."""
+        *head, last = messages
+        probe = [*head, {**last, "content": last.get("content", "") + _OPEN_MESSAGE}]
+        if not self.chat_template:
+            text = "\n".join(m.get("content", "") for m in probe)
+        elif self.hf is not None:
+            text = self.hf.apply_chat_template(probe, add_generation_prompt=True, tokenize=False)
+        else:
+            from seedance.models.chat_template import render_chat
+
+            text = render_chat(self.chat_template, probe, self.special_tokens)
+        cut = text.find(_OPEN_MESSAGE)
+        return self.encode(text[:cut]) if cut >= 0 else []
 
     def decode(self, token_ids: list[int]) -> str:
         return self.backend.decode(token_ids, skip_special_tokens=True)

@@ -21,7 +21,6 @@ from seedance.protocol.errors import (
     INVALID_MESSAGE,
     MESSAGE_TOO_LARGE,
     UNKNOWN_TYPE,
-    UNSUPPORTED,
     ProtocolError,
 )
 
@@ -29,6 +28,7 @@ INT32_MIN: Final = -(2**31)
 INT32_MAX: Final = 2**31 - 1
 UINT32_MAX: Final = 2**32 - 1
 MAX_ID_LENGTH: Final = 128
+MAX_PROMPT_PARTS: Final = 256  # parts of a segmented prompt, and content parts of one chat message
 
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
 TokenId = Annotated[int, msgspec.Meta(ge=0, le=UINT32_MAX)]
@@ -41,17 +41,63 @@ FinishReason = Literal["stop", "length", "cancelled", "error"]
 # ---------------------------------------------------------------------------------------------- client → server
 
 
-class _ClientBase(msgspec.Struct, tag_field="type", kw_only=True, forbid_unknown_fields=False):
+class _ClientBase(msgspec.Struct, tag_field="type", kw_only=True, forbid_unknown_fields=False, omit_defaults=True):
+    pass  # omit_defaults: a client (seedance.client) sends only what it set
+
+
+class ImageUrl(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    url: str  # a data: URL (data:image/png;base64,...); the server fetches nothing
+
+
+class _ContentBase(msgspec.Struct, tag_field="type", kw_only=True, forbid_unknown_fields=False):
     pass
+
+
+class TextContent(_ContentBase, tag="text"):
+    text: str
+
+
+class ImageUrlContent(_ContentBase, tag="image_url"):
+    """An image, as OpenAI's chat content part (for models that take images)."""
+
+    image_url: ImageUrl
+
+
+ContentPart = TextContent | ImageUrlContent
 
 
 class ChatMessage(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     role: str
-    content: str
+    content: str | Annotated[list[ContentPart], msgspec.Meta(max_length=MAX_PROMPT_PARTS)]
+
+
+class _PartBase(msgspec.Struct, tag_field="type", kw_only=True, forbid_unknown_fields=False):
+    pass
+
+
+class TextPart(_PartBase, tag="text"):
+    text: str
+
+
+class TokensPart(_PartBase, tag="tokens"):
+    ids: Annotated[list[TokenId], msgspec.Meta(min_length=1)]
+
+
+class EmbeddingPart(_PartBase, tag="embedding"):
+    """Embedding rows: standard base64 of float32 little-endian values, row after row ([n, hidden_size])."""
+
+    b64: Annotated[str, msgspec.Meta(min_length=1)]
+    format: Literal["embedding_f32le"] = "embedding_f32le"
+
+
+PromptPart = TextPart | TokensPart | EmbeddingPart
+
+
+GUIDED_FIELDS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
 
 
 class Generate(_ClientBase, tag="generate", kw_only=True):
-    """Start a request. Exactly one of prompt / messages / prompt_b64 carries the input."""
+    """Start a request. Exactly one of prompt / messages / prompt_b64 / prompt_parts carries the input."""
 
     id: RequestId
     prompt: str | None = None
@@ -59,6 +105,8 @@ class Generate(_ClientBase, tag="generate", kw_only=True):
     # Standard base64 (RFC 4648 §4, padded) of a binary prompt laid out as prompt_format says.
     prompt_b64: str | None = None
     prompt_format: PromptFormat = "tokens_u32le"
+    # A segmented prompt: text, token ids and embedding rows in one prompt, spliced in this order.
+    prompt_parts: Annotated[list[PromptPart], msgspec.Meta(min_length=1, max_length=MAX_PROMPT_PARTS)] | None = None
     max_tokens: Annotated[int, msgspec.Meta(ge=1, le=INT32_MAX)] = 64
     temperature: Annotated[float, msgspec.Meta(ge=0.0)] = 1.0
     top_p: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] = 1.0
@@ -72,23 +120,40 @@ class Generate(_ClientBase, tag="generate", kw_only=True):
     binary: bool = False
     credit: Count | None = None
     session: str | None = None  # reserved for resumable sessions; ignored today
+    # Penalties and logit_bias as in the OpenAI API (engine/sampling_params.py); one choice per request.
+    presence_penalty: Annotated[float, msgspec.Meta(ge=-2.0, le=2.0)] = 0.0
+    frequency_penalty: Annotated[float, msgspec.Meta(ge=-2.0, le=2.0)] = 0.0
+    repetition_penalty: Annotated[float, msgspec.Meta(gt=0.0, le=10.0)] = 1.0
+    logit_bias: Annotated[dict[TokenId, Annotated[float, msgspec.Meta(ge=-100.0, le=100.0)]],
+                          msgspec.Meta(max_length=1024)] | None = None
+    n: Annotated[int, msgspec.Meta(ge=1, le=1)] = 1  # several choices: send several generates
+    # Constrained output, at most one (vLLM's names): a JSON schema, a regex, a list of strings, a Lark grammar.
+    guided_json: dict | None = None
+    guided_regex: str | None = None
+    guided_choice: Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)] | None = None
+    guided_grammar: str | None = None
 
     def __post_init__(self) -> None:
         # Raised as ValueError so msgspec reports it as a ValidationError on decode, like any other field rule.
-        given = [name for name in ("prompt", "messages", "prompt_b64") if getattr(self, name) is not None]
+        inputs = ("prompt", "messages", "prompt_b64", "prompt_parts")
+        given = [name for name in inputs if getattr(self, name) is not None]
         if len(given) != 1:
             got = "none" if not given else " and ".join(given)
-            raise ValueError(f"exactly one of prompt, messages, prompt_b64 is required, got {got}")
+            raise ValueError(f"exactly one of prompt, messages, prompt_b64, prompt_parts is required, got {got}")
+        for i, part in enumerate(self.prompt_parts or ()):
+            if isinstance(part, EmbeddingPart):
+                _check_b64(part.b64, f"prompt_parts[{i}].b64")
+        guided = [name for name in GUIDED_FIELDS if getattr(self, name) is not None]
+        if len(guided) > 1:
+            raise ValueError(f"at most one of {', '.join(GUIDED_FIELDS)}, got {' and '.join(guided)}")
         if self.prompt_b64 is not None:
-            try:
-                raw = _b64decode(self.prompt_b64)
-            except ValueError as exc:
-                raise ValueError(f"prompt_b64: {exc}") from None
-            if len(raw) % 4:
-                raise ValueError(
-                    f"prompt_b64: decodes to {len(raw)} bytes, not a multiple of 4 "
-                    f"({self.prompt_format} has 4-byte items)"
-                )
+            _check_b64(self.prompt_b64, "prompt_b64", self.prompt_format)
+
+    @property
+    def is_embedding_prompt(self) -> bool:
+        """Its input has embedding rows (engine-side they are decoded and checked against the model)."""
+        return (self.prompt_b64 is not None and self.prompt_format == "embedding_f32le") or any(
+            isinstance(p, EmbeddingPart) for p in self.prompt_parts or ())
 
     @property
     def stop_strings(self) -> list[str]:
@@ -150,6 +215,10 @@ class Usage(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    # Only for a prompt with embedding rows or images: how its prompt_tokens split (they add up to prompt_tokens).
+    text_tokens: int | msgspec.UnsetType = msgspec.UNSET
+    embedding_tokens: int | msgspec.UnsetType = msgspec.UNSET
+    image_tokens: int | msgspec.UnsetType = msgspec.UNSET
 
 
 class Chunk(_ServerBase, tag="chunk", kw_only=True):
@@ -280,20 +349,13 @@ def encode_client_message(msg: ClientMessage) -> bytes:
 
 
 def decode_binary_prompt(msg: Generate) -> list[int]:
-    """Token ids of a binary prompt: the compact way to send a pre-tokenized prompt.
-
-    Embedding input is refused with `unsupported`: the built-in model is text-only.
-    """
+    """Token ids of a binary prompt: the compact way to send a pre-tokenized prompt. (An embedding_f32le
+    prompt's rows are decoded engine-side, where the model's hidden size is known: see prompt_parts_of.)"""
     if msg.prompt_b64 is None:
         raise ProtocolError(INVALID_MESSAGE, "generate has no prompt_b64", request_id=msg.id, message_type="generate")
     if msg.prompt_format == "embedding_f32le":
-        raise ProtocolError(
-            UNSUPPORTED,
-            "prompt_format embedding_f32le: the model is text-only and cannot take embedding input; "
-            "send text, messages, or token ids as tokens_u32le",
-            request_id=msg.id,
-            message_type="generate",
-        )
+        raise ProtocolError(INVALID_MESSAGE, "generate.prompt_b64 holds embeddings, not token ids",
+                            request_id=msg.id, message_type="generate")
     try:
         raw = _b64decode(msg.prompt_b64)
     except ValueError as exc:
@@ -313,6 +375,16 @@ def decode_binary_prompt(msg: Generate) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------- internals
+
+
+def _check_b64(text: str, name: str, prompt_format: str = "embedding_f32le") -> None:
+    """Raised as ValueError inside __post_init__, so it is an invalid_message like any other field rule."""
+    try:
+        raw = _b64decode(text)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    if len(raw) % 4:
+        raise ValueError(f"{name}: decodes to {len(raw)} bytes, not a multiple of 4 ({prompt_format} has 4-byte items)")
 
 
 def _b64decode(text: str) -> bytes:

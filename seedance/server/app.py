@@ -31,7 +31,8 @@ from seedance.server.http.http_errors import HttpError
 from seedance.server.http.proxy import TrustedProxies
 from seedance.server.http.reuseport import attach_source_ip_routing
 from seedance.server.http.state import STATE, Placement, ServerState
-from seedance.server.transports import openai_api, polling
+from seedance.server.transports import embeddings, openai_api, polling, tokenize_api
+from seedance.server.transports.realtime import realtime_handler
 from seedance.server.transports.ws import websocket_handler
 from seedance.sessions.manager import SessionManager
 from seedance.sessions.store import open_store
@@ -126,22 +127,20 @@ async def _start_engine(app: web.Application) -> None:
     observability.mark(app, "model_loaded")  # a no-op when the engine said when (the first mark wins)
     cfg = state.config
     try:
-        store = open_store(cfg.session_store, ttl_s=cfg.session_idle_ttl_s * 24)
+        store = open_store(cfg.session_store_url(), ttl_s=cfg.session_idle_ttl_s * 24)
     except Exception as err:
         log.exception("session store unavailable")
-        state.load_error = f"session store {cfg.session_store!r} unavailable: {err}"
+        state.load_error = f"session store {cfg.session_store_url()!r} unavailable: {err}"
         await engine.close()
         return
     model_id = await asyncio.to_thread(
-        model_identity, None if cfg.engine.synthetic_rate else resolve_model_path(cfg.engine.model), cfg.engine.dtype,
-        quantize=cfg.engine.quantize)
+        model_identity, None if cfg.engine.synthetic_rate else resolve_model_path(cfg.engine.model),
+        engine.config.dtype, quantize=cfg.engine.quantize)  # the dtype "auto" resolved to on this machine
     state.sessions = SessionManager(engine, store, model_id=model_id, max_sessions=cfg.max_sessions,
                                     idle_ttl_s=cfg.session_idle_ttl_s,
                                     resume_grace_s=cfg.resume_grace_s,
                                     detached_buffer_tokens=cfg.detached_buffer_tokens)
     state.jobs = polling.JobStore(engine, cfg.max_jobs, cfg.job_ttl_s)
-    if not state.model_name_given and engine.engine.model_name:
-        cfg.model_name = engine.engine.model_name  # the model's own (a GGUF's general.name)
     state.engine = engine
     observability.mark(app, "engine_ready")
     log.info("model ready: %s (identity %s)", state.config.engine.model or "built-in", model_id)
@@ -239,7 +238,7 @@ def build_app(config: ServerConfig) -> web.Application:
     app = web.Application(client_max_size=config.max_message_bytes,
                           middlewares=[conn_guard.middleware, last_resort, json_errors, cors.middleware,
                                        security.middleware])
-    app[STATE] = ServerState(config, model_name_given=config.model_name is not None)
+    app[STATE] = ServerState(config)
     if config.model_name is None:
         from seedance.models.registry import served_name
 
@@ -257,8 +256,10 @@ def build_app(config: ServerConfig) -> web.Application:
         web.get("/", index),
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
+        web.get("/health", readyz),  # the name vLLM, llama-server and TGI use: readiness (503 until loaded)
         web.get("/stats", stats),
         web.get("/v1/stream", websocket_handler),
+        web.get("/v1/realtime", realtime_handler),
         web.get("/v1/models", openai_api.models),
         web.get("/v1/models/{model_id}", openai_api.model),
         web.post("/v1/completions", openai_api.completions),
@@ -266,7 +267,10 @@ def build_app(config: ServerConfig) -> web.Application:
         web.post("/v1/jobs", polling.create_job),
         web.get("/v1/jobs/{job_id}", polling.get_job),
         web.delete("/v1/jobs/{job_id}", polling.delete_job),
+        web.post("/tokenize", tokenize_api.tokenize),
+        web.post("/detokenize", tokenize_api.detokenize),
     ])
+    embeddings.install(app)  # POST /v1/embeddings and its bound
     app.router.add_static("/static", STATIC_DIR)
     return app
 
@@ -285,7 +289,11 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None,
     site = conn_guard.GuardedSite(runner, app[conn_guard.GUARD], config.host, config.port, reuse_address=True,
                                   ssl_context=sec.ssl_context, backlog=config.listen_backlog,
                                   reuse_port=worker is not None)
-    await site.start()
+    try:
+        await site.start()
+    except OSError:  # cannot listen (port in use...): the CLI says so in one line
+        await runner.cleanup()
+        raise
     if worker is not None:
         for sock in site._server.sockets:
             if sock.family == socket.AF_INET:

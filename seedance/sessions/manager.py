@@ -31,6 +31,7 @@ from typing import Protocol
 
 from seedance.engine.async_engine import AsyncEngine, GenerateRequest
 from seedance.engine.events import FinishReason
+from seedance.engine.prompt_embeds import PromptEmbeds
 from seedance.protocol import errors as codes
 from seedance.serving.generation import Generation
 from seedance.sessions.snapshot import Snapshot, Turn, kv_cache_hash
@@ -75,10 +76,19 @@ class Session:
     detached_task: asyncio.Task | None = None
     grace_timer: asyncio.TimerHandle | None = None
     restored: bool = False
+    # Embedding rows / image features of token_ids (content ids stand for them there); in memory only: a session
+    # restored from a snapshot has the ids without the rows, and such a turn is refused (engine admission).
+    prompt_embeds: PromptEmbeds | None = None
+    pending_embeds: PromptEmbeds | None = None  # those of the turn in progress, kept if it completes
 
     @property
     def busy(self) -> bool:
         return self.current is not None
+
+
+def _text_of(content) -> str:
+    """A message's text: its string, or its text parts (an image part has none)."""
+    return content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
 
 
 class SessionManager:
@@ -144,6 +154,12 @@ class SessionManager:
         self.sessions.pop(session.id, None)
         self.engine.unpin(session.id)
 
+    def drop(self, session: Session) -> None:
+        """A session whose client will not come back (an unnamed realtime conversation whose connection closed):
+        out of memory now and its KV unpinned, rather than holding the pin until the idle TTL."""
+        if not session.busy and self.sessions.get(session.id) is session:
+            self._evict(session)
+
     def evict_idle(self, now: float | None = None) -> int:
         now = time.monotonic() if now is None else now
         idle = [s for s in self.sessions.values() if not s.busy and now - s.last_active > self.idle_ttl_s]
@@ -161,8 +177,10 @@ class SessionManager:
             raise SessionError("invalid_request", f"session {session.id!r} has a turn in progress "
                                                   f"({session.current.id!r}): wait for its done or cancel it", 409)
         input_text = request.prompt if request.prompt is not None else "\n".join(
-            m["content"] for m in request.messages or [])
-        request.prompt = request.messages = None
+            _text_of(m["content"]) for m in request.messages or [])
+        request.prompt = request.messages = request.prompt_parts = None
+        request.prompt_embeds = PromptEmbeds.join(session.prompt_embeds, len(session.token_ids), request.prompt_embeds)
+        session.pending_embeds = request.prompt_embeds
         request.prompt_token_ids = session.token_ids + new_ids
         request.pin_key = session.id
         return input_text
@@ -181,9 +199,11 @@ class SessionManager:
         session.last_active = time.monotonic()
         self._stop_detached(session)
         final = request.final
-        if final.finish_reason not in (FinishReason.STOP, FinishReason.LENGTH):
+        kept = request.keep_on_cancel and final.finish_reason is FinishReason.CANCELLED
+        if final.finish_reason not in (FinishReason.STOP, FinishReason.LENGTH) and not kept:
             return
         session.token_ids = request.prompt_token_ids + request.output_token_ids
+        session.prompt_embeds = session.pending_embeds
         session.turn += 1
         session.turns.append(Turn(
             request_id=request.id, input_text=request.input_text, output_text="".join(request.output_text),

@@ -25,9 +25,10 @@ def open_store(url: str, ttl_s: float | None = None) -> SessionStore:
 
         return RedisStore(url, ttl_s)
     if url.startswith("sqlite://"):
+        from seedance.paths import state_dir
         from seedance.sessions.sqlite_store import SQLiteStore
 
-        return SQLiteStore(url.removeprefix("sqlite://") or "seedance-sessions.db")
+        return SQLiteStore(url.removeprefix("sqlite://") or state_dir() / "sessions.db")
     if url == "memory://":
         return MemoryStore()
     raise ValueError(f"unknown session store {url!r}: use sqlite:///path.db or redis://host:port/db")

@@ -29,6 +29,16 @@ def server(tmp_path_factory) -> Iterator[RunningServer]:
     srv.stop()
 
 
+@pytest.fixture(scope="session")
+def smollm2_server(smollm2_path, tmp_path_factory) -> Iterator[RunningServer]:
+    """SmolLM2 (the real chat model), shared by the modules that need it (tests/e2e/test_models.py,
+    tests/e2e/test_openai_sampling.py)."""
+    srv = launch({"model": "smollm2", "session_store": f"sqlite://{tmp_path_factory.mktemp('s') / 's.db'}"},
+                 tmp_path_factory.mktemp("smollm2") / "server.log", ready_timeout_s=300, poll_s=0.2)
+    yield srv
+    srv.stop()
+
+
 @pytest.fixture(scope="module")
 def chromium(tmp_path_factory) -> Iterator[str]:
     """A headless Chromium per test module (tests/e2e/browser.py); yields its DevTools WebSocket URL. Modules

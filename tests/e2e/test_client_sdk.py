@@ -120,11 +120,12 @@ def test_cli_client_and_chat_against_the_server(server):
     import sys
 
     one_shot = subprocess.run([sys.executable, "-m", "seedance.cli", "client", "In the beginning", "--url", server.ws,
-                               "-n", "12", "--seed", "3"], capture_output=True, text=True, timeout=60)
+                               "-n", "12", "--seed", "3", "--top-k", "0", "--top-p", "1"],  # no EOS within 12
+                              capture_output=True, text=True, timeout=60)
     assert one_shot.returncode == 0, one_shot.stderr
     assert one_shot.stdout.strip() and "12 tokens" in one_shot.stderr
     chat = subprocess.run([sys.executable, "-m", "seedance.cli", "chat", "--url", server.ws, "-n", "10",
-                           "--session", "cli-chat"],
+                           "--session", "cli-chat", "--top-k", "0", "--top-p", "1"],
                           input="And God said\nAnd Moses answered\n\n", capture_output=True, text=True, timeout=60)
     assert chat.returncode == 0, chat.stderr
     assert chat.stderr.count("10 tokens") == 2

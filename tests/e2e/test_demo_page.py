@@ -117,3 +117,32 @@ async def test_stop_button_cancels_a_stream(server, chromium):
     assert "finish: cancelled" in s["meta"], s
     assert state["counters"]["sockets"] == 1
     assert state["status"] == "connected"  # cancelling ends the request, not the connection
+
+
+async def test_a_model_that_takes_images_gets_an_image_picker(server, chromium, tmp_path_factory):
+    """Against a tiny LLaVA server the page shows the picker; a pasted-in image goes as an image_url content part
+    and the stream completes. Against the text model (the other tests) the picker stays hidden."""
+    from seedance.bench.llava_checkpoint import build_llava
+    from tests.e2e.conftest import start_server
+    from tests.models.test_llava import png
+
+    async with demo_page(chromium, f"{server.http}/") as (cdp, page):
+        await cdp.wait_for(page, "window.seedanceDemo.takesImages === false", 30)
+        assert await cdp.evaluate(page, "document.getElementById('image_label').hidden") is True
+    llava = start_server(tmp_path_factory, model=build_llava(tmp_path_factory.mktemp("models") / "tiny-llava"))
+    try:
+        async with demo_page(chromium, f"{llava.http}/") as (cdp, page):
+            await cdp.wait_for(page, "window.seedanceDemo.takesImages === true", 30)
+            assert await cdp.evaluate(page, "document.getElementById('image_label').hidden") is False
+            b64 = base64.b64encode(png(7)).decode()
+            await cdp.evaluate(page, f"takeImage(new File([Uint8Array.from(atob('{b64}'), (c) => c.charCodeAt(0))],"
+                                     " 'frame.png', {type: 'image/png'}))")
+            await cdp.wait_for(page, "document.getElementById('image_name').textContent === 'frame.png'", 10)
+            await cdp.evaluate(page, "document.getElementById('send').click()")
+            await cdp.wait_for(page, "document.querySelector('.stream')?.dataset.done !== undefined", 60)
+            state = await cdp.evaluate(page, PAGE_STATE)
+    finally:
+        llava.stop()
+    stream = state["streams"][0]
+    assert stream["done"] in ("length", "stop"), stream
+    assert stream["tokens"] > 0

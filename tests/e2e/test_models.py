@@ -7,21 +7,12 @@ import subprocess
 import sys
 
 import httpx
-import pytest
 
 from seedance.bench.server_process import launch
 from seedance.models.loader import BUILTIN_MODEL_DIR
 from tests.models.gguf_files import write_gguf
 
 SMOLLM2_NAME = "Smollm2 135M 8k Lc100K Mix1 Ep2"  # the file's general.name
-
-
-@pytest.fixture(scope="module")
-def smollm2_server(smollm2_path, tmp_path_factory):
-    srv = launch({"model": "smollm2", "session_store": f"sqlite://{tmp_path_factory.mktemp('s') / 's.db'}"},
-                 tmp_path_factory.mktemp("smollm2") / "server.log", ready_timeout_s=300, poll_s=0.2)
-    yield srv
-    srv.stop()
 
 
 def test_smollm2_answers_the_capital_of_france(smollm2_server):

@@ -308,10 +308,10 @@ def test_unknown_model_is_not_found(client):
 
 def test_unsupported_and_invalid_parameters_are_bad_requests(client):
     with pytest.raises(openai.BadRequestError) as info:
-        client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, n=2)
-    assert info.value.body["param"] == "n" and "n > 1" in info.value.body["message"]
+        client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2, n=100)
+    assert info.value.body["param"] == "n" and "n must be in [1, 16]" in info.value.body["message"]
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2, n=2)
+        client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2, n=0)
     with pytest.raises(openai.BadRequestError) as info:
         client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=100_000)
     assert "max_tokens" in info.value.body["message"]

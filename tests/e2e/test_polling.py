@@ -34,7 +34,7 @@ def poll_to_end(http: httpx.Client, job_id: str, timeout: float = 60) -> tuple[l
     """Long-poll from the start until the job ends; (every chunk in order, the last reply).
     Checks on the way that every poll returns exactly the chunks after the `after` it sent."""
     chunks: list[dict] = []
-    after = -1
+    after, promised = -1, 0
     deadline = time.monotonic() + timeout
     while True:
         assert time.monotonic() < deadline, f"job {job_id} not done in {timeout}s"
@@ -43,8 +43,10 @@ def poll_to_end(http: httpx.Client, job_id: str, timeout: float = 60) -> tuple[l
         reply = r.json()
         assert [c["seq"] for c in reply["chunks"]] == list(range(after + 1, after + 1 + len(reply["chunks"])))
         chunks += reply["chunks"]
-        assert reply["next_seq"] == len(chunks) - 1
-        after = reply["next_seq"]
+        assert reply["last_seq"] == len(chunks) - 1 and reply["next_seq"] == len(chunks)
+        if reply["chunks"] and after >= 0:
+            assert reply["chunks"][0]["seq"] == promised  # next_seq is the seq the next chunk has
+        after, promised = reply["last_seq"], reply["next_seq"]
         if reply["status"] != "running":
             return chunks, reply
 
@@ -107,7 +109,7 @@ def test_while_running_a_long_poll_waits_for_new_chunks(http):
         if reply["status"] != "running":
             break
         assert reply["chunks"], reply  # a running job's long poll returns only once there is something new
-        after, seen = reply["next_seq"], seen + 1
+        after, seen = reply["last_seq"], seen + 1
     assert seen == 5
     http.delete(f"/v1/jobs/{job_id}")
 
@@ -121,7 +123,7 @@ def test_after_returns_only_newer_chunks_and_finished_jobs_answer_at_once(http):
     middle = len(chunks) // 2
     newer = http.get(f"/v1/jobs/{job_id}", params={"after": middle}).json()
     assert newer["chunks"] == chunks[middle + 1 :]
-    assert newer["next_seq"] == len(chunks) - 1
+    assert newer["last_seq"] == len(chunks) - 1 and newer["next_seq"] == len(chunks)
 
     started = time.monotonic()
     reply = http.get(f"/v1/jobs/{job_id}", params={"after": len(chunks) - 1, "wait_ms": 10_000}).json()
@@ -165,14 +167,14 @@ def test_unknown_job_is_404_json(http, method):
     ({"prompt": "x", "max_tokens": "lots"}, "invalid_message", "max_tokens: expected int, got str"),
     ({"prompt": "x", "max_tokens": 0}, "invalid_message", "max_tokens: expected int >= 1"),
     ({"prompt": 5}, "invalid_message", "prompt: expected str"),
-    ({}, "invalid_message", "exactly one of prompt, messages, prompt_b64 is required, got none"),
+    ({}, "invalid_message", "exactly one of prompt, messages, prompt_b64, prompt_parts is required, got none"),
     ({"prompt": "x", "messages": [{"role": "user", "content": "y"}]}, "invalid_message", "prompt and messages"),
     ({"prompt": "x", "temperature": -1}, "invalid_message", "temperature: expected float >= 0.0"),
     ({"type": "cancel", "prompt": "x"}, "invalid_request", "type must be 'generate'"),
     ({"type": "ping"}, "invalid_request", "type must be 'generate'"),
     ({"prompt": "", "max_tokens": 2}, "invalid_request", "prompt is empty"),
     ({"prompt": "x", "max_tokens": 100_000}, "invalid_request", "exceeds the limit"),
-    ({"prompt_b64": "AAAAAA==", "prompt_format": "embedding_f32le"}, "unsupported", "text-only"),
+    ({"prompt_b64": "AAAAAA==", "prompt_format": "embedding_f32le"}, "invalid_request", "whole number of rows"),
 ])
 def test_bad_bodies_get_400_with_a_precise_message(http, body, code, message):
     kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}

@@ -407,3 +407,26 @@ async def test_sessions_belong_to_their_caller(secured):
     # while alice's own resume works
     again = await run("127.0.0.20", "alice-s", {"type": "resume", "session": "shared-name", "id": "t0"})
     assert any(m["type"] == "done" for m in again)
+
+
+async def test_realtime_endpoint_takes_the_same_auth_and_scopes(secured):
+    """/v1/realtime: the openai SDK's bearer api_key authenticates it; no token is 401, no `generate` scope 403,
+    both before the upgrade."""
+    from openai import AsyncOpenAI
+
+    src = "127.0.0.61"
+    with http(secured, src) as client:
+        assert client.get("/v1/realtime").status_code == 401
+        assert client.get("/v1/realtime", headers=bearer(hs256(scope="logprobs"))).status_code == 403
+    sdk = AsyncOpenAI(base_url=f"{secured.http}/v1", api_key=hs256(sub="rt-user"))
+    async with sdk.realtime.connect(model="seedance-tiny",
+                                    websocket_connection_options={"local_addr": (src, 0)}) as conn:
+        await conn.conversation.item.create(item={"type": "message", "role": "user",
+                                                  "content": [{"type": "input_text", "text": "Amen"}]})
+        await conn.response.create(response={"max_output_tokens": 4})
+        async with asyncio.timeout(TIMEOUT):
+            async for event in conn:
+                if event.type == "response.done":
+                    break
+    assert event.response.status in ("completed", "incomplete") and event.response.usage.output_tokens >= 1
+    assert f"client={src} auth=jwt subject=rt-user" in secured.log()

@@ -222,10 +222,11 @@ async def test_binary_token_prompt(server):
     async with connect(server.ws) as ws:
         result = await run_requests(ws, [{"id": "t", "prompt_b64": b64, "max_tokens": 3}])
         assert result["t"]["done"]["usage"]["prompt_tokens"] == 3
+        # 12 bytes as float32 rows: not whole rows of the model's hidden size (test_embedding_prompts.py has more)
         await ws.send(json.dumps({"type": "generate", "id": "e", "prompt_b64": b64,
                                   "prompt_format": "embedding_f32le"}))
         error, done = messages_of(await ws.recv())
-        assert error["code"] == "unsupported" and done["finish_reason"] == "error"
+        assert error["code"] == "invalid_request" and done["finish_reason"] == "error"
 
 
 async def test_credit_pauses_the_stream_until_granted(server):

@@ -123,3 +123,39 @@ def test_pin_budget_releases_least_recent_pins_first():
     assert list(bm.pins) == ["new"] and bm.num_pinned_blocks == 3  # 3 + 3 > 5: the older pin went
     assert bm.release_lru_pin() and not bm.pins and not bm.release_lru_pin()
     bm.unpin("missing")  # unknown keys are a no-op
+
+
+def test_a_cut_turn_pins_only_the_tokens_it_keeps():
+    bm = BlockManager(num_blocks=8, block_size=4)
+    a = make_seq("a", 14)
+    compute(bm, a)  # blocks 0-2 full (hashed), block 3 partial
+    assert bm.pin("cut", a, num_tokens=13) == 13  # inside the partial block: kept, the next turn overwrites it
+    assert bm.pins["cut"].token_ids == tuple(a.token_ids[:13]) and bm.num_pinned_blocks == 4
+    assert bm.pin("cut", a, num_tokens=10) == 8  # inside a full, cached block: left out, never written into
+    assert bm.num_pinned_blocks == 2
+    assert bm.pin("cut", a, num_tokens=99) == 14  # never more than was computed
+
+
+def test_a_diverged_turn_keeps_the_pinned_kv_of_the_prefix_it_shares():
+    bm = BlockManager(num_blocks=8, block_size=4)
+    a = make_seq("a", 14)  # blocks 0-2 full and cached, block 3 partial (2 tokens), owned by the pin
+    compute(bm, a)
+    bm.pin("s", a)
+    bm.free_sequence(a)
+    inside_partial = make_seq("p", 0)
+    inside_partial.token_ids = [*a.token_ids[:13], 555, 556]  # differs at 13: in the pin's own partial block
+    inside_partial.num_prompt_tokens = 15
+    assert bm.take_pin("s", inside_partial) == 13 and len(inside_partial.block_table) == 4
+    bm.free_sequence(inside_partial)
+    b = make_seq("b", 14, first_token=400)  # its own blocks, cached as its own
+    compute(bm, b)
+    bm.pin("s", b)
+    b_blocks = list(b.block_table)
+    bm.free_sequence(b)
+    inside_full = make_seq("f", 0)
+    inside_full.token_ids = [*b.token_ids[:6], 777, 778, 779]  # differs at 6: inside full, cached block 1
+    inside_full.num_prompt_tokens = 9
+    assert bm.take_pin("s", inside_full) == 4  # block 1 must not be written into: only block 0 is kept
+    assert inside_full.block_table == b_blocks[:1] and not bm.pins
+    bm.free_sequence(inside_full)
+    assert bm.num_free_blocks == 8  # nothing leaked

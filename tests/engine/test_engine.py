@@ -363,3 +363,62 @@ async def test_prompts_are_tokenized_and_templated_off_the_event_loop(engine):
     assert ids[:6] == [encode(t) for t in texts]  # each its own, whatever the interleaving
     # 7 requests, each tokenized off the loop (a chat template rendered without transformers also calls encode)
     assert len(threads) >= 7 and threading.main_thread() not in threads
+
+
+async def test_grammars_compile_off_the_event_loop_once_and_bad_ones_are_refused(engine):
+    import json
+
+    from seedance.engine.sampling_params import GuidedDecoding
+
+    guides = engine.engine.guides
+    threads = []
+    compile_ = guides.compile
+    guides.compile = lambda spec: threads.append(threading.current_thread()) or compile_(spec)
+    a = {"type": "integer", "minimum": 0, "maximum": 99}
+    spec = GuidedDecoding("json_schema", json.dumps({"type": "object", "properties": {"a": a}, "required": ["a"],
+                                                     "additionalProperties": False}))
+    try:
+        texts = []
+        for _ in range(2):
+            events = await collect(engine, max_tokens=40, temperature=0, guided=spec)
+            texts.append("".join(e.text_delta for e in events))
+            assert events[-1].finish_reason is FinishReason.STOP
+        with pytest.raises(InvalidRequest, match="invalid grammar"):
+            await engine.submit(GenerateRequest(prompt=PROMPT, params=SamplingParams(
+                guided=GuidedDecoding("grammar", "start: undefined_rule"))))
+    finally:
+        guides.compile = compile_
+    assert json.loads(texts[0]).keys() == {"a"} and texts[0] == texts[1]
+    assert threads and threading.main_thread() not in threads
+    assert len(guides._cache) == 1  # the second request reused the first one's compile
+
+
+async def test_a_turn_cut_short_keeps_the_kv_of_what_it_kept(engine):
+    """A cancel with keep_tokens (realtime barge-in) pins that prefix; the next turn continues from it and gets
+    exactly what recomputing the kept history from scratch gives."""
+    tok = engine.tokenizer
+    params = SamplingParams(max_tokens=200, temperature=0, ignore_eos=True)
+    prompt = tok.encode("And God said unto Moses,")
+    stream = await engine.submit(GenerateRequest(prompt_token_ids=prompt, params=params, pin_key="cut-1"))
+    taken: list[int] = []
+    async for event in stream:
+        taken.append(event.token_id)
+        if len(taken) == 7:
+            break_at = len(prompt) + len(taken) - 2  # kept: less than was computed, inside a partial block
+            engine.cancel(stream.request_id, keep_tokens=break_at)
+            break
+    await asyncio.sleep(0.05)
+    kept = (prompt + taken)[:break_at]
+    follow = kept + tok.encode(" And Moses answered,")
+    short = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    events = [e async for e in engine.generate(GenerateRequest(prompt_token_ids=follow, params=short,
+                                                               pin_key="cut-1"))]
+    assert break_at % engine.engine.block_manager.block_size  # the cut is inside a block
+    assert events[0].num_cached_tokens == break_at  # all of what was kept, the partial block's part included
+    fresh = await AsyncEngine.create(EngineConfig(num_kv_blocks=256, enable_prefix_caching=False))
+    try:
+        recomputed = [e async for e in fresh.generate(GenerateRequest(prompt_token_ids=follow, params=short))]
+    finally:
+        await fresh.close()
+    assert tokens_of(recomputed) == tokens_of(events)
+    engine.unpin("cut-1")

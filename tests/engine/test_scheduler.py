@@ -175,3 +175,26 @@ def test_running_batch_never_exceeds_max_num_seqs():
         sch.add(make_seq(f"r{i}", 4, first_token=10 * i + 1))
     out = sch.schedule(0.0)
     assert len(out.chunks) == 3 and len(sch.waiting) == 3
+
+
+def test_multimodal_prefill_is_chunked_finer_than_the_budget():
+    """A prompt with embedding rows prefills at most max_embed_chunk_tokens per step; text prompts and the
+    multimodal one's decodes keep the whole budget."""
+    import torch
+
+    from seedance.engine.prompt_embeds import assemble_prompt, check_rows
+
+    sch = Scheduler(BlockManager(64, 4), 8, 64, 10.0, max_embed_chunk_tokens=16)
+    ids, embeds = assemble_prompt([[1, 2], check_rows(torch.zeros(40, 8), 8)])
+    image = make_seq("image", 0)
+    image.token_ids, image.num_prompt_tokens, image.prompt_embeds = ids, len(ids), embeds
+    text = make_seq("text", 40, first_token=100)
+    sch.add(image)
+    sch.add(text)
+    sizes = []
+    for _ in range(4):
+        out = sch.schedule(0.0)
+        sizes.append({c.seq.request_id: c.num_tokens for c in out.chunks})
+        complete_step(out, block_manager=sch.bm)
+    assert sizes[0] == {"image": 16, "text": 40}  # the text prompt is not held to the cap
+    assert [s["image"] for s in sizes] == [16, 16, 10, 1]  # 42 prompt tokens in capped chunks, then a decode

@@ -97,3 +97,22 @@ def test_plain_llama_config_equals_transformers(tmp_path):
 def test_other_configs_go_through_transformers(tmp_path, raw):
     (tmp_path / "config.json").write_text(json.dumps(raw))
     assert plain_llama_config(tmp_path) is None
+
+
+@pytest.mark.parametrize("template", [None, CHATML], ids=["builtin-template", "chatml"])
+def test_chat_prefix_ids_is_what_the_finished_conversation_starts_with(tmp_path, template):
+    """A message still arriving (cut before its last word) tokenizes as the start of the finished one, on the fast
+    path and through transformers alike, so its prefill is reused when it completes."""
+    path = BUILTIN_MODEL_DIR if template is None else _model_dir(tmp_path, template)
+    fast = TextTokenizer.from_dir(path)
+    hf = TextTokenizer(transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True),
+                       fast.eos_token_ids)
+    history = [{"role": "user", "content": "In the beginning"}, {"role": "assistant", "content": "God created."}]
+    message = "And God said, Let there be light: and there was light."
+    for tok in (fast, hf):
+        full = tok.apply_chat_template([*history, {"role": "user", "content": message}])
+        for cut in (4, 13, 30):
+            head = message[:cut].rsplit(" ", 1)[0]
+            prefix = tok.chat_prefix_ids([*history, {"role": "user", "content": head}])
+            assert prefix and full[: len(prefix)] == prefix, (cut, head)
+        assert len(prefix) < len(full)

@@ -169,3 +169,13 @@ def test_unsupported_architecture_and_corrupt_files_fail_with_one_clear_line(fil
 def test_gguf_name_is_the_served_name(files):
     assert load_model(files[T.F32]).name == "tiny-test"
     assert load_model(None).name == "seedance-tiny"
+
+
+def test_served_name_is_decided_before_the_load_as_the_loader_names_it(files, tmp_path):
+    from seedance.models.registry import served_name
+
+    assert served_name(files[T.F32]) == load_model(files[T.F32]).name == "tiny-test"  # general.name, not the stem
+    assert served_name(None) == load_model(None).name
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF\x03\x00")
+    assert served_name(broken) == "broken"  # unreadable: the stem; the load says why

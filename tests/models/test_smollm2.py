@@ -1,6 +1,6 @@
 """SmolLM2-135M-Instruct (Q4_1 GGUF, `seedance models pull smollm2`) against transformers' own GGUF loading:
 the same tokenizer ids on 1,000 varied strings, the same first 32 greedy tokens of 3 chat prompts on the
-dequantized-float path, and a stated agreement on the kept-quantized int4 path."""
+dequantized-float path, a stated agreement on the kept-quantized int4 path, and /v1/embeddings' vectors."""
 
 from __future__ import annotations
 
@@ -29,12 +29,18 @@ def hf_tokenizer(smollm2_path):
 
 
 @pytest.fixture(scope="module")
-def hf_greedy(smollm2_path, hf_tokenizer):
-    """transformers' own GGUF loading (it dequantizes Q4_1 to float32): greedy ids per chat."""
+def hf_model(smollm2_path):
+    """transformers' own GGUF loading (it dequantizes Q4_1 to float32)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(smollm2_path.parent), gguf_file=smollm2_path.name,
-                                                 dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(str(smollm2_path.parent), gguf_file=smollm2_path.name,
+                                                dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def hf_greedy(hf_model, hf_tokenizer):
+    """transformers' greedy ids per chat."""
+    model = hf_model
     out = []
     for chat in CHATS:
         ids = hf_tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)
@@ -106,3 +112,22 @@ def test_kept_int4_path_agrees(smollm2_path, hf_greedy):
     got = [g[: len(h)] for g, h in zip(got, expected, strict=True)]
     assert sum(a == b for a, b in zip(got, expected, strict=True)) >= 2
     assert all(a[:8] == b[:8] for a, b in zip(got, expected, strict=True))
+
+
+def test_embeddings_match_transformers_mean_pooled_last_hidden_state(smollm2_path, hf_model, hf_tokenizer):
+    """The served (kept-int4) model's mean-pooled embedding against transformers' float forward."""
+    from seedance.models.loader import load_model
+    from seedance.models.pooling import mean_pooled_embedding
+
+    model = load_model(str(smollm2_path), "cpu", "float32").model
+    vectors = []
+    for text in ("The capital of France is Paris.", "A cat sat on the mat.", "Paris is the capital of France."):
+        ids = hf_tokenizer.encode(text, add_special_tokens=False)
+        with torch.inference_mode():
+            hidden = hf_model.model(torch.tensor([ids])).last_hidden_state[0]
+        want = torch.nn.functional.normalize(hidden.mean(0), dim=0)
+        got = mean_pooled_embedding(model, ids)
+        assert got.shape == (576,) and float(got @ want) > 0.999
+        vectors.append(got)
+    # A real model: the paraphrase is nearer than the unrelated sentence.
+    assert float(vectors[0] @ vectors[2]) > float(vectors[0] @ vectors[1])

@@ -141,20 +141,39 @@ def test_binary_prompt_documented_example() -> None:
     assert b64_tokens(3438, 259, 2076) == "bg0AAAMBAAAcCAAA"
 
 
-def test_binary_prompt_embedding_is_unsupported() -> None:
-    msg = decode(
-        {
-            "type": "generate",
-            "id": "e1",
-            "prompt_b64": base64.b64encode(b"\0" * 16).decode(),
-            "prompt_format": "embedding_f32le",
-        }
-    )
-    with pytest.raises(ProtocolError) as info:
+def test_embedding_prompts_decode_as_embedding_input() -> None:
+    rows = base64.b64encode(struct.pack("<4f", 0.5, -1.0, 2.0, 0.0)).decode()
+    msg = decode({"type": "generate", "id": "e1", "prompt_b64": rows, "prompt_format": "embedding_f32le"})
+    assert msg.is_embedding_prompt
+    with pytest.raises(ProtocolError) as info:  # its rows are not token ids
         decode_binary_prompt(msg)
-    assert info.value.code == "unsupported"
-    assert "text-only" in info.value.message
-    assert info.value.request_id == "e1"
+    assert (info.value.code, info.value.request_id) == ("invalid_message", "e1")
+    parts = decode({"type": "generate", "id": "p", "prompt_parts": [
+        {"type": "text", "text": "Describe"}, {"type": "embedding", "b64": rows}, {"type": "tokens", "ids": [5, 6]}]})
+    assert [type(p).__name__ for p in parts.prompt_parts] == ["TextPart", "EmbeddingPart", "TokensPart"]
+    assert parts.is_embedding_prompt and not decode({"type": "generate", "id": "t", "prompt": "x"}).is_embedding_prompt
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [],  # no parts
+        [{"type": "embedding", "b64": "not base64!"}],
+        [{"type": "embedding", "b64": base64.b64encode(b"abc").decode()}],  # not whole float32 values
+        [{"type": "tokens", "ids": []}],
+        [{"type": "tokens", "ids": [-1]}],
+        [{"type": "image", "data": "x"}],  # not a part type
+        [{"type": "text", "text": "x"}] * 257,  # over MAX_PROMPT_PARTS
+    ],
+)
+def test_bad_prompt_parts_are_invalid_messages(parts) -> None:
+    err = error_of({"type": "generate", "id": "p", "prompt_parts": parts})
+    assert err.code == "invalid_message" and err.request_id == "p"
+
+
+def test_prompt_parts_exclude_other_inputs() -> None:
+    err = error_of({"type": "generate", "id": "p", "prompt": "x", "prompt_parts": [{"type": "text", "text": "y"}]})
+    assert err.code == "invalid_message" and "prompt_parts" in err.message
 
 
 def test_binary_prompt_without_b64() -> None:
@@ -282,11 +301,12 @@ def test_unknown_type(payload: dict[str, Any], message: str) -> None:
         ({"type": "generate", "id": "r", "messages": ["hi"]}, "generate.messages[0]: expected object, got str"),
         (
             {"type": "generate", "id": "r"},
-            "generate: exactly one of prompt, messages, prompt_b64 is required, got none",
+            "generate: exactly one of prompt, messages, prompt_b64, prompt_parts is required, got none",
         ),
         (
             {"type": "generate", "id": "r", "prompt": "x", "prompt_b64": ""},
-            "generate: exactly one of prompt, messages, prompt_b64 is required, got prompt and prompt_b64",
+            "generate: exactly one of prompt, messages, prompt_b64, prompt_parts is required, "
+            "got prompt and prompt_b64",
         ),
         ({"type": "generate", "prompt": "x"}, "generate.id: required field missing"),
         ({"type": "generate", "id": 5, "prompt": "x"}, "generate.id: expected str, got int"),
@@ -488,3 +508,15 @@ def test_server_batch_errors(data: str, code: str, message: str) -> None:
     assert (info.value.code, info.value.message[: len(message)]) == (code, message)
     if code == "invalid_message":
         assert info.value.request_id == "a"
+
+
+def test_chat_content_parts_decode() -> None:
+    msg = decode({"type": "generate", "id": "c", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]})
+    text, image = msg.messages[0].content
+    assert (type(text).__name__, text.text) == ("TextContent", "What is this?")
+    assert image.image_url.url.startswith("data:image/png;base64,")
+    for bad in ([{"type": "image_url"}], [{"type": "audio", "data": ""}], [{"type": "text"}]):
+        err = error_of({"type": "generate", "id": "c", "messages": [{"role": "user", "content": bad}]})
+        assert err.code == "invalid_message" and err.request_id == "c"

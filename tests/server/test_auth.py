@@ -324,3 +324,37 @@ def test_anything_the_jwt_library_raises_is_a_refusal(monkeypatch):
 
     monkeypatch.setattr(jwt, "decode", broken)
     assert refusal(hs_verifier(), hs256()) == "malformed token"
+
+
+# ---------------------------------------------------------------------------------------------- API keys
+
+
+def test_api_keys_match_exactly_and_name_the_key_without_carrying_it():
+    from seedance.server.http.auth import ApiKeys
+
+    keys = ApiKeys(["sk-one", "sk-two", ""])
+    assert len(keys.keys) == 2
+    one, two = keys.match("sk-one"), keys.match("sk-two")
+    assert one is not None and two is not None and one.method == "api_key" and one.id != two.id
+    assert "sk-one" not in one.id and one.authenticated and "admin" in one.scopes
+    for wrong in ("sk-on", "sk-one ", "SK-ONE", "", "sk-one\x00"):
+        assert keys.match(wrong) is None
+    assert not ApiKeys([])
+
+
+def test_seedance_api_key_takes_several_keys_and_turns_auth_on():
+    from seedance.server.http.config import ServerConfig
+    from seedance.server.http.security import NO_AUTH_NOTICE, Security, validate_config
+
+    cfg = ServerConfig.load(env={"SEEDANCE_API_KEY": "sk-a,sk-b"})
+    sec = Security(cfg)
+    assert sec.auth_enabled and sec.bearer_auth and not sec.loopback_open and sec.verifier is None
+    assert sec.verify_bearer("sk-b").method == "api_key"
+    with pytest.raises(AuthError):
+        sec.verify_bearer("sk-c")
+    assert NO_AUTH_NOTICE not in validate_config(cfg)
+    assert NO_AUTH_NOTICE in validate_config(ServerConfig.load(env={}))
+    assert "API key (2)" in sec.describe()
+    # Off loopback the key is authentication enough: no refusal, no insecure warning.
+    assert not any("OFF" in w for w in validate_config(ServerConfig.load(env={"SEEDANCE_HOST": "0.0.0.0",
+                                                                            "SEEDANCE_API_KEY": "k"})))

@@ -7,7 +7,7 @@ import pytest
 from seedance.server.http.config import ServerConfig
 from seedance.server.http.limits import ConnectionLimiter, LimitExceeded, RateLimiter, TokenBucket
 from seedance.server.http.proxy import TrustedProxies
-from seedance.server.http.security import is_loopback_host, normalize_origin, validate_config
+from seedance.server.http.security import NO_AUTH_NOTICE, is_loopback_host, normalize_origin, validate_config
 from tests.pki import SECRET
 
 
@@ -18,8 +18,11 @@ def cfg(**kw) -> ServerConfig:
 # ---------------------------------------------------------------------------------------------- start-up policy
 
 
-def test_loopback_without_auth_is_the_quiet_default():
-    assert validate_config(cfg()) == []
+def test_loopback_without_auth_is_the_default_and_says_so_once():
+    """Open loopback runs, with one notice that an Authorization header is not checked (issue #19: an
+    `Authorization: Bearer sk-...` used to be accepted without a word)."""
+    warnings = validate_config(cfg())
+    assert len(warnings) == 1 and "authentication is off" in warnings[0] and "--api-key" in warnings[0]
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "example.com"])
@@ -65,7 +68,7 @@ def test_inconsistent_or_unsafe_settings_are_refused(settings, message):
 
 
 def test_any_origin_needs_the_explicit_flag():
-    assert validate_config(cfg(allowed_origins="*", insecure_any_origin=True)) == []
+    assert validate_config(cfg(allowed_origins="*", insecure_any_origin=True)) == [NO_AUTH_NOTICE]
 
 
 def test_security_settings_come_from_env_and_toml(tmp_path):
@@ -77,7 +80,7 @@ def test_security_settings_come_from_env_and_toml(tmp_path):
     assert loaded.insecure_no_auth is True and loaded.engine.max_prompt_tokens == 100
     path = tmp_path / "s.toml"
     path.write_text('allowed_origins = ["https://a.example", "https://b.example:8443"]\n')
-    assert validate_config(ServerConfig.load(path, env={})) == []
+    assert validate_config(ServerConfig.load(path, env={})) == [NO_AUTH_NOTICE]
 
 
 def test_loopback_names():

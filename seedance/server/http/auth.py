@@ -12,6 +12,8 @@ required; `exp`, `nbf`, `aud` and `iss` are checked with a small leeway for cloc
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -43,7 +45,7 @@ class Principal:
     """Who is calling and what they may do."""
 
     id: str  # the key of per-token limits and job ownership
-    method: str  # "jwt", "mtls" or "none" (auth off: loopback without auth configured)
+    method: str  # "jwt", "api_key", "mtls" or "none" (auth off: loopback without auth configured)
     scopes: frozenset[str]
     subject: str | None = None  # the token's sub
     expires_at: float | None = None  # unix time after which the credentials are no longer accepted
@@ -265,6 +267,34 @@ def _check_times(claims: dict[str, Any]) -> None:
             raise AuthError(f"token claim {name} must be a number (NumericDate)")
         if not 0 <= value <= MAX_NUMERIC_DATE:  # NaN fails this too; inf and 10**400 compare exactly
             raise AuthError(f"token claim {name} is out of range")
+
+
+# ---------------------------------------------------------------------------------------------- API keys
+
+
+class ApiKeys:
+    """Shared bearer keys (`--api-key`, `SEEDANCE_API_KEY`), as vLLM and llama-server take them: a token equal to
+    one of them is let in with every scope. The comparison is constant-time and runs over every key, so neither
+    timing nor the number of keys tried tells a caller how close a guess was."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.keys = [k.encode() for k in keys if k]
+        # A principal id that names the key without carrying it (ids reach logs and per-token limits).
+        self.ids = [f"api_key|{hashlib.sha256(k).hexdigest()[:12]}" for k in self.keys]
+
+    def __bool__(self) -> bool:
+        return bool(self.keys)
+
+    def match(self, token: str) -> Principal | None:
+        """The key's principal when `token` is one of the keys, else None."""
+        raw = token.encode()
+        found = -1
+        for i, key in enumerate(self.keys):
+            if hmac.compare_digest(raw, key):
+                found = i
+        if found < 0:
+            return None
+        return Principal(self.ids[found], "api_key", ALL_SCOPES, subject=self.ids[found])
 
 
 # ---------------------------------------------------------------------------------------------- tickets

@@ -34,6 +34,7 @@ class ServerConfig:
     max_message_bytes: int = 1 << 20  # larger client messages close the socket with 1009
     max_connections: int = 1024  # beyond it new WebSockets are closed with 1013
     max_requests_per_connection: int = 32  # beyond it generate gets error too_many_requests
+    realtime_max_items: int = 1000  # conversation items per /v1/realtime connection; beyond: error too_many_items
     heartbeat_interval_s: float = 15.0  # server pings this often
     heartbeat_max_missed: int = 2  # unanswered pings before closing with 4000
     keepalive: str = "conservative"  # TCP keepalive preset: conservative | aggressive | off
@@ -46,8 +47,13 @@ class ServerConfig:
     job_ttl_s: float = 300.0  # finished jobs are kept this long for late readers
     max_jobs: int = 1024  # beyond it POST /v1/jobs gets 429
     poll_max_wait_ms: int = 30_000
+    # /v1/embeddings (each input also within the prompt limit, max_prompt_tokens)
+    max_embedding_inputs: int = 128  # inputs per request
+    max_embedding_tokens: int = 16_384  # tokens per request, all inputs together
+    max_pending_embeddings: int = 16  # requests computing or waiting at once; beyond: 429
     # Sessions (multi-turn state, resume after a dropped connection)
-    session_store: str = "sqlite://seedance-sessions.db"  # or redis://host:port/db
+    state_dir: str | None = None  # files of the server's own; None: $XDG_STATE_HOME/seedance (seedance/paths.py)
+    session_store: str | None = None  # None: sqlite://<state_dir>/sessions.db; or sqlite:///path.db, redis://...
     max_sessions: int = 10_000  # in memory; idle ones beyond it are evicted LRU (their snapshots remain)
     session_idle_ttl_s: float = 3600.0  # idle sessions leave memory after this (restored on next use)
     resume_grace_s: float = 60.0  # a disconnected client's turn waits this long for a resume, then is cancelled
@@ -61,6 +67,7 @@ class ServerConfig:
     tls_client_ca: str | None = None  # PEM CA bundle: client certificates required and verified (mutual TLS)
     tls_client_scopes: str = "generate logprobs"  # scopes of a client authenticated by its certificate alone
     tls_allowed_client_cns: str = ""  # client-certificate common names let in; empty: any the CA signed
+    api_key: str = ""  # shared bearer keys (comma list; --api-key is repeatable), beside or instead of JWT
     jwt_secret: str | None = None  # HS256 shared secret, >= 32 bytes (prefer the env var to the flag)
     jwt_public_key: str | None = None  # PEM public key file: RS256 (RSA >= 2048), ES256/384/512 (EC), EdDSA
     jwt_jwks_file: str | None = None  # JWKS file, key picked by the token's kid; re-read when it changes
@@ -121,6 +128,12 @@ class ServerConfig:
         cfg.validate()
         return cfg
 
+    def session_store_url(self) -> str:
+        """The session store, by default a SQLite file in the state directory (never the working directory)."""
+        from seedance.paths import state_dir
+
+        return self.session_store or f"sqlite://{state_dir(self.state_dir) / 'sessions.db'}"
+
     def validate(self) -> None:
         if self.send_low_water_bytes >= self.send_high_water_bytes:
             raise ValueError("send_low_water_bytes must be below send_high_water_bytes")
@@ -147,7 +160,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must be >= 0")
         self.validate_model()
         for name in ("listen_backlog", "max_message_bytes", "max_connections", "max_requests_per_connection",
-                     "heartbeat_max_missed", "max_jobs"):
+                     "heartbeat_max_missed", "max_jobs", "max_embedding_inputs", "max_embedding_tokens",
+                     "max_pending_embeddings", "realtime_max_items"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
 

@@ -13,8 +13,8 @@ from seedance.observability.hub import Observability, process_start_ns
 from seedance.server.http.state import STATE
 
 # Route (canonical path) -> transport label, for connection gauges and refusals counted by the middleware.
-ROUTE_TRANSPORTS = {"/v1/stream": "ws", "/v1/completions": "sse", "/v1/chat/completions": "sse",
-                    "/v1/jobs": "polling", "/v1/jobs/{job_id}": "polling"}
+ROUTE_TRANSPORTS = {"/v1/stream": "ws", "/v1/realtime": "realtime", "/v1/completions": "sse",
+                    "/v1/chat/completions": "sse", "/v1/jobs": "polling", "/v1/jobs/{job_id}": "polling"}
 # POST creates a request; the id prefix its refusal's trace gets (the ids the handlers give accepted ones)
 GENERATE_ROUTES = {"/v1/completions": "cmpl", "/v1/chat/completions": "chatcmpl", "/v1/jobs": "job"}
 

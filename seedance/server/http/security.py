@@ -1,6 +1,6 @@
 """The security layer of the aiohttp app: start-up policy, the request middleware, and the per-WebSocket guard.
 
-Every request outside the public paths (/, /healthz, /readyz, /static) goes through `middleware`, in this
+Every request outside the public paths (/, /healthz, /readyz, /health, /static) goes through `middleware`, in this
 order: client address (trusted proxies) -> Host check (open loopback mode only) -> HTTP request rate per IP
 -> browser Origin -> authentication -> route scope -> concurrent connections per IP / token. A refusal is an
 HTTP error before any work is done (before the WebSocket upgrade): 400/401/403/429 with the JSON error body,
@@ -26,6 +26,7 @@ from seedance.protocol.scopes import SCOPE_ADMIN, SCOPE_GENERATE, generate_scope
 from seedance.protocol.server_connection import ServerConnection
 from seedance.server.http.auth import (
     ANONYMOUS,
+    ApiKeys,
     AuthError,
     JwtVerifier,
     Principal,
@@ -48,7 +49,7 @@ log = logging.getLogger("seedance.security")
 SUBPROTOCOL = "seedance.v1"  # the WebSocket subprotocol the server selects when a client offers it
 SUBPROTOCOLS = (SUBPROTOCOL,)
 TOKEN_PROTOCOL_PREFIX = "bearer."  # a browser's token rides in Sec-WebSocket-Protocol as "bearer.<jwt>"
-PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz"})
+PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/health"})
 PRINCIPAL = web.RequestKey("seedance.principal", Principal)  # typed request keys
 CLIENT = web.RequestKey("seedance.client", "ClientAddress")
 ROUTE_SCOPES = {
@@ -58,6 +59,10 @@ ROUTE_SCOPES = {
     "/v1/chat/completions": SCOPE_GENERATE,
     "/v1/jobs": SCOPE_GENERATE,
     "/v1/jobs/{job_id}": SCOPE_GENERATE,
+    "/v1/embeddings": SCOPE_GENERATE,
+    "/tokenize": SCOPE_GENERATE,
+    "/detokenize": SCOPE_GENERATE,
+    "/v1/realtime": SCOPE_GENERATE,
 }
 
 
@@ -102,7 +107,12 @@ def normalize_origin(origin: str) -> str | None:
 
 
 def auth_configured(cfg: ServerConfig) -> bool:
-    return bool(cfg.jwt_secret or cfg.jwt_public_key or cfg.jwt_jwks_file or cfg.tls_client_ca)
+    return bool(cfg.jwt_secret or cfg.jwt_public_key or cfg.jwt_jwks_file or cfg.tls_client_ca
+                or split_list(cfg.api_key))
+
+
+NO_AUTH_NOTICE = ("authentication is off (loopback only): any Authorization header, API key or token is accepted "
+                  "unchecked; set --api-key (or SEEDANCE_API_KEY) or --jwt-* to require one")
 
 
 def validate_config(cfg: ServerConfig) -> list[str]:
@@ -140,14 +150,16 @@ def validate_config(cfg: ServerConfig) -> list[str]:
         if not cfg.insecure_no_auth:
             if not is_loopback_host(cfg.host):
                 raise ValueError(
-                    f"refusing to listen on {cfg.host} without authentication: configure --jwt-secret, "
+                    f"refusing to listen on {cfg.host} without authentication: configure --api-key, --jwt-secret, "
                     "--jwt-public-key, --jwt-jwks-file or --tls-client-ca, or pass --insecure-no-auth to run open")
             if cfg.trusted_proxies:
                 raise ValueError(
                     "trusted_proxies is set, so clients reach this loopback server through a proxy: configure "
-                    "authentication (--jwt-*, --tls-client-ca), or pass --insecure-no-auth to run open")
+                    "authentication (--api-key, --jwt-*, --tls-client-ca), or pass --insecure-no-auth to run open")
+            warnings.append(NO_AUTH_NOTICE)
         else:
-            warnings.append("authentication is OFF (insecure_no_auth): anyone who can reach this server can use it")
+            warnings.append("authentication is OFF (insecure_no_auth): anyone who can reach this server can use it; "
+                            "an Authorization header is not checked")
     elif not cfg.tls_cert and not is_loopback_host(cfg.host) and not cfg.trusted_proxies:
         warnings.append(f"listening on {cfg.host} without TLS: bearer tokens cross the network in clear text; "
                         "set tls_cert/tls_key, or terminate TLS at a proxy listed in trusted_proxies")
@@ -174,8 +186,10 @@ class Security:
         self.ssl_context: ssl.SSLContext | None = None
         if cfg.tls_cert and cfg.tls_key:
             self.ssl_context = build_server_context(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca, cfg.tls_min_version)
+        self.api_keys = ApiKeys(split_list(cfg.api_key))
         self.mtls = bool(cfg.tls_client_ca)
-        self.auth_enabled = self.verifier is not None or self.mtls
+        self.bearer_auth = self.verifier is not None or bool(self.api_keys)  # Authorization: Bearer is checked
+        self.auth_enabled = self.bearer_auth or self.mtls
         self.loopback_open = not self.auth_enabled and is_loopback_host(cfg.host)
         self.proxies = TrustedProxies(cfg.trusted_proxies)
         origins = split_list(cfg.allowed_origins)
@@ -191,6 +205,8 @@ class Security:
         parts = ["TLS " + (f"{self.config.tls_min_version}+" if self.ssl_context else "off")]
         if self.mtls:
             parts.append("mutual TLS")
+        if self.api_keys:
+            parts.append(f"API key ({len(self.api_keys.keys)})")
         if self.verifier is not None:
             parts.append(f"JWT ({', '.join(self.verifier.algorithms)})")
         if not self.auth_enabled:
@@ -272,14 +288,23 @@ class Security:
             cn = common_name(cert_subject)
             if self.tls_allowed_cns and cn not in self.tls_allowed_cns:
                 raise Refusal(403, "forbidden", f"client certificate CN={cn} is not in tls_allowed_client_cns")
-        if self.verifier is None:
+        if not self.bearer_auth:
             if self.mtls:
                 return Principal(f"cert|{cert_subject}", "mtls", self.tls_client_scopes, common_name(cert_subject),
                                  cert_subject=cert_subject)
             return ANONYMOUS
         token, source = self._credentials(request)
-        principal = self.tickets.redeem(token, client.ip) if source == "ticket" else self.verifier.verify(token)
+        principal = self.tickets.redeem(token, client.ip) if source == "ticket" else self.verify_bearer(token)
         return principal.with_cert(cert_subject)
+
+    def verify_bearer(self, token: str) -> Principal:
+        """An API key, else a JWT when a JWT key is configured; AuthError otherwise."""
+        principal = self.api_keys.match(token) if self.api_keys else None
+        if principal is not None:
+            return principal
+        if self.verifier is None:
+            raise AuthError("invalid API key")
+        return self.verifier.verify(token)
 
     def _credentials(self, request: web.Request) -> tuple[str, str]:
         header = request.headers.get("Authorization")
@@ -400,7 +425,7 @@ async def whoami(request: web.Request) -> web.Response:
 async def issue_ticket(request: web.Request) -> web.Response:
     """POST /v1/tickets: a one-time ticket for `GET /v1/stream?ticket=...` (browsers cannot set headers)."""
     sec = request.app[SECURITY]
-    if sec.verifier is None:
+    if not sec.bearer_auth:
         raise HttpError(400, "unsupported", "tickets exist for bearer-token auth, which this server does not use")
     client: ClientAddress = request[CLIENT]
     try:
@@ -480,9 +505,9 @@ class WsGuard:
 
     def reauth(self, token: str, protocol: ServerConnection) -> None:
         """Verify a renewed token and tell the connection's protocol the outcome (docs/security.md)."""
-        assert self.sec.verifier is not None  # the protocol answers reauth itself without bearer tokens
+        assert self.sec.bearer_auth  # the protocol answers reauth itself without bearer tokens
         try:
-            fresh = self.sec.verifier.verify(token)
+            fresh = self.sec.verify_bearer(token)
         except AuthError as err:
             log.warning("websocket reauth refused: client=%s subject=%s: %s", self.client.ip, self.principal.subject,
                         err.reason)

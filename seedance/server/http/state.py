@@ -65,7 +65,6 @@ class ServerState:
     started_at: int = field(default_factory=lambda: int(time.time()))
     load_error: str | None = None
     on_load_failure: Callable[[], None] | None = None  # serve() stops the server: a failed load exits non-zero
-    model_name_given: bool = False  # --model-name set: keep it rather than the model's own name
     tasks: list[asyncio.Task] = field(default_factory=list)
     worker: Placement | None = None  # one of `--workers N` (server/workers.py); None: a single process
 

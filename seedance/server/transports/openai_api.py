@@ -10,29 +10,33 @@ engine request). Malformed requests get 400 before anything reaches the engine.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 
-from seedance.engine.async_engine import AsyncEngine, GenerateRequest
+from seedance.engine.async_engine import AsyncEngine, GenerateRequest, RequestStream
 from seedance.engine.errors import EngineError
-from seedance.engine.events import FinishReason
-from seedance.engine.sampling_params import SamplingParams
+from seedance.engine.events import FinishReason, TokenEvent
+from seedance.engine.prompt_embeds import EncodedRows
 from seedance.observability.logs import set_request_context
 from seedance.protocol.messages import MAX_ID_LENGTH
 from seedance.server.http.http_errors import HttpError, from_engine_error, read_json_object
 from seedance.server.http.observability_http import OBS
 from seedance.server.http.security import authorize_generate, principal_of
 from seedance.server.http.state import STATE
+from seedance.server.transports.openai_fields import check_fields
 from seedance.server.transports.openai_format import OpenAIFormatter, openai_finish_reason
-from seedance.server.transports.sse_generation import SseGeneration
+from seedance.server.transports.openai_params import INT64_MAX, choices_count, get_field, sampling_params
+from seedance.server.transports.openai_tools import ToolChoice, assistant_call_text, parse_tool_choice, tool_calls_of
+from seedance.server.transports.requests import image_from_url
+from seedance.server.transports.sse_generation import SseGeneration, sse_event
 from seedance.serving.generation import Generation, split_replay
 from seedance.sessions.manager import SessionError, scoped_key
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1  # the range of the same fields in a WebSocket generate
+log = logging.getLogger(__name__)
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -43,73 +47,17 @@ class ParsedRequest:
     include_usage: bool
     logprobs: int | None
     session: str | None = None  # Seedance extension: a session turn (history, KV reuse, resume)
+    n: int = 1  # choices, each an engine request of its own sharing the prompt's KV (prefix cache)
+    tool_choice: ToolChoice | None = None
 
 
-_KIND_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
-               dict: "an object"}
-_JSON_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
-
-
-def _get(body: dict, name: str, kinds: tuple[type, ...], default: Any = None,
-         int_range: tuple[int, int] = (INT32_MIN, INT32_MAX)) -> Any:
-    """body[name] if it has one of the JSON types `kinds` (null or absent: default), else a 400 naming the field.
-    JSON integers have no size limit: one outside int_range (for an integer field) or beyond a double (for a
-    number field: a 400-digit temperature) is a 400 too, before float() or torch could fail on it."""
-    value = body.get(name)
-    if value is None:
-        return default
-    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-        expected = _KIND_NAMES[float] if float in kinds else " or ".join(_KIND_NAMES[k] for k in kinds)
-        got = _JSON_NAMES.get(type(value), type(value).__name__)
-        raise HttpError(400, "invalid_request", f"{name} must be {expected}, got {got}", name)
-    if isinstance(value, int) and not isinstance(value, bool):
-        in_range = abs(value) <= 2**1023 if float in kinds else int_range[0] <= value <= int_range[1]
-        if not in_range:
-            raise HttpError(400, "invalid_request", f"{name} is out of range", name)
-    return value
-
-
-def _common_params(body: dict, max_tokens_default: int | None) -> SamplingParams:
-    for name in ("n", "best_of"):
-        if _get(body, name, (int,), 1) != 1:
-            raise HttpError(400, "unsupported", f"{name} > 1 is not supported", name)
-    for name in ("presence_penalty", "frequency_penalty"):
-        if _get(body, name, (int, float), 0) != 0:
-            raise HttpError(400, "unsupported", f"{name} is not supported", name)
-    stop = body.get("stop")
-    if stop is None:
-        stops: list[str] = []
-    elif isinstance(stop, str):
-        stops = [stop]
-    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        stops = stop
-    else:
-        raise HttpError(400, "invalid_request", "stop must be a string or a list of strings", "stop")
-    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = _get(body, name, (int,), max_tokens_default)
-    seed = _get(body, "seed", (int,), int_range=(INT64_MIN, INT64_MAX))  # a seed torch cannot take fails the step
-    stop_token_ids = _get(body, "stop_token_ids", (list,), [])
-    if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in stop_token_ids):
-        raise HttpError(400, "invalid_request", "stop_token_ids must be a list of token ids (integers >= 0)",
-                        "stop_token_ids")
-    return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=float(_get(body, "temperature", (int, float), 1.0)),
-        top_p=float(_get(body, "top_p", (int, float), 1.0)),
-        top_k=int(_get(body, "top_k", (int,), 0)),
-        seed=seed,
-        stop=stops,
-        stop_token_ids=list(stop_token_ids),
-        ignore_eos=bool(_get(body, "ignore_eos", (bool,), False)),
-    )
+_get = get_field
 
 
 def parse_completion(body: dict) -> ParsedRequest:
-    if _get(body, "echo", (bool,), False):
-        raise HttpError(400, "unsupported", "echo is not supported", "echo")
-    if body.get("suffix"):
-        raise HttpError(400, "unsupported", "suffix is not supported", "suffix")
-    params = _common_params(body, 16)
+    _get(body, "echo", (bool,))
+    _get(body, "suffix", (str,))
+    params = sampling_params(body, 16)
     logprobs = _get(body, "logprobs", (int,))
     if logprobs is not None and not 0 <= logprobs <= 20:
         raise HttpError(400, "invalid_request", "logprobs must be in [0, 20]", "logprobs")
@@ -117,7 +65,12 @@ def parse_completion(body: dict) -> ParsedRequest:
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]  # a batch of one
-    if isinstance(prompt, str):
+    embeds = _prompt_embeds(body)
+    if embeds is not None:
+        if prompt not in (None, "", []):
+            raise HttpError(400, "invalid_request", "give prompt or prompt_embeds, not both (one prompt)", "prompt")
+        request = GenerateRequest(prompt_parts=[embeds], params=params)
+    elif isinstance(prompt, str):
         request = GenerateRequest(prompt=prompt, params=params)
     elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         request = GenerateRequest(prompt_token_ids=prompt, params=params)
@@ -126,39 +79,112 @@ def parse_completion(body: dict) -> ParsedRequest:
                         "prompt")
     request.priority = _get(body, "priority", (int,), 0)
     return ParsedRequest(request, bool(_get(body, "stream", (bool,), False)), _include_usage(body), logprobs,
-                         _session(body))
+                         _session(body), choices_count(body))
 
 
-def parse_chat(body: dict) -> ParsedRequest:
-    if body.get("tools") or body.get("functions"):
-        raise HttpError(400, "unsupported", "tool calling is not supported", "tools")
-    messages = body.get("messages")
+def _prompt_embeds(body: dict) -> EncodedRows | None:
+    """vLLM's prompt_embeds: base64 of a torch.save'd [n, hidden_size] tensor (a batch of one may be a list of
+    one). Decoded, bounded and checked on the engine's tokenizer thread: torch.load(weights_only=True), no other
+    unpickling (engine/prompt_embeds.py)."""
+    embeds = body.get("prompt_embeds")
+    if isinstance(embeds, list) and len(embeds) == 1:
+        embeds = embeds[0]
+    if embeds is None:
+        return None
+    if not isinstance(embeds, str) or not embeds:
+        raise HttpError(400, "invalid_request", "prompt_embeds must be a base64 string (one prompt)", "prompt_embeds")
+    return EncodedRows(embeds, "torch")
+
+
+def _content_parts(content: list, i: int):
+    """OpenAI content parts as the engine takes them: a string when all are text, else text and image parts.
+    An image_url must be a data: URL (the server fetches nothing); the image is decoded on the engine's vision
+    thread, and a model without images refuses it there (400 invalid_request)."""
+    parts = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "text": part["text"]})
+        elif kind == "image_url" and isinstance(part.get("image_url"), dict) and isinstance(
+                part["image_url"].get("url"), str):
+            try:
+                parts.append({"type": "image", "image": image_from_url(part["image_url"]["url"])})
+            except EngineError as err:
+                raise HttpError(400, "invalid_request", f"messages[{i}]: {err}", "messages") from None
+        else:
+            raise HttpError(400, "unsupported", "content parts are text or image_url ({url: data:...})",
+                            "messages")
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts)
+    return parts
+
+
+_CHAT_ROLES = {"system", "developer", "user", "assistant", "tool"}
+
+
+def _chat_messages(messages: object) -> list[dict[str, str]]:
+    """OpenAI messages as the plain {"role", "content"} strings a chat template takes: text content parts joined,
+    developer as system, an assistant's tool_calls as the call text the model produced (openai_tools.py)."""
     if not isinstance(messages, list) or not messages:
         raise HttpError(400, "invalid_request", "messages must be a non-empty list", "messages")
     plain: list[dict[str, str]] = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise HttpError(400, "invalid_request", f"messages[{i}] needs a role", "messages")
+        role = m["role"]
+        if role not in _CHAT_ROLES:
+            raise HttpError(400, "invalid_request", f"messages[{i}].role must be one of {sorted(_CHAT_ROLES)}",
+                            "messages")
         content = m.get("content")
-        if isinstance(content, list):  # content parts: text only
-            texts = []
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise HttpError(400, "unsupported", "only text content parts are supported", "messages")
-                texts.append(part["text"])
-            content = "".join(texts)
-        if not isinstance(content, str):
+        if isinstance(content, list):  # content parts: text, and images for a model that takes them
+            content = _content_parts(content, i)
+        calls = m.get("tool_calls")
+        if role == "assistant" and calls:
+            if not isinstance(calls, list):
+                raise HttpError(400, "invalid_request", f"messages[{i}].tool_calls must be a list", "messages")
+            content = ((content or "") + "\n" if content else "") + assistant_call_text(calls)
+        if role == "tool" and not isinstance(m.get("tool_call_id"), str):
+            raise HttpError(400, "invalid_request", f"messages[{i}] (tool) needs a tool_call_id", "messages")
+        if not isinstance(content, str | list):
             raise HttpError(400, "invalid_request", f"messages[{i}].content must be a string", "messages")
-        plain.append({"role": m["role"], "content": content})
-    params = _common_params(body, 256)
+        plain.append({"role": "system" if role == "developer" else role, "content": content})
+    return plain
+
+
+def parse_chat(body: dict) -> ParsedRequest:
+    tool_choice = parse_tool_choice(body)
+    plain = _chat_messages(body.get("messages"))
+    params = sampling_params(body, 256)
+    if tool_choice is not None:
+        if params.guided is not None:
+            raise HttpError(400, "invalid_request", "tools and response_format (or guided_*) exclude each other",
+                            "response_format")
+        params.guided = tool_choice.guided()
     top = _get(body, "top_logprobs", (int,))
     if top is not None and not 0 <= top <= 20:
         raise HttpError(400, "invalid_request", "top_logprobs must be in [0, 20]", "top_logprobs")
     logprobs = (top or 0) if _get(body, "logprobs", (bool,), False) else None
     params.logprobs = logprobs
+    _get(body, "parallel_tool_calls", (bool,))  # a reply makes at most one call either way
+    _get(body, "store", (bool,))
     request = GenerateRequest(messages=plain, params=params, priority=_get(body, "priority", (int,), 0))
     return ParsedRequest(request, bool(_get(body, "stream", (bool,), False)), _include_usage(body), logprobs,
-                         _session(body))
+                         _session(body), choices_count(body), tool_choice)
+
+
+def _with_tools(request: GenerateRequest, tool_choice: ToolChoice | None, tokenizer) -> None:
+    """Show the model its tools: through its chat template when that takes them, else as a system message."""
+    if tool_choice is None:
+        return
+    if tokenizer is not None and tokenizer.template_takes_tools:
+        request.tools = tool_choice.tools
+        return
+    note = tool_choice.system_prompt()
+    messages = request.messages
+    if messages and messages[0]["role"] == "system":
+        messages[0] = {"role": "system", "content": messages[0]["content"] + "\n\n" + note}
+    else:
+        messages.insert(0, {"role": "system", "content": note})
 
 
 def _session(body: dict) -> str | None:
@@ -199,53 +225,146 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
     model = body.get("model")
     if model is not None and model != state.config.model_name:
         raise HttpError(404, "model_not_found", f"model {model!r} is not served here; see /v1/models", "model")
+    check_fields(body, chat)
     parsed = parse_chat(body) if chat else parse_completion(body)
+    end_user = _get(body, "user", (str,)) or (_get(body, "safety_identifier", (str,)) if chat else None)
     authorize_generate(request, parsed.logprobs, parsed.request.priority)  # per-option scopes (security.py)
+    _with_tools(parsed.request, parsed.tool_choice, engine.tokenizer)
     prefix = "chatcmpl" if chat else "cmpl"
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     parsed.request.request_id = request_id
     set_request_context(request_id, parsed.session)  # log lines of this handler carry the ids
+    if end_user is not None:
+        log.info("request %s for end user %r", request_id, end_user[:128])
     session, input_text = None, ""
     try:
         if parsed.session is not None:
             if not parsed.stream:
                 raise HttpError(400, "invalid_request", "session turns stream: set stream to true", "session")
+            if parsed.n > 1:
+                raise HttpError(400, "unsupported", "a session turn has one choice (n = 1)", "n")
             session = await state.sessions.get(scoped_key(principal_of(request), parsed.session))
             input_text = await state.sessions.prepare_turn(session, parsed.request)
-        stream = await engine.submit(parsed.request)
+        streams = await _submit_choices(engine, parsed.request, parsed.n)
     except SessionError as err:
         raise HttpError(err.status, err.code, err.message) from None
     except EngineError as err:
         raise from_engine_error(err) from None
-    fmt = OpenAIFormatter(chat, state.config.model_name, request_id, engine.tokenizer)
+    fmts = [OpenAIFormatter(chat, state.config.model_name, request_id, engine.tokenizer, index=i)
+            for i in range(len(streams))]
     hub = request.app.get(OBS)
-    obs = hub.request("sse", request_id, parsed.session, engine) if hub is not None else None
+    label = "sse" if parsed.stream else "json"  # the log line, metrics and traces tell the two apart
+    obs = [hub.request(label, s.request_id, parsed.session, engine) if hub is not None else None for s in streams]
 
     if not parsed.stream:
-        gen, logprobs = Generation(request_id, stream, engine, obs=obs), None
-        async for event in stream:
-            step = gen.take([event])
-            logprobs = _merge_logprobs(logprobs, fmt.logprobs([event], parsed.logprobs))
-            if step.final is not None:
-                gen.end(step.final)
-        final = gen.final
-        if obs is not None and final is not None:
-            obs.sent()
-        if final is None or final.finish_reason is FinishReason.ERROR:
-            raise HttpError(500, "internal", "generation failed")
-        usage = fmt.usage(stream.num_prompt_tokens, gen.completion_tokens, final.num_cached_tokens)
-        body = fmt.full("".join(gen.output_text), logprobs, openai_finish_reason(final.finish_reason), usage)
-        return web.json_response(body)
+        try:
+            results = await asyncio.gather(*(_collect(s, engine, f, o, parsed) for s, f, o in zip(streams, fmts, obs,
+                                                                                                    strict=True)))
+        finally:
+            for s in streams:
+                if not s.finished:
+                    s.cancel()
+        usage = fmts[0].usage(streams[0].num_prompt_tokens, sum(r[1] for r in results), max(r[2] for r in results),
+                                results[0][3])
+        return web.json_response(fmts[0].body([r[0] for r in results], usage))
 
-    sr = SseGeneration(request_id, stream, engine, fmt=fmt, logprobs_k=parsed.logprobs,
-                          include_usage=parsed.include_usage, obs=obs)
+    srs = [SseGeneration(s.request_id if len(streams) > 1 else request_id, s, engine, fmt=f,
+                         logprobs_k=parsed.logprobs, include_usage=parsed.include_usage, obs=o,
+                         tail=len(streams) == 1, tool_choice=parsed.tool_choice)
+           for s, f, o in zip(streams, fmts, obs, strict=True)]
+    sr = srs[0]
     if session is not None:
         sr.session_id, sr.session_name, sr.input_text, sr.log = session.id, parsed.session, input_text, []
         sr.prompt_token_ids = list(parsed.request.prompt_token_ids)
         state.sessions.begin_turn(session, sr)
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(request)
-    return await _stream_sse(request, response, sr)
+    if len(srs) == 1:
+        return await _stream_sse(request, response, sr)
+    return await _stream_choices(response, srs, request_id)
+
+
+async def _submit_choices(engine: AsyncEngine, request: GenerateRequest, n: int) -> list[RequestStream]:
+    """Submit the request, n times for n choices. The first choice runs its prefill alone; the others are submitted
+    once it has produced its first token, when the prompt's full KV blocks are in the prefix cache, so they share
+    them instead of computing the prompt again. A seeded request's choice i samples with seed + i."""
+    if n == 1:
+        return [await engine.submit(request)]
+    base, streams = request.request_id, []
+    try:
+        for i in range(n):
+            params = request.params
+            if params.seed is not None:
+                params = dataclasses.replace(params, seed=params.seed + i if params.seed + i < INT64_MAX else -i)
+            choice = dataclasses.replace(request, request_id=f"{base}.{i}", params=params)
+            streams.append(await engine.submit(choice))
+            if i == 0:
+                started = asyncio.Event()
+                streams[0].listener = started.set
+                await started.wait()
+                streams[0].listener = None
+    except BaseException:
+        for s in streams:
+            s.cancel()
+        raise
+    return streams
+
+
+async def _collect(stream: RequestStream, engine: AsyncEngine, fmt: OpenAIFormatter, obs, parsed: ParsedRequest
+                   ) -> tuple[dict, int, int, TokenEvent]:
+    """One choice of a non-streaming response: (its body choice, completion tokens, cached prompt tokens, its
+    final event)."""
+    gen, logprobs = Generation(stream.request_id, stream, engine, obs=obs), None
+    async for event in stream:
+        step = gen.take([event])
+        logprobs = _merge_logprobs(logprobs, fmt.logprobs([event], parsed.logprobs))
+        if step.final is not None:
+            gen.end(step.final)
+    final = gen.final
+    if obs is not None and final is not None:
+        obs.sent()
+    if final is None or final.finish_reason is FinishReason.ERROR:
+        raise HttpError(500, "internal", "generation failed")
+    text = "".join(gen.output_text)
+    calls = tool_calls_of(text, parsed.tool_choice)
+    finish = "tool_calls" if calls is not None else openai_finish_reason(final.finish_reason)
+    return fmt.choice(text, logprobs, finish, calls), gen.completion_tokens, final.num_cached_tokens, final
+
+
+async def _stream_choices(response: web.StreamResponse, srs: list[SseGeneration], request_id: str
+                          ) -> web.StreamResponse:
+    """n > 1: every choice's chunks (each with its index) on one stream as they come, then one usage and [DONE].
+    A client that goes away cancels every choice."""
+    wake = asyncio.Event()
+    for sr in srs:
+        sr.stream.listener = wake.set
+        sr.owner = response
+    wake.set()
+    try:
+        while not all(sr.finished for sr in srs):
+            await wake.wait()
+            wake.clear()
+            out: list[bytes] = []
+            for sr in srs:
+                was = sr.finished
+                sr.produce(out, [])
+                if sr.finished and not was and sr.obs is not None:
+                    sr.obs.sent()
+            if out:
+                await response.write(b"".join(out))
+    finally:
+        for sr in srs:
+            if not sr.finished:
+                sr.engine.cancel(sr.engine_id)
+    tail = b""
+    if srs[0].include_usage:
+        fmt = srs[0].fmt
+        usage = fmt.usage(srs[0].stream.num_prompt_tokens, sum(sr.completion_tokens for sr in srs),
+                          max(sr.final.num_cached_tokens for sr in srs))
+        tail = sse_event(f"{request_id}:{sum(sr.next_seq for sr in srs)}", fmt.usage_chunk(usage))
+    await response.write(tail + b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
 
 
 async def _stream_sse(request: web.Request, response: web.StreamResponse, sr: SseGeneration) -> web.StreamResponse:
@@ -317,7 +436,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 def _model_card(state) -> dict:
-    return {"id": state.config.model_name, "object": "model", "created": state.started_at, "owned_by": "seedance"}
+    """`input_modalities` (a Seedance extension): ["text", "image"] for a model that takes images."""
+    # images where this engine can encode them (process mode has no vision encoder: it refuses them)
+    takes_images = state.engine is not None and state.engine.vision is not None
+    return {"id": state.config.model_name, "object": "model", "created": state.started_at, "owned_by": "seedance",
+            "input_modalities": ["text", "image"] if takes_images else ["text"]}
 
 
 async def models(request: web.Request) -> web.Response:

@@ -14,8 +14,9 @@ from seedance.engine.events import FinishReason, TokenEvent
 class OpenAIFormatter:
     """Builds completion / chat payloads from engine events."""
 
-    def __init__(self, chat: bool, model: str, request_id: str, tokenizer) -> None:
+    def __init__(self, chat: bool, model: str, request_id: str, tokenizer, index: int = 0) -> None:
         self.chat = chat
+        self.index = index  # the choice (n > 1) this formatter's chunks belong to
         self.model = model
         self.id = request_id
         self.created = int(time.time())
@@ -50,38 +51,55 @@ class OpenAIFormatter:
                 "top_logprobs": [{"token": (s := self._token_text(t)), "logprob": lp, "bytes": list(s.encode())}
                                  for t, lp in (e.top_logprobs or ())]}
 
-    def chunk(self, text: str, logprobs: dict | None, finish: str | None, first: bool) -> dict:
+    def chunk(self, text: str, logprobs: dict | None, finish: str | None, first: bool,
+              tool_calls: list[dict] | None = None) -> dict:
+        """tool_calls: the reply's calls, sent whole in the chunk that ends the choice (their text is not sent)."""
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {"content": text}
             if finish is not None and not text and not first:
                 delta = {}
-            choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+            if tool_calls is not None:
+                delta = {"role": "assistant", "content": None} if first else {}
+                delta["tool_calls"] = [dict(call, index=i) for i, call in enumerate(tool_calls)]
+            choice = {"index": self.index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
             return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                     "choices": [choice]}
-        choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
+        choice = {"index": self.index, "text": text, "logprobs": logprobs, "finish_reason": finish}
         return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
                 "choices": [choice]}
 
-    def usage(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
+    def usage(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int,
+              final: TokenEvent | None = None) -> dict:
+        """final, for a multimodal prompt: prompt_tokens_details also splits it into text, embedding and image
+        tokens (OpenAI names text_tokens / image_tokens; embedding_tokens for rows the client sent)."""
+        details = {"cached_tokens": cached_tokens}
+        if final is not None and (final.num_embedding_tokens or final.num_image_tokens):
+            details.update(text_tokens=final.num_text_tokens, embedding_tokens=final.num_embedding_tokens,
+                           image_tokens=final.num_image_tokens)
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+                "total_tokens": prompt_tokens + completion_tokens, "prompt_tokens_details": details}
 
     def usage_chunk(self, usage: dict) -> dict:
         obj = "chat.completion.chunk" if self.chat else "text_completion"
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [],
                 "usage": usage}
 
-    def full(self, text: str, logprobs: dict | None, finish: str, usage: dict) -> dict:
-        if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
-                      "finish_reason": finish}
-            obj = "chat.completion"
-        else:
-            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
-            obj = "text_completion"
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": [choice],
+    def choice(self, text: str, logprobs: dict | None, finish: str, tool_calls: list[dict] | None = None) -> dict:
+        """One choice of a non-streaming body."""
+        if not self.chat:
+            return {"index": self.index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if tool_calls is not None:
+            message = {"role": "assistant", "content": None, "tool_calls": tool_calls}
+        return {"index": self.index, "message": message, "logprobs": logprobs, "finish_reason": finish}
+
+    def body(self, choices: list[dict], usage: dict) -> dict:
+        obj = "chat.completion" if self.chat else "text_completion"
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices,
                 "usage": usage}
+
+    def full(self, text: str, logprobs: dict | None, finish: str, usage: dict) -> dict:
+        return self.body([self.choice(text, logprobs, finish)], usage)
 
 
 def openai_finish_reason(reason: FinishReason | None) -> str:

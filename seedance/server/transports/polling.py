@@ -3,8 +3,9 @@
 POST /v1/jobs takes the fields of a WebSocket `generate` (without type and id), starts a generation and
 answers 202 with its id; GET /v1/jobs/{id}?after=SEQ&wait_ms=N returns the chunks after SEQ (-1, the default:
 all), waiting up to wait_ms (capped by poll_max_wait_ms) for new ones while the job runs (long polling);
-DELETE cancels. A reply carries status (running, done or cancelled), the new chunks, next_seq (the seq of the
-last chunk so far: the `after` of the next poll), and finish_reason, stop_reason and usage once finished.
+DELETE cancels. A reply carries status (running, done or cancelled), the new chunks, last_seq (the seq of the
+last chunk so far, -1 before the first: the `after` of the next poll), next_seq (the seq the next chunk will
+have: last_seq + 1), and finish_reason, stop_reason and usage once finished.
 A job's chunk log is bounded by its max_tokens; finished jobs are kept for job_ttl_s so late readers get the
 end, then expire. At most max_jobs jobs (running or kept) exist at once; beyond that POST gets 429.
 """
@@ -66,7 +67,8 @@ class Job:
             "id": self.id,
             "status": self.status,
             "chunks": self.chunks[after + 1 :],
-            "next_seq": len(self.chunks) - 1,
+            "last_seq": len(self.chunks) - 1,
+            "next_seq": len(self.chunks),
             "finish_reason": self.finish_reason,
             "stop_reason": self.stop_reason,
             "usage": self.usage,

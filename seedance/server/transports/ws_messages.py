@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from seedance.engine.events import TokenEvent
 from seedance.protocol import Chunk, Done, SnapshotAck, TokenLogprob, Usage, encode_server_message
 
@@ -20,8 +22,12 @@ def chunk_message(request_id: str, seq: int, events: list[TokenEvent], text: str
 
 
 def usage_of(final: TokenEvent, completion_tokens: int) -> Usage:
-    return Usage(prompt_tokens=final.num_prompt_tokens, completion_tokens=completion_tokens,
-                 cached_tokens=final.num_cached_tokens)
+    usage = Usage(prompt_tokens=final.num_prompt_tokens, completion_tokens=completion_tokens,
+                  cached_tokens=final.num_cached_tokens)
+    if final.num_embedding_tokens or final.num_image_tokens:  # a multimodal prompt: its split, text and rows
+        usage.text_tokens, usage.embedding_tokens = final.num_text_tokens, final.num_embedding_tokens
+        usage.image_tokens = final.num_image_tokens
+    return usage
 
 
 def done_message(request_id: str, final: TokenEvent, completion_tokens: int, kv_reuse: float | None = None) -> bytes:
@@ -41,8 +47,6 @@ def frame_metadata(request_id: str, seq: int, events: list[TokenEvent], final: T
     if events and events[0].top_logprobs:
         meta["top_logprobs"] = [[list(pair) for pair in e.top_logprobs or ()] for e in events]
     if final is not None:
-        usage = usage_of(final, completion_tokens)
         meta.update(finish_reason=str(final.finish_reason), stop_reason=final.stop_reason,
-                    usage={"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                           "cached_tokens": usage.cached_tokens})
+                    usage=msgspec.to_builtins(usage_of(final, completion_tokens)))
     return meta

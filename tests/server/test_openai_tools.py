@@ -1,0 +1,78 @@
+"""server/transports/openai_tools.py and the chat side of tools, without a server: a template that takes `tools`
+gets them, one that does not gets the system message; calls parse back; the call grammar is the declared schema."""
+
+import json
+
+import jsonschema
+import pytest
+
+from seedance.engine.async_engine import GenerateRequest
+from seedance.models.loader import BUILTIN_MODEL_DIR
+from seedance.models.tokenizer import TextTokenizer
+from seedance.server.http.http_errors import HttpError
+from seedance.server.transports.openai_api import _with_tools, parse_chat
+from seedance.server.transports.openai_tools import parse_tool_choice, tool_calls_of
+
+FN = {"type": "function", "function": {"name": "lookup", "description": "Find a verse.", "parameters": {
+    "type": "object", "properties": {"book": {"type": "string"}}, "required": ["book"]}}}
+TOOLS_TEMPLATE = ("{% if tools %}TOOLS:{% for t in tools %}{{ t.function.name }};{% endfor %}\n{% endif %}"
+                  "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:")
+
+
+def tokenizer(template: str | None) -> TextTokenizer:
+    base = TextTokenizer.from_dir(BUILTIN_MODEL_DIR)
+    return TextTokenizer(None, base.eos_token_ids, backend=base.backend, chat_template=template)
+
+
+def chat(**body) -> tuple[GenerateRequest, object]:
+    parsed = parse_chat({"messages": [{"role": "user", "content": "Where is Genesis?"}], **body})
+    return parsed.request, parsed.tool_choice
+
+
+def test_a_template_that_takes_tools_renders_them():
+    tk = tokenizer(TOOLS_TEMPLATE)
+    assert tk.template_takes_tools
+    request, choice = chat(tools=[FN])
+    _with_tools(request, choice, tk)
+    assert request.tools == [FN] and request.messages[0]["role"] == "user"
+    text = tk.decode(tk.apply_chat_template(request.messages, tools=request.tools))
+    assert text.startswith("TOOLS:lookup;")
+
+
+def test_a_template_without_tools_gets_a_system_message():
+    tk = tokenizer("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}")
+    assert not tk.template_takes_tools
+    request, choice = chat(tools=[FN], tool_choice="required",
+                           messages=[{"role": "system", "content": "Be brief."},
+                                     {"role": "user", "content": "Where is Genesis?"}])
+    _with_tools(request, choice, tk)
+    assert request.tools is None and request.messages[0]["role"] == "system"
+    system = request.messages[0]["content"]
+    assert system.startswith("Be brief.") and '"name":"lookup"' in system and "You must call one of them" in system
+
+
+def test_the_call_grammar_is_the_declared_schema_and_calls_parse_back():
+    choice = parse_tool_choice({"tools": [FN], "tool_choice": {"type": "function", "function": {"name": "lookup"}}})
+    schema = choice.call_schema()
+    jsonschema.validate({"name": "lookup", "arguments": {"book": "Ruth"}}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"name": "lookup", "arguments": {}}, schema)
+    assert choice.guided().kind == "json_schema"
+    assert parse_tool_choice({"tools": [FN]}).guided().kind == "grammar"  # auto: a call or text
+    calls = tool_calls_of('{"name": "lookup", "arguments": {"book": "Ruth"}}', choice)
+    assert calls[0]["function"] == {"name": "lookup", "arguments": json.dumps({"book": "Ruth"})}
+    assert tool_calls_of("Genesis is first.", choice) is None
+    assert tool_calls_of('{"name": "lookup", "argu', choice) is None  # cut short: returned as text
+    assert parse_tool_choice({"tools": [FN], "tool_choice": "none"}) is None
+
+
+def test_tool_messages_go_back_to_the_template():
+    call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"book": "Ruth"}'}}
+    request, _ = chat(messages=[{"role": "user", "content": "Ruth?"},
+                                {"role": "assistant", "content": None, "tool_calls": [call]},
+                                {"role": "tool", "tool_call_id": "call_1", "content": "Ruth 1:1"}])
+    assert request.messages[1] == {"role": "assistant", "content": json.dumps({"name": "lookup",
+                                                                                "arguments": {"book": "Ruth"}})}
+    assert request.messages[2] == {"role": "tool", "content": "Ruth 1:1"}
+    with pytest.raises(HttpError):
+        chat(messages=[{"role": "tool", "content": "x"}])  # no tool_call_id
