@@ -124,3 +124,61 @@ async def test_a_dead_engine_process_fails_streams_in_flight_and_readyz_says_so(
         assert resp.status_code == 429 and resp.json()["error"]["code"] == "overloaded"
     finally:
         assert srv.stop() == 0
+
+
+# ---- main's features across the process boundary: each equals the thread-mode server's answer (`server`) ----
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                           "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+def completion(srv, **body) -> httpx.Response:
+    return httpx.post(f"{srv.http}/v1/completions", json={"model": "seedance-tiny", "prompt": PROMPTS[0], **body},
+                      timeout=60)
+
+
+def test_guided_requests_compile_in_the_engine_process(process_server, server):
+    body = {"max_tokens": 60, "temperature": 0.0, "guided_json": PERSON}
+    got = completion(process_server, **body)
+    assert got.status_code == 200, got.text
+    text = got.json()["choices"][0]["text"]
+    assert set(json.loads(text)) == {"name", "age"}
+    assert text == completion(server, **body).json()["choices"][0]["text"]  # the thread mode's, exactly
+    choice = completion(process_server, max_tokens=10, temperature=1.0, seed=4, guided_choice=["light", "dark"])
+    assert choice.json()["choices"][0]["text"] in {"light", "dark"}
+    bad = completion(process_server, max_tokens=4, guided_regex="(unclosed")  # refused in the core: a 400, no hang
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request", bad.text
+    assert completion(process_server, max_tokens=2).status_code == 200  # the engine went on
+
+
+async def test_embedding_prompts_cross_as_bytes(process_server, server):
+    from safetensors.torch import load_file
+
+    from seedance.models.loader import BUILTIN_MODEL_DIR
+    from tests.e2e.test_embedding_prompts import GREEDY, IDS, f32le, ids_of, tokens_b64
+    from tests.e2e.test_websocket import run_requests
+
+    table = load_file(str(BUILTIN_MODEL_DIR / "model.safetensors"))["model.embed_tokens.weight"].float()
+    requests = [{"id": "ids", "prompt_b64": tokens_b64(IDS), **GREEDY},
+                {"id": "parts", "prompt_parts": [{"type": "tokens", "ids": IDS[:2]},
+                                                 {"type": "embedding", "b64": f32le(table[IDS[2:5]])},
+                                                 {"type": "tokens", "ids": IDS[5:]}], **GREEDY}]
+    async with connect(process_server.ws) as ws:
+        results = await run_requests(ws, requests)
+    async with connect(server.ws) as ws:
+        thread = await run_requests(ws, requests[1:])
+    assert all(not r["errors"] for r in results.values()), results
+    assert ids_of(results["parts"]) == ids_of(results["ids"]) == ids_of(thread["parts"])
+    usage = results["parts"]["done"]["usage"]
+    assert (usage["prompt_tokens"], usage["embedding_tokens"]) == (7, 3)
+
+
+def test_v1_embeddings_run_in_the_engine_process(process_server, server):
+    body = {"model": "seedance-tiny", "input": ["In the beginning", [1063, 389, 392]]}
+    got = httpx.post(f"{process_server.http}/v1/embeddings", json=body, timeout=60)
+    want = httpx.post(f"{server.http}/v1/embeddings", json=body, timeout=60).json()
+    assert got.status_code == 200, got.text
+    for a, b in zip(got.json()["data"], want["data"], strict=True):
+        assert len(a["embedding"]) == 256 and sum(x * y for x, y in zip(a["embedding"], b["embedding"],
+                                                                        strict=True)) > 0.99999
+    assert got.json()["usage"] == want["usage"]

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from seedance.engine.core_protocol import (
     Abort,
     Add,
+    Embed,
+    Embedded,
+    EmbedRows,
     FrameBuffer,
     Pause,
     Refusal,
@@ -20,11 +24,14 @@ from seedance.engine.core_protocol import (
     Unpin,
     decode_commands,
     decode_to_gateway,
+    embeds_from_wire,
+    embeds_to_wire,
     frame,
 )
 from seedance.engine.events import FinishReason, TokenEvent
 from seedance.engine.llm_engine import EngineStats
-from seedance.engine.sampling_params import SamplingParams
+from seedance.engine.prompt_embeds import assemble_prompt
+from seedance.engine.sampling_params import GuidedDecoding, SamplingParams
 
 STATS = EngineStats(1, 2, 0, 100, 128, 10, 4, 0, 3, 7, 9, 4096)
 
@@ -65,3 +72,41 @@ def test_frames_come_out_whole_however_the_bytes_are_split(payloads, cuts):
 def test_a_corrupt_length_is_refused():
     with pytest.raises(ValueError):
         FrameBuffer().feed(b"\xff\xff\xff\xff rest")
+
+
+def test_guided_penalties_and_logit_bias_cross_in_the_add():
+    params = SamplingParams(max_tokens=9, presence_penalty=0.5, repetition_penalty=1.2,
+                            logit_bias={17: -100.0, 3: 2.5},
+                            guided=GuidedDecoding("json_schema", '{"type":"object"}', strict=False))
+    back, abort = decode_commands(body(frame([Add("a", [1, 2], params), Abort("a", keep_tokens=7)])))
+    assert abort == Abort("a", 7)
+    assert back.params == params and type(back.params.guided) is GuidedDecoding and back.params.logit_bias[17] == -100
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_embedding_rows_cross_as_bytes_and_come_back_the_same(dtype):
+    rows = torch.randn(5, 8).to(dtype)
+    ids, embeds = assemble_prompt([[1, 2], rows[:3], [3], ("image", rows[3:])])
+    (add,) = decode_commands(body(frame([Add("a", ids, SamplingParams(), embeds=embeds_to_wire(embeds))])))
+    back = embeds_from_wire(add.embeds)
+    def key(e):
+        return [(s.start, s.kind, s.digest) for s in e.segments]
+
+    assert key(back) == key(embeds)
+    for got, want in zip(back.segments, embeds.segments, strict=True):
+        assert got.rows.dtype == dtype and torch.equal(got.rows, want.rows)
+    assert assemble_prompt([[1, 2], back.segments[0].rows, [3], ("image", back.segments[1].rows)])[0] == ids
+    assert embeds_to_wire(None) is None and embeds_from_wire(None) is None
+
+
+def test_embedding_rows_whose_bytes_do_not_fit_are_refused():
+    with pytest.raises(ValueError):
+        embeds_from_wire([EmbedRows(0, "float32", 3, b"\0" * 10, b"d")])
+    with pytest.raises(ValueError):
+        embeds_from_wire([EmbedRows(0, "int64", 1, b"\0" * 8, b"d")])
+
+
+def test_embed_and_its_answer_round_trip():
+    assert decode_commands(body(frame([Embed(3, [[1, 2], [3]])]))) == [Embed(3, [[1, 2], [3]])]
+    step = Step([], embedded=[Embedded(3, 2, b"\0" * 16), Embedded(4, error="no", code="invalid_request")])
+    assert decode_to_gateway(body(frame(step))) == step

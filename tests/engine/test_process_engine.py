@@ -8,16 +8,20 @@ import pickle
 import socket
 
 import pytest
+import torch
 
 from seedance.engine.config import EngineConfig
 from seedance.engine.core_protocol import (
     Abort,
     Add,
+    Embed,
+    Embedded,
     FrameBuffer,
     Ready,
     Refusal,
     Step,
     decode_commands,
+    embeds_from_wire,
     frame,
 )
 from seedance.engine.engine_front import GenerateRequest
@@ -156,3 +160,82 @@ async def test_a_full_command_channel_refuses_new_requests(pair):
     with pytest.raises(EngineOverloaded, match="behind"):
         await engine.submit(ids_request("next"))
     big.cancel()
+
+
+@pytest.fixture
+async def vision_pair():
+    """A core whose Ready says the model takes images and prompt embeddings (a LLaVA-family model)."""
+    ours, theirs = socket.socketpair()
+    core = FakeCore(theirs)
+    core.reader, core.writer = await asyncio.open_unix_connection(sock=core.sock)
+    tokenizer = pickle.dumps(TextTokenizer.from_dir(BUILTIN_MODEL_DIR))
+    core.send(Ready(512, "fake", {}, tokenizer, STATS, dtype="bfloat16", hidden_size=8, takes_images=True,
+                    embedding_shape=(8, 300)))
+    engine = await ProcessEngine.connect(EngineConfig(), ours)
+    yield engine, core
+    core.writer.close()
+    await engine.close()
+
+
+async def test_ready_carries_the_model_facts(vision_pair, pair):
+    engine, _ = vision_pair
+    assert (engine.hidden_size, engine.takes_images, engine.embedding_shape) == (8, True, (8, 300))
+    assert engine.config.dtype == "bfloat16" and engine.vision is None
+    plain, _ = pair
+    assert (plain.hidden_size, plain.takes_images, plain.embedding_shape) == (None, False, None)
+
+
+async def test_images_are_refused_with_a_reason_and_nothing_is_sent(vision_pair):
+    engine, core = vision_pair
+    chat = [{"role": "user", "content": [{"type": "text", "text": "what is it"},
+                                         {"type": "image", "image": b"not looked at"}]}]
+    with pytest.raises(InvalidRequest, match="--engine thread"):
+        await engine.submit(GenerateRequest(messages=chat))
+    assert engine.num_open_requests == 0 and core.command_frames == []
+
+
+async def test_embedding_rows_ride_on_the_add(vision_pair):
+    engine, core = vision_pair
+    rows = torch.randn(3, 8)
+    task = asyncio.create_task(engine.submit(GenerateRequest(prompt_parts=[[5, 6], rows, [7]], request_id="e")))
+    (add,) = await core.commands(1)
+    assert len(add.token_ids) == 6 and add.token_ids[:2] == [5, 6] and all(t < 0 for t in add.token_ids[2:5])
+    (segment,) = embeds_from_wire(add.embeds).segments
+    assert segment.start == 2 and torch.equal(segment.rows, rows)
+    core.send(Step([], admitted=["e"]))
+    assert (await task).is_multimodal
+
+
+async def test_cancel_keep_tokens_goes_to_the_core(pair):
+    engine, core = pair
+    task = asyncio.create_task(engine.submit(ids_request("a", 100)))
+    await core.commands(1)
+    core.send(Step([], admitted=["a"]))
+    await task
+    engine.cancel("a", keep_tokens=5)
+    assert await core.commands(1) == [Abort("a", 5)]
+
+
+async def test_embed_groups_are_commands_answered_with_vector_bytes(vision_pair):
+    engine, core = vision_pair
+    task = asyncio.create_task(engine.embed_group([[1, 2], [3]]))
+    (embed,) = await core.commands(1)
+    assert isinstance(embed, Embed) and embed.inputs == [[1, 2], [3]]
+    vectors = torch.arange(16, dtype=torch.float32).view(2, 8)
+    core.send(Step([], embedded=[Embedded(embed.key, 8, vectors.numpy().tobytes())]))
+    got = await task
+    assert len(got) == 2 and all(torch.equal(g, v) for g, v in zip(got, vectors, strict=True))
+    bad = asyncio.create_task(engine.embed_group([[1]]))
+    (embed,) = await core.commands(1)
+    core.send(Step([], embedded=[Embedded(embed.key, error="no model", code="invalid_request")]))
+    with pytest.raises(InvalidRequest, match="no model"):
+        await bad
+
+
+async def test_a_dead_core_fails_a_waiting_embedding(pair):
+    engine, core = pair
+    task = asyncio.create_task(engine.embed_group([[1, 2]]))
+    await core.commands(1)
+    core.writer.close()
+    with pytest.raises(EngineUnavailable):
+        await task
