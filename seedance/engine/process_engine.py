@@ -187,9 +187,12 @@ class ProcessEngine(EngineFront):
     async def submit(self, request: GenerateRequest) -> RequestStream:
         """Tokenize (off the loop), send, and return once the core admitted it (or raise its refusal)."""
         token_ids = await self.tokenize(request)
+        embeds = request.prompt_embeds
+        # the rows' bytes (up to max_prompt_embeds_bytes a part) are copied out off the event loop
+        rows = await asyncio.get_running_loop().run_in_executor(
+            self.tokenize_executor, embeds_to_wire, embeds) if embeds is not None else None
         request_id = self._new_id(request)
         self._check_channel()
-        embeds = request.prompt_embeds
         stream = RequestStream(self, request_id, len(token_ids))
         stream.is_multimodal = embeds is not None
         self._streams[request_id] = stream
@@ -198,7 +201,7 @@ class ProcessEngine(EngineFront):
         p = self.prefix
         pin_key = p + request.pin_key if request.pin_key is not None else None
         self._send(Add(p + request_id, token_ids, request.params, request.priority, time.monotonic(), pin_key,
-                       embeds_to_wire(embeds)))
+                       rows))
         try:
             await verdict
         except BaseException:

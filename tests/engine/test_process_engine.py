@@ -191,7 +191,10 @@ async def test_images_are_refused_with_a_reason_and_nothing_is_sent(vision_pair)
                                          {"type": "image", "image": b"not looked at"}]}]
     with pytest.raises(InvalidRequest, match="--engine thread"):
         await engine.submit(GenerateRequest(messages=chat))
-    assert engine.num_open_requests == 0 and core.command_frames == []
+    assert engine.num_open_requests == 0
+    task = asyncio.create_task(engine.submit(ids_request("next")))
+    assert [c.request_id for c in await core.commands(1)] == ["next"]  # nothing went out for the image prompt
+    task.cancel()
 
 
 async def test_embedding_rows_ride_on_the_add(vision_pair):
