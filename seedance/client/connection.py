@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import ssl as ssl_module
@@ -28,6 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -42,13 +42,34 @@ from seedance.client.auth import (
     token_lifetime,
 )
 from seedance.client.errors import ConnectionLost, SeedanceError
-from seedance.protocol import CloseCode, decode_frames
+from seedance.protocol import (
+    Authenticated,
+    Cancel,
+    ClientMessage,
+    CloseCode,
+    Credit,
+    Done,
+    Error,
+    Generate,
+    ProtocolError,
+    Reauth,
+    Resume,
+    ServerMessage,
+    SnapshotAck,
+    decode_client_message,
+    decode_frames,
+    decode_server_message,
+    decode_server_messages,
+    encode_client_message,
+)
+from seedance.protocol import Chunk as ChunkMessage
 
 __all__ = ["ChunkOut", "ConnectionLost", "DoneOut", "GenerationStream", "ReauthError", "SeedanceClient",
            "SeedanceError"]
 
 log = logging.getLogger(__name__)
 REAUTH_ANSWER_ERRORS = ("unauthorized", "unsupported")  # id-less errors that answer a pending reauth
+_NO_LIMIT = 1 << 62  # the client checks a generate's fields, not its size (the server's limit is its own)
 
 
 @dataclass(slots=True)
@@ -81,7 +102,7 @@ class GenerationStream:
     done: DoneOut | None = None
     credit_window: int | None = None
     consumed_since_grant: int = 0
-    request: dict = field(default_factory=dict)  # the generate message, re-sent if the server never saw it
+    request: Generate | None = None  # the generate message, re-sent if the server never saw it
 
     def __aiter__(self) -> AsyncIterator[ChunkOut]:
         return self._iterate()
@@ -198,7 +219,7 @@ class SeedanceClient:
         if self._ws is not None:
             for stream in list(self.streams.values()):
                 with contextlib.suppress(ConnectionClosed):
-                    await self._ws.send(json.dumps({"type": "cancel", "id": stream.id}))
+                    await self._ws.send(_text(Cancel(id=stream.id)))
             await self._ws.close()
         if self._reader is not None:
             self._reader.cancel()
@@ -209,7 +230,7 @@ class SeedanceClient:
         self.streams.clear()
 
     # ---- requests ---------------------------------------------------------------------------------
-    async def _send(self, message: dict, still_wanted: Callable[[], bool] | None = None) -> None:
+    async def _send(self, message: ClientMessage, still_wanted: Callable[[], bool] | None = None) -> None:
         """Send once connected; `still_wanted` is asked again then (a reconnect may have made it moot)."""
         if not self._connected.is_set() and self._reader is not None:
             # Reconnecting: wait for it, unless the reader gives up (then the streams already have their error
@@ -223,7 +244,7 @@ class SeedanceClient:
         if still_wanted is not None and not still_wanted():
             return
         with contextlib.suppress(ConnectionClosed):  # the reader reconnects and resumes from there
-            await self._ws.send(json.dumps(message))
+            await self._ws.send(_text(message))
 
     def generate(self, prompt: str | None = None, *, messages: list[dict] | None = None, session: str | None = None,
                  id: str | None = None, resumable: bool = True, **params: Any) -> GenerationStream:
@@ -243,13 +264,18 @@ class SeedanceClient:
             message["binary"] = True
         if self.credit_window:
             message["credit"] = self.credit_window
-        stream.request = message
-        asyncio.get_running_loop().create_task(self._send(message))
+        try:  # the protocol's own decoder: a field the server would refuse fails here, with the server's words
+            stream.request = decode_client_message(msgspec.json.encode(message), max_size=_NO_LIMIT)
+        except ProtocolError as err:
+            del self.streams[request_id]
+            stream.queue.put_nowait(SeedanceError(err.code, err.message, request_id))
+            return stream
+        asyncio.get_running_loop().create_task(self._send(stream.request))
         return stream
 
     async def cancel(self, request_id: str) -> None:
         if request_id in self.streams:
-            await self._send({"type": "cancel", "id": request_id})
+            await self._send(Cancel(id=request_id))
 
     async def _consumed(self, stream: GenerationStream) -> None:
         """Credit flow control: grant back what the caller has consumed, half a window at a time."""
@@ -259,7 +285,7 @@ class SeedanceClient:
                 n, stream.consumed_since_grant = stream.consumed_since_grant, 0
                 # A grant held up by a reconnect is dropped: the resumed stream runs under water marks, and a
                 # late grant would put it back under credit that no one grants any more.
-                await self._send({"type": "credit", "id": stream.id, "n": n},
+                await self._send(Credit(id=stream.id, n=n),
                                  still_wanted=lambda: stream.credit_window is not None)
 
     # ---- reading ----------------------------------------------------------------------------------
@@ -324,8 +350,7 @@ class SeedanceClient:
                     stream.queue.put_nowait(ConnectionLost(f"request {stream.id} had no session to resume"))
                     del self.streams[stream.id]
                     continue
-                await self._send({"type": "resume", "session": stream.session, "id": stream.id,
-                                  "last_seq": stream.last_seq})
+                await self._send(Resume(session=stream.session, id=stream.id, last_seq=stream.last_seq))
             return True
         return False
 
@@ -339,22 +364,20 @@ class SeedanceClient:
                     self._on_done(DoneOut(meta["id"], meta["finish_reason"], meta.get("usage", {}),
                                           meta.get("stop_reason")))
             return
-        parsed = json.loads(raw)
-        for m in parsed if isinstance(parsed, list) else [parsed]:
-            kind = m.get("type")
-            if kind == "chunk":
-                logprobs = [lp["logprob"] for lp in m["logprobs"]] if m.get("logprobs") else None
-                self._on_chunk(ChunkOut(m["id"], m["seq"], m["text"], m["token_ids"], logprobs))
-            elif kind == "done":
-                self._on_done(DoneOut(m["id"], m["finish_reason"], m["usage"], m.get("stop_reason"),
-                                      m.get("kv_reuse")))
-            elif kind == "snapshot":
-                self.snapshots[m["id"]] = m  # arrives after the turn's done: the turn is durable
-            elif self._reauth_answer is not None and (kind == "authenticated" or (
-                    kind == "error" and m.get("id") is None and m.get("code") in REAUTH_ANSWER_ERRORS)):
+        for m in _server_messages(raw):
+            if isinstance(m, ChunkMessage):
+                logprobs = [lp.logprob for lp in m.logprobs] if m.logprobs else None
+                self._on_chunk(ChunkOut(m.id, m.seq, m.text, m.token_ids, logprobs))
+            elif isinstance(m, Done):
+                self._on_done(DoneOut(m.id, m.finish_reason, msgspec.structs.asdict(m.usage), m.stop_reason,
+                                      m.kv_reuse))
+            elif isinstance(m, SnapshotAck):
+                self.snapshots[m.id] = msgspec.to_builtins(m)  # arrives after the turn's done: the turn is durable
+            elif self._reauth_answer is not None and (isinstance(m, Authenticated) or (
+                    isinstance(m, Error) and m.id is None and m.code in REAUTH_ANSWER_ERRORS)):
                 if not self._reauth_answer.done():
                     self._reauth_answer.set_result(m)
-            elif kind == "error":
+            elif isinstance(m, Error):
                 self._on_error(m)
 
     def _on_chunk(self, chunk: ChunkOut) -> None:
@@ -369,18 +392,17 @@ class SeedanceClient:
         if stream is not None:
             stream.queue.put_nowait(done)
 
-    def _on_error(self, m: dict) -> None:
-        request_id = m.get("id")
-        stream = self.streams.get(request_id) if request_id else None
+    def _on_error(self, m: Error) -> None:
+        stream = self.streams.get(m.id) if m.id else None
         if stream is None:
-            log.warning("server error: %s %s", m.get("code"), m.get("message"))
+            log.warning("server error: %s %s", m.code, m.message)
             return
-        if m.get("code") == "unknown_id" and stream.last_seq == -1:
+        if m.code == "unknown_id" and stream.last_seq == -1 and stream.request is not None:
             # The connection died before the server saw the generate: send it again.
             asyncio.get_running_loop().create_task(self._send(stream.request))
             return
-        self.streams.pop(request_id, None)
-        stream.queue.put_nowait(SeedanceError(m["code"], m["message"], request_id))
+        self.streams.pop(m.id, None)
+        stream.queue.put_nowait(SeedanceError(m.code, m.message, m.id))
 
     # ---- token renewal ----------------------------------------------------------------------------
     def _start_renewer(self) -> None:
@@ -421,15 +443,15 @@ class SeedanceClient:
         answer = asyncio.get_running_loop().create_future()
         self._reauth_answer = answer
         try:
-            await ws.send(json.dumps({"type": "reauth", "token": token}))
+            await ws.send(_text(Reauth(token=token)))
             m = await asyncio.wait_for(answer, self.open_timeout)
         except TimeoutError:
             raise ReauthError("timeout", f"no answer to reauth within {self.open_timeout:g} s") from None
         finally:
             self._reauth_answer = None
-        if m["type"] == "error":
-            raise ReauthError(m["code"], m.get("message", ""))
-        expires_at = fresh.expires_at if fresh.expires_at is not None else m.get("expires_at")
+        if isinstance(m, Error):
+            raise ReauthError(m.code, m.message)
+        expires_at = fresh.expires_at if fresh.expires_at is not None else m.expires_at
         self.token, self._lifetime = token, TokenLifetime(expires_at, fresh.issued_at)
         self.reauths += 1
         log.debug("token renewed in-band; it expires at %s", expires_at)
@@ -443,3 +465,28 @@ class SeedanceClient:
                 self.on_auth_error(error)
             except Exception:
                 log.exception("on_auth_error callback failed")
+
+
+def _text(message: ClientMessage) -> str:
+    """A client message as a text frame (the protocol's encoder; the server takes no binary client frames)."""
+    return encode_client_message(message).decode()
+
+
+def _server_messages(raw: str) -> list[ServerMessage]:
+    """One text message (one server message or an array of them), typed. A message this client does not
+    know (a newer server's) is skipped, not fatal: the rest of the array still counts."""
+    try:
+        return decode_server_messages(raw)
+    except ProtocolError:
+        try:
+            items = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            log.warning("skipped a server message that is not JSON")
+            return []
+    out = []
+    for item in items if isinstance(items, list) else [items]:
+        try:
+            out.append(decode_server_message(msgspec.json.encode(item)))
+        except ProtocolError as err:
+            log.debug("skipped a server message: %s", err.message)
+    return out

@@ -26,8 +26,6 @@ class Observability:
         self.cold_start = ColdStart(self.provider)
         m = self.metrics
         self._ttft = {t: m.ttft.labels(t) for t in ("ws", "sse", "polling")}
-        self._itl = {t: m.itl.labels(t) for t in ("ws", "sse", "polling")}
-        self._tokens = {t: m.completion_tokens.labels(t) for t in ("ws", "sse", "polling")}
 
     def request(self, transport: str, request_id: str, session: str | None = None, engine=None) -> RequestObs:
         return RequestObs(self, transport, request_id, session, engine)
@@ -81,9 +79,9 @@ class RequestObs:
             if not self.hub.cold_start.exported:
                 self.hub.cold_start.mark("first_token", t.first_token)
         elif n:
-            self.hub._itl[self.transport].observe((now - self.last) / n)
+            self.hub.metrics.itl.observe(self.transport, (now - self.last) / n)
         self.last = now
-        self.hub._tokens[self.transport].inc(n)
+        self.hub.metrics.completion_tokens.inc(self.transport, n)
 
     def finish(self, final, completion_tokens: int, session_turn: bool = False) -> None:
         """The request's final event reached the transport."""

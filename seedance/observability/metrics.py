@@ -9,6 +9,8 @@ from collections.abc import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from seedance.observability.loop_metrics import LoopCounter, LoopHistogram
+
 TRANSPORTS = ("ws", "sse", "polling")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -83,11 +85,14 @@ class Metrics:
                                 "(the finish reason, or refused)", ["transport", "outcome"], registry=r)
         self.ttft = Histogram("seedance_ttft_seconds", "Time from accepting a request to its first token being "
                               "handed to the transport", ["transport"], buckets=LATENCY_BUCKETS, registry=r)
-        self.itl = Histogram("seedance_inter_token_seconds", "Time between chunks divided by the tokens in the "
-                             "chunk (per-token latency after the first)", ["transport"], buckets=ITL_BUCKETS,
-                             registry=r)
-        self.completion_tokens = Counter("seedance_completion_tokens", "Tokens sent to clients, by transport",
-                                         ["transport"], registry=r)
+        # Once per chunk: loop-only, lock-free (loop_metrics.py).
+        self.itl = LoopHistogram("seedance_inter_token_seconds", "Time between chunks divided by the tokens in "
+                                 "the chunk (per-token latency after the first)", "transport", TRANSPORTS,
+                                 ITL_BUCKETS)
+        self.completion_tokens = LoopCounter("seedance_completion_tokens", "Tokens sent to clients, by transport",
+                                             "transport", TRANSPORTS)
+        r.register(self.itl)
+        r.register(self.completion_tokens)
         self.heartbeat_timeouts = Counter("seedance_heartbeat_timeouts",
                                           "WebSockets closed with 4000 after unanswered pings", registry=r)
         self.auth_refusals = Counter("seedance_auth_refusals", "HTTP requests refused by authentication or "
@@ -97,7 +102,6 @@ class Metrics:
         for transport in TRANSPORTS:  # the families show up with zeros before the first request
             self.active_connections.labels(transport)
             self.ttft.labels(transport)
-            self.itl.labels(transport)
         if state is not None:
             r.register(EngineCollector(state))
 

@@ -41,8 +41,8 @@ FinishReason = Literal["stop", "length", "cancelled", "error"]
 # ---------------------------------------------------------------------------------------------- client → server
 
 
-class _ClientBase(msgspec.Struct, tag_field="type", kw_only=True, forbid_unknown_fields=False):
-    pass
+class _ClientBase(msgspec.Struct, tag_field="type", kw_only=True, forbid_unknown_fields=False, omit_defaults=True):
+    pass  # omit_defaults: a client (seedance.client) sends only what it set
 
 
 class ChatMessage(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):

@@ -1,7 +1,10 @@
 """The server side of one /v1/stream connection as a sans-I/O state machine (python-websockets' Protocol
-shape): text in (`receive_text`), results of what it asked for in (`refuse`, `reauthenticated`, ...), and out
-`data_to_send()` (each item one text message, already encoded) and `commands()` (plain data for the adapter
-to carry out: submit, cancel, credit, priority, resume, reauth, close).
+shape). Inputs: the client's text (`receive_text`), the engine's events per request (`receive_events`),
+pongs (`receive_pong`), bytes written (`wrote`), the clock and the socket's buffer (`tick(now,
+buffered_bytes)`), the end of the socket (`connection_lost`), and the results of what it asked for (`open`,
+`refuse`, `reauthenticated`, ...). Outputs: `data_to_send()` (each item one text message, already encoded)
+and `commands()` (plain data for the adapter to carry out: submit, cancel, pause, resume, priority, resume
+a session turn, reauth, ping, detach, close).
 
 It owns the per-message rules of docs/protocol.md, so they are tested with strings in and bytes out, no
 socket: a malformed generate is refused (error, then done with finish_reason error) while other malformed
@@ -9,17 +12,21 @@ messages get an error only; ids are unique among the connection's active request
 `max_requests` at once; a draining server refuses new generates; each message needs its scopes
 (protocol/scopes.py); reauth and resume are handed to the adapter, which owns the token verifier and the
 sessions. The request table maps the client's ids to whatever the adapter keeps per request (its handle).
+Flow control (protocol/flow.py) is here too: credit per request, water marks and the heartbeat per
+connection, so a slow reader is paused, then closed, by rules tested without a socket.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from seedance.protocol import errors as codes
-from seedance.protocol.errors import ProtocolError
+from seedance.protocol.errors import CloseCode, ProtocolError
+from seedance.protocol.flow import Backpressure, FlowLimits, RequestFlow, StreamEvent
 from seedance.protocol.messages import (
     Authenticated,
     Cancel,
@@ -72,14 +79,37 @@ class Submit:
 
 
 @dataclass(frozen=True, slots=True)
-class CancelRequest:
-    id: str
+class _ForRequest:
+    id: str  # the client's id: the adapter finds its handle in the request table
+
+
+class CancelRequest(_ForRequest):
+    __slots__ = ()
+
+
+class PauseRequest(_ForRequest):
+    """Pause it in the engine (no credit, or the client reads too slowly): it keeps its KV."""
+
+    __slots__ = ()
+
+
+class ResumeStream(_ForRequest):
+    """Resume it in the engine and wake the writer: what it held may go out now."""
+
+    __slots__ = ()
+
+
+class DetachRequest(_ForRequest):
+    """The connection is gone: the session keeps this turn for a resume."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
-class GrantCredit:
-    id: str
-    n: int
+class SendPing:
+    """A probe (how far the client has read) or a heartbeat."""
+
+    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +146,11 @@ class CloseConnection:
     reason: str
 
 
-Command = (Submit | CancelRequest | GrantCredit | SetPriority | ResumeRequest | Reauthenticate | Refused
-           | CloseConnection)
+Command = (Submit | CancelRequest | PauseRequest | ResumeStream | SetPriority | ResumeRequest | Reauthenticate
+           | Refused | SendPing | DetachRequest | CloseConnection)
+
+
+_NOTHING: list = []  # returned when there is no output; never appended to
 
 
 def _no_active(request_id: str) -> bytes:
@@ -129,7 +162,7 @@ class ServerConnection(Generic[H]):
 
     def __init__(self, *, max_message_bytes: int, max_requests: int, scopes: frozenset[str],
                  token_auth: bool = False, draining: Callable[[], bool] = lambda: False,
-                 log_context: str = "") -> None:
+                 log_context: str = "", flow: FlowLimits | None = None, now: float = 0.0) -> None:
         self.max_message_bytes = max_message_bytes
         self.max_requests = max_requests
         self.scopes = scopes  # what this connection's credentials grant (replaced by a reauth)
@@ -137,15 +170,21 @@ class ServerConnection(Generic[H]):
         self.draining = draining
         self.log_context = log_context  # "client=... subject=..." for log lines
         self.requests: dict[str, H] = {}
+        self.flows: dict[str, RequestFlow] = {}  # the same ids: each request's credit on this connection
+        self.backpressure = Backpressure(flow or FlowLimits(), now)
         self._out: list[bytes] = []
         self._commands: list[Command] = []
 
     # ---- outputs --------------------------------------------------------------------------------------------
     def data_to_send(self) -> list[bytes]:
+        if not self._out:
+            return _NOTHING  # the common case on the writer's path: no new list
         out, self._out = self._out, []
         return out
 
     def commands(self) -> list[Command]:
+        if not self._commands:
+            return _NOTHING
         out, self._commands = self._commands, []
         return out
 
@@ -155,6 +194,19 @@ class ServerConnection(Generic[H]):
 
     # ---- inputs from the client ----------------------------------------------------------------------------
     def receive_text(self, data: str | bytes) -> None:
+        try:
+            self._receive_text(data)
+        except Exception:  # a fault of ours on one message fails that message only
+            self.message_failed()
+
+    def message_failed(self) -> None:
+        """Handling the last message failed (here or in the adapter carrying out its commands): drop what was
+        left of it, tell the client, keep the connection and its other requests."""
+        log.exception("websocket message failed")
+        self._commands.clear()
+        self.error(None, codes.INTERNAL, "the server failed on this message")
+
+    def _receive_text(self, data: str | bytes) -> None:
         try:
             message = decode_client_message(data, max_size=self.max_message_bytes)
         except ProtocolError as err:
@@ -174,9 +226,11 @@ class ServerConnection(Generic[H]):
         if isinstance(message, Generate):
             self._on_generate(message)
         elif isinstance(message, Cancel):
-            self._for_active(message.id, CancelRequest(message.id))
+            if self._for_active(message.id, CancelRequest(message.id)):
+                self.flows[message.id].cancelled = True
         elif isinstance(message, Credit):
-            self._for_active(message.id, GrantCredit(message.id, message.n))
+            if self._for_active(message.id, None):
+                self._grant(message.id, message.n)
         elif isinstance(message, Priority):
             self._for_active(message.id, SetPriority(message.id, message.priority))
         elif isinstance(message, Ping):
@@ -190,14 +244,83 @@ class ServerConnection(Generic[H]):
     def receive_binary(self) -> None:
         self.error(None, codes.UNSUPPORTED, "client messages are JSON text frames")
 
+    def receive_pong(self, payload: bytes) -> bool:
+        """True if it acknowledged output: the writer should look again (paused streams may resume)."""
+        return self.backpressure.pong(payload)
+
+    def may_take(self, request_id: str, ready: bool) -> bool:
+        """Whether the writer may take the request's events now (`ready`: the engine has some). Without
+        credit they wait where they are, and the request is paused in the engine."""
+        flow = self.flows[request_id]
+        if flow.may_take():
+            return True
+        if ready:
+            self._pause_for_credit(request_id, flow)
+        return False
+
+    def receive_events(self, request_id: str, events: list[StreamEvent]) -> None:
+        """The writer took these events for one chunk: the request's credit pays for it."""
+        flow = self.flows[request_id]
+        if flow.credit is not None and flow.took(events):
+            self._pause_for_credit(request_id, flow)
+
+    def tick(self, now: float, buffered_bytes: int) -> float | None:
+        """Before writing: the heartbeat if due, and the water marks on the unread output (`buffered_bytes`:
+        what the transport itself still holds). Returns None to write now, else how soon to tick again
+        (math.inf: never, the connection is closing)."""
+        bp, limits = self.backpressure, self.backpressure.limits
+        if now >= bp.next_heartbeat_at and self._heartbeat(now):
+            return math.inf
+        unsent = bp.unsent(buffered_bytes)
+        if unsent > limits.high_water_bytes:
+            if not bp.paused:
+                bp.paused, bp.above_high_water_since = True, now
+                self._commands.extend(PauseRequest(i) for i, f in self.flows.items() if f.credit is None)
+            elif now - bp.above_high_water_since > limits.slow_consumer_timeout_s:
+                self.close(CloseCode.SLOW_CONSUMER, "slow consumer: send buffer above high water too long")
+                return math.inf
+            self._probe()
+            return limits.recheck_s
+        if bp.paused and unsent <= limits.low_water_bytes:
+            bp.paused, bp.above_high_water_since = False, None
+            self._commands.extend(ResumeStream(i) for i, f in self.flows.items() if not f.paused_for_credit)
+        elif bp.paused:
+            self._probe()
+            return limits.recheck_s
+        return None
+
+    def wrote(self, nbytes: int) -> bytes | None:
+        """A message of nbytes went to the socket; returns a probe to ping with now, if one is due."""
+        return self.backpressure.wrote(nbytes)
+
+    def connection_lost(self) -> list[Command]:
+        """The socket is gone: each open request is detached (a live session turn) or cancelled. Returns the
+        commands; the table is the adapter's to read until it calls `forget_all`."""
+        return [DetachRequest(i) if f.session and not f.cancelled else CancelRequest(i)
+                for i, f in self.flows.items()]
+
     # ---- inputs from the adapter ---------------------------------------------------------------------------
-    def open(self, request_id: str, handle: H) -> None:
-        """A submitted (or resumed) request is live on this connection."""
+    def open(self, request_id: str, handle: H, *, credit: int | None = None, binary: bool = False,
+             session: bool = False, resumed: bool = False) -> None:
+        """A submitted or resumed request is live on this connection. A resumed one starts under this
+        connection's water marks (whatever credit it had, or a pause while detached, is over)."""
         self.requests[request_id] = handle
+        flow = self.flows[request_id] = RequestFlow(credit=credit, binary=binary, session=session)
+        if credit == 0:
+            self._pause_for_credit(request_id, flow)
+        elif credit is None and self.backpressure.paused:
+            self._commands.append(PauseRequest(request_id))  # joins its connection's back-pressure pause
+        elif resumed:
+            self._commands.append(ResumeStream(request_id))
 
     def forget(self, request_id: str) -> H | None:
         """The request ended (its done went out) or moved to another connection."""
+        self.flows.pop(request_id, None)
         return self.requests.pop(request_id, None)
+
+    def forget_all(self) -> None:
+        self.flows.clear()
+        self.requests.clear()
 
     def refuse(self, request_id: str, code: str, message: str) -> None:
         self._out.append(refusal_message(request_id, code, message))
@@ -241,11 +364,41 @@ class ServerConnection(Generic[H]):
         else:
             self._commands.append(Submit(message))
 
-    def _for_active(self, request_id: str, command: Command) -> None:
-        if request_id in self.requests:
-            self._commands.append(command)
-        else:
+    def _for_active(self, request_id: str, command: Command | None) -> bool:
+        if request_id not in self.requests:
             self._out.append(_no_active(request_id))
+            return False
+        if command is not None:
+            self._commands.append(command)
+        return True
+
+    def _grant(self, request_id: str, n: int) -> None:
+        flow = self.flows[request_id]
+        flow.credit = (flow.credit or 0) + n
+        if flow.paused_for_credit and flow.credit > 0:
+            flow.paused_for_credit = False
+            if not self.backpressure.paused:  # else the back-pressure resume takes it along
+                self._commands.append(ResumeStream(request_id))
+
+    def _pause_for_credit(self, request_id: str, flow: RequestFlow) -> None:
+        if not flow.paused_for_credit:
+            flow.paused_for_credit = True
+            self._commands.append(PauseRequest(request_id))
+
+    def _heartbeat(self, now: float) -> bool:
+        """A heartbeat is due: ping, or close when too many went unanswered (True)."""
+        bp = self.backpressure
+        bp.next_heartbeat_at = now + bp.limits.heartbeat_interval_s
+        if bp.missed_pongs >= bp.limits.heartbeat_max_missed:
+            self.close(CloseCode.HEARTBEAT_TIMEOUT, f"no pong to {bp.missed_pongs} pings")
+            return True
+        bp.missed_pongs += 1
+        self._commands.append(SendPing(bp.probe()))
+        return False
+
+    def _probe(self) -> None:
+        if (payload := self.backpressure.probe_if_unprobed()) is not None:
+            self._commands.append(SendPing(payload))
 
     def _duplicate(self, request_id: str) -> None:
         self.error(request_id, codes.DUPLICATE_ID, f"request id {request_id!r} is already active")

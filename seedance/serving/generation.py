@@ -73,11 +73,18 @@ class Generation:
 
     def take(self, events: list[TokenEvent]) -> Step:
         """Account for one batch of events: counts, output, the tokens hook; the end is `end()`."""
-        tokens = [e for e in events if e.token_id >= 0]
+        tokens = []
+        texts = []
+        ids = self.output_token_ids
+        for e in events:  # one pass: this runs for every chunk of every stream
+            if e.token_id >= 0:
+                tokens.append(e)
+                ids.append(e.token_id)
+            if e.text_delta:
+                texts.append(e.text_delta)
         final = events[-1] if events and events[-1].finished else None
-        text = "".join(e.text_delta for e in events)  # a final event without a token may carry text
+        text = texts[0] if len(texts) == 1 else "".join(texts)  # a final event without a token may carry text
         self.completion_tokens += len(tokens)
-        self.output_token_ids += [e.token_id for e in tokens]
         self.output_text.append(text)
         if self.obs is not None and tokens:
             self.obs.tokens(len(tokens))

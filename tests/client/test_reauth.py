@@ -178,7 +178,8 @@ class GuardServer:
             await ws.send(json.dumps({"type": "chunk", "id": request_id, "seq": seq, "text": f"{seq} ",
                                       "token_ids": [seq]}))
             await asyncio.sleep(0.05)
-        await ws.send(json.dumps({"type": "done", "id": request_id, "finish_reason": "length", "usage": {}}))
+        await ws.send(json.dumps({"type": "done", "id": request_id, "finish_reason": "length",
+                                  "usage": {"prompt_tokens": 1, "completion_tokens": n}}))
 
     @property
     def url(self) -> str:

@@ -11,7 +11,6 @@ from seedance.protocol.scopes import ALL_SCOPES, SCOPE_GENERATE
 from seedance.protocol.server_connection import (
     CancelRequest,
     CloseConnection,
-    GrantCredit,
     Reauthenticate,
     Refused,
     ResumeRequest,
@@ -146,7 +145,7 @@ def test_control_messages_need_an_active_request():
     for text in ('{"type": "cancel", "id": "x"}', '{"type": "credit", "id": "x", "n": 2}',
                  '{"type": "priority", "id": "x", "priority": 1}'):
         conn.receive_text(text)
-    assert conn.commands() == [CancelRequest("x"), GrantCredit("x", 2), SetPriority("x", 1)]
+    assert conn.commands() == [CancelRequest("x"), SetPriority("x", 1)]  # credit is the protocol's own
     assert sent(conn) == []
 
 

@@ -1,27 +1,26 @@
 """WebSocket transport (/v1/stream): a thin adapter between the sans-I/O protocol and the engine.
 
-One reader (client messages), one writer (all the connection's streams) and one heartbeat task per
-connection. The writer wakes when any of the connection's streams has events and sends everything that
-is ready as one WebSocket message: a JSON array when several requests produced tokens in the same engine
-step, concatenated MTF1 frames for binary requests. Flow control pauses requests in the engine (they stop
-costing compute and keep their KV) instead of buffering: per request by credit, per connection by water
-marks on the bytes in flight (see _unsent_bytes).
+Every protocol rule, flow control included, is protocol/server_connection.py's; this carries out its
+commands against the engine and the sessions and owns the socket. One reader (client messages) and one
+writer (all the connection's streams) per connection, and a timer that wakes the writer for the
+heartbeat. The writer wakes when any of the connection's streams has events and sends everything that is
+ready as one WebSocket message: a JSON array when several requests produced tokens in the same engine
+step, concatenated MTF1 frames for binary requests.
 
 Nothing here ever waits for the client to read: aiohttp's writer would otherwise wait for the socket to drain
 after every 64 KiB, and a client that stops reading would then hang the writer, the reader and the heartbeat
 together, and with them the very policy that pauses and closes it. Instead every send returns at once, the
 water marks bound what is buffered, and a client that stays above high water is closed (4001), its socket
-aborted if it will not even take the close frame.
-"""
+aborted if it will not even take the close frame."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import struct
-import time
 from collections.abc import Callable
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -32,14 +31,18 @@ from seedance.observability.hub import Observability
 from seedance.observability.logs import reset_request_context, set_request_context
 from seedance.protocol import CloseCode, Generate, ProtocolError, Resume
 from seedance.protocol import errors as codes
+from seedance.protocol.flow import FlowLimits
 from seedance.protocol.server_connection import (
     CancelRequest,
     CloseConnection,
     Command,
-    GrantCredit,
+    DetachRequest,
+    PauseRequest,
     Reauthenticate,
     Refused,
     ResumeRequest,
+    ResumeStream,
+    SendPing,
     ServerConnection,
     SetPriority,
     Submit,
@@ -60,13 +63,12 @@ log = logging.getLogger(__name__)
 
 _NEVER_DRAIN = 1 << 62  # aiohttp writer_limit: never wait for the socket to drain (the water marks bound it)
 CLOSE_TIMEOUT_S = 10.0  # how long a closing peer has to answer (and read) the close frame before it is aborted
-_PROBE = b"sd:"  # ping payload prefix: "sd:<bytes written>", echoed in the pong, acknowledges that much output
 
 
 class WsConnection:
-    """The I/O around one connection's ServerConnection (the protocol's rules, protocol/server_connection.py):
-    reads frames into it, carries out its commands against the engine and the sessions, writes what it
-    queues; and everything about the socket itself: the writer, flow control, heartbeat, closing."""
+    """The I/O around one connection's ServerConnection (every protocol rule, flow control included, is
+    there): reads frames into it, carries out its commands against the engine and the sessions, writes what
+    it produces, and owns the socket itself: the writer, the heartbeat's timer, closing."""
 
     guard: WsGuard  # set by websocket_handler: message rate, token expiry, reauth verification
     protocol: ServerConnection[WsGeneration]  # set by websocket_handler: the request table and the rules
@@ -82,36 +84,31 @@ class WsConnection:
         self.sessions = sessions
         self.wake = asyncio.Event()
         self.outbox: list[bytes] = []  # out-of-band messages (snapshot acks) for the writer's next batch
-        self.missed_pongs = 0
-        self.paused_for_backpressure = False
-        self.above_high_water_since: float | None = None
-        self.closing = False
-        self.bytes_written = 0  # message bytes handed to the socket
-        self.bytes_acked = 0  # of those, how many the client has read (a pong to a ping sent after them)
-        self.probed_at = 0  # bytes_written when the last probe ping went out
         self._closer: asyncio.Task | None = None
+        self._heartbeat: asyncio.TimerHandle | None = None  # a timer, not a task: it only wakes the writer
+        self.loop = asyncio.get_running_loop()
 
     # ---- lifecycle --------------------------------------------------------------------------------
     async def run(self) -> None:
         writer = asyncio.create_task(self._writer(), name="ws-writer")
-        heartbeat = asyncio.create_task(self._heartbeat(), name="ws-heartbeat")
+        self._arm_heartbeat()
         try:
             await self._reader()
         finally:
-            self.closing = True
-            for task in (writer, heartbeat):
-                task.cancel()
-            for task in (writer, heartbeat):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            for active in self.requests.values():
+            if self._heartbeat is not None:
+                self._heartbeat.cancel()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+            for command in self.protocol.connection_lost():
+                active = self.requests[command.id]
                 if active.owner is not self:
                     continue  # resumed elsewhere meanwhile
-                if active.session_id is not None and not active.cancelled:
+                if isinstance(command, DetachRequest):
                     self.sessions.detach(active, owner=self)  # the session keeps it for a resume
                 else:
                     self.engine.cancel(active.engine_id)  # a closed connection cancels its requests
-            self.requests.clear()  # the protocol's table
+            self.protocol.forget_all()
             if self._closer is not None:
                 with contextlib.suppress(Exception):
                     await self._closer
@@ -162,43 +159,35 @@ class WsConnection:
                 await self.close(CloseCode.POLICY_VIOLATION, reason)
                 return
             if msg.type == WSMsgType.TEXT:
-                await self._on_text_guarded(msg.data)
+                self.protocol.receive_text(msg.data)
+                try:
+                    await self._pump()
+                except Exception:  # a fault carrying out one message fails that message only
+                    self.protocol.message_failed()
+                    await self._pump()
             elif msg.type == WSMsgType.BINARY:
                 self.protocol.receive_binary()
                 await self._pump()
             elif msg.type == WSMsgType.PING:
                 await self.ws.pong(msg.data)
             elif msg.type == WSMsgType.PONG:
-                self.missed_pongs = 0
-                if msg.data.startswith(_PROBE) and msg.data[len(_PROBE):].isdigit():
-                    self.bytes_acked = max(self.bytes_acked, int(msg.data[len(_PROBE):]))
+                if self.protocol.receive_pong(msg.data):
                     self.wake.set()  # may resume streams paused for back-pressure
             elif msg.type == WSMsgType.ERROR:
-                err = self.ws.exception()
-                log.info("websocket error: %s", err)
+                log.info("websocket error: %s", self.ws.exception())
                 return
             else:  # CLOSE, CLOSING, CLOSED
                 return
 
-    async def _on_text_guarded(self, data: str) -> None:
-        """A fault while handling one message fails that message, never the connection or its other streams."""
-        try:
-            self.protocol.receive_text(data)
-            await self._pump()
-        except Exception:
-            log.exception("websocket message failed")
-            self.protocol.commands()  # what was left of that message is dropped with it
-            self.protocol.error(None, codes.INTERNAL, "the server failed on this message")
-            await self._pump()
-
     async def _pump(self) -> None:
         """Send what the protocol queued, then carry out its commands (whose answers may queue more)."""
-        while True:
-            for body in self.protocol.data_to_send():
-                await self._send(body, WSMsgType.TEXT)
-            commands = self.protocol.commands()
-            if not commands:
+        protocol = self.protocol
+        while True:  # both taken before any await, so the other task cannot carry out this message's part
+            data, commands = protocol.data_to_send(), protocol.commands()
+            if not data and not commands:
                 return
+            for body in data:
+                await self._send(body, WSMsgType.TEXT)
             for command in commands:
                 await self._do(command)
 
@@ -209,6 +198,9 @@ class WsConnection:
                 await self._on_generate(command.message)
             finally:
                 reset_request_context(ctx)
+        elif isinstance(command, SendPing):
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.ws.ping(command.payload)
         elif isinstance(command, Refused):
             if self.obs is not None:
                 self.obs.refused("ws", self._engine_id(command.id), command.code)
@@ -217,14 +209,18 @@ class WsConnection:
         elif isinstance(command, Reauthenticate):
             self.guard.reauth(command.token, self.protocol)
         elif isinstance(command, CloseConnection):
+            if command.code == CloseCode.HEARTBEAT_TIMEOUT and self.obs is not None:
+                self.obs.metrics.heartbeat_timeouts.inc()
             await self.close(command.code, command.reason)
         elif (active := self.requests.get(command.id)) is None:
             pass  # ended since the message was read: the client has (or will get) its done
         elif isinstance(command, CancelRequest):
             active.cancelled = True
             self.engine.cancel(active.engine_id)  # the stream ends with done{cancelled}
-        elif isinstance(command, GrantCredit):
-            active.credit = (active.credit or 0) + command.n
+        elif isinstance(command, PauseRequest):
+            self.engine.pause(active.engine_id)
+        elif isinstance(command, ResumeStream):
+            self.engine.resume(active.engine_id)
             self.wake.set()
         elif isinstance(command, SetPriority):
             self.engine.set_priority(active.engine_id, command.priority)
@@ -249,9 +245,7 @@ class WsConnection:
             self.protocol.refuse(msg.id, codes.INTERNAL, "the server failed to start this request")
             return
         stream.listener = self.wake.set
-        active = WsGeneration(msg.id, stream, self.engine, binary=msg.binary, credit=msg.credit)
-        self.protocol.open(msg.id, active)
-        active.owner = self
+        active = WsGeneration(msg.id, stream, self.engine, binary=msg.binary, owner=self)
         if self.obs is not None:
             active.obs = self.obs.request("ws", stream.request_id, msg.session, self.engine)
         if session is not None:
@@ -259,10 +253,7 @@ class WsConnection:
             active.prompt_token_ids, active.log = list(request.prompt_token_ids), []
             active.on_snapshot = self._snapshot_acker(active)
             self.sessions.begin_turn(session, active)
-        if msg.credit == 0:
-            active.pause_for_credit()
-        elif msg.credit is None and self.paused_for_backpressure:
-            self.engine.pause(stream.request_id)  # joins its connection's back-pressure pause
+        self.protocol.open(msg.id, active, credit=msg.credit, binary=msg.binary, session=session is not None)
 
     def _snapshot_acker(self, active: WsGeneration):
         def ack(snapshot, durable: bool) -> None:
@@ -297,14 +288,15 @@ class WsConnection:
             texts, frames = request.replay_after(msg.last_seq)
         await self._send_batch(texts, frames)
         if request is not None and not request.finished:
-            request.credit = None  # a new connection starts under its own water marks
-            request.paused_for_credit = False
             request.on_snapshot = self._snapshot_acker(request)
-            self.protocol.open(msg.id, request)
             request.stream.listener = self.wake.set
-            self.engine.resume(request.engine_id)
-            self.wake.set()
+            self.protocol.open(msg.id, request, binary=request.binary, session=True, resumed=True)
 
+    def _engine_id(self, client_id: str) -> str:
+        # Client ids are per connection; the engine needs globally unique ones.
+        return f"ws{id(self):x}:{client_id}"
+
+    # ---- writing ----------------------------------------------------------------------------------
     async def _send_batch(self, texts: list[bytes], frames: list[bytes]) -> None:
         if texts:
             await self._send(texts[0] if len(texts) == 1 else b"[" + b",".join(texts) + b"]", WSMsgType.TEXT)
@@ -312,33 +304,18 @@ class WsConnection:
             await self._send(b"".join(frames), WSMsgType.BINARY)
 
     async def _send(self, body: bytes, opcode: WSMsgType) -> None:
-        """Every message goes out here: never waits for the client (writer_limit), counts the bytes in flight,
-        and after each send_low_water_bytes of output asks the client (a ping) how far it has read."""
-        if self.ws.closed:
+        """Every message goes out here and never waits for the client (writer_limit); the protocol counts
+        it and may ask for a probe ping."""
+        ws = self.ws
+        if ws.closed:
             return
-        with contextlib.suppress(ConnectionError, RuntimeError):  # the peer went away: the reader ends it
-            await self.ws.send_frame(body, opcode)  # already UTF-8 JSON or MTF1: no re-encoding
-            self.bytes_written += len(body)
-            if self.bytes_written - self.probed_at >= self.config.send_low_water_bytes:
-                await self._ping()
+        try:  # not contextlib.suppress: this runs for every message
+            await ws.send_frame(body, opcode)  # already UTF-8 JSON or MTF1: no re-encoding
+            if (probe := self.protocol.wrote(len(body))) is not None:
+                await ws.ping(probe)
+        except (ConnectionError, RuntimeError):
+            pass  # the peer went away: the reader ends it
 
-    async def _ping(self) -> None:
-        self.probed_at = self.bytes_written
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.ws.ping(_PROBE + str(self.bytes_written).encode())
-
-    def _unsent_bytes(self) -> int:
-        """Output the client has not read yet: what was written after the last ping it answered (that covers
-        the kernel's buffers on both ends, which on loopback hold megabytes), and at least what is still in
-        the transport's own buffer (a client that answers no ping at all)."""
-        buffered = self.transport.get_write_buffer_size() if self.transport is not None else 0
-        return max(buffered, self.bytes_written - self.bytes_acked)
-
-    def _engine_id(self, client_id: str) -> str:
-        # Client ids are per connection; the engine needs globally unique ones.
-        return f"ws{id(self):x}:{client_id}"
-
-    # ---- writing ----------------------------------------------------------------------------------
     async def _writer(self) -> None:
         try:
             await self._write_loop()
@@ -349,74 +326,49 @@ class WsConnection:
             await self.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _write_loop(self) -> None:
+        loop = self.loop
+        protocol = self.protocol
+        wake = self.wake
+        transport = self.transport
         while True:
-            await self.wake.wait()
-            self.wake.clear()
-            if await self._apply_backpressure():
+            await wake.wait()
+            wake.clear()
+            hold = protocol.tick(loop.time(), transport.get_write_buffer_size() if transport is not None else 0)
+            await self._pump()  # pauses, resumes, pings, a close
+            if self._heartbeat is None:
+                self._arm_heartbeat()
+            if hold is not None:
+                if hold != math.inf:
+                    loop.call_later(hold, wake.set)  # look again soon
                 continue
             texts, self.outbox = self.outbox, []
             frames: list[bytes] = []
             ended = []
             for active in list(self.requests.values()):
-                active.produce(texts, frames)
+                stream = active.stream
+                if protocol.may_take(active.id, not stream.queue.empty()):
+                    events = stream.drain()
+                    protocol.receive_events(active.id, events)
+                    active.encode(events, texts, frames)
                 if active.finished:
-                    self.protocol.forget(active.id)
+                    protocol.forget(active.id)
                     ended.append(active)
+            await self._pump()  # pauses for credit
             await self._send_batch(texts, frames)
             for active in ended:
                 if active.obs is not None:
                     active.obs.sent()
 
-    async def _apply_backpressure(self) -> bool:
-        """Water marks on the socket's unsent bytes, for requests without explicit credit. Returns True
-        when the writer must not write now."""
-        buffered = self._unsent_bytes()
-        # Credit grants may resume requests paused for credit.
-        for active in self.requests.values():
-            if active.paused_for_credit and (active.credit or 0) > 0:
-                active.paused_for_credit = False
-                if not self.paused_for_backpressure:
-                    self.engine.resume(active.stream.request_id)
-        if buffered > self.config.send_high_water_bytes:
-            now = time.monotonic()
-            if not self.paused_for_backpressure:
-                self.paused_for_backpressure = True
-                self.above_high_water_since = now
-                for active in self.requests.values():
-                    if active.credit is None:
-                        self.engine.pause(active.stream.request_id)
-            elif now - self.above_high_water_since > self.config.slow_consumer_timeout_s:
-                await self.close(CloseCode.SLOW_CONSUMER, "slow consumer: send buffer above high water too long")
-                return True
-            if self.probed_at < self.bytes_written:
-                await self._ping()  # so the client's next read of everything can be seen, and resume it
-            asyncio.get_running_loop().call_later(0.05, self.wake.set)  # re-check soon
-            return True
-        if self.paused_for_backpressure and buffered <= self.config.send_low_water_bytes:
-            self.paused_for_backpressure = False
-            self.above_high_water_since = None
-            for active in self.requests.values():
-                if not active.paused_for_credit:
-                    self.engine.resume(active.stream.request_id)
-        elif self.paused_for_backpressure:
-            if self.probed_at < self.bytes_written:
-                await self._ping()
-            asyncio.get_running_loop().call_later(0.05, self.wake.set)
-            return True
-        return False
-
     # ---- heartbeat --------------------------------------------------------------------------------
-    async def _heartbeat(self) -> None:
-        interval = self.config.heartbeat_interval_s
-        while not self.ws.closed:
-            await asyncio.sleep(interval)
-            if self.missed_pongs >= self.config.heartbeat_max_missed:
-                if self.obs is not None:
-                    self.obs.metrics.heartbeat_timeouts.inc()
-                await self.close(CloseCode.HEARTBEAT_TIMEOUT, f"no pong to {self.missed_pongs} pings")
-                return
-            self.missed_pongs += 1
-            await self._ping()
+    def _arm_heartbeat(self) -> None:
+        """Wake the writer when the protocol's heartbeat is due: its tick pings, or closes (4000), and moves
+        the next one on; the writer then arms this again."""
+        if not self.ws.closed:
+            self._heartbeat = self.loop.call_at(self.protocol.backpressure.next_heartbeat_at, self._heartbeat_due)
+
+    def _heartbeat_due(self) -> None:
+        self._heartbeat = None
+        self.wake.set()
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
@@ -444,7 +396,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     conn.protocol = ServerConnection(max_message_bytes=config.max_message_bytes,
                                      max_requests=config.max_requests_per_connection,
                                      scopes=guard.principal.scopes, token_auth=guard.sec.verifier is not None,
-                                     draining=conn.draining, log_context=guard.log_context)
+                                     draining=conn.draining, log_context=guard.log_context,
+                                     flow=FlowLimits(config.send_high_water_bytes, config.send_low_water_bytes,
+                                                     config.slow_consumer_timeout_s, config.heartbeat_interval_s,
+                                                     config.heartbeat_max_missed),
+                                     now=asyncio.get_running_loop().time())
     conn.obs = request.app.get(OBS)
     state.websockets.add(conn)
     try:

@@ -1,5 +1,5 @@
 """One WebSocket request's output side: a Generation whose steps become protocol messages (JSON chunks and
-done, or MTF1 frames), with credit accounting (per-request flow control)."""
+done, or MTF1 frames)."""
 
 from __future__ import annotations
 
@@ -16,24 +16,18 @@ from seedance.serving.generation import END, Generation
 @dataclass(eq=False)
 class WsGeneration(Generation):
     binary: bool = False
-    credit: int | None = None  # None: no explicit flow control
-    next_seq: int = 0  # chunk counter
-    paused_for_credit: bool = False
-
-    def pause_for_credit(self) -> None:
-        if not self.paused_for_credit:
-            self.paused_for_credit = True
-            self.engine.pause(self.engine_id)
+    next_seq: int = 0  # chunk counter (it survives a resume: the client's last_seq counts in it)
 
     def produce(self, texts: list[bytes], frames: list[bytes]) -> None:
-        """Turn the ready events into one chunk (and the end marker if it ended), respecting credit."""
+        """Encode everything the engine produced since the last call (its owner has no credit to respect:
+        the session while the client is away)."""
+        self.encode(self.stream.drain(), texts, frames)
+
+    def encode(self, events: list[TokenEvent], texts: list[bytes], frames: list[bytes]) -> None:
+        """Turn one batch of events into one chunk or frame (and the end marker if it ended). Credit is the
+        connection's (protocol/server_connection.py decides which events go now)."""
         if self.finished:
             return
-        if self.credit is not None and self.credit <= 0 and not self.cancelled:
-            if not self.stream.queue.empty():
-                self.pause_for_credit()
-            return
-        events = self.stream.drain()
         if self.cancelled:  # unsent tokens of a cancelled request are dropped
             events = [e for e in events if e.finished]
         if not events:
@@ -43,8 +37,6 @@ class WsGeneration(Generation):
         if step.tokens or step.text or (final is not None and self.binary):
             seq = self.next_seq
             self.next_seq += 1
-            if self.credit is not None:
-                self.credit -= 1
             if self.binary:
                 self.emit(frames, seq, True, self._frame(seq, step.tokens, step.text, final))
             else:
@@ -59,8 +51,6 @@ class WsGeneration(Generation):
                 self.emit(texts, END, False, done_message(self.id, final, self.completion_tokens, kv_reuse))
             if self.on_finish is not None:
                 self.on_finish(self)
-        elif self.credit is not None and self.credit <= 0:
-            self.pause_for_credit()
 
     def _frame(self, seq: int, events: list[TokenEvent], text: str, final: TokenEvent | None) -> bytes:
         has_logprobs = bool(events) and events[0].logprob is not None

@@ -1,0 +1,106 @@
+"""Flow control of one /v1/stream connection as plain data (docs/protocol.md, "Flow control"): per-request
+credit, per-connection water marks on the bytes the client has not read yet, and the heartbeat's clock.
+
+Nothing here sends or sleeps: `ServerConnection` feeds it what happened (bytes written, a pong, the time and
+the socket's buffered bytes) and turns its decisions into commands. Back-pressure pauses requests in the
+engine instead of buffering their output, so a slow reader costs neither compute nor memory.
+
+How far the client has read is measured with probes: after every `low_water_bytes` of output the server
+pings with payload "sd:<bytes written>", and the pong to it acknowledges that much. Unacknowledged output
+covers the kernel's buffers on both ends (megabytes on loopback), which the transport's own buffer alone
+would not show.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+PROBE = b"sd:"  # ping payload prefix: "sd:<bytes written>", echoed in the pong, acknowledges that much output
+
+
+class StreamEvent(Protocol):
+    """What flow control needs of an engine event (engine/events.py TokenEvent), structurally."""
+
+    token_id: int  # < 0: an event that carries no token (a final event may carry only text or nothing)
+    text_delta: str
+    finished: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FlowLimits:
+    high_water_bytes: int = 256 * 1024  # unread output above this: the connection's streams pause
+    low_water_bytes: int = 64 * 1024  # at or below: they resume; also the probe interval
+    slow_consumer_timeout_s: float = 30.0  # above high water this long: close with 4001
+    heartbeat_interval_s: float = 15.0  # ping this often
+    heartbeat_max_missed: int = 2  # unanswered pings before closing with 4000
+    recheck_s: float = 0.05  # while above high water, look again this soon
+
+
+@dataclass(slots=True)
+class RequestFlow:
+    """One request's flow state on this connection (a resumed request starts afresh: credit is per
+    connection)."""
+
+    credit: int | None = None  # None: no explicit flow control, only the connection's water marks
+    binary: bool = False  # MTF1: a final event without a token still makes a frame
+    session: bool = False  # a session turn outlives its connection (detached, not cancelled)
+    cancelled: bool = False  # its end goes out whatever the credit
+    paused_for_credit: bool = False
+
+    def may_take(self) -> bool:
+        """Whether the engine's events may be taken now (else they wait in the request's stream)."""
+        return self.credit is None or self.cancelled or self.credit > 0
+
+    def took(self, events: list) -> bool:
+        """One batch was taken (one chunk or frame for all of it): spend its credit. True: the request must
+        pause for more."""
+        if self.credit is None or not events:
+            return False
+        final = events[-1].finished
+        if (self.binary and final) or any(e.token_id >= 0 or e.text_delta for e in events):
+            self.credit -= 1
+        return self.credit <= 0 and not final
+
+
+class Backpressure:
+    """The connection's bytes in flight, its water marks and its heartbeat clock."""
+
+    def __init__(self, limits: FlowLimits, now: float) -> None:
+        self.limits = limits
+        self.bytes_written = 0  # message bytes handed to the socket
+        self.bytes_acked = 0  # of those, how many the client has read (a pong to a ping sent after them)
+        self.probed_at = 0  # bytes_written when the last probe ping went out
+        self.paused = False  # the connection's streams without credit are paused in the engine
+        self.above_high_water_since: float | None = None
+        self.missed_pongs = 0
+        self.next_heartbeat_at = now + limits.heartbeat_interval_s
+
+    def wrote(self, nbytes: int) -> bytes | None:
+        """Count a message handed to the socket; the probe to ping with now, if one is due."""
+        self.bytes_written += nbytes
+        if self.bytes_written - self.probed_at >= self.limits.low_water_bytes:
+            return self.probe()
+        return None
+
+    def probe(self) -> bytes:
+        self.probed_at = self.bytes_written
+        return PROBE + str(self.bytes_written).encode()
+
+    def probe_if_unprobed(self) -> bytes | None:
+        """A probe if output went out since the last one (so the client's next read of it can be seen)."""
+        return self.probe() if self.probed_at < self.bytes_written else None
+
+    def pong(self, payload: bytes) -> bool:
+        """A pong arrived: the client is alive. True if it acknowledged output (paused streams may resume)."""
+        self.missed_pongs = 0
+        digits = payload[len(PROBE):]
+        if payload.startswith(PROBE) and digits.isdigit():
+            self.bytes_acked = max(self.bytes_acked, int(digits))
+            return True
+        return False
+
+    def unsent(self, buffered_bytes: int) -> int:
+        """Output the client has not read yet: written after the last probe it answered, and at least what
+        is still in the transport's own buffer (a client that answers no ping at all)."""
+        return max(buffered_bytes, self.bytes_written - self.bytes_acked)
