@@ -78,8 +78,8 @@ def serve(
     trace_slow_ms: Annotated[float | None, typer.Option(help="always trace requests slower than this")] = None,
     trace_sample_rate: Annotated[float | None, typer.Option(help="fraction of other requests traced")] = None,
     session_store: Annotated[str | None, typer.Option(help="sqlite:///path.db or redis://host:port/db")] = None,
-    engine: Annotated[str | None, typer.Option("--engine", help="where the engine core runs: thread (in this "
-                                               "process) or process (its own; docs/server-stack.md)")] = None,
+    engine: Annotated[str | None, typer.Option("--engine", help="where the engine core runs: process (its own, "
+                                               "the default) or thread (in this one; docs/server-stack.md)")] = None,
     workers: Annotated[int | None, typer.Option(help="gateway processes sharing the port in front of one engine "
                                                 "process (docs/server-stack.md)")] = None,
 ) -> None:

@@ -23,9 +23,10 @@ class ServerConfig:
     port: int = 8000
     listen_backlog: int = 2048  # listen(2) queue for connection bursts; the kernel caps it at net.core.somaxconn
     engine: EngineConfig = field(default_factory=EngineConfig)
-    # Where the engine core runs (docs/server-stack.md): "thread" (a thread of the server process) or "process"
-    # (its own process, vLLM v1's EngineCore shape: no GIL shared with the event loop).
-    engine_mode: str = "thread"
+    # Where the engine core runs (docs/server-stack.md): "process" (its own process, vLLM v1's EngineCore shape:
+    # no GIL shared with the event loop; the default, on docs/benchmarks.md's issue #16 matrix) or "thread" (a
+    # thread of the server process: tests, embedding).
+    engine_mode: str = "process"
     # Gateway processes sharing the port in front of one engine process (server/workers.py); > 1 implies
     # engine_mode "process" and needs a fixed port.
     workers: int = 1
