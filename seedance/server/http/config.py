@@ -24,7 +24,9 @@ class ServerConfig:
     listen_backlog: int = 2048  # listen(2) queue for connection bursts; the kernel caps it at net.core.somaxconn
     engine: EngineConfig = field(default_factory=EngineConfig)
     # Where the engine core runs (docs/server-stack.md): "thread" (a thread of the server process) or "process"
-    # (its own process, vLLM v1's EngineCore shape: no GIL shared with the event loop).
+    # (its own process, vLLM v1's EngineCore shape: no GIL shared with the event loop; faster on
+    # docs/benchmarks.md's issue #16 matrix). The default is "thread" because the process mode refuses images
+    # (the vision encoder runs in the thread mode only); text-only deployments should pick "process".
     engine_mode: str = "thread"
     # Gateway processes sharing the port in front of one engine process (server/workers.py); > 1 implies
     # engine_mode "process" and needs a fixed port.
