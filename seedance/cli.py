@@ -120,6 +120,10 @@ def serve(
                                             "the state directory)")] = None,
     state_dir: Annotated[S, _opt("DIR", "the server's own files, the session database (env SEEDANCE_STATE_DIR) "
                                         "(default: $XDG_STATE_HOME/seedance, else ~/.local/state/seedance)")] = None,
+    engine: Annotated[S, _opt("MODE", "where the engine core runs: thread (in this process) or process (its own; "
+                                      "docs/server-stack.md) (default: thread)", "--engine")] = None,
+    workers: Annotated[Int, _opt("N", "gateway processes sharing the port in front of one engine process "
+                                      "(docs/server-stack.md) (default: 1)")] = None,
 ) -> None:
     """Start the server (WebSocket /v1/stream, OpenAI-compatible SSE, HTTP polling)."""
     import gc
@@ -147,7 +151,7 @@ def serve(
         kv_bytes = parse_bytes(kv_cache_memory) if kv_cache_memory is not None else None
         cfg = ServerConfig.load(config, host=host, port=port, model=model, device=device, dtype=dtype,
                                 model_name=model_name, keepalive=keepalive, session_store=session_store,
-                                state_dir=state_dir,
+                                state_dir=state_dir, engine_mode=engine, workers=workers,
                                 quantize=quantize, kv_cache_bytes=kv_bytes, **security, **observability)
         preflight(cfg)  # refuses unsafe settings and unreadable keys/certificates before binding
     except (ValueError, typer.BadParameter) as err:
@@ -162,6 +166,10 @@ def serve(
     from seedance.server.app import serve as run_server
 
     configure_logging(log_level, cfg.log_format)
+    if cfg.workers > 1:
+        from seedance.server.workers import run_workers
+
+        raise typer.Exit(run_workers(cfg, log_level))
     try:
         try:
             import uvloop
@@ -432,6 +440,18 @@ def bench_transports(
     memory_connections: Annotated[int, typer.Option(help="K for the memory probe; 0 skips it")] = 100,
     wrk_clients: Annotated[int, typer.Option(help="cross-check with wrk at this level; 0 skips it")] = 0,
     wrk_transports: Annotated[str, typer.Option(help="HTTP transports wrk cross-checks")] = "sse,polling",
+    baseline: Annotated[str | None, typer.Option(help="also run the WebSocket levels against a bare server "
+                                                      "(picows) and print the ratios")] = None,
+    engine: Annotated[str | None, typer.Option("--engine", help="the server's engine mode: thread or process "
+                                               "(default: the server's own)")] = None,
+    server_path: Annotated[str | None, typer.Option(help="run the server from this source tree (e.g. an older "
+                                                         "commit's `git archive`) for a before/after")] = None,
+    workers: Annotated[int | None, typer.Option(help="the server's --workers (gateway processes)")] = None,
+    source_addresses: Annotated[int, typer.Option(help="clients connect from this many loopback addresses "
+                                                  "(127.0.0.1, .2, ...): --workers routes by address")] = 1,
+    engine_alone: Annotated[bool, typer.Option("--engine-alone", help="--backend model: then the same closed loop "
+                                               "on an in-process engine, no server (the WebSocket figure's ceiling)")]
+    = False,
     output: Annotated[str | None, typer.Option(metavar="FILE", help="write results JSON here")] = (
         f"{RESULTS}/transports.json"),
     plots: Annotated[str | None, typer.Option(metavar="DIR", help="write PNG plots into this folder")] = RESULTS,
@@ -445,7 +465,9 @@ def bench_transports(
                          [t.strip() for t in transports.split(",") if t.strip()], _seconds(duration), max_tokens,
                          processes, backend, rate, url, p99_bound_ms, memory_connections, wrk_clients or None, output,
                          plots, ramp=_seconds(ramp),
-                         wrk_transports=tuple(t.strip() for t in wrk_transports.split(",") if t.strip()))
+                         wrk_transports=tuple(t.strip() for t in wrk_transports.split(",") if t.strip()),
+                         baseline=baseline, engine_mode=engine, server_path=server_path,
+                         with_engine_alone=engine_alone, workers=workers, source_addresses=source_addresses)
 
 
 @bench_app.command("fuzz")

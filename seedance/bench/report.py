@@ -27,6 +27,26 @@ def render(console, report: dict) -> None:
                                                                              "{:.0f}"),
                       _f(srv["rss_mib_max"], "{:.0f}"))
     console.print(table)
+    cost = Table(title="Connections and server cost (server CPU: its whole process tree, measured window)")
+    for col in ("server", "transport", "clients", "chunks/s", "failures", "never connected", "all connected s",
+                "handshakes/s peak", "handshake p50/p99 ms", "CPU s", "CPU µs/chunk", "chunks/CPU-s"):
+        cost.add_column(col, justify="right", no_wrap=col == "server")
+    for r in [*report["results"], *report.get("baseline", [])]:
+        conn, srv = r["connections"], r["server"]
+        hs = conn["handshake_ms"]
+        cost.add_row(r.get("server_kind", "seedance"), r["transport"], str(r["clients"]), f"{r['chunks_per_s']:.0f}",
+                     str(r["failures"]), str(r["never_connected"]), _f(conn["time_to_all_connected_s"]),
+                     str(conn["handshakes_per_s_peak"]),
+                     f"{_f(hs['p50'], '{:.0f}')} / {_f(hs['p99'], '{:.0f}')}" if hs else "-",
+                     _f(srv.get("cpu_s")), _f(srv.get("cpu_us_per_chunk")), _f(srv.get("chunks_per_cpu_s"), "{:.0f}"))
+    console.print(cost)
+    for row in report.get("ratios", []):
+        parts = [f"{k.replace('_', ' ')} {v:.2f}x" for k, v in row.items() if k != "clients"]
+        if parts:
+            console.print(f"ratios at {row['clients']} clients: " + "; ".join(parts))
+    for alone in report.get("engine_alone", []):
+        console.print(f"engine alone (in-process, no server), {alone['clients']} streams: "
+                      f"{alone['tokens_per_s']:.0f} tokens/s")
     for transport, knee in report.get("knee", {}).items():
         where = f"{knee['clients']} clients" if knee["clients"] is not None else "below the lowest level"
         console.print(f"knee {transport}: {where} ({knee['reason']})")

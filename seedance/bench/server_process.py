@@ -67,11 +67,15 @@ class ServerProcess:
 
 
 def launch(settings: Mapping[str, object], log_path: str | os.PathLike, *, client_ssl: ssl.SSLContext | None = None,
-           args: tuple[str, ...] = (), ready_timeout_s: float = 120.0, poll_s: float = 0.02) -> ServerProcess:
+           args: tuple[str, ...] = (), ready_timeout_s: float = 120.0, poll_s: float = 0.02,
+           python_path: str | None = None) -> ServerProcess:
     """Start `seedance serve` with these settings (config field → value, passed as SEEDANCE_* variables) on a
-    free loopback port and return once /readyz says 200. Raises with the log's tail if it exits or is late."""
+    free loopback port and return once /readyz says 200. Raises with the log's tail if it exits or is late.
+    python_path: a source tree to import seedance from instead (a benchmark's "before" checkout)."""
     port = free_port()
     environ = {**os.environ, "SEEDANCE_PORT": str(port), "SEEDANCE_HOST": "127.0.0.1"}
+    if python_path:
+        environ["PYTHONPATH"] = os.pathsep.join([python_path, *filter(None, [os.environ.get("PYTHONPATH")])])
     environ.update({f"SEEDANCE_{k.upper()}": str(v) for k, v in settings.items()})
     t0 = time.perf_counter()
     with open(log_path, "w") as log:

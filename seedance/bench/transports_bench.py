@@ -9,6 +9,7 @@ connection, cold start, and optionally a cross-check of the SSE transport with `
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import multiprocessing as mp
@@ -37,13 +38,17 @@ PERCENTILES = (50, 90, 99, 99.9)
 CDF_POINTS = 101  # quantiles kept per latency distribution for the CDF plots
 
 
-def server_settings(backend: str, rate: float, max_clients: int) -> dict[str, object]:
+def server_settings(backend: str, rate: float, max_clients: int, engine_mode: str | None = None,
+                    workers: int | None = None) -> dict[str, object]:
     """Settings that let one loopback client IP open max_clients streams without tripping a limit."""
     big = max(4 * max_clients, 1024)
     env = {
+        "max_pending_tokenize": big,  # every client may submit in the same instant
         "max_connections": big,
         "max_requests_per_connection": 64,
+        "listen_backlog": 4096,  # net.core.somaxconn here: a ramp of 1,000 handshakes/s must not overflow it
         "max_connections_per_ip": 0,
+        "max_pending_connections_per_ip": 0,  # every client is 127.0.0.1: a ramp has thousands mid-handshake
         "max_connections_per_token": 0,
         "http_requests_per_s": 0,
         "ws_messages_per_s": 0,
@@ -55,6 +60,10 @@ def server_settings(backend: str, rate: float, max_clients: int) -> dict[str, ob
     }
     if backend == "synthetic":
         env["synthetic_rate"] = rate
+    if engine_mode is not None:  # only when asked: a server from before the setting existed refuses the name
+        env["engine_mode"] = engine_mode
+    if workers is not None:
+        env["workers"] = workers
     return env
 
 
@@ -79,6 +88,25 @@ class Server:
             self.process.stop()
 
 
+def wait_for_workers(url: str, workers: int, source_addresses: int, timeout_s: float = 120.0) -> None:
+    """`--workers N`: launch() saw one worker ready; wait until the load's source addresses reach all N."""
+    from seedance.bench.loadgen import source_address
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        seen = set()
+        for k in range(min(source_addresses, 64)):
+            try:
+                with httpx.Client(transport=httpx.HTTPTransport(local_address=source_address(k)), timeout=5) as c:
+                    seen.add(c.get(f"{url}/stats").json().get("worker"))
+            except (httpx.HTTPError, ValueError):
+                pass
+        if len(seen - {None}) >= workers:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"not all {workers} workers answered from {source_addresses} source addresses")
+
+
 def first_token_s(url: str, timeout: float = 30.0) -> float:
     """Seconds from sending one SSE completion to its first data event."""
     body = {"model": "seedance-tiny", "prompt": "In the beginning", "max_tokens": 4, "stream": True}
@@ -90,11 +118,14 @@ def first_token_s(url: str, timeout: float = 30.0) -> float:
     raise RuntimeError("no token")
 
 
-def start_server(backend: str, rate: float, max_clients: int, workdir: Path) -> Server:
-    """`seedance serve` on a free loopback port; records process start → listening → ready → first token."""
-    settings = {"session_store": f"sqlite://{workdir / 'sessions.db'}", **server_settings(backend, rate, max_clients)}
+def start_server(backend: str, rate: float, max_clients: int, workdir: Path, engine_mode: str | None = None,
+                 server_path: str | None = None, workers: int | None = None) -> Server:
+    """`seedance serve` on a free loopback port; records process start → listening → ready → first token.
+    server_path: a source tree (another commit's checkout) whose seedance the server runs instead of this one."""
+    settings = {"session_store": f"sqlite://{workdir / 'sessions.db'}",
+                **server_settings(backend, rate, max_clients, engine_mode, workers)}
     t0 = time.perf_counter()
-    proc = launch(settings, workdir / "server.log", args=("--log-level", "warning"))
+    proc = launch(settings, workdir / "server.log", args=("--log-level", "warning"), python_path=server_path)
     first = first_token_s(proc.url)
     timeline = {"process_start_to_listening_s": proc.timeline["listening_s"],
                 "process_start_to_ready_s": proc.timeline["ready_s"],
@@ -104,12 +135,14 @@ def start_server(backend: str, rate: float, max_clients: int, workdir: Path) -> 
 
 
 class Sampler(threading.Thread):
-    """Samples the server process's CPU% (of one core) and RSS every interval while running, and, when given,
-    the load processes' CPU% and the whole machine's, which say whether the server or the box was the limit."""
+    """Samples the server's CPU% (of one core) and RSS every interval while running, over its whole process
+    tree (gateway workers, the engine process), and, when given, the load processes' CPU% and the whole
+    machine's, which say whether the server or the box was the limit."""
 
     def __init__(self, pid: int | None, interval: float = 0.5, load_pids: list[int] = ()) -> None:
         super().__init__(daemon=True)
         self.proc = psutil.Process(pid) if pid else None
+        self.tree: dict[int, psutil.Process] = {}
         self.load = [psutil.Process(p) for p in load_pids]
         self.interval = interval
         self.cpu: list[float] = []
@@ -118,21 +151,46 @@ class Sampler(threading.Thread):
         self.machine_cpu: list[float] = []
         self._halt = threading.Event()
 
+    def _tree(self) -> list[psutil.Process]:
+        """The server and its descendants; a process seen for the first time is primed (its first
+        cpu_percent reads 0) and counted from the next sample on."""
+        current = [self.proc, *self.proc.children(recursive=True)]
+        for p in current:
+            if p.pid not in self.tree:
+                self.tree[p.pid] = p
+                with contextlib.suppress(psutil.Error):
+                    p.cpu_percent(None)
+        alive = {p.pid for p in current}
+        for pid in [pid for pid in self.tree if pid not in alive]:
+            del self.tree[pid]
+        return list(self.tree.values())
+
     def run(self) -> None:
         if self.proc is None:
             return
-        for p in (self.proc, *self.load):
+        try:
+            self._tree()
+        except psutil.Error:
+            return
+        for p in self.load:
             p.cpu_percent(None)
         psutil.cpu_percent(None)
         while not self._halt.wait(self.interval):
             try:
-                self.cpu.append(self.proc.cpu_percent(None))
-                self.rss.append(self.proc.memory_info().rss)
-                if self.load:
-                    self.load_cpu.append(sum(p.cpu_percent(None) for p in self.load))
-                self.machine_cpu.append(psutil.cpu_percent(None))
+                tree = self._tree()
             except psutil.Error:
                 return
+            cpu = rss = 0.0
+            for p in tree:
+                with contextlib.suppress(psutil.Error):
+                    cpu += p.cpu_percent(None)
+                    rss += p.memory_info().rss
+            self.cpu.append(cpu)
+            self.rss.append(int(rss))
+            with contextlib.suppress(psutil.Error):
+                if self.load:
+                    self.load_cpu.append(sum(p.cpu_percent(None) for p in self.load))
+            self.machine_cpu.append(psutil.cpu_percent(None))
 
     def finish(self) -> dict:
         self._halt.set()
@@ -155,6 +213,40 @@ def load_process_pids(server_pid: int | None) -> list[int]:
     return [c.pid for c in psutil.Process().children() if c.pid != server_pid]
 
 
+def tree_cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds of a process and all its descendants (gateway workers, the engine process)."""
+    if pid is None:
+        return None
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return None
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            continue
+    return total
+
+
+def connection_summary(clients: int, connected_at: list[float], handshake_s: list[float], ramp: float) -> dict:
+    """When the clients first got connected (seconds from the level's start): all of them, by when, and how fast
+    the server accepted (peak handshakes completed in one second; the arrival rate the ramp asked for)."""
+    per_second = np.bincount(np.asarray(connected_at, dtype=float).astype(int)) if connected_at else np.zeros(1)
+    return {
+        "connected": len(connected_at),
+        "time_to_all_connected_s": connected_at[-1] if connected_at and len(connected_at) == clients else None,
+        "handshakes_per_s_peak": int(per_second.max()),
+        "handshakes_per_s_mean": len(connected_at) / connected_at[-1] if connected_at and connected_at[-1] > 0
+        else None,
+        "arrivals_per_s": clients / ramp if ramp else None,
+        "handshake_ms": percentiles_ms(handshake_s, (50, 99)) if handshake_s else None,
+    }
+
+
 def latency_summary(seconds: list[float]) -> dict:
     out = {"count": len(seconds), **percentiles_ms(seconds, PERCENTILES)}
     out["cdf_ms"] = (np.percentile(np.asarray(seconds) * 1000.0, np.linspace(0, 100, CDF_POINTS)).round(3).tolist()
@@ -163,13 +255,15 @@ def latency_summary(seconds: list[float]) -> dict:
 
 
 def run_level(pool: ProcessPoolExecutor, server: Server, transport: str, clients: int, processes: int,
-              max_tokens: int, duration: float, progress=None, task=None, ramp: float = 0.0) -> dict:
+              max_tokens: int, duration: float, progress=None, task=None, ramp: float = 0.0,
+              source_addresses: int = 1) -> dict:
     """One transport at one level: clients start over `ramp` seconds, then `duration` seconds are measured."""
     processes = max(1, min(processes, clients))
     share = [clients // processes + (i < clients % processes) for i in range(processes)]
     start_at = time.time() + 1.0 + 0.5 * processes  # let every spawned process be up before the clock starts
     specs = [WorkerSpec(transport, server.url, n, max_tokens, duration, start_at,
-                        request_timeout_s=max(30.0, duration), worker_index=i, ramp_s=ramp)
+                        request_timeout_s=max(30.0, duration), worker_index=i, ramp_s=ramp,
+                        source_addresses=source_addresses)
              for i, n in enumerate(share)]
     futures = [pool.submit(run_worker, s) for s in specs]
     while time.time() < start_at + ramp:
@@ -178,10 +272,16 @@ def run_level(pool: ProcessPoolExecutor, server: Server, transport: str, clients
         time.sleep(0.05)
     sampler = Sampler(server.pid, load_pids=load_process_pids(server.pid))
     sampler.start()
+    window_end = start_at + ramp + duration
+    cpu_start, cpu_end = tree_cpu_s(server.pid), None
     while not all(f.done() for f in futures):
         if progress is not None:
             progress.update(task, completed=min(ramp + duration, time.time() - start_at))
-        time.sleep(0.1)
+        if cpu_end is None and time.time() >= window_end:
+            cpu_end = tree_cpu_s(server.pid)
+        time.sleep(0.05)
+    if cpu_end is None:
+        cpu_end = tree_cpu_s(server.pid)
     usage = sampler.finish()
     if progress is not None:
         progress.update(task, completed=ramp + duration)
@@ -189,6 +289,13 @@ def run_level(pool: ProcessPoolExecutor, server: Server, transport: str, clients
     elapsed = max(p["elapsed_s"] for p in parts)
     completed = sum(p["completed"] for p in parts)
     chunks = sum(p["chunks"] for p in parts)
+    errors, timeouts = sum(p["errors"] for p in parts), sum(p["timeouts"] for p in parts)
+    never = sum(p["never_connected"] for p in parts)
+    connected_at = sorted(x for p in parts for x in p["connected_at_s"])
+    cpu_s = cpu_end - cpu_start if cpu_start is not None and cpu_end is not None else None
+    usage["cpu_s"] = cpu_s  # the server's process tree (gateway workers and engine process), measured window
+    usage["cpu_us_per_chunk"] = cpu_s / chunks * 1e6 if cpu_s is not None and chunks else None
+    usage["chunks_per_cpu_s"] = chunks / cpu_s if cpu_s else None
     return {
         "transport": transport,
         "clients": clients,
@@ -199,9 +306,13 @@ def run_level(pool: ProcessPoolExecutor, server: Server, transport: str, clients
         "requests_per_s": completed / elapsed,
         "chunks": chunks,
         "chunks_per_s": chunks / elapsed,
-        "errors": sum(p["errors"] for p in parts),
-        "timeouts": sum(p["timeouts"] for p in parts),
+        "tokens_per_s": sum(p["tokens"] for p in parts) / elapsed,  # WebSocket only (0 for the others)
+        "errors": errors,
+        "timeouts": timeouts,
         "connect_timeouts": sum(p["connect_timeouts"] for p in parts),
+        "never_connected": never,
+        "failures": errors + timeouts + never,  # a client never connected by the level's end is a failure
+        "connections": connection_summary(clients, connected_at, [x for p in parts for x in p["handshake_s"]], ramp),
         "error_samples": [e for p in parts for e in p["error_samples"]][:5],
         "ttft_ms": latency_summary([x for p in parts for x in p["ttft_s"]]),
         "inter_chunk_ms": latency_summary([x for p in parts for x in p["itl_s"]]),
@@ -327,6 +438,58 @@ def cross_check_wrk(server: Server, transports: tuple[str, ...], clients: int, p
     return out
 
 
+BASELINES = ("picows",)
+
+
+def run_baseline(name: str, rate: float, concurrency: list[int], processes: int, max_tokens: int, duration: float,
+                 ramp: float, workdir: Path, console) -> list[dict]:
+    """The WebSocket levels again against a bare server (seedance/bench/picows_baseline.py), same load."""
+    from seedance.bench.picows_baseline import launch_baseline
+
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+    proc = launch_baseline(rate, str(workdir / "baseline.log"))
+    rows = []
+    try:
+        with ProcessPoolExecutor(max_workers=processes, mp_context=mp.get_context("spawn")) as pool:
+            for clients in concurrency:
+                console.print(f"baseline {name}: websocket × {clients}")
+                row = run_level(pool, Server(proc.url, proc), "websocket", clients, processes, max_tokens, duration,
+                                ramp=ramp)
+                row["server_kind"] = f"{name}-baseline"
+                rows.append(row)
+                time.sleep(0.5)
+    finally:
+        proc.stop()
+    return rows
+
+
+def ratios(report: dict) -> list[dict]:
+    """Per level: Seedance WebSocket CPU per chunk over the baseline's, and WebSocket chunks per CPU-second over
+    SSE's and polling's (the issue's goals: <= 2x picows, >= 2x SSE, >= 6x polling)."""
+    def cost(rows: list[dict], transport: str, clients: int) -> dict | None:
+        return next((r["server"] for r in rows if r["transport"] == transport and r["clients"] == clients), None)
+
+    out = []
+    for clients in report["settings"]["concurrency"]:
+        ws = cost(report["results"], "websocket", clients)
+        row: dict = {"clients": clients}
+        base = cost(report.get("baseline") or [], "websocket", clients)
+        if ws and base and ws.get("cpu_us_per_chunk") and base.get("cpu_us_per_chunk"):
+            row["ws_cpu_per_chunk_over_baseline"] = ws["cpu_us_per_chunk"] / base["cpu_us_per_chunk"]
+        alone = next((r for r in report.get("engine_alone") or [] if r["clients"] == clients), None)
+        ws_row = next((r for r in report["results"] if r["transport"] == "websocket" and r["clients"] == clients),
+                      None)
+        if alone and ws_row and alone["tokens_per_s"]:
+            row["ws_tokens_per_s_over_engine_alone"] = ws_row["tokens_per_s"] / alone["tokens_per_s"]
+        for other in ("sse", "polling"):
+            o = cost(report["results"], other, clients)
+            if ws and o and ws.get("chunks_per_cpu_s") and o.get("chunks_per_cpu_s"):
+                row[f"ws_chunks_per_cpu_s_over_{other}"] = ws["chunks_per_cpu_s"] / o["chunks_per_cpu_s"]
+        out.append(row)
+    return out
+
+
 def write_report(report: dict, output: str | None) -> None:
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
@@ -361,6 +524,12 @@ def run_transports_bench(
     console=None,
     ramp: float = 0.0,
     wrk_transports: tuple[str, ...] = ("sse", "polling"),
+    baseline: str | None = None,
+    engine_mode: str | None = None,
+    server_path: str | None = None,
+    with_engine_alone: bool = False,
+    workers: int | None = None,
+    source_addresses: int = 1,
 ) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -386,11 +555,15 @@ def run_transports_bench(
         "settings": {"backend": backend if not url else "external", "synthetic_rate": rate if backend == "synthetic"
                      else None, "duration_s": duration, "max_tokens": max_tokens, "processes": processes,
                      "concurrency": concurrency, "transports": transports, "p99_bound_ms": p99_bound_ms,
-                     "ramp_s": ramp},
+                     "ramp_s": ramp, "baseline": baseline, "engine_mode": engine_mode, "server_path": server_path,
+                     "workers": workers, "source_addresses": source_addresses},
         "results": [],
     }
     max_clients = max([*concurrency, memory_connections, wrk_clients or 0])
-    server = Server(url.rstrip("/")) if url else start_server(backend, rate, max_clients, workdir)
+    server = Server(url.rstrip("/")) if url else start_server(backend, rate, max_clients, workdir, engine_mode,
+                                                              server_path, workers)
+    if workers and workers > 1 and server.process:
+        wait_for_workers(server.url, workers, source_addresses)
     if server.process:
         report["cold_start"] = server.timeline
         console.print(f"server pid {server.pid} on {server.url}: ready in "
@@ -409,7 +582,7 @@ def run_transports_bench(
                 for clients in concurrency:
                     task = progress.add_task(f"{transport:>9} × {clients:<5}", total=ramp + duration)
                     row = run_level(pool, server, transport, clients, processes, max_tokens, duration,
-                                    progress, task, ramp=ramp)
+                                    progress, task, ramp=ramp, source_addresses=source_addresses)
                     report["results"].append(row)
                     write_report(report, output)  # after every level: a long run that is stopped keeps its rows
                     progress.update(task, description=f"{transport:>9} × {clients:<5} "
@@ -417,11 +590,25 @@ def run_transports_bench(
                     time.sleep(0.5)
         report["knee"] = {t: find_knee([r for r in report["results"] if r["transport"] == t], p99_bound_ms)
                           for t in transports}
+        if baseline:
+            report["baseline"] = run_baseline(baseline, rate, concurrency, processes, max_tokens, duration, ramp,
+                                              workdir, console)
+            write_report(report, output)
+        report["ratios"] = ratios(report)
         if wrk_clients:
             report["wrk"] = cross_check_wrk(server, wrk_transports, wrk_clients, processes, max_tokens, duration,
                                             workdir, console)
     finally:
         server.stop()
+    if with_engine_alone and backend == "model" and "websocket" in transports:
+        from seedance.bench.engine_alone import engine_alone
+
+        settings = server_settings(backend, rate, max_clients)
+        report["engine_alone"] = []
+        for clients in concurrency:  # after the server stopped: the engine gets the box to itself, as it did
+            console.print(f"engine alone: {clients} streams, {duration:g} s")
+            report["engine_alone"].append(engine_alone(clients, max_tokens, duration, settings))
+        report["ratios"] = ratios(report)
     if server.log_path:
         report["server_log_tail"] = Path(server.log_path).read_text()[-2000:]
     if plots_dir:

@@ -1,4 +1,6 @@
-"""The engine API the transports use: submit a request, iterate its TokenEvents.
+"""The engine API the transports use, with the engine core on a thread of this process: submit a request,
+iterate its TokenEvents (engine_front.py holds what both engine modes share; process_engine.py runs the core
+in its own process).
 
 The engine runs its own loop on a dedicated worker thread: it applies queued commands (submit, cancel, pause,
 resume, re-prioritise) between steps, never while a step runs, so the engine core needs no locks, and starts the
@@ -7,108 +9,31 @@ the loop formats and writes one step's tokens while the model computes the next,
 its streams after waking sees one step's tokens together and can send them in one write. (Handing every step
 to an executor from the event loop instead made the engine wait on the loop twice per token: single-stream
 speed through the server was less than half the engine's own.)
-
-Text prompts are tokenized (and chat-templated) on their own worker thread, in submission order, after a
-length check that refuses a prompt certainly too long for the context without tokenizing it: a megabyte
-prompt must not stall every other client's stream while it is tokenized only to be refused.
-
-Each request's event queue holds at most max_tokens + 1 events, so it is bounded by the request itself;
-a transport whose reader stalls pauses the request (engine.pause) instead of letting it grow.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from functools import partial
+
+import torch
 
 from seedance.engine.config import EngineConfig
-from seedance.engine.errors import EngineOverloaded, InvalidRequest
+from seedance.engine.engine_front import EngineFront, GenerateRequest, RequestStream
 from seedance.engine.events import FinishReason, TokenEvent
-from seedance.engine.image_prompt import build_image_prompt, content_chars, count_images, for_template
 from seedance.engine.llm_engine import EngineStats, LLMEngine
-from seedance.engine.prompt_embeds import EncodedRows, PromptEmbeds, assemble_prompt, check_rows, decode_rows
 from seedance.engine.sampling_params import SamplingParams
+from seedance.models.pooling import mean_pooled_embeddings
 
+__all__ = ["AsyncEngine", "GenerateRequest", "RequestStream"]
 log = logging.getLogger(__name__)
-_ids = itertools.count()
-
-
-@dataclass(slots=True)
-class GenerateRequest:
-    """Exactly one of prompt (text), prompt_token_ids, messages (chat) or prompt_parts is given."""
-
-    prompt: str | None = None
-    prompt_token_ids: list[int] | None = None
-    # Chat turns; a content may be a list of parts: {"type": "text", "text"} and, for a model that takes images,
-    # {"type": "image", "image": ImageInput} (engine/image_prompt.py).
-    messages: list[dict] | None = None
-    # A segmented prompt, in order: text, token ids, embedding rows ([n, hidden_size] tensors, or EncodedRows as
-    # they came on the wire); see prompt_embeds.py.
-    prompt_parts: list[str | list[int] | object] | None = None
-    # The embedding rows of prompt_token_ids (whose content ids stand for them); tokenize() sets it for parts.
-    prompt_embeds: PromptEmbeds | None = None
-    params: SamplingParams = field(default_factory=SamplingParams)
-    priority: int = 0
-    request_id: str | None = None
-    pin_key: str | None = None  # keep the finished request's KV pinned for this session's next turn
-    tools: list[dict] | None = None  # OpenAI tools, for a chat template that renders them (template_takes_tools)
-
-
-class RequestStream:
-    """Async iterator over one request's events. Leaving it early (break, aclose, a dropped client)
-    cancels the request and frees its KV."""
-
-    def __init__(self, engine: AsyncEngine, request_id: str, num_prompt_tokens: int) -> None:
-        self.engine = engine
-        self.request_id = request_id
-        self.num_prompt_tokens = num_prompt_tokens
-        self.is_multimodal = False  # its prompt has embedding rows or image features (MTF1's is_multimodal flag)
-        self.queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
-        self.finished = False
-        # Called after each delivery; a transport points it at its connection's wake-up event so one
-        # writer serves all the connection's streams.
-        self.listener: Callable[[], None] | None = None
-
-    def _deliver(self, event: TokenEvent) -> None:
-        self.queue.put_nowait(event)
-        if self.listener is not None:
-            self.listener()
-
-    def __aiter__(self) -> AsyncIterator[TokenEvent]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[TokenEvent]:
-        try:
-            while not self.finished:
-                event = await self.queue.get()
-                if event.finished:
-                    self.finished = True
-                yield event
-        finally:
-            if not self.finished:
-                self.engine.cancel(self.request_id)
-
-    def drain(self) -> list[TokenEvent]:
-        """Events already delivered, without waiting (for coalescing one step's tokens into one write)."""
-        events = []
-        while not self.queue.empty():
-            event = self.queue.get_nowait()
-            events.append(event)
-            if event.finished:
-                self.finished = True
-                break
-        return events
-
-    def cancel(self) -> None:
-        self.engine.cancel(self.request_id)
 
 
 def _load(config: EngineConfig) -> LLMEngine:
@@ -119,11 +44,10 @@ def _load(config: EngineConfig) -> LLMEngine:
     return engine
 
 
-class AsyncEngine:
+class AsyncEngine(EngineFront):
     def __init__(self, engine: LLMEngine, executor: ThreadPoolExecutor | None = None) -> None:
+        super().__init__(engine.config, engine.tokenizer, engine.max_model_len)
         self.engine = engine
-        self.config = engine.config
-        self._streams: dict[str, RequestStream] = {}
         self._commands: deque[Callable[[], None]] = deque()  # appended on the loop, run on the engine thread
         self._work = threading.Event()  # set when commands are queued: wakes an idle engine thread
         self._submitted = 0  # requests submitted (event loop only)
@@ -132,17 +56,28 @@ class AsyncEngine:
         # All torch work runs on this one thread. A second thread doing torch ops would get its own
         # OpenMP pool, and two pools spinning on the same cores slow each other down several-fold.
         self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedance-engine")
-        # Tokenization has its own thread: the tokenizers library is not torch, and the engine thread is busy.
-        self.tokenize_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedance-tokenize")
-        # Images have their own thread (decode, template, vision tower), so a large image never holds up text
-        # prompts behind it, nor the engine's steps: the engine thread only splices the features in.
-        self.vision_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedance-vision")
-        self._encoding = 0
-        self._tokenizing = 0
         self._thread_done: Future | None = None
-        self._closed = False
-        self.step_latencies: list[float] = []  # seconds per step, bounded to the last 1024
-        self.last_step_started: float | None = None  # perf_counter() at the start of the last finished step
+
+    # The model facts, read off the engine itself (a test may swap its parts after construction).
+    @property
+    def hidden_size(self) -> int | None:
+        return self.engine.hidden_size
+
+    @property
+    def takes_images(self) -> bool:
+        return self.engine.takes_images
+
+    @property
+    def vision(self):
+        return self.engine.vision
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def embedding_shape(self) -> tuple[int, int] | None:
+        return self.engine.embedding_shape
 
     @classmethod
     async def create(cls, config: EngineConfig) -> AsyncEngine:
@@ -153,10 +88,6 @@ class AsyncEngine:
         self = cls(engine, executor)
         self.start()
         return self
-
-    @property
-    def tokenizer(self):
-        return self.engine.tokenizer
 
     def start(self) -> None:
         if self._thread_done is None:
@@ -174,8 +105,7 @@ class AsyncEngine:
             self._thread_done = None
         await asyncio.sleep(0)  # let the last deliveries run
         self.executor.shutdown(wait=True)
-        self.tokenize_executor.shutdown(wait=False, cancel_futures=True)
-        self.vision_executor.shutdown(wait=False, cancel_futures=True)
+        self._stop_threads()
 
     async def run_on_engine_thread(self, fn: Callable[[], object]) -> object:
         """Run fn on the engine thread between two steps and return its result (torch work that must share
@@ -193,94 +123,6 @@ class AsyncEngine:
         self._command(call)
         return await asyncio.wrap_future(done)
 
-    # ---- requests ----------------------------------------------------------------------------------
-    @property
-    def max_prompt_tokens(self) -> int:
-        """The longest prompt admission accepts: the policy limit, within the context."""
-        limit = self.engine.max_model_len - 1
-        return min(limit, self.config.max_prompt_tokens) if self.config.max_prompt_tokens is not None else limit
-
-    @property
-    def max_prompt_chars(self) -> int | None:
-        """Longer text prompts are certainly over max_prompt_tokens (see TextTokenizer.max_token_chars)."""
-        return self.max_prompt_tokens * self.tokenizer.max_token_chars if self.tokenizer is not None else None
-
-    def _check_given(self, request: GenerateRequest) -> None:
-        inputs = (request.prompt, request.prompt_token_ids, request.messages, request.prompt_parts)
-        if sum(x is not None for x in inputs) != 1:
-            raise InvalidRequest("give exactly one of prompt, prompt_token_ids, messages, prompt_parts")
-        texts = [p for p in request.prompt_parts or () if isinstance(p, str)]
-        if self.tokenizer is None and (request.prompt is not None or request.messages is not None or texts):
-            raise InvalidRequest("this model has no tokenizer: send prompt_token_ids")
-        images = count_images(request.messages) if request.messages is not None else 0
-        if images and not self.engine.takes_images:
-            raise InvalidRequest("this model takes no images")
-        if images > self.config.max_images_per_prompt:
-            raise InvalidRequest(f"{images} images; the limit is {self.config.max_images_per_prompt} per prompt")
-        if request.prompt_token_ids is None:
-            chars = len(request.prompt) if request.prompt is not None else content_chars(
-                request.messages or []) + sum(map(len, texts))
-            if chars > self.max_prompt_chars:
-                raise InvalidRequest(f"prompt has {chars} characters, certainly more tokens than allowed: the limit "
-                                     f"is {self.max_prompt_tokens} tokens (at most {self.max_prompt_chars} characters)")
-
-    def _encode(self, request: GenerateRequest) -> list[int]:
-        if request.prompt_parts is not None:
-            return self._assemble(request)
-        if request.messages is not None:
-            if count_images(request.messages):
-                return self._assemble(request)
-            messages = for_template(request.messages, self.engine.takes_images)
-            if request.tools:
-                return self.tokenizer.apply_chat_template(messages, tools=request.tools)
-            return self.tokenizer.apply_chat_template(messages)
-        return self.tokenizer.encode(request.prompt)
-
-    def _assemble(self, request: GenerateRequest) -> list[int]:
-        """A segmented prompt's ids; its embedding rows (checked: shape, dtype, NaN/Inf) go to prompt_embeds."""
-        if request.prompt_parts is None:  # a chat with images: its features are the embeddings
-            parts = build_image_prompt(request.messages, self.tokenizer, self.engine.vision, self.config)
-            ids, request.prompt_embeds = assemble_prompt(parts)
-            return ids
-        parts: list[list[int] | object] = []
-        for i, part in enumerate(request.prompt_parts):
-            if isinstance(part, str):
-                parts.append(self.tokenizer.encode(part))
-            elif isinstance(part, list):
-                parts.append(part)
-            elif isinstance(part, EncodedRows):
-                limit = self.config.max_prompt_embeds_bytes
-                parts.append(decode_rows(part, self.engine.hidden_size, limit, f"prompt part {i}"))
-            else:
-                parts.append(check_rows(part, self.engine.hidden_size, f"prompt part {i}"))
-        ids, request.prompt_embeds = assemble_prompt(parts)
-        return ids
-
-    async def tokenize(self, request: GenerateRequest) -> list[int]:
-        """The request's prompt as token ids, tokenized off the event loop (a text prompt certainly too long is
-        refused first, without tokenizing it). Raises InvalidRequest, or EngineOverloaded when
-        max_pending_tokenize prompts already wait for the tokenizer thread."""
-        self._check_given(request)
-        if request.prompt_token_ids is not None:
-            return list(request.prompt_token_ids)
-        if request.messages is not None and count_images(request.messages):
-            return await self._off_loop(request, self.vision_executor, "_encoding", "image prompts are waiting "
-                                        "to be encoded")
-        return await self._off_loop(request, self.tokenize_executor, "_tokenizing", "prompts are waiting to be "
-                                    "tokenized")
-
-    async def _off_loop(self, request: GenerateRequest, executor: ThreadPoolExecutor, counter: str,
-                        waiting: str) -> list[int]:
-        """_encode(request) on executor, at most max_pending_tokenize waiting for it (counted in counter)."""
-        pending = getattr(self, counter)
-        if pending >= self.config.max_pending_tokenize:
-            raise EngineOverloaded(f"{pending} {waiting}; retry later")
-        setattr(self, counter, pending + 1)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(executor, self._encode, request)
-        finally:
-            setattr(self, counter, getattr(self, counter) - 1)
-
     async def compile_guide(self, params: SamplingParams) -> None:
         """Compile (or find cached) the request's grammar on the tokenizer thread, so neither the event loop nor
         the engine's step waits for it; InvalidRequest for a grammar that does not compile."""
@@ -295,11 +137,7 @@ class AsyncEngine:
         token_ids = await self.tokenize(request)
         await self.compile_guide(request.params)
         embeds = request.prompt_embeds
-        if self._closed:
-            raise EngineOverloaded("engine is shutting down")
-        request_id = request.request_id or f"req-{next(_ids)}"
-        if request_id in self._streams:
-            raise InvalidRequest(f"duplicate request id {request_id!r}")
+        request_id = self._new_id(request)
         pending = self._submitted - self._added
         self.engine.check_admission(request_id, token_ids, request.params, pending=pending, prompt_embeds=embeds)
         stream = RequestStream(self, request_id, len(token_ids))
@@ -317,10 +155,6 @@ class AsyncEngine:
         self._command(add)
         return stream
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenEvent]:
-        async for event in await self.submit(request):
-            yield event
-
     def cancel(self, request_id: str, keep_tokens: int | None = None) -> None:
         """End the request between two steps; keep_tokens: see LLMEngine.abort."""
         stream = self._streams.pop(request_id, None)
@@ -334,6 +168,9 @@ class AsyncEngine:
             self._post(self._deliver_to, stream, event)
 
         self._command(abort)
+
+    async def embed_group(self, inputs: list[list[int]]) -> list[torch.Tensor]:
+        return await self.run_on_engine_thread(partial(mean_pooled_embeddings, self.engine.runner.model, inputs))
 
     def unpin(self, key: str) -> None:
         self._command(lambda: self.engine.unpin(key))
@@ -349,13 +186,6 @@ class AsyncEngine:
 
     def stats(self) -> EngineStats:
         return self.engine.stats()
-
-    @property
-    def num_open_requests(self) -> int:
-        return len(self._streams)
-
-    def open_request_ids(self) -> list[str]:
-        return list(self._streams)
 
     def _command(self, fn: Callable[[], None]) -> None:
         self._commands.append(fn)
@@ -392,9 +222,7 @@ class AsyncEngine:
             except Exception:
                 log.exception("engine step crashed")
                 events = []
-            self.step_latencies.append(time.perf_counter() - started)
-            if len(self.step_latencies) > 1024:
-                del self.step_latencies[:512]
+            self._record_step(time.perf_counter() - started)
             if events:
                 self._post(self._deliver_step, events, started)
             elif self.engine.steps == steps:  # nothing could run (e.g. no KV room yet): wait for a command
@@ -403,16 +231,6 @@ class AsyncEngine:
                     self._work.wait(0.005)
 
     # ---- the event loop ---------------------------------------------------------------------------
-    def _deliver_step(self, events: list[TokenEvent], started: float) -> None:
-        self.last_step_started = started
-        for event in events:
-            stream = self._streams.get(event.request_id)
-            if stream is None:
-                continue
-            stream._deliver(event)
-            if event.finished:
-                del self._streams[event.request_id]
-
     @staticmethod
     def _deliver_to(stream: RequestStream, event: TokenEvent) -> None:
         stream._deliver(event)

@@ -26,6 +26,9 @@ class EngineConfig:
     # Text prompts are tokenized (and chat-templated) on a worker thread, off the event loop; at most this many
     # wait for it at once, beyond that submit() raises EngineOverloaded.
     max_pending_tokenize: int = 64
+    # Process mode (`seedance serve --engine process`): commands waiting to be written to the engine process
+    # beyond this many bytes refuse new requests with EngineOverloaded.
+    process_channel_bytes: int = 8 << 20
     # Largest embedding payload one prompt part may carry (decoded bytes: raw f32le or a torch.save'd tensor);
     # checked before it is parsed. The rows also count as prompt tokens against max_prompt_tokens.
     max_prompt_embeds_bytes: int = 32 * 1024 * 1024

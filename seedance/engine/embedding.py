@@ -1,30 +1,23 @@
-"""Embeddings through the engine's own model, on the engine thread between two steps (torch work shares the
-engine's one OpenMP pool; a second thread running torch ops would fight it for the cores). Inputs are grouped
-into forwards of about one engine step's token budget (max_num_batched_tokens; a longer input alone), one
-forward per engine command, so a large batch interleaves with generation steps rather than stalling them."""
+"""Embeddings through the engine's own model, where the engine steps, between two steps (thread mode: on the
+engine thread, whose OpenMP pool torch work shares, a second thread running torch ops would fight it for the
+cores; process mode: an Embed command to the engine process). Inputs are grouped into forwards of about one
+engine step's token budget (max_num_batched_tokens; a longer input alone), one forward per engine command, so a
+large batch interleaves with generation steps rather than stalling them."""
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 
-from seedance.engine.async_engine import AsyncEngine
+from seedance.engine.engine_front import EngineFront
 from seedance.engine.errors import InvalidRequest
-from seedance.models.pooling import mean_pooled_embeddings
 
 
-def _model(engine: AsyncEngine):
-    model = getattr(engine.engine.runner, "model", None)
-    if model is None:
-        raise InvalidRequest("this server runs the synthetic backend: it has no model to compute embeddings with")
-    return model
-
-
-def embedding_shape(engine: AsyncEngine) -> tuple[int, int]:
+def embedding_shape(engine: EngineFront) -> tuple[int, int]:
     """(vector size, vocabulary size) of the model; InvalidRequest when the backend has none (synthetic)."""
-    config = _model(engine).config
-    return int(config.hidden_size), int(config.vocab_size)
+    shape = engine.embedding_shape
+    if shape is None:
+        raise InvalidRequest("this server runs the synthetic backend: it has no model to compute embeddings with")
+    return shape
 
 
 def groups(inputs: list[list[int]], budget: int) -> list[list[list[int]]]:
@@ -40,10 +33,10 @@ def groups(inputs: list[list[int]], budget: int) -> list[list[list[int]]]:
     return out
 
 
-async def embed(engine: AsyncEngine, inputs: list[list[int]]) -> list[torch.Tensor]:
+async def embed(engine: EngineFront, inputs: list[list[int]]) -> list[torch.Tensor]:
     """One unit-norm float32 vector per token list (models/pooling.py: mean of the last hidden state)."""
-    model = _model(engine)
+    embedding_shape(engine)
     vectors: list[torch.Tensor] = []
     for group in groups(inputs, engine.config.max_num_batched_tokens):
-        vectors += await engine.run_on_engine_thread(partial(mean_pooled_embeddings, model, group))
+        vectors += await engine.embed_group(group)
     return vectors

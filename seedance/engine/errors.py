@@ -19,5 +19,9 @@ class EngineOverloaded(EngineError):
     code = "overloaded"
 
 
+class EngineUnavailable(EngineOverloaded):
+    """The engine process is gone (process mode): nothing is admitted; /readyz says why."""
+
+
 class RequestNotFound(EngineError):
     code = "not_found"

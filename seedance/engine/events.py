@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
+
+import msgspec
 
 
 class FinishReason(StrEnum):
@@ -13,10 +14,12 @@ class FinishReason(StrEnum):
     ERROR = "error"  # the engine failed while running it
 
 
-@dataclass(slots=True, frozen=True)
-class TokenEvent:
+class TokenEvent(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """One generated token. text_delta is what the client may show now: it may be empty while the
-    detokenizer waits for a complete UTF-8 character or a possible stop string is held back."""
+    detokenizer waits for a complete UTF-8 character or a possible stop string is held back.
+
+    A msgspec Struct (encoded as an array) because the engine process sends every step's events to the gateway
+    in one message: decoding straight into these objects is ~3x cheaper than dataclass fields by name."""
 
     request_id: str
     seq: int  # 0-based index of this token in the request's output

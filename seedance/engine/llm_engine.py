@@ -92,6 +92,12 @@ class LLMEngine:
         return engine
 
     @property
+    def embedding_shape(self) -> tuple[int, int] | None:
+        """(vector size, vocabulary size) of the model /v1/embeddings pools; None: no model (synthetic)."""
+        model = getattr(self.runner, "model", None)
+        return (int(model.config.hidden_size), int(model.config.vocab_size)) if model is not None else None
+
+    @property
     def takes_images(self) -> bool:
         """The served model is multimodal (images in chat content parts); transports and /v1/models show it."""
         return self.vision is not None

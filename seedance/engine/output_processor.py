@@ -10,8 +10,9 @@ out, on the final event, which then carries no token (token_id -1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
+from msgspec.structs import replace
 from tokenizers import Tokenizer
 
 from seedance.engine.detokenizer import IncrementalDetokenizer

@@ -12,6 +12,7 @@ import dataclasses
 import gc
 import logging
 import signal
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 from aiohttp import web
 
 from seedance.engine.async_engine import AsyncEngine
+from seedance.engine.process_engine import ProcessEngine
 from seedance.models.identity import model_identity
 from seedance.models.loader import resolve_model_path
 from seedance.protocol import CloseCode
@@ -27,7 +29,8 @@ from seedance.server.http import observability_http as observability
 from seedance.server.http.config import ServerConfig
 from seedance.server.http.http_errors import HttpError
 from seedance.server.http.proxy import TrustedProxies
-from seedance.server.http.state import STATE, ServerState
+from seedance.server.http.reuseport import attach_source_ip_routing
+from seedance.server.http.state import STATE, Placement, ServerState
 from seedance.server.transports import embeddings, openai_api, polling, tokenize_api
 from seedance.server.transports.realtime import realtime_handler
 from seedance.server.transports.ws import websocket_handler
@@ -47,6 +50,9 @@ async def readyz(request: web.Request) -> web.Response:
     if state.engine is None or state.draining:
         reason = state.load_error or ("draining" if state.draining else "loading")
         return web.json_response({"status": "not_ready", "reason": reason}, status=503)
+    if (failure := getattr(state.engine, "failure", None)) is not None:  # the engine process died
+        return web.json_response({"status": "not_ready", "reason": "engine_unavailable", "detail": failure},
+                                 status=503)
     if state.sessions is not None and state.sessions.store_error is not None:
         # Still serving (requests without a session work); session requests fail with store_unavailable.
         return web.json_response({"status": "degraded", "reason": "session_store_unavailable",
@@ -66,7 +72,10 @@ async def stats(request: web.Request) -> web.Response:
                 snapshots_written=state.sessions.snapshots_written if state.sessions else 0,
                 prefix_cache_hit_rate=round(body["prefix_cache_hit_tokens"] / body["prefix_cache_query_tokens"], 4)
                 if body["prefix_cache_query_tokens"] else 0.0,
-                cold_start_ms=observability.cold_start_ms(request.app))
+                cold_start_ms=observability.cold_start_ms(request.app),
+                engine_mode="process" if state.worker is not None else state.config.engine_mode,
+                worker=state.worker.index if state.worker is not None else None,
+                engine_pid=process.pid if (process := getattr(state.engine, "process", None)) is not None else None)
     return web.json_response(body)
 
 
@@ -95,7 +104,13 @@ async def _start_engine(app: web.Application) -> None:
     state: ServerState = app[STATE]
     observability.mark(app, "engine_load_start")
     try:
-        engine = await AsyncEngine.create(state.config.engine)
+        if state.worker is not None:  # one of --workers N: the group's engine process
+            engine = await ProcessEngine.connect_path(state.config.engine, state.worker.core_path,
+                                                      state.worker.prefix)
+        elif state.config.engine_mode == "process":
+            engine = await ProcessEngine.create(state.config.engine, log_level=logging.getLogger().level)
+        else:
+            engine = await AsyncEngine.create(state.config.engine)
     except Exception as err:  # one line, then `seedance serve` exits non-zero (serve() returns the reason)
         log.debug("model failed to load", exc_info=True)
         state.load_error = f"model failed to load: {err}"
@@ -120,7 +135,7 @@ async def _start_engine(app: web.Application) -> None:
         return
     model_id = await asyncio.to_thread(
         model_identity, None if cfg.engine.synthetic_rate else resolve_model_path(cfg.engine.model),
-        engine.engine.config.dtype, quantize=cfg.engine.quantize)  # the dtype "auto" resolved to on this machine
+        engine.config.dtype, quantize=cfg.engine.quantize)  # the dtype "auto" resolved to on this machine
     state.sessions = SessionManager(engine, store, model_id=model_id, max_sessions=cfg.max_sessions,
                                     idle_ttl_s=cfg.session_idle_ttl_s,
                                     resume_grace_s=cfg.resume_grace_s,
@@ -260,21 +275,29 @@ def build_app(config: ServerConfig) -> web.Application:
     return app
 
 
-async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> str | None:
+async def serve(config: ServerConfig, ready: asyncio.Event | None = None,
+                worker: Placement | None = None) -> str | None:
     """Run until SIGTERM/SIGINT, then shut down gracefully; a model that fails to load stops it too.
-    Returns why the model failed to load (the CLI exits non-zero with it), None after a normal run."""
+    Returns why the model failed to load (the CLI exits non-zero with it), None after a normal run.
+    worker: this process is one of `--workers N` (server/workers.py): shared port, shared engine process."""
     app = build_app(config)
+    app[STATE].worker = worker
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=config.shutdown_grace_s + 5)
     await runner.setup()
     sec = app[security.SECURITY]
     site = conn_guard.GuardedSite(runner, app[conn_guard.GUARD], config.host, config.port, reuse_address=True,
-                                  ssl_context=sec.ssl_context, backlog=config.listen_backlog)
+                                  ssl_context=sec.ssl_context, backlog=config.listen_backlog,
+                                  reuse_port=worker is not None)
     try:
         await site.start()
     except OSError:  # cannot listen (port in use...): the CLI says so in one line
         await runner.cleanup()
         raise
+    if worker is not None:
+        for sock in site._server.sockets:
+            if sock.family == socket.AF_INET:
+                attach_source_ip_routing(sock, worker.count)
     observability.mark(app, "listener_ready")
     stop = asyncio.Event()
     app[STATE].on_load_failure = stop.set

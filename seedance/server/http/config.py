@@ -23,6 +23,14 @@ class ServerConfig:
     port: int = 8000
     listen_backlog: int = 2048  # listen(2) queue for connection bursts; the kernel caps it at net.core.somaxconn
     engine: EngineConfig = field(default_factory=EngineConfig)
+    # Where the engine core runs (docs/server-stack.md): "thread" (a thread of the server process) or "process"
+    # (its own process, vLLM v1's EngineCore shape: no GIL shared with the event loop; faster on
+    # docs/benchmarks.md's issue #16 matrix). The default is "thread" because the process mode refuses images
+    # (the vision encoder runs in the thread mode only); text-only deployments should pick "process".
+    engine_mode: str = "thread"
+    # Gateway processes sharing the port in front of one engine process (server/workers.py); > 1 implies
+    # engine_mode "process" and needs a fixed port.
+    workers: int = 1
     model_name: str | None = None  # the id /v1/models reports and clients pass as "model"; None: the model's own
     # WebSocket limits
     max_message_bytes: int = 1 << 20  # larger client messages close the socket with 1009
@@ -133,6 +141,12 @@ class ServerConfig:
             raise ValueError("send_low_water_bytes must be below send_high_water_bytes")
         if self.keepalive not in ("conservative", "aggressive", "off"):
             raise ValueError("keepalive must be conservative, aggressive or off")
+        if self.engine_mode not in ("thread", "process"):
+            raise ValueError("engine_mode must be thread or process")
+        if self.workers < 1:
+            raise ValueError("workers must be >= 1")
+        if self.workers > 1 and self.port == 0:
+            raise ValueError("workers > 1 needs a fixed port (every worker binds the same one)")
         if self.log_format not in ("text", "json"):
             raise ValueError("log_format must be text or json")
         if self.tracing not in ("off", "console", "file", "otlp"):

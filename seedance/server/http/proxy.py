@@ -61,6 +61,8 @@ class TrustedProxies:
         return bool(self.networks)
 
     def trusts(self, ip: str | IPAddress | None) -> bool:
+        if not self.networks:  # the usual case, asked at every accept and request: no address parsing
+            return False
         addr = parse_ip(ip) if isinstance(ip, str) else ip
         return addr is not None and any(addr in net for net in self.networks)
 

@@ -15,7 +15,7 @@ from seedance.server.http.config import ServerConfig
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from seedance.engine.async_engine import AsyncEngine
+    from seedance.engine.engine_front import EngineFront
     from seedance.sessions.manager import SessionManager
 
 
@@ -41,10 +41,23 @@ class OpenWebSocket(Protocol):
     async def close(self, code: int, reason: str) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where one of `--workers N` sits (server/workers.py): its index of count, and the engine core's socket."""
+
+    index: int
+    count: int
+    core_path: str
+
+    @property
+    def prefix(self) -> str:
+        return f"w{self.index}/"
+
+
 @dataclass
 class ServerState:
     config: ServerConfig
-    engine: AsyncEngine | None = None
+    engine: EngineFront | None = None  # AsyncEngine (thread mode) or ProcessEngine
     jobs: JobRegistry | None = None
     sessions: SessionManager | None = None
     websockets: set[OpenWebSocket] = field(default_factory=set)
@@ -53,6 +66,7 @@ class ServerState:
     load_error: str | None = None
     on_load_failure: Callable[[], None] | None = None  # serve() stops the server: a failed load exits non-zero
     tasks: list[asyncio.Task] = field(default_factory=list)
+    worker: Placement | None = None  # one of `--workers N` (server/workers.py); None: a single process
 
 
 STATE = web.AppKey("state", ServerState)

@@ -411,7 +411,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 def _model_card(state) -> dict:
     """`input_modalities` (a Seedance extension): ["text", "image"] for a model that takes images."""
-    takes_images = state.engine is not None and state.engine.engine.takes_images
+    # images where this engine can encode them (process mode has no vision encoder: it refuses them)
+    takes_images = state.engine is not None and state.engine.vision is not None
     return {"id": state.config.model_name, "object": "model", "created": state.started_at, "owned_by": "seedance",
             "input_modalities": ["text", "image"] if takes_images else ["text"]}
 

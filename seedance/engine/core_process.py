@@ -1,0 +1,313 @@
+"""The engine-core process: LLMEngine steps in a process of their own, commands in and one batch per step out.
+
+The gateway (process_engine.py) starts it with one end of a socket pair. Its loop: read whatever commands have
+arrived (without waiting while there is work, blocking while idle), apply them between steps, run one step,
+send one `Step` frame with all its events. No event loop, no threads but torch's own: the engine never shares
+a GIL with the code that parses and writes to clients.
+
+If the gateway goes away (EOF on the socket) the core exits; if the core dies, the gateway sees EOF and fails
+the requests in flight (process_engine.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import select
+import signal
+import socket
+import time
+
+from seedance.engine.config import EngineConfig
+from seedance.engine.core_protocol import (
+    Abort,
+    Add,
+    Embed,
+    Embedded,
+    FrameBuffer,
+    LoadFailed,
+    Pause,
+    Ready,
+    Refusal,
+    Resume,
+    SetPriority,
+    Shutdown,
+    Step,
+    Unpin,
+    decode_commands,
+    embeds_from_wire,
+    frame,
+)
+from seedance.engine.errors import EngineError, InvalidRequest
+from seedance.engine.events import FinishReason, TokenEvent
+from seedance.engine.llm_engine import LLMEngine
+from seedance.models.pooling import mean_pooled_embeddings
+
+log = logging.getLogger("seedance.engine.core")
+STATS_INTERVAL_S = 0.05  # stats ride on a Step frame at most this often (and whenever the core goes idle)
+STALL_WAIT_S = 0.005  # nothing could run (no KV room yet): wait this long for a command before trying again
+
+
+class _Gateway:
+    """One connected gateway: its socket, its half-read frames, what it gets with the next Step frame."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.frames = FrameBuffer()
+        self.events: list[TokenEvent] = []
+        self.admitted: list[str] = []
+        self.refused: list[Refusal] = []
+        self.aborted: list[TokenEvent] = []
+        self.embedded: list[Embedded] = []
+        self.requests: set[str] = set()
+
+    def pending(self) -> bool:
+        return bool(self.events or self.admitted or self.refused or self.aborted or self.embedded)
+
+
+class CoreLoop:
+    """One engine for one or more gateways (`--workers N`: each gateway prefixes its request ids, so they never
+    collide; a step's events are sorted to their gateways). Not thread-safe: the process's one engine thread."""
+
+    def __init__(self, engine: LLMEngine, sock: socket.socket | None = None,
+                 listener: socket.socket | None = None, ready: bytes = b"") -> None:
+        self.engine = engine
+        self.listener = listener  # accepts more gateways (each is sent `ready` first)
+        self.ready = ready
+        self.gateways: dict[socket.socket, _Gateway] = {}
+        self.owner: dict[str, _Gateway] = {}
+        if sock is not None:
+            self.gateways[sock] = _Gateway(sock)
+        self.stats_sent_at = 0.0
+        self.shutdown = False
+
+    @property
+    def gone(self) -> bool:
+        """No gateway left to serve (the socket-pair gateway closed, or every worker did)."""
+        return not self.gateways and self.listener is None
+
+    def apply(self, gateway: _Gateway, command) -> None:
+        engine = self.engine
+        match command:
+            case Add():
+                try:
+                    try:
+                        embeds = embeds_from_wire(command.embeds)
+                    except ValueError as err:
+                        raise InvalidRequest(str(err)) from None
+                    if command.params.guided is not None and engine.guides is not None:
+                        engine.guides.compile(command.params.guided)  # cached; a bad grammar is this refusal
+                    engine.add_request(command.request_id, command.token_ids, command.params, command.priority,
+                                       command.arrival, pin_key=command.pin_key, prompt_embeds=embeds)
+                    gateway.admitted.append(command.request_id)
+                    self.owner[command.request_id] = gateway
+                    gateway.requests.add(command.request_id)
+                except EngineError as err:
+                    gateway.refused.append(Refusal(command.request_id, err.code, str(err)))
+            case Embed():
+                gateway.embedded.append(self.embed(command))
+            case Abort():
+                event = engine.abort(command.request_id, keep_tokens=command.keep_tokens)
+                if event is None:  # already finished or never admitted: the gateway still gets one final event
+                    event = TokenEvent(command.request_id, 0, -1, "", finish_reason=FinishReason.CANCELLED)
+                self._forget(command.request_id)
+                gateway.aborted.append(event)
+            case Pause() if command.request_id in engine.requests:
+                engine.pause(command.request_id)
+            case Resume() if command.request_id in engine.requests:
+                engine.resume(command.request_id)
+            case SetPriority() if command.request_id in engine.requests:
+                engine.set_priority(command.request_id, command.priority)
+            case Unpin():
+                engine.unpin(command.key)
+            case Shutdown():
+                self.shutdown = True
+
+    def embed(self, command: Embed) -> Embedded:
+        """One group's vectors through the engine's model (models/pooling.py), or why not."""
+        if self.engine.embedding_shape is None:
+            return Embedded(command.key, error="this server runs the synthetic backend: it has no model to compute "
+                            "embeddings with", code=InvalidRequest.code)
+        try:
+            vectors = mean_pooled_embeddings(self.engine.runner.model, command.inputs)
+        except Exception as err:  # this request fails, the engine goes on
+            log.exception("embedding failed")
+            return Embedded(command.key, error=f"{type(err).__name__}: {err}")
+        dim = int(vectors[0].shape[0]) if vectors else 0
+        return Embedded(command.key, dim, b"".join(v.float().numpy().tobytes() for v in vectors))
+
+    def _forget(self, request_id: str) -> None:
+        gateway = self.owner.pop(request_id, None)
+        if gateway is not None:
+            gateway.requests.discard(request_id)
+
+    def _drop(self, gateway: _Gateway) -> None:
+        """A gateway went away: its requests end here (nobody would read them)."""
+        del self.gateways[gateway.sock]
+        for request_id in list(gateway.requests):
+            self.engine.abort(request_id)
+            self.owner.pop(request_id, None)
+        gateway.sock.close()
+
+    def read_commands(self, timeout: float | None) -> None:
+        """Apply every command that arrives within timeout (0: only those already here; None: wait for one)."""
+        while True:
+            watched = [*self.gateways, *([self.listener] if self.listener is not None else [])]
+            ready, _, _ = select.select(watched, [], [], timeout)
+            if not ready:
+                return
+            for sock in ready:
+                if sock is self.listener:
+                    conn, _ = self.listener.accept()
+                    conn.setblocking(True)
+                    conn.sendall(self.ready)
+                    self.gateways[conn] = _Gateway(conn)
+                    continue
+                gateway = self.gateways.get(sock)
+                if gateway is None:
+                    continue
+                try:
+                    data = sock.recv(1 << 20)
+                except OSError:
+                    data = b""
+                if not data:
+                    self._drop(gateway)
+                    continue
+                for body in gateway.frames.feed(data):
+                    for command in decode_commands(body):
+                        try:
+                            self.apply(gateway, command)
+                        except Exception:  # one bad command must not stop the engine
+                            log.exception("engine command failed: %r", command)
+            if self.gone or self.shutdown:
+                return
+            timeout = 0  # drain what else is already here, then go on
+
+    def route(self, events: list[TokenEvent]) -> None:
+        """A step's events to the gateways that own them (one gateway: all of them, no lookups)."""
+        if len(self.gateways) == 1:
+            gateway = next(iter(self.gateways.values()))
+            gateway.events = events
+            for event in events:
+                if event.finish_reason is not None:
+                    self._forget(event.request_id)
+            return
+        owner = self.owner
+        for event in events:
+            gateway = owner.get(event.request_id)
+            if gateway is not None:
+                gateway.events.append(event)
+                if event.finish_reason is not None:
+                    self._forget(event.request_id)
+
+    def send(self, started: float | None, seconds: float, force_stats: bool = False) -> None:
+        now = time.monotonic()
+        stats = None
+        if force_stats or now - self.stats_sent_at >= STATS_INTERVAL_S:
+            stats, self.stats_sent_at = self.engine.stats(), now
+        for gateway in list(self.gateways.values()):
+            if not (gateway.pending() or stats):
+                continue
+            message = Step(gateway.events, gateway.admitted, gateway.refused, gateway.aborted, started, seconds,
+                           stats, gateway.embedded)
+            gateway.events, gateway.admitted, gateway.refused, gateway.aborted = [], [], [], []
+            gateway.embedded = []
+            try:
+                gateway.sock.sendall(frame(message))  # blocks while that gateway's buffer is full: back-pressure
+            except OSError:
+                self._drop(gateway)
+
+    def run(self) -> None:
+        engine = self.engine
+        stalled = False
+        while not (self.shutdown or self.gone):
+            busy = engine.has_work()
+            self.read_commands(STALL_WAIT_S if stalled else 0 if busy else None)
+            if self.shutdown or self.gone:
+                break
+            started, seconds = None, 0.0
+            if engine.has_work():
+                steps = engine.steps
+                started = time.perf_counter()
+                events: list[TokenEvent] = []
+                try:
+                    events = engine.step()
+                except Exception:
+                    log.exception("engine step crashed")
+                seconds = time.perf_counter() - started
+                stalled = not events and engine.steps == steps
+                self.route(events)
+            else:
+                stalled = False
+            self.send(started, seconds, force_stats=not engine.has_work())
+        if self.shutdown:  # every open request ends with cancelled, then the gateways' readers see EOF
+            for request_id in list(engine.requests):
+                gateway = self.owner.get(request_id)
+                if (event := engine.abort(request_id)) is not None and gateway is not None:
+                    gateway.aborted.append(event)
+            with contextlib.suppress(OSError):
+                self.send(None, 0.0, force_stats=True)
+
+
+def _load(config: EngineConfig) -> tuple[LLMEngine | None, bytes]:
+    """The engine and the frame that tells a gateway it is ready (or that loading failed)."""
+    try:
+        engine = LLMEngine.from_config(config)
+        if config.warmup:
+            engine.warmup()
+    except Exception as err:
+        log.debug("model failed to load", exc_info=True)
+        return None, frame(LoadFailed(f"{type(err).__name__}: {err}"))
+    tokenizer = pickle.dumps(engine.tokenizer) if engine.tokenizer is not None else None
+    ready = Ready(engine.max_model_len, engine.model_name, engine.load_times, tokenizer, engine.stats(),
+                  dtype=engine.config.dtype, hidden_size=engine.hidden_size, takes_images=engine.takes_images,
+                  embedding_shape=engine.embedding_shape)
+    return engine, frame(ready)
+
+
+def _child_setup(log_level: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the whole group: the gateway shuts us down
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[core]: %(message)s")
+
+
+def serve_core(config: EngineConfig, path: str, log_level: int = logging.WARNING) -> None:
+    """`--workers N`: one engine for N gateway processes, which connect to the Unix socket at path (bound
+    before loading, so they can connect at once; each gets Ready, or LoadFailed, when loading is done). A
+    gateway that goes away takes its requests with it; the core runs until SIGTERM (the supervisor's, once its
+    workers have stopped)."""
+    _child_setup(log_level)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    engine, ready = _load(config)
+    if engine is None:
+        deadline = time.monotonic() + 30
+        listener.settimeout(1)
+        while time.monotonic() < deadline:  # tell whoever connects why, then stop
+            with contextlib.suppress(OSError):
+                conn, _ = listener.accept()
+                conn.sendall(ready)
+                conn.close()
+        return
+    log.info("engine core ready in process %d for gateways on %s", os.getpid(), path)
+    CoreLoop(engine, listener=listener, ready=ready).run()
+
+
+def run_core(config: EngineConfig, sock: socket.socket, log_level: int = logging.WARNING) -> None:
+    """The child's entry point (multiprocessing spawn): load the model, say Ready, loop until told to stop."""
+    _child_setup(log_level)
+    sock.setblocking(True)
+    engine, ready = _load(config)
+    with contextlib.suppress(OSError):
+        sock.sendall(ready)
+    if engine is None:
+        return
+    log.info("engine core ready in process %d", os.getpid())
+    try:
+        CoreLoop(engine, sock).run()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the gateway went away first
+    finally:
+        sock.close()

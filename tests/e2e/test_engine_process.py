@@ -1,0 +1,184 @@
+"""`seedance serve --engine process`: the engine core in its own process, end to end with the built-in model.
+
+Greedy output through the process engine equals the in-process engine's token for token; sessions (KV pinned
+across the process boundary), cancel and the OpenAI SSE path work; a dead engine process fails the streams in
+flight with an error, /readyz says so, and the gateway keeps answering."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+
+import httpx
+import psutil
+import pytest
+from websockets.asyncio.client import connect
+
+from seedance.engine.async_engine import AsyncEngine, GenerateRequest
+from seedance.engine.config import EngineConfig
+from seedance.engine.sampling_params import SamplingParams
+from tests.e2e.conftest import start_server
+from tests.e2e.wire import messages_of, until
+
+PROMPTS = ["In the beginning", "And God said unto Moses,", "Blessed are the meek"]
+
+
+@pytest.fixture(scope="module")
+def process_server(tmp_path_factory):
+    srv = start_server(tmp_path_factory, engine_mode="process", num_kv_blocks=1024)
+    yield srv
+    srv.stop()
+
+
+def engine_pid(srv) -> int:
+    """The engine process /stats names: a child of the server."""
+    pid = srv.stats()["engine_pid"]
+    assert pid in [c.pid for c in psutil.Process(srv.pid).children()]
+    return pid
+
+
+async def in_process_greedy(prompt: str, max_tokens: int) -> list[int]:
+    engine = await AsyncEngine.create(EngineConfig(num_kv_blocks=1024))
+    try:
+        request = GenerateRequest(prompt=prompt, params=SamplingParams(max_tokens=max_tokens, temperature=0.0))
+        return [e.token_id async for e in engine.generate(request) if e.token_id >= 0]
+    finally:
+        await engine.close()
+
+
+async def ws_tokens(ws, request_id: str) -> tuple[list[int], dict]:
+    seen = await until(ws, lambda m: m.get("id") == request_id and m["type"] == "done", timeout=60)
+    ids = [t for m in seen if m["type"] == "chunk" and m["id"] == request_id for t in m["token_ids"]]
+    return ids, seen[-1]
+
+
+async def test_greedy_output_equals_the_in_process_engine(process_server):
+    assert process_server.stats()["engine_mode"] == "process"
+    engine_pid(process_server)
+    async with connect(process_server.ws) as ws:
+        for i, prompt in enumerate(PROMPTS):  # three at once: one step batches all of them
+            await ws.send(json.dumps({"type": "generate", "id": f"g{i}", "prompt": prompt, "max_tokens": 24,
+                                      "temperature": 0.0}))
+        got = {}
+        seen: list[dict] = []
+        async with asyncio.timeout(60):
+            while len(got) < len(PROMPTS):
+                for m in messages_of(await ws.recv()):
+                    seen.append(m)
+                    if m["type"] == "done":
+                        got[m["id"]] = [t for c in seen if c["type"] == "chunk" and c["id"] == m["id"]
+                                        for t in c["token_ids"]]
+    for i, prompt in enumerate(PROMPTS):
+        assert got[f"g{i}"] == await in_process_greedy(prompt, 24), prompt
+    stats = process_server.stats()
+    assert stats["generated_tokens"] >= 24 * len(PROMPTS) and stats["open_requests"] == 0
+
+
+async def test_session_turn_reuses_kv_pinned_in_the_engine_process(process_server):
+    async with connect(process_server.ws) as ws:
+        params = {"max_tokens": 16, "temperature": 0.0, "ignore_eos": True}
+        await ws.send(json.dumps({"type": "generate", "id": "t0", "session": "proc", "prompt": PROMPTS[1], **params}))
+        _, first = await ws_tokens(ws, "t0")
+        await ws.send(json.dumps({"type": "generate", "id": "t1", "session": "proc", "prompt": " And", **params}))
+        _, second = await ws_tokens(ws, "t1")
+    assert first["finish_reason"] == second["finish_reason"] == "length"
+    prior = first["usage"]["prompt_tokens"] + first["usage"]["completion_tokens"]
+    assert second["usage"]["cached_tokens"] / prior >= 0.8  # the first turn's KV, kept pinned across the boundary
+
+
+async def test_cancel_and_sse_through_the_process_engine(process_server):
+    async with connect(process_server.ws) as ws:
+        await ws.send(json.dumps({"type": "generate", "id": "long", "prompt": "And", "max_tokens": 2000,
+                                  "ignore_eos": True}))
+        await until(ws, lambda m: m["type"] == "chunk")
+        await ws.send(json.dumps({"type": "cancel", "id": "long"}))
+        done = (await until(ws, lambda m: m["type"] == "done"))[-1]
+    assert done["finish_reason"] == "cancelled"
+    body = {"model": "seedance-tiny", "prompt": PROMPTS[0], "max_tokens": 8, "temperature": 0.0}
+    async with httpx.AsyncClient(base_url=process_server.http, timeout=60) as http:
+        resp = await http.post("/v1/completions", json=body)
+    assert resp.status_code == 200 and resp.json()["usage"]["completion_tokens"] == 8
+
+
+async def test_a_dead_engine_process_fails_streams_in_flight_and_readyz_says_so(tmp_path_factory):
+    srv = start_server(tmp_path_factory, engine_mode="process", num_kv_blocks=256)
+    try:
+        async with connect(srv.ws) as ws:
+            await ws.send(json.dumps({"type": "generate", "id": "a", "prompt": "And", "max_tokens": 4000,
+                                      "ignore_eos": True}))
+            await until(ws, lambda m: m["type"] == "chunk")
+            os.kill(engine_pid(srv), signal.SIGKILL)
+            seen = await until(ws, lambda m: m.get("id") == "a" and m["type"] == "done", timeout=20)
+            assert seen[-1]["finish_reason"] == "error"
+            assert any(m["type"] == "error" and m.get("id") == "a" for m in seen), seen
+            await ws.send(json.dumps({"type": "generate", "id": "b", "prompt": "And", "max_tokens": 4}))
+            refused = await until(ws, lambda m: m.get("id") == "b" and m["type"] == "done", timeout=20)
+            assert any(m["type"] == "error" and m["code"] == "overloaded" for m in refused), refused
+        ready = httpx.get(f"{srv.http}/readyz", timeout=10)
+        assert ready.status_code == 503 and ready.json()["reason"] == "engine_unavailable"
+        assert httpx.get(f"{srv.http}/healthz", timeout=10).status_code == 200
+        resp = httpx.post(f"{srv.http}/v1/completions", json={"model": "seedance-tiny", "prompt": "x", "max_tokens": 2},
+                          timeout=10)
+        assert resp.status_code == 429 and resp.json()["error"]["code"] == "overloaded"
+    finally:
+        assert srv.stop() == 0
+
+
+# ---- main's features across the process boundary: each equals the thread-mode server's answer (`server`) ----
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                           "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+def completion(srv, **body) -> httpx.Response:
+    return httpx.post(f"{srv.http}/v1/completions", json={"model": "seedance-tiny", "prompt": PROMPTS[0], **body},
+                      timeout=60)
+
+
+def test_guided_requests_compile_in_the_engine_process(process_server, server):
+    body = {"max_tokens": 60, "temperature": 0.0, "guided_json": PERSON}
+    got = completion(process_server, **body)
+    assert got.status_code == 200, got.text
+    text = got.json()["choices"][0]["text"]
+    assert set(json.loads(text)) == {"name", "age"}
+    assert text == completion(server, **body).json()["choices"][0]["text"]  # the thread mode's, exactly
+    choice = completion(process_server, max_tokens=10, temperature=1.0, seed=4, guided_choice=["light", "dark"])
+    assert choice.json()["choices"][0]["text"] in {"light", "dark"}
+    bad = completion(process_server, max_tokens=4, guided_regex="(unclosed")  # refused in the core: a 400, no hang
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request", bad.text
+    assert completion(process_server, max_tokens=2).status_code == 200  # the engine went on
+
+
+async def test_embedding_prompts_cross_as_bytes(process_server, server):
+    from safetensors.torch import load_file
+
+    from seedance.models.loader import BUILTIN_MODEL_DIR
+    from tests.e2e.test_embedding_prompts import GREEDY, IDS, f32le, ids_of, tokens_b64
+    from tests.e2e.test_websocket import run_requests
+
+    table = load_file(str(BUILTIN_MODEL_DIR / "model.safetensors"))["model.embed_tokens.weight"].float()
+    requests = [{"id": "ids", "prompt_b64": tokens_b64(IDS), **GREEDY},
+                {"id": "parts", "prompt_parts": [{"type": "tokens", "ids": IDS[:2]},
+                                                 {"type": "embedding", "b64": f32le(table[IDS[2:5]])},
+                                                 {"type": "tokens", "ids": IDS[5:]}], **GREEDY}]
+    async with connect(process_server.ws) as ws:
+        results = await run_requests(ws, requests)
+    async with connect(server.ws) as ws:
+        thread = await run_requests(ws, requests[1:])
+    assert all(not r["errors"] for r in results.values()), results
+    assert ids_of(results["parts"]) == ids_of(results["ids"]) == ids_of(thread["parts"])
+    usage = results["parts"]["done"]["usage"]
+    assert (usage["prompt_tokens"], usage["embedding_tokens"]) == (7, 3)
+
+
+def test_v1_embeddings_run_in_the_engine_process(process_server, server):
+    body = {"model": "seedance-tiny", "input": ["In the beginning", [1063, 389, 392]]}
+    got = httpx.post(f"{process_server.http}/v1/embeddings", json=body, timeout=60)
+    want = httpx.post(f"{server.http}/v1/embeddings", json=body, timeout=60).json()
+    assert got.status_code == 200, got.text
+    for a, b in zip(got.json()["data"], want["data"], strict=True):
+        assert len(a["embedding"]) == 256 and sum(x * y for x, y in zip(a["embedding"], b["embedding"],
+                                                                        strict=True)) > 0.99999
+    assert got.json()["usage"] == want["usage"]
