@@ -43,18 +43,19 @@ def workers(tmp_path_factory):
     srv = start_server(tmp_path_factory, workers=2, jwt_secret=SECRET, jwt_audience=AUDIENCE, jwt_issuer=ISSUER,
                        max_connections_per_ip=2, max_connections_per_token=0, num_kv_blocks=1024,
                        detached_buffer_tokens=8)
-    deadline = time.monotonic() + 90  # launch() saw one worker ready; wait for the other too
+    deadline = time.monotonic() + 180  # launch() saw one worker ready; wait for the other too (a loaded CI box)
+    last: object = None
     while time.monotonic() < deadline:
         try:
-            seen = {stats(srv, f"127.0.0.{i}").get("worker") for i in (2, 3)}
-            if seen == {0, 1}:
+            last = [stats(srv, f"127.0.0.{i}") for i in (2, 3)]
+            if {answer.get("worker") for answer in last} == {0, 1}:
                 break
-        except (httpx.HTTPError, json.JSONDecodeError):
-            pass
+        except (httpx.HTTPError, json.JSONDecodeError) as err:
+            last = repr(err)
         time.sleep(0.2)
     else:
         srv.stop()
-        pytest.fail("the second worker never answered")
+        pytest.fail(f"the second worker never answered; last /stats: {str(last)[:500]}\n{srv.log()[-3000:]}")
     yield srv
     assert srv.stop() == 0
 
