@@ -20,7 +20,6 @@ from tests.e2e.test_sessions import read_turn, text
 from tests.e2e.wire import messages_of
 from tests.pki import AUDIENCE, ISSUER, SECRET, hs256
 
-ADMIN = hs256(sub="ops", scope="admin")
 PARAMS = {"max_tokens": 40, "temperature": 0.0, "ignore_eos": True}
 
 
@@ -35,7 +34,9 @@ def ws_connect(srv, src: str, token: str | None = None, query: str = ""):
 
 def stats(srv, src: str) -> dict:
     with http(srv, src) as client:
-        return client.get("/stats", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+        # A fresh token per call: one made at import would have expired (ttl 300 s) by the time a full run gets here.
+        admin = hs256(sub="ops", scope="admin")
+        return client.get("/stats", headers={"Authorization": f"Bearer {admin}"}).json()
 
 
 @pytest.fixture(scope="module")
