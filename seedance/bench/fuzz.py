@@ -169,6 +169,8 @@ class Mutator:
 class CanaryRun:
     texts: list[str] = field(default_factory=list)
     gaps_s: list[float] = field(default_factory=list)  # time to each message of a request (first: from send)
+    received: list[float] = field(default_factory=list)  # perf_counter at each message, to line up with traces
+    index: list[int] = field(default_factory=list)  # each message's place in its request (0: the first)
     failures: list[str] = field(default_factory=list)
 
 
@@ -181,7 +183,7 @@ async def canary(ws_url: str, stop: asyncio.Event, runs: int | None, timeout_s: 
             i += 1
             last = time.perf_counter()
             await ws.send_json({**CANARY, "id": f"canary-{i}"})
-            text, done = [], False
+            text, done, first = [], False, len(out.index)
             while not done:
                 try:
                     msg = await ws.receive(timeout=timeout_s)
@@ -193,6 +195,8 @@ async def canary(ws_url: str, stop: asyncio.Event, runs: int | None, timeout_s: 
                     return out
                 now = time.perf_counter()
                 out.gaps_s.append(now - last)
+                out.received.append(now)
+                out.index.append(len(out.index) - first)
                 last = now
                 data = json.loads(msg.data)
                 for m in data if isinstance(data, list) else [data]:
@@ -424,7 +428,7 @@ async def run_fuzz(ws_url: str, http_url: str, *, ws_messages: int, binary_frame
         pass
     reference = quiet.texts[0] if quiet.texts else None
     equal = bool(quiet.texts) and all(t == reference for t in quiet.texts + loaded.texts)
-    return FuzzReport(
+    report = FuzzReport(
         settings={"ws_messages": ws_messages, "binary_frames": binary_frames, "http_bodies": http_bodies,
                   "seed": seed, "ws_connections": ws_connections, "http_concurrency": http_concurrency,
                   "batch": batch, "hang_timeout_s": hang_timeout_s, "server": SERVER_SETTINGS if server else None},
@@ -433,6 +437,8 @@ async def run_fuzz(ws_url: str, http_url: str, *, ws_messages: int, binary_frame
         ws_binary=_tally_dict(fuzzers[1]), http=_tally_dict(fuzzers[2]),
         process_exited=server is not None and server.process.poll() is not None, healthz_after=healthy,
         duration_s=round(time.perf_counter() - t0, 1))
+    report.canary_runs = (quiet, loaded)  # the raw timings, for scripts/fuzz_trace.py (not in the JSON)
+    return report
 
 
 def launch_fuzz_server(log_dir: str | None = None, **overrides: object) -> ServerProcess:

@@ -25,6 +25,7 @@ from functools import partial
 
 import torch
 
+from seedance.engine.client_key import client_of
 from seedance.engine.config import EngineConfig
 from seedance.engine.engine_front import EngineFront, GenerateRequest, RequestStream
 from seedance.engine.events import FinishReason, TokenEvent
@@ -145,12 +146,13 @@ class AsyncEngine(EngineFront):
         self._streams[request_id] = stream
         self._submitted += 1
         arrival = time.monotonic()
+        client = client_of(request)
 
         def add() -> None:
             self._added += 1
             if request_id in self._streams:  # not cancelled before it was added
                 self.engine.add_request(request_id, token_ids, request.params, request.priority, arrival,
-                                        pin_key=request.pin_key, prompt_embeds=embeds)
+                                        pin_key=request.pin_key, prompt_embeds=embeds, client=client)
 
         self._command(add)
         return stream

@@ -40,6 +40,13 @@ class EngineConfig:
     # A prompt with embedding rows or images is prefilled at most this many tokens per step (None: the step's
     # budget, max_num_batched_tokens), so one image does not stall the running streams for a whole budget.
     max_embed_chunk_tokens: int | None = 64
+    # Fairness between clients (a client: one connection, GenerateRequest.client): at most this many of one
+    # client's requests run in the batch at once; its others wait without holding up other clients' (None: no cap).
+    max_running_per_client: int | None = 16
+    # A step that carries decodes carries at most this many prefill tokens in all, so prompts arriving (a flood of
+    # them, or one long one) cannot stretch the step every running stream waits on; a step without decodes takes
+    # the whole budget (None: no cap, prefills fill max_num_batched_tokens).
+    decode_step_prefill_tokens: int | None = 64
     aging_interval_s: float = 2.0  # every interval waited raises a request's priority by one level
     enable_prefix_caching: bool = True
     max_pinned_kv_fraction: float = 0.5  # share of the KV pool idle sessions may pin for their next turn

@@ -100,7 +100,8 @@ class CoreLoop:
                     if command.params.guided is not None and engine.guides is not None:
                         engine.guides.compile(command.params.guided)  # cached; a bad grammar is this refusal
                     engine.add_request(command.request_id, command.token_ids, command.params, command.priority,
-                                       command.arrival, pin_key=command.pin_key, prompt_embeds=embeds)
+                                       command.arrival, pin_key=command.pin_key, prompt_embeds=embeds,
+                                       client=command.client)
                     gateway.admitted.append(command.request_id)
                     self.owner[command.request_id] = gateway
                     gateway.requests.add(command.request_id)

@@ -73,6 +73,7 @@ class Add(msgspec.Struct, tag=True, array_like=True):
     arrival: float = 0.0  # time.monotonic() at submit (one clock for every process on the host)
     pin_key: str | None = None
     embeds: list[EmbedRows] | None = None  # the prompt's embedding rows (its negative content ids stand for them)
+    client: str | None = None  # whose request (the gateway's prefix on it): max_running_per_client
 
 
 class Abort(msgspec.Struct, tag=True, array_like=True):

@@ -52,6 +52,8 @@ class GenerateRequest:
     request_id: str | None = None
     pin_key: str | None = None  # keep the finished request's KV pinned for this session's next turn
     tools: list[dict] | None = None  # OpenAI tools, for a chat template that renders them (template_takes_tools)
+    # Whose request (a connection, for max_running_per_client); None: the submitting context's CURRENT_CLIENT.
+    client: str | None = None
 
 
 class EventQueue:

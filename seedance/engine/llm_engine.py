@@ -51,7 +51,7 @@ class LLMEngine:
         self.block_manager.max_pinned_blocks = int(runner.num_kv_blocks * config.max_pinned_kv_fraction)
         self.scheduler = Scheduler(
             self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, config.aging_interval_s,
-            config.max_embed_chunk_tokens,
+            config.max_embed_chunk_tokens, config.max_running_per_client, config.decode_step_prefill_tokens,
         )
         self.requests: dict[str, RequestOutputState] = {}
         self.eos_token_ids = tokenizer.eos_token_ids if tokenizer else frozenset()
@@ -185,8 +185,10 @@ class LLMEngine:
         arrival_time: float | None = None,
         pin_key: str | None = None,
         prompt_embeds: PromptEmbeds | None = None,
+        client: str | None = None,
     ) -> None:
-        """pin_key: when the request completes, keep its KV pinned under this key (a session) so the
+        """client: whose request it is (max_running_per_client).
+        pin_key: when the request completes, keep its KV pinned under this key (a session) so the
         conversation's next turn reuses it instead of recomputing. prompt_embeds: the embedding rows of a
         prompt built by prompt_embeds.assemble_prompt (prompt_token_ids then holds their content ids)."""
         self.check_admission(request_id, prompt_token_ids, params, prompt_embeds=prompt_embeds)
@@ -199,6 +201,7 @@ class LLMEngine:
             prompt_embeds,
         )
         seq.pin_key = pin_key
+        seq.client = client
         self.requests[request_id] = RequestOutputState(
             seq, self.tokenizer.backend if self.tokenizer else None, self.eos_token_ids, self.max_model_len
         )

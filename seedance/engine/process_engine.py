@@ -37,6 +37,7 @@ import time
 
 import torch
 
+from seedance.engine.client_key import client_of
 from seedance.engine.config import EngineConfig
 from seedance.engine.core_process import run_core
 from seedance.engine.core_protocol import (
@@ -200,8 +201,9 @@ class ProcessEngine(EngineFront):
         self._admitting[request_id] = verdict
         p = self.prefix
         pin_key = p + request.pin_key if request.pin_key is not None else None
+        client = client_of(request)
         self._send(Add(p + request_id, token_ids, request.params, request.priority, time.monotonic(), pin_key,
-                       rows))
+                       rows, p + client if client is not None else None))
         try:
             await verdict
         except BaseException:

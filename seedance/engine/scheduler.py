@@ -4,6 +4,12 @@ Each step it fills a token budget: first every running sequence (one decode toke
 a prompt still being prefilled), then waiting sequences by effective priority. When KV blocks run out
 it preempts by recompute: paused sequences first, then the lowest-priority running one, whose blocks
 go back to the pool (and stay in the prefix cache, so recomputation is often cheap).
+
+Two bounds keep one client (a connection) from degrading the others' latency: at most
+`max_running_per_client` of a client's sequences run at once (its further ones wait, and the queue
+admits other clients' past them), and a step that carries decodes carries at most
+`decode_step_prefill_tokens` prefill tokens, so arriving prompts cannot stretch the step that every
+running stream is waiting on.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ class Scheduler:
         max_num_batched_tokens: int,
         aging_interval_s: float = 2.0,
         max_embed_chunk_tokens: int | None = None,
+        max_running_per_client: int | None = None,
+        decode_step_prefill_tokens: int | None = None,
     ) -> None:
         if max_num_batched_tokens < max_num_seqs:
             raise ValueError("max_num_batched_tokens must be >= max_num_seqs")
@@ -61,6 +69,12 @@ class Scheduler:
         # A prompt with embedding rows / image features is prefilled in chunks of at most this many tokens, so
         # an image's hundreds of rows do not land in one step and stall every running stream for it.
         self.max_embed_chunk_tokens = max_embed_chunk_tokens
+        if max_running_per_client is not None and max_running_per_client < 1:
+            raise ValueError("max_running_per_client must be >= 1 (or None)")
+        if decode_step_prefill_tokens is not None and decode_step_prefill_tokens < 1:
+            raise ValueError("decode_step_prefill_tokens must be >= 1 (or None)")
+        self.max_running_per_client = max_running_per_client
+        self.decode_step_prefill_tokens = decode_step_prefill_tokens
 
     # ---- commands -------------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -112,11 +126,19 @@ class Scheduler:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
         self.running.sort(key=lambda s: (s.priority, s.arrival))
+        # prefill tokens this step may still carry: capped when any running sequence decodes in it
+        prefill = budget
+        if self.decode_step_prefill_tokens is not None and any(s.num_uncomputed_tokens == 1 for s in self.running):
+            prefill = self.decode_step_prefill_tokens
 
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            n = self._chunk(seq, min(seq.num_uncomputed_tokens, budget))
+            want = seq.num_uncomputed_tokens
+            n = self._chunk(seq, min(want, budget) if want == 1 else min(want, budget, prefill))
+            if n == 0:  # a prompt still prefilling, and this step's prefill share is spent
+                i += 1
+                continue
             while not self.bm.can_allocate(seq, n):
                 if self.bm.release_lru_pin():  # idle conversations' KV goes first: it can be recomputed
                     continue
@@ -131,17 +153,30 @@ class Scheduler:
                 continue
             out.chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n))
             budget -= n
+            if want > 1:
+                prefill -= n
             i += 1
 
+        per_client = self._running_per_client()
+        at_cap = None
+        if per_client is not None:
+            cap = self.max_running_per_client
+
+            def at_cap(s: Sequence) -> bool:
+                return s.client is not None and per_client.get(s.client, 0) >= cap
+
         while budget > 0 and len(self.running) < self.max_num_seqs:
-            seq = self.waiting.peek(now)
+            seq = self.waiting.peek(now, skip=at_cap)
             if seq is None:
                 break
             if seq.pin_key is not None:
                 self.bm.take_pin(seq.pin_key, seq)  # the session's own KV, partial block included
             cached = self.bm.find_cached_prefix(seq)
             computed = seq.num_computed_tokens + len(cached) * self.bm.block_size
-            n = self._chunk(seq, min(len(seq) - computed, budget))
+            left = len(seq) - computed
+            n = self._chunk(seq, min(left, budget) if left == 1 else min(left, budget, prefill))
+            if n == 0:
+                break  # this step's prefill share is spent; the head is admitted next step
             while not self.bm.can_allocate(seq, n, cached):
                 if self.bm.release_lru_pin():
                     continue
@@ -164,7 +199,21 @@ class Scheduler:
             self.running.append(seq)
             out.chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n))
             budget -= n
+            if left > 1:
+                prefill -= n
+            if per_client is not None and seq.client is not None:
+                per_client[seq.client] = per_client.get(seq.client, 0) + 1
         return out
+
+    def _running_per_client(self) -> dict[str, int] | None:
+        """Running sequences by client, when max_running_per_client applies (None otherwise)."""
+        if self.max_running_per_client is None:
+            return None
+        counts: dict[str, int] = {}
+        for seq in self.running:
+            if seq.client is not None:
+                counts[seq.client] = counts.get(seq.client, 0) + 1
+        return counts
 
     def _chunk(self, seq: Sequence, n: int) -> int:
         """n, capped for a multimodal prompt's prefill (max_embed_chunk_tokens)."""

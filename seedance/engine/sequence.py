@@ -31,6 +31,7 @@ class Sequence:
         "arrival_time",
         "block_hashes",
         "block_table",
+        "client",
         "finish_reason",
         "num_cached_tokens",
         "num_committed_blocks",
@@ -73,6 +74,7 @@ class Sequence:
         self.finish_reason: str | None = None
         self.pause_requested = False
         self.pin_key: str | None = None  # session whose KV this sequence continues and leaves pinned
+        self.client: str | None = None  # whose request (a connection): the scheduler's per-client share
 
     def __len__(self) -> int:
         return len(self.token_ids)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable
 
 from seedance.engine.sequence import Sequence
 
@@ -48,10 +49,14 @@ class WaitQueue:
         if not level:
             del self._levels[seq.priority]
 
-    def peek(self, now: float) -> Sequence | None:
+    def peek(self, now: float, skip: Callable[[Sequence], bool] | None = None) -> Sequence | None:
+        """The most urgent waiting sequence; with skip, the most urgent one skip does not exclude (a client at
+        its running cap is passed over, not waited on)."""
         best, best_key = None, None
         for level in self._levels.values():
-            head = level[0]
+            head = level[0] if skip is None else next((s for s in level if not skip(s)), None)
+            if head is None:
+                continue
             key = (self.effective_priority(head, now), head.arrival)
             if best_key is None or key < best_key:
                 best, best_key = head, key

@@ -24,7 +24,7 @@ from seedance.engine.process_engine import ProcessEngine
 from seedance.models.identity import model_identity
 from seedance.models.loader import resolve_model_path
 from seedance.protocol import CloseCode
-from seedance.server.http import conn_guard, cors, security
+from seedance.server.http import client_identity, conn_guard, cors, security
 from seedance.server.http import observability_http as observability
 from seedance.server.http.config import ServerConfig
 from seedance.server.http.http_errors import HttpError
@@ -236,8 +236,8 @@ async def json_errors(request: web.Request, handler):
 
 def build_app(config: ServerConfig) -> web.Application:
     app = web.Application(client_max_size=config.max_message_bytes,
-                          middlewares=[conn_guard.middleware, last_resort, json_errors, cors.middleware,
-                                       security.middleware])
+                          middlewares=[conn_guard.middleware, client_identity.middleware, last_resort, json_errors,
+                                       cors.middleware, security.middleware])
     app[STATE] = ServerState(config)
     if config.model_name is None:
         from seedance.models.registry import served_name
