@@ -475,20 +475,28 @@ def bench_fuzz(
     ws_messages: Annotated[int, typer.Option(help="fuzzed WebSocket JSON messages")] = 100_000,
     binary_frames: Annotated[int, typer.Option(help="fuzzed client binary frames")] = 10_000,
     http_bodies: Annotated[int, typer.Option(help="fuzzed HTTP requests (all routes)")] = 50_000,
+    realtime_events: Annotated[int, typer.Option(help="fuzzed OpenAI Realtime events (/v1/realtime)")] = 20_000,
     seed: Annotated[int, typer.Option(help="seed of the mutations (a run is reproducible)")] = 0,
     ws_connections: Annotated[int, typer.Option(help="WebSocket fuzzing connections")] = 4,
     http_concurrency: Annotated[int, typer.Option(help="HTTP requests in flight")] = 8,
     hang_timeout: Annotated[float, typer.Option(help="seconds without an answer that count as a hang")] = 20.0,
     url: Annotated[str | None, typer.Option(help="target a running loopback server instead of starting one")] = None,
+    engine: Annotated[str, typer.Option(help="the started server's engine_mode: thread or process")] = "thread",
+    server_setting: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="NAME=VALUE", help="a setting of the started server (repeatable), e.g. "
+        "max_running_per_client=none")] = None,
     output: Annotated[str | None, typer.Option(metavar="FILE", help="write the report JSON here")] = (
         f"{RESULTS}/fuzz.json"),
 ) -> None:
-    """Fuzz WebSocket JSON, binary frames and HTTP bodies with a canary stream running; exit 1 on any defect."""
+    """Fuzz WebSocket JSON, binary frames, Realtime events and HTTP bodies with a canary stream running; exit 1 on
+    any defect."""
     from seedance.bench.fuzz import run_fuzz_bench
 
+    overrides = dict(kv.split("=", 1) for kv in server_setting or [])
     report = run_fuzz_bench(url, output, ws_messages=ws_messages, binary_frames=binary_frames,
-                            http_bodies=http_bodies, seed=seed, ws_connections=ws_connections,
-                            http_concurrency=http_concurrency, hang_timeout_s=hang_timeout)
+                            http_bodies=http_bodies, realtime_events=realtime_events, seed=seed,
+                            ws_connections=ws_connections, http_concurrency=http_concurrency,
+                            hang_timeout_s=hang_timeout, server_settings={"engine_mode": engine, **overrides})
     console.print_json(data={"defects": report.defects, "canary_quiet": report.quiet, "canary_loaded": report.loaded,
                              "duration_s": report.duration_s})
     if any(report.defects.values()):

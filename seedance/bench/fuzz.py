@@ -1,10 +1,12 @@
 """`seedance bench fuzz`: throw malformed input at a running server while a canary stream measures the damage.
 
-Three fuzzers run at once against one server: WebSocket JSON messages (mutated `generate`, `cancel`, `credit`,
+Four fuzzers run at once against one server: WebSocket JSON messages (mutated `generate`, `cancel`, `credit`,
 `priority`, `ping`, `resume`, `reauth`, and byte-level corruptions of them), client binary frames (random and
-MTF1-shaped bytes), and HTTP bodies on every route (mutated OpenAI, polling and ticket bodies, query strings,
-methods, content types). A canary WebSocket connection runs the same greedy request over and over; its text must
-equal what it was on a quiet server, and its latency (time to each message) is compared with the quiet run.
+MTF1-shaped bytes), OpenAI Realtime events on /v1/realtime (mutated `session.update`, `input_audio_buffer.*`,
+`conversation.item.*`, `response.create`, `response.cancel`, random binary messages), and HTTP bodies on every
+route (mutated OpenAI, polling and ticket bodies, query strings, methods, content types). A canary WebSocket
+connection runs the same greedy request over and over; its text must equal what it was on a quiet server, and its
+latency (time to each message) is compared with the quiet run.
 
 What is counted as a defect (docs/reliability.md): the server process exiting, any HTTP 5xx or a non-JSON error
 body, an error code or close code the protocol does not document, and a hang (a request without an answer, or a
@@ -31,6 +33,7 @@ from seedance.bench.server_process import ServerProcess, launch
 from seedance.bench.stats import percentiles_ms
 from seedance.protocol import CloseCode
 from seedance.protocol.errors import ERROR_CODES
+from seedance.protocol.realtime_events import REALTIME_ERROR_CODES
 from seedance.server.http.http_errors import HTTP_ERROR_CODES
 
 CANARY = {"type": "generate", "prompt": "And God said unto Moses,", "max_tokens": 16, "temperature": 0,
@@ -56,6 +59,26 @@ WS_TEMPLATES = [
                                                                               "priority": -1},
     {"type": "ping", "ts": 1.5}, {"type": "resume", "session": "s", "id": "g", "last_seq": 0},
     {"type": "reauth", "token": "x.y.z"},
+]
+REALTIME_TEMPLATES = [
+    {"type": "session.update", "session": {"type": "realtime", "instructions": "Be brief.", "max_output_tokens": 4,
+                                           "output_modalities": ["text"], "temperature": 0.5}},
+    {"type": "input_audio_buffer.append", "audio": "AAAA"}, {"type": "input_audio_buffer.commit"},
+    {"type": "input_audio_buffer.clear"}, {"type": "output_audio_buffer.clear"},
+    {"type": "conversation.item.create", "item": {"type": "message", "id": "i1", "role": "user",
+                                                  "content": [{"type": "input_text", "text": "Amen"}]}},
+    {"type": "conversation.item.create", "previous_item_id": "root", "item": {
+        "type": "message", "role": "system", "content": [{"type": "input_text", "text": "In the beginning"}]}},
+    {"type": "conversation.item.create", "item": {"type": "message", "id": "open", "role": "user",
+                                                  "status": "in_progress", "content": []}},
+    {"type": "conversation.item.append", "item_id": "open", "text": "Blessed are", "done": False},
+    {"type": "conversation.item.delete", "item_id": "i1"},
+    {"type": "conversation.item.truncate", "item_id": "i1", "content_index": 0, "audio_end_ms": 0},
+    {"type": "conversation.item.retrieve", "item_id": "i1"},
+    {"type": "response.create", "response": {"max_output_tokens": 3, "instructions": "x", "temperature": 0}},
+    {"type": "response.create", "response": {"conversation": "none", "max_output_tokens": 2, "input": [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Rain?"}]}]}},
+    {"type": "response.create"}, {"type": "response.cancel"}, {"type": "response.cancel", "response_id": "r"},
 ]
 HTTP_TEMPLATES = [
     ("POST", "/v1/completions", {"model": "seedance-tiny", "prompt": "In the beginning", "max_tokens": 4,
@@ -240,6 +263,70 @@ def _closed(ws: aiohttp.ClientWebSocketResponse, tally: Tally) -> None:
         tally.undocumented[f"close {code}"] += 1
 
 
+async def fuzz_realtime(url: str, count: int, seed: int, batch: int, hang_timeout_s: float) -> Tally:
+    """`count` fuzzed Realtime events on one connection (reconnecting after each close). After every `batch`, a
+    `conversation.item.retrieve` of an item that does not exist must come back as its `item_not_found` error:
+    events are answered in order, so that is the connection's ping."""
+    tally, mutate = Tally(), Mutator(seed)
+    probes = 0
+    async with aiohttp.ClientSession() as http:
+        while tally.sent < count:
+            try:
+                ws = await asyncio.wait_for(http.ws_connect(url, max_msg_size=0, heartbeat=None), hang_timeout_s)
+            except (aiohttp.ClientError, TimeoutError) as err:
+                tally.hangs += 1
+                tally.defect("connect failed", repr(err))
+                await asyncio.sleep(1)
+                continue
+            async with ws:
+                alive = True
+                while alive and tally.sent < count:
+                    for _ in range(min(batch, count - tally.sent)):
+                        tally.sent += 1
+                        try:
+                            if mutate.rng.random() < 0.03:
+                                await ws.send_bytes(mutate.binary())
+                            else:
+                                await ws.send_str(mutate.body(mutate.rng.choice(REALTIME_TEMPLATES)))
+                        except (ConnectionError, aiohttp.ClientError, UnicodeEncodeError):
+                            break
+                    probes += 1
+                    alive = await _realtime_answers(ws, tally, f"probe-{seed}-{probes}", hang_timeout_s)
+    return tally
+
+
+async def _realtime_answers(ws: aiohttp.ClientWebSocketResponse, tally: Tally, probe: str, timeout_s: float) -> bool:
+    await ws.send_str(json.dumps({"type": "conversation.item.retrieve", "event_id": probe, "item_id": probe}))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            msg = await ws.receive(timeout=max(0.01, deadline - time.monotonic()))
+        except TimeoutError:
+            tally.hangs += 1
+            tally.defect("no answer to the probe", f"within {timeout_s} s")
+            return False
+        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING,
+                        aiohttp.WSMsgType.ERROR):
+            _closed(ws, tally)
+            return False
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            continue
+        event = json.loads(msg.data)
+        if event.get("type") != "error":
+            continue
+        error = event.get("error") or {}
+        code = error.get("code")
+        tally.replies[code] += 1
+        if code == "internal":
+            tally.server_errors += 1
+            tally.defect("realtime internal", event)
+        if code not in REALTIME_ERROR_CODES and code not in ERROR_CODES:
+            tally.undocumented[f"realtime error {code}"] += 1
+            tally.defect("undocumented realtime code", event)
+        if error.get("event_id") == probe:
+            return True
+
+
 def _tally_ws_text(raw: str, tally: Tally, pong_ts: float | None = None) -> bool:
     """Count the error codes in one server text message; True when it holds the pong for pong_ts."""
     data = json.loads(raw)
@@ -363,13 +450,14 @@ class FuzzReport:
     ws_json: dict
     ws_binary: dict
     http: dict
+    realtime: dict
     process_exited: bool
     healthz_after: bool
     duration_s: float
 
     @property
     def defects(self) -> dict[str, int]:
-        parts = (self.ws_json, self.ws_binary, self.http)
+        parts = (self.ws_json, self.ws_binary, self.http, self.realtime)
         return {
             "exits": int(self.process_exited or not self.healthz_after),
             "5xx": sum(p["server_errors"] for p in parts),
@@ -394,7 +482,8 @@ def _tally_dict(t: Tally) -> dict:
 
 
 async def run_fuzz(ws_url: str, http_url: str, *, ws_messages: int, binary_frames: int, http_bodies: int,
-                   seed: int = 0, ws_connections: int = 4, http_concurrency: int = 8, quiet_runs: int = 8,
+                   realtime_events: int = 0, seed: int = 0, ws_connections: int = 4, http_concurrency: int = 8,
+                   quiet_runs: int = 8,
                    batch: int = 50, hang_timeout_s: float = 20.0, server: ServerProcess | None = None) -> FuzzReport:
     t0 = time.perf_counter()
     quiet = await canary(ws_url, asyncio.Event(), quiet_runs, hang_timeout_s)
@@ -407,6 +496,8 @@ async def run_fuzz(ws_url: str, http_url: str, *, ws_messages: int, binary_frame
         asyncio.gather(*ws_tasks),
         fuzz_ws(ws_url, binary_frames, True, seed + 1000, batch, hang_timeout_s),
         fuzz_http(http_url, http_bodies, seed + 2000, http_concurrency, hang_timeout_s),
+        fuzz_realtime(http_url.replace("http", "ws", 1) + "/v1/realtime", realtime_events, seed + 3000, batch,
+                      hang_timeout_s),
     )
     stop.set()
     loaded = await canary_task
@@ -430,11 +521,12 @@ async def run_fuzz(ws_url: str, http_url: str, *, ws_messages: int, binary_frame
     equal = bool(quiet.texts) and all(t == reference for t in quiet.texts + loaded.texts)
     report = FuzzReport(
         settings={"ws_messages": ws_messages, "binary_frames": binary_frames, "http_bodies": http_bodies,
-                  "seed": seed, "ws_connections": ws_connections, "http_concurrency": http_concurrency,
+                  "realtime_events": realtime_events, "seed": seed, "ws_connections": ws_connections,
+                  "http_concurrency": http_concurrency,
                   "batch": batch, "hang_timeout_s": hang_timeout_s, "server": SERVER_SETTINGS if server else None},
         quiet=_latency(quiet), loaded=_latency(loaded), canary_text_equal=equal,
         canary_failures=quiet.failures + loaded.failures, ws_json=_tally_dict(ws_json),
-        ws_binary=_tally_dict(fuzzers[1]), http=_tally_dict(fuzzers[2]),
+        ws_binary=_tally_dict(fuzzers[1]), http=_tally_dict(fuzzers[2]), realtime=_tally_dict(fuzzers[3]),
         process_exited=server is not None and server.process.poll() is not None, healthz_after=healthy,
         duration_s=round(time.perf_counter() - t0, 1))
     report.canary_runs = (quiet, loaded)  # the raw timings, for scripts/fuzz_trace.py (not in the JSON)
@@ -447,11 +539,14 @@ def launch_fuzz_server(log_dir: str | None = None, **overrides: object) -> Serve
     return launch(settings, Path(log_dir) / "server.log", ready_timeout_s=120)
 
 
-def run_fuzz_bench(url: str | None, output: str | None, **kw: Any) -> FuzzReport:
-    server = None if url else launch_fuzz_server()
+def run_fuzz_bench(url: str | None, output: str | None, server_settings: dict | None = None,
+                   **kw: Any) -> FuzzReport:
+    server = None if url else launch_fuzz_server(**server_settings or {})
     base = url or server.http
     try:
         report = asyncio.run(run_fuzz(base.replace("http", "ws", 1) + "/v1/stream", base, server=server, **kw))
+        if server is not None:
+            report.settings["server"] = {**SERVER_SETTINGS, **(server_settings or {})}
     finally:
         if server is not None:
             server.stop()

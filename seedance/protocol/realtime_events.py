@@ -40,6 +40,13 @@ RESPONSE_FAILED = "response_failed"
 INTERNAL = "internal"
 EVENT_TOO_LARGE = "event_too_large"
 RATE_LIMITED = "rate_limited"
+# Every code above (docs/realtime.md); a response refused by the engine carries the engine's code
+# (protocol/errors.py ERROR_CODES: invalid_request, overloaded, ...).
+REALTIME_ERROR_CODES = frozenset({
+    INVALID_JSON, INVALID_EVENT, UNKNOWN_EVENT, UNSUPPORTED, UNSUPPORTED_CONTENT, ITEM_NOT_FOUND, DUPLICATE_ITEM,
+    ITEM_IN_PROGRESS, ITEM_NOT_OPEN, ITEM_TOO_LARGE, TOO_MANY_ITEMS, ACTIVE_RESPONSE, NO_ACTIVE_RESPONSE,
+    RESPONSE_FAILED, INTERNAL, EVENT_TOO_LARGE, RATE_LIMITED,
+})
 
 # Client event types the API defines that Seedance knows but does not serve (no audio, no WebRTC/SIP).
 REFUSED_EVENT_TYPES = frozenset({
@@ -165,10 +172,14 @@ def decode_client_event(text: str | bytes) -> ClientEvent:
         return _decoder.decode(text)
     except msgspec.DecodeError:
         pass
+    except RecursionError:  # deeper than the decoder's stack: no event is (/v1/stream answers the same)
+        raise EventError(INVALID_JSON, "the event's JSON is nested too deeply") from None
     try:
         raw = msgspec.json.decode(text)
     except msgspec.DecodeError:
         raise EventError(INVALID_JSON, "the event is not valid JSON") from None
+    except RecursionError:
+        raise EventError(INVALID_JSON, "the event's JSON is nested too deeply") from None
     if not isinstance(raw, dict):
         raise EventError(INVALID_EVENT, "an event is a JSON object")
     event_id = raw.get("event_id") if isinstance(raw.get("event_id"), str) else None

@@ -223,11 +223,20 @@ def test_bad_events_get_one_error_event_with_their_event_id(event, code, param):
     assert peer.conn.commands() == []
 
 
-@pytest.mark.parametrize("raw", ["not json", "[1, 2]", '"text"', ""])
+DEEP = "[" * 5000 + "]" * 5000  # deeper than msgspec's stack (RecursionError, found by `seedance bench fuzz`)
+
+
+@pytest.mark.parametrize("raw", ["not json", "[1, 2]", '"text"', "", DEEP,
+                                 '{"type": "response.create", "x": ' + DEEP + "}",
+                                 '{"type": "no.such", "x": ' + DEEP + "}"])
 def test_undecodable_text_is_an_error_event(raw):
     peer = Peer()
     peer.conn.receive_text(raw)
-    assert kinds(peer.take()) == ["error"]
+    events = peer.take()
+    assert kinds(events) == ["error"]
+    assert events[0]["error"]["code"] in {"invalid_json", "invalid_event"}
+    peer.send(type="conversation.item.create", item=user("still here"))  # the connection goes on
+    assert "conversation.item.added" in kinds(peer.events)
 
 
 IMAGE = "data:image/png;base64,iVBORw0KGgo="
