@@ -46,7 +46,7 @@ class EngineConfig:
     # A step that carries decodes carries at most this many prefill tokens in all, so prompts arriving (a flood of
     # them, or one long one) cannot stretch the step every running stream waits on; a step without decodes takes
     # the whole budget (None: no cap, prefills fill max_num_batched_tokens).
-    decode_step_prefill_tokens: int | None = 64
+    decode_step_prefill_tokens: int | None = 32
     aging_interval_s: float = 2.0  # every interval waited raises a request's priority by one level
     enable_prefix_caching: bool = True
     max_pinned_kv_fraction: float = 0.5  # share of the KV pool idle sessions may pin for their next turn
