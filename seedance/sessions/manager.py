@@ -206,9 +206,10 @@ class SessionManager:
         return input_text
 
     def begin_turn(self, session: Session, request: Generation) -> None:
+        """Raises the 409 prepare_turn does when another turn began while this one was being submitted."""
         if session.busy:
             raise SessionError("invalid_request", f"session {session.id!r} has a turn in progress "
-                                                  f"({session.current.id!r}); wait for its done or cancel it")
+                                                  f"({session.current.id!r}); wait for its done or cancel it", 409)
         session.current = request
         request.on_finish = lambda req: self._finish_turn(session, req)
 

@@ -182,3 +182,17 @@ def test_v1_embeddings_run_in_the_engine_process(process_server, server):
         assert len(a["embedding"]) == 256 and sum(x * y for x, y in zip(a["embedding"], b["embedding"],
                                                                         strict=True)) > 0.99999
     assert got.json()["usage"] == want["usage"]
+
+
+async def test_concurrent_turns_of_one_session_are_one_turn_and_409s_never_a_500(process_server):
+    """Turns of one session submitted at once all pass the busy check before any begins (submit awaits the engine
+    process's verdict); each but the first to begin was a 500 (found by `seedance bench fuzz --engine process`).
+    They are 409s with the JSON error body."""
+    body = {"prompt": [1, 2, 3], "max_tokens": 3, "stream": True, "session": "concurrent-turns"}
+    async with httpx.AsyncClient(base_url=process_server.http, timeout=60) as client:
+        for _ in range(3):
+            replies = await asyncio.gather(*(client.post("/v1/completions", json=body) for _ in range(8)))
+            statuses = {r.status_code for r in replies}
+            assert statuses <= {200, 409}, [(r.status_code, r.text[:200]) for r in replies]
+            assert 200 in statuses
+            assert all(r.json()["error"]["code"] == "invalid_request" for r in replies if r.status_code == 409)

@@ -276,7 +276,12 @@ async def _handle(request: web.Request, chat: bool) -> web.StreamResponse:
     if session is not None:
         sr.session_id, sr.session_name, sr.input_text, sr.log = session.id, parsed.session, input_text, []
         sr.prompt_token_ids = list(parsed.request.prompt_token_ids)
-        state.sessions.begin_turn(session, sr)
+        try:  # two turns of one session submitted at once: the first to get here is the turn, the other a 409
+            state.sessions.begin_turn(session, sr)
+        except SessionError as err:
+            for s in streams:
+                s.cancel()
+            raise HttpError(err.status, err.code, err.message) from None
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(request)
     if len(srs) == 1:
