@@ -123,7 +123,8 @@ def main() -> None:
     try:
         report = asyncio.run(run_fuzz(
             server.ws, server.http, ws_messages=int(100_000 * args.scale), binary_frames=int(10_000 * args.scale),
-            http_bodies=int(50_000 * args.scale), seed=args.seed, hang_timeout_s=60, server=server))
+            http_bodies=int(50_000 * args.scale), realtime_events=int(20_000 * args.scale),
+            seed=args.seed, hang_timeout_s=60, server=server))
         server_cpu = cpu() - server_cpu0
     finally:
         if spy is not None:
