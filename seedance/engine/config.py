@@ -45,8 +45,9 @@ class EngineConfig:
     max_running_per_client: int | None = 16
     # A step that carries decodes carries at most this many prefill tokens in all, so prompts arriving (a flood of
     # them, or one long one) cannot stretch the step every running stream waits on; a step without decodes takes
-    # the whole budget (None: no cap, prefills fill max_num_batched_tokens).
-    decode_step_prefill_tokens: int | None = 32
+    # the whole budget. None (the default): no cap, prefills fill max_num_batched_tokens. Off by default: at 32 it
+    # halved prefill throughput under the fuzz load (docs/reliability.md).
+    decode_step_prefill_tokens: int | None = None
     aging_interval_s: float = 2.0  # every interval waited raises a request's priority by one level
     enable_prefix_caching: bool = True
     max_pinned_kv_fraction: float = 0.5  # share of the KV pool idle sessions may pin for their next turn
