@@ -196,3 +196,15 @@ async def test_concurrent_turns_of_one_session_are_one_turn_and_409s_never_a_500
             assert statuses <= {200, 409}, [(r.status_code, r.text[:200]) for r in replies]
             assert 200 in statuses
             assert all(r.json()["error"]["code"] == "invalid_request" for r in replies if r.status_code == 409)
+
+
+def test_n_choices_of_a_one_token_request_answer(process_server):
+    """Choice 0's only event came with its admission, before submit_choices waited for it: the request hung
+    (found by `seedance bench fuzz --engine process`)."""
+    body = {"messages": [{"role": "user", "content": "Rain?"}], "max_tokens": 1, "n": 2, "tool_choice": "required",
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {
+                "type": "object", "properties": {"a": {"type": "integer"}}}}}]}
+    for _ in range(3):
+        reply = httpx.post(f"{process_server.http}/v1/chat/completions", json=body, timeout=20)
+        assert reply.status_code == 200, reply.text
+        assert [c["index"] for c in reply.json()["choices"]] == [0, 1]
