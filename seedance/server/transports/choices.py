@@ -25,9 +25,7 @@ async def submit_choices(engine: AsyncEngine, request: GenerateRequest, n: int) 
                 params = dataclasses.replace(params, seed=params.seed + i if params.seed + i < INT64_MAX else -i)
             choice = dataclasses.replace(request, request_id=f"{base}.{i}", params=params)
             streams.append(await engine.submit(choice))
-            # its first event may have come before submit returned (the engine process answers admission and
-            # the first step together): waiting for another would hang a one-token request
-            if i == 0 and streams[0].queue.empty():
+            if i == 0:
                 started = asyncio.Event()
                 streams[0].listener = started.set
                 await started.wait()
