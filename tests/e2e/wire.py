@@ -78,6 +78,26 @@ def read_text_frames(sock: socket.socket, stop: Callable[[dict], bool], timeout:
                 return seen
 
 
+def frames_until_close(sock: socket.socket, timeout: float = 10) -> tuple[list[dict], int | None]:
+    """A raw client reading at last, answering nothing: the JSON text frames it had not read, and the close
+    frame's code (None if the socket ended without one)."""
+    buf, seen = b"", []
+    sock.settimeout(timeout)
+    while True:
+        while len(buf) < 2 or len(buf) < _frame_end(buf):
+            chunk = sock.recv(65536)
+            if not chunk:
+                return seen, None
+            buf += chunk
+        end = _frame_end(buf)
+        opcode, payload = buf[0] & 0x0F, buf[end - _payload_len(buf):end]
+        buf = buf[end:]
+        if opcode == 0x8:
+            return seen, struct.unpack(">H", payload[:2])[0]
+        if opcode == 0x1:
+            seen.append(json.loads(payload))
+
+
 def _payload_len(buf: bytes) -> int:
     n = buf[1] & 0x7F
     return n if n < 126 else struct.unpack(">H", buf[2:4])[0] if n == 126 else struct.unpack(">Q", buf[2:10])[0]
