@@ -17,6 +17,7 @@ would not show.
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -47,20 +48,16 @@ class CloseConnection:
     reason: str
 
 
-class Pause:
-    """The connection went above high water: pause its streams under the water marks in the engine."""
+class Crossing(enum.Enum):
+    """The connection crossed a water mark: above high water, PAUSE its streams under the water marks in the
+    engine; at low water, RESUME them (what they hold may go out now)."""
 
-    __slots__ = ()
-
-
-class Resume:
-    """It fell to low water: resume them (what they hold may go out now)."""
-
-    __slots__ = ()
+    PAUSE = "pause"
+    RESUME = "resume"
 
 
-PAUSE, RESUME = Pause(), Resume()
-FlowAction = SendPing | CloseConnection | Pause | Resume
+PAUSE, RESUME = Crossing.PAUSE, Crossing.RESUME
+FlowAction = SendPing | CloseConnection | Crossing
 
 
 @dataclass(frozen=True, slots=True)

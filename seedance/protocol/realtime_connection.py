@@ -32,6 +32,7 @@ from typing import Any
 from seedance.protocol.data_url import image_base64
 from seedance.protocol.errors import CloseCode
 from seedance.protocol.flow import PAUSE, RESUME, Backpressure, CloseConnection, FlowLimits, SendPing
+from seedance.protocol.messages import Usage  # one response's token counts, as /v1/stream's done carries them
 from seedance.protocol.realtime_events import (
     ACTIVE_RESPONSE,
     DUPLICATE_ITEM,
@@ -68,13 +69,6 @@ from seedance.protocol.realtime_events import (
 
 ROLES = frozenset({"user", "system", "assistant"})
 INPUT_TEXT_TYPES = {"user": "input_text", "system": "input_text", "assistant": "output_text"}
-
-
-@dataclass(slots=True)
-class Usage:
-    input_tokens: int
-    output_tokens: int
-    cached_tokens: int
 
 
 @dataclass(slots=True)
@@ -313,18 +307,7 @@ class RealtimeConnection:
                 if response.params.restart:
                     self.restart = False
                 self._emit("conversation.item.done", item=item.wire(), previous_item_id=self._previous_id(item))
-        wire_usage = None
-        if usage is not None:
-            wire_usage = {
-                "total_tokens": usage.input_tokens + usage.output_tokens, "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "input_token_details": {"text_tokens": usage.input_tokens, "audio_tokens": 0, "image_tokens": 0,
-                                        "cached_tokens": usage.cached_tokens,
-                                        "cached_tokens_details": {"text_tokens": usage.cached_tokens,
-                                                                  "audio_tokens": 0, "image_tokens": 0}},
-                "output_token_details": {"text_tokens": usage.output_tokens, "audio_tokens": 0},
-            }
-        self._emit("response.done", response=response.wire(status, details, wire_usage, [item.wire()]))
+        self._emit("response.done", response=response.wire(status, details, _wire_usage(usage), [item.wire()]))
         if self.pending is None and self.pending_messages() is not None:
             self._input_changed()  # what arrived meanwhile can be prefilled now
         if self.pending is not None:
@@ -614,6 +597,23 @@ def _input_item(item: Item, event_id: str | None, takes_images: bool, param: str
                              event_id=event_id, param=f"{param}.content[{index}]")
         texts.append(part.text)
     return _Item("", item.role, expected, "".join(texts), images=images)
+
+
+def _wire_usage(usage: Usage | None) -> dict[str, Any] | None:
+    """response.usage: a prompt's rows (its images' features, in this conversation or its history) are its image
+    tokens, the rest its text; cached tokens are not split (the prefix cache does not tell)."""
+    if usage is None:
+        return None
+    prompt, output = usage.prompt_tokens, usage.completion_tokens
+    rows = (usage.image_tokens or 0) + (usage.embedding_tokens or 0)  # UNSET (a text-only prompt) is falsy
+    return {
+        "total_tokens": prompt + output, "input_tokens": prompt, "output_tokens": output,
+        "input_token_details": {"text_tokens": prompt - rows, "audio_tokens": 0, "image_tokens": rows,
+                                "cached_tokens": usage.cached_tokens,
+                                "cached_tokens_details": {"text_tokens": usage.cached_tokens, "audio_tokens": 0,
+                                                          "image_tokens": 0}},
+        "output_token_details": {"text_tokens": output, "audio_tokens": 0},
+    }
 
 
 def _check_text_only(modalities: list[str] | None, audio: Any, event_id: str | None, where: str) -> None:

@@ -99,12 +99,17 @@ async def test_two_turn_conversation_equals_a_v1_stream_session(server):
     assert usages[1].input_tokens > history
 
 
+async def long_answer_started(conn) -> list:
+    """Ask for a long greedy answer (400 tokens) and wait for its first delta: the events so far."""
+    await conn.session.update(session={"type": "realtime", "temperature": 0, "max_output_tokens": 400})
+    await conn.conversation.item.create(item=user(TURNS[0]))
+    await conn.response.create()
+    return await events_until(conn, "response.output_text.delta")
+
+
 async def test_cancel_keeps_what_was_sent(server):
     async with realtime(server) as conn:
-        await conn.session.update(session={"type": "realtime", "temperature": 0, "max_output_tokens": 400})
-        await conn.conversation.item.create(item=user(TURNS[0]))
-        await conn.response.create()
-        events = await events_until(conn, "response.output_text.delta")
+        events = await long_answer_started(conn)
         response_id = events[-1].response_id
         await conn.response.cancel(response_id=response_id)
         events += await events_until(conn, "response.done")
@@ -121,10 +126,7 @@ async def test_cancel_keeps_what_was_sent(server):
 
 async def test_barge_in_cancels_and_answers_the_new_message_reusing_the_kept_kv(server):
     async with realtime(server) as conn:
-        await conn.session.update(session={"type": "realtime", "temperature": 0, "max_output_tokens": 400})
-        await conn.conversation.item.create(item=user(TURNS[0]))
-        await conn.response.create()
-        events = await events_until(conn, "response.output_text.delta")
+        events = await long_answer_started(conn)
         old = events[-1].response_id
         events += [e for _ in range(3) for e in await events_until(conn, "response.output_text.delta")]
         sent_at = time.monotonic()

@@ -7,18 +7,15 @@ from __future__ import annotations
 import math
 
 from seedance.protocol import CloseCode
-from seedance.protocol.flow import PROBE, CloseConnection, FlowLimits, SendPing
+from seedance.protocol.flow import PROBE, CloseConnection, SendPing
 from seedance.protocol.realtime_connection import (
     CancelResponse,
     PauseResponse,
     ResumeResponse,
     StartResponse,
-    Usage,
 )
-from tests.protocol.test_realtime_connection import Peer, user
-
-LIMITS = FlowLimits(high_water_bytes=1000, low_water_bytes=100, slow_consumer_timeout_s=5.0,
-                    heartbeat_interval_s=10.0, heartbeat_max_missed=2, recheck_s=0.05)
+from tests.protocol.test_flow_control import LIMITS  # the same limits as /v1/stream's flow tests
+from tests.protocol.test_realtime_connection import Peer, counts, user
 
 
 def streaming() -> tuple[Peer, StartResponse]:
@@ -72,7 +69,7 @@ def test_a_barge_in_under_back_pressure_cancels_the_old_response_and_starts_the_
     peer.send(type="conversation.item.create", item=user("stop"))
     peer.send(type="response.create")
     assert peer.conn.commands() == [CancelResponse(old.response_id)]
-    peer.conn.response_ended(old.response_id, "cancelled", Usage(5, 0, 0))
+    peer.conn.response_ended(old.response_id, "cancelled", counts(5, 0, 0))
     new, pause = peer.conn.commands()
     assert isinstance(new, StartResponse) and pause == PauseResponse(new.response_id)
     peer.conn.tick(0.1, buffered_bytes=0)

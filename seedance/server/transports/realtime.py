@@ -53,7 +53,6 @@ from seedance.protocol.realtime_connection import (
     RealtimeConnection,
     ResumeResponse,
     StartResponse,
-    Usage,
 )
 from seedance.protocol.realtime_events import INTERNAL, MAX_ID_LENGTH, RATE_LIMITED, RESPONSE_FAILED
 from seedance.server.http.config import ServerConfig
@@ -64,6 +63,7 @@ from seedance.server.http.security import SUBPROTOCOLS, WsGuard
 from seedance.server.http.state import STATE
 from seedance.server.transports.requests import image_from_url
 from seedance.server.transports.ws_liveness import CLOSE_TIMEOUT_S, BoundedClose, HeartbeatTimer
+from seedance.server.transports.ws_messages import usage_of
 from seedance.serving.generation import Generation
 from seedance.sessions.manager import Session, SessionError, SessionManager, scoped_key
 
@@ -380,8 +380,7 @@ class RealtimeSocket:
         self._end(gen, final)
         if gen.obs is not None:
             gen.obs.sent()  # its last events are queued for this writer's flush
-        usage = Usage(final.num_prompt_tokens, gen.completion_tokens, final.num_cached_tokens)
-        self.protocol.response_ended(gen.id, str(final.finish_reason), usage,
+        self.protocol.response_ended(gen.id, str(final.finish_reason), usage_of(final, gen.completion_tokens),
                                      "generation failed on the server" if final.finish_reason is FinishReason.ERROR
                                      else None)
 
