@@ -12,6 +12,7 @@ from seedance.models.tokenizer import TextTokenizer
 from seedance.server.http.http_errors import HttpError
 from seedance.server.transports.openai_api import _with_tools, parse_chat
 from seedance.server.transports.openai_tools import parse_tool_choice, tool_calls_of
+from seedance.server.transports.tool_call_parser import CallParser, parse_call
 
 FN = {"type": "function", "function": {"name": "lookup", "description": "Find a verse.", "parameters": {
     "type": "object", "properties": {"book": {"type": "string"}}, "required": ["book"]}}}
@@ -76,3 +77,37 @@ def test_tool_messages_go_back_to_the_template():
     assert request.messages[2] == {"role": "tool", "content": "Ruth 1:1"}
     with pytest.raises(HttpError):
         chat(messages=[{"role": "tool", "content": "x"}])  # no tool_call_id
+
+
+def _fed(text: str, cuts: list[int]) -> tuple[CallParser, list[dict]]:
+    parser, deltas, last = CallParser(frozenset({"lookup"})), [], 0
+    for cut in [*cuts, len(text)]:
+        deltas += parser.feed(text[last:cut])
+        last = cut
+    return parser, deltas
+
+
+@pytest.mark.parametrize("arguments", ['{"book":"Ruth","at":[1,{"v":"}]\\"x"}],"n":null}', '{ "book": "a{b" }',
+                                       '"just a string"', "42"])
+def test_a_call_streams_its_arguments_in_fragments_however_the_text_is_cut(arguments):
+    text = f'{{"name": "lookup", "arguments": {arguments}}}'
+    whole = parse_call(text, frozenset({"lookup"}))
+    assert whole["function"] == {"name": "lookup", "arguments": arguments}
+    for cuts in ([], list(range(1, len(text))), list(range(3, len(text), 7))):
+        parser, deltas = _fed(text, cuts)
+        assert parser.complete and deltas[0]["id"] == parser.id and deltas[0]["function"]["name"] == "lookup"
+        assert all(d["index"] == 0 for d in deltas) and all("name" not in d["function"] for d in deltas[1:])
+        assert "".join(d["function"]["arguments"] for d in deltas) == arguments
+    if len(arguments) > 4:  # one piece per character: the arguments go out as they are written, not at the end
+        assert len(_fed(text, list(range(1, len(text))))[1]) > 3
+
+
+def test_a_call_cut_short_is_announced_but_not_complete():
+    parser, deltas = _fed('{"name": "lookup", "arguments": {"book": "Ru', [10, 30])
+    assert parser.started and not parser.complete and deltas[-1]["function"]["arguments"].endswith('"Ru')
+    assert _fed('{"name": "look', [])[1] == [] and not _fed('{"name": "other", "arguments": {}}', [])[0].started
+
+
+def test_a_call_whose_name_comes_last_still_parses_whole():
+    call = parse_call('{"arguments": {"book": "Ruth"}, "name": "lookup"}', frozenset({"lookup"}))
+    assert call["function"] == {"name": "lookup", "arguments": json.dumps({"book": "Ruth"})}
