@@ -59,6 +59,8 @@ class ServerConfig:
     session_store: str | None = None  # None: sqlite://<state_dir>/sessions.db; or sqlite:///path.db, redis://...
     max_sessions: int = 10_000  # in memory; idle ones beyond it are evicted LRU (their snapshots remain)
     session_idle_ttl_s: float = 3600.0  # idle sessions leave memory after this (restored on next use)
+    # embedding rows / image features a session snapshot holds; a history with more is snapshotted without them
+    session_snapshot_embeds_bytes: int = 64 << 20
     resume_grace_s: float = 60.0  # a disconnected client's turn waits this long for a resume, then is cancelled
     detached_buffer_tokens: int = 256  # tokens generated while the client is away before the turn pauses
     # Lifecycle
@@ -163,7 +165,8 @@ class ServerConfig:
             raise ValueError("trace_sample_rate must be between 0 and 1")
         if self.header_timeout_s <= 0:
             raise ValueError("header_timeout_s must be > 0")
-        for name in ("max_pending_connections_per_ip", "max_open_connections", "fd_reserve"):
+        for name in ("max_pending_connections_per_ip", "max_open_connections", "fd_reserve",
+                     "session_snapshot_embeds_bytes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         self.validate_model()
