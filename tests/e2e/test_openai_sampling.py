@@ -220,6 +220,7 @@ def test_named_tool_choice_forces_that_function_streamed(client):
         state.handle_chunk(chunk)
     streamed = state.get_final_completion().choices[0]
     assert streamed.finish_reason == "tool_calls" and len(streamed.message.tool_calls) == 1
+    assert streamed.message.content is None and chunks[0].choices[0].delta.tool_calls  # as OpenAI: no empty text
     call, expected = streamed.message.tool_calls[0], whole.message.tool_calls[0]
     assert (call.function.name, call.function.arguments) == (expected.function.name, expected.function.arguments)
     assert call.function.name == "get_time" and call.id == calls[0].id

@@ -54,7 +54,7 @@ class SseGeneration(Generation):
         if final is not None and final.finish_reason is FinishReason.ERROR:
             error = {"error": {"message": "generation failed", "type": "server_error", "code": "internal"}}
             self.emit(texts, self.next_seq, False, sse_event(f"{self.event_prefix}:{self.next_seq}", error))
-        elif text or calls or final is not None or self.first:
+        elif text or calls or final is not None or (self.first and not self.holding):  # a call opens with its own
             finish = openai_finish_reason(final.finish_reason) if final is not None else None
             finish = "tool_calls" if self.called else finish
             chunk = fmt.chunk(text, fmt.logprobs(events, self.logprobs_k), finish, self.first, calls)
