@@ -154,6 +154,7 @@ class WsCommands:
                                        name="ws-choices")
             self._choice_tasks.add(task)
             task.add_done_callback(self._choice_tasks.discard)
+            self.wake.set()  # output that came before the id was open must not wait for another event
             return
         if session is not None:
             active.session_id, active.session_name, active.input_text = session.id, msg.session, input_text
