@@ -81,6 +81,7 @@ class EngineInfo:
         self.model_name = ready.model_name
         self.load_times = dict(ready.load_times)
         self.max_model_len = ready.max_model_len
+        self.takes_images = ready.takes_images
 
 
 class _Channel(asyncio.Protocol):
