@@ -74,6 +74,12 @@ log = logging.getLogger(__name__)
 _ERRORS = {InvalidRequest.code: InvalidRequest, EngineOverloaded.code: EngineOverloaded}
 
 
+def _add_frame(add: Add, embeds) -> bytes:
+    """An Add with its prompt's embedding rows, framed (on a worker thread: the rows may be tens of MB)."""
+    add.embeds = embeds_to_wire(embeds)
+    return frame([add])
+
+
 class EngineInfo:
     """What the gateway knows of the core's engine (AsyncEngine exposes the LLMEngine itself as .engine)."""
 
@@ -197,20 +203,27 @@ class ProcessEngine(EngineFront):
         """Tokenize (off the loop), send, and return once the core admitted it (or raise its refusal)."""
         token_ids = await self.tokenize(request)
         embeds = request.prompt_embeds
-        # the rows' bytes (up to max_prompt_embeds_bytes a part) are copied out off the event loop
-        rows = await asyncio.get_running_loop().run_in_executor(
-            self.tokenize_executor, embeds_to_wire, embeds) if embeds is not None else None
         request_id = self._new_id(request)
         self._check_channel()
         stream = RequestStream(self, request_id, len(token_ids))
         stream.is_multimodal = embeds is not None
         self._streams[request_id] = stream
-        verdict = asyncio.get_running_loop().create_future()
-        self._admitting[request_id] = verdict
         p = self.prefix
         pin_key = p + request.pin_key if request.pin_key is not None else None
-        self._send(Add(p + request_id, token_ids, request.params, request.priority, time.monotonic(), pin_key,
-                       rows))
+        add = Add(p + request_id, token_ids, request.params, request.priority, time.monotonic(), pin_key)
+        if embeds is not None:
+            # rows (up to max_prompt_embeds_bytes a part; 4 LLaVA-7B images' features are 38 MB) are copied out
+            # and framed off the event loop: framing 38 MB took 117 ms here
+            try:
+                add = await asyncio.get_running_loop().run_in_executor(self.tokenize_executor, _add_frame, add,
+                                                                       embeds)
+                self._check_channel()  # the core may have gone meanwhile
+            except BaseException:
+                self._streams.pop(request_id, None)
+                raise
+        verdict = asyncio.get_running_loop().create_future()
+        self._admitting[request_id] = verdict
+        self._send(add)
         try:
             await verdict
         except BaseException:
@@ -233,7 +246,8 @@ class ProcessEngine(EngineFront):
 
     async def embed_group(self, inputs: list[list[int]]) -> list[torch.Tensor]:
         """One group's vectors, pooled in the core between two steps (an Embed command and its answer)."""
-        done = await self._ask(lambda key: Embed(key, inputs))
+        key = next(self._keys)
+        done = await self._ask(key, Embed(key, inputs))
         vectors = torch.frombuffer(bytearray(done.data), dtype=torch.float32).view(-1, done.dim)
         return list(vectors.unbind(0))
 
@@ -241,17 +255,19 @@ class ProcessEngine(EngineFront):
         """Decode, template and resize on the vision thread here; the tower in the core (EncodeImages, answered
         by Encoded); the prompt assembled here, on the vision thread again, as the thread mode assembles it."""
         loop = asyncio.get_running_loop()
-        prepared, (dtype, data), shape = await loop.run_in_executor(self.vision_executor, self._pixels,
-                                                                    request.messages)
-        encoded = await self._ask(lambda key: EncodeImages(key, dtype, shape, data))
+        key = next(self._keys)
+        prepared, command = await loop.run_in_executor(self.vision_executor, self._pixels, request.messages, key)
+        encoded = await self._ask(key, command)
         ids, request.prompt_embeds = await loop.run_in_executor(self.vision_executor, self._splice, prepared,
                                                                 encoded)
         return ids
 
-    def _pixels(self, messages: list[dict]) -> tuple[PreparedImages, tuple[str, bytes], list[int]]:
+    def _pixels(self, messages: list[dict], key: int) -> tuple[PreparedImages, bytes]:
+        """The chat's images decoded, resized and framed as one EncodeImages (on the vision thread)."""
         prepared = prepare_images(messages, self.tokenizer, self.vision.image_token_id, self.config)
         pixels = self.vision.preprocess(prepared.images).float().contiguous()
-        return prepared, tensor_bytes(pixels), list(pixels.shape)
+        dtype, data = tensor_bytes(pixels)
+        return prepared, frame([EncodeImages(key, dtype, list(pixels.shape), data)])
 
     @staticmethod
     def _splice(prepared: PreparedImages, encoded: Encoded) -> tuple[list[int], object]:
@@ -260,12 +276,12 @@ class ProcessEngine(EngineFront):
             raise RuntimeError(f"the engine process encoded {len(features)} images of {len(prepared.images)}")
         return assemble_prompt(prepared.splice(features))
 
-    async def _ask(self, make) -> Embedded | Encoded:
-        """Send make(key) (an Embed or EncodeImages), await its answer in a Step frame (raised if an error)."""
+    async def _ask(self, key: int, command: Embed | bytes) -> Embedded | Encoded:
+        """Send the command (an Embed, or a framed EncodeImages) and await its answer in a Step frame (raised if
+        it is an error)."""
         self._check_channel()
-        key = next(self._keys)
         answer = self._answers[key] = asyncio.get_running_loop().create_future()
-        self._send(make(key))
+        self._send(command)
         try:
             return await answer
         finally:
@@ -317,6 +333,8 @@ class ProcessEngine(EngineFront):
             raise EngineOverloaded("the engine process is behind on commands; retry later")
 
     def _send(self, command) -> None:
+        """Queue a command for this loop turn's frame; bytes: a frame already encoded (off the loop), sent in
+        its place in the order."""
         if self.failure is not None:
             return
         if not self._outbox:
@@ -324,8 +342,19 @@ class ProcessEngine(EngineFront):
         self._outbox.append(command)
 
     def _flush(self) -> None:
-        commands, self._outbox = self._outbox, []
-        if commands and self.failure is None:
+        items, self._outbox = self._outbox, []
+        if not items or self.failure is not None:
+            return
+        commands: list = []
+        for item in items:
+            if isinstance(item, bytes):
+                if commands:
+                    self._transport.write(frame(commands))
+                    commands = []
+                self._transport.write(item)
+            else:
+                commands.append(item)
+        if commands:
             self._transport.write(frame(commands))
 
     def _receive(self, message) -> None:
