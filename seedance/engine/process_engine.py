@@ -143,6 +143,9 @@ class ProcessEngine(EngineFront):
         self._cancelling: dict[str, RequestStream] = {}  # aborted, waiting for the core's final event
         self._answers: dict[int, asyncio.Future] = {}  # Embed / EncodeImages key -> its answer
         self._keys = itertools.count()
+        # EncodeImages keys the core has not answered yet, also those whose request gave up waiting: the core's
+        # vision thread works through them all, so at most max_pending_tokenize may be there at once
+        self._in_core: set[int] = set()
         self._outbox: list = []
         self.failure: str | None = None
         self._exited = asyncio.get_running_loop().create_future()
@@ -257,6 +260,9 @@ class ProcessEngine(EngineFront):
         loop = asyncio.get_running_loop()
         key = next(self._keys)
         prepared, command = await loop.run_in_executor(self.vision_executor, self._pixels, request.messages, key)
+        if len(self._in_core) >= self.config.max_pending_tokenize:
+            raise EngineOverloaded(f"{len(self._in_core)} image prompts are being encoded; retry later")
+        self._in_core.add(key)
         encoded = await self._ask(key, command)
         ids, request.prompt_embeds = await loop.run_in_executor(self.vision_executor, self._splice, prepared,
                                                                 encoded)
@@ -385,6 +391,7 @@ class ProcessEngine(EngineFront):
         if message.stats is not None:
             self._stats = message.stats
         for done in (*message.embedded, *message.encoded):
+            self._in_core.discard(done.key)
             answer = self._answers.get(done.key)
             if answer is None or answer.done():
                 continue
@@ -407,6 +414,7 @@ class ProcessEngine(EngineFront):
             if not verdict.done():
                 verdict.set_exception(EngineUnavailable(f"engine unavailable: {reason}; retry later"))
         self._admitting.clear()
+        self._in_core.clear()
         for answer in self._answers.values():
             if not answer.done():
                 answer.set_exception(EngineUnavailable(f"engine unavailable: {reason}; retry later"))

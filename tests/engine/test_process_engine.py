@@ -254,6 +254,23 @@ async def test_an_image_chat_sends_pixels_then_an_add_holding_the_cores_features
     assert (await task).is_multimodal
 
 
+async def test_images_waiting_in_the_core_are_bounded_even_when_their_requests_gave_up(image_pair):
+    engine, core = image_pair
+    engine.config.max_pending_tokenize = 1
+    first = asyncio.create_task(engine.submit(GenerateRequest(messages=image_chat(png(1)))))
+    (encode,) = await core.commands(1)
+    first.cancel()  # the client went away: the core still works on its images
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    with pytest.raises(EngineOverloaded, match="being encoded"):
+        await engine.submit(GenerateRequest(messages=image_chat(png(2))))
+    core.send(Step([], encoded=[Encoded(encode.key, "float32", [16], 64, bytes(16 * 64 * 4))]))
+    await asyncio.sleep(0.1)
+    again = asyncio.create_task(engine.submit(GenerateRequest(messages=image_chat(png(2)))))
+    assert isinstance((await core.commands(1))[0], EncodeImages)  # room again once the core answered
+    again.cancel()
+
+
 async def test_a_bad_image_fails_in_the_gateway_and_a_core_error_fails_its_request_only(image_pair):
     engine, core = image_pair
     for chat in (image_chat(b"not an image"), image_chat(png(1), png(2), png(3))):  # broken; over the limit of 2
