@@ -4,8 +4,9 @@ Both engines the transports can be given share it: `AsyncEngine` (the core on a 
 `ProcessEngine` (the core in its own process). It holds the open requests' streams, builds prompts on its own
 worker threads (text and chat templates on the tokenizer thread, after a length check that refuses a prompt
 certainly too long without tokenizing it: a megabyte prompt must not stall every other client's stream;
-embedding rows decoded and checked there too; images decoded and encoded on the vision thread, where the
-engine has the vision encoder), and hands one step's events to their streams.
+embedding rows decoded and checked there too; images decoded and encoded on the vision thread: the vision
+tower runs there in the thread mode, in the engine process with ProcessEngine), and hands one step's events to
+their streams.
 
 Each request's event queue holds at most max_tokens + 1 events, so it is bounded by the request itself; a
 transport whose reader stalls pauses the request (engine.pause) instead of letting it grow.
