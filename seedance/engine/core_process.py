@@ -101,6 +101,7 @@ class CoreLoop:
         self.encoded: deque[tuple[_Gateway, Encoded]] = deque()
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)  # a full buffer already holds a wake-up: the send may be dropped
 
     @property
     def gone(self) -> bool:
@@ -312,8 +313,10 @@ class CoreLoop:
                     gateway.aborted.append(event)
             with contextlib.suppress(OSError):
                 self.send(None, 0.0, force_stats=True)
-        if self.vision_executor is not None:
+        if self.vision_executor is not None:  # an encode under way finishes; the queued ones are dropped
             self.vision_executor.shutdown(wait=False, cancel_futures=True)
+        self.wake_r.close()
+        self.wake_w.close()
 
 
 def _load(config: EngineConfig) -> tuple[LLMEngine | None, bytes]:
