@@ -26,8 +26,8 @@ class ServerConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     # Where the engine core runs (docs/server-stack.md): "thread" (a thread of the server process) or "process"
     # (its own process, vLLM v1's EngineCore shape: no GIL shared with the event loop; faster on
-    # docs/benchmarks.md's issue #16 matrix). The default is "thread" because the process mode refuses images
-    # (the vision encoder runs in the thread mode only); text-only deployments should pick "process".
+    # docs/benchmarks.md's issue #16 matrix; images too, the vision tower in the engine process). The default is
+    # "thread": the process mode starts ~2x slower and takes ~45% more memory (docs/server-stack.md).
     engine_mode: str = "thread"
     # Gateway processes sharing the port in front of one engine process (server/workers.py); > 1 implies
     # engine_mode "process" and needs a fixed port.
