@@ -2,7 +2,7 @@
 arrive, and streaming vision (video frames sent one by one on a session vs re-sending all frames each time).
 
     python -m seedance.bench.multimodal [--model-dir DIR] [--streams 3] [--tokens 96] [--image-gap-s 0.25]
-        [--max-num-batched-tokens 256] [--frames 6]
+        [--max-num-batched-tokens 256] [--frames 6] [--engine thread|process]
 
 The model is a randomly initialised LLaVA of realistic shape (seedance/bench/llava_checkpoint.py BENCH: a
 ViT-B/16 tower at 224 px, 196 feature rows per image, and a SmolLM2-135M-shaped language model), built once into
@@ -73,10 +73,12 @@ def encode_cost(model_dir: Path, repeats: int = 5) -> dict:
     return out
 
 
-async def _stream(ws_url: str, request: dict, gaps: list[float]) -> None:
+async def _stream(ws_url: str, request: dict, gaps: list[float]) -> float:
+    """Send one request, note the gaps between its chunks; its seconds from send to done."""
     from websockets.asyncio.client import connect
 
     async with connect(ws_url, max_size=None) as ws:
+        start = time.perf_counter()
         await ws.send(json.dumps({"type": "generate", **request}))
         last = None
         async with asyncio.timeout(300):
@@ -88,7 +90,7 @@ async def _stream(ws_url: str, request: dict, gaps: list[float]) -> None:
                             gaps.append(now - last)
                         last = now
                     elif msg["type"] in ("done", "error"):
-                        return
+                        return time.perf_counter() - start
 
 
 async def itl_under_images(ws_url: str, streams: int, tokens: int, image_gap_s: float | None) -> dict:
@@ -97,16 +99,16 @@ async def itl_under_images(ws_url: str, streams: int, tokens: int, image_gap_s: 
     gaps: list[float] = []
     text = {"prompt": "And God said unto Moses,", "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
     tasks = [asyncio.create_task(_stream(ws_url, {"id": f"t{i}", **text}, gaps)) for i in range(streams)]
-    sent = 0
+    sent, answers = 0, []
     while image_gap_s is not None and not all(t.done() for t in tasks):
         await asyncio.sleep(image_gap_s)
         request = {"id": f"img{sent}", "max_tokens": 1, "messages": [
             {"role": "user", "content": [image_part(png(100 + sent)), {"type": "text", "text": "What?"}]}]}
-        await _stream(ws_url, request, [])
+        answers.append(await _stream(ws_url, request, []))
         sent += 1
     await asyncio.gather(*tasks)
     return {"itl_p50_ms": pct(gaps, 50), "itl_p99_ms": pct(gaps, 99), "itl_max_ms": pct(gaps, 100),
-            "images_sent": sent, "gaps": len(gaps)}
+            "images_sent": sent, "gaps": len(gaps), "image_answer_p50_ms": pct(answers, 50)}
 
 
 async def streaming_vision(ws_url: str, frames: int) -> dict:
@@ -148,13 +150,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-num-batched-tokens", type=int, default=256)
     ap.add_argument("--frames", type=int, default=6)
     ap.add_argument("--shape", choices=("bench", "tiny"), default="bench", help="tiny: the tests' checkpoint (smoke)")
+    ap.add_argument("--engine", choices=("thread", "process"), default=None,
+                    help="the server's engine mode (default: the server's default)")
     args = ap.parse_args(argv)
     if not (args.model_dir / "config.json").is_file():
         build_llava(args.model_dir, BENCH if args.shape == "bench" else TINY)
     result = {"encode": encode_cost(args.model_dir)}
     server = launch({"model": args.model_dir, "dtype": "float32", "max_message_bytes": 8 << 20,
                      "max_images_per_prompt": max(16, args.frames),
-                     "max_num_batched_tokens": args.max_num_batched_tokens},
+                     "max_num_batched_tokens": args.max_num_batched_tokens,
+                     **({"engine_mode": args.engine} if args.engine else {})},
                     Path(tempfile.gettempdir()) / "seedance-mm-bench.log", ready_timeout_s=300)
     try:
         result["text_only"] = asyncio.run(itl_under_images(server.ws, args.streams, args.tokens, None))

@@ -2,8 +2,12 @@
 
 The gateway (process_engine.py) starts it with one end of a socket pair. Its loop: read whatever commands have
 arrived (without waiting while there is work, blocking while idle), apply them between steps, run one step,
-send one `Step` frame with all its events. No event loop, no threads but torch's own: the engine never shares
-a GIL with the code that parses and writes to clients.
+send one `Step` frame with all its events. No event loop, no threads but torch's own and the vision thread:
+the engine never shares a GIL with the code that parses and writes to clients.
+
+A prompt's images arrive as pixels (EncodeImages): the vision tower and projector run on the core's vision
+thread, beside the step loop rather than in it, and the features go back with the next Step frame (vLLM v1 runs
+its encoder in the engine core too; the gateway has no weights).
 
 If the gateway goes away (EOF on the socket) the core exits; if the core dies, the gateway sees EOF and fails
 the requests in flight (process_engine.py).
@@ -19,6 +23,10 @@ import select
 import signal
 import socket
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
 
 from seedance.engine.config import EngineConfig
 from seedance.engine.core_protocol import (
@@ -26,6 +34,8 @@ from seedance.engine.core_protocol import (
     Add,
     Embed,
     Embedded,
+    Encoded,
+    EncodeImages,
     FrameBuffer,
     LoadFailed,
     Pause,
@@ -39,6 +49,8 @@ from seedance.engine.core_protocol import (
     decode_commands,
     embeds_from_wire,
     frame,
+    tensor_bytes,
+    tensor_from_bytes,
 )
 from seedance.engine.errors import EngineError, InvalidRequest
 from seedance.engine.events import FinishReason, TokenEvent
@@ -61,10 +73,11 @@ class _Gateway:
         self.refused: list[Refusal] = []
         self.aborted: list[TokenEvent] = []
         self.embedded: list[Embedded] = []
+        self.encoded: list[Encoded] = []
         self.requests: set[str] = set()
 
     def pending(self) -> bool:
-        return bool(self.events or self.admitted or self.refused or self.aborted or self.embedded)
+        return bool(self.events or self.admitted or self.refused or self.aborted or self.embedded or self.encoded)
 
 
 class CoreLoop:
@@ -82,6 +95,13 @@ class CoreLoop:
             self.gateways[sock] = _Gateway(sock)
         self.stats_sent_at = 0.0
         self.shutdown = False
+        # The vision tower runs on its own thread, off the step loop (a step never waits for an image); a
+        # finished encode wakes the loop through this socket pair and rides on the next Step frame.
+        self.vision_executor: ThreadPoolExecutor | None = None
+        self.encoded: deque[tuple[_Gateway, Encoded]] = deque()
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)  # a full buffer already holds a wake-up: the send may be dropped
 
     @property
     def gone(self) -> bool:
@@ -109,6 +129,8 @@ class CoreLoop:
                     gateway.refused.append(Refusal(command.request_id, err.code, str(err)))
             case Embed():
                 gateway.embedded.append(self.embed(command))
+            case EncodeImages():
+                self.encode_images(gateway, command)
             case Abort():
                 event = engine.abort(command.request_id, keep_tokens=command.keep_tokens)
                 if event is None:  # already finished or never admitted: the gateway still gets one final event
@@ -139,6 +161,45 @@ class CoreLoop:
         dim = int(vectors[0].shape[0]) if vectors else 0
         return Embedded(command.key, dim, b"".join(v.float().numpy().tobytes() for v in vectors))
 
+    def encode_images(self, gateway: _Gateway, command: EncodeImages) -> None:
+        """Start the images' tower and projector on the vision thread; the answer goes out when they are done."""
+        vision = self.engine.vision
+        if vision is None:
+            gateway.encoded.append(Encoded(command.key, error="this model takes no images", code=InvalidRequest.code))
+            return
+        try:
+            pixels = tensor_from_bytes(command.pixels, command.dtype, command.shape)
+        except ValueError as err:
+            gateway.encoded.append(Encoded(command.key, error=str(err), code=InvalidRequest.code))
+            return
+        if self.vision_executor is None:
+            self.vision_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedance-vision")
+
+        def run() -> None:
+            try:
+                features = vision.encode_pixels(pixels)  # one [rows, dim] tensor per image (n >= 1 images)
+                dtype, data = tensor_bytes(torch.cat(features))
+                answer = Encoded(command.key, dtype, [f.shape[0] for f in features], int(features[0].shape[1]),
+                                 data)
+            except Exception as err:  # this request fails, the engine goes on
+                log.exception("image encoding failed")
+                answer = Encoded(command.key, error=f"{type(err).__name__}: {err}")
+            self.encoded.append((gateway, answer))
+            with contextlib.suppress(OSError):
+                self.wake_w.send(b"\0")
+
+        self.vision_executor.submit(run)
+
+    def _take_encoded(self) -> None:
+        """Finished encodes to their gateways' next frame (one whose gateway left is dropped)."""
+        with contextlib.suppress(OSError):
+            while self.wake_r.recv(4096):
+                pass
+        while self.encoded:
+            gateway, answer = self.encoded.popleft()
+            if gateway.sock in self.gateways:
+                gateway.encoded.append(answer)
+
     def _forget(self, request_id: str) -> None:
         gateway = self.owner.pop(request_id, None)
         if gateway is not None:
@@ -155,11 +216,14 @@ class CoreLoop:
     def read_commands(self, timeout: float | None) -> None:
         """Apply every command that arrives within timeout (0: only those already here; None: wait for one)."""
         while True:
-            watched = [*self.gateways, *([self.listener] if self.listener is not None else [])]
+            watched = [*self.gateways, self.wake_r, *([self.listener] if self.listener is not None else [])]
             ready, _, _ = select.select(watched, [], [], timeout)
             if not ready:
                 return
             for sock in ready:
+                if sock is self.wake_r:
+                    self._take_encoded()
+                    continue
                 if sock is self.listener:
                     conn, _ = self.listener.accept()
                     conn.setblocking(True)
@@ -212,9 +276,9 @@ class CoreLoop:
             if not (gateway.pending() or stats):
                 continue
             message = Step(gateway.events, gateway.admitted, gateway.refused, gateway.aborted, started, seconds,
-                           stats, gateway.embedded)
+                           stats, gateway.embedded, gateway.encoded)
             gateway.events, gateway.admitted, gateway.refused, gateway.aborted = [], [], [], []
-            gateway.embedded = []
+            gateway.embedded, gateway.encoded = [], []
             try:
                 gateway.sock.sendall(frame(message))  # blocks while that gateway's buffer is full: back-pressure
             except OSError:
@@ -250,6 +314,10 @@ class CoreLoop:
                     gateway.aborted.append(event)
             with contextlib.suppress(OSError):
                 self.send(None, 0.0, force_stats=True)
+        if self.vision_executor is not None:  # an encode under way finishes; the queued ones are dropped
+            self.vision_executor.shutdown(wait=False, cancel_futures=True)
+        self.wake_r.close()
+        self.wake_w.close()
 
 
 def _load(config: EngineConfig) -> tuple[LLMEngine | None, bytes]:
@@ -264,7 +332,8 @@ def _load(config: EngineConfig) -> tuple[LLMEngine | None, bytes]:
     tokenizer = pickle.dumps(engine.tokenizer) if engine.tokenizer is not None else None
     ready = Ready(engine.max_model_len, engine.model_name, engine.load_times, tokenizer, engine.stats(),
                   dtype=engine.config.dtype, hidden_size=engine.hidden_size, takes_images=engine.takes_images,
-                  embedding_shape=engine.embedding_shape)
+                  embedding_shape=engine.embedding_shape,
+                  image_front=pickle.dumps(engine.vision.front()) if engine.vision is not None else None)
     return engine, frame(ready)
 
 

@@ -1,12 +1,15 @@
 """The messages between the gateway and the engine-core process, msgpack-encoded with msgspec, and their framing.
 
 Gateway -> core: one frame per event-loop turn carrying every command queued in it (add, abort, pause, resume,
-set priority, unpin, embed, shutdown). A prompt's embedding rows (prompt_embeds.py: client rows, or a
-session's history of them) travel as raw bytes with their dtype, position and digest, so the core rebuilds the
-very tensors and content ids the gateway assembled. Core -> gateway: one `Step` frame per engine step carrying
-all its requests' token events, the admissions decided since the last frame, the abort results and embedding
-answers, so the gateway's cost per step is one read and one decode whatever the batch size (vLLM v1's
-EngineCore output batches, the same shape).
+set priority, unpin, embed, encode images, shutdown). A prompt's embedding rows (prompt_embeds.py: client rows,
+or a session's history of them) travel as raw bytes with their dtype, position and digest, so the core rebuilds
+the very tensors and content ids the gateway assembled. A prompt's images go first as pixels (EncodeImages: the
+gateway decoded and resized them), the core's vision thread answers with their features (Encoded), and the
+gateway assembles the prompt exactly as the thread mode does, so its rows then ride on the Add like any others.
+Core -> gateway: one `Step` frame per engine step carrying all its requests' token events, the admissions
+decided since the last frame, the abort results, embedding answers and image features, so the gateway's cost
+per step is one read and one decode whatever the batch size (vLLM v1's EngineCore output batches, the same
+shape).
 
 A frame is a 4-byte little-endian length and the msgpack body. Sans-I/O: `FrameBuffer` cuts frames out of
 bytes as they arrive; the two sides own their sockets.
@@ -43,12 +46,30 @@ _DTYPES = {str(d).removeprefix("torch."): d for d in ACCEPTED_DTYPES}
 _VIEW = {2: torch.int16, 4: torch.int32}  # bfloat16 has no numpy dtype: its bits go as int16
 
 
+def tensor_bytes(t: torch.Tensor) -> tuple[str, bytes]:
+    """A contiguous CPU tensor of ACCEPTED_DTYPES as (dtype name, raw bytes in native order)."""
+    return str(t.dtype).removeprefix("torch."), t.view(_VIEW[t.element_size()]).numpy().tobytes()
+
+
+def tensor_from_bytes(data: bytes, dtype_name: str, shape: tuple[int, ...] | list[int]) -> torch.Tensor:
+    """tensor_bytes' tensor again; ValueError for an unknown dtype or bytes that do not fit the shape."""
+    dtype = _DTYPES.get(dtype_name)
+    n = 1
+    for d in shape:
+        n *= d
+    if dtype is None or not shape or min(shape) < 1 or len(data) != n * dtype.itemsize:
+        raise ValueError(f"a tensor of {dtype_name} x {list(shape)} in {len(data)} bytes")
+    return torch.frombuffer(bytearray(data), dtype=dtype).view(*shape)
+
+
 def embeds_to_wire(embeds: PromptEmbeds | None) -> list[EmbedRows] | None:
     if embeds is None:
         return None
-    return [EmbedRows(s.start, str(s.rows.dtype).removeprefix("torch."), s.rows.shape[0],
-                      s.rows.view(_VIEW[s.rows.element_size()]).numpy().tobytes(), s.digest, s.kind)
-            for s in embeds.segments]
+    wire = []
+    for s in embeds.segments:
+        dtype, data = tensor_bytes(s.rows)
+        wire.append(EmbedRows(s.start, dtype, s.rows.shape[0], data, s.digest, s.kind))
+    return wire
 
 
 def embeds_from_wire(rows: list[EmbedRows] | None) -> PromptEmbeds | None:
@@ -60,8 +81,9 @@ def embeds_from_wire(rows: list[EmbedRows] | None) -> PromptEmbeds | None:
         dtype = _DTYPES.get(r.dtype)
         if dtype is None or r.num_rows < 1 or not r.data or len(r.data) % (r.num_rows * dtype.itemsize):
             raise ValueError(f"embedding rows of {r.dtype} x {r.num_rows} in {len(r.data)} bytes")
-        tensor = torch.frombuffer(bytearray(r.data), dtype=dtype).view(r.num_rows, -1)
-        segments.append(EmbedSegment(r.start, tensor, r.digest, r.kind))
+        width = len(r.data) // (r.num_rows * dtype.itemsize)
+        segments.append(EmbedSegment(r.start, tensor_from_bytes(r.data, r.dtype, (r.num_rows, width)), r.digest,
+                                     r.kind))
     return PromptEmbeds(tuple(segments))
 
 
@@ -105,11 +127,21 @@ class Embed(msgspec.Struct, tag=True, array_like=True):
     inputs: list[list[int]]
 
 
+class EncodeImages(msgspec.Struct, tag=True, array_like=True):
+    """A prompt's images for the core's vision tower: the pixels the gateway's image processor made of them
+    ([n, 3, H, W], the processor's fixed size: bounded by the model, not by the files the client sent)."""
+
+    key: int  # the gateway's own number for it, answered in Encoded
+    dtype: str
+    shape: list[int]
+    pixels: bytes
+
+
 class Shutdown(msgspec.Struct, tag=True, array_like=True):
     pass
 
 
-Command = Add | Abort | Pause | Resume | SetPriority | Unpin | Embed | Shutdown
+Command = Add | Abort | Pause | Resume | SetPriority | Unpin | Embed | EncodeImages | Shutdown
 
 
 class Embedded(msgspec.Struct, array_like=True):
@@ -120,6 +152,23 @@ class Embedded(msgspec.Struct, array_like=True):
     data: bytes = b""
     error: str | None = None
     code: str | None = None  # EngineError.code when the request was at fault
+
+
+class Encoded(msgspec.Struct, array_like=True):
+    """An EncodeImages' answer: each image's feature rows ([rows, dim] of dtype, one after another); or why not."""
+
+    key: int
+    dtype: str = "float32"
+    rows: list[int] = []  # feature rows per image
+    dim: int = 0
+    data: bytes = b""
+    error: str | None = None
+    code: str | None = None  # EngineError.code when the request was at fault
+
+    def features(self) -> list[torch.Tensor]:
+        """One [rows, dim] tensor per image (ValueError when the bytes do not fit)."""
+        flat = tensor_from_bytes(self.data, self.dtype, (sum(self.rows), self.dim))
+        return list(flat.split(self.rows))
 
 
 class Refusal(msgspec.Struct, array_like=True):
@@ -140,6 +189,7 @@ class Ready(msgspec.Struct, tag=True, array_like=True):
     hidden_size: int | None = None  # width of the prompt embedding rows the model takes; None: none
     takes_images: bool = False  # a multimodal model (its chat template takes image parts)
     embedding_shape: tuple[int, int] | None = None  # (vector size, vocabulary size) for /v1/embeddings
+    image_front: bytes | None = None  # the pickled llava.ImageFront: the gateway prepares images with it
 
 
 class LoadFailed(msgspec.Struct, tag=True, array_like=True):
@@ -157,6 +207,7 @@ class Step(msgspec.Struct, tag=True, array_like=True, gc=False):
     seconds: float = 0.0  # how long the step took
     stats: EngineStats | None = None  # sent at most every stats_interval_s and whenever the core goes idle
     embedded: list[Embedded] = []
+    encoded: list[Encoded] = []
 
 
 ToGateway = Ready | LoadFailed | Step

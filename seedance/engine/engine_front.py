@@ -4,8 +4,9 @@ Both engines the transports can be given share it: `AsyncEngine` (the core on a 
 `ProcessEngine` (the core in its own process). It holds the open requests' streams, builds prompts on its own
 worker threads (text and chat templates on the tokenizer thread, after a length check that refuses a prompt
 certainly too long without tokenizing it: a megabyte prompt must not stall every other client's stream;
-embedding rows decoded and checked there too; images decoded and encoded on the vision thread, where the
-engine has the vision encoder), and hands one step's events to their streams.
+embedding rows decoded and checked there too; images decoded and encoded on the vision thread: the vision
+tower runs there in the thread mode, in the engine process with ProcessEngine), and hands one step's events to
+their streams.
 
 Each request's event queue holds at most max_tokens + 1 events, so it is bounded by the request itself; a
 transport whose reader stalls pauses the request (engine.pause) instead of letting it grow.
@@ -14,9 +15,10 @@ transport whose reader stalls pauses the request (engine.pause) instead of letti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -270,20 +272,25 @@ class EngineFront:
         if request.prompt_token_ids is not None:
             return list(request.prompt_token_ids)
         if request.messages is not None and count_images(request.messages):
-            return await self._off_loop(request, self.vision_executor, "_encoding", "image prompts are waiting "
-                                        "to be encoded")
-        return await self._off_loop(request, self.tokenize_executor, "_tokenizing", "prompts are waiting to be "
-                                    "tokenized")
+            with self._pending("_encoding", "image prompts are waiting to be encoded"):
+                return await self._image_prompt(request)
+        with self._pending("_tokenizing", "prompts are waiting to be tokenized"):
+            return await asyncio.get_running_loop().run_in_executor(self.tokenize_executor, self._encode, request)
 
-    async def _off_loop(self, request: GenerateRequest, executor: ThreadPoolExecutor, counter: str,
-                        waiting: str) -> list[int]:
-        """_encode(request) on executor, at most max_pending_tokenize waiting for it (counted in counter)."""
+    async def _image_prompt(self, request: GenerateRequest) -> list[int]:
+        """A chat with images: decoded, templated and encoded on the vision thread (the thread mode, where the
+        vision tower is in this process; ProcessEngine sends the pixels to its core instead)."""
+        return await asyncio.get_running_loop().run_in_executor(self.vision_executor, self._encode, request)
+
+    @contextlib.contextmanager
+    def _pending(self, counter: str, waiting: str) -> Iterator[None]:
+        """At most max_pending_tokenize prompts inside (counted in counter); EngineOverloaded past it."""
         pending = getattr(self, counter)
         if pending >= self.config.max_pending_tokenize:
             raise EngineOverloaded(f"{pending} {waiting}; retry later")
         setattr(self, counter, pending + 1)
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, self._encode, request)
+            yield
         finally:
             setattr(self, counter, getattr(self, counter) - 1)
 

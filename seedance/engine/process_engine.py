@@ -12,12 +12,15 @@ Admission is decided where the engine state is: submit() sends the request and a
 What crosses the boundary: a prompt's embedding rows as raw bytes in the Add frame (the core rebuilds the same
 tensors and content ids); a guided-decoding spec, compiled in the core when the Add arrives (cached there; a
 grammar that does not compile is the request's refusal, InvalidRequest, as in the thread mode);
-cancel(keep_tokens=); /v1/embeddings groups as Embed commands, answered with the vectors' bytes. Not supported:
-images (the vision encoder runs only in the thread mode): an image prompt is refused with InvalidRequest saying
-so, and /v1/models lists text input only.
+cancel(keep_tokens=); /v1/embeddings groups as Embed commands, answered with the vectors' bytes; images: the
+gateway's vision thread decodes (Pillow, bounded) and resizes them with the model's image processor (sent in the
+Ready frame, no weights), the pixels go to the core (EncodeImages), whose vision thread runs the tower and
+projector and answers with the features (Encoded); the gateway then assembles the prompt as the thread mode
+does (the same content ids, so the prefix cache and sessions see the same prompt) and sends its Add.
 
-Bounds: the command channel refuses new requests (EngineOverloaded) while more than
+Bounds: the command channel refuses new requests and new images (EngineOverloaded) while more than
 `process_channel_bytes` of commands wait to be written; the core blocks on a full socket instead of queueing.
+A bad image never reaches the core: it fails its request in the gateway (InvalidRequest).
 
 When the core process dies, every open request ends with finish_reason error (the transports send their error
 frame), submit() raises EngineUnavailable, and `failure` says why (/readyz reports it).
@@ -44,6 +47,9 @@ from seedance.engine.core_protocol import (
     Abort,
     Add,
     Embed,
+    Embedded,
+    Encoded,
+    EncodeImages,
     FrameBuffer,
     LoadFailed,
     Pause,
@@ -56,14 +62,23 @@ from seedance.engine.core_protocol import (
     decode_to_gateway,
     embeds_to_wire,
     frame,
+    tensor_bytes,
 )
 from seedance.engine.engine_front import EngineFront, GenerateRequest, RequestStream
 from seedance.engine.errors import EngineOverloaded, EngineUnavailable, InvalidRequest
 from seedance.engine.events import FinishReason, TokenEvent
+from seedance.engine.image_prompt import PreparedImages, prepare_images
 from seedance.engine.llm_engine import EngineStats
+from seedance.engine.prompt_embeds import assemble_prompt
 
 log = logging.getLogger(__name__)
 _ERRORS = {InvalidRequest.code: InvalidRequest, EngineOverloaded.code: EngineOverloaded}
+
+
+def _add_frame(add: Add, embeds) -> bytes:
+    """An Add with its prompt's embedding rows, framed (on a worker thread: the rows may be tens of MB)."""
+    add.embeds = embeds_to_wire(embeds)
+    return frame([add])
 
 
 class EngineInfo:
@@ -73,6 +88,7 @@ class EngineInfo:
         self.model_name = ready.model_name
         self.load_times = dict(ready.load_times)
         self.max_model_len = ready.max_model_len
+        self.takes_images = ready.takes_images
 
 
 class _Channel(asyncio.Protocol):
@@ -109,16 +125,15 @@ class _Channel(asyncio.Protocol):
 
 
 class ProcessEngine(EngineFront):
-    no_vision_reason = ("images are not supported with --engine process (the vision encoder runs in the thread "
-                        "mode only): run the server with --engine thread")
-
     def __init__(self, config: EngineConfig, ready: Ready, transport: asyncio.Transport,
                  process: mp.process.BaseProcess | None, prefix: str = "") -> None:
         tokenizer = pickle.loads(ready.tokenizer) if ready.tokenizer is not None else None
         config = dataclasses.replace(config, dtype=ready.dtype)  # "auto" as the core resolved it
         shape = tuple(ready.embedding_shape) if ready.embedding_shape is not None else None
+        # the model's image processor and image token (llava.ImageFront): images are prepared here, encoded there
+        vision = pickle.loads(ready.image_front) if ready.image_front is not None else None
         super().__init__(config, tokenizer, ready.max_model_len, hidden_size=ready.hidden_size,
-                         takes_images=ready.takes_images, embedding_shape=shape)
+                         takes_images=ready.takes_images, vision=vision, embedding_shape=shape)
         self.engine = EngineInfo(ready)
         self.process = process  # None: a shared core (`--workers N`) that this gateway neither starts nor stops
         # `--workers N`: this gateway's ids (and session pin keys) in the shared core start with it
@@ -127,8 +142,11 @@ class ProcessEngine(EngineFront):
         self._stats: EngineStats = ready.stats
         self._admitting: dict[str, asyncio.Future[None]] = {}
         self._cancelling: dict[str, RequestStream] = {}  # aborted, waiting for the core's final event
-        self._embedding: dict[int, asyncio.Future[list[torch.Tensor]]] = {}  # Embed key -> its vectors
-        self._embed_keys = itertools.count()
+        self._answers: dict[int, asyncio.Future] = {}  # Embed / EncodeImages key -> its answer
+        self._keys = itertools.count()
+        # EncodeImages keys the core has not answered yet, also those whose request gave up waiting: the core's
+        # vision thread works through them all, so at most max_pending_tokenize may be there at once
+        self._in_core: set[int] = set()
         self._outbox: list = []
         self.failure: str | None = None
         self._exited = asyncio.get_running_loop().create_future()
@@ -189,21 +207,29 @@ class ProcessEngine(EngineFront):
         """Tokenize (off the loop), send, and return once the core admitted it (or raise its refusal)."""
         token_ids = await self.tokenize(request)
         embeds = request.prompt_embeds
-        # the rows' bytes (up to max_prompt_embeds_bytes a part) are copied out off the event loop
-        rows = await asyncio.get_running_loop().run_in_executor(
-            self.tokenize_executor, embeds_to_wire, embeds) if embeds is not None else None
         request_id = self._new_id(request)
         self._check_channel()
         stream = RequestStream(self, request_id, len(token_ids))
         stream.is_multimodal = embeds is not None
         self._streams[request_id] = stream
-        verdict = asyncio.get_running_loop().create_future()
-        self._admitting[request_id] = verdict
         p = self.prefix
         pin_key = p + request.pin_key if request.pin_key is not None else None
         client = client_of(request)
-        self._send(Add(p + request_id, token_ids, request.params, request.priority, time.monotonic(), pin_key,
-                       rows, p + client if client is not None else None))
+        add = Add(p + request_id, token_ids, request.params, request.priority, time.monotonic(), pin_key,
+                  client=p + client if client is not None else None)
+        if embeds is not None:
+            # rows (up to max_prompt_embeds_bytes a part; 4 LLaVA-7B images' features are 38 MB) are copied out
+            # and framed off the event loop: framing 38 MB took 117 ms here
+            try:
+                add = await asyncio.get_running_loop().run_in_executor(self.tokenize_executor, _add_frame, add,
+                                                                       embeds)
+                self._check_channel()  # the core may have gone meanwhile
+            except BaseException:
+                self._streams.pop(request_id, None)
+                raise
+        verdict = asyncio.get_running_loop().create_future()
+        self._admitting[request_id] = verdict
+        self._send(add)
         try:
             await verdict
         except BaseException:
@@ -226,14 +252,49 @@ class ProcessEngine(EngineFront):
 
     async def embed_group(self, inputs: list[list[int]]) -> list[torch.Tensor]:
         """One group's vectors, pooled in the core between two steps (an Embed command and its answer)."""
+        key = next(self._keys)
+        done = await self._ask(key, Embed(key, inputs))
+        vectors = torch.frombuffer(bytearray(done.data), dtype=torch.float32).view(-1, done.dim)
+        return list(vectors.unbind(0))
+
+    async def _image_prompt(self, request: GenerateRequest) -> list[int]:
+        """Decode, template and resize on the vision thread here; the tower in the core (EncodeImages, answered
+        by Encoded); the prompt assembled here, on the vision thread again, as the thread mode assembles it."""
+        loop = asyncio.get_running_loop()
+        key = next(self._keys)
+        prepared, command = await loop.run_in_executor(self.vision_executor, self._pixels, request.messages, key)
+        if len(self._in_core) >= self.config.max_pending_tokenize:
+            raise EngineOverloaded(f"{len(self._in_core)} image prompts are being encoded; retry later")
+        self._in_core.add(key)
+        encoded = await self._ask(key, command)
+        ids, request.prompt_embeds = await loop.run_in_executor(self.vision_executor, self._splice, prepared,
+                                                                encoded)
+        return ids
+
+    def _pixels(self, messages: list[dict], key: int) -> tuple[PreparedImages, bytes]:
+        """The chat's images decoded, resized and framed as one EncodeImages (on the vision thread)."""
+        prepared = prepare_images(messages, self.tokenizer, self.vision.image_token_id, self.config)
+        pixels = self.vision.preprocess(prepared.images).float().contiguous()
+        dtype, data = tensor_bytes(pixels)
+        return prepared, frame([EncodeImages(key, dtype, list(pixels.shape), data)])
+
+    @staticmethod
+    def _splice(prepared: PreparedImages, encoded: Encoded) -> tuple[list[int], object]:
+        features = encoded.features()
+        if len(features) != len(prepared.images):
+            raise RuntimeError(f"the engine process encoded {len(features)} images of {len(prepared.images)}")
+        return assemble_prompt(prepared.splice(features))
+
+    async def _ask(self, key: int, command: Embed | bytes) -> Embedded | Encoded:
+        """Send the command (an Embed, or a framed EncodeImages) and await its answer in a Step frame (raised if
+        it is an error)."""
         self._check_channel()
-        key = next(self._embed_keys)
-        answer = self._embedding[key] = asyncio.get_running_loop().create_future()
-        self._send(Embed(key, inputs))
+        answer = self._answers[key] = asyncio.get_running_loop().create_future()
+        self._send(command)
         try:
             return await answer
         finally:
-            self._embedding.pop(key, None)
+            self._answers.pop(key, None)
 
     def pause(self, request_id: str) -> None:
         self._send(Pause(self.prefix + request_id))
@@ -281,6 +342,8 @@ class ProcessEngine(EngineFront):
             raise EngineOverloaded("the engine process is behind on commands; retry later")
 
     def _send(self, command) -> None:
+        """Queue a command for this loop turn's frame; bytes: a frame already encoded (off the loop), sent in
+        its place in the order."""
         if self.failure is not None:
             return
         if not self._outbox:
@@ -288,8 +351,19 @@ class ProcessEngine(EngineFront):
         self._outbox.append(command)
 
     def _flush(self) -> None:
-        commands, self._outbox = self._outbox, []
-        if commands and self.failure is None:
+        items, self._outbox = self._outbox, []
+        if not items or self.failure is not None:
+            return
+        commands: list = []
+        for item in items:
+            if isinstance(item, bytes):
+                if commands:
+                    self._transport.write(frame(commands))
+                    commands = []
+                self._transport.write(item)
+            else:
+                commands.append(item)
+        if commands:
             self._transport.write(frame(commands))
 
     def _receive(self, message) -> None:
@@ -319,16 +393,16 @@ class ProcessEngine(EngineFront):
                 stream._deliver(event)  # the core ended it on its own (shutting down)
         if message.stats is not None:
             self._stats = message.stats
-        for done in message.embedded:
-            answer = self._embedding.get(done.key)
+        for done in (*message.embedded, *message.encoded):
+            self._in_core.discard(done.key)
+            answer = self._answers.get(done.key)
             if answer is None or answer.done():
                 continue
             if done.error is not None:
                 error = _ERRORS.get(done.code, RuntimeError) if done.code else RuntimeError
                 answer.set_exception(error(done.error))
             else:
-                vectors = torch.frombuffer(bytearray(done.data), dtype=torch.float32).view(-1, done.dim)
-                answer.set_result(list(vectors.unbind(0)))
+                answer.set_result(done)
 
     def _fail(self, reason: str) -> None:
         """The core is gone: every open request ends with error, waiting submits are refused."""
@@ -343,7 +417,8 @@ class ProcessEngine(EngineFront):
             if not verdict.done():
                 verdict.set_exception(EngineUnavailable(f"engine unavailable: {reason}; retry later"))
         self._admitting.clear()
-        for answer in self._embedding.values():
+        self._in_core.clear()
+        for answer in self._answers.values():
             if not answer.done():
                 answer.set_exception(EngineUnavailable(f"engine unavailable: {reason}; retry later"))
         reason_final = FinishReason.CANCELLED if self._closed else FinishReason.ERROR

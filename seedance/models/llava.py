@@ -53,22 +53,40 @@ def split_weights(weights: dict[str, torch.Tensor]) -> dict[str, dict[str, torch
 
 
 @dataclass(eq=False)
-class VisionEncoder:
-    """Images -> [n, hidden_size] feature rows for the language model, one tensor per image."""
+class ImageFront:
+    """What preparing a model's images needs, without its weights: the image processor (decode's output to the
+    tower's pixels) and the image token. `--engine process` sends it to the gateway (pickled in the Ready frame),
+    so images are decoded and resized there and only their bounded pixel tensors cross to the engine process."""
 
     image_processor: object  # transformers image processor (preprocessor_config.json)
+    image_token_id: int
+
+    def preprocess(self, images: list) -> torch.Tensor:
+        """PIL images (RGB) -> [n, 3, H, W] float32 pixels, the processor's fixed size whatever the input's."""
+        return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+    def front(self) -> ImageFront:
+        return ImageFront(self.image_processor, self.image_token_id)
+
+
+@dataclass(eq=False)
+class VisionEncoder(ImageFront):
+    """Images -> [n, hidden_size] feature rows for the language model, one tensor per image."""
+
     tower: torch.nn.Module  # transformers vision model (CLIP, SigLIP, ...)
     projector: torch.nn.Module  # transformers LlavaMultiModalProjector
-    image_token_id: int
     feature_layer: int | list[int]
     select_strategy: str
     dtype: torch.dtype
     device: torch.device
 
-    @torch.inference_mode()
     def encode(self, images: list) -> list[torch.Tensor]:
         """PIL images (RGB) -> their features, batched through the tower in one call."""
-        pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        return self.encode_pixels(self.preprocess(images))
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """preprocess()'s pixels -> one [rows, hidden_size] tensor per image (tower, feature layers, projector)."""
         out = self.tower(pixels.to(self.device, self.dtype), output_hidden_states=True, return_dict=True)
         layers = [self.feature_layer] if isinstance(self.feature_layer, int) else list(self.feature_layer)
         selected = [out.hidden_states[i] for i in layers]

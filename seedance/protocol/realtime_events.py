@@ -40,12 +40,14 @@ RESPONSE_FAILED = "response_failed"
 INTERNAL = "internal"
 EVENT_TOO_LARGE = "event_too_large"
 RATE_LIMITED = "rate_limited"
+SLOW_CONSUMER = "slow_consumer"  # then close 4001: above the high water mark too long
+HEARTBEAT_TIMEOUT = "heartbeat_timeout"  # then close 4000: pings went unanswered
 # Every code above (docs/realtime.md); a response refused by the engine carries the engine's code
 # (protocol/errors.py ERROR_CODES: invalid_request, overloaded, ...).
 REALTIME_ERROR_CODES = frozenset({
     INVALID_JSON, INVALID_EVENT, UNKNOWN_EVENT, UNSUPPORTED, UNSUPPORTED_CONTENT, ITEM_NOT_FOUND, DUPLICATE_ITEM,
     ITEM_IN_PROGRESS, ITEM_NOT_OPEN, ITEM_TOO_LARGE, TOO_MANY_ITEMS, ACTIVE_RESPONSE, NO_ACTIVE_RESPONSE,
-    RESPONSE_FAILED, INTERNAL, EVENT_TOO_LARGE, RATE_LIMITED,
+    RESPONSE_FAILED, INTERNAL, EVENT_TOO_LARGE, RATE_LIMITED, SLOW_CONSUMER, HEARTBEAT_TIMEOUT,
 })
 
 # Client event types the API defines that Seedance knows but does not serve (no audio, no WebRTC/SIP).

@@ -139,7 +139,8 @@ async def _start_engine(app: web.Application) -> None:
     state.sessions = SessionManager(engine, store, model_id=model_id, max_sessions=cfg.max_sessions,
                                     idle_ttl_s=cfg.session_idle_ttl_s,
                                     resume_grace_s=cfg.resume_grace_s,
-                                    detached_buffer_tokens=cfg.detached_buffer_tokens)
+                                    detached_buffer_tokens=cfg.detached_buffer_tokens,
+                                    snapshot_embeds_bytes=cfg.session_snapshot_embeds_bytes)
     state.jobs = polling.JobStore(engine, cfg.max_jobs, cfg.job_ttl_s)
     state.engine = engine
     observability.mark(app, "engine_ready")

@@ -16,7 +16,8 @@ degraded (readiness shows it) and probes it until it answers, then writes the sn
 acknowledged late with its `snapshot`.
 
 Bounds: `max_sessions` in memory (LRU eviction of idle sessions: never one with a turn in progress),
-`session_idle_ttl_s`, and the engine's pinned-KV budget.
+`session_idle_ttl_s`, the engine's pinned-KV budget, and `snapshot_embeds_bytes` of embedding rows / image
+features per snapshot (a history with more is snapshotted without them: restored, it refuses its next turn).
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from seedance.engine.async_engine import AsyncEngine, GenerateRequest
+from seedance.engine.core_protocol import embeds_to_wire
 from seedance.engine.events import FinishReason
 from seedance.engine.prompt_embeds import PromptEmbeds
 from seedance.protocol import errors as codes
 from seedance.serving.generation import Generation
-from seedance.sessions.snapshot import Snapshot, Turn, kv_cache_hash
+from seedance.sessions.snapshot import SNAPSHOT_VERSION, Snapshot, Turn, kv_cache_hash
 from seedance.sessions.store import SessionStore
 
 log = logging.getLogger(__name__)
@@ -76,8 +78,8 @@ class Session:
     detached_task: asyncio.Task | None = None
     grace_timer: asyncio.TimerHandle | None = None
     restored: bool = False
-    # Embedding rows / image features of token_ids (content ids stand for them there); in memory only: a session
-    # restored from a snapshot has the ids without the rows, and such a turn is refused (engine admission).
+    # Embedding rows / image features of token_ids (content ids stand for them there); snapshotted with them up
+    # to the manager's snapshot_embeds_bytes.
     prompt_embeds: PromptEmbeds | None = None
     pending_embeds: PromptEmbeds | None = None  # those of the turn in progress, kept if it completes
     # Streaming input (/v1/stream `append`): the next user message so far; the next turn's input ends it.
@@ -110,7 +112,7 @@ class SessionManager:
     def __init__(self, engine: AsyncEngine, store: SessionStore, *, max_sessions: int = 10_000,
                  idle_ttl_s: float = 3600.0, resume_grace_s: float = 60.0,
                  detached_buffer_tokens: int = 256, model_id: str = "",
-                 store_probe_interval_s: float = 1.0) -> None:
+                 store_probe_interval_s: float = 1.0, snapshot_embeds_bytes: int = 64 << 20) -> None:
         self.engine = engine
         self.model_id = model_id  # snapshots are bound to it (seedance.models.identity)
         self.store = store
@@ -118,6 +120,7 @@ class SessionManager:
         self.idle_ttl_s = idle_ttl_s
         self.resume_grace_s = resume_grace_s
         self.detached_buffer_tokens = detached_buffer_tokens
+        self.snapshot_embeds_bytes = snapshot_embeds_bytes
         self.sessions: OrderedDict[str, Session] = OrderedDict()
         self.pending_saves: set[asyncio.Task] = set()
         self.snapshots_written = 0
@@ -150,12 +153,14 @@ class SessionManager:
             return None
         try:
             snapshot.verify(self.model_id)
+            # the rows' digests are checked off the event loop (megabytes for images)
+            embeds = await asyncio.to_thread(snapshot.prompt_embeds) if snapshot.embeds else snapshot.prompt_embeds()
         except ValueError as err:
             raise SessionError("invalid_request", str(err)) from None
-        log.info("session %s restored from its snapshot (turn %d, %d tokens)", session_id, snapshot.turn,
-                 len(snapshot.token_ids))
+        log.info("session %s restored from its snapshot (turn %d, %d tokens, %d embedding rows)", session_id,
+                 snapshot.turn, len(snapshot.token_ids), embeds.num_rows if embeds else 0)
         return Session(session_id, list(snapshot.token_ids), snapshot.turn, list(snapshot.turns),
-                       replay={k: list(v) for k, v in snapshot.replay.items()}, restored=True)
+                       replay={k: list(v) for k, v in snapshot.replay.items()}, restored=True, prompt_embeds=embeds)
 
     def _evict_over_limit(self) -> None:
         for session in list(self.sessions.values()):
@@ -234,13 +239,25 @@ class SessionManager:
         snapshot = Snapshot(session_id=session.id, turn=session.turn, token_ids=list(session.token_ids),
                             last_token_id=session.token_ids[-1], model_id=self.model_id,
                             kv_cache_hash=kv_cache_hash(session.token_ids, self.model_id),
-                            turns=list(session.turns), replay=session.replay)
-        task = asyncio.get_running_loop().create_task(self._save(snapshot, request))
+                            turns=list(session.turns), replay=session.replay, version=SNAPSHOT_VERSION)
+        task = asyncio.get_running_loop().create_task(self._save(snapshot, request, session.prompt_embeds))
         self.pending_saves.add(task)
         task.add_done_callback(self.pending_saves.discard)
 
-    async def _save(self, snapshot: Snapshot, request: Generation) -> None:
+    def _rows_of(self, snapshot: Snapshot, embeds: PromptEmbeds) -> None:
+        """The history's rows into the snapshot (a copy: bytes), unless they are over snapshot_embeds_bytes."""
+        size = sum(s.rows.numel() * s.rows.element_size() for s in embeds.segments)
+        if size > self.snapshot_embeds_bytes:
+            log.warning("session %s: %d bytes of embedding rows exceed snapshot_embeds_bytes (%d); its snapshot "
+                        "holds none, so a restored copy refuses its next turn", snapshot.session_id, size,
+                        self.snapshot_embeds_bytes)
+            return
+        snapshot.embeds = embeds_to_wire(embeds)
+
+    async def _save(self, snapshot: Snapshot, request: Generation, embeds: PromptEmbeds | None = None) -> None:
         try:
+            if embeds is not None:  # copied off the event loop
+                await asyncio.to_thread(self._rows_of, snapshot, embeds)
             await self.store.save(snapshot)
         except Exception as err:
             log.warning("snapshot of session %s turn %d failed: %s", snapshot.session_id, snapshot.turn, err)

@@ -4,12 +4,15 @@ snapshot; if the deployment needs it to survive a Redis crash too, run Redis wit
 
 from __future__ import annotations
 
+import asyncio
+
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
 from seedance.sessions.snapshot import Snapshot, decode_snapshot, encode_snapshot
 
 _PREFIX = "seedance:session:"
+_THREAD_BYTES = 1 << 20  # a snapshot this large (embedding rows, images) is encoded / decoded off the event loop
 # Write only if newer: a late write of an older turn must not overwrite a newer snapshot.
 _SAVE_IF_NEWER = """
 local current = redis.call('HGET', KEYS[1], 'turn')
@@ -28,8 +31,8 @@ class RedisStore:
         self._waitaof: bool | None = None  # whether the server persists with AOF (checked once)
 
     async def save(self, snapshot: Snapshot) -> None:
-        await self._save_script(keys=[_PREFIX + snapshot.session_id],
-                                args=[snapshot.turn, encode_snapshot(snapshot), self.ttl_ms])
+        data = await asyncio.to_thread(encode_snapshot, snapshot) if snapshot.embeds else encode_snapshot(snapshot)
+        await self._save_script(keys=[_PREFIX + snapshot.session_id], args=[snapshot.turn, data, self.ttl_ms])
         if self._waitaof is None:
             info = await self.client.info("persistence")
             self._waitaof = bool(info.get("aof_enabled"))
@@ -41,7 +44,9 @@ class RedisStore:
 
     async def load(self, session_id: str) -> Snapshot | None:
         data = await self.client.hget(_PREFIX + session_id, "data")
-        return decode_snapshot(data) if data else None
+        if not data:
+            return None
+        return await asyncio.to_thread(decode_snapshot, data) if len(data) > _THREAD_BYTES else decode_snapshot(data)
 
     async def delete(self, session_id: str) -> None:
         await self.client.delete(_PREFIX + session_id)

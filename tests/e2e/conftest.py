@@ -48,14 +48,30 @@ def llava_dir(tmp_path_factory):
     return build_llava(tmp_path_factory.mktemp("models") / LLAVA_MODEL)
 
 
+def _llava(tmp_path_factory, llava_dir, engine_mode: str) -> RunningServer:
+    return start_server(tmp_path_factory, model=llava_dir, dtype="float32", max_images_per_prompt=4,
+                        max_message_bytes=4 << 20, engine_mode=engine_mode)
+
+
 @pytest.fixture(scope="session")
-def llava_server(tmp_path_factory, llava_dir) -> Iterator[RunningServer]:
-    """The server with the tiny LLaVA, shared by the image tests (tests/e2e/test_images.py,
-    tests/e2e/test_realtime_images.py)."""
-    srv = start_server(tmp_path_factory, model=llava_dir, dtype="float32", max_images_per_prompt=4,
-                       max_message_bytes=4 << 20)
+def llava_thread_server(tmp_path_factory, llava_dir) -> Iterator[RunningServer]:
+    srv = _llava(tmp_path_factory, llava_dir, "thread")
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def llava_process_server(tmp_path_factory, llava_dir) -> Iterator[RunningServer]:
+    srv = _llava(tmp_path_factory, llava_dir, "process")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(params=["thread", "process"])
+def llava_server(request) -> RunningServer:
+    """The server with the tiny LLaVA in each engine mode (the vision tower beside the engine thread, or in the
+    engine process), shared by the image tests (tests/e2e/test_images.py, tests/e2e/test_realtime_images.py)."""
+    return request.getfixturevalue(f"llava_{request.param}_server")
 
 
 @pytest.fixture(scope="module")

@@ -110,3 +110,29 @@ async def test_streaming_vision_session_keeps_earlier_frames(llava_server):
     for done in dones[1:]:
         new = done["usage"]["prompt_tokens"] - done["usage"]["cached_tokens"]
         assert new <= 16 + 12 and done["kv_reuse"] > 0.5  # the new frame and a few text tokens
+
+
+async def test_a_bad_image_fails_its_request_only(llava_server, llava_dir):
+    """Broken, non-base64 and truncated images next to a good image chat and a text prompt on one connection:
+    each bad one gets its invalid_request error, the others their full answers (the good one still equal to
+    transformers'), and the server (in process mode: the same engine process) goes on serving."""
+    pid = llava_server.stats().get("engine_pid")
+    items = ("Describe", png(7))
+    whole = png(8, (64, 64))  # sent truncated
+    requests = [
+        {"id": "good", "messages": [{"role": "user", "content": content(*items)}], "max_tokens": N_NEW,
+         "temperature": 0, "ignore_eos": True},
+        {"id": "broken", "max_tokens": 2, "messages": [{"role": "user", "content": content(b"\x89PNG not really")}]},
+        {"id": "base64", "max_tokens": 2, "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@@"}}]}]},
+        {"id": "cut", "max_tokens": 2, "messages": [{"role": "user", "content": content(whole[:len(whole) // 2])}]},
+        {"id": "text", "prompt": "Once upon a time", "max_tokens": 6, "temperature": 0, "ignore_eos": True},
+    ]
+    async with connect(llava_server.ws) as ws:
+        results = await run_requests(ws, requests)
+    for bad in ("broken", "base64", "cut"):
+        assert [e["code"] for e in results[bad]["errors"]] == ["invalid_request"], (bad, results[bad])
+    assert not results["good"]["errors"] and not results["text"]["errors"]
+    assert [t for c in results["good"]["chunks"] for t in c["token_ids"]] == hf_reference(llava_dir, items)
+    assert results["text"]["done"]["usage"]["completion_tokens"] == 6
+    assert llava_server.stats().get("engine_pid") == pid  # no engine process was lost on the way

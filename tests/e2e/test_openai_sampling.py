@@ -12,6 +12,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from openai.lib.streaming.chat import ChatCompletionStreamState
 
 MODEL = "seedance-tiny"
 PROMPT = "And God said"
@@ -202,16 +203,40 @@ def test_tool_call_round_trip_required_on_the_builtin_model(client):
 
 
 def test_named_tool_choice_forces_that_function_streamed(client):
+    """The call streams as OpenAI's does: index, id, type and name first, then the arguments in fragments as
+    the model writes them; the SDK's stream accumulator rebuilds the same call as the non-streamed answer."""
     named = {"type": "function", "function": {"name": "get_time"}}
     kwargs = dict(model=MODEL, messages=CHAT, tools=[WEATHER, TIME], tool_choice=named, max_tokens=80, temperature=0)
     whole = client.chat.completions.create(**kwargs).choices[0]
     chunks = list(client.chat.completions.create(stream=True, **kwargs))
     calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
     finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-    assert finish == ["tool_calls"] and len(calls) == 1 and calls[0].index == 0
-    assert calls[0].function.name == "get_time" == whole.message.tool_calls[0].function.name
-    assert calls[0].function.arguments == whole.message.tool_calls[0].function.arguments
-    jsonschema.validate(json.loads(calls[0].function.arguments), TIME["function"]["parameters"])
+    assert finish == ["tool_calls"] and len(calls) > 2 and all(tc.index == 0 for tc in calls)
+    assert calls[0].id == whole_id(chunks) and calls[0].type == "function" and calls[0].function.name == "get_time"
+    assert all(tc.id is None and tc.function.name is None for tc in calls[1:])
+    assert sum(bool(tc.function.arguments) for tc in calls) > 2  # in pieces, not whole at the end
+    state = ChatCompletionStreamState(input_tools=[WEATHER, TIME])
+    for chunk in chunks:
+        state.handle_chunk(chunk)
+    streamed = state.get_final_completion().choices[0]
+    assert streamed.finish_reason == "tool_calls" and len(streamed.message.tool_calls) == 1
+    assert streamed.message.content is None and chunks[0].choices[0].delta.tool_calls  # as OpenAI: no empty text
+    call, expected = streamed.message.tool_calls[0], whole.message.tool_calls[0]
+    assert (call.function.name, call.function.arguments) == (expected.function.name, expected.function.arguments)
+    assert call.function.name == "get_time" and call.id == calls[0].id
+    jsonschema.validate(json.loads(call.function.arguments), TIME["function"]["parameters"])
+    # the SDK's own streaming helper sees the same call, and the arguments' delta events
+    with client.chat.completions.stream(**kwargs) as stream:
+        events = list(stream)
+        final = stream.get_final_completion().choices[0]
+    fragments = [e for e in events if e.type == "tool_calls.function.arguments.delta"]
+    assert len(fragments) > 2 and fragments[-1].arguments == expected.function.arguments
+    assert final.message.tool_calls[0].function.arguments == expected.function.arguments
+
+
+def whole_id(chunks) -> str:
+    """The call id announced in a stream (its first tool_calls delta)."""
+    return next(tc.id for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or []))
 
 
 def test_tool_choice_auto_may_answer_in_text(client):

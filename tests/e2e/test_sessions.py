@@ -255,3 +255,44 @@ async def test_append_prefills_a_streamed_message_and_answers_as_if_it_came_whol
     # the whole message's turn reuses only the first turn's KV; the pieced one all but the last piece's
     assert pieced["cached_tokens"] >= whole["cached_tokens"] + 40
     assert pieced["prompt_tokens"] - pieced["cached_tokens"] < 30
+
+
+async def test_a_restored_session_keeps_its_embedding_rows(server_factory, store_url):
+    """A turn whose prompt had embedding rows, snapshotted, the server killed and another started on the store:
+    the next turn's greedy tokens equal those of the same conversation on a server never restarted."""
+    import torch
+
+    from tests.e2e.test_embedding_prompts import IDS, f32le
+
+    torch.manual_seed(3)
+    rows = torch.randn(5, 256) * 0.05  # rows no token has: lose them and the conversation changes
+    greedy = {"max_tokens": 12, "temperature": 0, "ignore_eos": True}
+    turn1 = {"type": "generate", "id": "t0", "prompt_parts": [
+        {"type": "tokens", "ids": IDS[:3]}, {"type": "embedding", "b64": f32le(rows)},
+        {"type": "tokens", "ids": IDS[3:]}], **greedy}
+    turn2 = {"type": "generate", "id": "t1", "prompt": " And Moses answered", **greedy}
+
+    def ids(turn: dict) -> list[int]:
+        assert not turn["errors"], turn["errors"]
+        return [t for c in turn["chunks"] for t in c["token_ids"]]
+
+    first = server_factory(session_store=store_url)
+    async with connect(first.ws) as ws:
+        reference = []
+        for message in (turn1, turn2):  # the never-restarted run
+            await ws.send(json.dumps({**message, "session": "rows-ref"}))
+            reference.append(await read_turn(ws, message["id"]))
+        await ws.send(json.dumps({**turn1, "session": "rows"}))
+        restarted1 = await read_turn(ws, "t0")
+    assert ids(restarted1) == ids(reference[0]) and restarted1["snapshot"]["turn"] == 1
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait(10)
+
+    second = server_factory(session_store=store_url)
+    async with connect(second.ws) as ws:
+        await ws.send(json.dumps({**turn2, "session": "rows"}))
+        restarted2 = await read_turn(ws, "t1")
+    assert ids(restarted2) == ids(reference[1])
+    assert restarted2["snapshot"]["kv_cache_hash"] == reference[1]["snapshot"]["kv_cache_hash"]
+    usage = restarted2["done"]["usage"]
+    assert usage["prompt_tokens"] == reference[1]["done"]["usage"]["prompt_tokens"] and usage["embedding_tokens"] == 5

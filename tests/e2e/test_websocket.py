@@ -160,6 +160,30 @@ async def test_cancelling_an_id_with_choices_cancels_every_choice(server):
     assert server.stats()["num_running"] == 0
 
 
+async def test_a_message_right_after_an_n_2_generate_is_read_at_once(server):
+    """The connection reads on while an n > 1 generate's first choice prefills: a ping sent right after it is
+    answered long before that prefill could give a token, and a cancel ends the id before any token went out."""
+    loop = asyncio.get_running_loop()
+    long = " ".join(f"and the {i} day" for i in range(300))  # ~1500 tokens: a prefill of many steps
+    async with connect(server.ws) as ws:
+        start = loop.time()  # a fresh prompt of the same length: how long its first token takes here
+        await ws.send(json.dumps({"type": "generate", "id": "ref", "prompt": "Then " + long, "max_tokens": 1}))
+        await until(ws, lambda m: m.get("id") == "ref" and m["type"] == "done", 120)  # its one token, then done
+        first_token_s = loop.time() - start
+
+        start = loop.time()
+        await ws.send(json.dumps({"type": "generate", "id": "two", "n": 2, "prompt": "Now " + long,
+                                  "max_tokens": 64, "ignore_eos": True}))
+        await ws.send(json.dumps({"type": "ping", "ts": 41}))
+        await ws.send(json.dumps({"type": "cancel", "id": "two"}))
+        seen = await until(ws, lambda m: m.get("id") == "two" and m["type"] == "done", 120)
+        pong = next(loop.time() - start for m in seen if m["type"] == "pong")
+    assert [m["type"] for m in seen if m.get("id") == "two"] == ["done"]  # no chunk: cancelled before any token
+    assert seen[-1]["finish_reason"] == "cancelled"
+    assert [c["finish_reason"] for c in seen[-1]["choices"]] == ["cancelled", "cancelled"]
+    assert pong < first_token_s / 3, (pong, first_token_s)
+
+
 async def test_closing_the_connection_cancels_its_requests(server):
     async with connect(server.ws) as ws:
         await ws.send(json.dumps({"type": "generate", "id": "x", "prompt": "And", "max_tokens": 3000,

@@ -14,6 +14,8 @@ from seedance.engine.core_protocol import (
     Embed,
     Embedded,
     EmbedRows,
+    Encoded,
+    EncodeImages,
     FrameBuffer,
     Pause,
     Refusal,
@@ -27,6 +29,8 @@ from seedance.engine.core_protocol import (
     embeds_from_wire,
     embeds_to_wire,
     frame,
+    tensor_bytes,
+    tensor_from_bytes,
 )
 from seedance.engine.events import FinishReason, TokenEvent
 from seedance.engine.llm_engine import EngineStats
@@ -110,3 +114,37 @@ def test_embed_and_its_answer_round_trip():
     assert decode_commands(body(frame([Embed(3, [[1, 2], [3]])]))) == [Embed(3, [[1, 2], [3]])]
     step = Step([], embedded=[Embedded(3, 2, b"\0" * 16), Embedded(4, error="no", code="invalid_request")])
     assert decode_to_gateway(body(frame(step))) == step
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_images_cross_as_pixels_and_their_features_come_back_the_same(dtype):
+    pixels = torch.randn(2, 3, 32, 32)
+    name, data = tensor_bytes(pixels)
+    (command,) = decode_commands(body(frame([EncodeImages(7, name, list(pixels.shape), data)])))
+    assert isinstance(command, EncodeImages) and torch.equal(
+        tensor_from_bytes(command.pixels, command.dtype, command.shape), pixels)
+    features = [torch.randn(16, 64).to(dtype), torch.randn(9, 64).to(dtype)]
+    name, data = tensor_bytes(torch.cat(features))
+    step = decode_to_gateway(body(frame(Step([], encoded=[Encoded(7, name, [16, 9], 64, data),
+                                                         Encoded(8, error="no", code="invalid_request")]))))
+    good, bad = step.encoded
+    assert all(torch.equal(a, b) for a, b in zip(good.features(), features, strict=True))
+    assert bad.error == "no" and bad.code == "invalid_request"
+
+
+def test_pixels_or_features_whose_bytes_do_not_fit_are_refused():
+    for data, dtype, shape in ((b"\0" * 10, "float32", [1, 3, 2, 2]), (b"\0" * 48, "int64", [1, 3, 2, 1]),
+                               (b"", "float32", [0, 3, 2, 2])):
+        with pytest.raises(ValueError):
+            tensor_from_bytes(data, dtype, shape)
+    with pytest.raises(ValueError):
+        Encoded(1, "float32", [16, 16], 64, b"\0" * 4 * 16 * 64).features()
+
+
+def test_a_four_image_frame_is_the_pixels_plus_a_few_bytes():
+    """The frame size docs/multimodal.md gives: 4 images at 224 px (ViT-B/16, the benchmark's tower) are their
+    float32 pixels (4 x 3 x 224 x 224 x 4 bytes = 2.4 MB) and a few bytes of msgpack header, however large the
+    files the client sent were (the processor's output size is the model's)."""
+    name, data = tensor_bytes(torch.zeros(4, 3, 224, 224))
+    size = len(frame([EncodeImages(1, name, [4, 3, 224, 224], data)]))
+    assert 4 * 3 * 224 * 224 * 4 < size < 4 * 3 * 224 * 224 * 4 + 64

@@ -4,18 +4,23 @@ socket pair: the core's side is scripted here, so admission, batching, cancel an
 from __future__ import annotations
 
 import asyncio
+import io
 import pickle
 import socket
 
 import pytest
 import torch
+from PIL import Image
 
+from seedance.bench.llava_checkpoint import build_llava
 from seedance.engine.config import EngineConfig
 from seedance.engine.core_protocol import (
     Abort,
     Add,
     Embed,
     Embedded,
+    Encoded,
+    EncodeImages,
     FrameBuffer,
     Ready,
     Refusal,
@@ -23,15 +28,20 @@ from seedance.engine.core_protocol import (
     decode_commands,
     embeds_from_wire,
     frame,
+    tensor_from_bytes,
 )
 from seedance.engine.engine_front import GenerateRequest
 from seedance.engine.errors import EngineOverloaded, EngineUnavailable, InvalidRequest
 from seedance.engine.events import FinishReason, TokenEvent
+from seedance.engine.image_prompt import ImageInput
 from seedance.engine.llm_engine import EngineStats
 from seedance.engine.process_engine import ProcessEngine
+from seedance.engine.prompt_embeds import content_ids, digest_of
 from seedance.engine.sampling_params import SamplingParams
+from seedance.models.llava import ImageFront
 from seedance.models.loader import BUILTIN_MODEL_DIR
 from seedance.models.tokenizer import TextTokenizer
+from tests.models.test_llava import png
 
 STATS = EngineStats(0, 0, 0, 64, 64, 0, 0, 0, 0, 0, 0, 0)
 
@@ -185,16 +195,96 @@ async def test_ready_carries_the_model_facts(vision_pair, pair):
     assert (plain.hidden_size, plain.takes_images, plain.embedding_shape) == (None, False, None)
 
 
-async def test_images_are_refused_with_a_reason_and_nothing_is_sent(vision_pair):
-    engine, core = vision_pair
+async def test_without_an_image_front_images_are_refused_and_nothing_is_sent(vision_pair):
+    engine, core = vision_pair  # its Ready says the model takes images but brings no image processor
     chat = [{"role": "user", "content": [{"type": "text", "text": "what is it"},
                                          {"type": "image", "image": b"not looked at"}]}]
-    with pytest.raises(InvalidRequest, match="--engine thread"):
+    with pytest.raises(InvalidRequest, match="takes no images"):
         await engine.submit(GenerateRequest(messages=chat))
     assert engine.num_open_requests == 0
     task = asyncio.create_task(engine.submit(ids_request("next")))
     assert [c.request_id for c in await core.commands(1)] == ["next"]  # nothing went out for the image prompt
     task.cancel()
+
+
+@pytest.fixture(scope="module")
+def llava_front(tmp_path_factory):
+    """The tiny LLaVA's tokenizer and ImageFront (image processor, image token): what a real core's Ready sends."""
+    from transformers import AutoImageProcessor
+
+    path = build_llava(tmp_path_factory.mktemp("llava") / "tiny-llava")
+    tokenizer = TextTokenizer.from_dir(path)
+    processor = AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
+    return tokenizer, ImageFront(processor, tokenizer.backend.token_to_id("<image>"))
+
+
+@pytest.fixture
+async def image_pair(llava_front):
+    tokenizer, front = llava_front
+    ours, theirs = socket.socketpair()
+    core = FakeCore(theirs)
+    core.reader, core.writer = await asyncio.open_unix_connection(sock=core.sock)
+    core.send(Ready(512, "fake", {}, pickle.dumps(tokenizer), STATS, hidden_size=64, takes_images=True,
+                    image_front=pickle.dumps(front)))
+    engine = await ProcessEngine.connect(EngineConfig(max_images_per_prompt=2), ours)
+    yield engine, core
+    core.writer.close()
+    await engine.close()
+
+
+def image_chat(*images: bytes) -> list[dict]:
+    return [{"role": "user", "content": [*({"type": "image", "image": ImageInput(i)} for i in images),
+                                         {"type": "text", "text": "what is it"}]}]
+
+
+async def test_an_image_chat_sends_pixels_then_an_add_holding_the_cores_features(image_pair, llava_front):
+    engine, core = image_pair
+    task = asyncio.create_task(engine.submit(GenerateRequest(messages=image_chat(png(1)), request_id="img")))
+    (encode,) = await core.commands(1)
+    assert isinstance(encode, EncodeImages) and encode.shape == [1, 3, 32, 32]  # the processor's size, not 40x48
+    want = llava_front[1].preprocess([Image.open(io.BytesIO(png(1))).convert("RGB")])
+    assert torch.equal(tensor_from_bytes(encode.pixels, encode.dtype, encode.shape), want)
+    features = torch.randn(16, 64)
+    core.send(Step([], encoded=[Encoded(encode.key, "float32", [16], 64, features.numpy().tobytes())]))
+    (add,) = await core.commands(1)
+    (segment,) = embeds_from_wire(add.embeds).segments
+    assert segment.kind == "image" and torch.equal(segment.rows, features)
+    assert add.token_ids[segment.start:segment.end] == content_ids(digest_of(features), 16)  # as thread mode
+    core.send(Step([], admitted=["img"]))
+    assert (await task).is_multimodal
+
+
+async def test_images_waiting_in_the_core_are_bounded_even_when_their_requests_gave_up(image_pair):
+    engine, core = image_pair
+    engine.config.max_pending_tokenize = 1
+    first = asyncio.create_task(engine.submit(GenerateRequest(messages=image_chat(png(1)))))
+    (encode,) = await core.commands(1)
+    first.cancel()  # the client went away: the core still works on its images
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    with pytest.raises(EngineOverloaded, match="being encoded"):
+        await engine.submit(GenerateRequest(messages=image_chat(png(2))))
+    core.send(Step([], encoded=[Encoded(encode.key, "float32", [16], 64, bytes(16 * 64 * 4))]))
+    await asyncio.sleep(0.1)
+    again = asyncio.create_task(engine.submit(GenerateRequest(messages=image_chat(png(2)))))
+    assert isinstance((await core.commands(1))[0], EncodeImages)  # room again once the core answered
+    again.cancel()
+
+
+async def test_a_bad_image_fails_in_the_gateway_and_a_core_error_fails_its_request_only(image_pair):
+    engine, core = image_pair
+    for chat in (image_chat(b"not an image"), image_chat(png(1), png(2), png(3))):  # broken; over the limit of 2
+        with pytest.raises(InvalidRequest):
+            await engine.submit(GenerateRequest(messages=chat))
+    failing = asyncio.create_task(engine.submit(GenerateRequest(messages=image_chat(png(2)), request_id="x")))
+    (encode,) = await core.commands(1)  # nothing went out for the two bad ones
+    assert isinstance(encode, EncodeImages)
+    neighbour = asyncio.create_task(engine.submit(ids_request("next")))
+    assert [c.request_id for c in await core.commands(1)] == ["next"]
+    core.send(Step([], admitted=["next"], encoded=[Encoded(encode.key, error="tower crashed")]))
+    with pytest.raises(RuntimeError, match="tower crashed"):
+        await failing
+    assert (await neighbour).request_id == "next" and engine.num_open_requests == 1
 
 
 async def test_embedding_rows_ride_on_the_add(vision_pair):

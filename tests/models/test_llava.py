@@ -18,6 +18,7 @@ from seedance.engine.async_engine import AsyncEngine, GenerateRequest
 from seedance.engine.config import EngineConfig
 from seedance.engine.errors import InvalidRequest
 from seedance.engine.image_prompt import ImageInput, for_template
+from seedance.engine.process_engine import ProcessEngine
 from seedance.engine.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -36,11 +37,12 @@ def llava_dir(tmp_path_factory):
     return build_llava(tmp_path_factory.mktemp("llava"))
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def engine(llava_dir):
-    eng = await AsyncEngine.create(EngineConfig(model=str(llava_dir), dtype="float32", num_kv_blocks=64,
-                                                block_size=8, max_num_batched_tokens=24, max_num_seqs=4,
-                                                max_images_per_prompt=4, warmup=False))
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["thread", "process"])
+async def engine(request, llava_dir):
+    """Both engine modes: the vision tower beside the engine thread, or in the engine process (its own thread)."""
+    config = EngineConfig(model=str(llava_dir), dtype="float32", num_kv_blocks=64, block_size=8,
+                          max_num_batched_tokens=24, max_num_seqs=4, max_images_per_prompt=4, warmup=False)
+    eng = await (AsyncEngine if request.param == "thread" else ProcessEngine).create(config)
     yield eng
     await eng.close()
 
@@ -67,7 +69,7 @@ async def ours(engine, messages) -> tuple[list[int], object]:
 
 def reference(engine, hf, messages) -> list[int]:
     model, processor = hf
-    image_id = engine.engine.vision.image_token_id
+    image_id = engine.vision.image_token_id
     ids = []
     for t in engine.tokenizer.apply_chat_template(for_template(messages, True)):
         ids += [t] * 16 if t == image_id else [t]  # the processor's expansion: one token per feature row
@@ -81,7 +83,7 @@ def reference(engine, hf, messages) -> list[int]:
 
 
 async def test_image_chats_equal_transformers_generate(engine, hf):
-    assert engine.engine.takes_images
+    assert engine.takes_images
     for messages in (chat(png(1), "What is in the picture?"),
                      chat("Compare", png(2), "with", png(3), "and tell me."),
                      chat(*[png(10 + i, (32, 32)) for i in range(4)], "Frames of a video: what happens?")):
@@ -123,6 +125,9 @@ async def test_images_are_decoded_and_encoded_on_the_vision_thread(engine):
     tokenizer thread, so they never wait behind an image."""
     import threading
 
+    if isinstance(engine, ProcessEngine):
+        pytest.skip("the process mode's threads: test_process_mode_decodes_here_and_encodes_in_the_core")
+
     import seedance.models.llava as llava
 
     seen: dict[str, list[str]] = {"decode": [], "encode": [], "text": []}
@@ -139,3 +144,24 @@ async def test_images_are_decoded_and_encoded_on_the_vision_thread(engine):
     assert len(seen["decode"]) == 2 and len(seen["encode"]) == 1
     assert all(name.startswith("seedance-vision") for name in seen["decode"] + seen["encode"])
     assert seen["text"] and all(name.startswith("seedance-tokenize") for name in seen["text"][-1:])
+
+
+async def test_process_mode_decodes_here_and_encodes_in_the_core(engine):
+    """--engine process: the gateway decodes and resizes on its vision thread and holds no vision weights; the
+    pixels go to the engine process, whose answer is the same features the thread mode computes here."""
+    import threading
+
+    import seedance.models.llava as llava
+
+    if not isinstance(engine, ProcessEngine):
+        pytest.skip("process mode only")
+    assert not hasattr(engine.vision, "tower")  # an ImageFront: image processor and image token, no weights
+    seen: list[str] = []
+    decode = llava.decode_image
+    llava.decode_image = lambda *a: seen.append(threading.current_thread().name) or decode(*a)
+    try:
+        tokens, final = await ours(engine, chat(png(8), "Describe", png(9)))
+    finally:
+        llava.decode_image = decode
+    assert len(seen) == 2 and all(name.startswith("seedance-vision") for name in seen)
+    assert len(tokens) == N_NEW and final.num_image_tokens == 32

@@ -89,3 +89,19 @@ def test_a_cancelled_id_ends_every_choice_with_one_done():
     (done,) = step(conn, group)  # the unsent token is dropped, the end goes out whatever the credit
     assert (done["type"], done["finish_reason"]) == ("done", "cancelled")
     assert [c["finish_reason"] for c in done["choices"]] == ["cancelled", "cancelled"]
+
+
+def test_the_done_waits_for_choices_still_to_join():
+    """Choice 0 is live before the others are submitted (they join once it has produced): its end alone is not
+    the id's end."""
+    conn = connection()
+    first = WsGeneration("a", RequestStream(None, "ws1:a.0", 4), None, index=0)
+    group = WsChoices("a", [first], pending=1)
+    conn.open("a", group)
+    deliver(group, 0, 11, "A", FinishReason.LENGTH)
+    assert [m["type"] for m in step(conn, group)] == ["chunk"] and not group.finished
+    group.choices.append(WsGeneration("a", RequestStream(None, "ws1:a.1", 4), None, index=1))
+    group.pending = 0
+    deliver(group, 1, 21, "B", FinishReason.LENGTH)
+    *_, done = step(conn, group)
+    assert done["type"] == "done" and [c["index"] for c in done["choices"]] == [0, 1] and group.finished

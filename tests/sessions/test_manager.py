@@ -81,3 +81,15 @@ def test_the_kv_cache_hash_binds_the_model_and_its_encoding_is_the_documented_on
                       kv_cache_hash=kv_cache_hash([1, 2], "other/float32"))
     with pytest.raises(ValueError, match="kv_cache_hash mismatch"):
         forged.verify("m/float32")
+
+
+async def test_a_snapshot_without_the_rows_of_its_history_is_refused_at_restore(engine):
+    """A format-1 snapshot of a turn that had embedding rows (their content ids, not the rows): refused with
+    invalid_request when the session is used, never a turn the engine cannot compute."""
+    store = MemoryStore()
+    tokens = [5, -123, -122, 7]
+    await store.save(Snapshot(session_id="s", turn=1, token_ids=tokens, last_token_id=7,
+                              kv_cache_hash=kv_cache_hash(tokens)))
+    with pytest.raises(SessionError, match="does not hold the embedding rows") as info:
+        await SessionManager(engine, store).get("s")
+    assert info.value.code == "invalid_request" and info.value.status == 400

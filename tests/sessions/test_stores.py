@@ -6,9 +6,20 @@ import subprocess
 import sys
 import textwrap
 
+import msgspec
 import pytest
+import torch
 
-from seedance.sessions.snapshot import Snapshot, Turn, kv_cache_hash
+from seedance.engine.core_protocol import embeds_to_wire
+from seedance.engine.prompt_embeds import PromptEmbeds, assemble_prompt
+from seedance.sessions.snapshot import (
+    SNAPSHOT_VERSION,
+    Snapshot,
+    Turn,
+    decode_snapshot,
+    encode_snapshot,
+    kv_cache_hash,
+)
 from seedance.sessions.store import open_store
 
 
@@ -93,6 +104,60 @@ def test_sqlite_snapshot_survives_kill_9(tmp_path):
     snap = asyncio.run(read())
     assert snap is not None and snap.turn == 5
     snap.verify()
+
+
+def snapshot_with_rows(session_id: str) -> tuple[Snapshot, PromptEmbeds]:
+    """A history of ids, an image's features (bfloat16) and client rows (float32), as a session holds it."""
+    torch.manual_seed(0)
+    ids, embeds = assemble_prompt([[5, 6], ("image", torch.randn(4, 8).to(torch.bfloat16)), [7],
+                                   ("embedding", torch.randn(2, 8)), [9]])
+    snap = make_snapshot(session_id, 1, ids)
+    snap.version, snap.embeds = SNAPSHOT_VERSION, embeds_to_wire(embeds)
+    return snap, embeds
+
+
+async def test_embedding_and_image_rows_survive_the_store(store_url):
+    store = open_store(store_url)
+    try:
+        snap, embeds = snapshot_with_rows("s-rows")
+        await store.save(snap)
+        loaded = await store.load("s-rows")
+    finally:
+        await store.close()
+    loaded.verify()
+    rebuilt = loaded.prompt_embeds()
+    assert [(s.start, s.kind, s.digest) for s in rebuilt.segments] == [(s.start, s.kind, s.digest)
+                                                                     for s in embeds.segments]
+    assert all(torch.equal(a.rows, b.rows) and a.rows.dtype == b.rows.dtype
+               for a, b in zip(rebuilt.segments, embeds.segments, strict=True))
+
+
+def test_rows_that_do_not_match_the_history_are_refused():
+    snap, _ = snapshot_with_rows("s")
+    forged = bytearray(snap.embeds[0].data)
+    forged[0] ^= 1
+    snap.embeds[0].data = bytes(forged)
+    with pytest.raises(ValueError, match="do not match"):
+        snap.prompt_embeds()
+    snap.embeds = []  # the ids without their rows (a format-1 snapshot of an image turn)
+    with pytest.raises(ValueError, match="does not hold the embedding rows"):
+        snap.prompt_embeds()
+
+
+def test_format_1_snapshots_still_load_and_newer_ones_are_refused():
+    """A format-1 snapshot (written before rows were kept: no version, no embeds) decodes, verifies and restores
+    a text history; a snapshot of a format this server does not know is refused, not misread."""
+    old = msgspec.msgpack.encode({"session_id": "s", "turn": 1, "token_ids": [5, 6, 7], "last_token_id": 7,
+                                  "kv_cache_hash": kv_cache_hash([5, 6, 7]), "model_id": "", "timestamp": 1.0,
+                                  "turns": [], "replay": {}})
+    snap = decode_snapshot(old)
+    assert snap.version == 1 and snap.embeds == []
+    snap.verify()
+    assert snap.prompt_embeds() is None
+    newer = decode_snapshot(encode_snapshot(make_snapshot("s", 1, [5, 6])))
+    newer.version = SNAPSHOT_VERSION + 1
+    with pytest.raises(ValueError, match="newer than this server"):
+        newer.verify()
 
 
 def test_unknown_store_url_is_refused():

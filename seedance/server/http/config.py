@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from seedance.engine.config import EngineConfig
+from seedance.protocol.flow import FlowLimits
 
 ENV_PREFIX = "SEEDANCE_"
 # SEEDANCE_* names that are not server settings: read by the client CLI (URL, TOKEN), the benchmarks (WRK) and
@@ -25,8 +26,8 @@ class ServerConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     # Where the engine core runs (docs/server-stack.md): "thread" (a thread of the server process) or "process"
     # (its own process, vLLM v1's EngineCore shape: no GIL shared with the event loop; faster on
-    # docs/benchmarks.md's issue #16 matrix). The default is "thread" because the process mode refuses images
-    # (the vision encoder runs in the thread mode only); text-only deployments should pick "process".
+    # docs/benchmarks.md's issue #16 matrix; images too, the vision tower in the engine process). The default is
+    # "thread": the process mode starts ~2x slower and takes ~45% more memory (docs/server-stack.md).
     engine_mode: str = "thread"
     # Gateway processes sharing the port in front of one engine process (server/workers.py); > 1 implies
     # engine_mode "process" and needs a fixed port.
@@ -58,6 +59,8 @@ class ServerConfig:
     session_store: str | None = None  # None: sqlite://<state_dir>/sessions.db; or sqlite:///path.db, redis://...
     max_sessions: int = 10_000  # in memory; idle ones beyond it are evicted LRU (their snapshots remain)
     session_idle_ttl_s: float = 3600.0  # idle sessions leave memory after this (restored on next use)
+    # embedding rows / image features a session snapshot holds; a history with more is snapshotted without them
+    session_snapshot_embeds_bytes: int = 64 << 20
     resume_grace_s: float = 60.0  # a disconnected client's turn waits this long for a resume, then is cancelled
     detached_buffer_tokens: int = 256  # tokens generated while the client is away before the turn pauses
     # Lifecycle
@@ -136,6 +139,11 @@ class ServerConfig:
 
         return self.session_store or f"sqlite://{state_dir(self.state_dir) / 'sessions.db'}"
 
+    def flow_limits(self) -> FlowLimits:
+        """Both WebSocket endpoints' water marks and heartbeat (protocol/flow.py)."""
+        return FlowLimits(self.send_high_water_bytes, self.send_low_water_bytes, self.slow_consumer_timeout_s,
+                          self.heartbeat_interval_s, self.heartbeat_max_missed)
+
     def validate(self) -> None:
         if self.send_low_water_bytes >= self.send_high_water_bytes:
             raise ValueError("send_low_water_bytes must be below send_high_water_bytes")
@@ -157,7 +165,8 @@ class ServerConfig:
             raise ValueError("trace_sample_rate must be between 0 and 1")
         if self.header_timeout_s <= 0:
             raise ValueError("header_timeout_s must be > 0")
-        for name in ("max_pending_connections_per_ip", "max_open_connections", "fd_reserve"):
+        for name in ("max_pending_connections_per_ip", "max_open_connections", "fd_reserve",
+                     "session_snapshot_embeds_bytes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         self.validate_model()

@@ -53,14 +53,14 @@ class OpenAIFormatter:
 
     def chunk(self, text: str, logprobs: dict | None, finish: str | None, first: bool,
               tool_calls: list[dict] | None = None) -> dict:
-        """tool_calls: the reply's calls, sent whole in the chunk that ends the choice (their text is not sent)."""
+        """tool_calls: tool_calls delta entries (each with its index; tool_call_parser.py), sent instead of text."""
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {"content": text}
             if finish is not None and not text and not first:
                 delta = {}
             if tool_calls is not None:
                 delta = {"role": "assistant", "content": None} if first else {}
-                delta["tool_calls"] = [dict(call, index=i) for i, call in enumerate(tool_calls)]
+                delta["tool_calls"] = tool_calls
             choice = {"index": self.index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
             return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                     "choices": [choice]}

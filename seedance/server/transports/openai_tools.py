@@ -11,11 +11,11 @@ message that lists the functions and this format (docs/openai-compatibility.md "
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 
 from seedance.engine.sampling_params import GuidedDecoding
 from seedance.server.http.http_errors import HttpError
+from seedance.server.transports.tool_call_parser import parse_call
 
 MAX_TOOLS = 64
 
@@ -30,6 +30,10 @@ class ToolChoice:
     def functions(self) -> list[dict]:
         return [t["function"] for t in self.tools]
 
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(f["name"] for f in self.functions)
+
     def call_schema(self) -> dict:
         """The JSON schema a call must match: one of the allowed functions, with its arguments."""
         allowed = [f for f in self.functions if self.mode != "named" or f["name"] == self.name]
@@ -41,9 +45,11 @@ class ToolChoice:
     def guided(self) -> GuidedDecoding:
         schema = self.call_schema()
         if self.mode == "auto":  # a call (compact JSON, like engine/guided.py), or text that does not open with "{"
-            text = json.dumps({**schema, "x-guidance": {"whitespace_flexible": False}}, sort_keys=True)
+            text = json.dumps({**schema, "x-guidance": {"whitespace_flexible": False}})
             return GuidedDecoding("grammar", f"start: call | TEXT\ncall: %json {text}\nTEXT: /[^{{](.|\\n)*/\n")
-        return GuidedDecoding("json_schema", json.dumps(schema, sort_keys=True, separators=(",", ":")))
+        # Not key-sorted: the decoder writes properties in the schema's order, and "name" must come first for a
+        # streamed call to be announced before its arguments (tool_call_parser.py).
+        return GuidedDecoding("json_schema", json.dumps(schema, separators=(",", ":")))
 
     def system_prompt(self) -> str:
         listed = "\n".join(json.dumps(f, separators=(",", ":")) for f in self.functions)
@@ -95,17 +101,12 @@ def parse_tool_choice(body: dict) -> ToolChoice | None:
 
 
 def tool_calls_of(text: str, choice: ToolChoice | None) -> list[dict] | None:
-    """The reply as OpenAI tool_calls, or None when it is plain text."""
-    if choice is None or not text.lstrip().startswith("{"):
+    """The reply as OpenAI tool_calls (arguments as the model wrote them), or None when it is plain text or a
+    call cut short (max_tokens: returned as text, finish_reason "length")."""
+    if choice is None:
         return None
-    try:
-        call = json.loads(text)
-    except ValueError:
-        return None  # cut short (max_tokens): returned as text, finish_reason "length"
-    if not isinstance(call, dict) or call.get("name") not in {f["name"] for f in choice.functions}:
-        return None
-    return [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-             "function": {"name": call["name"], "arguments": json.dumps(call.get("arguments", {}))}}]
+    call = parse_call(text, choice.names)
+    return None if call is None else [call]
 
 
 def assistant_call_text(tool_calls: list) -> str:

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 from seedance.engine.events import FinishReason
 from seedance.server.transports.openai_format import OpenAIFormatter, openai_finish_reason
-from seedance.server.transports.openai_tools import ToolChoice, tool_calls_of
+from seedance.server.transports.openai_tools import ToolChoice
+from seedance.server.transports.tool_call_parser import CallParser, parse_call
 from seedance.serving.generation import END, Generation
 
 
@@ -25,11 +26,13 @@ class SseGeneration(Generation):
     first: bool = field(default=True)
     next_seq: int = 0  # event counter
     tail: bool = True  # end with usage and [DONE]; False for one choice of n, whose handler writes the tail once
-    # Tools: a reply that is a call is held back and sent as tool_calls when it ends; text replies stream.
+    # Tools: a reply that is a call goes out as tool_calls deltas, its arguments as the model writes them
+    # (tool_call_parser.py); text replies stream as text.
     tool_choice: ToolChoice | None = None
     holding: bool | None = None  # None: undecided until the reply's first text
-    held_text: str = ""
-    held_events: list = field(default_factory=list)
+    call: CallParser | None = None
+    called: bool = False  # the reply ended as a complete call: finish_reason "tool_calls"
+    held_events: list = field(default_factory=list)  # the call's events not yet sent (their logprobs)
 
     @property
     def event_prefix(self) -> str:
@@ -51,9 +54,9 @@ class SseGeneration(Generation):
         if final is not None and final.finish_reason is FinishReason.ERROR:
             error = {"error": {"message": "generation failed", "type": "server_error", "code": "internal"}}
             self.emit(texts, self.next_seq, False, sse_event(f"{self.event_prefix}:{self.next_seq}", error))
-        elif text or final is not None or self.first:
+        elif text or calls or final is not None or (self.first and not self.holding):  # a call opens with its own
             finish = openai_finish_reason(final.finish_reason) if final is not None else None
-            finish = "tool_calls" if calls is not None else finish
+            finish = "tool_calls" if self.called else finish
             chunk = fmt.chunk(text, fmt.logprobs(events, self.logprobs_k), finish, self.first, calls)
             self.emit(texts, self.next_seq, False, sse_event(f"{self.event_prefix}:{self.next_seq}", chunk))
             self.next_seq += 1
@@ -72,14 +75,25 @@ class SseGeneration(Generation):
 
     def _hold(self, text: str, events: list, final: bool) -> tuple[str, list, list[dict] | None]:
         """What of this step goes out now when tools are on: text as it comes for a text reply; for a call,
-        nothing until the end, then its tool_calls (or, if it did not parse, its text)."""
+        nothing until its name is known, then tool_calls deltas with the arguments so far. A reply that never
+        became a streamed call goes out at the end: whole as tool_calls if it parses, else as text."""
         if self.holding is None and text:
             self.holding = self.tool_choice.mode != "auto" or text.startswith("{")
+            self.call = CallParser(self.tool_choice.names) if self.holding else None
         if not self.holding:
             return text, events, None
-        self.held_text += text
         self.held_events += events
-        if not final:
-            return "", [], None
-        calls = tool_calls_of(self.held_text, self.tool_choice)
-        return ("" if calls is not None else self.held_text), self.held_events, calls
+        deltas = self.call.feed(text)
+        if not self.call.started:
+            if not final:
+                return "", [], None
+            call = parse_call(self.call.text, self.tool_choice.names)  # the name came last: sent whole
+            self.called = call is not None
+            if self.called:
+                return "", self.held_events, [dict(call, index=0)]
+            return self.call.text, self.held_events, None
+        self.called = final and self.call.complete
+        if not deltas and not final:
+            return "", [], None  # nothing new of the arguments (the call's closing brace): its events wait
+        events, self.held_events = self.held_events, []
+        return "", events, deltas or None

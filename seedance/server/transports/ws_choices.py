@@ -1,7 +1,8 @@
 """A /v1/stream generate with n > 1: its choices, one engine request each, under the client's one id. Chunks carry
 their choice's index and one `seq` counter for the id; one `done` follows the last choice's end
 (protocol/choices.py folds their ends); credit, cancel, pause, resume and priority apply to the id, so to every
-choice (docs/protocol.md, "Choices")."""
+choice (docs/protocol.md, "Choices"). The id is live from choice 0's submit; the other choices join once choice 0
+has produced (ws_commands.py), so the connection reads the client's next message (a cancel) meanwhile."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ class WsChoices:
     owner: object = None  # its connection (a request with choices is no session turn: it never moves)
     next_seq: int = 0  # the id's chunk counter, whichever choice a chunk belongs to
     finished: bool = False  # its done is out
+    pending: int = 0  # choices not yet submitted: the done waits for them too
+    priority: int | None = None  # the id's last priority command, for the choices still to come
 
     @property
     def engine_ids(self) -> tuple[str, ...]:
@@ -43,7 +46,7 @@ class WsChoices:
                 choice.next_seq = self.next_seq
                 choice.write_ready(protocol, texts, frames)
                 self.next_seq = choice.next_seq
-        if not self.finished and all(c.finished for c in self.choices):
+        if not self.finished and not self.pending and all(c.finished for c in self.choices):
             self.finished = True
             ends = [choice_end(i, c.final, c.completion_tokens) for i, c in enumerate(self.choices)]
             texts.append(encode_server_message(choices_done(self.id, ends)))

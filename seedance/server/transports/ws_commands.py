@@ -35,7 +35,7 @@ from seedance.protocol.server_connection import (
     error_message,
 )
 from seedance.server.http.security import WsGuard
-from seedance.server.transports.choices import submit_choices
+from seedance.server.transports.choices import choice_request, watch_first_output
 from seedance.server.transports.realtime import _last_word_start as last_word_start
 from seedance.server.transports.requests import generate_request_from
 from seedance.server.transports.ws_choices import WsChoices, WsRequest
@@ -68,6 +68,7 @@ class WsCommands:
         self._prefills: dict[str, asyncio.Task] = {}  # streaming input being prefilled, by session
         self._prefilled: dict[str, list[int]] = {}  # the prompt each session's last prefill left pinned
         self.prefill_count = 0
+        self._choice_tasks: set[asyncio.Task] = set()  # an n > 1 generate's choices after the first, joining
 
     @property
     def requests(self) -> dict[str, WsRequest]:
@@ -103,6 +104,8 @@ class WsCommands:
                 self.engine.resume(engine_id)
             self.wake.set()
         elif isinstance(command, SetPriority):
+            if isinstance(active, WsChoices):
+                active.priority = command.priority  # for its choices still to come
             for engine_id in active.engine_ids:
                 self.engine.set_priority(engine_id, command.priority)
 
@@ -131,7 +134,8 @@ class WsCommands:
                 if (prefill := self._prefills.pop(session.id, None)) is not None:
                     await asyncio.wait([prefill])  # its KV is this turn's to reuse
                 input_text = await self.sessions.prepare_turn(session, request)
-            streams = await submit_choices(self.engine, request, msg.n)  # n > 1: no session (the protocol's rule)
+            # n > 1 (no session: the protocol's rule): choice 0 now, the others once it has produced
+            stream = await self.engine.submit(request if msg.n == 1 else choice_request(request, 0))
         except (ProtocolError, SessionError) as err:
             self.protocol.refuse(msg.id, err.code, err.message)
             return
@@ -142,18 +146,65 @@ class WsCommands:
             log.exception("generate %s failed to start", msg.id)
             self.protocol.refuse(msg.id, codes.INTERNAL, "the server failed to start this request")
             return
-        gens = [self._generation(msg, stream, None if msg.n == 1 else i) for i, stream in enumerate(streams)]
-        if len(gens) > 1:
-            self.protocol.open(msg.id, WsChoices(msg.id, gens, owner=self), credit=msg.credit)
-            self.wake.set()  # choices that produced before their listener was set must not wait for another event
+        active = self._generation(msg, stream, None if msg.n == 1 else 0)
+        if msg.n > 1:
+            group = WsChoices(msg.id, [active], owner=self, pending=msg.n - 1)
+            self.protocol.open(msg.id, group, credit=msg.credit)
+            task = asyncio.create_task(self._other_choices(group, request, msg, watch_first_output(stream)),
+                                       name="ws-choices")
+            self._choice_tasks.add(task)
+            task.add_done_callback(self._choice_tasks.discard)
+            self.wake.set()  # output that came before the id was open must not wait for another event
             return
-        active = gens[0]
         if session is not None:
             active.session_id, active.session_name, active.input_text = session.id, msg.session, input_text
             active.prompt_token_ids, active.log = list(request.prompt_token_ids), []
             active.on_snapshot = self._snapshot_acker(active)
             self.sessions.begin_turn(session, active)
         self.protocol.open(msg.id, active, credit=msg.credit, binary=msg.binary, session=session is not None)
+
+    async def _other_choices(self, group: WsChoices, request: GenerateRequest, msg: Generate,
+                             started: asyncio.Event) -> None:
+        """Choices 1 to n-1, submitted once choice 0 has produced, when the prompt's full KV blocks are in the
+        prefix cache for them to share (choices.py); meanwhile the connection reads on, so a cancel or any other
+        message right after the generate is answered at once. A late choice takes on the id's state: cancelled,
+        paused, its priority. One that cannot start fails the id (error, then done)."""
+        try:
+            await started.wait()
+            group.choices[0].stream.listener = self.wake.set
+            for i in range(1, msg.n):
+                if self.requests.get(msg.id) is not group:  # its connection is gone: nobody reads it
+                    return
+                choice = choice_request(request, i)
+                if group.priority is not None:
+                    choice.priority = group.priority
+                stream = await self.engine.submit(choice)
+                if self.requests.get(msg.id) is not group:  # its connection is gone: nobody reads it
+                    stream.cancel()
+                    return
+                cancelled = group.cancelled
+                gen = self._generation(msg, stream, i)
+                gen.cancelled = cancelled
+                group.choices.append(gen)
+                group.pending -= 1
+                flow = self.protocol.flows.get(msg.id)
+                if cancelled:
+                    self.engine.cancel(stream.request_id)
+                elif flow is not None and (flow.paused_for_credit or
+                                           (flow.credit is None and self.protocol.backpressure.paused)):
+                    self.engine.pause(stream.request_id)
+        except Exception as err:  # EngineError (overloaded, ...) or a fault of ours: this id fails, nothing else
+            if not isinstance(err, EngineError):
+                log.exception("generate %s: a choice failed to start", msg.id)
+            if self.requests.get(msg.id) is group:
+                code, text = (err.code, str(err)) if isinstance(err, EngineError) else (
+                    codes.INTERNAL, "the server failed to start this request's choices")
+                self.protocol.error(msg.id, code, text)
+                group.cancelled, group.pending = True, 0
+                for engine_id in group.engine_ids:
+                    self.engine.cancel(engine_id)
+        finally:
+            self.wake.set()
 
     def _generation(self, msg: Generate, stream: RequestStream, index: int | None) -> WsGeneration:
         """One engine request's output side on this connection (a choice's when index is set)."""
