@@ -208,3 +208,18 @@ def test_n_choices_of_a_one_token_request_answer(process_server):
         reply = httpx.post(f"{process_server.http}/v1/chat/completions", json=body, timeout=20)
         assert reply.status_code == 200, reply.text
         assert [c["index"] for c in reply.json()["choices"]] == [0, 1]
+
+
+async def test_concurrent_turns_of_one_session_on_two_websockets_fail_one_request_not_the_server(process_server):
+    """The same race on /v1/stream: two connections' turns of one session; the second to begin is refused
+    (`error` with the session's code, then `done`), never `internal`, and both connections go on."""
+    long = {"type": "generate", "session": "two-sockets", "prompt": "Amen", "max_tokens": 3}
+    async with connect(process_server.ws) as a, connect(process_server.ws) as b:
+        for round_ in range(5):
+            await asyncio.gather(a.send(json.dumps({**long, "id": f"a{round_}"})),
+                                 b.send(json.dumps({**long, "id": f"b{round_}"})))
+            codes = []
+            for ws, rid in ((a, f"a{round_}"), (b, f"b{round_}")):
+                messages = await until(ws, lambda m, rid=rid: m["type"] == "done" and m["id"] == rid)
+                codes += [m["code"] for m in messages if m["type"] == "error"]
+            assert "internal" not in codes and len(codes) <= 1, codes

@@ -315,7 +315,12 @@ class RealtimeSocket:
         if session is not None:
             gen.session_id, gen.session_name, gen.input_text = session.id, self.session_key, input_text
             gen.prompt_token_ids = list(request.prompt_token_ids)
-            self.sessions.begin_turn(session, gen)
+            try:  # another connection's turn of the session began while this one was submitted
+                self.sessions.begin_turn(session, gen)
+            except SessionError as err:
+                stream.cancel()
+                self.protocol.response_failed_to_start(command.response_id, err.code, err.message)
+                return
         gen.owner = self
         if self.obs is not None:
             gen.obs = self.obs.request("realtime", stream.request_id, self.session_key if session else None,

@@ -160,7 +160,12 @@ class WsCommands:
             active.session_id, active.session_name, active.input_text = session.id, msg.session, input_text
             active.prompt_token_ids, active.log = list(request.prompt_token_ids), []
             active.on_snapshot = self._snapshot_acker(active)
-            self.sessions.begin_turn(session, active)
+            try:  # another turn of the session began while this one was submitted (another connection's)
+                self.sessions.begin_turn(session, active)
+            except SessionError as err:
+                stream.cancel()
+                self.protocol.refuse(msg.id, err.code, err.message)
+                return
         self.protocol.open(msg.id, active, credit=msg.credit, binary=msg.binary, session=session is not None)
 
     async def _other_choices(self, group: WsChoices, request: GenerateRequest, msg: Generate,
