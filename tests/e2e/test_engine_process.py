@@ -223,3 +223,24 @@ async def test_concurrent_turns_of_one_session_on_two_websockets_fail_one_reques
                 messages = await until(ws, lambda m, rid=rid: m["type"] == "done" and m["id"] == rid)
                 codes += [m["code"] for m in messages if m["type"] == "error"]
             assert "internal" not in codes and len(codes) <= 1, codes
+
+
+async def test_concurrent_responses_of_one_realtime_session_fail_one_response_not_internal(process_server):
+    """Two /v1/realtime connections on one session asking for a response at once: the second to begin fails to
+    start (`error` with the session's code, then `response.done` failed), never `internal`."""
+    url = process_server.ws.replace("/v1/stream", "/v1/realtime") + "?session=two-realtime"
+    async with connect(url) as a, connect(url) as b:
+        for round_ in range(5):
+            item = {"type": "conversation.item.create", "item": {
+                "type": "message", "role": "user", "content": [{"type": "input_text", "text": f"Amen {round_}"}]}}
+            create = {"type": "response.create", "response": {"max_output_tokens": 3}}
+            await asyncio.gather(*(ws.send(json.dumps(m)) for ws in (a, b) for m in (item, create)))
+            codes = []
+            for ws in (a, b):
+                while True:
+                    event = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                    if event["type"] == "error":
+                        codes.append(event["error"]["code"])
+                    if event["type"] == "response.done":
+                        break
+            assert "internal" not in codes, codes
