@@ -492,6 +492,8 @@ def bench_fuzz(
     any defect."""
     from seedance.bench.fuzz import run_fuzz_bench
 
+    if bad := [kv for kv in server_setting or [] if "=" not in kv]:
+        raise typer.BadParameter(f"{bad[0]!r}: expected NAME=VALUE", param_hint="--set")
     overrides = dict(kv.split("=", 1) for kv in server_setting or [])
     report = run_fuzz_bench(url, output, ws_messages=ws_messages, binary_frames=binary_frames,
                             http_bodies=http_bodies, realtime_events=realtime_events, seed=seed,
