@@ -70,6 +70,9 @@ def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device)
 class TorchModelRunner:
     def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
         set_engine_threads(config)
+        self.small_threads = torch.get_num_threads()
+        self.large_threads = config.large_step_threads or self.small_threads
+        self.large_step_tokens = config.large_step_tokens
         self.model = loaded.model
         self.device = torch.device(config.device)
         self.dtype = loaded.model.norm.weight.dtype  # the KV cache matches the model (quantized ones too)
@@ -99,6 +102,11 @@ class TorchModelRunner:
 
     @torch.inference_mode()
     def execute(self, chunks: list[ScheduledChunk]) -> list[tuple[ScheduledChunk, SampledToken]]:
+        if self.large_threads != self.small_threads:
+            large = sum(c.num_tokens for c in chunks) >= self.large_step_tokens
+            want = self.large_threads if large else self.small_threads
+            if torch.get_num_threads() != want:
+                torch.set_num_threads(want)
         batch = self.prepare(chunks)
         hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta, batch.embeds)
         if not batch.sampling:
