@@ -72,7 +72,8 @@ class TorchModelRunner:
         set_engine_threads(config)
         self.small_threads = torch.get_num_threads()
         self.large_threads = config.large_step_threads or self.small_threads
-        self.large_step_tokens = config.large_step_tokens
+        weights = sum(t.numel() for t in (*loaded.model.parameters(), *loaded.model.buffers()))  # quantized: buffers
+        self.large_step_tokens = max(1, -(-config.large_step_work // max(1, weights)))
         self.model = loaded.model
         self.device = torch.device(config.device)
         self.dtype = loaded.model.norm.weight.dtype  # the KV cache matches the model (quantized ones too)

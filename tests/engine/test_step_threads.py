@@ -30,10 +30,11 @@ def test_large_steps_get_more_threads_and_the_same_tokens():
     saved = torch.get_num_threads()
     try:
         plain, plain_threads = run(EngineConfig(threads=1, warmup=False))
-        adaptive, threads = run(EngineConfig(threads=1, large_step_threads=2, large_step_tokens=8, warmup=False))
+        adaptive, threads = run(EngineConfig(threads=1, large_step_threads=2, large_step_work=8 * 5_500_000,
+                                    warmup=False))
     finally:
         torch.set_num_threads(saved)
     assert set(plain_threads) == {1}
     assert threads[0] == 2  # the two prompts' prefill: 70 tokens
-    assert threads[-1] == 1  # the last decodes: 2 tokens a step
+    assert threads[-1] == 1  # the last decodes: 2 tokens a step, under 8 x the built-in model's 5.5M weights
     assert adaptive == plain and len(plain) == 12
