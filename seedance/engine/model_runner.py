@@ -161,8 +161,9 @@ class TorchModelRunner:
                 table[i, : len(row)] = row
             ar = np.arange(max_len)
             meta.decode_slots = torch.from_numpy(table[:, ar // bs] * bs + ar % bs).to(self.device)
-            mask = np.where(ar[None, :] >= ctx_lens[:, None], np.float32(-np.inf), np.float32(0))
-            meta.decode_mask = torch.from_numpy(mask[:, None, None, :]).to(device=self.device, dtype=self.dtype)
+            if ctx_lens.min() < max_len:  # padding to mask; with equal lengths (one stream, say) no mask at all
+                mask = np.where(ar[None, :] >= ctx_lens[:, None], np.float32(-np.inf), np.float32(0))
+                meta.decode_mask = torch.from_numpy(mask[:, None, None, :]).to(device=self.device, dtype=self.dtype)
 
         dev = self.device
         input_t = torch.from_numpy(np.concatenate(ids_parts)).to(dev)
