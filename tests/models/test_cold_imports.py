@@ -1,4 +1,4 @@
-"""Start-up imports only what serving needs: each module below cost the cold start 0.75-1.8 s when it crept in
+"""Start-up imports only what serving needs: each module below cost the cold start 0.05-1.8 s when it crept in
 (docs/benchmarks.md, "Cold start"). Checked in a fresh interpreter, since the test process imports them anyway."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("transformers", "sympy", "torch._dynamo", "torch.fx.experimental.symbolic_shapes")
+HEAVY = ("transformers", "sympy", "torch._dynamo", "torch.fx.experimental.symbolic_shapes",
+         "opentelemetry.sdk.trace")  # the last: tracing is off by default
 
 PROGRAM = """
 import json, sys
