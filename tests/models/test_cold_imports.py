@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 HEAVY = ("transformers", "sympy", "torch._dynamo", "torch.fx.experimental.symbolic_shapes",
-         "opentelemetry.sdk.trace")  # the last: tracing is off by default
+         "opentelemetry.sdk.trace", "jwt")  # the last two: tracing is off and JWT unset by default
 
 PROGRAM = """
 import json, sys
