@@ -8,6 +8,7 @@ OUT=${OUT:-bench/results/peers-window}
 UNTIL=${UNTIL:-16:43}
 PY=${PY:-python}
 BASE=${BASE:-/tmp/before}
+ROOT=$(pwd)
 mkdir -p "$OUT"
 (while sleep 10; do echo "$(date -u +%T) $(cut -d' ' -f1-3 /proc/loadavg) $(ps -eo pcpu,args --sort=-pcpu --no-headers \
     | head -3 | cut -c1-90 | tr '\n' '|')"; done > "$OUT/load.log") &
@@ -16,8 +17,9 @@ trap 'kill $LOADLOG' EXIT
 run() { echo "== $(date -u +%T) load $(cut -d' ' -f1-3 /proc/loadavg): $*"; "$@"; }
 # before (main, unpacked with `git archive <commit> | tar -x -C $BASE`) and after, alternating
 for i in 1 2; do
-  run env PYTHONPATH="$BASE" $PY -m seedance.cli bench cold-start --runs 3 --output "$OUT/cold-start-before-$i.json" \
-      --plot "$OUT/cold-start-before-$i.png"
+  # from inside $BASE: `python -m` puts the working directory ahead of PYTHONPATH
+  (cd "$BASE" && run env PYTHONPATH="$BASE" $PY -m seedance.cli bench cold-start --runs 3 \
+      --output "$ROOT/$OUT/cold-start-before-$i.json" --plot "$ROOT/$OUT/cold-start-before-$i.png")
   run $PY -m seedance.cli bench cold-start --runs 3 --output "$OUT/cold-start-after-$i.json" \
       --plot "$OUT/cold-start-after-$i.png"
 done
