@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 HEAVY = ("transformers", "sympy", "torch._dynamo", "torch.fx.experimental.symbolic_shapes",
-         "opentelemetry.sdk.trace", "jwt")  # the last two: tracing is off and JWT unset by default
+         "opentelemetry.sdk.trace", "jwt", "rich")  # tracing is off, JWT unset, serve prints no rich output
 
 PROGRAM = """
 import json, sys
-import seedance.server.app
+import seedance.cli, seedance.server.app
 from seedance.engine.config import EngineConfig
 from seedance.engine.llm_engine import LLMEngine
 engine = LLMEngine.from_config(EngineConfig(warmup=True))
