@@ -5,7 +5,7 @@
 # after $UNTIL (UTC). Run from the repository root: PYTHONPATH=$PWD BASE=/tmp/before bench/issue14_window.sh
 set -uo pipefail
 OUT=${OUT:-bench/results/peers-window}
-UNTIL=${UNTIL:-16:43}
+UNTIL=${UNTIL:-16:41}
 PY=${PY:-python}
 BASE=${BASE:-/tmp/before}
 ROOT=$(pwd)
