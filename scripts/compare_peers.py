@@ -42,10 +42,15 @@ def runs(peers: Path) -> dict[str, dict]:
         "llama-f32": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-f32.gguf")]},
         "vllm-f32": {"cmd": [*vllm_cmd, "--dtype", "float32"], "env": vllm_env, "ready_s": 900},
         "llama-q4_1": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-q4_1.gguf")]},
-        "llama-q8_0": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-q8_0.gguf")]},
+        "llama-q8_0": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-q8_0.gguf")], "levels": "1,8"},
         "tiny-seedance": {"cmd": seedance, "env": {"PYTHONPATH": str(ROOT)}, **tiny},
         "tiny-llama": {"cmd": [str(llama), "--host", "127.0.0.1", "--port", "{port}", "-np", "1", "-t", "2",
                                "-m", str(m / "seedance-tiny-f32.gguf")], **tiny},
+        "seedance-f32-large2": {"cmd": [*seedance, "--model", str(hf32), "--dtype", "float32"],
+                                "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2"}},
+        "tiny-seedance-process": {"cmd": [*seedance, "--engine", "process"], "env": {"PYTHONPATH": str(ROOT)}, **tiny},
+        "tiny-seedance-2threads": {"cmd": seedance, "env": {"PYTHONPATH": str(ROOT), "SEEDANCE_THREADS": "2"},
+                                   **tiny},
         "seedance-f32-2threads": {"cmd": [*seedance, "--model", str(hf32), "--dtype", "float32"],
                                   "env": {**sd_env, "SEEDANCE_THREADS": "2"}, "levels": "1,64"},
         # the quantized kernels run at a few tokens/s here (docs/benchmarks.md): single stream only
@@ -130,11 +135,16 @@ def main() -> None:
     parser.add_argument("--peers", type=Path, default=Path("/work/peers"))
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/peers")
     parser.add_argument("--only", help="comma list of run names (default: all, in order)")
+    parser.add_argument("--until", help="HH:MM (UTC): start no run after this time (a quiet window's end)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     table = runs(args.peers)
     names = args.only.split(",") if args.only else list(table)
     for name in names:
+        if args.until and time.strftime("%H:%M", time.gmtime()) >= args.until:
+            print(f"{name}: not started (past {args.until} UTC)", flush=True)
+            continue
+        print(f"{name}: start {time.strftime('%H:%M:%S', time.gmtime())} UTC, load {os.getloadavg()}", flush=True)
         run_one(name, table[name], args.out, args.peers)
 
 

@@ -14,6 +14,7 @@ LEVELS = (1, 8, 32, 64)
 
 def main(folder: Path) -> None:
     reports = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+    reports = {name: rep for name, rep in reports.items() if "results" in rep}  # not the cold-start reports
 
     def cell(name: str, c: int, fmt) -> str:
         rows = [r for r in reports.get(name, {}).get("results", []) if r["concurrency"] == c]

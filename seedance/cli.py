@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import sys
 import time
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from seedance.paths import results_dir
 
@@ -21,7 +20,22 @@ bench_app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 models_app = typer.Typer(help="Models one command away (docs/model.md).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-console = Console(stderr=True)
+
+
+@functools.cache
+def _console():
+    """rich's Console, made on first use: `seedance serve` prints nothing through it (~40 ms of its start-up)."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
 # Benchmarks write here unless told otherwise: outside the source tree, so a run never overwrites the committed
 # results and figures (seedance/paths.py; SEEDANCE_STATE_DIR or XDG_STATE_HOME move it). "" skips a file.
 RESULTS = str(results_dir())
@@ -203,7 +217,7 @@ def models_pull(name: Annotated[str, typer.Argument(help="a known model: smollm2
     from seedance.models.registry import PullError, pull
 
     try:
-        path = pull(name, log=lambda line: console.print(f"[dim]{line}[/dim]"))
+        path = pull(name, log=lambda line: _console().print(f"[dim]{line}[/dim]"))
     except (PullError, OSError) as err:
         print(f"seedance models pull: {err}", file=sys.stderr)
         raise typer.Exit(1) from None
@@ -262,7 +276,7 @@ def generate(
         if model is not None:
             raise typer.BadParameter("--model picks the model this process loads; with --url the server's is used")
         raise typer.Exit(_stream_from_server(url, token, prompt, params))
-    console.print("[dim]loading the model in this process (no server); --url ws://HOST:PORT/v1/stream streams "
+    _console().print("[dim]loading the model in this process (no server); --url ws://HOST:PORT/v1/stream streams "
                   "from a running one[/dim]")
     from seedance.engine.async_engine import AsyncEngine, GenerateRequest
     from seedance.engine.config import EngineConfig
@@ -289,7 +303,7 @@ def generate(
         end = time.perf_counter()
         sys.stdout.write("\n")
         decode = (end - first) / max(1, count - 1) if first else 0.0
-        console.print(
+        _console().print(
             f"[dim]{count} tokens, finish={reason}, load {loaded - t0:.2f}s, "
             f"TTFT {(first or end) - loaded:.3f}s, {1 / decode if decode else 0:.0f} tok/s[/dim]"
         )
@@ -312,10 +326,10 @@ def _stream_from_server(url: str, token: str | None, prompt: str, params: dict, 
                     sys.stdout.write(chunk.text)
                     sys.stdout.flush()
                 sys.stdout.write("\n")
-                console.print(f"[dim]{stream.done.usage['completion_tokens']} tokens, "
+                _console().print(f"[dim]{stream.done.usage['completion_tokens']} tokens, "
                               f"finish={stream.done.finish_reason}[/dim]")
         except (SeedanceError, OSError) as err:
-            console.print(f"[red]error:[/red] {escape(str(err))}")
+            _console().print(f"[red]error:[/red] {escape(str(err))}")
             return 1
         return 0
 
@@ -364,10 +378,10 @@ def chat(
     try:
         c = SyncSeedanceClient(url, token=token)
     except (SeedanceError, OSError) as err:
-        console.print(f"[red]error:[/red] {escape(str(err))}")
+        _console().print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(1) from None
     with c:
-        console.print(f"[dim]session {session_id}; empty line, Ctrl-D or Ctrl-C to quit[/dim]")
+        _console().print(f"[dim]session {session_id}; empty line, Ctrl-D or Ctrl-C to quit[/dim]")
         while True:
             try:
                 line = _read_line("> ")
@@ -381,16 +395,16 @@ def chat(
                     sys.stdout.write(chunk.text)
                     sys.stdout.flush()
             except KeyboardInterrupt:
-                console.print("\n[dim](stopped)[/dim]")
+                _console().print("\n[dim](stopped)[/dim]")
                 continue
             except SeedanceError as err:
-                console.print(f"[red]error:[/red] {escape(str(err))}")
+                _console().print(f"[red]error:[/red] {escape(str(err))}")
                 continue
             sys.stdout.write("\n")
             done = c.last_done
             if done is not None:
                 reuse = done.kv_reuse
-                console.print(f"[dim]{done.usage['completion_tokens']} tokens"
+                _console().print(f"[dim]{done.usage['completion_tokens']} tokens"
                               + (f", KV reused {reuse:.0%}" if reuse is not None else "") + "[/dim]")
 
 
@@ -499,7 +513,7 @@ def bench_fuzz(
                             http_bodies=http_bodies, realtime_events=realtime_events, seed=seed,
                             ws_connections=ws_connections, http_concurrency=http_concurrency,
                             hang_timeout_s=hang_timeout, server_settings={"engine_mode": engine, **overrides})
-    console.print_json(data={"defects": report.defects, "canary_quiet": report.quiet, "canary_loaded": report.loaded,
+    _console().print_json(data={"defects": report.defects, "canary_quiet": report.quiet, "canary_loaded": report.loaded,
                              "duration_s": report.duration_s})
     if any(report.defects.values()):
         raise typer.Exit(1)
@@ -513,7 +527,7 @@ def bench_slowloris(
     """One address holds many connections with unfinished headers; is /healthz still answered for others?"""
     from seedance.bench.slowloris import run_slowloris_bench
 
-    console.print_json(data=run_slowloris_bench(connections, {"header_timeout_s": header_timeout}))
+    _console().print_json(data=run_slowloris_bench(connections, {"header_timeout_s": header_timeout}))
 
 
 @bench_app.command("cold-start")
@@ -539,7 +553,7 @@ def bench_cold_start(
     if runs < 1:
         raise typer.BadParameter("--runs must be >= 1")
     modes = (True, False) if compare_warmup else (not no_warmup,)
-    render(console, run_cold_start_bench(runs, backend, modes, rate, max_tokens, output, plot, console=console))
+    render(_console(), run_cold_start_bench(runs, backend, modes, rate, max_tokens, output, plot, console=_console()))
 
 
 @bench_app.command("workloads")
@@ -568,7 +582,7 @@ def bench_workloads(
         chosen, names = parse_workloads(workloads, requests, rate), parse_configs(configs)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
-    run_workloads_bench(chosen, names, deadline, output, plots, seed, console=console, retries=retries)
+    run_workloads_bench(chosen, names, deadline, output, plots, seed, console=_console(), retries=retries)
 
 
 @bench_app.command("serving")
@@ -611,7 +625,7 @@ def bench_serving(
                              max_tokens, dataset, tokenizer, endpoint, model, ignore_eos, slo, warmup, seed,
                              server_pid, server_port, label, output, plots, compare or [])
     try:
-        run_serving(options, console)
+        run_serving(options, _console())
     except BadOption as err:
         raise typer.BadParameter(str(err)) from None
 

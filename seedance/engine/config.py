@@ -53,6 +53,12 @@ class EngineConfig:
     max_pinned_kv_fraction: float = 0.5  # share of the KV pool idle sessions may pin for their next turn
     seed: int = 0  # seeds unseeded sampling, so a whole run is reproducible
     threads: int | None = None  # torch intra-op threads; None on CPU: all cores but one (model_runner.default_threads)
+    # A large step, one whose tokens x the model's weights reach large_step_work, runs on large_step_threads torch
+    # threads (None: `threads` for every step). Its matmuls split well over cores; a small step's ~250 tiny ops only
+    # pay the threads' hand-offs, and an idle core is what the event loop needs meanwhile. The default 64M: every
+    # step of a 135M-weight model, steps of 12 or more tokens of the built-in 5.5M one.
+    large_step_threads: int | None = None
+    large_step_work: int = 64_000_000
     # One dummy request (a short prefill + a few decodes) through the runner at start, so the first user request
     # does not pay first-call costs (allocator growth, kernel selection, lazy imports).
     warmup: bool = True

@@ -80,9 +80,10 @@ class LLMEngine:
             times = {"config_loaded": start, "weights_loaded": start, "tokenizer_loaded": time.time_ns()}
             engine = cls(config, runner, tokenizer, max_len)
         else:
-            from seedance.engine.model_runner import TorchModelRunner
+            from seedance.engine.model_runner import TorchModelRunner, set_engine_threads
             from seedance.models.loader import load_model
 
+            set_engine_threads(config)
             loaded = load_model(config.model, config.device, config.dtype, config.max_model_len, config.quantize)
             times = dict(loaded.timings)
             engine = cls(config, TorchModelRunner(loaded, config), loaded.tokenizer, loaded.max_model_len)

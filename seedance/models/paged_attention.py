@@ -27,7 +27,7 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # [T] cache slot for every token of the step
     num_decode_tokens: int = 0  # the first num_decode_tokens tokens are single-query decodes
     decode_slots: torch.Tensor | None = None  # [B, Lmax] context slots per decode sequence
-    decode_mask: torch.Tensor | None = None  # [B, 1, 1, Lmax] additive: 0 for real context, -inf for padding
+    decode_mask: torch.Tensor | None = None  # [B, 1, 1, Lmax] additive: 0 for context, -inf for padding; None: none
     prefills: list[PrefillChunk] = field(default_factory=list)
 
 

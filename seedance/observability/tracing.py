@@ -9,46 +9,15 @@ every error, every request slower than `trace_slow_ms`, and a `trace_sample_rate
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import threading
-from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SimpleSpanProcessor,
-    SpanExporter,
-    SpanExportResult,
-)
-from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
+if TYPE_CHECKING:  # opentelemetry is imported where a span is made: tracing is off by default (~60 ms of start-up)
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger(__name__)
-
-
-class JsonLinesSpanExporter(SpanExporter):
-    """One span per line as OpenTelemetry's JSON (ReadableSpan.to_json), appended to a file."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in shutdown)
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        lines = "".join(json.dumps(json.loads(s.to_json(indent=None)), separators=(",", ":")) + "\n"
-                        for s in spans)
-        with self._lock:
-            self._fh.write(lines)
-            self._fh.flush()
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        with self._lock:
-            self._fh.close()
 
 
 def make_provider(kind: str, file: str = "seedance-traces.jsonl", otlp_endpoint: str | None = None,
@@ -56,6 +25,12 @@ def make_provider(kind: str, file: str = "seedance-traces.jsonl", otlp_endpoint:
     """A TracerProvider of its own (not the global one) for `tracing` = console | file | otlp; None for off."""
     if kind == "off":
         return None
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+
+    from seedance.observability.span_file import JsonLinesSpanExporter
+
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     if kind == "console":
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
@@ -128,6 +103,8 @@ class RequestTracer:
             self.dropped += 1
             return False
         self.kept += 1
+        from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
+
         attrs = {"seedance.request_id": t.request_id, "seedance.transport": t.transport,
                  "seedance.prompt_tokens": t.prompt_tokens, "seedance.completion_tokens": t.completion_tokens,
                  "seedance.cached_tokens": t.cached_tokens, "seedance.finish_reason": t.finish_reason or "",
@@ -215,6 +192,8 @@ class ColdStart:
         if self.exported or self.provider is None or "process_start" not in self.marks:
             return
         self.exported = True
+        from opentelemetry.trace import set_span_in_context
+
         tracer = self.provider.get_tracer("seedance")
         m = self.marks
         end = max(m.values())

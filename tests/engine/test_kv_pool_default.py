@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import psutil
 import pytest
+import torch
 import typer
 
 from seedance.cli import parse_bytes
 from seedance.engine.config import EngineConfig, default_kv_cache_bytes
-from seedance.engine.model_runner import TorchModelRunner
+from seedance.engine.model_runner import TorchModelRunner, lazy_zeros
 from seedance.models.loader import load_model
 
 
@@ -38,3 +40,13 @@ def test_memory_sizes_parse(text, value):
 def test_bad_memory_sizes_are_refused(text):
     with pytest.raises(typer.BadParameter):
         parse_bytes(text)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_pool_is_zeros_that_cost_no_memory_until_written(dtype):
+    rss = psutil.Process().memory_info().rss
+    pool = lazy_zeros((2**20, 4, 32), dtype, torch.device("cpu"))  # 512 / 256 MiB
+    assert pool.shape == (2**20, 4, 32) and pool.dtype == dtype and pool.is_contiguous()
+    assert psutil.Process().memory_info().rss - rss < 64 * 2**20  # not touched: no resident pages yet
+    pool.index_copy_(0, torch.tensor([5, 2**20 - 1]), torch.ones(2, 4, 32, dtype=dtype))
+    assert pool.count_nonzero() == 2 * 4 * 32 and pool[5].eq(1).all() and pool[:5].eq(0).all()

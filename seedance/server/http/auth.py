@@ -24,11 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
 from seedance.protocol.scopes import ALL_SCOPES
+
+# jwt and cryptography (~50 ms of start-up) are imported by the JWT verifier, which only a server with --jwt-* builds.
 
 # ---------------------------------------------------------------------------------------------- scopes
 # Which scopes a message or a generation needs is the protocol's rule: seedance/protocol/scopes.py.
@@ -102,6 +100,8 @@ class AuthError(Exception):
 
 
 def _algorithm_for_key(key: Any) -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < 2048:
             raise ValueError(f"RSA key of {key.key_size} bits: at least 2048 are required")
@@ -144,6 +144,8 @@ class JwtVerifier:
                 raise ValueError("jwt_secret must be at least 32 bytes (256 bits) for HS256")
             self.keys[None] = _Key(raw, "HS256")
         elif public_key_file:
+            from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
             try:
                 key = load_pem_public_key(Path(public_key_file).read_bytes())
             except (OSError, ValueError) as err:
@@ -157,6 +159,8 @@ class JwtVerifier:
         return sorted({k.algorithm for k in self.keys.values()})
 
     def _load_jwks(self) -> None:
+        import jwt
+
         assert self.jwks_file is not None
         try:
             data = json.loads(Path(self.jwks_file).read_text())
@@ -210,6 +214,8 @@ class JwtVerifier:
             raise AuthError("malformed token") from None
 
     def _verify(self, token: str) -> Principal:
+        import jwt
+
         if not token:
             raise AuthError("no token", "invalid_request")
         if len(token) > MAX_TOKEN_BYTES:
