@@ -124,6 +124,8 @@ def serve(
                                       "docs/server-stack.md) (default: thread)", "--engine")] = None,
     workers: Annotated[Int, _opt("N", "gateway processes sharing the port in front of one engine process "
                                       "(docs/server-stack.md) (default: 1)")] = None,
+    ws_stack: Annotated[S, _opt("STACK", "/v1/stream's WebSocket stack on the one port: picows or aiohttp "
+                                         "(docs/server-stack.md) (default: picows)", "--ws-stack")] = None,
 ) -> None:
     """Start the server (WebSocket /v1/stream, OpenAI-compatible SSE, HTTP polling)."""
     import gc
@@ -152,7 +154,8 @@ def serve(
         cfg = ServerConfig.load(config, host=host, port=port, model=model, device=device, dtype=dtype,
                                 model_name=model_name, keepalive=keepalive, session_store=session_store,
                                 state_dir=state_dir, engine_mode=engine, workers=workers,
-                                quantize=quantize, kv_cache_bytes=kv_bytes, **security, **observability)
+                                ws_stack=ws_stack, quantize=quantize, kv_cache_bytes=kv_bytes, **security,
+                                **observability)
         preflight(cfg)  # refuses unsafe settings and unreadable keys/certificates before binding
     except (ValueError, typer.BadParameter) as err:
         print(f"seedance serve: {err}", file=sys.stderr)
