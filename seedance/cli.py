@@ -450,6 +450,8 @@ def bench_transports(
     server_path: Annotated[str | None, typer.Option(help="run the server from this source tree (e.g. an older "
                                                          "commit's `git archive`) for a before/after")] = None,
     workers: Annotated[int | None, typer.Option(help="the server's --workers (gateway processes)")] = None,
+    ws_stack: Annotated[str | None, typer.Option("--ws-stack", help="the server's /v1/stream stack: picows or "
+                                                 "aiohttp (default: the server's own)")] = None,
     source_addresses: Annotated[int, typer.Option(help="clients connect from this many loopback addresses "
                                                   "(127.0.0.1, .2, ...): --workers routes by address")] = 1,
     engine_alone: Annotated[bool, typer.Option("--engine-alone", help="--backend model: then the same closed loop "
@@ -470,7 +472,8 @@ def bench_transports(
                          plots, ramp=_seconds(ramp),
                          wrk_transports=tuple(t.strip() for t in wrk_transports.split(",") if t.strip()),
                          baseline=baseline, engine_mode=engine, server_path=server_path,
-                         with_engine_alone=engine_alone, workers=workers, source_addresses=source_addresses)
+                         with_engine_alone=engine_alone, workers=workers, source_addresses=source_addresses,
+                         ws_stack=ws_stack)
 
 
 @bench_app.command("fuzz")

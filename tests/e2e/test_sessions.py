@@ -77,8 +77,8 @@ async def test_three_turn_chat_reuses_at_least_80_percent_of_prior_kv(server_fac
         prior = usage["prompt_tokens"] + usage["completion_tokens"]
 
 
-async def test_abrupt_drop_mid_stream_then_resume_gives_the_uninterrupted_text(server_factory, store_url):
-    srv = server_factory(session_store=store_url, detached_buffer_tokens=8)
+async def test_abrupt_drop_mid_stream_then_resume_gives_the_uninterrupted_text(server_factory, store_url, ws_stack):
+    srv = server_factory(session_store=store_url, detached_buffer_tokens=8, ws_stack=ws_stack)
     reference = (await chat(srv.ws, "uninterrupted", TURNS[:1], SAMPLED))[0]
 
     ws = await connect(srv.ws)
