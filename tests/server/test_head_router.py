@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from seedance.server.http.head_router import MAX_HEAD_BYTES, route_head
+from seedance.server.http.head_router import MAX_HEAD_BYTES, for_picows, route_head
 
 KEY = "MDEyMzQ1Njc4OWFiY2RlZg=="  # base64 of 16 bytes
 
@@ -53,6 +53,16 @@ def test_an_unfinished_head_waits_but_never_past_the_bound():
     upgrade(extra=" folded continuation\r\n"),
     upgrade(extra="no colon here\r\n"),
     upgrade(extra="Bad Name : x\r\n"),
+    upgrade(extra="X-Ctl: a\x01b\r\n"),
+    upgrade(extra="".join(f"X-{i}: a\r\n" for i in range(130))),
 ])
 def test_anything_odd_goes_to_aiohttp(head):
     assert route_head(head) is False
+
+
+def test_picows_gets_the_connection_header_its_handshake_takes():
+    """Firefox sends `Connection: keep-alive, Upgrade`; picows' handshake wants `Upgrade` alone."""
+    head = upgrade() + b"tail"
+    fixed = for_picows(head)
+    assert b"Connection: Upgrade\r\n" in fixed and b"keep-alive" not in fixed and fixed.endswith(b"\r\n\r\ntail")
+    assert route_head(fixed) is True

@@ -15,6 +15,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import re
 from collections.abc import Callable
 
 from seedance.server.http.conn_guard import ConnectionGuard, GuardedProtocol
@@ -22,7 +23,11 @@ from seedance.server.http.conn_guard import ConnectionGuard, GuardedProtocol
 log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 16 * 1024  # picows' own bound on an upgrade head; a longer head goes to aiohttp (its limits)
+MAX_HEADERS = 128  # picows' own bound on header lines
 _PATH = b"GET /v1/stream"
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP header name (RFC 9110 token)
+_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")  # a field value: no control characters
+_CONNECTION = re.compile(rb"(?i)(?<=\r\n)connection:[^\r\n]*")
 
 # (transport, on_lost) -> the picows protocol for a connection the router hands over
 Upgrade = Callable[[asyncio.Transport, Callable[[], None]], asyncio.BaseProtocol]
@@ -40,18 +45,18 @@ def route_head(head: bytes | bytearray) -> bool | None:
         return False  # /v1/streams, /v1/stream/x: not ours
     end = head.find(b"\r\n\r\n")
     if end < 0:
-        return None if len(head) <= MAX_HEAD_BYTES else False
-    if end > MAX_HEAD_BYTES:
+        return None if len(head) < MAX_HEAD_BYTES else False
+    if end >= MAX_HEAD_BYTES:
         return False
     lines = bytes(head[:end]).split(b"\r\n")
     parts = lines[0].split(b" ")
-    if len(parts) != 3 or parts[2] != b"HTTP/1.1":
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or len(lines) - 1 > MAX_HEADERS:
         return False
     headers: dict[bytes, bytes] = {}
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip() or line[:1] in (b" ", b"\t"):
-            return False  # malformed or folded: aiohttp's parser answers it
+        if not sep or not _TOKEN.fullmatch(name) or not _VALUE.fullmatch(value):
+            return False  # malformed, folded or odd: aiohttp's parser answers it
         key = name.lower()
         if key in headers and key in (b"upgrade", b"sec-websocket-key", b"sec-websocket-version", b"content-length",
                                       b"host"):
@@ -69,6 +74,13 @@ def route_head(head: bytes | bytearray) -> bool | None:
         return len(base64.b64decode(headers.get(b"sec-websocket-key", b""), validate=True)) == 16
     except (binascii.Error, ValueError):
         return False
+
+
+def for_picows(head: bytes) -> bytes:
+    """The head as picows takes it: its handshake wants `Connection: Upgrade` alone, and browsers (Firefox)
+    send `keep-alive, Upgrade`, which route_head accepts (the header has the upgrade token either way)."""
+    end = head.find(b"\r\n\r\n")
+    return _CONNECTION.sub(b"Connection: Upgrade", head[:end]) + head[end:]
 
 
 class HeadRouter(GuardedProtocol):
@@ -141,7 +153,7 @@ class HeadRouter(GuardedProtocol):
         of the connection's end from picows' protocol (on_lost)."""
         self.decided = True
         transport, guard = self.transport, self.guard
-        head, self.head = bytes(self.head), bytearray()
+        head, self.head = for_picows(bytes(self.head)), bytearray()
         guard.request_started(transport)  # the head is in: no longer pending (header_timeout_s)
         proto = self.upgrade(transport, lambda: guard.forget(transport))
         transport.set_protocol(proto)
