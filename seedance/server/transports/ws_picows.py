@@ -37,6 +37,9 @@ _PICOWS_LOG.setLevel(logging.WARNING)
 _TYPES = {WSMsgType.TEXT: PicowsType.TEXT, WSMsgType.BINARY: PicowsType.BINARY}
 _CLOSED = WSMessage(WSMsgType.CLOSED, None, None)
 READ_PAUSE_MESSAGES = 64  # client messages queued for the reader before the socket stops being read
+# picows' read buffer per connection to start with (its default is 16 KiB): client messages are small, and
+# it doubles when one needs more; what an idle connection costs (issue #16: <= 20 KiB each)
+READ_BUFFER_BYTES = 4096
 
 
 class PicowsSocket(WSListener):
@@ -232,7 +235,7 @@ class PicowsStream:
             False, 20.0, 20.0, WSAutoPingStrategy.PING_WHEN_IDLE,  # our heartbeat, not picows' auto-ping
             True,  # auto-pong: answer client pings (aiohttp's handler does the same)
             self.state.config.max_message_bytes,  # a bigger frame: close 1009, as aiohttp
-            None, 16 * 1024)
+            None, READ_BUFFER_BYTES)
         proto.on_lost = on_lost
         return proto
 
