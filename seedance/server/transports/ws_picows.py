@@ -34,6 +34,9 @@ from seedance.server.transports.ws import CLOSE_TIMEOUT_S, WsAdmission, serve_co
 log = logging.getLogger(__name__)
 _PICOWS_LOG = logging.getLogger("seedance.picows")  # picows logs every accept at INFO: keep it to warnings
 _PICOWS_LOG.setLevel(logging.WARNING)
+# Handed to picows as a LoggerAdapter, not a Logger: for a Logger it builds a child Logger per connection
+# (named by its descriptor), which every connection would carry and every accept would pay for.
+_PICOWS_LOGGER = logging.LoggerAdapter(_PICOWS_LOG, {})
 _TYPES = {WSMsgType.TEXT: PicowsType.TEXT, WSMsgType.BINARY: PicowsType.BINARY}
 _CLOSED = WSMessage(WSMsgType.CLOSED, None, None)
 READ_PAUSE_MESSAGES = 64  # client messages queued for the reader before the socket stops being read
@@ -46,6 +49,10 @@ class PicowsSocket(WSListener):
     """One connection's picows side, as WsConnection reads it: frames become aiohttp-shaped messages on a
     bounded queue (fragments reassembled up to max_message_bytes), sends go straight to picows, and close()
     waits (CLOSE_TIMEOUT_S) for the peer's close frame as aiohttp's does."""
+
+    __slots__ = ("_parts", "_parts_size", "_parts_type", "_peer_closed", "_queue", "_reading", "_waiter",
+                 "close_code", "closed", "max_message_bytes", "on_open", "transport", "ws")  # no __dict__: one per
+    # connection (WSListener already takes the weak references picows holds its listener by)
 
     def __init__(self, max_message_bytes: int, on_open: Callable[[PicowsSocket], None]) -> None:
         self.max_message_bytes = max_message_bytes
@@ -229,7 +236,7 @@ class PicowsStream:
     def protocol(self, transport: asyncio.Transport, on_lost: Callable[[], None]) -> asyncio.BaseProtocol:
         """A fresh picows protocol for a connection whose head the router already holds."""
         proto = _GuardedWSProtocol(
-            None, None, False, lambda request: self._upgrade(request, transport), _PICOWS_LOG,
+            None, None, False, lambda request: self._upgrade(request, transport), _PICOWS_LOGGER,
             True,  # disconnect_on_exception
             None,  # no handshake timeout of picows' own: the router has the whole head (header_timeout_s)
             False, 20.0, 20.0, WSAutoPingStrategy.PING_WHEN_IDLE,  # our heartbeat, not picows' auto-ping
