@@ -11,18 +11,11 @@ script starts (docs/realtime.md quotes its output):
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
-from openai import AsyncOpenAI
-
-from seedance.bench.server_process import launch
-
-VERSE = "And the LORD spake unto Moses in the wilderness of Sinai, in the tabernacle of the congregation, saying, "
+from streaming_input import arguments, arrive, compare, served  # scripts/ is sys.path[0] when this runs as a script
 
 
 def user(text: str, **extra) -> dict:
@@ -61,31 +54,19 @@ async def barge_in(client, model: str, trial: int) -> dict[str, float]:
             "old_done_ms": (old_done - sent) * 1e3, "new_first_delta_ms": (first_new - sent) * 1e3}
 
 
-def message_pieces(words_per_token: float, trial: int, tokens: int, piece: int) -> list[str]:
-    """A ~`tokens`-token message (unique per trial from its first word: no prefix-cache help) cut at word ends
-    into ~`piece`-token pieces."""
-    words = f"Trial {trial}: {VERSE * (tokens // 10)}".split(" ")[: int(tokens * words_per_token)]
-    step = max(1, round(piece * words_per_token))
-    pieces = [" ".join(words[i:i + step]) + " " for i in range(0, len(words), step)]
-    pieces[-1] = pieces[-1].rstrip()
-    return pieces
-
-
 async def ttft(client, model: str, pieces: list[str], incremental: bool, interval_s: float) -> tuple[float, int, int]:
     """Seconds from the end of the message (plus response.create) to the first delta; prompt and cached tokens."""
     async with client.realtime.connect(model=model) as conn:
         await conn.session.update(session={"type": "realtime", "temperature": 0, "max_output_tokens": 4})
         if incremental:
             await conn.conversation.item.create(item={**user(""), "id": "msg", "status": "in_progress"})
-            for piece in pieces[:-1]:
-                await conn.send({"type": "conversation.item.append", "item_id": "msg", "text": piece})
-                await asyncio.sleep(interval_s)  # the pace at which the message arrives (typing, transcription)
-            start = time.perf_counter()
-            await conn.send({"type": "conversation.item.append", "item_id": "msg", "text": pieces[-1], "done": True})
+        rest = await arrive(pieces, incremental, interval_s, lambda piece: conn.send(
+            {"type": "conversation.item.append", "item_id": "msg", "text": piece}))
+        start = time.perf_counter()
+        if incremental:
+            await conn.send({"type": "conversation.item.append", "item_id": "msg", "text": rest, "done": True})
         else:
-            await asyncio.sleep(interval_s * (len(pieces) - 1))
-            start = time.perf_counter()
-            await conn.conversation.item.create(item=user("".join(pieces)))
+            await conn.conversation.item.create(item=user(rest))
         await conn.response.create()
         seen = await until(conn, "response.output_text.delta")
         first = seen[-1][0]
@@ -95,40 +76,16 @@ async def ttft(client, model: str, pieces: list[str], incremental: bool, interva
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default=None, help="seedance serve --model (default: the built-in model)")
-    parser.add_argument("--trials", type=int, default=5)
-    parser.add_argument("--tokens", type=int, default=1000)
-    parser.add_argument("--piece", type=int, default=50)
-    parser.add_argument("--interval", type=float, default=0.1, help="seconds between pieces")
-    args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp())
-    env = {"session_store": f"sqlite://{tmp / 's.db'}", "num_kv_blocks": 1024}
-    if args.model:
-        env["model"] = args.model
-    srv = launch(env, tmp / "server.log", ready_timeout_s=120, poll_s=0.1)
-    try:
-        client = AsyncOpenAI(base_url=f"{srv.http}/v1", api_key="unused")
-        model = (await client.models.list()).data[0].id
-        counted = await client.completions.create(model=model, prompt=VERSE * 10, max_tokens=1)
-        words_per_token = len((VERSE * 10).split()) / counted.usage.prompt_tokens
+    args = arguments(__doc__)
+    async with served(args.model) as (_, client, model, words_per_token):
         rows = [await barge_in(client, model, t) for t in range(args.trials)]
         print(f"barge-in ({model}, {args.trials} trials), median / max after the client's event (ms; last_old_delta "
               "is 0 when no delta of the old answer came after it):")
         for key in rows[0]:
             values = [r[key] for r in rows]
             print(f"  {key}: {statistics.median(values):.1f} / {max(values):.1f}")
-        for incremental in (False, True):
-            results = []
-            for t in range(args.trials):
-                pieces = message_pieces(words_per_token, t * 2 + incremental, args.tokens, args.piece)
-                results.append(await ttft(client, model, pieces, incremental, args.interval))
-            label = f"in {len(pieces)} pieces, prefilled as they arrive" if incremental else "sent at once"
-            print(f"TTFT after the end of a {results[0][1]}-token prompt, {label}: median "
-                  f"{statistics.median(r[0] for r in results) * 1e3:.1f} ms, max {max(r[0] for r in results) * 1e3:.1f}"
-                  f" ms; cached tokens median {statistics.median(r[2] for r in results):.0f}")
-    finally:
-        srv.stop()
+        await compare(lambda t, pieces, incremental: ttft(client, model, pieces, incremental, args.interval),
+                      args, words_per_token, model, "pieces")
 
 
 if __name__ == "__main__":

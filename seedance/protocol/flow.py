@@ -1,9 +1,13 @@
-"""Flow control of one /v1/stream connection as plain data (docs/protocol.md, "Flow control"): per-request
-credit, per-connection water marks on the bytes the client has not read yet, and the heartbeat's clock.
+"""Flow control of one WebSocket connection as plain data (docs/protocol.md, "Flow control"): per-request
+credit (/v1/stream), per-connection water marks on the bytes the client has not read yet, and the heartbeat's
+clock (both endpoints: /v1/stream and /v1/realtime).
 
-Nothing here sends or sleeps: `ServerConnection` feeds it what happened (bytes written, a pong, the time and
-the socket's buffered bytes) and turns its decisions into commands. Back-pressure pauses requests in the
-engine instead of buffering their output, so a slow reader costs neither compute nor memory.
+Nothing here sends or sleeps: the sans-I/O connection (`ServerConnection`, `RealtimeConnection`) feeds it what
+happened (bytes written, a pong, the time and the socket's buffered bytes), and `Backpressure.tick` answers
+with plain actions (ping, pause, resume, close) that each connection turns into its own commands: what is
+paused is a /v1/stream connection's requests without credit, or a realtime connection's response.
+Back-pressure pauses work in the engine instead of buffering its output, so a slow reader costs neither
+compute nor memory.
 
 How far the client has read is measured with probes: after every `low_water_bytes` of output the server
 pings with payload "sd:<bytes written>", and the pong to it acknowledges that much. Unacknowledged output
@@ -13,8 +17,12 @@ would not show.
 
 from __future__ import annotations
 
+import enum
+import math
 from dataclasses import dataclass
 from typing import Protocol
+
+from seedance.protocol.errors import CloseCode
 
 PROBE = b"sd:"  # ping payload prefix: "sd:<bytes written>", echoed in the pong, acknowledges that much output
 
@@ -25,6 +33,31 @@ class StreamEvent(Protocol):
     token_id: int  # < 0: an event that carries no token (a final event may carry only text or nothing)
     text_delta: str
     finished: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SendPing:
+    """A probe (how far the client has read) or a heartbeat."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloseConnection:
+    code: int
+    reason: str
+
+
+class Crossing(enum.Enum):
+    """The connection crossed a water mark: above high water, PAUSE its streams under the water marks in the
+    engine; at low water, RESUME them (what they hold may go out now)."""
+
+    PAUSE = "pause"
+    RESUME = "resume"
+
+
+PAUSE, RESUME = Crossing.PAUSE, Crossing.RESUME
+FlowAction = SendPing | CloseConnection | Crossing
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +132,41 @@ class Backpressure:
             self.bytes_acked = max(self.bytes_acked, int(digits))
             return True
         return False
+
+    def tick(self, now: float, buffered_bytes: int) -> tuple[float | None, list[FlowAction]]:
+        """Before writing: the heartbeat if due, and the water marks on the unread output (`buffered_bytes`:
+        what the transport itself still holds). Returns how soon to tick again (None: write now; math.inf:
+        never, the connection is closing) and what to do, in order."""
+        limits, actions = self.limits, []
+        if now >= self.next_heartbeat_at:
+            self.next_heartbeat_at = now + limits.heartbeat_interval_s
+            if self.missed_pongs >= limits.heartbeat_max_missed:
+                reason = f"no pong to {self.missed_pongs} pings"
+                return math.inf, [CloseConnection(CloseCode.HEARTBEAT_TIMEOUT, reason)]
+            self.missed_pongs += 1
+            actions.append(SendPing(self.probe()))
+        unsent = self.unsent(buffered_bytes)
+        if unsent > limits.high_water_bytes:
+            if not self.paused:
+                self.paused, self.above_high_water_since = True, now
+                actions.append(PAUSE)
+            elif now - self.above_high_water_since > limits.slow_consumer_timeout_s:
+                actions.append(CloseConnection(CloseCode.SLOW_CONSUMER,
+                                               "slow consumer: send buffer above high water too long"))
+                return math.inf, actions
+            self._probe(actions)
+            return limits.recheck_s, actions
+        if self.paused and unsent <= limits.low_water_bytes:
+            self.paused, self.above_high_water_since = False, None
+            actions.append(RESUME)
+        elif self.paused:
+            self._probe(actions)
+            return limits.recheck_s, actions
+        return None, actions
+
+    def _probe(self, actions: list[FlowAction]) -> None:
+        if (payload := self.probe_if_unprobed()) is not None:
+            actions.append(SendPing(payload))
 
     def unsent(self, buffered_bytes: int) -> int:
         """Output the client has not read yet: written after the last probe it answered, and at least what

@@ -14,6 +14,12 @@ whole conversation (`restart`).
 
 Full duplex: a response.create while one is streaming is a barge-in: the streaming one is cancelled at the next
 engine step, its item keeps what was sent, and the new one starts when the old one has ended.
+
+Flow control is /v1/stream's policy (protocol/flow.py), fed here so it is tested without a socket: bytes written
+(`wrote`, which may ask for a probe ping), pongs (`receive_pong`), the clock and the socket's buffer (`tick`). Above
+the high water mark of unread output the active response is paused in the engine (and a response that starts
+meanwhile starts paused), at low water it resumes; above high water for too long, or with pings unanswered, the
+client gets an `error` event (`slow_consumer` / `heartbeat_timeout`) and the socket is closed (4001 / 4000).
 """
 
 from __future__ import annotations
@@ -24,10 +30,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seedance.protocol.data_url import image_base64
+from seedance.protocol.errors import CloseCode
+from seedance.protocol.flow import PAUSE, RESUME, Backpressure, CloseConnection, FlowLimits, SendPing
+from seedance.protocol.messages import Usage  # one response's token counts, as /v1/stream's done carries them
 from seedance.protocol.realtime_events import (
     ACTIVE_RESPONSE,
     DUPLICATE_ITEM,
     EVENT_TOO_LARGE,
+    HEARTBEAT_TIMEOUT,
     INTERNAL,
     INVALID_EVENT,
     ITEM_IN_PROGRESS,
@@ -36,6 +46,7 @@ from seedance.protocol.realtime_events import (
     ITEM_TOO_LARGE,
     NO_ACTIVE_RESPONSE,
     SERVER_ERROR,
+    SLOW_CONSUMER,
     TOO_MANY_ITEMS,
     UNSUPPORTED,
     UNSUPPORTED_CONTENT,
@@ -61,13 +72,6 @@ INPUT_TEXT_TYPES = {"user": "input_text", "system": "input_text", "assistant": "
 
 
 @dataclass(slots=True)
-class Usage:
-    input_tokens: int
-    output_tokens: int
-    cached_tokens: int
-
-
-@dataclass(slots=True)
 class StartResponse:
     """Run a response: `messages` are the chat messages to append to the session's history (all of the
     conversation when `restart`, or the whole context of an out-of-band response, `in_conversation` False)."""
@@ -90,7 +94,23 @@ class InputChanged:
     """An item still arriving grew, and no response runs: the transport may prefill `pending_messages()`."""
 
 
-Command = StartResponse | CancelResponse | InputChanged
+@dataclass(slots=True)
+class PauseResponse:
+    """The client reads too slowly (above high water): pause the response in the engine; it keeps its KV."""
+
+    response_id: str
+
+
+@dataclass(slots=True)
+class ResumeResponse:
+    """The client caught up (low water): resume the response in the engine."""
+
+    response_id: str
+
+
+Command = (StartResponse | CancelResponse | InputChanged | PauseResponse | ResumeResponse | SendPing
+           | CloseConnection)
+_CLOSE_ERRORS = {CloseCode.SLOW_CONSUMER: SLOW_CONSUMER, CloseCode.HEARTBEAT_TIMEOUT: HEARTBEAT_TIMEOUT}
 
 
 @dataclass(eq=False)
@@ -168,9 +188,11 @@ class Limits:
 
 
 class RealtimeConnection:
-    def __init__(self, model: str, *, limits: Limits | None = None, id_prefix: str | None = None) -> None:
+    def __init__(self, model: str, *, limits: Limits | None = None, id_prefix: str | None = None,
+                 flow: FlowLimits | None = None, now: float = 0.0) -> None:
         self.model = model
         self.limits = limits or Limits()
+        self.backpressure = Backpressure(flow or FlowLimits(), now)
         self._prefix = id_prefix or os.urandom(6).hex()
         self._counter = itertools.count(1)
         self.session: dict[str, Any] = {
@@ -213,6 +235,31 @@ class RealtimeConnection:
               type: str = "invalid_request_error") -> None:
         self._emit("error", error={"type": type, "code": code, "message": message, "param": param,
                                    "event_id": event_id})
+
+    # ---- flow control (protocol/flow.py: /v1/stream's policy) ---------------------------------------
+    def tick(self, now: float, buffered_bytes: int) -> float | None:
+        """Before writing: the heartbeat if due, and the water marks on the unread output (`buffered_bytes`:
+        what the transport itself still holds). Returns None to write now, else how soon to tick again
+        (math.inf: never, the connection is closing)."""
+        hold, actions = self.backpressure.tick(now, buffered_bytes)
+        for action in actions:
+            if action is PAUSE or action is RESUME:
+                if self.active is not None:
+                    kind = PauseResponse if action is PAUSE else ResumeResponse
+                    self._commands.append(kind(self.active.id))
+                continue
+            if isinstance(action, CloseConnection):
+                self.error(_CLOSE_ERRORS.get(action.code, INTERNAL), action.reason, type=SERVER_ERROR)
+            self._commands.append(action)
+        return hold
+
+    def wrote(self, nbytes: int) -> bytes | None:
+        """A message of nbytes went to the socket; returns a probe to ping with now, if one is due."""
+        return self.backpressure.wrote(nbytes)
+
+    def receive_pong(self, payload: bytes) -> bool:
+        """A pong arrived (the client is alive). True if it acknowledged output: the writer should tick again."""
+        return self.backpressure.pong(payload)
 
     # ---- from the engine ---------------------------------------------------------------------------
     def rate_limits(self, limits: list[dict[str, Any]]) -> None:
@@ -260,18 +307,7 @@ class RealtimeConnection:
                 if response.params.restart:
                     self.restart = False
                 self._emit("conversation.item.done", item=item.wire(), previous_item_id=self._previous_id(item))
-        wire_usage = None
-        if usage is not None:
-            wire_usage = {
-                "total_tokens": usage.input_tokens + usage.output_tokens, "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-                "input_token_details": {"text_tokens": usage.input_tokens, "audio_tokens": 0, "image_tokens": 0,
-                                        "cached_tokens": usage.cached_tokens,
-                                        "cached_tokens_details": {"text_tokens": usage.cached_tokens,
-                                                                  "audio_tokens": 0, "image_tokens": 0}},
-                "output_token_details": {"text_tokens": usage.output_tokens, "audio_tokens": 0},
-            }
-        self._emit("response.done", response=response.wire(status, details, wire_usage, [item.wire()]))
+        self._emit("response.done", response=response.wire(status, details, _wire_usage(usage), [item.wire()]))
         if self.pending is None and self.pending_messages() is not None:
             self._input_changed()  # what arrived meanwhile can be prefilled now
         if self.pending is not None:
@@ -499,6 +535,8 @@ class RealtimeConnection:
         self._emit("response.content_part.added", response_id=response.id, item_id=item.id, output_index=0,
                    content_index=0, part={"type": "text", "text": ""})
         self._commands.append(command)
+        if self.backpressure.paused:
+            self._commands.append(PauseResponse(response.id))  # the client is still behind: it starts paused
 
     # ---- helpers -----------------------------------------------------------------------------------
     def _emit(self, kind: str, **fields: Any) -> None:
@@ -559,6 +597,23 @@ def _input_item(item: Item, event_id: str | None, takes_images: bool, param: str
                              event_id=event_id, param=f"{param}.content[{index}]")
         texts.append(part.text)
     return _Item("", item.role, expected, "".join(texts), images=images)
+
+
+def _wire_usage(usage: Usage | None) -> dict[str, Any] | None:
+    """response.usage: a prompt's rows (its images' features, in this conversation or its history) are its image
+    tokens, the rest its text; cached tokens are not split (the prefix cache does not tell)."""
+    if usage is None:
+        return None
+    prompt, output = usage.prompt_tokens, usage.completion_tokens
+    rows = (usage.image_tokens or 0) + (usage.embedding_tokens or 0)  # UNSET (a text-only prompt) is falsy
+    return {
+        "total_tokens": prompt + output, "input_tokens": prompt, "output_tokens": output,
+        "input_token_details": {"text_tokens": prompt - rows, "audio_tokens": 0, "image_tokens": rows,
+                                "cached_tokens": usage.cached_tokens,
+                                "cached_tokens_details": {"text_tokens": usage.cached_tokens, "audio_tokens": 0,
+                                                          "image_tokens": 0}},
+        "output_token_details": {"text_tokens": output, "audio_tokens": 0},
+    }
 
 
 def _check_text_only(modalities: list[str] | None, audio: Any, event_id: str | None, where: str) -> None:

@@ -40,6 +40,8 @@ RESPONSE_FAILED = "response_failed"
 INTERNAL = "internal"
 EVENT_TOO_LARGE = "event_too_large"
 RATE_LIMITED = "rate_limited"
+SLOW_CONSUMER = "slow_consumer"  # then close 4001: above the high water mark too long
+HEARTBEAT_TIMEOUT = "heartbeat_timeout"  # then close 4000: pings went unanswered
 
 # Client event types the API defines that Seedance knows but does not serve (no audio, no WebRTC/SIP).
 REFUSED_EVENT_TYPES = frozenset({

@@ -21,14 +21,22 @@ connection, so a slow reader is paused, then closed, by rules tested without a s
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from seedance.protocol import errors as codes
-from seedance.protocol.errors import CloseCode, ProtocolError
-from seedance.protocol.flow import Backpressure, FlowLimits, RequestFlow, StreamEvent
+from seedance.protocol.errors import ProtocolError
+from seedance.protocol.flow import (
+    PAUSE,
+    RESUME,
+    Backpressure,
+    CloseConnection,
+    FlowLimits,
+    RequestFlow,
+    SendPing,
+    StreamEvent,
+)
 from seedance.protocol.messages import (
     Append,
     Authenticated,
@@ -109,13 +117,6 @@ class DetachRequest(_ForRequest):
 
 
 @dataclass(frozen=True, slots=True)
-class SendPing:
-    """A probe (how far the client has read) or a heartbeat."""
-
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class SetPriority:
     id: str
     priority: int
@@ -148,12 +149,6 @@ class Refused:
 
     id: str
     code: str
-
-
-@dataclass(frozen=True, slots=True)
-class CloseConnection:
-    code: int
-    reason: str
 
 
 Command = (Submit | CancelRequest | PauseRequest | ResumeStream | SetPriority | ResumeRequest | Reauthenticate
@@ -281,28 +276,18 @@ class ServerConnection(Generic[H]):
 
     def tick(self, now: float, buffered_bytes: int) -> float | None:
         """Before writing: the heartbeat if due, and the water marks on the unread output (`buffered_bytes`:
-        what the transport itself still holds). Returns None to write now, else how soon to tick again
-        (math.inf: never, the connection is closing)."""
-        bp, limits = self.backpressure, self.backpressure.limits
-        if now >= bp.next_heartbeat_at and self._heartbeat(now):
-            return math.inf
-        unsent = bp.unsent(buffered_bytes)
-        if unsent > limits.high_water_bytes:
-            if not bp.paused:
-                bp.paused, bp.above_high_water_since = True, now
+        what the transport itself still holds); flow.py decides, this pauses or resumes the requests without
+        credit. Returns None to write now, else how soon to tick again (math.inf: never, the connection is
+        closing)."""
+        hold, actions = self.backpressure.tick(now, buffered_bytes)
+        for action in actions:
+            if action is PAUSE:
                 self._commands.extend(PauseRequest(i) for i, f in self.flows.items() if f.credit is None)
-            elif now - bp.above_high_water_since > limits.slow_consumer_timeout_s:
-                self.close(CloseCode.SLOW_CONSUMER, "slow consumer: send buffer above high water too long")
-                return math.inf
-            self._probe()
-            return limits.recheck_s
-        if bp.paused and unsent <= limits.low_water_bytes:
-            bp.paused, bp.above_high_water_since = False, None
-            self._commands.extend(ResumeStream(i) for i, f in self.flows.items() if not f.paused_for_credit)
-        elif bp.paused:
-            self._probe()
-            return limits.recheck_s
-        return None
+            elif action is RESUME:
+                self._commands.extend(ResumeStream(i) for i, f in self.flows.items() if not f.paused_for_credit)
+            else:
+                self._commands.append(action)
+        return hold
 
     def wrote(self, nbytes: int) -> bytes | None:
         """A message of nbytes went to the socket; returns a probe to ping with now, if one is due."""
@@ -404,21 +389,6 @@ class ServerConnection(Generic[H]):
         if not flow.paused_for_credit:
             flow.paused_for_credit = True
             self._commands.append(PauseRequest(request_id))
-
-    def _heartbeat(self, now: float) -> bool:
-        """A heartbeat is due: ping, or close when too many went unanswered (True)."""
-        bp = self.backpressure
-        bp.next_heartbeat_at = now + bp.limits.heartbeat_interval_s
-        if bp.missed_pongs >= bp.limits.heartbeat_max_missed:
-            self.close(CloseCode.HEARTBEAT_TIMEOUT, f"no pong to {bp.missed_pongs} pings")
-            return True
-        bp.missed_pongs += 1
-        self._commands.append(SendPing(bp.probe()))
-        return False
-
-    def _probe(self) -> None:
-        if (payload := self.backpressure.probe_if_unprobed()) is not None:
-            self._commands.append(SendPing(payload))
 
     def _duplicate(self, request_id: str) -> None:
         self.error(request_id, codes.DUPLICATE_ID, f"request id {request_id!r} is already active")

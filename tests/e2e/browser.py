@@ -201,3 +201,19 @@ async def open_page(browser_url: str, page_url: str, describe: str = PAGE_TEXT) 
             with contextlib.suppress(CdpError, TimeoutError):
                 await cdp.send("Target.closeTarget", {"targetId": target}, timeout=5)
             cdp.reader.cancel()
+
+
+# The demo pages' shared stylesheet (/static/demo.css) applied: its body rule, which neither page has inline.
+STYLED = "getComputedStyle(document.body).maxWidth === '820px'"
+
+
+@contextlib.asynccontextmanager
+async def demo_tab(browser_url: str, page_url: str, describe: str) -> AsyncIterator[tuple[Cdp, str]]:
+    """A fresh tab showing one of the demo pages (/ or /static/realtime.html), styled by the stylesheet the app
+    serves and its WebSocket connected; yields (cdp, session id), and asserts at the end that the page threw
+    nothing."""
+    async with open_page(browser_url, page_url, describe=describe) as (cdp, session):
+        await cdp.wait_for(session, "document.getElementById('status')?.textContent === 'connected'", 30)
+        await cdp.wait_for(session, STYLED, 10)
+        yield cdp, session
+        assert cdp.exceptions(session) == [], "the page threw"

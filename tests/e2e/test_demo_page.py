@@ -11,13 +11,12 @@ also replaces docs/images/demo.png (kept out of ordinary runs so that `pytest` l
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import re
 import struct
 from pathlib import Path
 
-from tests.e2e.browser import HEIGHT, WIDTH, open_page, requires_chromium
+from tests.e2e.browser import HEIGHT, WIDTH, demo_tab, requires_chromium
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "demo.png"
 
@@ -25,13 +24,9 @@ SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "demo.png
 pytestmark = requires_chromium
 
 
-@contextlib.asynccontextmanager
-async def demo_page(browser_url: str, page_url: str):
-    """A fresh tab showing the demo page, its WebSocket connected; yields (cdp, session id)."""
-    async with open_page(browser_url, page_url, describe=PAGE_STATE) as (cdp, session):
-        await cdp.wait_for(session, "document.getElementById('status')?.textContent === 'connected'", 30)
-        yield cdp, session
-        assert cdp.exceptions(session) == [], "the page threw"
+def demo_page(browser_url: str, page_url: str):
+    """A fresh tab showing the demo page, styled and its WebSocket connected; yields (cdp, session id)."""
+    return demo_tab(browser_url, page_url, PAGE_STATE)
 
 
 PAGE_STATE = """(() => ({

@@ -12,6 +12,7 @@ import pytest
 from openai import AsyncOpenAI
 from websockets.asyncio.client import connect
 
+from seedance.protocol import CloseCode
 from tests.e2e.wire import messages_of
 
 MODEL = "seedance-tiny"
@@ -98,12 +99,17 @@ async def test_two_turn_conversation_equals_a_v1_stream_session(server):
     assert usages[1].input_tokens > history
 
 
+async def long_answer_started(conn) -> list:
+    """Ask for a long greedy answer (400 tokens) and wait for its first delta: the events so far."""
+    await conn.session.update(session={"type": "realtime", "temperature": 0, "max_output_tokens": 400})
+    await conn.conversation.item.create(item=user(TURNS[0]))
+    await conn.response.create()
+    return await events_until(conn, "response.output_text.delta")
+
+
 async def test_cancel_keeps_what_was_sent(server):
     async with realtime(server) as conn:
-        await conn.session.update(session={"type": "realtime", "temperature": 0, "max_output_tokens": 400})
-        await conn.conversation.item.create(item=user(TURNS[0]))
-        await conn.response.create()
-        events = await events_until(conn, "response.output_text.delta")
+        events = await long_answer_started(conn)
         response_id = events[-1].response_id
         await conn.response.cancel(response_id=response_id)
         events += await events_until(conn, "response.done")
@@ -120,10 +126,7 @@ async def test_cancel_keeps_what_was_sent(server):
 
 async def test_barge_in_cancels_and_answers_the_new_message_reusing_the_kept_kv(server):
     async with realtime(server) as conn:
-        await conn.session.update(session={"type": "realtime", "temperature": 0, "max_output_tokens": 400})
-        await conn.conversation.item.create(item=user(TURNS[0]))
-        await conn.response.create()
-        events = await events_until(conn, "response.output_text.delta")
+        events = await long_answer_started(conn)
         old = events[-1].response_id
         events += [e for _ in range(3) for e in await events_until(conn, "response.output_text.delta")]
         sent_at = time.monotonic()
@@ -276,33 +279,46 @@ async def test_realtime_responses_are_counted_in_metrics(server):
 
 @pytest.fixture(scope="module")
 def slow_reader_server(tmp_path_factory):
-    """Small water marks and socket buffers, the synthetic engine (fast, steady output) and a short heartbeat:
-    for the clients that stop reading."""
+    """Small water marks and socket buffers, the synthetic engine (fast, steady output), a short slow-consumer
+    timeout and a heartbeat that closes later than it (3 s above high water: 4001; two unanswered pings 2.5 s
+    apart: 4000 at 7.5 s): for the clients that stop reading."""
     from tests.e2e.conftest import start_server
 
     srv = start_server(tmp_path_factory, synthetic_rate=2000, send_high_water_bytes=4096, send_low_water_bytes=1024,
-                       socket_send_buffer_bytes=4096, heartbeat_interval_s=5)
+                       socket_send_buffer_bytes=4096, slow_consumer_timeout_s=3, heartbeat_interval_s=2.5,
+                       heartbeat_max_missed=2)
     yield srv
     srv.stop()
 
 
-def test_a_client_that_stops_reading_has_its_response_paused_then_resumed(slow_reader_server):
-    """Back-pressure: past the high water mark of unread bytes the response is paused in the engine (not buffered
-    on the server); once the client reads again it resumes, and the client gets all of it, in order."""
-    from tests.e2e.wire import raw_handshake, read_text_frames, send_masked_text
+def stalled_response(srv, max_output_tokens: int):
+    """A raw client with a 4 KiB receive buffer asks for a long answer and reads nothing: its socket, once the
+    server has paused the response (the engine's num_paused), and the stats then."""
+    from tests.e2e.wire import raw_handshake, send_masked_text
 
-    srv = slow_reader_server
     sock = raw_handshake(srv.port, rcvbuf=4096, path=f"/v1/realtime?model={MODEL}")
     send_masked_text(sock, json.dumps({"type": "conversation.item.create", "item": user(TURNS[0])}))
-    send_masked_text(sock, json.dumps({"type": "response.create", "response": {"max_output_tokens": 4000}}))
-    deadline = time.monotonic() + 6  # (before the heartbeat, unanswered meanwhile, closes it)
+    send_masked_text(sock, json.dumps({"type": "response.create",
+                                       "response": {"max_output_tokens": max_output_tokens}}))
+    deadline = time.monotonic() + 2.5  # (before the slow-consumer timeout closes it)
     while (stats := srv.stats())["num_paused"] < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert stats["num_paused"] == 1, stats  # the reader stalled: its response waits in the engine
+    return sock, stats
+
+
+def test_a_client_that_stops_reading_has_its_response_paused_then_resumed(slow_reader_server):
+    """Back-pressure: past the high water mark of unread bytes (what the client's pongs to the probe pings have not
+    acknowledged) the response is paused in the engine, not buffered on the server; once the client reads again
+    (and answers the probes) it resumes, and the client gets all of it, in order."""
+    from tests.e2e.wire import read_text_frames
+
+    srv = slow_reader_server
+    sock, stats = stalled_response(srv, 4000)
     time.sleep(1)
     again = srv.stats()
-    # Mostly paused: it resumes only when the client's kernel takes a little more (it coalesces its queue), so over
-    # the second it generates a small fraction of the 2000 tokens the engine's rate would give.
+    # Paused: the client acknowledged nothing, so the response stays paused however its kernel coalesces; over the
+    # second it generates a small fraction of the 2000 tokens the engine's rate would give.
     assert again["generated_tokens"] - stats["generated_tokens"] < 300, (stats, again)
     events = read_text_frames(sock, lambda e: e["type"] == "response.done", timeout=30)
     sock.close()
@@ -314,26 +330,43 @@ def test_a_client_that_stops_reading_has_its_response_paused_then_resumed(slow_r
     assert srv.stats()["num_paused"] == 0
 
 
-def test_a_client_that_stops_reading_is_closed_by_the_heartbeat(slow_reader_server):
-    """Nothing waits on a client forever: one that never reads answers no ping, and the heartbeat closes it."""
-    import base64
-    import socket
-
-    from tests.e2e.wire import send_masked_text
+def test_a_client_that_never_reads_is_paused_then_closed_4001_after_an_error_event(slow_reader_server):
+    """/v1/stream's policy on /v1/realtime (issue #12 defect 10): a client that never reads has its response paused
+    in the engine, and after slow_consumer_timeout_s above high water it gets an `error` event (slow_consumer) and
+    a 4001 close, in bounded time; its response is cancelled in the engine."""
+    from tests.e2e.wire import frames_until_close
 
     srv = slow_reader_server
-    sock = socket.create_connection(("127.0.0.1", srv.port))
-    key = base64.b64encode(b"0123456789abcdef").decode()
-    sock.sendall((f"GET /v1/realtime?model={MODEL} HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-    send_masked_text(sock, json.dumps({"type": "conversation.item.create", "item": user(TURNS[0])}))
-    send_masked_text(sock, json.dumps({"type": "response.create", "response": {"max_output_tokens": 1500}}))
     started = time.monotonic()
-    time.sleep(3)  # reads nothing, answers no ping
-    sock.settimeout(20)
-    received = b""
-    while chunk := sock.recv(65536):
-        received += chunk
-    assert b" 101 " in received[:200] and b"session.created" in received
-    assert time.monotonic() - started < 20  # closed by the server, not by this test's timeout
+    sock, paused = stalled_response(srv, 4000)
+    while srv.stats()["num_paused"] and time.monotonic() - started < 15:  # reads nothing, answers no ping
+        time.sleep(0.1)
+    closed_after = time.monotonic() - started
+    after = srv.stats()
+    assert after["num_paused"] == 0 and after["num_running"] == 0, after  # closed: the response was cancelled
+    assert 2.5 < closed_after < 7.5, closed_after  # the slow-consumer timeout (3 s), before the heartbeat's 7.5 s
+    assert after["generated_tokens"] - paused["generated_tokens"] < 300, (paused, after)  # paused until the close
+    events, code = frames_until_close(sock)  # what it never read is there, ending with the close frame
     sock.close()
+    assert code == CloseCode.SLOW_CONSUMER, (code, [e["type"] for e in events[-3:]])
+    assert events[0]["type"] == "session.created"
+    assert events[-1]["type"] == "error"
+    assert (events[-1]["error"]["type"], events[-1]["error"]["code"]) == ("server_error", "slow_consumer")
+    assert not any(e["type"] == "response.done" for e in events)
+
+
+def test_a_client_that_answers_no_ping_is_closed_by_the_heartbeat(slow_reader_server):
+    """Liveness: a client that reads but answers no ping gets an `error` event (heartbeat_timeout) and a 4000 close
+    after heartbeat_max_missed pings went unanswered."""
+    from tests.e2e.wire import frames_until_close, raw_handshake
+
+    srv = slow_reader_server
+    sock = raw_handshake(srv.port, path=f"/v1/realtime?model={MODEL}")
+    started = time.monotonic()
+    events, code = frames_until_close(sock, timeout=20)  # reads everything, answers nothing
+    elapsed = time.monotonic() - started
+    sock.close()
+    assert code == CloseCode.HEARTBEAT_TIMEOUT
+    assert 6 < elapsed < 12, elapsed  # the third heartbeat tick, 2.5 s apart
+    assert [e["type"] for e in events] == ["session.created", "error"]
+    assert events[-1]["error"]["code"] == "heartbeat_timeout"

@@ -3,9 +3,7 @@ word by word (conversation.item.append), and sending while the answer streams in
 
 from __future__ import annotations
 
-import contextlib
-
-from tests.e2e.browser import open_page, requires_chromium
+from tests.e2e.browser import demo_tab, requires_chromium
 
 pytestmark = requires_chromium
 
@@ -28,12 +26,9 @@ TYPE = """(async (text) => {
 })(%r)"""
 
 
-@contextlib.asynccontextmanager
-async def realtime_page(browser_url: str, page_url: str):
-    async with open_page(browser_url, page_url, describe=STATE) as (cdp, session):
-        await cdp.wait_for(session, "document.getElementById('status')?.textContent === 'connected'", 30)
-        yield cdp, session
-        assert cdp.exceptions(session) == [], "the page threw"
+def realtime_page(browser_url: str, page_url: str):
+    """A fresh tab showing the realtime demo, styled by the shared stylesheet and connected."""
+    return demo_tab(browser_url, page_url, STATE)
 
 
 async def test_type_while_it_answers_and_the_answer_is_interrupted(server, chromium):

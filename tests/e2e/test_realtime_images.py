@@ -70,6 +70,8 @@ async def test_an_image_turn_equals_chat_completions_and_the_next_turn_reuses_it
     await client.close()
     assert texts[0] and texts[0] == chat.choices[0].message.content
     assert done_1.usage.input_tokens == chat.usage.prompt_tokens  # the image's 16 feature rows included
+    details = done_1.usage.input_token_details
+    assert (details.image_tokens, details.text_tokens) == (IMAGE_TOKENS, done_1.usage.input_tokens - IMAGE_TOKENS)
     assert texts == await stream_session_texts(llava_server)
 
     # Turn 2's prompt holds turn 1 (image included) as KV: only the new text is computed, fewer tokens than the
@@ -77,6 +79,7 @@ async def test_an_image_turn_equals_chat_completions_and_the_next_turn_reuses_it
     usage = done_2.usage
     assert usage.input_tokens > done_1.usage.input_tokens + IMAGE_TOKENS
     assert usage.input_tokens - usage.input_token_details.cached_tokens < IMAGE_TOKENS
+    assert usage.input_token_details.image_tokens == IMAGE_TOKENS  # its history's image rows
 
 
 async def test_a_bad_image_is_an_error_event_and_the_connection_keeps_working(llava_server):

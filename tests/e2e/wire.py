@@ -11,7 +11,7 @@ import base64
 import json
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 
 def messages_of(raw: str | bytes) -> list[dict]:
@@ -55,19 +55,26 @@ def send_masked_text(sock: socket.socket, text: str, opcode: int = 0x1) -> None:
     sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
 
 
-def read_text_frames(sock: socket.socket, stop: Callable[[dict], bool], timeout: float = 30) -> list[dict]:
-    """A raw client reading again: the JSON text frames up to the first `stop` accepts, answering pings (so
-    the heartbeat keeps it); AssertionError if the connection closes first."""
-    buf, seen = b"", []
+def server_frames(sock: socket.socket, timeout: float) -> Iterator[tuple[int, bytes]]:
+    """The server's (unmasked) frames as (opcode, payload), until the socket ends."""
+    buf = b""
     sock.settimeout(timeout)
     while True:
         while len(buf) < 2 or len(buf) < _frame_end(buf):
             chunk = sock.recv(65536)
-            assert chunk, "connection closed"
+            if not chunk:
+                return
             buf += chunk
         end = _frame_end(buf)
-        opcode, payload = buf[0] & 0x0F, buf[end - _payload_len(buf):end]
+        yield buf[0] & 0x0F, buf[end - _payload_len(buf):end]
         buf = buf[end:]
+
+
+def read_text_frames(sock: socket.socket, stop: Callable[[dict], bool], timeout: float = 30) -> list[dict]:
+    """A raw client reading again: the JSON text frames up to the first `stop` accepts, answering pings (so
+    the heartbeat keeps it); AssertionError if the connection closes first."""
+    seen = []
+    for opcode, payload in server_frames(sock, timeout):
         if opcode == 0x9:
             send_masked_text(sock, payload.decode("latin-1"), opcode=0xA)
         elif opcode == 0x8:
@@ -76,6 +83,19 @@ def read_text_frames(sock: socket.socket, stop: Callable[[dict], bool], timeout:
             seen.append(json.loads(payload))
             if stop(seen[-1]):
                 return seen
+    raise AssertionError("connection closed")
+
+
+def frames_until_close(sock: socket.socket, timeout: float = 10) -> tuple[list[dict], int | None]:
+    """A raw client reading at last, answering nothing: the JSON text frames it had not read, and the close
+    frame's code (None if the socket ended without one)."""
+    seen = []
+    for opcode, payload in server_frames(sock, timeout):
+        if opcode == 0x8:
+            return seen, struct.unpack(">H", payload[:2])[0]
+        if opcode == 0x1:
+            seen.append(json.loads(payload))
+    return seen, None
 
 
 def _payload_len(buf: bytes) -> int:

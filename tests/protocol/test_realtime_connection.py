@@ -24,6 +24,10 @@ from seedance.protocol.realtime_connection import (
 SDK_EVENT = TypeAdapter(RealtimeServerEvent)
 
 
+def counts(prompt: int, completion: int, cached: int = 0) -> Usage:
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
+
+
 def user(text: str, **extra) -> dict:
     return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}], **extra}
 
@@ -58,7 +62,7 @@ class Peer:
     def finish(self, command: StartResponse, *texts: str, finish: str = "stop") -> list[dict]:
         for text in texts:
             self.conn.response_text(command.response_id, text)
-        self.conn.response_ended(command.response_id, finish, Usage(10, len(texts), 4))
+        self.conn.response_ended(command.response_id, finish, counts(10, len(texts), 4))
         return self.take()
 
 
@@ -105,6 +109,18 @@ def test_each_response_sends_only_the_new_items_and_instructions_once():
     assert (second.max_output_tokens, second.temperature) == (3, 0.5)
 
 
+def test_usage_splits_a_prompt_with_image_rows_into_image_and_text_tokens():
+    peer = Peer()
+    peer.send(type="conversation.item.create", item=user("Hi"))
+    command = peer.start()
+    peer.conn.response_ended(command.response_id, "stop", Usage(prompt_tokens=30, completion_tokens=2,
+                                                                cached_tokens=5, text_tokens=14, image_tokens=16))
+    usage = peer.take()[-1]["response"]["usage"]
+    assert usage["input_tokens"] == 30 and usage["total_tokens"] == 32
+    assert usage["input_token_details"]["image_tokens"] == 16 and usage["input_token_details"]["text_tokens"] == 14
+    assert usage["input_token_details"]["cached_tokens"] == 5
+
+
 def test_editing_what_the_history_holds_re_renders_the_conversation():
     peer = Peer()
     peer.send(type="conversation.item.create", item=user("one", id="u1"))
@@ -141,7 +157,7 @@ def test_barge_in_cancels_the_active_response_and_starts_the_new_one_after_it_en
     peer.send(type="response.create", event_id="third")
     assert peer.events[-1]["error"]["code"] == "conversation_already_has_active_response"
     peer.conn.response_text(old.response_id, "")  # nothing more reaches the client
-    peer.conn.response_ended(old.response_id, "cancelled", Usage(5, 2, 0))
+    peer.conn.response_ended(old.response_id, "cancelled", counts(5, 2, 0))
     events = peer.take()
     done = next(e for e in events if e["type"] == "response.done")["response"]
     assert done["status"] == "cancelled" and done["status_details"]["reason"] == "client_cancelled"
@@ -379,5 +395,5 @@ def test_any_event_sequence_gives_sdk_shaped_events_and_never_raises(events, fin
                 assert peer.conn.active is not None and peer.conn.active.id == command.response_id
         if finish is not None and peer.conn.active is not None:
             peer.conn.response_text(peer.conn.active.id, "x")
-            peer.conn.response_ended(peer.conn.active.id, finish, Usage(3, 1, 0))
+            peer.conn.response_ended(peer.conn.active.id, finish, counts(3, 1, 0))
             peer.take()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from seedance.engine.config import EngineConfig
+from seedance.protocol.flow import FlowLimits
 
 ENV_PREFIX = "SEEDANCE_"
 # SEEDANCE_* names that are not server settings: read by the client CLI (URL, TOKEN), the benchmarks (WRK) and
@@ -138,6 +139,11 @@ class ServerConfig:
         from seedance.paths import state_dir
 
         return self.session_store or f"sqlite://{state_dir(self.state_dir) / 'sessions.db'}"
+
+    def flow_limits(self) -> FlowLimits:
+        """Both WebSocket endpoints' water marks and heartbeat (protocol/flow.py)."""
+        return FlowLimits(self.send_high_water_bytes, self.send_low_water_bytes, self.slow_consumer_timeout_s,
+                          self.heartbeat_interval_s, self.heartbeat_max_missed)
 
     def validate(self) -> None:
         if self.send_low_water_bytes >= self.send_high_water_bytes:

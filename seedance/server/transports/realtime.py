@@ -16,10 +16,13 @@ Images (input_image parts, for a model that takes them) go to the engine as the 
 (image_from_url), decoded and encoded on its vision thread; an image a session turn took in is the session's KV and
 embedding rows (sessions/manager.py), so a later response does not encode it again.
 
-Back-pressure: sends never wait for the socket to drain (writer_limit); before each send the transport's unsent
-bytes are checked, and past send_high_water_bytes the response is paused in the engine until they fall to
-send_low_water_bytes (as /v1/stream does), the connection's sends waiting meanwhile; above high water for
-slow_consumer_timeout_s the socket is closed (4001).
+Back-pressure and liveness are /v1/stream's policy (protocol/flow.py), decided by the protocol core: sends never
+wait for the socket to drain (writer_limit); the writer ticks the protocol before each step with the transport's
+unsent bytes, counts what it sends (after every send_low_water_bytes a probe ping, whose pong acknowledges what the
+client has read, kernel buffers included), and carries out what the protocol asks: pause the response in the engine
+above send_high_water_bytes of unread output, resume it at send_low_water_bytes, ping for the heartbeat, and close
+(an `error` event, then 4001 above high water for slow_consumer_timeout_s, or 4000 after heartbeat_max_missed
+unanswered pings) with ws_liveness.py's bounded close, which resets a socket whose peer does not read.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,13 +43,15 @@ from seedance.engine.events import FinishReason, TokenEvent
 from seedance.engine.sampling_params import SamplingParams
 from seedance.observability.hub import Observability
 from seedance.protocol import CloseCode
+from seedance.protocol.flow import CloseConnection, SendPing
 from seedance.protocol.realtime_connection import (
     CancelResponse,
     InputChanged,
     Limits,
+    PauseResponse,
     RealtimeConnection,
+    ResumeResponse,
     StartResponse,
-    Usage,
 )
 from seedance.protocol.realtime_events import INTERNAL, MAX_ID_LENGTH, RATE_LIMITED, RESPONSE_FAILED
 from seedance.server.http.config import ServerConfig
@@ -56,13 +61,14 @@ from seedance.server.http.security import SUBPROTOCOLS, WsGuard
 from seedance.server.http.state import STATE
 from seedance.server.transports import ws_accept
 from seedance.server.transports.requests import image_from_url
+from seedance.server.transports.ws_liveness import CLOSE_TIMEOUT_S, BoundedClose, HeartbeatTimer
+from seedance.server.transports.ws_messages import usage_of
 from seedance.serving.generation import Generation
 from seedance.sessions.manager import Session, SessionError, SessionManager, scoped_key
 
 log = logging.getLogger(__name__)
 
 _NEVER_DRAIN = 1 << 62  # aiohttp writer_limit: sends never wait for the socket; the water marks bound it
-_BACKLOG_POLL_S = 0.05  # how often a backlogged connection looks whether the client has read
 
 
 @dataclass(eq=False)
@@ -86,9 +92,12 @@ class RealtimeSocket:
         self.transport: asyncio.Transport | None = None  # its write buffer: what the client has not read
         self.obs: Observability | None = None  # metrics / tracing (set by realtime_handler)
         self.wake = asyncio.Event()
+        self.closer = BoundedClose(ws, None, "realtime websocket")  # its transport: set in run
+        self.heartbeat = HeartbeatTimer(ws, self.wake, lambda: protocol.backpressure.next_heartbeat_at)
         self.current: RealtimeGeneration | None = None
         self.starting: str | None = None  # response id being tokenized and submitted
         self.cancel_on_start: set[str] = set()
+        self.pause_on_start: set[str] = set()  # paused by back-pressure while it was being submitted
         self.session: Session | None = None
         self.eos_id = _end_of_turn_token(engine)
         self._send_lock = asyncio.Lock()  # the reader and the writer both flush: events keep their order
@@ -102,13 +111,14 @@ class RealtimeSocket:
         return {self.current.id: self.current} if self.current is not None and not self.current.finished else {}
 
     async def close(self, code: int, reason: str) -> None:
-        """GuardedConnection: the token expired, or the client sends too fast."""
-        if not self.ws.closed:
-            log.info("closing realtime websocket: %d %s", code, reason)
-            await self.ws.close(code=code, message=reason.encode())
+        """GuardedConnection (the token expired, the client sends too fast) and the protocol's flow control: the
+        bounded close handshake, then the socket reset if the peer does not read (ws_liveness.py)."""
+        await self.closer.close(code, reason)
 
     async def run(self) -> None:
+        self.closer.transport = self.transport
         writer = asyncio.create_task(self._writer(), name="realtime-writer")
+        self.heartbeat.arm()
         try:
             await self._flush()  # session.created
             async for msg in self.ws:
@@ -117,9 +127,16 @@ class RealtimeSocket:
                 elif msg.type == WSMsgType.BINARY:
                     self.protocol.error("invalid_event", "events are JSON text messages, not binary")
                     await self._flush()
+                elif msg.type == WSMsgType.PING:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await self.ws.pong(msg.data)
+                elif msg.type == WSMsgType.PONG:
+                    if self.protocol.receive_pong(msg.data):
+                        self.wake.set()  # it read: a paused response may resume
                 elif msg.type == WSMsgType.ERROR:
                     return
         finally:
+            self.heartbeat.cancel()
             current, self.current = self.current, None
             if current is not None and not current.finished:
                 # The connection is gone: cancel, and end the session's turn now with what was sent (the engine's
@@ -135,6 +152,7 @@ class RealtimeSocket:
                         await task
             if self.session is not None and not self.keep_session:
                 self.sessions.drop(self.session)  # after the prefill's cancel: nothing pins it again
+            await self.closer.finish()
 
     async def _on_text(self, data: str) -> None:
         """A fault while handling one event fails that event (an error event), never the connection."""
@@ -156,37 +174,17 @@ class RealtimeSocket:
         transport = self.transport
         return transport.get_write_buffer_size() if transport is not None and not transport.is_closing() else 0
 
-    async def _wait_for_reader(self) -> None:
-        """Back-pressure: while the client has not read what was sent (above high water), its response is paused
-        in the engine and the connection sends nothing more; it resumes at low water. Above high water for
-        slow_consumer_timeout_s the socket is closed."""
-        config = self.config
-        if self._unsent_bytes() <= config.send_high_water_bytes:
-            return
-        gen = self.current if self.current is not None and not self.current.finished else None
-        if gen is not None:
-            self.engine.pause(gen.engine_id)
-        since = time.monotonic()
-        try:
-            while not self.ws.closed and self._unsent_bytes() > config.send_low_water_bytes:
-                if time.monotonic() - since > config.slow_consumer_timeout_s:
-                    await self.close(CloseCode.SLOW_CONSUMER, "slow consumer: send buffer above high water too long")
-                    return
-                await asyncio.sleep(_BACKLOG_POLL_S)
-        finally:
-            if gen is not None and not gen.finished:
-                self.engine.resume(gen.engine_id)
-
     async def _flush(self) -> None:
         """Send what the protocol queued, then carry out its commands (whose answers may queue more)."""
         while True:
             async with self._send_lock:
-                await self._wait_for_reader()
                 for body in self.protocol.data_to_send():
                     if self.ws.closed:
                         break
-                    with contextlib.suppress(ConnectionError, RuntimeError):
-                        await self.ws.send_frame(body, WSMsgType.TEXT)
+                    with contextlib.suppress(ConnectionError, RuntimeError):  # the peer went away: the reader ends
+                        await self.ws.send_frame(body, WSMsgType.TEXT)  # never waits for the client (writer_limit)
+                        if (probe := self.protocol.wrote(len(body))) is not None:
+                            await self.ws.ping(probe)
             commands = self.protocol.commands()
             if not commands:
                 return
@@ -195,6 +193,15 @@ class RealtimeSocket:
                     await self._start(command)
                 elif isinstance(command, CancelResponse):
                     self._cancel(command.response_id)
+                elif isinstance(command, (PauseResponse, ResumeResponse)):
+                    self._pause(command.response_id, isinstance(command, PauseResponse))
+                elif isinstance(command, SendPing):
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await self.ws.ping(command.payload)
+                elif isinstance(command, CloseConnection):
+                    if command.code == CloseCode.HEARTBEAT_TIMEOUT and self.obs is not None:
+                        self.obs.metrics.heartbeat_timeouts.inc()
+                    await self.close(command.code, command.reason)
                 elif isinstance(command, InputChanged) and (self._prefill is None or self._prefill.done()):
                     self._prefill = asyncio.create_task(self._prefill_input(), name="realtime-prefill")
 
@@ -204,6 +211,15 @@ class RealtimeSocket:
             self._cancel_gen(current)
         elif self.starting == response_id:
             self.cancel_on_start.add(response_id)
+
+    def _pause(self, response_id: str, pause: bool) -> None:
+        """Back-pressure: pause (or resume) the response in the engine; one still being submitted is paused once
+        it starts."""
+        current = self.current
+        if current is not None and current.id == response_id and not current.finished:
+            (self.engine.pause if pause else self.engine.resume)(current.engine_id)
+        elif self.starting == response_id:
+            (self.pause_on_start.add if pause else self.pause_on_start.discard)(response_id)
 
     def _cancel_gen(self, gen: RealtimeGeneration) -> None:
         """Cancel between two engine steps; the KV of what was sent stays pinned for the next response."""
@@ -305,16 +321,27 @@ class RealtimeSocket:
                                        self.engine)
         self.current = gen
         stream.listener = self.wake.set
+        if command.response_id in self.pause_on_start:
+            self.pause_on_start.discard(command.response_id)
+            self.engine.pause(gen.engine_id)
         if command.response_id in self.cancel_on_start:
             self.cancel_on_start.discard(command.response_id)
             self._cancel(command.response_id)
         self.wake.set()
 
     async def _writer(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self.wake.wait()
             self.wake.clear()
             try:
+                hold = self.protocol.tick(loop.time(), self._unsent_bytes())
+                await self._flush()  # pauses, resumes, pings, a close (after its error event)
+                self.heartbeat.arm()
+                if hold is not None:  # above high water: the response's events wait in its stream
+                    if hold != math.inf:
+                        loop.call_later(hold, self.wake.set)  # look again soon
+                    continue
                 self._produce()
                 await self._flush()
             except asyncio.CancelledError:
@@ -352,8 +379,7 @@ class RealtimeSocket:
         self._end(gen, final)
         if gen.obs is not None:
             gen.obs.sent()  # its last events are queued for this writer's flush
-        usage = Usage(final.num_prompt_tokens, gen.completion_tokens, final.num_cached_tokens)
-        self.protocol.response_ended(gen.id, str(final.finish_reason), usage,
+        self.protocol.response_ended(gen.id, str(final.finish_reason), usage_of(final, gen.completion_tokens),
                                      "generation failed on the server" if final.finish_reason is FinishReason.ERROR
                                      else None)
 
@@ -399,7 +425,7 @@ async def realtime_handler(request: web.Request) -> web.StreamResponse:
     if name is not None and not 1 <= len(name) <= MAX_ID_LENGTH:
         raise HttpError(400, "invalid_request", f"session must be 1 to {MAX_ID_LENGTH} characters", "session")
     ws = web.WebSocketResponse(max_msg_size=config.max_message_bytes, compress=False, protocols=SUBPROTOCOLS,
-                               heartbeat=config.heartbeat_interval_s, writer_limit=_NEVER_DRAIN)
+                               autoping=False, timeout=CLOSE_TIMEOUT_S, writer_limit=_NEVER_DRAIN)
     await ws.prepare(request)
     if (refused := ws_accept.accept(request.transport, state)) is not None:
         await ws.close(code=refused[0], message=refused[1].encode())
@@ -407,7 +433,8 @@ async def realtime_handler(request: web.Request) -> web.StreamResponse:
     prefix = os.urandom(6).hex()
     protocol = RealtimeConnection(config.model_name or "", id_prefix=prefix,
                                   limits=Limits(max_items=config.realtime_max_items,
-                                                takes_images=state.engine.engine.takes_images))
+                                                takes_images=state.engine.engine.takes_images),
+                                  flow=config.flow_limits(), now=asyncio.get_running_loop().time())
     conn = RealtimeSocket(ws, state.engine, state.sessions, config, protocol, "", keep_session=name is not None)
     conn.guard = guard = WsGuard.of(request, conn)
     conn.transport = request.transport

@@ -19,16 +19,13 @@ import asyncio
 import contextlib
 import logging
 import math
-import socket
-import struct
 from typing import NamedTuple, Protocol
 
-from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 
 from seedance.observability.hub import Observability
 from seedance.protocol import CloseCode
 from seedance.protocol import errors as codes
-from seedance.protocol.flow import FlowLimits
 from seedance.protocol.server_connection import CloseConnection, Command, SendPing, ServerConnection
 from seedance.server.http.auth import Principal
 from seedance.server.http.config import ServerConfig
@@ -39,11 +36,11 @@ from seedance.server.http.state import STATE, ServerState
 from seedance.server.transports import ws_accept
 from seedance.server.transports.ws_choices import WsRequest
 from seedance.server.transports.ws_commands import WsCommands
+from seedance.server.transports.ws_liveness import CLOSE_TIMEOUT_S, BoundedClose, HeartbeatTimer
 
 log = logging.getLogger(__name__)
 
 _NEVER_DRAIN = 1 << 62  # aiohttp writer_limit: never wait for the socket to drain (the water marks bound it)
-CLOSE_TIMEOUT_S = 10.0  # how long a closing peer has to answer (and read) the close frame before it is aborted
 
 
 class WsSocket(Protocol):
@@ -74,57 +71,27 @@ class WsConnection:
         self.ws = ws
         self.transport = transport
         self.wake = asyncio.Event()
-        self._closer: asyncio.Task | None = None
-        self._heartbeat: asyncio.TimerHandle | None = None  # a timer, not a task: it only wakes the writer
+        self.closer = BoundedClose(ws, transport, "websocket")
+        self.heartbeat = HeartbeatTimer(ws, self.wake, lambda: self.protocol.backpressure.next_heartbeat_at)
         self.loop = asyncio.get_running_loop()
 
     # ---- lifecycle --------------------------------------------------------------------------------
     async def run(self) -> None:
         writer = asyncio.create_task(self._writer(), name="ws-writer")
-        self._arm_heartbeat()
+        self.heartbeat.arm()
         try:
             await self._reader()
         finally:
-            if self._heartbeat is not None:
-                self._heartbeat.cancel()
+            self.heartbeat.cancel()
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
             self.commands.connection_lost()
-            if self._closer is not None:
-                with contextlib.suppress(Exception):
-                    await self._closer
-            self._abort_if_stuck()
+            await self.closer.finish()
 
     async def close(self, code: int, reason: str) -> None:
-        """Send the close frame and wait (bounded) for the peer's; on a task of its own, so the connection's
-        tasks ending meanwhile cannot cut the handshake short."""
-        if self._closer is None and not self.ws.closed:
-            log.info("closing websocket: %d %s", code, reason)
-            if code in (CloseCode.SLOW_CONSUMER, CloseCode.HEARTBEAT_TIMEOUT):
-                self._reset_on_close()  # the peer does not read: its close frame may never get through
-            self._closer = asyncio.ensure_future(self.ws.close(code=code, message=reason.encode(), drain=False))
-        if self._closer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._closer)
-
-    def _abort_if_stuck(self) -> None:
-        """Called once the close handshake is over (or timed out after CLOSE_TIMEOUT_S): a peer that still has
-        not read what was sent will not. Drop the socket; a plain close would wait for the unsent bytes
-        forever, holding the file descriptor and the buffer."""
-        transport = self.transport
-        unanswered = self._closer is not None and self.ws.close_code == WSCloseCode.ABNORMAL_CLOSURE
-        if transport is not None and (unanswered or transport.get_write_buffer_size() > 0):
-            self._reset_on_close()
-            transport.abort()
-
-    def _reset_on_close(self) -> None:
-        """Linger 0: closing the socket sends a reset, so the kernel drops what it still holds for a peer that
-        does not read, instead of keeping it as an orphan socket for minutes."""
-        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        """The bounded close handshake (ws_liveness.py), then the socket reset if the peer does not read."""
+        await self.closer.close(code, reason)
 
     @property
     def requests(self) -> dict[str, WsRequest]:
@@ -223,8 +190,7 @@ class WsConnection:
             wake.clear()
             hold = protocol.tick(loop.time(), transport.get_write_buffer_size() if transport is not None else 0)
             await self._pump()  # pauses, resumes, pings, a close
-            if self._heartbeat is None:
-                self._arm_heartbeat()
+            self.heartbeat.arm()
             if hold is not None:
                 if hold != math.inf:
                     loop.call_later(hold, wake.set)  # look again soon
@@ -241,17 +207,6 @@ class WsConnection:
             await self._send_batch(texts, frames)
             for active in ended:
                 active.sent()
-
-    # ---- heartbeat --------------------------------------------------------------------------------
-    def _arm_heartbeat(self) -> None:
-        """Wake the writer when the protocol's heartbeat is due: its tick pings, or closes (4000), and moves
-        the next one on; the writer then arms this again."""
-        if not self.ws.closed:
-            self._heartbeat = self.loop.call_at(self.protocol.backpressure.next_heartbeat_at, self._heartbeat_due)
-
-    def _heartbeat_due(self) -> None:
-        self._heartbeat = None
-        self.wake.set()
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
@@ -287,9 +242,7 @@ async def serve_connection(ws: WsSocket, transport: asyncio.Transport | None, st
                                      max_requests=config.max_requests_per_connection,
                                      scopes=guard.principal.scopes, token_auth=guard.sec.bearer_auth,
                                      draining=lambda: state.draining, log_context=guard.log_context,
-                                     flow=FlowLimits(config.send_high_water_bytes, config.send_low_water_bytes,
-                                                     config.slow_consumer_timeout_s, config.heartbeat_interval_s,
-                                                     config.heartbeat_max_missed),
+                                     flow=config.flow_limits(),
                                      now=asyncio.get_running_loop().time())
     conn.commands = WsCommands(conn.protocol, state.engine, state.sessions, guard, conn.wake, conn._send_batch,
                                lambda: ws.closed, obs=obs)

@@ -29,7 +29,8 @@ from seedance.server.http.security import SECURITY, SUBPROTOCOL, admit
 from seedance.server.http.state import STATE
 from seedance.server.http.upgrade_view import UpgradeView
 from seedance.server.transports import ws_accept
-from seedance.server.transports.ws import CLOSE_TIMEOUT_S, WsAdmission, serve_connection
+from seedance.server.transports.ws import WsAdmission, serve_connection
+from seedance.server.transports.ws_liveness import CLOSE_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 _PICOWS_LOG = logging.getLogger("seedance.picows")  # picows logs every accept at INFO: keep it to warnings
