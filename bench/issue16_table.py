@@ -25,6 +25,7 @@ def f(x, fmt="{:,.0f}"):
 table = [*rows(load("before-ws"), "before (3a1ea7a)"), *rows(load("after-ws-thread"), "after, --engine thread"),
          *rows(load("after-ws-process"), "after, --engine process"),
          *rows(load("after-ws-workers2"), "after, --workers 2"),
+         *rows(load("after-ws-aiohttp"), "after, --engine process --ws-stack aiohttp"),
          *rows(load("after-ws-process"), "", key="baseline"), *rows(load("after-http"), "after, --engine process")]
 print("| server | transport | clients | chunks/s | server CPU s | CPU µs/chunk | chunks/CPU-s | failures (err / t-o / "
       "never connected) | all connected after | handshakes/s peak | TTFT p99 ms | inter-chunk p99 ms |")
@@ -37,7 +38,7 @@ for label, r in table:
           f"({r['errors']} / {r['timeouts']} / {r['never_connected']}) | "
           f"{f(conn['time_to_all_connected_s'], '{:.1f} s')} | {conn['handshakes_per_s_peak']:,} | "
           f"{f(r['ttft_ms']['p99'])} | {f(r['inter_chunk_ms']['p99'])} |")
-for name in ("after-ws-process", "model-process", "model-thread"):
+for name in ("after-ws-process", "after-ws-aiohttp", "model-process", "model-thread"):
     report = load(name)
     for ratio in (report or {}).get("ratios", []):
         print(name, ratio)
@@ -53,7 +54,7 @@ for name in ("after-ws-process", "model-process", "model-thread"):
 # The goals, level by level, for every "after" configuration.
 base = {r["clients"]: r for r in (load("after-ws-process") or {}).get("baseline", [])}
 http = {(r["transport"], r["clients"]): r for r in (load("after-http") or {}).get("results", [])}
-for name in ("after-ws-process", "after-ws-thread", "after-ws-workers2", "before-ws"):
+for name in ("after-ws-process", "after-ws-aiohttp", "after-ws-thread", "after-ws-workers2", "before-ws"):
     for r in (load(name) or {}).get("results", []):
         c, srv = r["clients"], r["server"]
         parts = [f"{name} {c}:"]

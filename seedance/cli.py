@@ -138,6 +138,8 @@ def serve(
                                       "docs/server-stack.md) (default: thread)", "--engine")] = None,
     workers: Annotated[Int, _opt("N", "gateway processes sharing the port in front of one engine process "
                                       "(docs/server-stack.md) (default: 1)")] = None,
+    ws_stack: Annotated[S, _opt("STACK", "/v1/stream's WebSocket stack on the one port: picows or aiohttp "
+                                         "(docs/server-stack.md) (default: picows)", "--ws-stack")] = None,
 ) -> None:
     """Start the server (WebSocket /v1/stream, OpenAI-compatible SSE, HTTP polling)."""
     import gc
@@ -166,7 +168,8 @@ def serve(
         cfg = ServerConfig.load(config, host=host, port=port, model=model, device=device, dtype=dtype,
                                 model_name=model_name, keepalive=keepalive, session_store=session_store,
                                 state_dir=state_dir, engine_mode=engine, workers=workers,
-                                quantize=quantize, kv_cache_bytes=kv_bytes, **security, **observability)
+                                ws_stack=ws_stack, quantize=quantize, kv_cache_bytes=kv_bytes, **security,
+                                **observability)
         preflight(cfg)  # refuses unsafe settings and unreadable keys/certificates before binding
     except (ValueError, typer.BadParameter) as err:
         print(f"seedance serve: {err}", file=sys.stderr)
@@ -461,6 +464,8 @@ def bench_transports(
     server_path: Annotated[str | None, typer.Option(help="run the server from this source tree (e.g. an older "
                                                          "commit's `git archive`) for a before/after")] = None,
     workers: Annotated[int | None, typer.Option(help="the server's --workers (gateway processes)")] = None,
+    ws_stack: Annotated[str | None, typer.Option("--ws-stack", help="the server's /v1/stream stack: picows or "
+                                                 "aiohttp (default: the server's own)")] = None,
     source_addresses: Annotated[int, typer.Option(help="clients connect from this many loopback addresses "
                                                   "(127.0.0.1, .2, ...): --workers routes by address")] = 1,
     engine_alone: Annotated[bool, typer.Option("--engine-alone", help="--backend model: then the same closed loop "
@@ -481,7 +486,8 @@ def bench_transports(
                          plots, ramp=_seconds(ramp),
                          wrk_transports=tuple(t.strip() for t in wrk_transports.split(",") if t.strip()),
                          baseline=baseline, engine_mode=engine, server_path=server_path,
-                         with_engine_alone=engine_alone, workers=workers, source_addresses=source_addresses)
+                         with_engine_alone=engine_alone, workers=workers, source_addresses=source_addresses,
+                         ws_stack=ws_stack)
 
 
 @bench_app.command("fuzz")

@@ -39,7 +39,7 @@ CDF_POINTS = 101  # quantiles kept per latency distribution for the CDF plots
 
 
 def server_settings(backend: str, rate: float, max_clients: int, engine_mode: str | None = None,
-                    workers: int | None = None) -> dict[str, object]:
+                    workers: int | None = None, ws_stack: str | None = None) -> dict[str, object]:
     """Settings that let one loopback client IP open max_clients streams without tripping a limit."""
     big = max(4 * max_clients, 1024)
     env = {
@@ -64,6 +64,8 @@ def server_settings(backend: str, rate: float, max_clients: int, engine_mode: st
         env["engine_mode"] = engine_mode
     if workers is not None:
         env["workers"] = workers
+    if ws_stack is not None:  # the same: only when asked
+        env["ws_stack"] = ws_stack
     return env
 
 
@@ -119,11 +121,11 @@ def first_token_s(url: str, timeout: float = 30.0) -> float:
 
 
 def start_server(backend: str, rate: float, max_clients: int, workdir: Path, engine_mode: str | None = None,
-                 server_path: str | None = None, workers: int | None = None) -> Server:
+                 server_path: str | None = None, workers: int | None = None, ws_stack: str | None = None) -> Server:
     """`seedance serve` on a free loopback port; records process start → listening → ready → first token.
     server_path: a source tree (another commit's checkout) whose seedance the server runs instead of this one."""
     settings = {"session_store": f"sqlite://{workdir / 'sessions.db'}",
-                **server_settings(backend, rate, max_clients, engine_mode, workers)}
+                **server_settings(backend, rate, max_clients, engine_mode, workers, ws_stack)}
     t0 = time.perf_counter()
     proc = launch(settings, workdir / "server.log", args=("--log-level", "warning"), python_path=server_path)
     first = first_token_s(proc.url)
@@ -530,6 +532,7 @@ def run_transports_bench(
     with_engine_alone: bool = False,
     workers: int | None = None,
     source_addresses: int = 1,
+    ws_stack: str | None = None,
 ) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -556,12 +559,12 @@ def run_transports_bench(
                      else None, "duration_s": duration, "max_tokens": max_tokens, "processes": processes,
                      "concurrency": concurrency, "transports": transports, "p99_bound_ms": p99_bound_ms,
                      "ramp_s": ramp, "baseline": baseline, "engine_mode": engine_mode, "server_path": server_path,
-                     "workers": workers, "source_addresses": source_addresses},
+                     "workers": workers, "source_addresses": source_addresses, "ws_stack": ws_stack},
         "results": [],
     }
     max_clients = max([*concurrency, memory_connections, wrk_clients or 0])
     server = Server(url.rstrip("/")) if url else start_server(backend, rate, max_clients, workdir, engine_mode,
-                                                              server_path, workers)
+                                                              server_path, workers, ws_stack)
     if workers and workers > 1 and server.process:
         wait_for_workers(server.url, workers, source_addresses)
     if server.process:

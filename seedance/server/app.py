@@ -27,6 +27,7 @@ from seedance.protocol import CloseCode
 from seedance.server.http import client_identity, conn_guard, cors, security
 from seedance.server.http import observability_http as observability
 from seedance.server.http.config import ServerConfig
+from seedance.server.http.head_router import HeadRouter
 from seedance.server.http.http_errors import HttpError
 from seedance.server.http.proxy import TrustedProxies
 from seedance.server.http.reuseport import attach_source_ip_routing
@@ -34,6 +35,7 @@ from seedance.server.http.state import STATE, Placement, ServerState
 from seedance.server.transports import embeddings, openai_api, polling, tokenize_api
 from seedance.server.transports.realtime import realtime_handler
 from seedance.server.transports.ws import websocket_handler
+from seedance.server.transports.ws_picows import PicowsStream
 from seedance.sessions.manager import SessionManager
 from seedance.sessions.store import open_store
 
@@ -287,9 +289,11 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None,
                            shutdown_timeout=config.shutdown_grace_s + 5)
     await runner.setup()
     sec = app[security.SECURITY]
+    picows = PicowsStream(app) if config.ws_stack == "picows" else None  # /v1/stream's stack (server-stack.md)
     site = conn_guard.GuardedSite(runner, app[conn_guard.GUARD], config.host, config.port, reuse_address=True,
                                   ssl_context=sec.ssl_context, backlog=config.listen_backlog,
-                                  reuse_port=worker is not None)
+                                  reuse_port=worker is not None,
+                                  protocol=HeadRouter.factory(picows.protocol) if picows else None)
     try:
         await site.start()
     except OSError:  # cannot listen (port in use...): the CLI says so in one line
@@ -320,5 +324,7 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None,
         for s in list(runner.sites):
             await s.stop()  # no new connections
         await drain(app)
+        if picows is not None:
+            await picows.close()
         await runner.cleanup()
     return app[STATE].load_error

@@ -12,8 +12,9 @@ from seedance.bench.server_process import ServerProcess as RunningServer
 from seedance.bench.server_process import free_port, launch
 from tests.e2e.browser import launch_chromium
 
-__all__ = ["LLAVA_MODEL", "RunningServer", "free_port", "start_server"]
+__all__ = ["LLAVA_MODEL", "WS_STACKS", "RunningServer", "free_port", "start_server"]
 
+WS_STACKS = ("picows", "aiohttp")  # /v1/stream's stacks (ws_stack): the WebSocket modules run against both
 LLAVA_MODEL = "tiny-llava"  # the served name of the tiny LLaVA checkpoint (its directory's name)
 
 
@@ -24,12 +25,40 @@ def start_server(tmp_path_factory, client_ssl: ssl.SSLContext | None = None, **e
                   ready_timeout_s=90, poll_s=0.1)
 
 
+DEFAULT_SERVER = dict(max_requests_per_connection=8, num_kv_blocks=1024)
+
+
 @pytest.fixture(scope="session")
-def server(tmp_path_factory) -> Iterator[RunningServer]:
+def default_server(tmp_path_factory) -> Iterator[RunningServer]:
     """The default server with the built-in model, shared by the e2e tests that need no special config."""
-    srv = start_server(tmp_path_factory, max_requests_per_connection=8, num_kv_blocks=1024)
+    srv = start_server(tmp_path_factory, **DEFAULT_SERVER)
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def server(default_server) -> RunningServer:
+    return default_server
+
+
+@pytest.fixture(scope="session")
+def aiohttp_stack_server(tmp_path_factory) -> Iterator[RunningServer]:
+    """The default server with /v1/stream on aiohttp (ws_stack, the non-default stack)."""
+    srv = start_server(tmp_path_factory, ws_stack="aiohttp", **DEFAULT_SERVER)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module", params=WS_STACKS)
+def ws_stack(request) -> str:
+    """A WebSocket module's tests run once per stack: take this or `stack_server`."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def stack_server(request, ws_stack) -> RunningServer:
+    """The default server on this module run's stack (override `server` with it in a WebSocket module)."""
+    return request.getfixturevalue("default_server" if ws_stack == "picows" else "aiohttp_stack_server")
 
 
 @pytest.fixture(scope="session")

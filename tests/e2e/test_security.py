@@ -29,8 +29,9 @@ ALL = "generate logprobs priority:high admin"
 
 
 @pytest.fixture(scope="module")
-def secured(tmp_path_factory) -> Iterator[RunningServer]:
-    srv = start_server(tmp_path_factory, jwt_secret=SECRET, jwt_audience=AUDIENCE, jwt_issuer=ISSUER,
+def secured(tmp_path_factory, ws_stack) -> Iterator[RunningServer]:
+    """Every test on it runs on both /v1/stream stacks (tests/e2e/conftest.py WS_STACKS)."""
+    srv = start_server(tmp_path_factory, ws_stack=ws_stack, jwt_secret=SECRET, jwt_audience=AUDIENCE, jwt_issuer=ISSUER,
                        jwt_leeway_s=0, allowed_origins="https://app.example", max_connections_per_ip=3,
                        max_connections_per_token=2, ws_messages_per_s=5, ws_message_burst=10,
                        http_requests_per_s=20, http_request_burst=30, ticket_ttl_s=5, max_prompt_tokens=32,
@@ -352,9 +353,10 @@ async def test_prompt_and_max_tokens_limits(secured):
 # ---------------------------------------------------------------------------------------------- defaults
 
 
-async def test_open_loopback_default_checks_origin_and_host(server):
+async def test_open_loopback_default_checks_origin_and_host(stack_server):
     """No auth configured, loopback: the demo page's own origin works; other origins and DNS-rebinding Host
-    names do not."""
+    names do not (on both /v1/stream stacks)."""
+    server = stack_server
     async with connect(server.ws, origin=f"http://localhost:{server.port}", proxy=None) as ws:
         await ping_pong(ws)
     with pytest.raises(InvalidStatus) as info:

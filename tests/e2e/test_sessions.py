@@ -77,12 +77,13 @@ async def test_three_turn_chat_reuses_at_least_80_percent_of_prior_kv(server_fac
         prior = usage["prompt_tokens"] + usage["completion_tokens"]
 
 
-async def test_abrupt_drop_mid_stream_then_resume_gives_the_uninterrupted_text(server_factory, store_url):
-    srv = server_factory(session_store=store_url, detached_buffer_tokens=8)
-    reference = (await chat(srv.ws, "uninterrupted", TURNS[:1], SAMPLED))[0]
+async def test_abrupt_drop_mid_stream_then_resume_gives_the_uninterrupted_text(server_factory, store_url, ws_stack):
+    srv = server_factory(session_store=store_url, detached_buffer_tokens=8, ws_stack=ws_stack)
+    name = f"dropped-{ws_stack}"  # names per stack: both stacks' runs share one Redis
+    reference = (await chat(srv.ws, f"uninterrupted-{ws_stack}", TURNS[:1], SAMPLED))[0]
 
     ws = await connect(srv.ws)
-    await ws.send(json.dumps({"type": "generate", "id": "t0", "session": "dropped", "prompt": TURNS[0], **SAMPLED}))
+    await ws.send(json.dumps({"type": "generate", "id": "t0", "session": name, "prompt": TURNS[0], **SAMPLED}))
     seen = []
     while len(seen) < 5:
         seen += [m for m in messages_of(await ws.recv()) if m["type"] == "chunk"]
@@ -97,7 +98,7 @@ async def test_abrupt_drop_mid_stream_then_resume_gives_the_uninterrupted_text(s
 
     async with connect(srv.ws) as ws2:
         last_seq = seen[-1]["seq"]
-        await ws2.send(json.dumps({"type": "resume", "session": "dropped", "id": "t0", "last_seq": last_seq}))
+        await ws2.send(json.dumps({"type": "resume", "session": name, "id": "t0", "last_seq": last_seq}))
         rest = await read_turn(ws2, "t0")
     chunks = seen + rest["chunks"]
     assert [c["seq"] for c in chunks] == list(range(len(chunks)))  # nothing lost, nothing twice

@@ -14,7 +14,19 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from seedance.protocol import CloseCode, decode_frame
-from tests.e2e.wire import messages_of, raw_handshake, send_masked_text, until
+from tests.e2e.wire import messages_of, raw_handshake, read_text_frames, send_masked_text, until
+
+
+@pytest.fixture(scope="module")
+def server(stack_server):
+    """Every test here runs on both /v1/stream stacks (tests/e2e/conftest.py WS_STACKS)."""
+    return stack_server
+
+
+@pytest.fixture
+def server_factory(server_factory, ws_stack):
+    """Servers started here run on this module run's /v1/stream stack."""
+    return lambda **env: server_factory(**{"ws_stack": ws_stack, **env})
 
 
 async def run_requests(ws, requests: list[dict], timeout: float = 60) -> dict[str, dict]:
@@ -422,3 +434,60 @@ async def test_sigterm_drains_then_closes_websockets_with_1001(server_factory):
         assert done["long"] == "cancelled"  # cancelled at the grace deadline, and told so
         assert time.monotonic() - start < 10
     assert srv.process.wait(15) == 0
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+async def test_the_one_port_guards_unfinished_heads_and_serves_upgrades_after_http_or_with_a_frame(server_factory):
+    """The head router (server/http/head_router.py) on both stacks: a WebSocket whose head is in is no longer
+    pending; unfinished /v1/stream heads count against max_pending_connections_per_ip and are closed after
+    header_timeout_s; an upgrade after an HTTP request on a keep-alive connection, and one with its first
+    frame in the same packet as the head, are served."""
+    srv = server_factory(header_timeout_s=1.5, max_pending_connections_per_ip=2)
+    socks = [raw_handshake(srv.port) for _ in range(3)]  # three WebSockets: none of them pending
+    partial = []
+    for _ in range(3):
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        s.sendall(b"GET /v1/stream HTTP/1.1\r\nHost: x\r\n")
+        partial.append(s)
+    assert _closed_within(partial[2], 1.0)  # the third unfinished head from this address: closed at accept
+    assert all(_closed_within(s, 4.0) for s in partial[:2])  # the others after header_timeout_s
+    for sock in socks:  # the WebSockets are still served
+        send_masked_text(sock, json.dumps({"type": "ping", "ts": 7}))
+        assert any(m["type"] == "pong" for m in read_text_frames(sock, lambda m: m["type"] == "pong"))
+        sock.close()
+
+    key = base64.b64encode(b"0123456789abcdef").decode()
+    upgrade = (f"GET /v1/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # keep-alive HTTP first (aiohttp)
+        reply = b""
+        while b'"ok"}' not in reply:
+            reply += sock.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 200")
+        sock.sendall(upgrade)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(1)
+        assert b" 101 " in head
+        send_masked_text(sock, json.dumps({"type": "ping", "ts": 8}))
+        assert read_text_frames(sock, lambda m: m["type"] == "pong")[-1]["ts"] == 8
+
+    with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        payload, mask = json.dumps({"type": "ping", "ts": 9}).encode(), b"\x01\x02\x03\x04"
+        frame = bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        sock.sendall(upgrade + frame)  # head and first frame in one write
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(1)
+        assert b" 101 " in head
+        assert read_text_frames(sock, lambda m: m["type"] == "pong")[-1]["ts"] == 9

@@ -13,7 +13,11 @@ from seedance.engine.client_key import CURRENT_CLIENT
 
 
 def client_key(request: web.Request) -> str:
-    transport = request.transport
+    return transport_key(request.transport)
+
+
+def transport_key(transport) -> str:
+    """The key of one TCP connection (an asyncio transport): its peer's address and port."""
     peer = transport.get_extra_info("peername") if transport is not None else None
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"{peer[0]}:{peer[1]}"

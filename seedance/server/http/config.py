@@ -32,6 +32,9 @@ class ServerConfig:
     # Gateway processes sharing the port in front of one engine process (server/workers.py); > 1 implies
     # engine_mode "process" and needs a fixed port.
     workers: int = 1
+    # /v1/stream's WebSocket stack on the one port (docs/server-stack.md): "picows" (the head router hands
+    # /v1/stream upgrades to picows, everything else to aiohttp) or "aiohttp" (aiohttp serves all of it)
+    ws_stack: str = "picows"
     model_name: str | None = None  # the id /v1/models reports and clients pass as "model"; None: the model's own
     # WebSocket limits
     max_message_bytes: int = 1 << 20  # larger client messages close the socket with 1009
@@ -155,6 +158,8 @@ class ServerConfig:
             raise ValueError("workers must be >= 1")
         if self.workers > 1 and self.port == 0:
             raise ValueError("workers > 1 needs a fixed port (every worker binds the same one)")
+        if self.ws_stack not in ("picows", "aiohttp"):
+            raise ValueError("ws_stack must be picows or aiohttp")
         if self.log_format not in ("text", "json"):
             raise ValueError("log_format must be text or json")
         if self.tracing not in ("off", "console", "file", "otlp"):

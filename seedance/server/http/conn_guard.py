@@ -177,12 +177,19 @@ class GuardedProtocol(asyncio.Protocol):
         self.inner.resume_writing()
 
 
-class GuardedSite(web.TCPSite):
-    """web.TCPSite whose connections pass through the guard; a TLS handshake gets header_timeout_s too."""
+# (guard, aiohttp's handler factory) -> a connection's protocol; GuardedProtocol's shape unless one is given
+ProtocolFactory = Callable[[ConnectionGuard, Callable[[], asyncio.Protocol]], asyncio.Protocol]
 
-    def __init__(self, runner: web.AppRunner, guard: ConnectionGuard, *args, **kwargs) -> None:
+
+class GuardedSite(web.TCPSite):
+    """web.TCPSite whose connections pass through the guard; a TLS handshake gets header_timeout_s too.
+    `protocol`: the guard's protocol per connection (head_router.HeadRouter with ws_stack "picows")."""
+
+    def __init__(self, runner: web.AppRunner, guard: ConnectionGuard, *args,
+                 protocol: ProtocolFactory | None = None, **kwargs) -> None:
         super().__init__(runner, *args, **kwargs)
         self.guard = guard
+        self.protocol = protocol or (lambda guard, handler: GuardedProtocol(guard, handler()))
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
@@ -190,8 +197,9 @@ class GuardedSite(web.TCPSite):
         assert server is not None
         guard = self.guard
         extra = {"ssl_handshake_timeout": guard.header_timeout_s} if self._ssl_context is not None else {}
+        make = self.protocol
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: GuardedProtocol(guard, server()), self._host, self._port, ssl=self._ssl_context,
+            lambda: make(guard, server), self._host, self._port, ssl=self._ssl_context,
             backlog=self._backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port, **extra)
         self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
 

@@ -43,19 +43,19 @@ async def middleware(request: web.Request, handler):
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status in (401, 403):
-            metrics.auth_refusals.labels(_error_code(exc)).inc()
+            metrics.auth_refusals.labels(error_code(exc)).inc()
         if exc.status >= 400 and request.method == "POST" and route in GENERATE_ROUTES:
             # counted and traced like a refused WebSocket generate; the id is in the reply to match the trace
             request_id = exc.headers.get("X-Request-Id") or f"{GENERATE_ROUTES[route]}-refused-{uuid.uuid4().hex}"
             exc.headers["X-Request-Id"] = request_id
-            obs.refused(transport, request_id, _error_code(exc))
+            obs.refused(transport, request_id, error_code(exc))
         raise
     finally:
         if gauge is not None:
             gauge.dec()
 
 
-def _error_code(exc: web.HTTPException) -> str:
+def error_code(exc: web.HTTPException) -> str:
     try:
         return str(json.loads(exc.text)["error"]["code"])
     except (TypeError, ValueError, KeyError):

@@ -17,9 +17,11 @@ import ipaddress
 import logging
 import time
 import urllib.parse
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
+from multidict import CIMultiDictProxy, MultiDictProxy
 
 from seedance.protocol import CloseCode
 from seedance.protocol.scopes import SCOPE_ADMIN, SCOPE_GENERATE, generate_scopes
@@ -64,6 +66,24 @@ ROUTE_SCOPES = {
     "/detokenize": SCOPE_GENERATE,
     "/v1/realtime": SCOPE_GENERATE,
 }
+
+
+class RequestHead(Protocol):
+    """What the accept policy reads of a request: an aiohttp `web.Request` is one, and so is the picows
+    stack's view of a WebSocket upgrade (server/http/upgrade_view.py), so both stacks run the same policy."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def query(self) -> MultiDictProxy[str] | Mapping[str, str]: ...
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+    @property
+    def transport(self) -> asyncio.BaseTransport | None: ...
+    @property
+    def remote(self) -> str | None: ...
 
 
 class Refusal(Exception):
@@ -216,7 +236,7 @@ class Security:
         return ", ".join(parts)
 
     # ---- per request ------------------------------------------------------------------------------
-    def client_address(self, request: web.Request) -> ClientAddress:
+    def client_address(self, request: RequestHead) -> ClientAddress:
         transport = request.transport
         peer = transport.get_extra_info("peername") if transport is not None else None
         peer_ip = peer[0] if isinstance(peer, tuple) and peer else request.remote
@@ -224,7 +244,7 @@ class Security:
         return self.proxies.resolve(peer_ip, request.headers.getall("X-Forwarded-For", []),
                                     request.headers.getall("X-Forwarded-Proto", []), scheme)
 
-    def check_host(self, request: web.Request) -> None:
+    def check_host(self, request: RequestHead) -> None:
         """Open loopback mode refuses Host names from DNS: a web page whose domain an attacker re-resolves to
         127.0.0.1 (DNS rebinding) reaches the socket but still sends that domain in Host. IP literals,
         localhost (and *.localhost) and single-label names cannot be rebound from outside."""
@@ -246,7 +266,7 @@ class Security:
                           f"Host {host!r} is a DNS name; this server runs without authentication and answers "
                           "only localhost or IP addresses (DNS rebinding protection)")
 
-    def own_origins(self, request: web.Request) -> set[str]:
+    def own_origins(self, request: RequestHead) -> set[str]:
         """The origins of this server as a browser on this machine reaches it (the demo page at /)."""
         transport = request.transport
         sock = transport.get_extra_info("sockname") if transport is not None else None
@@ -259,7 +279,7 @@ class Security:
             hosts |= {"127.0.0.1", "localhost", "[::1]"}
         return {f"{scheme}://{h}:{port}" for h in hosts}
 
-    def check_origin(self, request: web.Request) -> None:
+    def check_origin(self, request: RequestHead) -> None:
         origin = request.headers.get("Origin")
         if origin is None:  # not a browser; browsers send Origin on every WebSocket upgrade and cross-site POST
             return
@@ -271,7 +291,7 @@ class Security:
             raise Refusal(403, "origin_not_allowed", f"Origin {origin!r} is refused (opaque or malformed origin)")
         raise Refusal(403, "origin_not_allowed", f"Origin {origin} is not in allowed_origins")
 
-    def origin_allowed(self, request: web.Request, origin: str) -> bool:
+    def origin_allowed(self, request: RequestHead, origin: str) -> bool:
         """The one Origin decision, for the check above and for CORS: opaque (`null`) and malformed origins are
         refused unless any origin is allowed."""
         if self.any_origin:
@@ -279,7 +299,7 @@ class Security:
         normal = normalize_origin(origin)
         return normal is not None and (normal in self.origins or normal in self.own_origins(request))
 
-    def authenticate(self, request: web.Request, client: ClientAddress) -> Principal:
+    def authenticate(self, request: RequestHead, client: ClientAddress) -> Principal:
         cert_subject = None
         if self.mtls:
             cert_subject = peer_subject(request.transport)
@@ -306,7 +326,7 @@ class Security:
             raise AuthError("invalid API key")
         return self.verifier.verify(token)
 
-    def _credentials(self, request: web.Request) -> tuple[str, str]:
+    def _credentials(self, request: RequestHead) -> tuple[str, str]:
         header = request.headers.get("Authorization")
         if header is not None:
             scheme, _, value = header.strip().partition(" ")
@@ -330,7 +350,7 @@ class Security:
                             "")
         raise AuthError("no credentials: send 'Authorization: Bearer <token>'", "")
 
-    def refuse(self, request: web.Request, client: ClientAddress, err: Exception) -> HttpError:
+    def refuse(self, request: RequestHead, client: ClientAddress, err: Exception) -> HttpError:
         if isinstance(err, AuthError):
             challenge = 'Bearer realm="seedance"'
             if err.code:
@@ -347,7 +367,7 @@ class Security:
         return HttpError(status, code, reason, headers=headers)
 
 
-def is_websocket_upgrade(request: web.Request) -> bool:
+def is_websocket_upgrade(request: RequestHead) -> bool:
     return request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"
 
 
@@ -365,25 +385,36 @@ def _insufficient(missing: list[str], what: str) -> Refusal:
 SECURITY = web.AppKey("security", Security)
 
 
-@web.middleware
-async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    sec = request.app[SECURITY]
+def admit(sec: Security, request: RequestHead, scopes: list[str]) -> tuple[ClientAddress, Principal, Any]:
+    """The accept policy of a non-public request, for both stacks: client address (trusted proxies) -> Host ->
+    request rate -> Origin -> authentication -> scopes -> connections per IP / token. Returns the client, the
+    principal and the connection slot (release it when the request or WebSocket ends); raises the HttpError."""
     client = sec.client_address(request)
-    request[CLIENT] = client
-    if request.path in PUBLIC_PATHS or request.path.startswith("/static/"):
-        return await handler(request)
     try:
         sec.check_host(request)
         sec.http_rate.check(client.ip, "request")
         sec.check_origin(request)
         principal = sec.authenticate(request, client)
-        missing = missing_scopes(principal, _route_scopes(request))
+        missing = missing_scopes(principal, scopes)
         if missing:
             raise _insufficient(missing, f"{request.method} {request.path}")
         slot = sec.connections.acquire(client.ip, principal.id if principal.authenticated else None)
     except (AuthError, Refusal, LimitExceeded) as err:
         raise sec.refuse(request, client, err) from None
-    request[PRINCIPAL] = principal
+    return client, principal, slot
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith("/static/")
+
+
+@web.middleware
+async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    sec = request.app[SECURITY]
+    if is_public(request.path):
+        request[CLIENT] = sec.client_address(request)
+        return await handler(request)
+    request[CLIENT], request[PRINCIPAL], slot = admit(sec, request, _route_scopes(request))
     try:
         return await handler(request)
     finally:
@@ -458,12 +489,12 @@ class GuardedConnection(Protocol):
 class WsGuard:
     """One per WebSocket connection: scopes per message, message rate, token expiry, reauth."""
 
-    def __init__(self, request: web.Request, conn: GuardedConnection) -> None:
-        self.sec: Security = request.app[SECURITY]
+    def __init__(self, sec: Security, principal: Principal, client: ClientAddress, conn: GuardedConnection) -> None:
+        self.sec = sec
         self.conn = conn
-        self.principal = principal_of(request)
-        self.client: ClientAddress = request[CLIENT]
-        cfg = self.sec.config
+        self.principal = principal
+        self.client = client
+        cfg = sec.config
         self.rate = TokenBucket(cfg.ws_messages_per_s, cfg.ws_message_burst) if cfg.ws_messages_per_s > 0 else None
         self._timer: asyncio.TimerHandle | None = None
         self._closing: asyncio.Task | None = None
@@ -471,6 +502,11 @@ class WsGuard:
         log.info("websocket open: client=%s%s auth=%s subject=%s", self.client.ip,
                  f" (via {self.client.peer})" if self.client.via_proxy else "", self.principal.method,
                  self.principal.subject)
+
+    @classmethod
+    def of(cls, request: web.Request, conn: GuardedConnection) -> WsGuard:
+        """The guard of an aiohttp WebSocket handler's connection (the middleware admitted the request)."""
+        return cls(request.app[SECURITY], principal_of(request), request[CLIENT], conn)
 
     def _schedule_expiry(self) -> None:
         if self._timer is not None:

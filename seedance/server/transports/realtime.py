@@ -32,7 +32,6 @@ import contextlib
 import logging
 import math
 import os
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,10 +56,10 @@ from seedance.protocol.realtime_connection import (
 from seedance.protocol.realtime_events import INTERNAL, MAX_ID_LENGTH, RATE_LIMITED, RESPONSE_FAILED
 from seedance.server.http.config import ServerConfig
 from seedance.server.http.http_errors import HttpError
-from seedance.server.http.keepalive import apply_keepalive
 from seedance.server.http.observability_http import OBS
 from seedance.server.http.security import SUBPROTOCOLS, WsGuard
 from seedance.server.http.state import STATE
+from seedance.server.transports import ws_accept
 from seedance.server.transports.requests import image_from_url
 from seedance.server.transports.ws_liveness import CLOSE_TIMEOUT_S, BoundedClose, HeartbeatTimer
 from seedance.server.transports.ws_messages import usage_of
@@ -433,18 +432,8 @@ async def realtime_handler(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=config.max_message_bytes, compress=False, protocols=SUBPROTOCOLS,
                                autoping=False, timeout=CLOSE_TIMEOUT_S, writer_limit=_NEVER_DRAIN)
     await ws.prepare(request)
-    sock = request.transport.get_extra_info("socket") if request.transport else None
-    apply_keepalive(sock, config.keepalive)
-    if sock is not None and config.socket_send_buffer_bytes:  # the kernel's share of the unread bytes
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.socket_send_buffer_bytes)
-    if state.engine is None:
-        await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"model is loading")
-        return ws
-    if state.draining:
-        await ws.close(code=CloseCode.GOING_AWAY, message=b"server is shutting down")
-        return ws
-    if len(state.websockets) >= config.max_connections:
-        await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"too many connections")
+    if (refused := ws_accept.accept(request.transport, state)) is not None:
+        await ws.close(code=refused[0], message=refused[1].encode())
         return ws
     prefix = os.urandom(6).hex()
     protocol = RealtimeConnection(config.model_name or "", id_prefix=prefix,
@@ -452,7 +441,7 @@ async def realtime_handler(request: web.Request) -> web.StreamResponse:
                                                 takes_images=state.engine.engine.takes_images),
                                   flow=config.flow_limits(), now=asyncio.get_running_loop().time())
     conn = RealtimeSocket(ws, state.engine, state.sessions, config, protocol, "", keep_session=name is not None)
-    conn.guard = guard = WsGuard(request, conn)
+    conn.guard = guard = WsGuard.of(request, conn)
     conn.transport = request.transport
     conn.obs = request.app.get(OBS)
     conn.session_key = scoped_key(guard.principal, name or f"realtime-{prefix}")

@@ -19,18 +19,21 @@ import asyncio
 import contextlib
 import logging
 import math
-import socket
+from typing import NamedTuple, Protocol
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 
+from seedance.observability.hub import Observability
 from seedance.protocol import CloseCode
 from seedance.protocol import errors as codes
 from seedance.protocol.server_connection import CloseConnection, Command, SendPing, ServerConnection
+from seedance.server.http.auth import Principal
 from seedance.server.http.config import ServerConfig
-from seedance.server.http.keepalive import apply_keepalive
 from seedance.server.http.observability_http import OBS
-from seedance.server.http.security import SUBPROTOCOLS, WsGuard
-from seedance.server.http.state import STATE
+from seedance.server.http.proxy import ClientAddress
+from seedance.server.http.security import CLIENT, SECURITY, SUBPROTOCOLS, Security, WsGuard, principal_of
+from seedance.server.http.state import STATE, ServerState
+from seedance.server.transports import ws_accept
 from seedance.server.transports.ws_choices import WsRequest
 from seedance.server.transports.ws_commands import WsCommands
 from seedance.server.transports.ws_liveness import CLOSE_TIMEOUT_S, BoundedClose, HeartbeatTimer
@@ -38,6 +41,21 @@ from seedance.server.transports.ws_liveness import CLOSE_TIMEOUT_S, BoundedClose
 log = logging.getLogger(__name__)
 
 _NEVER_DRAIN = 1 << 62  # aiohttp writer_limit: never wait for the socket to drain (the water marks bound it)
+
+
+class WsSocket(Protocol):
+    """The part of aiohttp's WebSocketResponse a connection uses; ws_picows.PicowsSocket is the other one."""
+
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def close_code(self) -> int | None: ...  # 1006 (ABNORMAL_CLOSURE) when the peer never answered our close
+    async def receive(self) -> WSMessage: ...
+    async def send_frame(self, message: bytes, opcode: WSMsgType) -> None: ...
+    async def ping(self, message: bytes = b"") -> None: ...
+    async def pong(self, message: bytes = b"") -> None: ...
+    async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool: ...
+    def exception(self) -> BaseException | None: ...
 
 
 class WsConnection:
@@ -49,7 +67,7 @@ class WsConnection:
     protocol: ServerConnection[WsRequest]  # set by websocket_handler: the request table and the rules
     commands: WsCommands  # set by websocket_handler: the engine and session side
 
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None) -> None:
+    def __init__(self, ws: WsSocket, transport: asyncio.Transport | None) -> None:
         self.ws = ws
         self.transport = transport
         self.wake = asyncio.Event()
@@ -192,27 +210,34 @@ class WsConnection:
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    """/v1/stream on aiohttp (ws_stack "aiohttp"): the middleware has admitted the upgrade."""
     state = request.app[STATE]
     config: ServerConfig = state.config
     ws = web.WebSocketResponse(autoping=False, max_msg_size=config.max_message_bytes, compress=False,
                                protocols=SUBPROTOCOLS, writer_limit=_NEVER_DRAIN, timeout=CLOSE_TIMEOUT_S)
     await ws.prepare(request)
-    transport = request.transport
-    sock = transport.get_extra_info("socket") if transport else None
-    apply_keepalive(sock, config.keepalive)
-    if sock is not None and config.socket_send_buffer_bytes:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.socket_send_buffer_bytes)
-    if state.engine is None:
-        await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"model is loading")
+    if (refused := ws_accept.accept(request.transport, state)) is not None:
+        await ws.close(code=refused[0], message=refused[1].encode())
         return ws
-    if state.draining:
-        await ws.close(code=CloseCode.GOING_AWAY, message=b"server is shutting down")
-        return ws
-    if len(state.websockets) >= config.max_connections:
-        await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"too many connections")
-        return ws
+    await serve_connection(ws, request.transport, state, WsAdmission(request.app[SECURITY], principal_of(request),
+                                                                     request[CLIENT]), request.app.get(OBS))
+    return ws
+
+
+class WsAdmission(NamedTuple):
+    """Who the accept policy let in, as WsGuard takes it."""
+
+    sec: Security
+    principal: Principal
+    client: ClientAddress
+
+
+async def serve_connection(ws: WsSocket, transport: asyncio.Transport | None, state: ServerState,
+                           admission: WsAdmission, obs: Observability | None) -> None:
+    """Run one accepted /v1/stream connection to its end, on either stack."""
+    config = state.config
     conn = WsConnection(ws, transport)
-    conn.guard = guard = WsGuard(request, conn)
+    conn.guard = guard = WsGuard(*admission, conn)
     conn.protocol = ServerConnection(max_message_bytes=config.max_message_bytes,
                                      max_requests=config.max_requests_per_connection,
                                      scopes=guard.principal.scopes, token_auth=guard.sec.bearer_auth,
@@ -220,7 +245,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                                      flow=config.flow_limits(),
                                      now=asyncio.get_running_loop().time())
     conn.commands = WsCommands(conn.protocol, state.engine, state.sessions, guard, conn.wake, conn._send_batch,
-                               lambda: ws.closed, obs=request.app.get(OBS))
+                               lambda: ws.closed, obs=obs)
     state.websockets.add(conn)
     try:
         await conn.run()
@@ -229,4 +254,3 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         state.websockets.discard(conn)
         if not ws.closed:
             await ws.close()
-    return ws
