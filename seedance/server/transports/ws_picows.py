@@ -279,7 +279,7 @@ class PicowsStream:
         if gauge is not None:
             gauge.inc()
         # the connection's client key for the engine's per-client fairness (aiohttp's middleware sets it there)
-        CURRENT_CLIENT.set(transport_key(getattr(sock.transport, "underlying_transport", None)))
+        CURRENT_CLIENT.set(transport_key(sock.transport))
         try:
             if (refused := ws_accept.accept(sock.transport, self.state)) is not None:
                 await sock.close(code=refused[0], message=refused[1].encode())
