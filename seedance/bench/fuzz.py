@@ -23,6 +23,7 @@ import struct
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,6 +270,26 @@ async def fuzz_realtime(url: str, count: int, seed: int, batch: int, hang_timeou
     events are answered in order, so that is the connection's ping."""
     tally, mutate = Tally(), Mutator(seed)
     probes = 0
+
+    async def send_one(ws: aiohttp.ClientWebSocketResponse) -> None:
+        if mutate.rng.random() < 0.03:
+            await ws.send_bytes(mutate.binary())
+        else:
+            await ws.send_str(mutate.body(mutate.rng.choice(REALTIME_TEMPLATES)))
+
+    async def answers(ws: aiohttp.ClientWebSocketResponse) -> bool:
+        nonlocal probes
+        probes += 1
+        return await _realtime_answers(ws, tally, f"probe-{seed}-{probes}", hang_timeout_s)
+
+    return await _fuzz_connection(url, count, batch, hang_timeout_s, tally, send_one, answers)
+
+
+async def _fuzz_connection(url: str, count: int, batch: int, hang_timeout_s: float, tally: Tally,
+                           send_one: Callable[[aiohttp.ClientWebSocketResponse], Awaitable[None]],
+                           answers: Callable[[aiohttp.ClientWebSocketResponse], Awaitable[bool]]) -> Tally:
+    """The WebSocket fuzzers' loop: `send_one` `batch` times, then `answers` must say the connection still
+    answers; reconnect after each close, until `count` are sent."""
     async with aiohttp.ClientSession() as http:
         while tally.sent < count:
             try:
@@ -284,14 +305,10 @@ async def fuzz_realtime(url: str, count: int, seed: int, batch: int, hang_timeou
                     for _ in range(min(batch, count - tally.sent)):
                         tally.sent += 1
                         try:
-                            if mutate.rng.random() < 0.03:
-                                await ws.send_bytes(mutate.binary())
-                            else:
-                                await ws.send_str(mutate.body(mutate.rng.choice(REALTIME_TEMPLATES)))
+                            await send_one(ws)
                         except (ConnectionError, aiohttp.ClientError, UnicodeEncodeError):
                             break
-                    probes += 1
-                    alive = await _realtime_answers(ws, tally, f"probe-{seed}-{probes}", hang_timeout_s)
+                    alive = await answers(ws)
     return tally
 
 
@@ -348,29 +365,17 @@ def _tally_ws_text(raw: str, tally: Tally, pong_ts: float | None = None) -> bool
 async def fuzz_ws(ws_url: str, count: int, binary: bool, seed: int, batch: int, hang_timeout_s: float) -> Tally:
     """`count` fuzzed messages on one connection (reconnecting after each close), a ping check every `batch`."""
     tally, mutate = Tally(), Mutator(seed)
-    async with aiohttp.ClientSession() as http:
-        while tally.sent < count:
-            try:
-                ws = await asyncio.wait_for(http.ws_connect(ws_url, max_msg_size=0, heartbeat=None), hang_timeout_s)
-            except (aiohttp.ClientError, TimeoutError) as err:
-                tally.hangs += 1
-                tally.defect("connect failed", repr(err))
-                await asyncio.sleep(1)
-                continue
-            async with ws:
-                alive = True
-                while alive and tally.sent < count:
-                    for _ in range(min(batch, count - tally.sent)):
-                        tally.sent += 1
-                        try:
-                            if binary:
-                                await ws.send_bytes(mutate.binary())
-                            else:
-                                await ws.send_str(mutate.body(mutate.rng.choice(WS_TEMPLATES)))
-                        except (ConnectionError, aiohttp.ClientError, UnicodeEncodeError):
-                            break
-                    alive = await _answers_ping(ws, tally, hang_timeout_s)
-    return tally
+
+    async def send_one(ws: aiohttp.ClientWebSocketResponse) -> None:
+        if binary:
+            await ws.send_bytes(mutate.binary())
+        else:
+            await ws.send_str(mutate.body(mutate.rng.choice(WS_TEMPLATES)))
+
+    async def answers(ws: aiohttp.ClientWebSocketResponse) -> bool:
+        return await _answers_ping(ws, tally, hang_timeout_s)
+
+    return await _fuzz_connection(ws_url, count, batch, hang_timeout_s, tally, send_one, answers)
 
 
 def _http_input(mutate: Mutator, job_ids: list[str]) -> tuple[str, str, bytes, str]:
