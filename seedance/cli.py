@@ -179,6 +179,13 @@ def serve(
     except OSError as err:
         print(f"seedance serve: {listen_error(cfg.host, cfg.port, err)}", file=sys.stderr)
         raise typer.Exit(1) from None
+    core = None
+    if cfg.engine_mode == "process" and cfg.workers <= 1:
+        # start the engine process first: its torch import and model load overlap the gateway's imports and
+        # app construction below (docs/server-stack.md); /readyz says `loading` until it is Ready
+        from seedance.engine.core_spawn import spawn_core
+
+        core = spawn_core(cfg.engine, logging.getLogger().level)
     from seedance.observability.logs import configure_logging
     from seedance.server.app import serve as run_server
 
@@ -191,9 +198,9 @@ def serve(
         try:
             import uvloop
         except ImportError:
-            failure = asyncio.run(run_server(cfg))
+            failure = asyncio.run(run_server(cfg, core=core))
         else:
-            failure = uvloop.run(run_server(cfg))
+            failure = uvloop.run(run_server(cfg, core=core))
     except OSError as err:  # the listener: port in use, no permission, no such address
         print(f"seedance serve: {listen_error(cfg.host, cfg.port, err)}", file=sys.stderr)
         raise typer.Exit(1) from None

@@ -42,7 +42,6 @@ import torch
 
 from seedance.engine.client_key import client_of
 from seedance.engine.config import EngineConfig
-from seedance.engine.core_process import run_core
 from seedance.engine.core_protocol import (
     Abort,
     Add,
@@ -64,6 +63,7 @@ from seedance.engine.core_protocol import (
     frame,
     tensor_bytes,
 )
+from seedance.engine.core_spawn import SpawnedCore, spawn_core
 from seedance.engine.engine_front import EngineFront, GenerateRequest, RequestStream
 from seedance.engine.errors import EngineOverloaded, EngineUnavailable, InvalidRequest
 from seedance.engine.events import FinishReason, TokenEvent
@@ -152,14 +152,12 @@ class ProcessEngine(EngineFront):
         self._exited = asyncio.get_running_loop().create_future()
 
     @classmethod
-    async def create(cls, config: EngineConfig, log_level: int = logging.WARNING) -> ProcessEngine:
-        """Start the core process, wait (off the loop's critical path) for its model to load."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        process = mp.get_context("spawn").Process(target=run_core, args=(config, theirs, log_level),
-                                                  name="seedance-engine-core", daemon=True)
-        process.start()
-        theirs.close()
-        return await cls.connect(config, ours, process)
+    async def create(cls, config: EngineConfig, log_level: int = logging.WARNING,
+                     core: SpawnedCore | None = None) -> ProcessEngine:
+        """Start the core process (or take one `seedance serve` started before building the app, already
+        loading), wait (off the loop's critical path) for its model to load."""
+        core = core if core is not None else spawn_core(config, log_level)
+        return await cls.connect(config, core.sock, core.process)
 
     @classmethod
     async def connect_path(cls, config: EngineConfig, path: str, prefix: str,

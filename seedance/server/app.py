@@ -20,6 +20,7 @@ from pathlib import Path
 from aiohttp import web
 
 from seedance.engine.async_engine import AsyncEngine
+from seedance.engine.core_spawn import SpawnedCore
 from seedance.engine.process_engine import ProcessEngine
 from seedance.models.identity import model_identity
 from seedance.models.loader import resolve_model_path
@@ -110,7 +111,8 @@ async def _start_engine(app: web.Application) -> None:
             engine = await ProcessEngine.connect_path(state.config.engine, state.worker.core_path,
                                                       state.worker.prefix)
         elif state.config.engine_mode == "process":
-            engine = await ProcessEngine.create(state.config.engine, log_level=logging.getLogger().level)
+            core, state.spawned_core = state.spawned_core, None
+            engine = await ProcessEngine.create(state.config.engine, log_level=logging.getLogger().level, core=core)
         else:
             engine = await AsyncEngine.create(state.config.engine)
     except Exception as err:  # one line, then `seedance serve` exits non-zero (serve() returns the reason)
@@ -279,12 +281,14 @@ def build_app(config: ServerConfig) -> web.Application:
 
 
 async def serve(config: ServerConfig, ready: asyncio.Event | None = None,
-                worker: Placement | None = None) -> str | None:
+                worker: Placement | None = None, core: SpawnedCore | None = None) -> str | None:
     """Run until SIGTERM/SIGINT, then shut down gracefully; a model that fails to load stops it too.
     Returns why the model failed to load (the CLI exits non-zero with it), None after a normal run.
-    worker: this process is one of `--workers N` (server/workers.py): shared port, shared engine process."""
+    worker: this process is one of `--workers N` (server/workers.py): shared port, shared engine process.
+    core: `--engine process`'s core, spawned by `seedance serve` before this module was imported."""
     app = build_app(config)
     app[STATE].worker = worker
+    app[STATE].spawned_core = core
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=config.shutdown_grace_s + 5)
     await runner.setup()

@@ -19,7 +19,7 @@ import shutil
 import signal
 import tempfile
 
-from seedance.engine.core_process import serve_core
+from seedance.engine.core_spawn import shared_core_process
 from seedance.server.http.config import ServerConfig
 from seedance.server.http.state import Placement
 
@@ -48,8 +48,7 @@ def run_workers(config: ServerConfig, log_level: str = "info") -> int:
     ctx = mp.get_context("spawn")
     workdir = tempfile.mkdtemp(prefix="seedance-core-")  # 0700: only this user reaches the engine socket
     path = os.path.join(workdir, "engine.sock")
-    core = ctx.Process(target=serve_core, args=(config.engine, path, logging.getLogger().level),
-                       name="seedance-engine-core")
+    core = shared_core_process(config.engine, path, logging.getLogger().level)  # torch is imported there only
     core.start()
     workers = [ctx.Process(target=_worker_main, args=(config, Placement(i, config.workers, path), log_level),
                            name=f"seedance-worker-{i}") for i in range(config.workers)]

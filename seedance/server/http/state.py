@@ -15,6 +15,7 @@ from seedance.server.http.config import ServerConfig
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from seedance.engine.core_spawn import SpawnedCore
     from seedance.engine.engine_front import EngineFront
     from seedance.sessions.manager import SessionManager
 
@@ -67,6 +68,8 @@ class ServerState:
     on_load_failure: Callable[[], None] | None = None  # serve() stops the server: a failed load exits non-zero
     tasks: list[asyncio.Task] = field(default_factory=list)
     worker: Placement | None = None  # one of `--workers N` (server/workers.py); None: a single process
+    # --engine process: the core `seedance serve` started before importing the app (loading meanwhile)
+    spawned_core: SpawnedCore | None = None
 
 
 STATE = web.AppKey("state", ServerState)

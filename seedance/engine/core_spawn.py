@@ -1,0 +1,52 @@
+"""Start the engine-core process without importing it here: the child imports core_process (torch, the model
+code) itself, so `seedance serve --engine process` can start it first and load the model while the gateway
+is still importing and building its app (the two overlap instead of running one after the other).
+
+The spawn targets below are module-level functions of this torch-free module: multiprocessing pickles a
+target by name, and naming core_process's own functions would import torch in the parent before the spawn.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import socket
+from dataclasses import dataclass
+
+from seedance.engine.config import EngineConfig
+
+
+@dataclass
+class SpawnedCore:
+    """A core process started with one end of a socket pair; `sock` is the gateway's end (not yet read)."""
+
+    sock: socket.socket
+    process: mp.process.BaseProcess
+
+
+def _run_core(config: EngineConfig, sock: socket.socket, log_level: int) -> None:
+    from seedance.engine.core_process import run_core
+
+    run_core(config, sock, log_level)
+
+
+def _serve_core(config: EngineConfig, path: str, log_level: int) -> None:
+    from seedance.engine.core_process import serve_core
+
+    serve_core(config, path, log_level)
+
+
+def spawn_core(config: EngineConfig, log_level: int = logging.WARNING) -> SpawnedCore:
+    """One gateway's own core (core_process.run_core): it starts loading at once and says Ready on the socket."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    process = mp.get_context("spawn").Process(target=_run_core, args=(config, theirs, log_level),
+                                              name="seedance-engine-core", daemon=True)
+    process.start()
+    theirs.close()
+    return SpawnedCore(ours, process)
+
+
+def shared_core_process(config: EngineConfig, path: str, log_level: int) -> mp.process.BaseProcess:
+    """`--workers N`: the group's core (core_process.serve_core) listening at path, not started yet."""
+    return mp.get_context("spawn").Process(target=_serve_core, args=(config, path, log_level),
+                                           name="seedance-engine-core")
