@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import socket
+import time
 from dataclasses import dataclass
 
 from seedance.engine.config import EngineConfig
@@ -22,6 +23,7 @@ class SpawnedCore:
 
     sock: socket.socket
     process: mp.process.BaseProcess
+    started_ns: int  # time.time_ns() at the spawn: where the engine's load begins (the cold-start trace)
 
 
 def _run_core(config: EngineConfig, sock: socket.socket, log_level: int) -> None:
@@ -38,12 +40,13 @@ def _serve_core(config: EngineConfig, path: str, log_level: int) -> None:
 
 def spawn_core(config: EngineConfig, log_level: int = logging.WARNING) -> SpawnedCore:
     """One gateway's own core (core_process.run_core): it starts loading at once and says Ready on the socket."""
+    started_ns = time.time_ns()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     process = mp.get_context("spawn").Process(target=_run_core, args=(config, theirs, log_level),
                                               name="seedance-engine-core", daemon=True)
     process.start()
     theirs.close()
-    return SpawnedCore(ours, process)
+    return SpawnedCore(ours, process, started_ns)
 
 
 def shared_core_process(config: EngineConfig, path: str, log_level: int) -> mp.process.BaseProcess:

@@ -105,7 +105,8 @@ def settle_heap() -> None:
 
 async def _start_engine(app: web.Application) -> None:
     state: ServerState = app[STATE]
-    observability.mark(app, "engine_load_start")
+    # an engine process `seedance serve` spawned before importing the app began loading then (the first mark wins)
+    observability.mark(app, "engine_load_start", state.spawned_core.started_ns if state.spawned_core else None)
     try:
         if state.worker is not None:  # one of --workers N: the group's engine process
             engine = await ProcessEngine.connect_path(state.config.engine, state.worker.core_path,

@@ -39,6 +39,17 @@ def engine_pid(srv) -> int:
     return pid
 
 
+def test_the_engine_process_starts_before_the_gateway_builds_its_app(process_server):
+    """`seedance serve --engine process` spawns the core first, so its torch import and model load overlap the
+    gateway's imports: the child exists (by the kernel's clock, psutil) before the app was built, and the
+    cold-start trace starts the model load there."""
+    marks = process_server.stats()["cold_start_ms"]
+    gateway_started = psutil.Process(process_server.pid).create_time()
+    engine_started = psutil.Process(engine_pid(process_server)).create_time()
+    assert engine_started - gateway_started < marks["app_built"] / 1000
+    assert marks["engine_load_start"] < marks["app_built"] < marks["engine_ready"]
+
+
 async def in_process_greedy(prompt: str, max_tokens: int) -> list[int]:
     engine = await AsyncEngine.create(EngineConfig(num_kv_blocks=1024))
     try:
