@@ -187,13 +187,13 @@ def serve(
 
         core = spawn_core(cfg.engine, logging.getLogger().level)
     from seedance.observability.logs import configure_logging
-    from seedance.server.app import serve as run_server
 
     configure_logging(log_level, cfg.log_format)
-    if cfg.workers > 1:
+    if cfg.workers > 1:  # the supervisor imports no app and no torch: its engine process and workers do
         from seedance.server.workers import run_workers
 
         raise typer.Exit(run_workers(cfg, log_level))
+    from seedance.server.app import serve as run_server
     try:
         try:
             import uvloop
@@ -552,6 +552,7 @@ def bench_cold_start(
                                                  "first-request TTFT with and without")] = False,
     rate: Annotated[float, typer.Option(help="synthetic backend: tokens/s per stream")] = 50.0,
     max_tokens: Annotated[int, typer.Option(help="tokens per request (two requests per server)")] = 8,
+    engine: Annotated[str, typer.Option("--engine", help="the servers' --engine: thread or process")] = "thread",
     output: Annotated[str | None, typer.Option(metavar="FILE", help="write results JSON here")] = (
         f"{RESULTS}/cold-start.json"),
     plot: Annotated[str | None, typer.Option(metavar="FILE", help="waterfall PNG")] = (
@@ -565,8 +566,11 @@ def bench_cold_start(
         raise typer.BadParameter("--backend must be synthetic or model")
     if runs < 1:
         raise typer.BadParameter("--runs must be >= 1")
+    if engine not in ("thread", "process"):
+        raise typer.BadParameter("--engine must be thread or process")
     modes = (True, False) if compare_warmup else (not no_warmup,)
-    render(_console(), run_cold_start_bench(runs, backend, modes, rate, max_tokens, output, plot, console=_console()))
+    render(_console(), run_cold_start_bench(runs, backend, modes, rate, max_tokens, output, plot, console=_console(),
+                                            engine_mode=engine))
 
 
 @bench_app.command("workloads")

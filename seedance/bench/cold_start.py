@@ -69,10 +69,12 @@ async def _first_requests(ws_url: str, max_tokens: int, t0: float) -> dict[str, 
     return out
 
 
-def one_run(backend: str, warmup: bool, rate: float, max_tokens: int, workdir: Path) -> dict:
+def one_run(backend: str, warmup: bool, rate: float, max_tokens: int, workdir: Path,
+            engine_mode: str = "thread") -> dict:
     """One server from Popen to its first tokens, then stopped: the server's marks and the client's view."""
     workdir.mkdir(parents=True, exist_ok=True)
-    settings: dict[str, object] = {"session_store": f"sqlite://{workdir / 'sessions.db'}", "warmup": warmup}
+    settings: dict[str, object] = {"session_store": f"sqlite://{workdir / 'sessions.db'}", "warmup": warmup,
+                                   "engine_mode": engine_mode}
     if backend == "synthetic":
         settings["synthetic_rate"] = rate
     t0 = time.perf_counter()
@@ -105,8 +107,9 @@ def summarize(runs: list[dict]) -> dict:
 
 def run_cold_start_bench(runs: int = 5, backend: str = "model", warmup_modes: tuple[bool, ...] = (True,),
                          rate: float = 50.0, max_tokens: int = 8, output: str | None = None,
-                         plot: str | None = None, console=None) -> dict:
-    """runs servers per warm-up mode, interleaved across modes; the waterfall is of the first mode."""
+                         plot: str | None = None, console=None, engine_mode: str = "thread") -> dict:
+    """runs servers per warm-up mode, interleaved across modes; the waterfall is of the first mode.
+    engine_mode: `seedance serve --engine` (thread or process)."""
     if backend not in ("model", "synthetic"):
         raise ValueError("backend must be model or synthetic")
     load_before = os.getloadavg()
@@ -114,14 +117,16 @@ def run_cold_start_bench(runs: int = 5, backend: str = "model", warmup_modes: tu
     with tempfile.TemporaryDirectory(prefix="seedance-cold-start-") as tmp:
         for i in range(runs):
             for mode in warmup_modes:
-                run = one_run(backend, mode, rate, max_tokens, Path(tmp) / f"run-{i}-{'warm' if mode else 'cold'}")
+                run = one_run(backend, mode, rate, max_tokens, Path(tmp) / f"run-{i}-{'warm' if mode else 'cold'}",
+                              engine_mode)
                 results[mode].append(run)
                 if console is not None:
                     console.print(f"[dim]run {i + 1}/{runs} warmup={'on' if mode else 'off'}: first token "
                                   f"{run['client']['first_token_s'] * 1000:.0f} ms after Popen, first TTFT "
                                   f"{run['client']['ttft_first_ms']:.1f} ms[/dim]")
     report = {
-        "settings": {"runs": runs, "backend": backend, "warmup_modes": ["on" if m else "off" for m in warmup_modes],
+        "settings": {"runs": runs, "backend": backend, "engine_mode": engine_mode,
+                     "warmup_modes": ["on" if m else "off" for m in warmup_modes],
                      "rate": rate if backend == "synthetic" else None, "max_tokens": max_tokens, "prompts": PROMPTS},
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                     "loadavg_before": [round(x, 2) for x in load_before],
@@ -145,7 +150,8 @@ def run_cold_start_bench(runs: int = 5, backend: str = "model", warmup_modes: tu
         c = main["client_ms"]
         report["plot"] = write_waterfall(
             main["phases"], Path(plot),
-            f"Cold start, {backend} backend, warm-up {'on' if warmup_modes[0] else 'off'} ({runs} runs)",
+            f"Cold start, {backend} backend, {engine_mode} engine, "
+            f"warm-up {'on' if warmup_modes[0] else 'off'} ({runs} runs)",
             {"ready (client)": c["ready_ms"]["mean"], "first token (client)": c["first_token_ms"]["mean"]})
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +167,9 @@ def render(console, report: dict) -> None:
     from rich.table import Table
 
     for key, s in report["summary"].items():
-        title = f"Cold start, {report['settings']['backend']} backend, {key.replace('_', ' ')} ({s['runs']} runs)"
+        settings = report["settings"]
+        title = (f"Cold start, {settings['backend']} backend, {settings.get('engine_mode', 'thread')} engine, "
+                 f"{key.replace('_', ' ')} ({s['runs']} runs)")
         table = Table(title=f"{title}: ms since process start, mean ± std")
         table.add_column("phase", no_wrap=True)
         for col in ("starts at", "duration", "ends at"):

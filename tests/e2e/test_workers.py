@@ -11,6 +11,7 @@ import json
 import time
 
 import httpx
+import psutil
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -65,6 +66,20 @@ async def generate(ws, request_id: str, **fields) -> dict:
     await ws.send(json.dumps({"type": "generate", "id": request_id, "prompt": "In the beginning", **PARAMS,
                               **fields}))
     return await read_turn(ws, request_id, want_snapshot="session" in fields)
+
+
+def test_the_supervisor_imports_no_torch(workers):
+    """The supervisor only starts and watches its engine process and workers: it imports neither the app nor
+    torch (~200 MiB here), which load where they are used. libtorch mapped into a process = torch imported."""
+    supervisor = psutil.Process(workers.pid)
+    children = supervisor.children()
+    assert len(children) >= 3  # the engine process and the two workers (and multiprocessing's resource tracker)
+
+    def has_torch(process: psutil.Process) -> bool:
+        return any("libtorch" in m.path for m in process.memory_maps())
+
+    assert not has_torch(supervisor)
+    assert sum(has_torch(c) for c in children) >= 3  # the check sees torch where it is: the core and the workers
 
 
 async def test_two_workers_one_engine(workers):
