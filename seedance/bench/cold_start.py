@@ -70,15 +70,17 @@ async def _first_requests(ws_url: str, max_tokens: int, t0: float) -> dict[str, 
 
 
 def one_run(backend: str, warmup: bool, rate: float, max_tokens: int, workdir: Path,
-            engine_mode: str = "thread") -> dict:
-    """One server from Popen to its first tokens, then stopped: the server's marks and the client's view."""
+            engine_mode: str = "thread", python_path: str | None = None) -> dict:
+    """One server from Popen to its first tokens, then stopped: the server's marks and the client's view.
+    python_path: a source tree to run the server from instead (a "before" checkout, scripts/cold_start_ab.py)."""
     workdir.mkdir(parents=True, exist_ok=True)
     settings: dict[str, object] = {"session_store": f"sqlite://{workdir / 'sessions.db'}", "warmup": warmup,
                                    "engine_mode": engine_mode}
     if backend == "synthetic":
         settings["synthetic_rate"] = rate
     t0 = time.perf_counter()
-    proc = launch(settings, workdir / "server.log", args=("--log-level", "warning"), poll_s=0.01)
+    proc = launch(settings, workdir / "server.log", args=("--log-level", "warning"), poll_s=0.01,
+                  python_path=python_path)
     try:
         client = asyncio.run(_first_requests(proc.ws, max_tokens, t0))
         marks = proc.stats()["cold_start_ms"]
