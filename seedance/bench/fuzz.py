@@ -241,19 +241,26 @@ async def _answers_ping(ws: aiohttp.ClientWebSocketResponse, tally: Tally, timeo
     """Send a ping and read (tallying) until its pong; False if the connection ended or stayed silent."""
     ts = time.time()
     await ws.send_json({"type": "ping", "ts": ts})
+    return await _read_until(ws, tally, timeout_s, "no pong", lambda data: _tally_ws_text(data, tally, ts))
+
+
+async def _read_until(ws: aiohttp.ClientWebSocketResponse, tally: Tally, timeout_s: float, silent: str,
+                      answered: Callable[[str], bool]) -> bool:
+    """Read text messages until `answered` says one is the answer (True); False, counted, if the connection
+    ended or stayed silent for timeout_s (the defect `silent`)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             msg = await ws.receive(timeout=max(0.01, deadline - time.monotonic()))
         except TimeoutError:
             tally.hangs += 1
-            tally.defect("no pong", f"within {timeout_s} s")
+            tally.defect(silent, f"within {timeout_s} s")
             return False
         if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING,
                         aiohttp.WSMsgType.ERROR):
             _closed(ws, tally)
             return False
-        if msg.type == aiohttp.WSMsgType.TEXT and _tally_ws_text(msg.data, tally, ts):
+        if msg.type == aiohttp.WSMsgType.TEXT and answered(msg.data):
             return True
 
 
@@ -314,23 +321,11 @@ async def _fuzz_connection(url: str, count: int, batch: int, hang_timeout_s: flo
 
 async def _realtime_answers(ws: aiohttp.ClientWebSocketResponse, tally: Tally, probe: str, timeout_s: float) -> bool:
     await ws.send_str(json.dumps({"type": "conversation.item.retrieve", "event_id": probe, "item_id": probe}))
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            msg = await ws.receive(timeout=max(0.01, deadline - time.monotonic()))
-        except TimeoutError:
-            tally.hangs += 1
-            tally.defect("no answer to the probe", f"within {timeout_s} s")
-            return False
-        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING,
-                        aiohttp.WSMsgType.ERROR):
-            _closed(ws, tally)
-            return False
-        if msg.type != aiohttp.WSMsgType.TEXT:
-            continue
-        event = json.loads(msg.data)
+
+    def answered(data: str) -> bool:
+        event = json.loads(data)
         if event.get("type") != "error":
-            continue
+            return False
         error = event.get("error") or {}
         code = error.get("code")
         tally.replies[code] += 1
@@ -340,8 +335,9 @@ async def _realtime_answers(ws: aiohttp.ClientWebSocketResponse, tally: Tally, p
         if code not in REALTIME_ERROR_CODES and code not in ERROR_CODES:
             tally.undocumented[f"realtime error {code}"] += 1
             tally.defect("undocumented realtime code", event)
-        if error.get("event_id") == probe:
-            return True
+        return error.get("event_id") == probe
+
+    return await _read_until(ws, tally, timeout_s, "no answer to the probe", answered)
 
 
 def _tally_ws_text(raw: str, tally: Tally, pong_ts: float | None = None) -> bool:
