@@ -5,9 +5,10 @@ a prompt still being prefilled), then waiting sequences by effective priority. W
 it preempts by recompute: paused sequences first, then the lowest-priority running one, whose blocks
 go back to the pool (and stay in the prefix cache, so recomputation is often cheap).
 
-Two bounds keep one client (a connection) from degrading the others' latency: at most
-`max_running_per_client` of a client's sequences run at once (its further ones wait, and the queue
-admits other clients' past them), and a step that carries decodes carries at most
+Two bounds keep one client (a connection) from degrading the others' latency: each client's share of the
+batch is `max_running_per_client` sequences (client_share.py; work-conserving: its further ones run only
+while no other client's request within its share waits, and they are the first to give way, held back with
+their KV or preempted, when one does), and a step that carries decodes carries at most
 `decode_step_prefill_tokens` prefill tokens, so arriving prompts cannot stretch the step that every
 running stream is waiting on.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from seedance.engine.block_manager import BlockManager
+from seedance.engine.client_share import ClientShare
 from seedance.engine.sequence import Sequence, SequenceStatus
 from seedance.engine.wait_queue import WaitQueue
 
@@ -126,6 +128,10 @@ class Scheduler:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
         self.running.sort(key=lambda s: (s.priority, s.arrival))
+        share = None
+        if self.max_running_per_client is not None:
+            share = ClientShare(self.max_running_per_client, self.running)
+            self._hold_back_extras(share)
         # prefill tokens this step may still carry: capped when any running sequence decodes in it
         prefill = budget
         if self.decode_step_prefill_tokens is not None and any(s.num_uncomputed_tokens == 1 for s in self.running):
@@ -143,13 +149,13 @@ class Scheduler:
                 if self.bm.release_lru_pin():  # idle conversations' KV goes first: it can be recomputed
                     continue
                 victim = self._idle_holder(exclude=seq)
-                if victim is None and len(self.running) > i + 1:
-                    victim = self.running[-1]  # lowest priority, not yet scheduled this step
+                if victim is None:
+                    victim = self._unscheduled_victim(i, share)
                 if victim is None:
                     break
-                self._preempt(victim, out)
+                self._preempt(victim, out, share)
             if not self.bm.allocate(seq, n):
-                self._preempt(seq, out)  # not even room for itself: it waits for memory
+                self._preempt(seq, out, share)  # not even room for itself: it waits for memory
                 continue
             out.chunks.append(ScheduledChunk(seq, seq.num_computed_tokens, n))
             budget -= n
@@ -157,18 +163,23 @@ class Scheduler:
                 prefill -= n
             i += 1
 
-        per_client = self._running_per_client()
-        at_cap = None
-        if per_client is not None:
-            cap = self.max_running_per_client
+        # Every request within its client's share first; then, work-conserving, capped clients' further requests,
+        # once none within a share waits, while the batch and the free memory have room.
+        budget, prefill, drained = self._admit(out, now, budget, prefill, share, extras=False)
+        if share is not None and drained:
+            self._admit(out, now, budget, prefill, share, extras=True)
+        return out
 
-            def at_cap(s: Sequence) -> bool:
-                return s.client is not None and per_client.get(s.client, 0) >= cap
-
+    def _admit(
+        self, out: SchedulerOutput, now: float, budget: int, prefill: int, share: ClientShare | None, extras: bool
+    ) -> tuple[int, int, bool]:
+        """Admit waiting sequences by effective priority: within their clients' shares, or (extras) beyond them,
+        taking only free memory. Returns the budget and prefill share left, and whether the queue ran dry."""
+        skip = share.beyond if share is not None and not extras else None
         while budget > 0 and len(self.running) < self.max_num_seqs:
-            seq = self.waiting.peek(now, skip=at_cap)
+            seq = self.waiting.peek(now, skip=skip)
             if seq is None:
-                break
+                return budget, prefill, True
             if seq.pin_key is not None:
                 self.bm.take_pin(seq.pin_key, seq)  # the session's own KV, partial block included
             cached = self.bm.find_cached_prefix(seq)
@@ -177,10 +188,12 @@ class Scheduler:
             n = self._chunk(seq, min(left, budget) if left == 1 else min(left, budget, prefill))
             if n == 0:
                 break  # this step's prefill share is spent; the head is admitted next step
-            while not self.bm.can_allocate(seq, n, cached):
+            while not extras and not self.bm.can_allocate(seq, n, cached):
                 if self.bm.release_lru_pin():
                     continue
                 victim = self._idle_holder(exclude=seq)
+                if victim is None and share is not None and share.extras:
+                    victim = share.extras[-1]  # the least urgent extra gives way to a request within its share
                 if victim is None and self.running:
                     # A more urgent request takes the memory of the least urgent running one. Both sides
                     # use effective (aged) priority, so each preemption strictly improves the batch and
@@ -191,7 +204,7 @@ class Scheduler:
                         victim = lowest
                 if victim is None:
                     break
-                budget += self._preempt(victim, out)
+                budget += self._preempt(victim, out, share)
             if not self.bm.allocate(seq, n, cached):
                 break  # head of line waits for memory; lower priorities must not jump it
             self.waiting.remove(seq)
@@ -201,19 +214,33 @@ class Scheduler:
             budget -= n
             if left > 1:
                 prefill -= n
-            if per_client is not None and seq.client is not None:
-                per_client[seq.client] = per_client.get(seq.client, 0) + 1
-        return out
+            if share is not None:
+                share.admit(seq)
+        return budget, prefill, False
 
-    def _running_per_client(self) -> dict[str, int] | None:
-        """Running sequences by client, when max_running_per_client applies (None otherwise)."""
-        if self.max_running_per_client is None:
-            return None
-        counts: dict[str, int] = {}
-        for seq in self.running:
-            if seq.client is not None:
-                counts[seq.client] = counts.get(seq.client, 0) + 1
-        return counts
+    def _hold_back_extras(self, share: ClientShare) -> None:
+        """For each waiting request within its client's share that finds no free place in the batch, the least
+        urgent extra leaves the batch and waits again, keeping its KV: an idle holder, whose memory is the first
+        taken when a request needs it, and which resumes without recomputation otherwise."""
+        if not share.extras:
+            return
+        free = self.max_num_seqs - len(self.running)
+        short = share.waiting_within(self.waiting, free + len(share.extras)) - free
+        for seq in share.extras[::-1][: max(short, 0)]:
+            share.leave(seq)
+            self.running.remove(seq)
+            self.add(seq)
+
+    def _unscheduled_victim(self, i: int, share: ClientShare | None) -> Sequence | None:
+        """Who gives running[i] its memory: the least urgent extra not yet scheduled this step; else, unless
+        running[i] is an extra itself (it gives way instead), the least urgent running sequence after it."""
+        if share is not None:
+            for seq in reversed(share.extras):
+                if self.running.index(seq) > i:
+                    return seq
+            if self.running[i] in share.extras:
+                return None
+        return self.running[-1] if len(self.running) > i + 1 else None
 
     def _chunk(self, seq: Sequence, n: int) -> int:
         """n, capped for a multimodal prompt's prefill (max_embed_chunk_tokens)."""
@@ -232,7 +259,7 @@ class Scheduler:
                 return seq
         return None
 
-    def _preempt(self, seq: Sequence, out: SchedulerOutput) -> int:
+    def _preempt(self, seq: Sequence, out: SchedulerOutput, share: ClientShare | None = None) -> int:
         """Free seq's blocks (recompute later); returns the token budget its dropped chunk held."""
         returned = 0
         for chunk in out.chunks:
@@ -246,4 +273,6 @@ class Scheduler:
         if seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
             self.add(seq)
+            if share is not None:
+                share.leave(seq)
         return returned
