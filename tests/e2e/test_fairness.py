@@ -1,6 +1,7 @@
-"""Per-client fairness end to end: a connection that floods the engine with long generations holds at most
-max_running_per_client places in the batch, so another connection's request runs at once instead of queueing
-behind the flood (engine/scheduler.py; the client key is the connection: server/http/client_identity.py)."""
+"""Per-client fairness end to end: a connection that floods the engine with long generations fills a batch that
+has room (work-conserving: beyond its max_running_per_client share), yet another connection's request runs at once
+instead of queueing behind the flood, and the flood's extras resume after it (engine/scheduler.py,
+engine/client_share.py; the client key is the connection: server/http/client_identity.py)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,11 @@ def small_batch_server(request, tmp_path_factory):
     srv.stop()
 
 
-async def test_a_flooding_connection_does_not_queue_another_ones_request_behind_it(small_batch_server):
+async def test_a_flooding_connection_fills_the_batch_but_does_not_queue_another_ones_request_behind_it(
+        small_batch_server):
     first_chunk: dict[str, float] = {}
+    last_chunk: dict[str, float] = {}
+    finished: list[str] = []
     async with connect(small_batch_server.ws, max_size=None) as noisy, connect(small_batch_server.ws) as canary:
         for i in range(FLOOD):
             await noisy.send(json.dumps({"type": "generate", "id": f"n{i}", "prompt": "In the beginning",
@@ -38,15 +42,19 @@ async def test_a_flooding_connection_does_not_queue_another_ones_request_behind_
                 for m in messages_of(await noisy.recv()):
                     if m["type"] == "chunk":
                         first_chunk.setdefault(m["id"], time.monotonic())
+                        last_chunk[m["id"]] = time.monotonic()
                     elif m["type"] == "done":
                         done += 1
+                        finished.append(m["id"])
                     elif m["type"] == "error":
                         raise AssertionError(m)
 
         reader = asyncio.create_task(read_noisy())
-        async with asyncio.timeout(60):
-            while len(first_chunk) < 2:  # the flood is running
+        async with asyncio.timeout(20):  # the flood fills the whole batch, beyond its share of 2
+            while len(first_chunk) < 4:
                 await asyncio.sleep(0.01)
+        assert not finished, finished  # four at once, not two, then two more as the first ones end
+        async with asyncio.timeout(60):
             await canary.send(json.dumps({"type": "generate", "id": "c", "prompt": "Amen", "max_tokens": 4,
                                           "temperature": 0}))
             canary_done = None
@@ -55,10 +63,13 @@ async def test_a_flooding_connection_does_not_queue_another_ones_request_behind_
                     assert m["type"] != "error", m
                     if m["type"] == "done":
                         canary_done = time.monotonic()
-        await asyncio.sleep(0.2)  # a flood request that had started by now has sent its first chunk
+            # the extra that gave the canary its place streams again (n0..n3 all after the canary's end)
+            while not all(last_chunk.get(f"n{i}", 0) > canary_done for i in range(4)):
+                assert not reader.done(), reader
+                await asyncio.sleep(0.01)
         reader.cancel()  # the flood is cancelled when its connection closes
     started_before = sorted(rid for rid, t in first_chunk.items() if t < canary_done)
-    # Only the noisy client's first two ran before the canary finished; without the cap, four of its six
-    # would have filled the batch and the canary would have waited behind all six.
-    assert started_before == ["n0", "n1"], (started_before, first_chunk, canary_done)
+    # The four that filled the batch ran before the canary finished, and none of the flood's waiting two jumped
+    # ahead of it; without the share, the canary would have waited behind all six.
+    assert started_before == ["n0", "n1", "n2", "n3"], (started_before, first_chunk, canary_done)
     assert "Traceback" not in small_batch_server.log()
