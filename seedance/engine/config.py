@@ -40,8 +40,9 @@ class EngineConfig:
     # A prompt with embedding rows or images is prefilled at most this many tokens per step (None: the step's
     # budget, max_num_batched_tokens), so one image does not stall the running streams for a whole budget.
     max_embed_chunk_tokens: int | None = 64
-    # Fairness between clients (a client: one connection, GenerateRequest.client): at most this many of one
-    # client's requests run in the batch at once; its others wait without holding up other clients' (None: no cap).
+    # Fairness between clients (a client: one connection, GenerateRequest.client): this many of one client's
+    # running requests are its share of the batch. Work-conserving: its others run while no other client's request
+    # within its share waits, and are the first to give way when one does (engine/client_share.py; None: no share).
     max_running_per_client: int | None = 16
     # A step that carries decodes carries at most this many prefill tokens in all, so prompts arriving (a flood of
     # them, or one long one) cannot stretch the step every running stream waits on; a step without decodes takes
