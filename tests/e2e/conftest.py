@@ -15,6 +15,7 @@ from tests.e2e.browser import launch_chromium
 __all__ = ["LLAVA_MODEL", "WS_STACKS", "RunningServer", "free_port", "start_server"]
 
 WS_STACKS = ("picows", "aiohttp")  # /v1/stream's stacks (ws_stack): the WebSocket modules run against both
+_STACK_SERVERS = {"picows": "default_server", "aiohttp": "aiohttp_stack_server"}  # the default server per stack
 LLAVA_MODEL = "tiny-llava"  # the served name of the tiny LLaVA checkpoint (its directory's name)
 
 
@@ -23,6 +24,22 @@ def start_server(tmp_path_factory, client_ssl: ssl.SSLContext | None = None, **e
     env.setdefault("session_store", f"sqlite://{tmp_path_factory.mktemp('sessions') / 'sessions.db'}")
     return launch(env, tmp_path_factory.mktemp("server") / "server.log", client_ssl=client_ssl,
                   ready_timeout_s=90, poll_s=0.1)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_stacks: the module's `server` and `server_factory` run once per "
+                            "/v1/stream stack (WS_STACKS)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """In a module marked `both_stacks`, each test taking `server` or `server_factory` runs once per stack: the two
+    fixtures get the stack as their (shared, module-scoped) parameter."""
+    if metafunc.definition.get_closest_marker("both_stacks") is None:
+        return
+    names = [name for name in ("server", "server_factory") if name in metafunc.fixturenames]
+    if names:
+        values = [stack if len(names) == 1 else (stack,) * len(names) for stack in WS_STACKS]
+        metafunc.parametrize(",".join(names), values, indirect=True, ids=WS_STACKS, scope="module")
 
 
 DEFAULT_SERVER = dict(max_requests_per_connection=8, num_kv_blocks=1024)
@@ -37,8 +54,9 @@ def default_server(tmp_path_factory) -> Iterator[RunningServer]:
 
 
 @pytest.fixture(scope="session")
-def server(default_server) -> RunningServer:
-    return default_server
+def server(request) -> RunningServer:
+    """The default server; in a `both_stacks` module, the default server on this run's /v1/stream stack."""
+    return request.getfixturevalue(_STACK_SERVERS[getattr(request, "param", WS_STACKS[0])])
 
 
 @pytest.fixture(scope="session")
@@ -51,14 +69,14 @@ def aiohttp_stack_server(tmp_path_factory) -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="module", params=WS_STACKS)
 def ws_stack(request) -> str:
-    """A WebSocket module's tests run once per stack: take this or `stack_server`."""
+    """A test taking this (or `stack_server`) runs once per stack; a module whose tests all should: `both_stacks`."""
     return request.param
 
 
 @pytest.fixture(scope="module")
 def stack_server(request, ws_stack) -> RunningServer:
     """The default server on this module run's stack (override `server` with it in a WebSocket module)."""
-    return request.getfixturevalue("default_server" if ws_stack == "picows" else "aiohttp_stack_server")
+    return request.getfixturevalue(_STACK_SERVERS[ws_stack])
 
 
 @pytest.fixture(scope="session")
@@ -112,11 +130,14 @@ def chromium(tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture
-def server_factory(tmp_path_factory):
+def server_factory(request, tmp_path_factory):
+    """Starts servers with the given settings, stopped after the test; in a `both_stacks` module, on this run's
+    /v1/stream stack (unless the test names one)."""
     started: list[RunningServer] = []
+    stack = getattr(request, "param", None)
 
     def make(**env: object) -> RunningServer:
-        srv = start_server(tmp_path_factory, **env)
+        srv = start_server(tmp_path_factory, **({"ws_stack": stack} if stack else {}) | env)
         started.append(srv)
         return srv
 

@@ -16,17 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from seedance.protocol import CloseCode, decode_frame
 from tests.e2e.wire import messages_of, raw_handshake, read_text_frames, send_masked_text, until
 
-
-@pytest.fixture(scope="module")
-def server(stack_server):
-    """Every test here runs on both /v1/stream stacks (tests/e2e/conftest.py WS_STACKS)."""
-    return stack_server
-
-
-@pytest.fixture
-def server_factory(server_factory, ws_stack):
-    """Servers started here run on this module run's /v1/stream stack."""
-    return lambda **env: server_factory(**{"ws_stack": ws_stack, **env})
+pytestmark = pytest.mark.both_stacks  # every test's server on both /v1/stream stacks (tests/e2e/conftest.py)
 
 
 async def run_requests(ws, requests: list[dict], timeout: float = 60) -> dict[str, dict]:

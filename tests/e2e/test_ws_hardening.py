@@ -21,17 +21,7 @@ from tests.conftest import start_redis
 from tests.e2e.conftest import free_port
 from tests.e2e.wire import messages_of, raw_handshake, send_masked_text
 
-
-@pytest.fixture(scope="module")
-def server(stack_server):
-    """Every test here runs on both /v1/stream stacks (tests/e2e/conftest.py WS_STACKS)."""
-    return stack_server
-
-
-@pytest.fixture
-def server_factory(server_factory, ws_stack):
-    """Servers started here run on this module run's /v1/stream stack."""
-    return lambda **env: server_factory(**{"ws_stack": ws_stack, **env})
+pytestmark = pytest.mark.both_stacks  # every test's server on both /v1/stream stacks (tests/e2e/conftest.py)
 
 STOP_PROMPT = "And the LORD spake unto Moses, saying, Speak unto all"  # greedy: " the congregation of the..."
 
