@@ -48,6 +48,16 @@ def tokens_of(events):
     return [e.token_id for e in events if e.token_id >= 0]
 
 
+async def recomputed_tokens(prompt_ids: list[int], params: SamplingParams) -> list[int]:
+    """What a fresh engine without prefix caching generates for the whole history: the oracle for a turn that
+    continued from pinned KV."""
+    fresh = await AsyncEngine.create(EngineConfig(num_kv_blocks=256, enable_prefix_caching=False))
+    try:
+        return tokens_of([e async for e in fresh.generate(GenerateRequest(prompt_token_ids=prompt_ids, params=params))])
+    finally:
+        await fresh.close()
+
+
 async def test_greedy_output_equals_transformers_generate(engine):
     events = await collect(engine, max_tokens=24, temperature=0, ignore_eos=True)
     hf = transformers.AutoModelForCausalLM.from_pretrained(BUILTIN_MODEL_DIR, dtype=torch.float32).eval()
@@ -292,12 +302,7 @@ async def test_session_pin_reuses_prior_turns_kv_across_a_three_turn_chat(engine
     assert all(r >= 0.8 for r in reuse), reuse
     assert engine.stats().num_pinned_blocks > 0
     # Continuing from the pinned KV gives exactly what recomputing the whole history gives.
-    fresh = await AsyncEngine.create(EngineConfig(num_kv_blocks=256, enable_prefix_caching=False))
-    try:
-        recomputed = [e async for e in fresh.generate(GenerateRequest(prompt_token_ids=prompt, params=params))]
-    finally:
-        await fresh.close()
-    assert tokens_of(recomputed) == tokens_of(events)
+    assert await recomputed_tokens(prompt, params) == tokens_of(events)
     engine.unpin("chat-1")
     await asyncio.sleep(0.05)
     assert engine.stats().num_pinned_blocks == 0
@@ -415,10 +420,5 @@ async def test_a_turn_cut_short_keeps_the_kv_of_what_it_kept(engine):
                                                                pin_key="cut-1"))]
     assert break_at % engine.engine.block_manager.block_size  # the cut is inside a block
     assert events[0].num_cached_tokens == break_at  # all of what was kept, the partial block's part included
-    fresh = await AsyncEngine.create(EngineConfig(num_kv_blocks=256, enable_prefix_caching=False))
-    try:
-        recomputed = [e async for e in fresh.generate(GenerateRequest(prompt_token_ids=follow, params=short))]
-    finally:
-        await fresh.close()
-    assert tokens_of(recomputed) == tokens_of(events)
+    assert await recomputed_tokens(follow, short) == tokens_of(events)
     engine.unpin("cut-1")

@@ -1,5 +1,7 @@
 """The scheduler is plain data in, plain decisions out: tested without any model."""
 
+import pytest
+
 from seedance.engine.block_manager import BlockManager
 from seedance.engine.scheduler import Scheduler
 from seedance.engine.sequence import SequenceStatus
@@ -136,28 +138,21 @@ def test_paused_sequences_give_up_kv_first_under_memory_pressure():
     assert paused.status is SequenceStatus.WAITING
 
 
-def test_urgent_request_preempts_lowest_priority_running():
+@pytest.mark.parametrize("running_priority, preempted", [(5, True), (0, False)])
+def test_only_a_strictly_more_urgent_request_preempts_a_running_one(running_priority, preempted):
     sch = make_scheduler(num_blocks=4, block_size=4, max_num_seqs=4)
-    low = make_seq("low", 12, priority=5)
-    sch.add(low)
-    complete_step(sch.schedule(0.0))
-    urgent = make_seq("urgent", 12, priority=0, first_token=300)
-    sch.add(urgent)
-    out = sch.schedule(0.0)
-    assert [c.seq.request_id for c in out.chunks] == ["urgent"]
-    assert low.status is SequenceStatus.WAITING and low.block_table == []
-
-
-def test_equal_priority_waits_instead_of_preempting():
-    sch = make_scheduler(num_blocks=4, block_size=4, max_num_seqs=4)
-    first = make_seq("first", 12, priority=1)
+    first = make_seq("first", 12, priority=running_priority)
     sch.add(first)
     complete_step(sch.schedule(0.0))
-    second = make_seq("second", 12, priority=1, first_token=300)
+    second = make_seq("second", 12, priority=0, first_token=300)
     sch.add(second)
     out = sch.schedule(0.0)
-    assert [c.seq.request_id for c in out.chunks] == ["first"]
-    assert second.status is SequenceStatus.WAITING
+    if preempted:  # the urgent one takes the memory; the low one waits and is recomputed later
+        assert [c.seq.request_id for c in out.chunks] == ["second"]
+        assert first.status is SequenceStatus.WAITING and first.block_table == []
+    else:  # equal priority: the newcomer waits instead of evicting
+        assert [c.seq.request_id for c in out.chunks] == ["first"]
+        assert second.status is SequenceStatus.WAITING
 
 
 def test_reprioritise_a_waiting_request():
