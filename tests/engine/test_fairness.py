@@ -63,6 +63,20 @@ def test_an_extra_gives_its_place_to_a_later_client_and_resumes_with_its_kv():
     assert running_ids(sch) == ["a0", "a1", "a2", "a3"]
 
 
+def test_a_held_back_extra_is_not_starved_by_later_clients():
+    sch = scheduler(per_client=1, max_num_seqs=2)
+    sch.add(seq("a0", 4, client="a"))
+    sch.add(seq("a1", 4, client="a"))
+    complete_step(sch.schedule(0.0))
+    sch.add(seq("b0", 4, client="b", arrival_time=1.0))
+    complete_step(sch.schedule(1.0))
+    assert running_ids(sch) == ["a0", "b0"]  # a1 held back
+    sch.finish(next(s for s in sch.running if s.request_id == "a0"), "stop")
+    sch.add(seq("c0", 4, client="c", arrival_time=2.0))
+    complete_step(sch.schedule(2.0))
+    assert running_ids(sch) == ["a1", "b0"]  # within its client's share again, and first in line (FIFO)
+
+
 def test_an_extra_gives_way_for_memory_rather_than_take_another_clients():
     # 3-token prompts fill one 4-slot block each through their first decode; the second decode needs a block
     sch = scheduler(per_client=1, num_blocks=4)
