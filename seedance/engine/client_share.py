@@ -21,8 +21,14 @@ class ClientShare:
         self.cap = cap
         self.counts: dict[str, int] = {}
         self.extras: list[Sequence] = []  # in the running order, most urgent first
-        for seq in running:
-            self.admit(seq)
+        counts, extras = self.counts, self.extras
+        for seq in running:  # admit() inlined: this runs every step
+            client = seq.client
+            if client is not None:
+                n = counts.get(client, 0)
+                if n >= cap:
+                    extras.append(seq)
+                counts[client] = n + 1
 
     def beyond(self, seq: Sequence) -> bool:
         """True when running seq too would put its client beyond its share."""
