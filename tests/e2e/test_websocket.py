@@ -360,7 +360,7 @@ def read_until_close_code(sock: socket.socket, timeout: float) -> int | None:
         sock.settimeout(remaining)
         try:
             data = sock.recv(65536)
-        except TimeoutError:
+        except (TimeoutError, ConnectionResetError):  # a reset after the close frame: what came before counts
             break
         if not data:
             break
