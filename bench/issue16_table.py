@@ -27,14 +27,18 @@ table = [*rows(load("before-ws"), "before (3a1ea7a)"), *rows(load("after-ws-thre
          *rows(load("after-ws-workers2"), "after, --workers 2"),
          *rows(load("after-ws-aiohttp"), "after, --engine process --ws-stack aiohttp"),
          *rows(load("after-ws-process"), "", key="baseline"), *rows(load("after-http"), "after, --engine process")]
-print("| server | transport | clients | chunks/s | server CPU s | CPU µs/chunk | chunks/CPU-s | failures (err / t-o / "
+print("| server | transport | clients | chunks/s | server CPU s | CPU µs/chunk | gateway / engine µs/chunk | "
+      "tokens/chunk | CPU µs/token | gateway µs/token | chunks/CPU-s | failures (err / t-o / "
       "never connected) | all connected after | handshakes/s peak | TTFT p99 ms | inter-chunk p99 ms |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for label, r in table:
     srv, conn = r["server"], r["connections"]
     print(f"| {label} | {r['transport']} | {r['clients']:,} | {f(r['chunks_per_s'])} | "
           f"{f(srv.get('cpu_s'), '{:.1f}')} | "
-          f"{f(srv.get('cpu_us_per_chunk'), '{:.1f}')} | {f(srv.get('chunks_per_cpu_s'))} | {r['failures']} "
+          f"{f(srv.get('cpu_us_per_chunk'), '{:.1f}')} | {f(srv.get('gateway_cpu_us_per_chunk'), '{:.1f}')} / "
+          f"{f(srv.get('engine_cpu_us_per_chunk'), '{:.1f}')} | {f(r.get('tokens_per_chunk'), '{:.2f}')} | "
+          f"{f(srv.get('cpu_us_per_token'), '{:.1f}')} | {f(srv.get('gateway_cpu_us_per_token'), '{:.1f}')} | "
+          f"{f(srv.get('chunks_per_cpu_s'))} | {r['failures']} "
           f"({r['errors']} / {r['timeouts']} / {r['never_connected']}) | "
           f"{f(conn['time_to_all_connected_s'], '{:.1f} s')} | {conn['handshakes_per_s_peak']:,} | "
           f"{f(r['ttft_ms']['p99'])} | {f(r['inter_chunk_ms']['p99'])} |")
