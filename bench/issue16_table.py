@@ -35,9 +35,9 @@ table = [r for name, label in LEGS for r in rows(load(name), label)]
 table += [*rows(load("after-ws-process"), "", key="baseline"), *rows(load("after-ws"), "", key="baseline"),
           *rows(load("after-http"), "after, --engine process")]
 print("| server | transport | clients | chunks/s | server CPU s | CPU µs/chunk | gateway / engine µs/chunk | "
-      "tokens/chunk | CPU µs/token | gateway µs/token | chunks/CPU-s | failures (err / t-o / "
+      "tokens/chunk | CPU µs/token | gateway µs/token | gateway system % | chunks/CPU-s | failures (err / t-o / "
       "never connected) | all connected after | handshakes/s peak | TTFT p99 ms | inter-chunk p99 ms |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for label, r in table:
     srv, conn = r["server"], r["connections"]
     print(f"| {label} | {r['transport']} | {r['clients']:,} | {f(r['chunks_per_s'])} | "
@@ -45,6 +45,7 @@ for label, r in table:
           f"{f(srv.get('cpu_us_per_chunk'), '{:.1f}')} | {f(srv.get('gateway_cpu_us_per_chunk'), '{:.1f}')} / "
           f"{f(srv.get('engine_cpu_us_per_chunk'), '{:.1f}')} | {f(r.get('tokens_per_chunk'), '{:.2f}')} | "
           f"{f(srv.get('cpu_us_per_token'), '{:.1f}')} | {f(srv.get('gateway_cpu_us_per_token'), '{:.1f}')} | "
+          f"{f(100 * srv['gateway_system_share'] if srv.get('gateway_system_share') is not None else None)} | "
           f"{f(srv.get('chunks_per_cpu_s'))} | {r['failures']} "
           f"({r['errors']} / {r['timeouts']} / {r['never_connected']}) | "
           f"{f(conn['time_to_all_connected_s'], '{:.1f} s')} | {conn['handshakes_per_s_peak']:,} | "

@@ -36,7 +36,7 @@ def render(console, report: dict) -> None:
                  "gw = the gateway process(es), eng = the engine process)")
     for col in ("server", "transport", "clients", "chunks/s", "failures", "never connected", "all connected s",
                 "handshakes/s peak", "handshake p50/p99 ms", "CPU s", "CPU µs/chunk", "chunks/CPU-s",
-                "gw / eng µs/chunk", "tokens/chunk", "CPU µs/token", "gw / eng µs/token"):
+                "gw / eng µs/chunk", "tokens/chunk", "CPU µs/token", "gw / eng µs/token", "gw sys %"):
         cost.add_column(col, justify="right", no_wrap=col == "server")
     for r in [*report["results"], *report.get("baseline", [])]:
         conn, srv = r["connections"], r["server"]
@@ -47,7 +47,9 @@ def render(console, report: dict) -> None:
                      f"{_f(hs['p50'], '{:.0f}')} / {_f(hs['p99'], '{:.0f}')}" if hs else "-",
                      _f(srv.get("cpu_s")), _f(srv.get("cpu_us_per_chunk")), _f(srv.get("chunks_per_cpu_s"), "{:.0f}"),
                      _pair(srv, "cpu_us_per_chunk"), _f(r.get("tokens_per_chunk"), "{:.2f}"),
-                     _f(srv.get("cpu_us_per_token")), _pair(srv, "cpu_us_per_token"))
+                     _f(srv.get("cpu_us_per_token")), _pair(srv, "cpu_us_per_token"),
+                     _f(100 * srv["gateway_system_share"] if srv.get("gateway_system_share") is not None else None,
+                        "{:.0f}"))
     console.print(cost)
     for row in report.get("ratios", []):
         parts = [f"{k.replace('_', ' ')} {v:.2f}x" for k, v in row.items() if k != "clients"]

@@ -244,8 +244,10 @@ def process_role(proc: psutil.Process, port: int | None) -> str:
 def tree_cpu_by_role(pid: int | None, port: int | None = None,
                      roles: dict[int, str] | None = None) -> dict[str, float] | None:
     """User + system CPU seconds of a process and all its descendants, summed per role (process_role): the
-    gateway processes, the engine process, the rest. roles caches each pid's role across calls (a role is
-    found once per process, so both ends of a window split the same processes the same way)."""
+    gateway processes, the engine process, the rest; and each role's system seconds alone ("ROLE_system":
+    the kernel's share, loopback TCP's send and receive paths for a gateway). roles caches each pid's role
+    across calls (a role is found once per process, so both ends of a window split the same processes the
+    same way)."""
     if pid is None:
         return None
     try:
@@ -254,7 +256,7 @@ def tree_cpu_by_role(pid: int | None, port: int | None = None,
     except psutil.Error:
         return None
     roles = {} if roles is None else roles
-    total = dict.fromkeys(ROLES, 0.0)
+    total = dict.fromkeys([*ROLES, *(f"{role}_system" for role in ROLES)], 0.0)
     for proc in procs:
         try:
             t = proc.cpu_times()
@@ -263,6 +265,7 @@ def tree_cpu_by_role(pid: int | None, port: int | None = None,
         if proc.pid not in roles:
             roles[proc.pid] = process_role(proc, port)
         total[roles[proc.pid]] += t.user + t.system
+        total[f"{roles[proc.pid]}_system"] += t.system
     return total
 
 
@@ -272,6 +275,7 @@ def cpu_costs(start: dict[str, float] | None, end: dict[str, float] | None, chun
     if start is None or end is None:
         return {"cpu_s": None, "cpu_us_per_chunk": None, "chunks_per_cpu_s": None}
     per_role = {role: end[role] - start.get(role, 0.0) for role in ROLES}
+    system = {role: end.get(f"{role}_system", 0.0) - start.get(f"{role}_system", 0.0) for role in ROLES}
     cpu_s = sum(per_role.values())
     out: dict = {"cpu_s": cpu_s,
                  "cpu_us_per_chunk": cpu_s / chunks * 1e6 if chunks else None,
@@ -282,6 +286,7 @@ def cpu_costs(start: dict[str, float] | None, end: dict[str, float] | None, chun
         out[f"{role}_cpu_s"] = per_role[role]
         out[f"{role}_cpu_us_per_chunk"] = per_role[role] / chunks * 1e6 if chunks else None
         out[f"{role}_cpu_us_per_token"] = per_role[role] / tokens * 1e6 if tokens else None
+        out[f"{role}_system_share"] = system[role] / per_role[role] if per_role[role] > 0 else None
     out["other_cpu_s"] = per_role["other"]
     return out
 

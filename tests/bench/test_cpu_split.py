@@ -19,9 +19,9 @@ TREE = textwrap.dedent("""
     import multiprocessing as mp, socket, sys, time
 
     def burn():
-        end = time.process_time() + 60
-        while time.process_time() < end:
-            pass
+        end = time.monotonic() + 60  # monotonic is read without a system call (vDSO); process_time is not
+        while time.monotonic() < end:
+            sum(range(1000))
 
     if __name__ == "__main__":
         sock = socket.socket()
@@ -60,6 +60,7 @@ def test_split_puts_the_listener_in_gateway_and_the_spawned_child_in_engine(serv
     gateway = end["gateway"] - start["gateway"]
     assert engine > 0.3, (start, end)  # the busy child, on a loaded box still a good part of 1.5 s
     assert gateway < 0.2 * engine, (start, end)  # the sleeping root
+    assert end["engine_system"] - start["engine_system"] < 0.5 * engine  # a busy loop runs in user space
 
 
 def test_without_a_port_the_whole_tree_is_one_gateway(server_like):
@@ -69,8 +70,8 @@ def test_without_a_port_the_whole_tree_is_one_gateway(server_like):
 
 
 def test_cpu_costs_per_chunk_and_per_token():
-    start = {"gateway": 1.0, "engine": 2.0, "other": 0.0}
-    end = {"gateway": 3.0, "engine": 3.0, "other": 0.5}
+    start = {"gateway": 1.0, "engine": 2.0, "other": 0.0, "gateway_system": 0.5}
+    end = {"gateway": 3.0, "engine": 3.0, "other": 0.5, "gateway_system": 1.0}
     out = cpu_costs(start, end, chunks=1000, tokens=4000)
     assert out["cpu_s"] == pytest.approx(3.5)
     assert out["cpu_us_per_chunk"] == pytest.approx(3500.0)
@@ -79,5 +80,7 @@ def test_cpu_costs_per_chunk_and_per_token():
     assert out["gateway_cpu_us_per_chunk"] == pytest.approx(2000.0)
     assert out["engine_cpu_us_per_token"] == pytest.approx(250.0)
     assert out["other_cpu_s"] == pytest.approx(0.5)
+    assert out["gateway_system_share"] == pytest.approx(0.25)  # 0.5 of its 2.0 s in the kernel
+    assert out["engine_system_share"] == 0.0
     assert cpu_costs(None, end, 1, 1)["cpu_s"] is None
     assert cpu_costs(start, end, chunks=0, tokens=0)["cpu_us_per_token"] is None
