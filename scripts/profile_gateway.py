@@ -92,7 +92,8 @@ def main() -> None:
     print(f"{args.clients} clients: {row['chunks_per_s']:.0f} chunks/s, {row['tokens_per_chunk']:.2f} tokens/chunk, "
           f"{row['failures']} failures; CPU µs/chunk {srv['cpu_us_per_chunk']:.1f} (gateway "
           f"{srv['gateway_cpu_us_per_chunk']:.1f}, engine {srv['engine_cpu_us_per_chunk']:.1f}); µs/token "
-          f"{srv['cpu_us_per_token']:.1f} (gateway {srv['gateway_cpu_us_per_token']:.1f})")
+          f"{srv['cpu_us_per_token']:.1f} (gateway {srv['gateway_cpu_us_per_token']:.1f}); gateway in the kernel "
+          f"{100 * (srv['gateway_system_share'] or 0):.0f}%")
     if not raw.exists():
         print(f"no profile: py-spy failed ({out / 'py-spy.log'})")
         return
