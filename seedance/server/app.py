@@ -298,7 +298,7 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None,
     picows = await PicowsStream.start(app) if config.ws_stack == "picows" else None
     site = conn_guard.GuardedSite(runner, app[conn_guard.GUARD], config.host, config.port, reuse_address=True,
                                   ssl_context=sec.ssl_context, backlog=config.listen_backlog,
-                                  reuse_port=worker is not None,
+                                  reuse_port=worker is not None, keepalive=config.keepalive,
                                   protocol=HeadRouter.factory(picows.protocol) if picows else None)
     try:
         await site.start()
