@@ -49,7 +49,7 @@ class WorkerSpec:
 class WorkerResult:
     completed: int = 0
     chunks: int = 0
-    tokens: int = 0  # WebSocket: token ids in the chunks counted (a lagging writer may put several in one chunk)
+    tokens: int = 0  # token ids in the chunks counted (WebSocket, polling; SSE: max_tokens per completion)
     errors: int = 0
     timeouts: int = 0
     connect_timeouts: int = 0  # of which: WebSocket handshakes with no answer in time
@@ -143,6 +143,7 @@ async def _polling_one(session: aiohttp.ClientSession, spec: WorkerSpec, result:
                 return
             view = await resp.json()
         req.chunks(len(view["chunks"]))
+        req.tokens(sum(len(c.get("token_ids") or ()) for c in view["chunks"]))
         after = view["last_seq"]
         if view["status"] != "running":
             if view["finish_reason"] not in ("length", "stop"):
@@ -171,6 +172,7 @@ async def _sse_one(session: aiohttp.ClientSession, spec: WorkerSpec, result: Wor
                 for line in event.split(b"\n"):
                     if line == b"data: [DONE]":
                         req.chunks(n)
+                        req.tokens(spec.max_tokens)  # SSE chunks carry text only; ignore_eos makes it exact
                         req.done()
                         return
                     if line.startswith(b"data: "):

@@ -7,6 +7,11 @@ def _f(value, fmt: str = "{:.1f}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
+def _pair(srv: dict, key: str) -> str:
+    """The gateway's and the engine's share of one per-chunk or per-token cost."""
+    return f"{_f(srv.get(f'gateway_{key}'))} / {_f(srv.get(f'engine_{key}'))}"
+
+
 def render(console, report: dict) -> None:
     from rich.table import Table
 
@@ -27,9 +32,11 @@ def render(console, report: dict) -> None:
                                                                              "{:.0f}"),
                       _f(srv["rss_mib_max"], "{:.0f}"))
     console.print(table)
-    cost = Table(title="Connections and server cost (server CPU: its whole process tree, measured window)")
+    cost = Table(title="Connections and server cost (server CPU: its whole process tree, measured window; "
+                 "gw = the gateway process(es), eng = the engine process)")
     for col in ("server", "transport", "clients", "chunks/s", "failures", "never connected", "all connected s",
-                "handshakes/s peak", "handshake p50/p99 ms", "CPU s", "CPU µs/chunk", "chunks/CPU-s"):
+                "handshakes/s peak", "handshake p50/p99 ms", "CPU s", "CPU µs/chunk", "chunks/CPU-s",
+                "gw / eng µs/chunk", "tokens/chunk", "CPU µs/token", "gw / eng µs/token", "gw sys %"):
         cost.add_column(col, justify="right", no_wrap=col == "server")
     for r in [*report["results"], *report.get("baseline", [])]:
         conn, srv = r["connections"], r["server"]
@@ -38,7 +45,11 @@ def render(console, report: dict) -> None:
                      str(r["failures"]), str(r["never_connected"]), _f(conn["time_to_all_connected_s"]),
                      str(conn["handshakes_per_s_peak"]),
                      f"{_f(hs['p50'], '{:.0f}')} / {_f(hs['p99'], '{:.0f}')}" if hs else "-",
-                     _f(srv.get("cpu_s")), _f(srv.get("cpu_us_per_chunk")), _f(srv.get("chunks_per_cpu_s"), "{:.0f}"))
+                     _f(srv.get("cpu_s")), _f(srv.get("cpu_us_per_chunk")), _f(srv.get("chunks_per_cpu_s"), "{:.0f}"),
+                     _pair(srv, "cpu_us_per_chunk"), _f(r.get("tokens_per_chunk"), "{:.2f}"),
+                     _f(srv.get("cpu_us_per_token")), _pair(srv, "cpu_us_per_token"),
+                     _f(100 * srv["gateway_system_share"] if srv.get("gateway_system_share") is not None else None,
+                        "{:.0f}"))
     console.print(cost)
     for row in report.get("ratios", []):
         parts = [f"{k.replace('_', ' ')} {v:.2f}x" for k, v in row.items() if k != "clients"]

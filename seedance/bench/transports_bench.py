@@ -82,6 +82,10 @@ class Server:
         return self.process.pid if self.process else None
 
     @property
+    def port(self) -> int | None:
+        return self.process.port if self.process else None
+
+    @property
     def log_path(self) -> str | None:
         return self.process.log_path if self.process else None
 
@@ -215,8 +219,35 @@ def load_process_pids(server_pid: int | None) -> list[int]:
     return [c.pid for c in psutil.Process().children() if c.pid != server_pid]
 
 
-def tree_cpu_s(pid: int | None) -> float | None:
-    """User + system CPU seconds of a process and all its descendants (gateway workers, the engine process)."""
+ROLES = ("gateway", "engine", "other")
+
+
+def process_role(proc: psutil.Process, port: int | None) -> str:
+    """Which part of the server a process of its tree is: a gateway holds the TCP listening socket on the
+    server's port (the one process of --engine thread, each --workers gateway); a multiprocessing child that
+    does not is the engine process; the rest (the --workers supervisor, multiprocessing's resource tracker)
+    is "other"."""
+    try:
+        if port is not None and any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                                    for c in proc.net_connections(kind="tcp")):
+            return "gateway"
+        cmdline = proc.cmdline()
+    except psutil.Error:
+        return "other"
+    if port is None:
+        return "gateway"
+    if any("resource_tracker" in part for part in cmdline):
+        return "other"
+    return "engine" if "--multiprocessing-fork" in cmdline else "other"
+
+
+def tree_cpu_by_role(pid: int | None, port: int | None = None,
+                     roles: dict[int, str] | None = None) -> dict[str, float] | None:
+    """User + system CPU seconds of a process and all its descendants, summed per role (process_role): the
+    gateway processes, the engine process, the rest; and each role's system seconds alone ("ROLE_system":
+    the kernel's share, loopback TCP's send and receive paths for a gateway). roles caches each pid's role
+    across calls (a role is found once per process, so both ends of a window split the same processes the
+    same way)."""
     if pid is None:
         return None
     try:
@@ -224,14 +255,40 @@ def tree_cpu_s(pid: int | None) -> float | None:
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
         return None
-    total = 0.0
+    roles = {} if roles is None else roles
+    total = dict.fromkeys([*ROLES, *(f"{role}_system" for role in ROLES)], 0.0)
     for proc in procs:
         try:
             t = proc.cpu_times()
-            total += t.user + t.system
         except psutil.Error:
             continue
+        if proc.pid not in roles:
+            roles[proc.pid] = process_role(proc, port)
+        total[roles[proc.pid]] += t.user + t.system
+        total[f"{roles[proc.pid]}_system"] += t.system
     return total
+
+
+def cpu_costs(start: dict[str, float] | None, end: dict[str, float] | None, chunks: int, tokens: int) -> dict:
+    """The measured window's CPU seconds, whole tree and per role, and each per delivered chunk and token.
+    A role whose processes did not exist at the window's start counts from zero (it started inside it)."""
+    if start is None or end is None:
+        return {"cpu_s": None, "cpu_us_per_chunk": None, "chunks_per_cpu_s": None}
+    per_role = {role: end[role] - start.get(role, 0.0) for role in ROLES}
+    system = {role: end.get(f"{role}_system", 0.0) - start.get(f"{role}_system", 0.0) for role in ROLES}
+    cpu_s = sum(per_role.values())
+    out: dict = {"cpu_s": cpu_s,
+                 "cpu_us_per_chunk": cpu_s / chunks * 1e6 if chunks else None,
+                 "chunks_per_cpu_s": chunks / cpu_s if cpu_s else None,
+                 "cpu_us_per_token": cpu_s / tokens * 1e6 if tokens else None,
+                 "tokens_per_chunk": tokens / chunks if chunks else None}
+    for role in ("gateway", "engine"):
+        out[f"{role}_cpu_s"] = per_role[role]
+        out[f"{role}_cpu_us_per_chunk"] = per_role[role] / chunks * 1e6 if chunks else None
+        out[f"{role}_cpu_us_per_token"] = per_role[role] / tokens * 1e6 if tokens else None
+        out[f"{role}_system_share"] = system[role] / per_role[role] if per_role[role] > 0 else None
+    out["other_cpu_s"] = per_role["other"]
+    return out
 
 
 def connection_summary(clients: int, connected_at: list[float], handshake_s: list[float], ramp: float) -> dict:
@@ -275,15 +332,21 @@ def run_level(pool: ProcessPoolExecutor, server: Server, transport: str, clients
     sampler = Sampler(server.pid, load_pids=load_process_pids(server.pid))
     sampler.start()
     window_end = start_at + ramp + duration
-    cpu_start, cpu_end = tree_cpu_s(server.pid), None
+    roles: dict[int, str] = {}
+    port = server.port
+
+    def cpu_now() -> dict[str, float] | None:
+        return tree_cpu_by_role(server.pid, port, roles)
+
+    cpu_start, cpu_end = cpu_now(), None
     while not all(f.done() for f in futures):
         if progress is not None:
             progress.update(task, completed=min(ramp + duration, time.time() - start_at))
         if cpu_end is None and time.time() >= window_end:
-            cpu_end = tree_cpu_s(server.pid)
+            cpu_end = cpu_now()
         time.sleep(0.05)
     if cpu_end is None:
-        cpu_end = tree_cpu_s(server.pid)
+        cpu_end = cpu_now()
     usage = sampler.finish()
     if progress is not None:
         progress.update(task, completed=ramp + duration)
@@ -294,10 +357,9 @@ def run_level(pool: ProcessPoolExecutor, server: Server, transport: str, clients
     errors, timeouts = sum(p["errors"] for p in parts), sum(p["timeouts"] for p in parts)
     never = sum(p["never_connected"] for p in parts)
     connected_at = sorted(x for p in parts for x in p["connected_at_s"])
-    cpu_s = cpu_end - cpu_start if cpu_start is not None and cpu_end is not None else None
-    usage["cpu_s"] = cpu_s  # the server's process tree (gateway workers and engine process), measured window
-    usage["cpu_us_per_chunk"] = cpu_s / chunks * 1e6 if cpu_s is not None and chunks else None
-    usage["chunks_per_cpu_s"] = chunks / cpu_s if cpu_s else None
+    tokens = sum(p["tokens"] for p in parts)
+    # The server's process tree (gateway workers and engine process), measured window; split per role.
+    usage.update(cpu_costs(cpu_start, cpu_end, chunks, tokens))
     return {
         "transport": transport,
         "clients": clients,
@@ -308,7 +370,9 @@ def run_level(pool: ProcessPoolExecutor, server: Server, transport: str, clients
         "requests_per_s": completed / elapsed,
         "chunks": chunks,
         "chunks_per_s": chunks / elapsed,
-        "tokens_per_s": sum(p["tokens"] for p in parts) / elapsed,  # WebSocket only (0 for the others)
+        "tokens": tokens,
+        "tokens_per_s": tokens / elapsed,
+        "tokens_per_chunk": tokens / chunks if chunks else None,
         "errors": errors,
         "timeouts": timeouts,
         "connect_timeouts": sum(p["connect_timeouts"] for p in parts),
@@ -467,8 +531,9 @@ def run_baseline(name: str, rate: float, concurrency: list[int], processes: int,
 
 
 def ratios(report: dict) -> list[dict]:
-    """Per level: Seedance WebSocket CPU per chunk over the baseline's, and WebSocket chunks per CPU-second over
-    SSE's and polling's (the issue's goals: <= 2x picows, >= 2x SSE, >= 6x polling)."""
+    """Per level: Seedance WebSocket CPU per chunk over the baseline's (and its gateway's CPU per token over the
+    baseline's), and WebSocket chunks per CPU-second over SSE's and polling's (the issue's goals: <= 2x picows,
+    >= 2x SSE, >= 6x polling)."""
     def cost(rows: list[dict], transport: str, clients: int) -> dict | None:
         return next((r["server"] for r in rows if r["transport"] == transport and r["clients"] == clients), None)
 
@@ -479,6 +544,9 @@ def ratios(report: dict) -> list[dict]:
         base = cost(report.get("baseline") or [], "websocket", clients)
         if ws and base and ws.get("cpu_us_per_chunk") and base.get("cpu_us_per_chunk"):
             row["ws_cpu_per_chunk_over_baseline"] = ws["cpu_us_per_chunk"] / base["cpu_us_per_chunk"]
+        # Per token, the gateway alone: the baseline sends one token per chunk, Seedance bundles a step's.
+        if ws and base and ws.get("gateway_cpu_us_per_token") and base.get("cpu_us_per_token"):
+            row["ws_gateway_cpu_per_token_over_baseline"] = ws["gateway_cpu_us_per_token"] / base["cpu_us_per_token"]
         alone = next((r for r in report.get("engine_alone") or [] if r["clients"] == clients), None)
         ws_row = next((r for r in report["results"] if r["transport"] == "websocket" and r["clients"] == clients),
                       None)

@@ -51,6 +51,8 @@ class SyntheticRateRunner:
             time.sleep(self._next_step_at - now)
         self._next_step_at = max(now, self._next_step_at) + self.interval
         n = len(self.passage_ids)
-        return [
-            (c, SampledToken(self.passage_ids[c.seq.num_output_tokens % n], logprob=0.0)) for c in chunks if c.samples
-        ]
+        # a logprob (0.0: the passage is certain) only for a request that asked, as the model's sampler does:
+        # otherwise every chunk would carry a logprobs array the real model does not send
+        return [(c, SampledToken(self.passage_ids[c.seq.num_output_tokens % n],
+                                 logprob=0.0 if c.seq.params.logprobs is not None else None))
+                for c in chunks if c.samples]

@@ -294,10 +294,11 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None,
                            shutdown_timeout=config.shutdown_grace_s + 5)
     await runner.setup()
     sec = app[security.SECURITY]
-    picows = PicowsStream(app) if config.ws_stack == "picows" else None  # /v1/stream's stack (server-stack.md)
+    # /v1/stream's stack (server-stack.md); None also when the start-up probe finds picows unusable (aiohttp then)
+    picows = await PicowsStream.start(app) if config.ws_stack == "picows" else None
     site = conn_guard.GuardedSite(runner, app[conn_guard.GUARD], config.host, config.port, reuse_address=True,
                                   ssl_context=sec.ssl_context, backlog=config.listen_backlog,
-                                  reuse_port=worker is not None,
+                                  reuse_port=worker is not None, keepalive=config.keepalive,
                                   protocol=HeadRouter.factory(picows.protocol) if picows else None)
     try:
         await site.start()

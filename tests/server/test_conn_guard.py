@@ -52,3 +52,36 @@ async def test_an_unfinished_connection_is_closed_after_the_header_timeout():
     guard.request_started(fast)
     await asyncio.sleep(0.15)
     assert slow.aborted and not fast.aborted and guard.refused["header_timeout"] == 1
+
+
+async def test_accepted_sockets_inherit_the_listeners_keepalive_preset():
+    """GuardedSite sets the preset once on the listening socket; every accepted socket has it (Linux copies
+    the options at accept), so no connection pays setsockopt calls for it."""
+    import socket
+
+    from aiohttp import web
+
+    from seedance.server.http.conn_guard import GuardedSite
+    from seedance.server.http.keepalive import PRESETS
+
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    guard = ConnectionGuard(header_timeout_s=60)
+    site = GuardedSite(runner, guard, "127.0.0.1", 0, keepalive="aggressive")
+    await site.start()
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", site._bound_port)
+        for _ in range(100):
+            if guard.conns:
+                break
+            await asyncio.sleep(0.01)
+        (transport,) = guard.conns
+        sock = transport.get_extra_info("socket")
+        idle, interval, count = PRESETS["aggressive"]
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == idle
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == interval
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == count
+        writer.close()
+    finally:
+        await runner.cleanup()

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from seedance.server.http.keepalive import apply_keepalive
+
 log = logging.getLogger("seedance.security")
 FAIR_SHARE = 4  # connections an address may open past max_open
 HARD_RESERVE = 32  # descriptors never handed to client connections
@@ -183,13 +185,15 @@ ProtocolFactory = Callable[[ConnectionGuard, Callable[[], asyncio.Protocol]], as
 
 class GuardedSite(web.TCPSite):
     """web.TCPSite whose connections pass through the guard; a TLS handshake gets header_timeout_s too.
-    `protocol`: the guard's protocol per connection (head_router.HeadRouter with ws_stack "picows")."""
+    `protocol`: the guard's protocol per connection (head_router.HeadRouter with ws_stack "picows");
+    `keepalive`: the TCP keepalive preset (keepalive.py) every accepted connection inherits."""
 
     def __init__(self, runner: web.AppRunner, guard: ConnectionGuard, *args,
-                 protocol: ProtocolFactory | None = None, **kwargs) -> None:
+                 protocol: ProtocolFactory | None = None, keepalive: str = "off", **kwargs) -> None:
         super().__init__(runner, *args, **kwargs)
         self.guard = guard
         self.protocol = protocol or (lambda guard, handler: GuardedProtocol(guard, handler()))
+        self.keepalive = keepalive
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
@@ -202,6 +206,10 @@ class GuardedSite(web.TCPSite):
             lambda: make(guard, server), self._host, self._port, ssl=self._ssl_context,
             backlog=self._backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port, **extra)
         self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
+        # The TCP keepalive preset on the listening sockets: Linux copies it to every accepted socket, which
+        # saves each connection four setsockopt calls (and uvloop a Python socket object per call).
+        for sock in self._server.sockets:
+            apply_keepalive(sock, self.keepalive)
 
 
 GUARD = web.AppKey("connection_guard", ConnectionGuard)

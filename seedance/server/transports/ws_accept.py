@@ -10,15 +10,16 @@ import socket
 
 from seedance.protocol import CloseCode
 from seedance.server.http.config import ServerConfig
-from seedance.server.http.keepalive import apply_keepalive
 from seedance.server.http.state import ServerState
 
 
 def tune_socket(transport: asyncio.BaseTransport | None, config: ServerConfig) -> None:
-    """TCP keepalive preset, and SO_SNDBUF (the kernel's share of the unread bytes) when configured."""
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    apply_keepalive(sock, config.keepalive)
-    if sock is not None and config.socket_send_buffer_bytes:
+    """SO_SNDBUF (the kernel's share of the unread bytes) when configured. The TCP keepalive preset is the
+    listening socket's (conn_guard.GuardedSite), which every accepted socket inherits."""
+    if not config.socket_send_buffer_bytes or transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.socket_send_buffer_bytes)
 
 

@@ -15,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
+import importlib.metadata
 import logging
+import socket
 from collections.abc import Callable
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 from picows import WSFrame, WSListener, WSTransport, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 from picows import WSMsgType as PicowsType
-from picows.picows import WSAutoPingStrategy, WSProtocol
 
 from seedance.engine.client_key import CURRENT_CLIENT
 from seedance.server.http.client_identity import transport_key
@@ -46,6 +48,7 @@ READ_PAUSE_MESSAGES = 64  # client messages queued for the reader before the soc
 # picows' read buffer per connection to start with (its default is 16 KiB): client messages are small, and
 # it doubles when one needs more; what an idle connection costs (issue #16: <= 20 KiB each)
 READ_BUFFER_BYTES = 4096
+PROBE_TIMEOUT_S = 2.0  # the start-up probe's handshake and one frame over a socket pair take about a millisecond
 
 
 class PicowsSocket(WSListener):
@@ -208,14 +211,113 @@ class PicowsSocket(WSListener):
             self._peer_closed.set_result(None)
 
 
-class _GuardedWSProtocol(WSProtocol):
-    """picows' server protocol, telling the head router's guard when the connection ends."""
+@functools.cache
+def _protocol_class() -> type:
+    """picows' server protocol, telling the head router's guard when the connection ends. WSProtocol is picows'
+    internal class (not its public API, hence the start-up probe), imported here so that a picows without it
+    fails the probe rather than the import of the app."""
+    from picows.picows import WSProtocol
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        try:
-            super().connection_lost(exc)
-        finally:
-            self.on_lost()
+    class GuardedWSProtocol(WSProtocol):
+        def connection_lost(self, exc: Exception | None) -> None:
+            try:
+                super().connection_lost(exc)
+            finally:
+                self.on_lost()
+
+    return GuardedWSProtocol
+
+
+def _new_protocol(upgrade: Callable[[WSUpgradeRequest], WSUpgradeResponseWithListener], max_message_bytes: int,
+                  on_lost: Callable[[], None]) -> asyncio.BaseProtocol:
+    """One connection's picows protocol, its internal constructor called positionally (the probe checks the order)."""
+    from picows.picows import WSAutoPingStrategy
+
+    proto = _protocol_class()(
+        None, None, False, upgrade, _PICOWS_LOGGER,
+        True,  # disconnect_on_exception
+        None,  # no handshake timeout of picows' own: the router has the whole head (header_timeout_s)
+        False, 20.0, 20.0, WSAutoPingStrategy.PING_WHEN_IDLE,  # our heartbeat, not picows' auto-ping
+        True,  # auto-pong: answer client pings (aiohttp's handler does the same)
+        max_message_bytes,  # a bigger frame: close 1009, as aiohttp
+        None, READ_BUFFER_BYTES)
+    proto.on_lost = on_lost
+    return proto
+
+
+_PROBE_HEAD = (b"GET /v1/stream HTTP/1.1\r\nHost: probe\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+_PROBE_FRAME = b"\x81\x85\x00\x00\x00\x00probe"  # a masked (all-zero mask) text frame, "probe"
+
+
+class _Switch(asyncio.Protocol):
+    """The head router's hand-over in small: the accepted transport goes to the picows protocol at once."""
+
+    def __init__(self, proto: asyncio.BaseProtocol) -> None:
+        self.proto = proto
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.set_protocol(self.proto)
+        self.proto.connection_made(transport)
+
+
+def _loopback_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected pair of non-blocking TCP sockets on 127.0.0.1 (the accepted end first)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        theirs = socket.create_connection(server.getsockname(), timeout=PROBE_TIMEOUT_S)
+        ours, _ = server.accept()
+    for sock in (ours, theirs):
+        sock.setblocking(False)
+    return ours, theirs
+
+
+async def probe_picows(max_message_bytes: int, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
+    """Whether the installed picows works as this module builds it: a protocol made by _new_protocol on one end
+    of a loopback TCP pair answers an upgrade with 101 and hands a text frame to its listener. None when it does,
+    else why not (picows' internals moved: a changed constructor, a renamed class)."""
+    loop = asyncio.get_running_loop()
+    received = loop.create_future()
+
+    class Listener(WSListener):
+        def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+            if frame.msg_type == PicowsType.TEXT and not received.done():
+                received.set_result(frame.get_payload_as_bytes())
+
+    listener = Listener()  # held here: picows keeps only a weak reference to its listener
+
+    def upgrade(request: WSUpgradeRequest) -> WSUpgradeResponseWithListener:
+        return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(), listener)
+
+    ours, theirs = _loopback_pair()  # TCP, as picows expects (it sets TCP_NODELAY; a Unix socket pair refuses)
+    transport = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            proto = _new_protocol(upgrade, max_message_bytes, lambda: None)
+            transport, _ = await loop.connect_accepted_socket(lambda: _Switch(proto), ours)
+            await loop.sock_sendall(theirs, _PROBE_HEAD)
+            response = b""
+            while b"\r\n\r\n" not in response:
+                data = await loop.sock_recv(theirs, 4096)
+                if not data:
+                    return "the connection closed during the handshake"
+                response += data
+            if not response.startswith(b"HTTP/1.1 101"):
+                status = response.split(b"\r\n", 1)[0]
+                return f"the handshake was answered {status!r}"
+            await loop.sock_sendall(theirs, _PROBE_FRAME)
+            if (payload := await received) != b"probe":
+                return f"the listener got {payload!r} for b'probe'"
+        return None
+    except TimeoutError:
+        return f"no answer in {timeout_s:g} s"
+    except Exception as err:  # whatever a changed picows raises: the reason is logged, the server falls back
+        return f"{type(err).__name__}: {err}"
+    finally:
+        if transport is not None:
+            transport.abort()
+        else:
+            ours.close()
+        theirs.close()
 
 
 class PicowsStream:
@@ -236,18 +338,25 @@ class PicowsStream:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
+    @classmethod
+    async def start(cls, app: web.Application) -> PicowsStream | None:
+        """The picows side, once the start-up probe says the installed picows works as built here; else None
+        with a warning, and /v1/stream is served by aiohttp (ws_stack "aiohttp", the route always there)."""
+        why = await probe_picows(app[STATE].config.max_message_bytes)
+        if why is None:
+            return cls(app)
+        try:
+            version = importlib.metadata.version("picows")
+        except importlib.metadata.PackageNotFoundError:
+            version = "?"
+        log.warning("picows %s does not work as seedance builds it (%s): /v1/stream falls back to "
+                    "ws_stack=aiohttp", version, why)
+        return None
+
     def protocol(self, transport: asyncio.Transport, on_lost: Callable[[], None]) -> asyncio.BaseProtocol:
         """A fresh picows protocol for a connection whose head the router already holds."""
-        proto = _GuardedWSProtocol(
-            None, None, False, lambda request: self._upgrade(request, transport), _PICOWS_LOGGER,
-            True,  # disconnect_on_exception
-            None,  # no handshake timeout of picows' own: the router has the whole head (header_timeout_s)
-            False, 20.0, 20.0, WSAutoPingStrategy.PING_WHEN_IDLE,  # our heartbeat, not picows' auto-ping
-            True,  # auto-pong: answer client pings (aiohttp's handler does the same)
-            self.state.config.max_message_bytes,  # a bigger frame: close 1009, as aiohttp
-            None, READ_BUFFER_BYTES)
-        proto.on_lost = on_lost
-        return proto
+        return _new_protocol(lambda request: self._upgrade(request, transport), self.state.config.max_message_bytes,
+                             on_lost)
 
     def _upgrade(self, request: WSUpgradeRequest, transport: asyncio.Transport) -> WSUpgradeResponseWithListener:
         view = UpgradeView.of(request.method, request.path, request.headers, transport)
