@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from seedance.models.hf_config import plain_llama_config
 from seedance.models.llama import LlamaForCausalLM, empty_weights, rope_tables
 from seedance.models.llava import VisionEncoder, is_llava, load_vision, split_weights
-from seedance.models.quantized_linear import QuantizedEmbedding, QuantizedLinear, quantize_model
+from seedance.models.quantized_linear import is_quantized, quantize_model
 from seedance.models.registry import (
     BUILTIN_NAMES,
     BUILTIN_SERVED_NAME,
@@ -125,7 +125,7 @@ def _context_limit(config, max_model_len: int | None) -> int:
 def _finish(net: LlamaForCausalLM, config, max_len: int) -> LlamaForCausalLM:
     """Materialize what is still on the meta device (quantized modules are real already) and set RoPE."""
     for module in net.modules():
-        if not isinstance(module, QuantizedLinear | QuantizedEmbedding):
+        if not is_quantized(module):
             _materialize(module)
     net.rope_cos, net.rope_sin = rope_tables(config, max_len)  # buffers are not in the checkpoint
     return net
@@ -142,7 +142,7 @@ def _materialize(module: torch.nn.Module) -> None:
 
 
 def _to_serving(net: LlamaForCausalLM, device: str, dtype: str) -> LlamaForCausalLM:
-    quantized = any(isinstance(m, QuantizedLinear) for m in net.modules())
+    quantized = any(is_quantized(m) for m in net.modules())
     if quantized and torch.device(device).type != "cpu":
         raise ModelLoadError("quantized weights run on the CPU kernels only: use --device cpu or --quantize none")
     net = net.to(device=device, dtype=DTYPES[dtype]).eval()
