@@ -14,7 +14,8 @@ from seedance.engine.llm_engine import LLMEngine
 from seedance.engine.sampling_params import SamplingParams
 from seedance.models.gguf_tokenizer import gguf_tokenizer
 from seedance.models.loader import BUILTIN_MODEL_DIR, ModelLoadError, load_model
-from seedance.models.quantized_linear import QuantizedEmbedding, QuantizedLinear
+from seedance.models.int8_linear import Int8Linear
+from seedance.models.quantized_linear import QuantizedEmbedding, QuantizedLinear, int4_kernel_preferred
 from tests.models.gguf_files import write_gguf
 from tests.models.test_llama_vs_transformers import PagedHarness
 
@@ -89,8 +90,10 @@ def test_q8_0_within_tolerance_dequantized_and_kept_int8(files, reference):
 
 
 @pytest.mark.parametrize("kind", [T.Q4_0, T.Q4_1])
-def test_q4_kept_int4_equals_its_dequantization(files, reference, kind):
-    """The int4 kernel on the file's own blocks computes what the float path on gguf's dequantization does."""
+def test_q4_kept_int4_equals_its_dequantization(files, reference, kind, monkeypatch):
+    """The int4 kernel on the file's own blocks computes what the float path on gguf's dequantization does
+    (`auto` where the kernel is AVX-512, forced here; the next test has this CPU's own choice)."""
+    monkeypatch.setattr("seedance.models.gguf_loader.int4_kernel_preferred", lambda: True)
     ids, _ = reference
     kept = load_model(files[kind])
     layer = kept.model.layers[0]
@@ -100,10 +103,25 @@ def test_q4_kept_int4_equals_its_dequantization(files, reference, kind):
     assert greedy(files[kind], n=12) == greedy(files[kind], "none", n=12)
 
 
+def test_q4_auto_takes_the_faster_kernel_of_this_cpu(files, reference):
+    """`auto` on Q4_1: int4 where ATen's int4 kernel is AVX-512, else requantized to int8 for fbgemm's GEMM,
+    then within the Q8_0 tolerance of its own dequantization and greedy token for token."""
+    ids, _ = reference
+    layer = load_model(files[T.Q4_1]).model.layers[0].mlp.gate_up_proj
+    if int4_kernel_preferred():
+        assert isinstance(layer, QuantizedLinear) and layer.bits == 4
+        return
+    assert isinstance(layer, Int8Linear)
+    kept, dequantized = Logits(load_model(files[T.Q4_1])).of(ids), Logits(load_model(files[T.Q4_1], quantize="none")).of(ids)
+    assert (kept - dequantized).abs().max() < Q8_INT8_ATOL
+    assert greedy(files[T.Q4_1], n=12) == greedy(files[T.Q4_1], "none", n=12)
+
+
 def test_quantized_memory_is_a_fraction_of_float(files):
     def weight_bytes(loaded):
         tensors = [*loaded.model.parameters(), *(b for n, b in loaded.model.named_buffers() if "rope" not in n)]
-        return sum({t.data_ptr(): t.numel() * t.element_size() for t in tensors}.values())
+        packed = sum(m.nbytes for m in loaded.model.modules() if isinstance(m, Int8Linear))  # fbgemm's: no tensor
+        return sum({t.data_ptr(): t.numel() * t.element_size() for t in tensors}.values()) + packed
 
     f32 = weight_bytes(load_model(files[T.F32]))
     assert weight_bytes(load_model(files[T.Q4_1])) < f32 / 2.5  # its embedding (a fifth of the model) is F32
