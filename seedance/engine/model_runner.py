@@ -15,6 +15,7 @@ from seedance.engine.guided import GuideCompiler
 from seedance.engine.output_processor import SampledToken
 from seedance.engine.sampler import Sampler
 from seedance.engine.scheduler import ScheduledChunk
+from seedance.models.fp16_linear import Fp16Linear
 from seedance.models.int8_linear import Int8Linear
 from seedance.models.llama import head_dim_of
 from seedance.models.loader import LoadedModel
@@ -59,9 +60,10 @@ def set_engine_threads(config: EngineConfig) -> None:
 
 def model_weights(model: torch.nn.Module) -> int:
     """The model's weight count: parameters, buffers (the weight-only quantized layers') and fbgemm's packed
-    int8 weights, which are neither."""
+    int8 / fp16 weights, which are neither."""
     count = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
-    return count + sum(m.out_features * m.in_features for m in model.modules() if isinstance(m, Int8Linear))
+    packed = (m for m in model.modules() if isinstance(m, Int8Linear | Fp16Linear))
+    return count + sum(m.out_features * m.in_features for m in packed)
 
 
 def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -13,7 +13,8 @@ metadata onto ours and picks, per projection, the path its GGUF type allows (doc
 - the token embedding, when quantized: int8 rows (QuantizedEmbedding), shared with a tied output head.
 
 `quantize="none"` dequantizes everything to the serving dtype (the path transformers' own GGUF loading matches);
-"int8" / "int4" force one kind for every projection.
+"int8" / "int4" force one kind for every projection; "fp16" dequantizes every projection into fbgemm's fp16 GEMM
+(fp16_linear.py) and keeps the embedding float.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from seedance.models.fp16_linear import Fp16Linear
 from seedance.models.llama import LlamaForCausalLM
 from seedance.models.quantized_linear import (
     QuantizedEmbedding,
@@ -190,6 +192,8 @@ def _linear(pieces: list, model: GGUFModel, mode: str, bias: torch.Tensor | None
     weight = torch.cat([_dequantize(p, model) for p in pieces])
     if mode == "none" or (mode == "auto" and floats):
         return weight
+    if mode == "fp16":
+        return Fp16Linear(weight, bias)
     if mode == "int4" and int4_shape_ok(n, k, 32):
         codes, scale, zero = quantize_int4(weight, 32)
         return QuantizedLinear.from_int4(codes, scale, zero, 32, bias)

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from seedance.models.hf_config import plain_llama_config
 from seedance.models.llama import LlamaForCausalLM, empty_weights, rope_tables
 from seedance.models.llava import VisionEncoder, is_llava, load_vision, split_weights
-from seedance.models.quantized_linear import is_quantized, quantize_model
+from seedance.models.quantized_linear import fp16_head, is_quantized, quantize_model
 from seedance.models.registry import (
     BUILTIN_NAMES,
     BUILTIN_SERVED_NAME,
@@ -31,7 +31,7 @@ from seedance.models.tokenizer import TextTokenizer
 
 BUILTIN_MODEL_DIR = Path(__file__).resolve().parent / "tiny"
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
-QUANTIZE = {"auto": None, "none": None, "int8": 8, "int4": 4}  # auto: GGUF keeps its own, HF stays float
+QUANTIZE = {"auto": None, "none": None, "int8": 8, "int4": 4, "fp16": 16}  # auto: GGUF keeps its own, HF stays float
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -189,6 +189,8 @@ def _load_gguf(path: Path, device: str, dtype: str, max_model_len: int | None, q
     floats = load_gguf_weights(gguf, net, quantize)  # installs the quantized modules
     net = _finish(net, gguf.config, max_len)
     net.load_hf_weights(floats)
+    if quantize == "fp16" and net.lm_head is None:  # a tied head: the float embedding's fp16 copy
+        net.lm_head = fp16_head(net.embed_tokens)
     net = _to_serving(net, device, dtype)
     weights_loaded = time_ns()
     tokenizer = gguf_tokenizer(gguf.reader, path)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seedance.models import int8_linear as fbgemm
+from seedance.models.fp16_linear import Fp16Linear
 from seedance.models.int8_linear import Int8Linear
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
@@ -157,7 +158,12 @@ def int4_kernel_preferred() -> bool:
 
 
 def is_quantized(module: nn.Module) -> bool:
-    return isinstance(module, QuantizedLinear | QuantizedEmbedding | Int8Linear)
+    return isinstance(module, QuantizedLinear | QuantizedEmbedding | Int8Linear | Fp16Linear)
+
+
+def fp16_head(embedding: nn.Embedding) -> Fp16Linear:
+    """`--quantize fp16` on tied weights: the head as an fp16 copy of the float embedding, which lookups keep."""
+    return Fp16Linear(embedding.weight.data)
 
 
 def unpack_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
@@ -193,14 +199,16 @@ def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, 
 
 
 def quantize_linears(net: nn.Module, bits: int, group_size: int = 32) -> int:
-    """Swap every nn.Linear in net for a QuantizedLinear (`--quantize int8|int4` on a float model); a layer
-    int4 cannot take (N % 16, K % group) falls back to int8. Returns how many were swapped."""
+    """Swap every nn.Linear in net for a quantized one (`--quantize int8|int4|fp16` on a float model: bits 8, 4,
+    16); a layer int4 cannot take (N % 16, K % group) falls back to int8. Returns how many were swapped."""
     count = 0
     for name, module in list(net.named_modules()):
         if not isinstance(module, nn.Linear):
             continue
         n, k = module.weight.shape
-        if bits == 4 and int4_shape_ok(n, k, group_size):
+        if bits == 16:
+            q = Fp16Linear(module.weight.data, module.bias)
+        elif bits == 4 and int4_shape_ok(n, k, group_size):
             q = QuantizedLinear.from_float(module.weight.data, 4, group_size, module.bias)
         else:
             q = int8_linear(*quantize_int8(module.weight.data), module.bias)
@@ -211,7 +219,13 @@ def quantize_linears(net: nn.Module, bits: int, group_size: int = 32) -> int:
 
 
 def quantize_model(net: nn.Module, bits: int, group_size: int = 32) -> None:
-    """`--quantize`: every projection, and a tied embedding (int8 rows, shared with the output head)."""
+    """`--quantize`: every projection, and a tied embedding (int8 rows, shared with the output head; fp16: the
+    embedding stays float and the head is its fp16 copy)."""
+    if bits == 16:
+        quantize_linears(net, 16)
+        if getattr(net, "lm_head", True) is None:
+            net.lm_head = fp16_head(net.embed_tokens)
+        return
     if getattr(net, "lm_head", True) is None and isinstance(net.embed_tokens, nn.Embedding):
         net.embed_tokens = QuantizedEmbedding.from_float(net.embed_tokens.weight.data)
         quantize_linears(net, bits, group_size)

@@ -13,8 +13,8 @@ from seedance.engine.config import EngineConfig
 from seedance.engine.llm_engine import LLMEngine
 from seedance.engine.sampling_params import SamplingParams
 from seedance.models.gguf_tokenizer import gguf_tokenizer
-from seedance.models.loader import BUILTIN_MODEL_DIR, ModelLoadError, load_model
 from seedance.models.int8_linear import Int8Linear
+from seedance.models.loader import BUILTIN_MODEL_DIR, ModelLoadError, load_model
 from seedance.models.quantized_linear import QuantizedEmbedding, QuantizedLinear, int4_kernel_preferred
 from tests.models.gguf_files import write_gguf
 from tests.models.test_llama_vs_transformers import PagedHarness
@@ -112,7 +112,8 @@ def test_q4_auto_takes_the_faster_kernel_of_this_cpu(files, reference):
         assert isinstance(layer, QuantizedLinear) and layer.bits == 4
         return
     assert isinstance(layer, Int8Linear)
-    kept, dequantized = Logits(load_model(files[T.Q4_1])).of(ids), Logits(load_model(files[T.Q4_1], quantize="none")).of(ids)
+    kept = Logits(load_model(files[T.Q4_1])).of(ids)
+    dequantized = Logits(load_model(files[T.Q4_1], quantize="none")).of(ids)
     assert (kept - dequantized).abs().max() < Q8_INT8_ATOL
     assert greedy(files[T.Q4_1], n=12) == greedy(files[T.Q4_1], "none", n=12)
 
