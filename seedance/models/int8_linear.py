@@ -13,8 +13,10 @@ moved each projection's output by 5-13 % (relative norm, SmolLM2 on a chat promp
 channels ~900x their mean), and greedy chat answers diverged from float32's within a token or two (0 / 8 the same).
 So each call runs two passes over the same packed weight: x, then the rounding residual x - q(x) on its own, much
 finer, range. Their sum carries ~14 bits of the activations, and the result is as close to float32 as the int8
-weight itself allows (0.7-0.9 %, the weight-only kernels' figure) at about twice one pass's cost, still 1.5-3x
-faster than float32 here (docs/model.md).
+weight itself allows (0.7-0.9 %, the weight-only kernels' figure). For a few rows (decode steps) the two passes
+are one GEMM over twice the rows, so the weight streams from memory once: the residual is scaled up by f ~ 126 and
+shifted by c into x's own range, so the call's one grid is x's, and c's contribution (c times each output's sum
+of weights) is taken off afterwards. More rows are compute-bound and take two calls (the same cost, no copy).
 
 `reduce_range=True` is required on CPUs without VNNI: their int8 instruction (vpmaddubsw) sums two uint8 x int8
 products into a saturating int16, so activations keep 7 bits (0..127); with 8 they overflow (measured: errors of
@@ -29,6 +31,8 @@ from functools import cache
 
 import torch
 from torch import nn
+
+STACK_MAX_ROWS = 4  # up to this many rows the two passes share one GEMM (memory-bound); beyond, two calls
 
 
 @cache
@@ -64,22 +68,36 @@ class Int8Linear(nn.Module):
         # not a buffer, so module.to(bfloat16) leaves it float32 like the GEMM's output; not packed: two passes
         self.bias = None if bias is None else bias.detach().float().contiguous()
         self.packed = prepack(codes, scales)
+        self.weight_sums = (codes.float() * scales.reshape(-1, 1).float()).sum(1)  # [N]: c's share, stacked
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype
         x2 = x.reshape(-1, self.in_features)
         if dtype != torch.float32:
             x2 = x2.float()
-        # the grid linear_dynamic quantizes x to (the same function it calls), and what that rounding leaves out
-        scale, zero_point = torch._choose_qparams_per_tensor(x2, True)
-        residual = x2 - torch.fake_quantize_per_tensor_affine(x2, scale, zero_point, 0, 127)
-        y = torch.ops.quantized.linear_dynamic(x2, self.packed, True)
-        y += torch.ops.quantized.linear_dynamic(residual, self.packed, True)
+        y = self._two_passes(x2)
         if self.bias is not None:
             y += self.bias
         if dtype != torch.float32:
             y = y.to(dtype)
         return y.reshape(*shape[:-1], self.out_features)
+
+    def _two_passes(self, x: torch.Tensor) -> torch.Tensor:
+        # the grid linear_dynamic quantizes x to (the same function it calls), and what that rounding leaves out
+        scale, zero_point = torch._choose_qparams_per_tensor(x, True)
+        residual = x - torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 127)
+        rows = x.shape[0]
+        if rows > STACK_MAX_ROWS:
+            y = torch.ops.quantized.linear_dynamic(x, self.packed, True)
+            return y.add_(torch.ops.quantized.linear_dynamic(residual, self.packed, True))
+        # |residual| <= scale / 2: f * residual + c spans (lo, hi) just inside x's range (0 included), so the
+        # stacked input's min and max, hence its grid, are x's own
+        lo, hi = (float(v) for v in torch.aminmax(x))
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        f = max((hi - lo) / scale * 0.99, 1.0)
+        c = (lo + hi) / 2
+        out = torch.ops.quantized.linear_dynamic(torch.cat([x, residual.mul_(f).add_(c)]), self.packed, True)
+        return out[rows:].sub_(self.weight_sums, alpha=c).div_(f).add_(out[:rows])
 
     def int8_weight(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(codes [N, K] int8, scales [N] float32, bias) as packed: fbgemm unpacks a copy."""

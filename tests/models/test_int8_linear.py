@@ -42,6 +42,22 @@ def test_equals_the_float_matmul_on_its_own_int8_weight(rows):
     assert (got - (x @ weight.T + bias)).norm() < 0.01 * exact.norm()
 
 
+@pytest.mark.parametrize("rows", [1, 4, 6])  # stacked into one GEMM up to STACK_MAX_ROWS, two calls beyond
+@pytest.mark.parametrize("kind", ["positive", "negative", "zeros", "constant"])
+def test_one_signed_and_degenerate_inputs(rows, kind):
+    """x's range without 0 inside it, or none at all: the stacked residual must still sit on x's grid."""
+    gen = torch.Generator().manual_seed(rows)
+    codes, scales = quantize_int8(torch.randn(64, 256, generator=gen) * 0.05)
+    layer = Int8Linear(codes, scales)
+    x = {"positive": torch.rand(rows, 256, generator=gen) + 0.5, "negative": -torch.rand(rows, 256, generator=gen),
+         "zeros": torch.zeros(rows, 256), "constant": torch.full((rows, 256), 0.25)}[kind]
+    table = codes.float() * scales[:, None]
+    exact = x @ table.T
+    got = layer(x)
+    assert torch.isfinite(got).all()
+    assert ((got - exact).abs() <= activation_bound(x, table)).all()
+
+
 def test_one_pass_is_not_enough():
     """Why two passes: one 7-bit pass over activations with an outlier channel (as SmolLM2's down_proj has)
     is off by percents; the two passes are within 0.1 % of the int8 weight's exact product."""

@@ -87,7 +87,7 @@ def test_quantized_embedding_is_the_tied_head():
     else:
         assert torch.equal(head.int8_weight()[0], emb.weight_int8)
     h = torch.randn(2, 64, generator=gen)
-    torch.testing.assert_close(head(h), h @ (emb.weight_int8.float() * emb.scales[:, None]).T, atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(head(h), h @ (emb.weight_int8.float() * emb.scales[:, None]).T, atol=1e-2, rtol=1e-3)
 
 
 def test_quantize_model_shrinks_a_model():
