@@ -178,10 +178,11 @@ def _load_hf_dir(path: Path, device: str, dtype: str, max_model_len: int | None,
 
 
 def _load_gguf(path: Path, device: str, dtype: str, max_model_len: int | None, quantize: str) -> LoadedModel:
-    from seedance.models.gguf_loader import load_gguf_weights, open_gguf
+    from seedance.models.gguf_loader import auto_mode, load_gguf_weights, open_gguf
     from seedance.models.gguf_tokenizer import gguf_tokenizer
 
     gguf = open_gguf(path)
+    quantize = auto_mode(gguf, quantize)
     config_loaded = time_ns()
     max_len = _context_limit(gguf.config, max_model_len)
     with empty_weights():
