@@ -42,7 +42,7 @@ def test_equals_the_float_matmul_on_its_own_int8_weight(rows):
     assert (got - (x @ weight.T + bias)).norm() < 0.01 * exact.norm()
 
 
-@pytest.mark.parametrize("rows", [1, 4, 6])  # stacked into one GEMM up to STACK_MAX_ROWS, two calls beyond
+@pytest.mark.parametrize("rows", [1, 2, 5])  # stacked into one GEMM up to STACK_MAX_ROWS, two calls beyond
 @pytest.mark.parametrize("kind", ["positive", "negative", "zeros", "constant"])
 def test_one_signed_and_degenerate_inputs(rows, kind):
     """x's range without 0 inside it, or none at all: the stacked residual must still sit on x's grid."""
