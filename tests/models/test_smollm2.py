@@ -117,7 +117,7 @@ def test_auto_quantized_path_agrees(smollm2_path, hf_greedy):
 
 
 def test_embeddings_match_transformers_mean_pooled_last_hidden_state(smollm2_path, hf_model, hf_tokenizer):
-    """The served (kept-int4) model's mean-pooled embedding against transformers' float forward."""
+    """The served (`auto`: int4 or fp16) model's mean-pooled embedding against transformers' float forward."""
     from seedance.models.loader import load_model
     from seedance.models.pooling import mean_pooled_embedding
 
