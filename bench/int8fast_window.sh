@@ -12,5 +12,5 @@ mkdir -p "$OUT"
 LOADLOG=$!
 trap 'kill $LOADLOG' EXIT
 $PY scripts/compare_peers.py --out "$OUT" --until "$UNTIL" \
-    --only seedance-fp16-large2,seedance-int8-large2,seedance-f32-large2,llama-q8_0,seedance-fp16,llama-f32,seedance-int4
+    --only seedance-fp16-large2,seedance-int8-large2,seedance-f32-large2,llama-q8_0,seedance-fp16,llama-f32,seedance-q4_1
 $PY scripts/peers_table.py "$OUT"

@@ -54,7 +54,7 @@ def runs(peers: Path) -> dict[str, dict]:
         "seedance-f32-2threads": {"cmd": [*seedance, "--model", str(hf32), "--dtype", "float32"],
                                   "env": {**sd_env, "SEEDANCE_THREADS": "2"}, "levels": "1,64"},
         # GGUF auto on an AVX2 CPU (docs/model.md): Q4_1 loads as fp16, Q8_0 as int8, both on fbgemm's GEMMs
-        "seedance-int4": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q4_1.gguf")], "env": sd_env},
+        "seedance-q4_1": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q4_1.gguf")], "env": sd_env},
         "seedance-int8": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q8_0.gguf")], "env": sd_env},
         "seedance-int8-large2": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q8_0.gguf")],
                                  "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2"}},
