@@ -42,7 +42,7 @@ def runs(peers: Path) -> dict[str, dict]:
         "llama-f32": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-f32.gguf")]},
         "vllm-f32": {"cmd": [*vllm_cmd, "--dtype", "float32"], "env": vllm_env, "ready_s": 900},
         "llama-q4_1": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-q4_1.gguf")]},
-        "llama-q8_0": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-q8_0.gguf")], "levels": "1,8"},
+        "llama-q8_0": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-q8_0.gguf")]},
         "tiny-seedance": {"cmd": seedance, "env": {"PYTHONPATH": str(ROOT)}, **tiny},
         "tiny-llama": {"cmd": [str(llama), "--host", "127.0.0.1", "--port", "{port}", "-np", "1", "-t", "2",
                                "-m", str(m / "seedance-tiny-f32.gguf")], **tiny},
@@ -53,11 +53,14 @@ def runs(peers: Path) -> dict[str, dict]:
                                    **tiny},
         "seedance-f32-2threads": {"cmd": [*seedance, "--model", str(hf32), "--dtype", "float32"],
                                   "env": {**sd_env, "SEEDANCE_THREADS": "2"}, "levels": "1,64"},
-        # the quantized kernels run at a few tokens/s here (docs/benchmarks.md): single stream only
-        "seedance-int4": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q4_1.gguf")], "env": sd_env,
-                          "levels": "1"},
-        "seedance-int8": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q8_0.gguf")], "env": sd_env,
-                          "levels": "1"},
+        # GGUF auto on an AVX2 CPU (docs/model.md): Q4_1 loads as fp16, Q8_0 as int8, both on fbgemm's GEMMs
+        "seedance-q4_1": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q4_1.gguf")], "env": sd_env},
+        "seedance-int8": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q8_0.gguf")], "env": sd_env},
+        "seedance-int8-large2": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q8_0.gguf")],
+                                 "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2"}},
+        "seedance-fp16": {"cmd": [*seedance, "--model", str(hf32), "--quantize", "fp16"], "env": sd_env},
+        "seedance-fp16-large2": {"cmd": [*seedance, "--model", str(hf32), "--quantize", "fp16"],
+                                 "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2"}},
         # bfloat16 has no hardware support on an AVX2-only CPU: the short levels only
         "llama-bf16": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-bf16.gguf")], "levels": "1,8"},
         "seedance-bf16": {"cmd": [*seedance, "--model", str(hf16), "--dtype", "bfloat16"], "env": sd_env,

@@ -11,7 +11,7 @@ class EngineConfig:
     device: str = "cpu"  # "cpu" or "cuda[:N]"
     # auto: bfloat16 on CPUs with AMX / AVX512_BF16 and on bf16 GPUs, else float32 (models/precision.py)
     dtype: str = "auto"  # auto, float32, bfloat16, float16
-    quantize: str = "auto"  # auto (a GGUF keeps its own quantization), none, int8, int4 (docs/model.md)
+    quantize: str = "auto"  # auto (a GGUF on the fastest kernel that holds it), none, int8, int4, fp16 (docs/model.md)
     block_size: int = 16  # tokens per KV block
     kv_cache_bytes: int | None = None  # size of the paged KV pool; None: default_kv_cache_bytes (follows the model)
     kv_cache_tokens: int = 32768  # the default pool holds this many tokens, at the model's bytes per token

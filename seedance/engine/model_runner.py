@@ -15,6 +15,8 @@ from seedance.engine.guided import GuideCompiler
 from seedance.engine.output_processor import SampledToken
 from seedance.engine.sampler import Sampler
 from seedance.engine.scheduler import ScheduledChunk
+from seedance.models.fp16_linear import Fp16Linear
+from seedance.models.int8_linear import Int8Linear
 from seedance.models.llama import head_dim_of
 from seedance.models.loader import LoadedModel
 from seedance.models.paged_attention import AttentionMetadata, PrefillChunk
@@ -56,6 +58,14 @@ def set_engine_threads(config: EngineConfig) -> None:
         torch.set_num_threads(config.threads or default_threads())
 
 
+def model_weights(model: torch.nn.Module) -> int:
+    """The model's weight count: parameters, buffers (the weight-only quantized layers') and fbgemm's packed
+    int8 / fp16 weights, which are neither."""
+    count = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
+    packed = (m for m in model.modules() if isinstance(m, Int8Linear | Fp16Linear))
+    return count + sum(m.out_features * m.in_features for m in packed)
+
+
 def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Zeros whose pages the OS supplies on first write (calloc, through numpy) instead of torch.zeros writing
     every byte at start-up: the KV pool (256 MiB by default) costs no start-up time and no resident memory until
@@ -72,7 +82,7 @@ class TorchModelRunner:
         set_engine_threads(config)
         self.small_threads = torch.get_num_threads()
         self.large_threads = config.large_step_threads or self.small_threads
-        weights = sum(t.numel() for t in (*loaded.model.parameters(), *loaded.model.buffers()))  # quantized: buffers
+        weights = model_weights(loaded.model)
         self.large_step_tokens = max(1, -(-config.large_step_work // max(1, weights)))
         self.model = loaded.model
         self.device = torch.device(config.device)

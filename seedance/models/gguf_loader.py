@@ -4,14 +4,19 @@ The `gguf` library reads the file (memory-mapped) and dequantizes; this module m
 metadata onto ours and picks, per projection, the path its GGUF type allows (docs/model.md, "Formats"):
 
 - F32 / F16 / BF16: loaded as they are (cast to the serving dtype).
-- Q4_0, Q4_1, Q4_K: exactly int4 groupwise with group 32 (QuantizedLinear over `_weight_int4pack_mm_for_cpu`):
-  Q4_0 is w = d (q - 8), Q4_1 w = d q + m, Q4_K's 32-element sub-blocks w = (d sc) q - (dmin m).
+- Q4_0, Q4_1, Q4_K, where the int4 kernel is the fast one (`int4_kernel_preferred`: AVX-512): exactly int4
+  groupwise with group 32 (QuantizedLinear over `_weight_int4pack_mm_for_cpu`): Q4_0 is w = d (q - 8), Q4_1
+  w = d q + m, Q4_K's 32-element sub-blocks w = (d sc) q - (dmin m). Elsewhere (AVX2) a file with 4-bit
+  projections loads as `fp16` does (`auto_mode`): its values expand into fp16 nearly exactly, and fbgemm's fp16
+  GEMM is the fastest kernel there (docs/model.md); requantizing them to int8 would add int8's rounding.
 - every other quantized type (Q8_0, Q6_K, Q5_x, Q2_K/Q3_K/Q5_K, IQ*...): dequantized by `gguf.quants`, then
-  requantized to int8 per output channel (lossy; the tolerance is measured in tests/models/test_gguf.py).
+  requantized to int8 per output channel (`int8_linear`: fbgemm's dynamic int8 GEMM; lossy, the tolerance is
+  measured in tests/models/test_gguf.py).
 - the token embedding, when quantized: int8 rows (QuantizedEmbedding), shared with a tied output head.
 
 `quantize="none"` dequantizes everything to the serving dtype (the path transformers' own GGUF loading matches);
-"int8" / "int4" force one kind for every projection.
+"int8" / "int4" force one kind for every projection; "fp16" dequantizes every projection into fbgemm's fp16 GEMM
+(fp16_linear.py) and keeps the embedding float.
 """
 
 from __future__ import annotations
@@ -23,8 +28,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from seedance.models.fp16_linear import Fp16Linear
 from seedance.models.llama import LlamaForCausalLM
-from seedance.models.quantized_linear import QuantizedEmbedding, QuantizedLinear, int4_shape_ok, quantize_int4
+from seedance.models.quantized_linear import (
+    QuantizedEmbedding,
+    QuantizedLinear,
+    int4_kernel_preferred,
+    int4_shape_ok,
+    int8_linear,
+    quantize_int4,
+    quantize_int8,
+)
 from seedance.models.registry import QUANTIZE_MODES
 
 GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2")
@@ -167,12 +181,12 @@ def int4_blocks(tensor, data: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, t
 
 
 def _linear(pieces: list, model: GGUFModel, mode: str, bias: torch.Tensor | None) -> nn.Module | torch.Tensor:
-    """One (possibly fused) projection: a QuantizedLinear, or a float weight for the model's own nn.Linear."""
+    """One (possibly fused) projection: a quantized module, or a float weight for the model's own nn.Linear."""
     kinds = {p.tensor_type.name for p in pieces}
     n = sum(int(p.data.shape[0]) for p in pieces)
     k = int(pieces[0].shape[0])  # GGUF shapes are [K, N]
     exact = kinds <= set(INT4_EXACT) and int4_shape_ok(n, k, 32)
-    if mode in ("auto", "int4") and exact:
+    if (mode == "int4" or (mode == "auto" and int4_kernel_preferred())) and exact:
         parts = [int4_blocks(p, _rows(p, model)) for p in pieces]
         codes, scale, zero = (torch.cat([part[i] for part in parts]) for i in range(3))
         return QuantizedLinear.from_int4(codes, scale, zero, 32, bias)
@@ -180,10 +194,21 @@ def _linear(pieces: list, model: GGUFModel, mode: str, bias: torch.Tensor | None
     weight = torch.cat([_dequantize(p, model) for p in pieces])
     if mode == "none" or (mode == "auto" and floats):
         return weight
+    if mode == "fp16":
+        return Fp16Linear(weight, bias)
     if mode == "int4" and int4_shape_ok(n, k, 32):
         codes, scale, zero = quantize_int4(weight, 32)
         return QuantizedLinear.from_int4(codes, scale, zero, 32, bias)
-    return QuantizedLinear.from_float(weight, 8, bias=bias)
+    return int8_linear(*quantize_int8(weight), bias)
+
+
+def auto_mode(model: GGUFModel, mode: str) -> str:
+    """`auto` as it applies to this file on this CPU: "fp16" for 4-bit projections where the int4 kernel is slow
+    (see the module's docstring), else the mode as given."""
+    if mode != "auto" or int4_kernel_preferred():
+        return mode
+    four_bit = any(t.tensor_type.name in INT4_EXACT for t in model.reader.tensors if t.name.startswith("blk."))
+    return "fp16" if four_bit else mode
 
 
 def load_gguf_weights(model: GGUFModel, net: LlamaForCausalLM, mode: str) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from seedance.models.hf_config import plain_llama_config
 from seedance.models.llama import LlamaForCausalLM, empty_weights, rope_tables
 from seedance.models.llava import VisionEncoder, is_llava, load_vision, split_weights
-from seedance.models.quantized_linear import QuantizedEmbedding, QuantizedLinear, quantize_model
+from seedance.models.quantized_linear import fp16_head, is_quantized, quantize_model
 from seedance.models.registry import (
     BUILTIN_NAMES,
     BUILTIN_SERVED_NAME,
@@ -31,7 +31,7 @@ from seedance.models.tokenizer import TextTokenizer
 
 BUILTIN_MODEL_DIR = Path(__file__).resolve().parent / "tiny"
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
-QUANTIZE = {"auto": None, "none": None, "int8": 8, "int4": 4}  # auto: GGUF keeps its own, HF stays float
+QUANTIZE = {"auto": None, "none": None, "int8": 8, "int4": 4, "fp16": 16}  # auto: GGUF keeps its own, HF stays float
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -125,7 +125,7 @@ def _context_limit(config, max_model_len: int | None) -> int:
 def _finish(net: LlamaForCausalLM, config, max_len: int) -> LlamaForCausalLM:
     """Materialize what is still on the meta device (quantized modules are real already) and set RoPE."""
     for module in net.modules():
-        if not isinstance(module, QuantizedLinear | QuantizedEmbedding):
+        if not is_quantized(module):
             _materialize(module)
     net.rope_cos, net.rope_sin = rope_tables(config, max_len)  # buffers are not in the checkpoint
     return net
@@ -142,7 +142,7 @@ def _materialize(module: torch.nn.Module) -> None:
 
 
 def _to_serving(net: LlamaForCausalLM, device: str, dtype: str) -> LlamaForCausalLM:
-    quantized = any(isinstance(m, QuantizedLinear) for m in net.modules())
+    quantized = any(is_quantized(m) for m in net.modules())
     if quantized and torch.device(device).type != "cpu":
         raise ModelLoadError("quantized weights run on the CPU kernels only: use --device cpu or --quantize none")
     net = net.to(device=device, dtype=DTYPES[dtype]).eval()
@@ -178,10 +178,11 @@ def _load_hf_dir(path: Path, device: str, dtype: str, max_model_len: int | None,
 
 
 def _load_gguf(path: Path, device: str, dtype: str, max_model_len: int | None, quantize: str) -> LoadedModel:
-    from seedance.models.gguf_loader import load_gguf_weights, open_gguf
+    from seedance.models.gguf_loader import auto_mode, load_gguf_weights, open_gguf
     from seedance.models.gguf_tokenizer import gguf_tokenizer
 
     gguf = open_gguf(path)
+    quantize = auto_mode(gguf, quantize)
     config_loaded = time_ns()
     max_len = _context_limit(gguf.config, max_model_len)
     with empty_weights():
@@ -189,6 +190,8 @@ def _load_gguf(path: Path, device: str, dtype: str, max_model_len: int | None, q
     floats = load_gguf_weights(gguf, net, quantize)  # installs the quantized modules
     net = _finish(net, gguf.config, max_len)
     net.load_hf_weights(floats)
+    if quantize == "fp16" and net.lm_head is None:  # a tied head: the float embedding's fp16 copy
+        net.lm_head = fp16_head(net.embed_tokens)
     net = _to_serving(net, device, dtype)
     weights_loaded = time_ns()
     tokenizer = gguf_tokenizer(gguf.reader, path)

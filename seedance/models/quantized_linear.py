@@ -11,6 +11,10 @@ Two layouts, both what `torch.ops.aten` computes with directly (no dequantized c
 
 The activation dtype must equal the scales' dtype: `module.to(dtype)` converts the scales (the codes are integer
 buffers, which `.to(dtype)` leaves alone).
+
+Which int8 layer a model gets is `int8_linear`'s choice: fbgemm's dynamic int8 GEMM (int8_linear.py), 2-3x faster
+than float32 on an AVX2 CPU, wherever torch has it; these weight-only kernels otherwise. Which 4-bit GGUF blocks
+stay int4 is `int4_kernel_preferred`'s: only where ATen runs its AVX-512 kernels (docs/model.md, "Formats").
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from seedance.models import int8_linear as fbgemm
+from seedance.models.fp16_linear import Fp16Linear
+from seedance.models.int8_linear import Int8Linear
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 DEQUANTIZE_ABOVE_ROWS = 8  # more rows than this (prefill chunks) dequantize the weight per call: see forward()
@@ -121,13 +129,41 @@ class QuantizedEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.weight_int8[ids].to(self.scales.dtype) * self.scales[ids].unsqueeze(-1)
 
-    def as_linear(self) -> QuantizedLinear:
+    def as_linear(self) -> nn.Module:
+        """The tied output head on the same int8 rows: fbgemm packs its own copy (int8_linear); the weight-only
+        kernel shares these buffers."""
+        if fbgemm.available():
+            return Int8Linear(self.weight_int8, self.scales)
         head = QuantizedLinear(self.embedding_dim, self.num_embeddings, 8)
         head.weight_int8, head.scales = self.weight_int8, self.scales  # shared, not copied
         return head
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, int8"
+
+
+def int8_linear(codes: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Module:
+    """An int8 per-channel projection on the fastest kernel this torch has: fbgemm's where available, else the
+    weight-only `_weight_int8pack_mm` (QuantizedLinear)."""
+    if fbgemm.available():
+        return Int8Linear(codes, scales, bias)
+    return QuantizedLinear.from_int8(codes, scales, bias)
+
+
+def int4_kernel_preferred() -> bool:
+    """Whether 4-bit GGUF blocks stay int4: where ATen's int4 weight-only kernel runs its AVX-512 build (its CPU
+    capability, as it dispatches), or where there is no fbgemm. On AVX2 that kernel is ~10x slower than
+    fbgemm's int8 (docs/model.md), so there the blocks are requantized to int8 per channel at load."""
+    return torch.backends.cpu.get_cpu_capability() == "AVX512" or not fbgemm.available()
+
+
+def is_quantized(module: nn.Module) -> bool:
+    return isinstance(module, QuantizedLinear | QuantizedEmbedding | Int8Linear | Fp16Linear)
+
+
+def fp16_head(embedding: nn.Embedding) -> Fp16Linear:
+    """`--quantize fp16` on tied weights: the head as an fp16 copy of the float embedding, which lookups keep."""
+    return Fp16Linear(embedding.weight.data)
 
 
 def unpack_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
@@ -163,15 +199,19 @@ def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, 
 
 
 def quantize_linears(net: nn.Module, bits: int, group_size: int = 32) -> int:
-    """Swap every nn.Linear in net for a QuantizedLinear (`--quantize int8|int4` on a float model); a layer
-    int4 cannot take (N % 16, K % group) falls back to int8. Returns how many were swapped."""
+    """Swap every nn.Linear in net for a quantized one (`--quantize int8|int4|fp16` on a float model: bits 8, 4,
+    16); a layer int4 cannot take (N % 16, K % group) falls back to int8. Returns how many were swapped."""
     count = 0
     for name, module in list(net.named_modules()):
         if not isinstance(module, nn.Linear):
             continue
         n, k = module.weight.shape
-        use = bits if bits == 8 or int4_shape_ok(n, k, group_size) else 8
-        q = QuantizedLinear.from_float(module.weight.data, use, group_size, module.bias)
+        if bits == 16:
+            q = Fp16Linear(module.weight.data, module.bias)
+        elif bits == 4 and int4_shape_ok(n, k, group_size):
+            q = QuantizedLinear.from_float(module.weight.data, 4, group_size, module.bias)
+        else:
+            q = int8_linear(*quantize_int8(module.weight.data), module.bias)
         parent_name, _, child = name.rpartition(".")
         setattr(net.get_submodule(parent_name) if parent_name else net, child, q)
         count += 1
@@ -179,7 +219,13 @@ def quantize_linears(net: nn.Module, bits: int, group_size: int = 32) -> int:
 
 
 def quantize_model(net: nn.Module, bits: int, group_size: int = 32) -> None:
-    """`--quantize`: every projection, and a tied embedding (int8 rows, shared with the output head)."""
+    """`--quantize`: every projection, and a tied embedding (int8 rows, shared with the output head; fp16: the
+    embedding stays float and the head is its fp16 copy)."""
+    if bits == 16:
+        quantize_linears(net, 16)
+        if getattr(net, "lm_head", True) is None:
+            net.lm_head = fp16_head(net.embed_tokens)
+        return
     if getattr(net, "lm_head", True) is None and isinstance(net.embed_tokens, nn.Embedding):
         net.embed_tokens = QuantizedEmbedding.from_float(net.embed_tokens.weight.data)
         quantize_linears(net, bits, group_size)

@@ -28,7 +28,7 @@ class RegistryEntry:
 
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")  # --dtype
-QUANTIZE_MODES = ("auto", "none", "int8", "int4")  # --quantize (docs/model.md)
+QUANTIZE_MODES = ("auto", "none", "int8", "int4", "fp16")  # --quantize (docs/model.md)
 BUILTIN_NAMES = (None, "", "builtin", "tiny")  # --model values meaning the built-in model
 BUILTIN_SERVED_NAME = "seedance-tiny"
 REGISTRY: dict[str, RegistryEntry] = {

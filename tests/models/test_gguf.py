@@ -12,9 +12,11 @@ from gguf import GGMLQuantizationType as T
 from seedance.engine.config import EngineConfig
 from seedance.engine.llm_engine import LLMEngine
 from seedance.engine.sampling_params import SamplingParams
+from seedance.models.fp16_linear import Fp16Linear
 from seedance.models.gguf_tokenizer import gguf_tokenizer
+from seedance.models.int8_linear import Int8Linear
 from seedance.models.loader import BUILTIN_MODEL_DIR, ModelLoadError, load_model
-from seedance.models.quantized_linear import QuantizedEmbedding, QuantizedLinear
+from seedance.models.quantized_linear import QuantizedEmbedding, QuantizedLinear, int4_kernel_preferred
 from tests.models.gguf_files import write_gguf
 from tests.models.test_llama_vs_transformers import PagedHarness
 
@@ -89,8 +91,10 @@ def test_q8_0_within_tolerance_dequantized_and_kept_int8(files, reference):
 
 
 @pytest.mark.parametrize("kind", [T.Q4_0, T.Q4_1])
-def test_q4_kept_int4_equals_its_dequantization(files, reference, kind):
-    """The int4 kernel on the file's own blocks computes what the float path on gguf's dequantization does."""
+def test_q4_kept_int4_equals_its_dequantization(files, reference, kind, monkeypatch):
+    """The int4 kernel on the file's own blocks computes what the float path on gguf's dequantization does
+    (`auto` where the kernel is AVX-512, forced here; the next test has this CPU's own choice)."""
+    monkeypatch.setattr("seedance.models.gguf_loader.int4_kernel_preferred", lambda: True)
     ids, _ = reference
     kept = load_model(files[kind])
     layer = kept.model.layers[0]
@@ -100,14 +104,32 @@ def test_q4_kept_int4_equals_its_dequantization(files, reference, kind):
     assert greedy(files[kind], n=12) == greedy(files[kind], "none", n=12)
 
 
-def test_quantized_memory_is_a_fraction_of_float(files):
+def test_q4_auto_takes_the_faster_kernel_of_this_cpu(files, reference):
+    """`auto` on Q4_1: int4 where ATen's int4 kernel is AVX-512, else loaded as `fp16` (fbgemm's fp16 GEMM):
+    within 1e-2 of its own float dequantization and greedy token for token."""
+    ids, _ = reference
+    loaded = load_model(files[T.Q4_1])
+    layer = loaded.model.layers[0].mlp.gate_up_proj
+    if int4_kernel_preferred():
+        assert isinstance(layer, QuantizedLinear) and layer.bits == 4
+        return
+    assert isinstance(layer, Fp16Linear) and isinstance(loaded.model.lm_head, Fp16Linear)
+    dequantized = Logits(load_model(files[T.Q4_1], quantize="none")).of(ids)
+    assert (Logits(loaded).of(ids) - dequantized).abs().max() < 1e-2
+    assert greedy(files[T.Q4_1], n=12) == greedy(files[T.Q4_1], "none", n=12)
+
+
+def test_quantized_memory_is_a_fraction_of_float(files, monkeypatch):
     def weight_bytes(loaded):
         tensors = [*loaded.model.parameters(), *(b for n, b in loaded.model.named_buffers() if "rope" not in n)]
-        return sum({t.data_ptr(): t.numel() * t.element_size() for t in tensors}.values())
+        packed = sum(m.nbytes for m in loaded.model.modules() if isinstance(m, Int8Linear | Fp16Linear))  # fbgemm's
+        return sum({t.data_ptr(): t.numel() * t.element_size() for t in tensors}.values()) + packed
 
     f32 = weight_bytes(load_model(files[T.F32]))
-    assert weight_bytes(load_model(files[T.Q4_1])) < f32 / 2.5  # its embedding (a fifth of the model) is F32
     assert weight_bytes(load_model(files[T.Q8_0])) < f32 / 3
+    assert weight_bytes(load_model(files[T.Q4_1], quantize="fp16")) < f32 * 0.75  # float embedding, fp16 head
+    monkeypatch.setattr("seedance.models.gguf_loader.int4_kernel_preferred", lambda: True)
+    assert weight_bytes(load_model(files[T.Q4_1])) < f32 / 2.5  # int4; its embedding (a fifth of the model) is F32
 
 
 def test_hf_directory_quantize_on_load():

@@ -73,16 +73,21 @@ def test_gguf_4bit_blocks_map_onto_int4_exactly(kind):
     torch.testing.assert_close(layer(x), x @ reference.T, atol=1e-3, rtol=1e-4)
 
 
-def test_quantized_embedding_is_shared_with_the_tied_head():
+def test_quantized_embedding_is_the_tied_head():
+    """The head is the embedding's own int8 rows: shared buffers on the weight-only kernel, the same codes
+    packed for fbgemm's (int8_linear.py)."""
     gen = torch.Generator().manual_seed(2)
     table = torch.randn(512, 64, generator=gen)
     emb = QuantizedEmbedding.from_float(table)
     ids = torch.tensor([0, 7, 511])
     torch.testing.assert_close(emb(ids), table[ids], atol=0.02, rtol=0)
     head = emb.as_linear()
-    assert head.weight_int8.data_ptr() == emb.weight_int8.data_ptr()
+    if isinstance(head, QuantizedLinear):
+        assert head.weight_int8.data_ptr() == emb.weight_int8.data_ptr()
+    else:
+        assert torch.equal(head.int8_weight()[0], emb.weight_int8)
     h = torch.randn(2, 64, generator=gen)
-    torch.testing.assert_close(head(h), h @ (emb.weight_int8.float() * emb.scales[:, None]).T, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(head(h), h @ (emb.weight_int8.float() * emb.scales[:, None]).T, atol=1e-2, rtol=1e-3)
 
 
 def test_quantize_model_shrinks_a_model():

@@ -1,6 +1,7 @@
 """SmolLM2-135M-Instruct (Q4_1 GGUF, `seedance models pull smollm2`) against transformers' own GGUF loading:
 the same tokenizer ids on 1,000 varied strings, the same first 32 greedy tokens of 3 chat prompts on the
-dequantized-float path, a stated agreement on the kept-quantized int4 path, and /v1/embeddings' vectors."""
+dequantized-float path, a stated agreement on the `auto` path (int4 kept on AVX-512, fp16 on AVX2), and
+/v1/embeddings' vectors."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from seedance.engine.config import EngineConfig
 from seedance.engine.llm_engine import LLMEngine
 from seedance.engine.sampling_params import SamplingParams
-from seedance.models.quantized_linear import QuantizedLinear
+from seedance.models.quantized_linear import is_quantized
 from tests.models.test_gguf import _strings
 
 CHATS = [
@@ -103,11 +104,12 @@ def test_dequantized_path_equals_transformers_for_32_greedy_tokens(smollm2_path,
     assert sum(len(h) for _, h in hf_greedy) >= 24  # the comparison is not vacuous
 
 
-def test_kept_int4_path_agrees(smollm2_path, hf_greedy):
-    """Q4_1 stays int4 (exact), the Q8_0 embedding becomes int8 rows (lossy): greedy tokens agree with
-    transformers' float path up to EOS / 32 tokens on at least 2 of the 3 chats, and the first 8 on all."""
+def test_auto_quantized_path_agrees(smollm2_path, hf_greedy):
+    """`auto`: Q4_1 stays int4 (exact) with the Q8_0 embedding as int8 rows (lossy) where the int4 kernel is
+    AVX-512, else it loads as fp16: greedy tokens agree with transformers' float path up to EOS / 32 tokens on
+    at least 2 of the 3 chats, and the first 8 on all."""
     engine, _, got = ours(smollm2_path, "auto")
-    assert isinstance(engine.runner.model.layers[0].mlp.down_proj, QuantizedLinear)
+    assert is_quantized(engine.runner.model.layers[0].mlp.down_proj)
     expected = [h for _, h in hf_greedy]
     got = [g[: len(h)] for g, h in zip(got, expected, strict=True)]
     assert sum(a == b for a, b in zip(got, expected, strict=True)) >= 2
@@ -115,7 +117,7 @@ def test_kept_int4_path_agrees(smollm2_path, hf_greedy):
 
 
 def test_embeddings_match_transformers_mean_pooled_last_hidden_state(smollm2_path, hf_model, hf_tokenizer):
-    """The served (kept-int4) model's mean-pooled embedding against transformers' float forward."""
+    """The served (`auto`: int4 or fp16) model's mean-pooled embedding against transformers' float forward."""
     from seedance.models.loader import load_model
     from seedance.models.pooling import mean_pooled_embedding
 
