@@ -63,7 +63,8 @@ DeviceOpt = Annotated[str, typer.Option(help="cpu or cuda[:N]")]
 DtypeOpt = Annotated[str, typer.Option(help="auto (bfloat16 on AMX / AVX512_BF16 CPUs, else float32), float32, "
                                              "bfloat16 or float16")]
 QuantizeOpt = Annotated[str | None, typer.Option(
-    help="auto (a GGUF keeps its quantization), none (dequantize to --dtype), int8 or int4 (quantize on load)")]
+    help="auto (a GGUF on the fastest kernel that holds it), none (dequantize to --dtype), int8, int4 or fp16 "
+         "(quantize on load; docs/model.md)")]
 
 
 def parse_bytes(text: str) -> int:
@@ -96,8 +97,8 @@ def serve(
     dtype: Annotated[S, _opt("DTYPE", "auto (bfloat16 on AMX / AVX512_BF16 CPUs and bf16 GPUs, else float32), "
                                       "float32, bfloat16, float16 (default: auto)")] = None,
     model_name: Annotated[S, _opt("NAME", "model id reported to clients (default: the model's own)")] = None,
-    quantize: Annotated[S, _opt("MODE", "auto (a GGUF keeps its quantization), none (dequantize to --dtype), int8 "
-                                        "or int4 (quantize on load) (default: auto)")] = None,
+    quantize: Annotated[S, _opt("MODE", "auto (a GGUF on the fastest kernel that holds it), none (dequantize to "
+                                        "--dtype), int8, int4 or fp16 (quantize on load) (default: auto)")] = None,
     kv_cache_memory: Annotated[S, _opt("SIZE", "KV pool size, e.g. 512MiB (default: follows the model, "
                                                "docs/model.md)")] = None,
     keepalive: Annotated[S, _opt("PRESET", "TCP keepalive: conservative, aggressive, off (default: "
