@@ -183,7 +183,7 @@ async def test_a_message_right_after_an_n_2_generate_is_read_at_once(server):
     assert [m["type"] for m in seen if m.get("id") == "two"] == ["done"]  # no chunk: cancelled before any token
     assert seen[-1]["finish_reason"] == "cancelled"
     assert [c["finish_reason"] for c in seen[-1]["choices"]] == ["cancelled", "cancelled"]
-    assert pong < first_token_s / 3, (pong, first_token_s)
+    assert pong < first_token_s / 2, (pong, first_token_s)  # a blocked reader: pong >= the first token
 
 
 async def test_closing_the_connection_cancels_its_requests(server):
