@@ -55,6 +55,7 @@ from seedance.engine.core_protocol import (
 from seedance.engine.errors import EngineError, InvalidRequest
 from seedance.engine.events import FinishReason, TokenEvent
 from seedance.engine.llm_engine import LLMEngine
+from seedance.models.loader import resolve_model_path
 from seedance.models.pooling import mean_pooled_embeddings
 
 log = logging.getLogger("seedance.engine.core")
@@ -333,7 +334,8 @@ def _load(config: EngineConfig) -> tuple[LLMEngine | None, bytes]:
     ready = Ready(engine.max_model_len, engine.model_name, engine.load_times, tokenizer, engine.stats(),
                   dtype=engine.config.dtype, hidden_size=engine.hidden_size, takes_images=engine.takes_images,
                   embedding_shape=engine.embedding_shape,
-                  image_front=pickle.dumps(engine.vision.front()) if engine.vision is not None else None)
+                  image_front=pickle.dumps(engine.vision.front()) if engine.vision is not None else None,
+                  model_path=None if config.synthetic_rate else str(resolve_model_path(config.model)))
     return engine, frame(ready)
 
 

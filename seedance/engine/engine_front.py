@@ -21,8 +21,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from seedance.engine.config import EngineConfig
 from seedance.engine.errors import EngineOverloaded, InvalidRequest
@@ -31,6 +30,10 @@ from seedance.engine.image_prompt import build_image_prompt, content_chars, coun
 from seedance.engine.prompt_embeds import EncodedRows, PromptEmbeds, assemble_prompt, check_rows, decode_rows
 from seedance.engine.sampling_params import SamplingParams
 from seedance.models.tokenizer import TextTokenizer
+
+if TYPE_CHECKING:  # no torch at import: `--engine process`'s gateway builds on this module without it
+    import numpy as np
+    import torch
 
 _ids = itertools.count()
 
@@ -314,8 +317,9 @@ class EngineFront:
         """End the request between two steps; keep_tokens: see LLMEngine.abort."""
         raise NotImplementedError
 
-    async def embed_group(self, inputs: list[list[int]]) -> list[torch.Tensor]:
-        """Mean-pooled vectors of one group of token lists, one forward between two steps (engine/embedding.py)."""
+    async def embed_group(self, inputs: list[list[int]]) -> list[torch.Tensor | np.ndarray]:
+        """Mean-pooled float32 vectors of one group of token lists, one forward between two steps
+        (engine/embedding.py): tensors from the thread mode's engine, numpy rows from the engine process."""
         raise NotImplementedError
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenEvent]:

@@ -50,6 +50,33 @@ def test_the_engine_process_starts_before_the_gateway_builds_its_app(process_ser
     assert marks["engine_load_start"] < marks["app_built"] < marks["engine_ready"]
 
 
+def has_torch(pid: int) -> bool:
+    """libtorch mapped into the process: torch was imported there."""
+    return any("libtorch" in m.path for m in psutil.Process(pid).memory_maps())
+
+
+async def test_the_gateway_serves_text_without_importing_torch(process_server):
+    """The gateway parses, tokenizes, routes and writes: after a WebSocket session turn, a streamed chat
+    completion, /v1/embeddings, /tokenize and /stats it still has no libtorch mapped; the engine process has.
+    (Before the first test that sends embedding rows or images: those load torch in the gateway on use.)"""
+    async with connect(process_server.ws) as ws:
+        await ws.send(json.dumps({"type": "generate", "id": "t", "session": "notorch", "prompt": PROMPTS[0],
+                                  "max_tokens": 4}))
+        ids, done = await ws_tokens(ws, "t")
+    assert len(ids) == 4 and done["finish_reason"] == "length"
+    async with httpx.AsyncClient(base_url=process_server.http, timeout=60) as http:
+        chat = await http.post("/v1/chat/completions", json={
+            "model": "seedance-tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+            "stream": True})
+        embeds = await http.post("/v1/embeddings", json={"model": "seedance-tiny", "input": "In the beginning"})
+        tokens = await http.post("/tokenize", json={"prompt": "In the beginning"})
+    assert chat.status_code == embeds.status_code == tokens.status_code == 200
+    assert "data: [DONE]" in chat.text and len(embeds.json()["data"][0]["embedding"]) == 256
+    assert process_server.stats()["engine_mode"] == "process"
+    assert not has_torch(process_server.pid)
+    assert has_torch(engine_pid(process_server))  # the check sees torch where it is
+
+
 async def in_process_greedy(prompt: str, max_tokens: int) -> list[int]:
     engine = await AsyncEngine.create(EngineConfig(num_kv_blocks=1024))
     try:
