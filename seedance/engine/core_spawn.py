@@ -8,6 +8,7 @@ target by name, and naming core_process's own functions would import torch in th
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing as mp
 import socket
@@ -25,14 +26,22 @@ class SpawnedCore:
     process: mp.process.BaseProcess
     started_ns: int  # time.time_ns() at the spawn: where the engine's load begins (the cold-start trace)
 
+    def stop(self) -> None:
+        """Not needed after all (`seedance serve` refused its settings): hang up and end it now."""
+        self.sock.close()
+        self.process.kill()
+        self.process.join(10)
+
 
 def _run_core(config: EngineConfig, sock: socket.socket, log_level: int) -> None:
+    gc.disable()  # as `seedance serve` does: no collections over start-up's objects (core_process._load ends it)
     from seedance.engine.core_process import run_core
 
     run_core(config, sock, log_level)
 
 
 def _serve_core(config: EngineConfig, path: str, log_level: int) -> None:
+    gc.disable()
     from seedance.engine.core_process import serve_core
 
     serve_core(config, path, log_level)
