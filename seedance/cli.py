@@ -135,7 +135,7 @@ def serve(
     state_dir: Annotated[S, _opt("DIR", "the server's own files, the session database (env SEEDANCE_STATE_DIR) "
                                         "(default: $XDG_STATE_HOME/seedance, else ~/.local/state/seedance)")] = None,
     engine: Annotated[S, _opt("MODE", "where the engine core runs: thread (in this process) or process (its own; "
-                                      "docs/server-stack.md) (default: thread)", "--engine")] = None,
+                                      "docs/server-stack.md) (default: process)", "--engine")] = None,
     workers: Annotated[Int, _opt("N", "gateway processes sharing the port in front of one engine process "
                                       "(docs/server-stack.md) (default: 1)")] = None,
     ws_stack: Annotated[S, _opt("STACK", "/v1/stream's WebSocket stack on the one port: picows or aiohttp "

@@ -32,6 +32,19 @@ def process_server(tmp_path_factory):
     srv.stop()
 
 
+@pytest.fixture(scope="module")
+def thread_server(tmp_path_factory):
+    """The thread mode, what the process mode's answers are compared with (the default is process)."""
+    srv = start_server(tmp_path_factory, engine_mode="thread", num_kv_blocks=1024)
+    yield srv
+    srv.stop()
+
+
+def test_the_default_is_the_process_mode(server, thread_server):
+    assert server.stats()["engine_mode"] == "process" and server.stats()["engine_pid"] is not None
+    assert thread_server.stats()["engine_mode"] == "thread" and thread_server.stats()["engine_pid"] is None
+
+
 def engine_pid(srv) -> int:
     """The engine process /stats names: a child of the server."""
     pid = srv.stats()["engine_pid"]
@@ -175,13 +188,13 @@ def completion(srv, **body) -> httpx.Response:
                       timeout=60)
 
 
-def test_guided_requests_compile_in_the_engine_process(process_server, server):
+def test_guided_requests_compile_in_the_engine_process(process_server, thread_server):
     body = {"max_tokens": 60, "temperature": 0.0, "guided_json": PERSON}
     got = completion(process_server, **body)
     assert got.status_code == 200, got.text
     text = got.json()["choices"][0]["text"]
     assert set(json.loads(text)) == {"name", "age"}
-    assert text == completion(server, **body).json()["choices"][0]["text"]  # the thread mode's, exactly
+    assert text == completion(thread_server, **body).json()["choices"][0]["text"]  # the thread mode's, exactly
     choice = completion(process_server, max_tokens=10, temperature=1.0, seed=4, guided_choice=["light", "dark"])
     assert choice.json()["choices"][0]["text"] in {"light", "dark"}
     bad = completion(process_server, max_tokens=4, guided_regex="(unclosed")  # refused in the core: a 400, no hang
@@ -189,7 +202,7 @@ def test_guided_requests_compile_in_the_engine_process(process_server, server):
     assert completion(process_server, max_tokens=2).status_code == 200  # the engine went on
 
 
-async def test_embedding_prompts_cross_as_bytes(process_server, server):
+async def test_embedding_prompts_cross_as_bytes(process_server, thread_server):
     from safetensors.torch import load_file
 
     from seedance.models.loader import BUILTIN_MODEL_DIR
@@ -203,7 +216,7 @@ async def test_embedding_prompts_cross_as_bytes(process_server, server):
                                                  {"type": "tokens", "ids": IDS[5:]}], **GREEDY}]
     async with connect(process_server.ws) as ws:
         results = await run_requests(ws, requests)
-    async with connect(server.ws) as ws:
+    async with connect(thread_server.ws) as ws:
         thread = await run_requests(ws, requests[1:])
     assert all(not r["errors"] for r in results.values()), results
     assert ids_of(results["parts"]) == ids_of(results["ids"]) == ids_of(thread["parts"])
@@ -211,10 +224,10 @@ async def test_embedding_prompts_cross_as_bytes(process_server, server):
     assert (usage["prompt_tokens"], usage["embedding_tokens"]) == (7, 3)
 
 
-def test_v1_embeddings_run_in_the_engine_process(process_server, server):
+def test_v1_embeddings_run_in_the_engine_process(process_server, thread_server):
     body = {"model": "seedance-tiny", "input": ["In the beginning", [1063, 389, 392]]}
     got = httpx.post(f"{process_server.http}/v1/embeddings", json=body, timeout=60)
-    want = httpx.post(f"{server.http}/v1/embeddings", json=body, timeout=60).json()
+    want = httpx.post(f"{thread_server.http}/v1/embeddings", json=body, timeout=60).json()
     assert got.status_code == 200, got.text
     for a, b in zip(got.json()["data"], want["data"], strict=True):
         assert len(a["embedding"]) == 256 and sum(x * y for x, y in zip(a["embedding"], b["embedding"],
