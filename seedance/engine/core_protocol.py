@@ -21,6 +21,7 @@ import struct
 from typing import TYPE_CHECKING
 
 import msgspec
+import numpy as np
 
 from seedance.engine.events import TokenEvent
 from seedance.engine.prompt_embeds import ACCEPTED_DTYPE_NAMES, EmbedSegment, PromptEmbeds
@@ -49,8 +50,11 @@ class EmbedRows(msgspec.Struct, array_like=True):
 _ITEMSIZE = dict(zip(ACCEPTED_DTYPE_NAMES, (4, 2, 2), strict=True))  # bytes per value of each dtype on the wire
 
 
-def tensor_bytes(t: torch.Tensor) -> tuple[str, bytes]:
-    """A contiguous CPU tensor of ACCEPTED_DTYPE_NAMES as (dtype name, raw bytes in native order)."""
+def tensor_bytes(t: torch.Tensor | np.ndarray) -> tuple[str, bytes]:
+    """A contiguous CPU tensor (or numpy array) of ACCEPTED_DTYPE_NAMES as (dtype name, raw bytes in native
+    order)."""
+    if isinstance(t, np.ndarray):
+        return str(t.dtype), t.tobytes()
     import torch
 
     view = {2: torch.int16, 4: torch.int32}[t.element_size()]  # bfloat16 has no numpy dtype: its bits as int16

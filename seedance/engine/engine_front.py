@@ -155,6 +155,9 @@ class EngineFront:
 
     # Why an image prompt is refused when the model takes images but this engine has no vision encoder here.
     no_vision_reason = "this model takes no images"
+    # Decoded embedding rows as torch tensors (the model here takes them); False: numpy arrays, for an engine
+    # front that only sends them to its engine process (no torch in that gateway: docs/server-stack.md).
+    rows_as_tensors = True
 
     def __init__(self, config: EngineConfig, tokenizer: TextTokenizer | None, max_model_len: int,
                  hidden_size: int | None = None, takes_images: bool = False, vision=None,
@@ -261,7 +264,7 @@ class EngineFront:
                 parts.append(part)
             elif isinstance(part, EncodedRows):
                 limit = self.config.max_prompt_embeds_bytes
-                parts.append(decode_rows(part, self.hidden_size, limit, f"prompt part {i}"))
+                parts.append(decode_rows(part, self.hidden_size, limit, f"prompt part {i}", self.rows_as_tensors))
             else:
                 parts.append(check_rows(part, self.hidden_size, f"prompt part {i}"))
         ids, request.prompt_embeds = assemble_prompt(parts)

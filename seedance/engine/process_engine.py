@@ -125,6 +125,8 @@ class _Channel(asyncio.Protocol):
 
 
 class ProcessEngine(EngineFront):
+    rows_as_tensors = False  # f32le rows only cross the socket from here (core_protocol.tensor_bytes takes numpy)
+
     def __init__(self, config: EngineConfig, ready: Ready, transport: asyncio.Transport,
                  process: mp.process.BaseProcess | None, prefix: str = "") -> None:
         tokenizer = pickle.loads(ready.tokenizer) if ready.tokenizer is not None else None

@@ -48,6 +48,11 @@ def _is_tensor(value: object) -> bool:
     return torch is not None and isinstance(value, torch.Tensor)
 
 
+def _is_rows(value: object) -> bool:
+    """Embedding rows: a tensor, or a numpy array (decode_rows(as_tensor=False): the process mode's gateway)."""
+    return isinstance(value, np.ndarray) or _is_tensor(value)
+
+
 @dataclass(frozen=True, slots=True)
 class EncodedRows:
     """Embedding rows as they came on the wire, decoded on the engine's tokenizer thread (not the event loop).
@@ -60,7 +65,9 @@ class EncodedRows:
 @dataclass(frozen=True, slots=True)
 class EmbedSegment:
     start: int  # the prompt position of its first row
-    rows: torch.Tensor  # [n, hidden_size], CPU, one of ACCEPTED_DTYPE_NAMES
+    # [n, hidden_size], CPU, one of ACCEPTED_DTYPE_NAMES; a float32 numpy array where the rows only pass through
+    # on their way to an engine process (the gateway of `--engine process` has no torch)
+    rows: torch.Tensor | np.ndarray
     digest: bytes  # BLAKE3 of dtype, shape and bytes
     kind: str = "embedding"  # "embedding" (sent by the client) or "image" (features of an image encoder)
 
@@ -125,21 +132,30 @@ def check_rows(rows: torch.Tensor, hidden_size: int | None, what: str = "prompt 
     return rows
 
 
-def decode_rows(encoded: EncodedRows, hidden_size: int | None, max_bytes: int, what: str) -> torch.Tensor:
+def decode_rows(encoded: EncodedRows, hidden_size: int | None, max_bytes: int, what: str,
+                as_tensor: bool = True) -> torch.Tensor | np.ndarray:
     """The tensor that encoded holds, bounded by max_bytes before anything is parsed; never unpickles anything
-    but tensors (torch.load weights_only, as vLLM does). InvalidRequest for anything else."""
+    but tensors (torch.load weights_only, as vLLM does). InvalidRequest for anything else. as_tensor False: f32le
+    rows stay a float32 numpy array (checked the same way), for a gateway that only sends them on; a torch.save'd
+    tensor is a tensor either way."""
     if hidden_size is None:
         raise InvalidRequest("this model takes no prompt embeddings")
     data = payload_bytes(encoded.data, max_bytes, what)
-    import torch
-
     if encoded.format == "f32le":
         width = 4 * hidden_size
         if not data or len(data) % width:
             raise InvalidRequest(f"{what}: {len(data)} bytes is not a whole number of rows of {hidden_size} "
                                  "float32 values")
-        rows = torch.from_numpy(np.frombuffer(data, dtype="<f4").astype(np.float32).reshape(-1, hidden_size))
-        return check_rows(rows, hidden_size, what)
+        rows = np.frombuffer(data, dtype="<f4").astype(np.float32).reshape(-1, hidden_size)
+        if as_tensor:
+            import torch
+
+            return check_rows(torch.from_numpy(rows), hidden_size, what)
+        if not np.isfinite(rows).all():
+            raise InvalidRequest(f"{what} has NaN or infinite values")
+        return rows
+    import torch
+
     try:
         with torch.sparse.check_sparse_tensor_invariants():
             rows = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
@@ -148,11 +164,18 @@ def decode_rows(encoded: EncodedRows, hidden_size: int | None, max_bytes: int, w
     return check_rows(rows, hidden_size, what)
 
 
-def digest_of(rows: torch.Tensor) -> bytes:
-    import torch
+def digest_of(rows: torch.Tensor | np.ndarray) -> bytes:
+    """BLAKE3 of dtype, shape and bytes: equal for a tensor and a numpy array of the same values (the content ids,
+    the prefix cache and session hashes are the same whichever engine mode built the prompt)."""
+    if isinstance(rows, np.ndarray):
+        raw = rows.view(np.int16 if rows.itemsize == 2 else np.int32).tobytes()
+        dtype = f"torch.{rows.dtype}"
+    else:
+        import torch
 
-    raw = rows.view(torch.int16 if rows.element_size() == 2 else torch.int32).numpy().tobytes()
-    header = f"{rows.dtype}:{list(rows.shape)}:".encode()
+        raw = rows.view(torch.int16 if rows.element_size() == 2 else torch.int32).numpy().tobytes()
+        dtype = str(rows.dtype)
+    header = f"{dtype}:{list(rows.shape)}:".encode()
     return blake3.blake3(header + raw).digest(length=16)
 
 
@@ -171,7 +194,7 @@ def assemble_prompt(
     segments: list[EmbedSegment] = []
     for part in parts:
         kind, part = part if isinstance(part, tuple) else ("embedding", part)
-        if _is_tensor(part):
+        if _is_rows(part):
             digest = digest_of(part)
             segments.append(EmbedSegment(len(ids), part, digest, kind))
             ids += content_ids(digest, part.shape[0])

@@ -7,11 +7,13 @@ flight with an error, /readyz says so, and the gateway keeps answering."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
 
 import httpx
+import numpy as np
 import psutil
 import pytest
 from websockets.asyncio.client import connect
@@ -68,15 +70,22 @@ def has_torch(pid: int) -> bool:
     return any("libtorch" in m.path for m in psutil.Process(pid).memory_maps())
 
 
-async def test_the_gateway_serves_text_without_importing_torch(process_server):
-    """The gateway parses, tokenizes, routes and writes: after a WebSocket session turn, a streamed chat
-    completion, /v1/embeddings, /tokenize and /stats it still has no libtorch mapped; the engine process has.
-    (Before the first test that sends embedding rows or images: those load torch in the gateway on use.)"""
+async def test_the_gateway_serves_without_importing_torch(process_server):
+    """The gateway parses, tokenizes, routes and writes: after a WebSocket session turn, a prompt with f32le
+    embedding rows, a streamed chat completion, /v1/embeddings, /tokenize and /stats it still has no libtorch
+    mapped; the engine process has. (Before the first test that sends torch.save'd rows or a snapshot with rows
+    to restore: those load torch in the gateway on use.)"""
+    rows = np.random.default_rng(0).standard_normal((3, 256), dtype=np.float32) * 0.02
+    parts = [{"type": "tokens", "ids": [1063, 389]}, {"type": "embedding",
+                                                     "b64": base64.b64encode(rows.astype("<f4").tobytes()).decode()}]
     async with connect(process_server.ws) as ws:
         await ws.send(json.dumps({"type": "generate", "id": "t", "session": "notorch", "prompt": PROMPTS[0],
                                   "max_tokens": 4}))
         ids, done = await ws_tokens(ws, "t")
+        await ws.send(json.dumps({"type": "generate", "id": "rows", "prompt_parts": parts, "max_tokens": 4}))
+        row_ids, row_done = await ws_tokens(ws, "rows")
     assert len(ids) == 4 and done["finish_reason"] == "length"
+    assert len(row_ids) == 4 and row_done["usage"]["embedding_tokens"] == 3
     async with httpx.AsyncClient(base_url=process_server.http, timeout=60) as http:
         chat = await http.post("/v1/chat/completions", json={
             "model": "seedance-tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
