@@ -136,7 +136,7 @@ def serve(
     state_dir: Annotated[S, _opt("DIR", "the server's own files, the session database (env SEEDANCE_STATE_DIR) "
                                         "(default: $XDG_STATE_HOME/seedance, else ~/.local/state/seedance)")] = None,
     engine: Annotated[S, _opt("MODE", "where the engine core runs: thread (in this process) or process (its own; "
-                                      "docs/server-stack.md) (default: thread)", "--engine")] = None,
+                                      "docs/server-stack.md) (default: process)", "--engine")] = None,
     workers: Annotated[Int, _opt("N", "gateway processes sharing the port in front of one engine process "
                                       "(docs/server-stack.md) (default: 1)")] = None,
     ws_stack: Annotated[S, _opt("STACK", "/v1/stream's WebSocket stack on the one port: picows or aiohttp "
@@ -149,8 +149,6 @@ def serve(
     gc.disable()  # until the model is loaded (server.app.settle_heap): start-up builds objects that all live on
 
     from seedance.server.http.config import ServerConfig
-    from seedance.server.http.listen import check_can_listen
-    from seedance.server.http.security import preflight
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     security = dict(api_key=",".join(api_key) if api_key else None,
@@ -171,22 +169,34 @@ def serve(
                                 state_dir=state_dir, engine_mode=engine, workers=workers,
                                 ws_stack=ws_stack, quantize=quantize, kv_cache_bytes=kv_bytes, **security,
                                 **observability)
+    except (ValueError, typer.BadParameter) as err:
+        print(f"seedance serve: {err}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    core = None
+    if cfg.engine_mode == "process" and cfg.workers <= 1:
+        # start the engine process first: its torch import and model load overlap the gateway's imports (the
+        # preflight's aiohttp among them, ~0.5 s) and app construction below (docs/server-stack.md); /readyz
+        # says `loading` until it is Ready. Refused settings or a busy port stop it again.
+        from seedance.engine.core_spawn import spawn_core
+
+        core = spawn_core(cfg.engine, logging.getLogger().level)
+    from seedance.server.http.listen import check_can_listen
+    from seedance.server.http.security import preflight
+
+    try:
         preflight(cfg)  # refuses unsafe settings and unreadable keys/certificates before binding
     except (ValueError, typer.BadParameter) as err:
+        if core is not None:
+            core.stop()
         print(f"seedance serve: {err}", file=sys.stderr)
         raise typer.Exit(2) from None
     try:
         check_can_listen(cfg.host, cfg.port)
     except OSError as err:
+        if core is not None:
+            core.stop()
         print(f"seedance serve: {listen_error(cfg.host, cfg.port, err)}", file=sys.stderr)
         raise typer.Exit(1) from None
-    core = None
-    if cfg.engine_mode == "process" and cfg.workers <= 1:
-        # start the engine process first: its torch import and model load overlap the gateway's imports and
-        # app construction below (docs/server-stack.md); /readyz says `loading` until it is Ready
-        from seedance.engine.core_spawn import spawn_core
-
-        core = spawn_core(cfg.engine, logging.getLogger().level)
     from seedance.observability.logs import configure_logging
 
     configure_logging(log_level, cfg.log_format)

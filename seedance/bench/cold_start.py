@@ -22,6 +22,7 @@ from pathlib import Path
 import aiohttp
 
 from seedance.bench.server_process import launch
+from seedance.bench.serving import MemorySampler
 from seedance.observability.tracing import COLD_START_PHASES, cold_start_spans
 
 # Two short prompts (under one 16-token KV block, so the second gets no prefix-cache hit from the first): the
@@ -84,12 +85,23 @@ def one_run(backend: str, warmup: bool, rate: float, max_tokens: int, workdir: P
     try:
         client = asyncio.run(_first_requests(proc.ws, max_tokens, t0))
         marks = proc.stats()["cold_start_ms"]
+        memory = _memory_mib(proc.pid)
     finally:
         proc.stop()
     phases = {name: {"start_ms": start, "duration_ms": end - start, "end_ms": end}
               for name, _parent, start, end in cold_start_spans(marks)}
-    return {"warmup": warmup, "marks_ms": marks, "phases": phases,
+    return {"warmup": warmup, "marks_ms": marks, "phases": phases, "memory_mib": memory,
             "client": {"listening_s": proc.timeline["listening_s"], "ready_s": proc.timeline["ready_s"], **client}}
+
+
+def _memory_mib(pid: int) -> dict[str, float]:
+    """After the first requests: RSS and PSS summed over the server's processes (gateway, engine process,
+    multiprocessing's resource tracker), and the gateway's own RSS."""
+    import psutil
+
+    rss, pss = MemorySampler(pid).sample()
+    return {"rss": round(rss, 1), "pss": round(pss, 1),
+            "gateway_rss": round(psutil.Process(pid).memory_info().rss / 2**20, 1)}
 
 
 def summarize(runs: list[dict]) -> dict:

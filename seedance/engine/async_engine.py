@@ -22,16 +22,20 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
-
-import torch
+from typing import TYPE_CHECKING
 
 from seedance.engine.client_key import client_of
 from seedance.engine.config import EngineConfig
 from seedance.engine.engine_front import EngineFront, GenerateRequest, RequestStream
 from seedance.engine.events import FinishReason, TokenEvent
-from seedance.engine.llm_engine import EngineStats, LLMEngine
 from seedance.engine.sampling_params import SamplingParams
-from seedance.models.pooling import mean_pooled_embeddings
+from seedance.engine.stats import EngineStats
+
+if TYPE_CHECKING:  # the engine core and torch load with the engine (_load), not with this module: the
+    # transports import it for its types, and `--engine process`'s gateway must not pay torch's import
+    import torch
+
+    from seedance.engine.llm_engine import LLMEngine
 
 __all__ = ["AsyncEngine", "GenerateRequest", "RequestStream"]
 log = logging.getLogger(__name__)
@@ -39,6 +43,8 @@ log = logging.getLogger(__name__)
 
 def _load(config: EngineConfig) -> LLMEngine:
     """Runs on the engine thread: all torch work stays on that one thread."""
+    from seedance.engine.llm_engine import LLMEngine
+
     engine = LLMEngine.from_config(config)
     if config.warmup:
         engine.warmup()
@@ -172,6 +178,8 @@ class AsyncEngine(EngineFront):
         self._command(abort)
 
     async def embed_group(self, inputs: list[list[int]]) -> list[torch.Tensor]:
+        from seedance.models.pooling import mean_pooled_embeddings
+
         return await self.run_on_engine_thread(partial(mean_pooled_embeddings, self.engine.runner.model, inputs))
 
     def unpin(self, key: str) -> None:

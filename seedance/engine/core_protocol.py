@@ -18,14 +18,19 @@ bytes as they arrive; the two sides own their sockets.
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING
 
 import msgspec
-import torch
+import numpy as np
 
 from seedance.engine.events import TokenEvent
-from seedance.engine.llm_engine import EngineStats
-from seedance.engine.prompt_embeds import ACCEPTED_DTYPES, EmbedSegment, PromptEmbeds
+from seedance.engine.prompt_embeds import ACCEPTED_DTYPE_NAMES, EmbedSegment, PromptEmbeds
 from seedance.engine.sampling_params import SamplingParams
+from seedance.engine.stats import EngineStats
+
+if TYPE_CHECKING:  # only the functions that take or make tensors import torch: the gateway of `--engine
+    # process` decodes frames with this module and stays torch-free on the text path
+    import torch
 
 _LEN = struct.Struct("<I")
 MAX_FRAME_BYTES = 1 << 30  # a longer length prefix is a corrupt stream, not a message
@@ -35,31 +40,38 @@ class EmbedRows(msgspec.Struct, array_like=True):
     """One EmbedSegment on the wire: its rows' raw bytes (native byte order: both ends share the host)."""
 
     start: int
-    dtype: str  # float32, bfloat16, float16 (prompt_embeds.ACCEPTED_DTYPES)
+    dtype: str  # float32, bfloat16, float16 (prompt_embeds.ACCEPTED_DTYPE_NAMES)
     num_rows: int
     data: bytes
     digest: bytes
     kind: str = "embedding"
 
 
-_DTYPES = {str(d).removeprefix("torch."): d for d in ACCEPTED_DTYPES}
-_VIEW = {2: torch.int16, 4: torch.int32}  # bfloat16 has no numpy dtype: its bits go as int16
+_ITEMSIZE = dict(zip(ACCEPTED_DTYPE_NAMES, (4, 2, 2), strict=True))  # bytes per value of each dtype on the wire
 
 
-def tensor_bytes(t: torch.Tensor) -> tuple[str, bytes]:
-    """A contiguous CPU tensor of ACCEPTED_DTYPES as (dtype name, raw bytes in native order)."""
-    return str(t.dtype).removeprefix("torch."), t.view(_VIEW[t.element_size()]).numpy().tobytes()
+def tensor_bytes(t: torch.Tensor | np.ndarray) -> tuple[str, bytes]:
+    """A contiguous CPU tensor (or numpy array) of ACCEPTED_DTYPE_NAMES as (dtype name, raw bytes in native
+    order)."""
+    if isinstance(t, np.ndarray):
+        return str(t.dtype), t.tobytes()
+    import torch
+
+    view = {2: torch.int16, 4: torch.int32}[t.element_size()]  # bfloat16 has no numpy dtype: its bits as int16
+    return str(t.dtype).removeprefix("torch."), t.view(view).numpy().tobytes()
 
 
 def tensor_from_bytes(data: bytes, dtype_name: str, shape: tuple[int, ...] | list[int]) -> torch.Tensor:
     """tensor_bytes' tensor again; ValueError for an unknown dtype or bytes that do not fit the shape."""
-    dtype = _DTYPES.get(dtype_name)
+    itemsize = _ITEMSIZE.get(dtype_name)
     n = 1
     for d in shape:
         n *= d
-    if dtype is None or not shape or min(shape) < 1 or len(data) != n * dtype.itemsize:
+    if itemsize is None or not shape or min(shape) < 1 or len(data) != n * itemsize:
         raise ValueError(f"a tensor of {dtype_name} x {list(shape)} in {len(data)} bytes")
-    return torch.frombuffer(bytearray(data), dtype=dtype).view(*shape)
+    import torch
+
+    return torch.frombuffer(bytearray(data), dtype=getattr(torch, dtype_name)).view(*shape)
 
 
 def embeds_to_wire(embeds: PromptEmbeds | None) -> list[EmbedRows] | None:
@@ -78,10 +90,10 @@ def embeds_from_wire(rows: list[EmbedRows] | None) -> PromptEmbeds | None:
         return None
     segments = []
     for r in rows:
-        dtype = _DTYPES.get(r.dtype)
-        if dtype is None or r.num_rows < 1 or not r.data or len(r.data) % (r.num_rows * dtype.itemsize):
+        itemsize = _ITEMSIZE.get(r.dtype)
+        if itemsize is None or r.num_rows < 1 or not r.data or len(r.data) % (r.num_rows * itemsize):
             raise ValueError(f"embedding rows of {r.dtype} x {r.num_rows} in {len(r.data)} bytes")
-        width = len(r.data) // (r.num_rows * dtype.itemsize)
+        width = len(r.data) // (r.num_rows * itemsize)
         segments.append(EmbedSegment(r.start, tensor_from_bytes(r.data, r.dtype, (r.num_rows, width)), r.digest,
                                      r.kind))
     return PromptEmbeds(tuple(segments))
@@ -190,6 +202,9 @@ class Ready(msgspec.Struct, tag=True, array_like=True):
     takes_images: bool = False  # a multimodal model (its chat template takes image parts)
     embedding_shape: tuple[int, int] | None = None  # (vector size, vocabulary size) for /v1/embeddings
     image_front: bytes | None = None  # the pickled llava.ImageFront: the gateway prepares images with it
+    # where the weights are (models/loader.py resolve_model_path; None: synthetic): the gateway fingerprints
+    # them for the sessions' model identity without importing the loader (and torch) itself
+    model_path: str | None = None
 
 
 class LoadFailed(msgspec.Struct, tag=True, array_like=True):

@@ -6,10 +6,14 @@ large batch interleaves with generation steps rather than stalling them."""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from seedance.engine.engine_front import EngineFront
 from seedance.engine.errors import InvalidRequest
+
+if TYPE_CHECKING:  # the vectors come from the engine; this module (the gateway's side) never makes tensors
+    import numpy as np
+    import torch
 
 
 def embedding_shape(engine: EngineFront) -> tuple[int, int]:
@@ -33,10 +37,11 @@ def groups(inputs: list[list[int]], budget: int) -> list[list[list[int]]]:
     return out
 
 
-async def embed(engine: EngineFront, inputs: list[list[int]]) -> list[torch.Tensor]:
-    """One unit-norm float32 vector per token list (models/pooling.py: mean of the last hidden state)."""
+async def embed(engine: EngineFront, inputs: list[list[int]]) -> list[torch.Tensor | np.ndarray]:
+    """One unit-norm float32 vector per token list (models/pooling.py: mean of the last hidden state); a
+    tensor or a numpy row (EngineFront.embed_group): np.asarray reads either without a copy."""
     embedding_shape(engine)
-    vectors: list[torch.Tensor] = []
+    vectors: list[torch.Tensor | np.ndarray] = []
     for group in groups(inputs, engine.config.max_num_batched_tokens):
         vectors += await engine.embed_group(group)
     return vectors

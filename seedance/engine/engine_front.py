@@ -21,8 +21,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from seedance.engine.config import EngineConfig
 from seedance.engine.errors import EngineOverloaded, InvalidRequest
@@ -31,6 +30,10 @@ from seedance.engine.image_prompt import build_image_prompt, content_chars, coun
 from seedance.engine.prompt_embeds import EncodedRows, PromptEmbeds, assemble_prompt, check_rows, decode_rows
 from seedance.engine.sampling_params import SamplingParams
 from seedance.models.tokenizer import TextTokenizer
+
+if TYPE_CHECKING:  # no torch at import: `--engine process`'s gateway builds on this module without it
+    import numpy as np
+    import torch
 
 _ids = itertools.count()
 
@@ -152,6 +155,9 @@ class EngineFront:
 
     # Why an image prompt is refused when the model takes images but this engine has no vision encoder here.
     no_vision_reason = "this model takes no images"
+    # Decoded embedding rows as torch tensors (the model here takes them); False: numpy arrays, for an engine
+    # front that only sends them to its engine process (no torch in that gateway: docs/server-stack.md).
+    rows_as_tensors = True
 
     def __init__(self, config: EngineConfig, tokenizer: TextTokenizer | None, max_model_len: int,
                  hidden_size: int | None = None, takes_images: bool = False, vision=None,
@@ -258,7 +264,7 @@ class EngineFront:
                 parts.append(part)
             elif isinstance(part, EncodedRows):
                 limit = self.config.max_prompt_embeds_bytes
-                parts.append(decode_rows(part, self.hidden_size, limit, f"prompt part {i}"))
+                parts.append(decode_rows(part, self.hidden_size, limit, f"prompt part {i}", self.rows_as_tensors))
             else:
                 parts.append(check_rows(part, self.hidden_size, f"prompt part {i}"))
         ids, request.prompt_embeds = assemble_prompt(parts)
@@ -314,8 +320,9 @@ class EngineFront:
         """End the request between two steps; keep_tokens: see LLMEngine.abort."""
         raise NotImplementedError
 
-    async def embed_group(self, inputs: list[list[int]]) -> list[torch.Tensor]:
-        """Mean-pooled vectors of one group of token lists, one forward between two steps (engine/embedding.py)."""
+    async def embed_group(self, inputs: list[list[int]]) -> list[torch.Tensor | np.ndarray]:
+        """Mean-pooled float32 vectors of one group of token lists, one forward between two steps
+        (engine/embedding.py): tensors from the thread mode's engine, numpy rows from the engine process."""
         raise NotImplementedError
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenEvent]:

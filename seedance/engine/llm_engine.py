@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
 
 from seedance.engine.block_manager import BlockManager
 from seedance.engine.config import EngineConfig
@@ -18,25 +17,10 @@ from seedance.engine.prompt_embeds import PromptEmbeds
 from seedance.engine.sampling_params import SamplingParams
 from seedance.engine.scheduler import Scheduler
 from seedance.engine.sequence import Sequence, SequenceStatus
+from seedance.engine.stats import EngineStats
 from seedance.models.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class EngineStats:
-    num_waiting: int
-    num_running: int
-    num_paused: int
-    num_free_blocks: int
-    num_kv_blocks: int
-    prefix_cache_query_tokens: int
-    prefix_cache_hit_tokens: int
-    num_preemptions: int
-    num_pinned_blocks: int
-    steps: int
-    generated_tokens: int
-    kv_bytes_per_block: int = 0  # what one block of the pool costs (0: the synthetic backend keeps no KV)
 
 
 class LLMEngine:

@@ -38,7 +38,7 @@ import pickle
 import socket
 import time
 
-import torch
+import numpy as np
 
 from seedance.engine.client_key import client_of
 from seedance.engine.config import EngineConfig
@@ -68,8 +68,8 @@ from seedance.engine.engine_front import EngineFront, GenerateRequest, RequestSt
 from seedance.engine.errors import EngineOverloaded, EngineUnavailable, InvalidRequest
 from seedance.engine.events import FinishReason, TokenEvent
 from seedance.engine.image_prompt import PreparedImages, prepare_images
-from seedance.engine.llm_engine import EngineStats
 from seedance.engine.prompt_embeds import assemble_prompt
+from seedance.engine.stats import EngineStats
 
 log = logging.getLogger(__name__)
 _ERRORS = {InvalidRequest.code: InvalidRequest, EngineOverloaded.code: EngineOverloaded}
@@ -125,6 +125,8 @@ class _Channel(asyncio.Protocol):
 
 
 class ProcessEngine(EngineFront):
+    rows_as_tensors = False  # f32le rows only cross the socket from here (core_protocol.tensor_bytes takes numpy)
+
     def __init__(self, config: EngineConfig, ready: Ready, transport: asyncio.Transport,
                  process: mp.process.BaseProcess | None, prefix: str = "") -> None:
         tokenizer = pickle.loads(ready.tokenizer) if ready.tokenizer is not None else None
@@ -135,6 +137,7 @@ class ProcessEngine(EngineFront):
         super().__init__(config, tokenizer, ready.max_model_len, hidden_size=ready.hidden_size,
                          takes_images=ready.takes_images, vision=vision, embedding_shape=shape)
         self.engine = EngineInfo(ready)
+        self.model_path = ready.model_path  # the core's resolved model file or directory (None: synthetic)
         self.process = process  # None: a shared core (`--workers N`) that this gateway neither starts nor stops
         # `--workers N`: this gateway's ids (and session pin keys) in the shared core start with it
         self.prefix = prefix
@@ -248,12 +251,12 @@ class ProcessEngine(EngineFront):
         self._cancelling[request_id] = stream
         self._send(Abort(self.prefix + request_id, keep_tokens))
 
-    async def embed_group(self, inputs: list[list[int]]) -> list[torch.Tensor]:
-        """One group's vectors, pooled in the core between two steps (an Embed command and its answer)."""
+    async def embed_group(self, inputs: list[list[int]]) -> list[np.ndarray]:
+        """One group's vectors, pooled in the core between two steps (an Embed command and its answer), as
+        float32 numpy rows: the gateway has no torch to spend on them."""
         key = next(self._keys)
         done = await self._ask(key, Embed(key, inputs))
-        vectors = torch.frombuffer(bytearray(done.data), dtype=torch.float32).view(-1, done.dim)
-        return list(vectors.unbind(0))
+        return list(np.frombuffer(done.data, dtype=np.float32).reshape(-1, done.dim))
 
     async def _image_prompt(self, request: GenerateRequest) -> list[int]:
         """Decode, template and resize on the vision thread here; the tower in the core (EncodeImages, answered

@@ -11,23 +11,46 @@ different embeddings apart and finds the same embedding again, without knowing a
 from __future__ import annotations
 
 import io
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from functools import cache
+from typing import TYPE_CHECKING, Literal
 
 import blake3
 import numpy as np
-import torch
 
 from seedance.engine.errors import InvalidRequest
 from seedance.engine.payload import payload_bytes
 
-ACCEPTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# dtype -> (integer view, exponent mask): a value is NaN or infinite exactly when its exponent bits are all set.
-# Checked in numpy on the bits, so the check runs off the engine thread without starting a torch thread pool.
-_EXPONENT = {torch.float32: (torch.int32, 0x7F800000), torch.bfloat16: (torch.int16, 0x7F80),
-             torch.float16: (torch.int16, 0x7C00)}
+if TYPE_CHECKING:  # torch is imported where rows are handled, not with the module: `--engine process`'s
+    # gateway imports this for its types and must stay torch-free until a prompt actually carries rows
+    import torch
+
+ACCEPTED_DTYPE_NAMES = ("float32", "bfloat16", "float16")  # by name: the wire's and the gateway's view
 _ID_SPACE = 2**62  # content ids lie in [-2**62, -1]: far from any vocabulary, and int64-safe
+
+
+@cache
+def _exponent_masks() -> dict:
+    """dtype -> (integer view, exponent mask): a value is NaN or infinite exactly when its exponent bits are all
+    set. Checked in numpy on the bits, so the check runs off the engine thread without starting a torch thread
+    pool."""
+    import torch
+
+    return {torch.float32: (torch.int32, 0x7F800000), torch.bfloat16: (torch.int16, 0x7F80),
+            torch.float16: (torch.int16, 0x7C00)}
+
+
+def _is_tensor(value: object) -> bool:
+    """A torch tensor, without importing torch for a value that cannot be one (torch is loaded if it is)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _is_rows(value: object) -> bool:
+    """Embedding rows: a tensor, or a numpy array (decode_rows(as_tensor=False): the process mode's gateway)."""
+    return isinstance(value, np.ndarray) or _is_tensor(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +65,9 @@ class EncodedRows:
 @dataclass(frozen=True, slots=True)
 class EmbedSegment:
     start: int  # the prompt position of its first row
-    rows: torch.Tensor  # [n, hidden_size], CPU, one of ACCEPTED_DTYPES
+    # [n, hidden_size], CPU, one of ACCEPTED_DTYPE_NAMES; a float32 numpy array where the rows only pass through
+    # on their way to an engine process (the gateway of `--engine process` has no torch)
+    rows: torch.Tensor | np.ndarray
     digest: bytes  # BLAKE3 of dtype, shape and bytes
     kind: str = "embedding"  # "embedding" (sent by the client) or "image" (features of an image encoder)
 
@@ -86,9 +111,12 @@ def check_rows(rows: torch.Tensor, hidden_size: int | None, what: str = "prompt 
     """The rows as a contiguous CPU tensor, or InvalidRequest saying what is wrong with them."""
     if hidden_size is None:
         raise InvalidRequest("this model takes no prompt embeddings")
-    if not isinstance(rows, torch.Tensor):
+    if not _is_tensor(rows):
         raise InvalidRequest(f"{what} must be a tensor")
-    if rows.dtype not in ACCEPTED_DTYPES:
+    import torch
+
+    masks = _exponent_masks()
+    if rows.dtype not in masks:
         raise InvalidRequest(f"{what} has dtype {str(rows.dtype).removeprefix('torch.')}; "
                              "accepted: float32, bfloat16, float16")
     if rows.dim() == 3 and rows.shape[0] == 1:  # a batch of one, as vLLM's clients often send
@@ -98,15 +126,18 @@ def check_rows(rows: torch.Tensor, hidden_size: int | None, what: str = "prompt 
     if rows.is_sparse or rows.layout is not torch.strided:
         raise InvalidRequest(f"{what} must be a dense tensor")
     rows = rows.detach().to("cpu").contiguous()
-    view, mask = _EXPONENT[rows.dtype]
+    view, mask = masks[rows.dtype]
     if bool((rows.view(view).numpy() & mask == mask).any()):
         raise InvalidRequest(f"{what} has NaN or infinite values")
     return rows
 
 
-def decode_rows(encoded: EncodedRows, hidden_size: int | None, max_bytes: int, what: str) -> torch.Tensor:
+def decode_rows(encoded: EncodedRows, hidden_size: int | None, max_bytes: int, what: str,
+                as_tensor: bool = True) -> torch.Tensor | np.ndarray:
     """The tensor that encoded holds, bounded by max_bytes before anything is parsed; never unpickles anything
-    but tensors (torch.load weights_only, as vLLM does). InvalidRequest for anything else."""
+    but tensors (torch.load weights_only, as vLLM does). InvalidRequest for anything else. as_tensor False: f32le
+    rows stay a float32 numpy array (checked the same way), for a gateway that only sends them on; a torch.save'd
+    tensor is a tensor either way."""
     if hidden_size is None:
         raise InvalidRequest("this model takes no prompt embeddings")
     data = payload_bytes(encoded.data, max_bytes, what)
@@ -115,8 +146,16 @@ def decode_rows(encoded: EncodedRows, hidden_size: int | None, max_bytes: int, w
         if not data or len(data) % width:
             raise InvalidRequest(f"{what}: {len(data)} bytes is not a whole number of rows of {hidden_size} "
                                  "float32 values")
-        rows = torch.from_numpy(np.frombuffer(data, dtype="<f4").astype(np.float32).reshape(-1, hidden_size))
-        return check_rows(rows, hidden_size, what)
+        rows = np.frombuffer(data, dtype="<f4").astype(np.float32).reshape(-1, hidden_size)
+        if as_tensor:
+            import torch
+
+            return check_rows(torch.from_numpy(rows), hidden_size, what)
+        if not np.isfinite(rows).all():
+            raise InvalidRequest(f"{what} has NaN or infinite values")
+        return rows
+    import torch
+
     try:
         with torch.sparse.check_sparse_tensor_invariants():
             rows = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
@@ -125,9 +164,18 @@ def decode_rows(encoded: EncodedRows, hidden_size: int | None, max_bytes: int, w
     return check_rows(rows, hidden_size, what)
 
 
-def digest_of(rows: torch.Tensor) -> bytes:
-    raw = rows.view(torch.int16 if rows.element_size() == 2 else torch.int32).numpy().tobytes()
-    header = f"{rows.dtype}:{list(rows.shape)}:".encode()
+def digest_of(rows: torch.Tensor | np.ndarray) -> bytes:
+    """BLAKE3 of dtype, shape and bytes: equal for a tensor and a numpy array of the same values (the content ids,
+    the prefix cache and session hashes are the same whichever engine mode built the prompt)."""
+    if isinstance(rows, np.ndarray):
+        raw = rows.view(np.int16 if rows.itemsize == 2 else np.int32).tobytes()
+        dtype = f"torch.{rows.dtype}"
+    else:
+        import torch
+
+        raw = rows.view(torch.int16 if rows.element_size() == 2 else torch.int32).numpy().tobytes()
+        dtype = str(rows.dtype)
+    header = f"{dtype}:{list(rows.shape)}:".encode()
     return blake3.blake3(header + raw).digest(length=16)
 
 
@@ -146,7 +194,7 @@ def assemble_prompt(
     segments: list[EmbedSegment] = []
     for part in parts:
         kind, part = part if isinstance(part, tuple) else ("embedding", part)
-        if isinstance(part, torch.Tensor):
+        if _is_rows(part):
             digest = digest_of(part)
             segments.append(EmbedSegment(len(ids), part, digest, kind))
             ids += content_ids(digest, part.shape[0])

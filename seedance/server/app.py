@@ -23,7 +23,6 @@ from seedance.engine.async_engine import AsyncEngine
 from seedance.engine.core_spawn import SpawnedCore
 from seedance.engine.process_engine import ProcessEngine
 from seedance.models.identity import model_identity
-from seedance.models.loader import resolve_model_path
 from seedance.protocol import CloseCode
 from seedance.server.http import client_identity, conn_guard, cors, security
 from seedance.server.http import observability_http as observability
@@ -139,8 +138,8 @@ async def _start_engine(app: web.Application) -> None:
         await engine.close()
         return
     model_id = await asyncio.to_thread(
-        model_identity, None if cfg.engine.synthetic_rate else resolve_model_path(cfg.engine.model),
-        engine.config.dtype, quantize=cfg.engine.quantize)  # the dtype "auto" resolved to on this machine
+        model_identity, _model_path(cfg, engine), engine.config.dtype,
+        quantize=cfg.engine.quantize)  # the dtype "auto" resolved to on this machine
     state.sessions = SessionManager(engine, store, model_id=model_id, max_sessions=cfg.max_sessions,
                                     idle_ttl_s=cfg.session_idle_ttl_s,
                                     resume_grace_s=cfg.resume_grace_s,
@@ -150,6 +149,18 @@ async def _start_engine(app: web.Application) -> None:
     state.engine = engine
     observability.mark(app, "engine_ready")
     log.info("model ready: %s (identity %s)", state.config.engine.model or "built-in", model_id)
+
+
+def _model_path(cfg: ServerConfig, engine: AsyncEngine | ProcessEngine) -> str | Path | None:
+    """The served weights' file or directory (None: synthetic). An engine process resolved it itself (Ready):
+    the loader imports torch, which a process-mode gateway does without."""
+    if isinstance(engine, ProcessEngine):
+        return engine.model_path
+    if cfg.engine.synthetic_rate:
+        return None
+    from seedance.models.loader import resolve_model_path  # the thread mode has loaded it (and torch) already
+
+    return resolve_model_path(cfg.engine.model)
 
 
 async def _reap_jobs(app: web.Application) -> None:

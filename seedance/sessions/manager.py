@@ -246,7 +246,7 @@ class SessionManager:
 
     def _rows_of(self, snapshot: Snapshot, embeds: PromptEmbeds) -> None:
         """The history's rows into the snapshot (a copy: bytes), unless they are over snapshot_embeds_bytes."""
-        size = sum(s.rows.numel() * s.rows.element_size() for s in embeds.segments)
+        size = sum(s.rows.nbytes for s in embeds.segments)
         if size > self.snapshot_embeds_bytes:
             log.warning("session %s: %d bytes of embedding rows exceed snapshot_embeds_bytes (%d); its snapshot "
                         "holds none, so a restored copy refuses its next turn", snapshot.session_id, size,

@@ -7,11 +7,13 @@ flight with an error, /readyz says so, and the gateway keeps answering."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
 
 import httpx
+import numpy as np
 import psutil
 import pytest
 from websockets.asyncio.client import connect
@@ -32,6 +34,19 @@ def process_server(tmp_path_factory):
     srv.stop()
 
 
+@pytest.fixture(scope="module")
+def thread_server(tmp_path_factory):
+    """The thread mode, what the process mode's answers are compared with (the default is process)."""
+    srv = start_server(tmp_path_factory, engine_mode="thread", num_kv_blocks=1024)
+    yield srv
+    srv.stop()
+
+
+def test_the_default_is_the_process_mode(server, thread_server):
+    assert server.stats()["engine_mode"] == "process" and server.stats()["engine_pid"] is not None
+    assert thread_server.stats()["engine_mode"] == "thread" and thread_server.stats()["engine_pid"] is None
+
+
 def engine_pid(srv) -> int:
     """The engine process /stats names: a child of the server."""
     pid = srv.stats()["engine_pid"]
@@ -48,6 +63,40 @@ def test_the_engine_process_starts_before_the_gateway_builds_its_app(process_ser
     engine_started = psutil.Process(engine_pid(process_server)).create_time()
     assert engine_started - gateway_started < marks["app_built"] / 1000
     assert marks["engine_load_start"] < marks["app_built"] < marks["engine_ready"]
+
+
+def has_torch(pid: int) -> bool:
+    """libtorch mapped into the process: torch was imported there."""
+    return any("libtorch" in m.path for m in psutil.Process(pid).memory_maps())
+
+
+async def test_the_gateway_serves_without_importing_torch(process_server):
+    """The gateway parses, tokenizes, routes and writes: after a WebSocket session turn, a prompt with f32le
+    embedding rows, a streamed chat completion, /v1/embeddings, /tokenize and /stats it still has no libtorch
+    mapped; the engine process has. (Before the first test that sends torch.save'd rows or a snapshot with rows
+    to restore: those load torch in the gateway on use.)"""
+    rows = np.random.default_rng(0).standard_normal((3, 256), dtype=np.float32) * 0.02
+    parts = [{"type": "tokens", "ids": [1063, 389]}, {"type": "embedding",
+                                                     "b64": base64.b64encode(rows.astype("<f4").tobytes()).decode()}]
+    async with connect(process_server.ws) as ws:
+        await ws.send(json.dumps({"type": "generate", "id": "t", "session": "notorch", "prompt": PROMPTS[0],
+                                  "max_tokens": 4}))
+        ids, done = await ws_tokens(ws, "t")
+        await ws.send(json.dumps({"type": "generate", "id": "rows", "prompt_parts": parts, "max_tokens": 4}))
+        row_ids, row_done = await ws_tokens(ws, "rows")
+    assert len(ids) == 4 and done["finish_reason"] == "length"
+    assert len(row_ids) == 4 and row_done["usage"]["embedding_tokens"] == 3
+    async with httpx.AsyncClient(base_url=process_server.http, timeout=60) as http:
+        chat = await http.post("/v1/chat/completions", json={
+            "model": "seedance-tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+            "stream": True})
+        embeds = await http.post("/v1/embeddings", json={"model": "seedance-tiny", "input": "In the beginning"})
+        tokens = await http.post("/tokenize", json={"prompt": "In the beginning"})
+    assert chat.status_code == embeds.status_code == tokens.status_code == 200
+    assert "data: [DONE]" in chat.text and len(embeds.json()["data"][0]["embedding"]) == 256
+    assert process_server.stats()["engine_mode"] == "process"
+    assert not has_torch(process_server.pid)
+    assert has_torch(engine_pid(process_server))  # the check sees torch where it is
 
 
 async def in_process_greedy(prompt: str, max_tokens: int) -> list[int]:
@@ -148,13 +197,13 @@ def completion(srv, **body) -> httpx.Response:
                       timeout=60)
 
 
-def test_guided_requests_compile_in_the_engine_process(process_server, server):
+def test_guided_requests_compile_in_the_engine_process(process_server, thread_server):
     body = {"max_tokens": 60, "temperature": 0.0, "guided_json": PERSON}
     got = completion(process_server, **body)
     assert got.status_code == 200, got.text
     text = got.json()["choices"][0]["text"]
     assert set(json.loads(text)) == {"name", "age"}
-    assert text == completion(server, **body).json()["choices"][0]["text"]  # the thread mode's, exactly
+    assert text == completion(thread_server, **body).json()["choices"][0]["text"]  # the thread mode's, exactly
     choice = completion(process_server, max_tokens=10, temperature=1.0, seed=4, guided_choice=["light", "dark"])
     assert choice.json()["choices"][0]["text"] in {"light", "dark"}
     bad = completion(process_server, max_tokens=4, guided_regex="(unclosed")  # refused in the core: a 400, no hang
@@ -162,7 +211,7 @@ def test_guided_requests_compile_in_the_engine_process(process_server, server):
     assert completion(process_server, max_tokens=2).status_code == 200  # the engine went on
 
 
-async def test_embedding_prompts_cross_as_bytes(process_server, server):
+async def test_embedding_prompts_cross_as_bytes(process_server, thread_server):
     from safetensors.torch import load_file
 
     from seedance.models.loader import BUILTIN_MODEL_DIR
@@ -176,7 +225,7 @@ async def test_embedding_prompts_cross_as_bytes(process_server, server):
                                                  {"type": "tokens", "ids": IDS[5:]}], **GREEDY}]
     async with connect(process_server.ws) as ws:
         results = await run_requests(ws, requests)
-    async with connect(server.ws) as ws:
+    async with connect(thread_server.ws) as ws:
         thread = await run_requests(ws, requests[1:])
     assert all(not r["errors"] for r in results.values()), results
     assert ids_of(results["parts"]) == ids_of(results["ids"]) == ids_of(thread["parts"])
@@ -184,10 +233,10 @@ async def test_embedding_prompts_cross_as_bytes(process_server, server):
     assert (usage["prompt_tokens"], usage["embedding_tokens"]) == (7, 3)
 
 
-def test_v1_embeddings_run_in_the_engine_process(process_server, server):
+def test_v1_embeddings_run_in_the_engine_process(process_server, thread_server):
     body = {"model": "seedance-tiny", "input": ["In the beginning", [1063, 389, 392]]}
     got = httpx.post(f"{process_server.http}/v1/embeddings", json=body, timeout=60)
-    want = httpx.post(f"{server.http}/v1/embeddings", json=body, timeout=60).json()
+    want = httpx.post(f"{thread_server.http}/v1/embeddings", json=body, timeout=60).json()
     assert got.status_code == 200, got.text
     for a, b in zip(got.json()["data"], want["data"], strict=True):
         assert len(a["embedding"]) == 256 and sum(x * y for x, y in zip(a["embedding"], b["embedding"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import msgspec
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -32,9 +33,10 @@ from seedance.engine.core_protocol import (
     tensor_bytes,
     tensor_from_bytes,
 )
+from seedance.engine.errors import InvalidRequest
 from seedance.engine.events import FinishReason, TokenEvent
 from seedance.engine.llm_engine import EngineStats
-from seedance.engine.prompt_embeds import assemble_prompt
+from seedance.engine.prompt_embeds import EncodedRows, assemble_prompt, decode_rows
 from seedance.engine.sampling_params import GuidedDecoding, SamplingParams
 
 STATS = EngineStats(1, 2, 0, 100, 128, 10, 4, 0, 3, 7, 9, 4096)
@@ -101,6 +103,26 @@ def test_embedding_rows_cross_as_bytes_and_come_back_the_same(dtype):
         assert got.rows.dtype == dtype and torch.equal(got.rows, want.rows)
     assert assemble_prompt([[1, 2], back.segments[0].rows, [3], ("image", back.segments[1].rows)])[0] == ids
     assert embeds_to_wire(None) is None and embeds_from_wire(None) is None
+
+
+def test_f32le_rows_decoded_as_numpy_are_the_tensor_path_s_prompt():
+    """The process mode's gateway keeps f32le rows as numpy (no torch there): the same checks, the same content
+    ids (digest), the same bytes on the wire and the same tensors in the core as the thread mode's tensors."""
+    rows = torch.randn(4, 8)
+    encoded = EncodedRows(rows.numpy().astype("<f4").tobytes())
+    as_array = decode_rows(encoded, 8, 1 << 20, "rows", as_tensor=False)
+    as_tensor = decode_rows(encoded, 8, 1 << 20, "rows")
+    assert isinstance(as_array, np.ndarray) and torch.equal(as_tensor, rows)
+    ids, embeds = assemble_prompt([[1, 2], as_array, [3]])
+    tensor_ids, tensor_embeds = assemble_prompt([[1, 2], as_tensor, [3]])
+    assert ids == tensor_ids and embeds.segments[0].digest == tensor_embeds.segments[0].digest
+    assert embeds_to_wire(embeds) == embeds_to_wire(tensor_embeds)
+    assert torch.equal(embeds_from_wire(embeds_to_wire(embeds)).segments[0].rows, rows)
+    bad = rows.clone()
+    bad[1, 3] = float("nan")
+    for as_tensor_ in (False, True):
+        with pytest.raises(InvalidRequest, match="NaN"):
+            decode_rows(EncodedRows(bad.numpy().astype("<f4").tobytes()), 8, 1 << 20, "rows", as_tensor_)
 
 
 def test_embedding_rows_whose_bytes_do_not_fit_are_refused():

@@ -24,11 +24,11 @@ class ServerConfig:
     port: int = 8000
     listen_backlog: int = 2048  # listen(2) queue for connection bursts; the kernel caps it at net.core.somaxconn
     engine: EngineConfig = field(default_factory=EngineConfig)
-    # Where the engine core runs (docs/server-stack.md): "thread" (a thread of the server process) or "process"
-    # (its own process, vLLM v1's EngineCore shape: no GIL shared with the event loop; faster on
-    # docs/benchmarks.md's issue #16 matrix; images too, the vision tower in the engine process). The default is
-    # "thread": the process mode starts ~2x slower and takes ~45% more memory (docs/server-stack.md).
-    engine_mode: str = "thread"
+    # Where the engine core runs (docs/server-stack.md): "process" (its own process, vLLM v1's EngineCore shape:
+    # no GIL shared with the event loop; faster on docs/benchmarks.md's issue #16 matrix; images too, the vision
+    # tower in the engine process; the gateway imports no torch) or "thread" (a thread of the server process:
+    # one process, for embedding the engine and tests that reach into it).
+    engine_mode: str = "process"
     # Gateway processes sharing the port in front of one engine process (server/workers.py); > 1 implies
     # engine_mode "process" and needs a fixed port.
     workers: int = 1

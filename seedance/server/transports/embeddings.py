@@ -118,7 +118,7 @@ async def embeddings(request: web.Request) -> web.Response:
     def body_text() -> bytes:  # 128 vectors of 576 floats take tens of ms to format: off the event loop
         return msgspec.json.encode({
             "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": _encode(v.numpy(), encoding)}
+            "data": [{"object": "embedding", "index": i, "embedding": _encode(np.asarray(v), encoding)}
                      for i, v in enumerate(vectors)],
             "model": cfg.model_name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
