@@ -33,6 +33,9 @@ if os.environ.get("FUZZ_TRACE_DIR"):
 
     def _gc(phase, info):
         if phase == "start":
+            if info["generation"] == 2 and os.environ.get("FUZZ_TRACE_CENSUS"):
+                sizes = [len(gc.get_objects(g)) for g in range(3)]
+                _write({"k": "gc2_sizes", "t": time.perf_counter(), "sizes": sizes})
             _gc_started[:] = time.perf_counter(), time.thread_time()
         else:
             d = time.perf_counter() - _gc_started[0]
@@ -162,8 +165,22 @@ if os.environ.get("FUZZ_TRACE_DIR"):
                         "counts": gc.get_count(), "top": top})
                 del objs
 
+        async def garbage():  # what the gateway's cyclic garbage is (FUZZ_TRACE_GARBAGE=1: kept, counted, freed)
+            from collections import Counter
+
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            total: Counter = Counter()
+            while True:
+                await asyncio.sleep(2)
+                total.update(type(o).__qualname__ + " " + str(getattr(type(o), "__module__", ""))
+                             for o in gc.garbage)
+                gc.garbage.clear()
+                _write({"k": "garbage", "t": time.perf_counter(), "top": total.most_common(40)})
+
         if os.environ.get("FUZZ_TRACE_CENSUS"):
             self._census = loop.create_task(census())
+        if os.environ.get("FUZZ_TRACE_GARBAGE"):
+            self._garbage = loop.create_task(garbage())
 
         async def probe():
             while True:
