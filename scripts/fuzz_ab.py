@@ -16,13 +16,14 @@ import json
 import os
 import statistics
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 from seedance.bench.fuzz import SERVER_SETTINGS, run_fuzz
 from seedance.bench.server_process import launch
 
 
-def one_run(path: str, settings: dict, scale: float, seed: int, engine: str) -> dict:
+def one_run(path: str, settings: dict, scale: float, seed: int, engine: str, output: str | None = None) -> dict:
     log_dir = tempfile.mkdtemp(prefix="seedance-fuzz-ab-")
     server = launch({**SERVER_SETTINGS, "session_store": f"sqlite://{Path(log_dir) / 'sessions.db'}",
                      "engine_mode": engine, **settings}, Path(log_dir) / "server.log", ready_timeout_s=120,
@@ -34,6 +35,9 @@ def one_run(path: str, settings: dict, scale: float, seed: int, engine: str) -> 
             server=server))
     finally:
         server.stop()
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps({**asdict(report), "defects": report.defects}, indent=2) + "\n")
     return {"quiet_max_ms": report.quiet["max_ms"], "beside_fuzz_cpu_max_ms": report.quiet_beside_fuzz_cpu["max_ms"],
             "loaded_p50_ms": report.loaded["p50_ms"], "loaded_p99_ms": report.loaded["p99_ms"],
             "loaded_max_ms": report.loaded["max_ms"], "loaded_requests": report.loaded["requests"],
@@ -48,6 +52,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--engine", choices=("thread", "process"), default="process")
+    ap.add_argument("--output-dir", help="write each run's full report here, as VARIANT-ROUND.json")
     args = ap.parse_args()
     variants = {}
     for v in args.variant:
@@ -57,7 +62,8 @@ def main() -> None:
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     for r in range(args.rounds):
         for name, (path, settings) in variants.items():
-            result = one_run(path, settings, args.scale, args.seed, args.engine)
+            output = f"{args.output_dir}/{name}-{r}.json" if args.output_dir else None
+            result = one_run(path, settings, args.scale, args.seed, args.engine, output)
             runs[name].append(result)
             print(json.dumps({"round": r, "variant": name, **result}), flush=True)
     medians = {name: {k: round(statistics.median(x[k] for x in rs), 1) for k in rs[0] if k != "defects"}
