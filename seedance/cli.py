@@ -538,7 +538,8 @@ def bench_fuzz(
                             ws_connections=ws_connections, http_concurrency=http_concurrency,
                             hang_timeout_s=hang_timeout, server_settings={"engine_mode": engine, **overrides})
     _console().print_json(data={"defects": report.defects, "canary_quiet": report.quiet, "canary_loaded": report.loaded,
-                             "duration_s": report.duration_s})
+                             "canary_quiet_beside_fuzz_cpu": report.quiet_beside_fuzz_cpu,
+                             "fuzz_client_cores": report.fuzz_client_cores, "duration_s": report.duration_s})
     if any(report.defects.values()):
         raise typer.Exit(1)
 

@@ -8,6 +8,11 @@ route (mutated OpenAI, polling and ticket bodies, query strings, methods, conten
 connection runs the same greedy request over and over; its text must equal what it was on a quiet server, and its
 latency (time to each message) is compared with the quiet run.
 
+The canary runs in a process of its own, a user apart from the attacker: in the fuzz client's event loop its
+timings waited for the fuzzers' turns. The fuzz client shares the machine's cores with the server, so the report
+also has the canary measured quiet again beside a burner that takes the CPU the fuzz client took (its cores' worth,
+`fuzz_client_cores`): the quiet latency on a machine as loaded by the client, without the attack.
+
 What is counted as a defect (docs/reliability.md): the server process exiting, any HTTP 5xx or a non-JSON error
 body, an error code or close code the protocol does not document, and a hang (a request without an answer, or a
 connection that does not answer a ping, within `hang_timeout_s`).
@@ -18,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import multiprocessing as mp
 import random
+import resource
 import struct
 import tempfile
 import time
@@ -198,10 +205,13 @@ class CanaryRun:
     failures: list[str] = field(default_factory=list)
 
 
-async def canary(ws_url: str, stop: asyncio.Event, runs: int | None, timeout_s: float) -> CanaryRun:
+async def canary(ws_url: str, stop: asyncio.Event, runs: int | None, timeout_s: float,
+                 connected: Callable[[], None] | None = None) -> CanaryRun:
     """Greedy requests one after another on their own connection until `stop` (or `runs` of them)."""
     out = CanaryRun()
     async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, max_msg_size=0, heartbeat=None) as ws:
+        if connected is not None:
+            connected()
         i = 0
         while not stop.is_set() and (runs is None or i < runs):
             i += 1
@@ -232,6 +242,89 @@ async def canary(ws_url: str, stop: asyncio.Event, runs: int | None, timeout_s: 
                         out.failures.append(f"request {i}: {m}")
             out.texts.append("".join(text))
     return out
+
+
+def _canary_main(ws_url: str, runs: int | None, timeout_s: float, stop, started, conn) -> None:
+    """The canary process: requests until `stop` is set (or `runs` of them); its CanaryRun back through conn.
+    `started` is set once it is connected."""
+
+    async def main() -> CanaryRun:
+        done = asyncio.Event()
+
+        async def watch() -> None:
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            done.set()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            return await canary(ws_url, done, runs, timeout_s, started.set)
+        finally:
+            watcher.cancel()
+
+    conn.send(asdict(asyncio.run(main())))
+    conn.close()
+
+
+class CanaryProcess:
+    """canary() in a process of its own (spawned), so the fuzzers' event loop never delays its reads."""
+
+    def __init__(self, ws_url: str, runs: int | None, timeout_s: float) -> None:
+        ctx = mp.get_context("spawn")
+        self.stop, self.started = ctx.Event(), ctx.Event()
+        self.conn, child = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(target=_canary_main, args=(ws_url, runs, timeout_s, self.stop, self.started,
+                                                              child), name="seedance-fuzz-canary", daemon=True)
+        self.process.start()
+        child.close()
+
+    async def connected(self, timeout_s: float = 60) -> None:
+        """Wait until the canary is connected (a spawned interpreter takes a second to import its client)."""
+        await asyncio.to_thread(self.started.wait, timeout_s)
+
+    async def result(self, stop: bool = True) -> CanaryRun:
+        """Stop it (or let it finish its runs) and take its timings."""
+        if stop:
+            self.stop.set()
+        try:
+            data = await asyncio.to_thread(self.conn.recv)
+        except EOFError:
+            return CanaryRun(failures=["the canary process ended without a result"])
+        finally:
+            await asyncio.to_thread(self.process.join, 10)
+        return CanaryRun(**data)
+
+
+def _burn(cores: float, stop) -> None:
+    """Take `cores` of one core (0..1) until stop: busy for that share of every 10 ms, asleep the rest."""
+    busy, period = min(max(cores, 0.0), 1.0) * 0.01, 0.01
+    while not stop.is_set():
+        start = time.perf_counter()
+        while time.perf_counter() - start < busy:
+            pass
+        time.sleep(max(0.0, period - (time.perf_counter() - start)))
+
+
+async def canary_beside_burner(ws_url: str, runs: int, timeout_s: float, cores: float) -> CanaryRun:
+    """The quiet canary again, while processes burn `cores` of CPU (the fuzz client's share of the machine)."""
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    burners = [ctx.Process(target=_burn, args=(min(1.0, cores - i), stop), daemon=True)
+               for i in range(int(-(-cores // 1)))]
+    for b in burners:
+        b.start()
+    try:
+        await asyncio.sleep(0.5)  # the burners are spawned and burning
+        return await CanaryProcess(ws_url, runs, timeout_s).result(stop=False)
+    finally:
+        stop.set()
+        for b in burners:
+            await asyncio.to_thread(b.join, 5)
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 # ---------------------------------------------------------------------------------------------- fuzzers
@@ -446,6 +539,8 @@ class FuzzReport:
     settings: dict
     quiet: dict
     loaded: dict
+    quiet_beside_fuzz_cpu: dict  # the quiet canary again, beside a burner taking the fuzz client's CPU
+    fuzz_client_cores: float  # the fuzz client's CPU seconds over the fuzz's wall seconds
     canary_text_equal: bool
     canary_failures: list[str]
     ws_json: dict
@@ -471,7 +566,7 @@ class FuzzReport:
 
 def _latency(run: CanaryRun) -> dict:
     p = percentiles_ms(run.gaps_s, (50, 99))
-    return {"requests": len(run.texts), "p50_ms": p["p50"], "p99_ms": p["p99"],
+    return {"requests": len(run.texts), "messages": len(run.gaps_s), "p50_ms": p["p50"], "p99_ms": p["p99"],
             "max_ms": max(run.gaps_s) * 1000 if run.gaps_s else None}
 
 
@@ -487,9 +582,10 @@ async def run_fuzz(ws_url: str, http_url: str, *, ws_messages: int, binary_frame
                    quiet_runs: int = 8,
                    batch: int = 50, hang_timeout_s: float = 20.0, server: ServerProcess | None = None) -> FuzzReport:
     t0 = time.perf_counter()
-    quiet = await canary(ws_url, asyncio.Event(), quiet_runs, hang_timeout_s)
-    stop = asyncio.Event()
-    canary_task = asyncio.create_task(canary(ws_url, stop, None, hang_timeout_s))
+    quiet = await CanaryProcess(ws_url, quiet_runs, hang_timeout_s).result(stop=False)
+    loaded_canary = CanaryProcess(ws_url, None, hang_timeout_s)
+    await loaded_canary.connected()
+    fuzz_t0, fuzz_cpu0 = time.perf_counter(), _cpu_s()
     per_conn = -(-ws_messages // ws_connections)
     ws_tasks = [fuzz_ws(ws_url, min(per_conn, ws_messages - i * per_conn), False, seed + i, batch, hang_timeout_s)
                 for i in range(ws_connections) if ws_messages - i * per_conn > 0]
@@ -500,8 +596,9 @@ async def run_fuzz(ws_url: str, http_url: str, *, ws_messages: int, binary_frame
         fuzz_realtime(http_url.replace("http", "ws", 1) + "/v1/realtime", realtime_events, seed + 3000, batch,
                       hang_timeout_s),
     )
-    stop.set()
-    loaded = await canary_task
+    fuzz_cores = (_cpu_s() - fuzz_cpu0) / (time.perf_counter() - fuzz_t0)
+    loaded = await loaded_canary.result()
+    beside = await canary_beside_burner(ws_url, quiet_runs, hang_timeout_s, fuzz_cores)
     ws_json = Tally()
     for t in fuzzers[0]:
         ws_json.sent += t.sent
@@ -519,14 +616,15 @@ async def run_fuzz(ws_url: str, http_url: str, *, ws_messages: int, binary_frame
     except (aiohttp.ClientError, TimeoutError):
         pass
     reference = quiet.texts[0] if quiet.texts else None
-    equal = bool(quiet.texts) and all(t == reference for t in quiet.texts + loaded.texts)
+    equal = bool(quiet.texts) and all(t == reference for t in quiet.texts + loaded.texts + beside.texts)
     report = FuzzReport(
         settings={"ws_messages": ws_messages, "binary_frames": binary_frames, "http_bodies": http_bodies,
                   "realtime_events": realtime_events, "seed": seed, "ws_connections": ws_connections,
                   "http_concurrency": http_concurrency,
                   "batch": batch, "hang_timeout_s": hang_timeout_s, "server": SERVER_SETTINGS if server else None},
-        quiet=_latency(quiet), loaded=_latency(loaded), canary_text_equal=equal,
-        canary_failures=quiet.failures + loaded.failures, ws_json=_tally_dict(ws_json),
+        quiet=_latency(quiet), loaded=_latency(loaded), quiet_beside_fuzz_cpu=_latency(beside),
+        fuzz_client_cores=round(fuzz_cores, 2), canary_text_equal=equal,
+        canary_failures=quiet.failures + loaded.failures + beside.failures, ws_json=_tally_dict(ws_json),
         ws_binary=_tally_dict(fuzzers[1]), http=_tally_dict(fuzzers[2]), realtime=_tally_dict(fuzzers[3]),
         process_exited=server is not None and server.process.poll() is not None, healthz_after=healthy,
         duration_s=round(time.perf_counter() - t0, 1))

@@ -7,7 +7,11 @@ the engine never shares a GIL with the code that parses and writes to clients.
 
 A prompt's images arrive as pixels (EncodeImages): the vision tower and projector run on the core's vision
 thread, beside the step loop rather than in it, and the features go back with the next Step frame (vLLM v1 runs
-its encoder in the engine core too; the gateway has no weights).
+its encoder in the engine core too; the gateway has no weights). The other work a command brings that is not a
+step runs beside the loop too, so it never stretches the gap between two steps every running stream waits on:
+an Embed's forward on the embedding thread, and a guided request's grammar, compiled on the guide thread before
+its Add is admitted (measured under `seedance bench fuzz`, in the loop: compiles of up to 57 ms CPU, embedding
+groups of 10-25 ms each, several between two steps; docs/reliability.md).
 
 If the gateway goes away (EOF on the socket) the core exits; if the core dies, the gateway sees EOF and fails
 the requests in flight (process_engine.py).
@@ -25,6 +29,7 @@ import signal
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -97,10 +102,12 @@ class CoreLoop:
             self.gateways[sock] = _Gateway(sock)
         self.stats_sent_at = 0.0
         self.shutdown = False
-        # The vision tower runs on its own thread, off the step loop (a step never waits for an image); a
-        # finished encode wakes the loop through this socket pair and rides on the next Step frame.
-        self.vision_executor: ThreadPoolExecutor | None = None
-        self.encoded: deque[tuple[_Gateway, Encoded]] = deque()
+        # Work beside the step loop, one thread each, started on first use (a step never waits for it): the vision
+        # tower, embedding forwards, grammar compiles. What finishes is handed back as a callable run on the loop's
+        # thread (`finished`); it wakes the loop through this socket pair and rides on the next Step frame.
+        self.executors: dict[str, ThreadPoolExecutor] = {}
+        self.finished: deque[Callable[[], None]] = deque()
+        self.compiling: dict[str, tuple[_Gateway, Add]] = {}  # guided Adds whose grammar is being compiled
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
         self.wake_w.setblocking(False)  # a full buffer already holds a wake-up: the send may be dropped
@@ -113,26 +120,20 @@ class CoreLoop:
     def apply(self, gateway: _Gateway, command) -> None:
         engine = self.engine
         match command:
+            case Add() if command.params.guided is not None and engine.guides is not None \
+                    and not engine.guides.cached(command.params.guided):
+                self.compile_then_add(gateway, command)
             case Add():
-                try:
-                    try:
-                        embeds = embeds_from_wire(command.embeds)
-                    except ValueError as err:
-                        raise InvalidRequest(str(err)) from None
-                    if command.params.guided is not None and engine.guides is not None:
-                        engine.guides.compile(command.params.guided)  # cached; a bad grammar is this refusal
-                    engine.add_request(command.request_id, command.token_ids, command.params, command.priority,
-                                       command.arrival, pin_key=command.pin_key, prompt_embeds=embeds,
-                                       client=command.client)
-                    gateway.admitted.append(command.request_id)
-                    self.owner[command.request_id] = gateway
-                    gateway.requests.add(command.request_id)
-                except EngineError as err:
-                    gateway.refused.append(Refusal(command.request_id, err.code, str(err)))
+                self.add(gateway, command)
             case Embed():
-                gateway.embedded.append(self.embed(command))
+                self.beside("seedance-embed", gateway, lambda: self.embed(command), "embedded")
             case EncodeImages():
                 self.encode_images(gateway, command)
+            case Abort() if command.request_id in self.compiling:  # not admitted yet: it never will be
+                del self.compiling[command.request_id]
+                gateway.aborted.append(TokenEvent(command.request_id, 0, -1, "", finish_reason=FinishReason.CANCELLED))
+            case SetPriority() if command.request_id in self.compiling:
+                self.compiling[command.request_id][1].priority = command.priority
             case Abort():
                 event = engine.abort(command.request_id, keep_tokens=command.keep_tokens)
                 if event is None:  # already finished or never admitted: the gateway still gets one final event
@@ -149,6 +150,77 @@ class CoreLoop:
                 engine.unpin(command.key)
             case Shutdown():
                 self.shutdown = True
+
+    def add(self, gateway: _Gateway, command: Add) -> None:
+        """Admit the request into the engine, or refuse it (the refusal goes back with the next Step frame)."""
+        engine = self.engine
+        try:
+            try:
+                embeds = embeds_from_wire(command.embeds)
+            except ValueError as err:
+                raise InvalidRequest(str(err)) from None
+            if command.params.guided is not None and engine.guides is not None:
+                engine.guides.compile(command.params.guided)  # cached (or compiled beside); a bad grammar refuses
+            engine.add_request(command.request_id, command.token_ids, command.params, command.priority,
+                               command.arrival, pin_key=command.pin_key, prompt_embeds=embeds, client=command.client)
+            gateway.admitted.append(command.request_id)
+            self.owner[command.request_id] = gateway
+            gateway.requests.add(command.request_id)
+        except EngineError as err:
+            gateway.refused.append(Refusal(command.request_id, err.code, str(err)))
+
+    def compile_then_add(self, gateway: _Gateway, command: Add) -> None:
+        """A grammar not compiled yet: compile it on the guide thread (llguidance releases the GIL), then admit
+        the request on the loop. Meanwhile it is `compiling`: an Abort ends it unadmitted, a SetPriority is kept."""
+        self.compiling[command.request_id] = (gateway, command)
+        guides = self.engine.guides
+        failed: list[EngineError] = []
+
+        def compile_it() -> None:
+            try:
+                guides.compile(command.params.guided)
+            except EngineError as err:  # a bad grammar (or past its fuel): this request's refusal
+                failed.append(err)
+
+        def then_add() -> None:
+            if self.compiling.get(command.request_id, (None, None))[1] is not command:
+                return  # aborted meanwhile, or its gateway left
+            del self.compiling[command.request_id]
+            if failed:
+                gateway.refused.append(Refusal(command.request_id, failed[0].code, str(failed[0])))
+            else:
+                self.add(gateway, command)
+
+        self.beside("seedance-guide", gateway, compile_it, then=then_add)
+
+    def beside(self, thread: str, gateway: _Gateway, work: Callable[[], object], into: str | None = None,
+               then: Callable[[], None] | None = None) -> None:
+        """Run work on that thread of its own (one at a time, in order); its result goes into the gateway's list
+        `into` for the next Step frame and `then` runs, both on the loop's thread once it is done, unless the
+        gateway left meanwhile."""
+        executor = self.executors.get(thread)
+        if executor is None:
+            executor = self.executors[thread] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread)
+
+        def run() -> None:
+            try:
+                result = work()
+            except Exception:  # work answers its own failures; this is a bug, and must not leave anyone waiting
+                log.exception("engine work beside the loop failed")
+                result = None
+
+            def deliver() -> None:
+                if gateway.sock in self.gateways:
+                    if into is not None and result is not None:
+                        getattr(gateway, into).append(result)
+                    if then is not None:
+                        then()
+
+            self.finished.append(deliver)
+            with contextlib.suppress(OSError):
+                self.wake_w.send(b"\0")
+
+        executor.submit(run)
 
     def embed(self, command: Embed) -> Embedded:
         """One group's vectors through the engine's model (models/pooling.py), or why not."""
@@ -174,33 +246,25 @@ class CoreLoop:
         except ValueError as err:
             gateway.encoded.append(Encoded(command.key, error=str(err), code=InvalidRequest.code))
             return
-        if self.vision_executor is None:
-            self.vision_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedance-vision")
 
-        def run() -> None:
+        def run() -> Encoded:
             try:
                 features = vision.encode_pixels(pixels)  # one [rows, dim] tensor per image (n >= 1 images)
                 dtype, data = tensor_bytes(torch.cat(features))
-                answer = Encoded(command.key, dtype, [f.shape[0] for f in features], int(features[0].shape[1]),
-                                 data)
+                return Encoded(command.key, dtype, [f.shape[0] for f in features], int(features[0].shape[1]), data)
             except Exception as err:  # this request fails, the engine goes on
                 log.exception("image encoding failed")
-                answer = Encoded(command.key, error=f"{type(err).__name__}: {err}")
-            self.encoded.append((gateway, answer))
-            with contextlib.suppress(OSError):
-                self.wake_w.send(b"\0")
+                return Encoded(command.key, error=f"{type(err).__name__}: {err}")
 
-        self.vision_executor.submit(run)
+        self.beside("seedance-vision", gateway, run, "encoded")
 
-    def _take_encoded(self) -> None:
-        """Finished encodes to their gateways' next frame (one whose gateway left is dropped)."""
+    def _take_finished(self) -> None:
+        """What the threads beside the loop finished, delivered on the loop's thread."""
         with contextlib.suppress(OSError):
             while self.wake_r.recv(4096):
                 pass
-        while self.encoded:
-            gateway, answer = self.encoded.popleft()
-            if gateway.sock in self.gateways:
-                gateway.encoded.append(answer)
+        while self.finished:
+            self.finished.popleft()()
 
     def _forget(self, request_id: str) -> None:
         gateway = self.owner.pop(request_id, None)
@@ -210,6 +274,9 @@ class CoreLoop:
     def _drop(self, gateway: _Gateway) -> None:
         """A gateway went away: its requests end here (nobody would read them)."""
         del self.gateways[gateway.sock]
+        for request_id, (owner, _) in list(self.compiling.items()):
+            if owner is gateway:
+                del self.compiling[request_id]
         for request_id in list(gateway.requests):
             self.engine.abort(request_id)
             self.owner.pop(request_id, None)
@@ -224,7 +291,7 @@ class CoreLoop:
                 return
             for sock in ready:
                 if sock is self.wake_r:
-                    self._take_encoded()
+                    self._take_finished()
                     continue
                 if sock is self.listener:
                     conn, _ = self.listener.accept()
@@ -316,8 +383,8 @@ class CoreLoop:
                     gateway.aborted.append(event)
             with contextlib.suppress(OSError):
                 self.send(None, 0.0, force_stats=True)
-        if self.vision_executor is not None:  # an encode under way finishes; the queued ones are dropped
-            self.vision_executor.shutdown(wait=False, cancel_futures=True)
+        for executor in self.executors.values():  # work under way finishes; what is queued is dropped
+            executor.shutdown(wait=False, cancel_futures=True)
         self.wake_r.close()
         self.wake_w.close()
 

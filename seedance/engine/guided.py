@@ -4,7 +4,8 @@ token mask each step, so its output parses by construction.
 llguidance was picked on measured per-token mask cost (docs/openai-compatibility.md): 25 us median on
 SmolLM2's 49k vocabulary and a 3 ms compile, against outlines-core's 1.3 ms per token and 0.5 s index build;
 xgrammar pulls triton onto a CPU install. A grammar is compiled once per distinct spec, off the event loop
-(AsyncEngine.submit), and kept in a bounded LRU cache; each request gets a cheap deep copy of the compiled
+(AsyncEngine.submit; in the engine process on its guide thread, before the request is admitted:
+core_process.py), and kept in a bounded LRU cache; each request gets a cheap deep copy of the compiled
 matcher, advanced by the sampler as its tokens are chosen.
 """
 
@@ -37,7 +38,8 @@ class GuideCompiler:
         self.max_spec_bytes = max_spec_bytes
         self.cache_size = cache_size
         self.fuel = fuel
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the cache; never held while compiling (a hit must not wait for a compile)
+        self._ll_lock = threading.Lock()
         self._ll = None  # llguidance.LLTokenizer, built on first use (about 0.5 s for a 49k vocabulary)
         self._cache: OrderedDict[GuidedDecoding, object] = OrderedDict()
 
@@ -48,11 +50,12 @@ class GuideCompiler:
     def _lltokenizer(self):
         import llguidance
 
-        if self._ll is None:
-            backend = self.tokenizer.backend
-            eos = self.eos_token_ids
-            self._ll = llguidance.LLTokenizer(backend.to_str(), n_vocab=self.vocab_size, eos_token=eos or None)
-        return self._ll
+        with self._ll_lock:
+            if self._ll is None:
+                backend = self.tokenizer.backend
+                eos = self.eos_token_ids
+                self._ll = llguidance.LLTokenizer(backend.to_str(), n_vocab=self.vocab_size, eos_token=eos or None)
+            return self._ll
 
     def grammar(self, guided: GuidedDecoding) -> str:
         """The llguidance grammar for a spec (raises InvalidRequest for a malformed one)."""
@@ -89,18 +92,24 @@ class GuideCompiler:
             if hit is not None:
                 self._cache.move_to_end(guided)
                 return hit
-            limits = llguidance.LLParserLimits(initial_lexer_fuel=self.fuel, verbose_errors=False)
-            grammar = self.grammar(guided)
-            try:
-                matcher = llguidance.LLMatcher(self._lltokenizer(), grammar, log_level=0, limits=limits)
-            except Exception as err:  # documented never to raise for grammar errors; a request's fault either way
-                raise InvalidRequest(f"invalid {guided.kind}: {err}") from None
-            if matcher.is_error():
-                raise InvalidRequest(f"invalid {guided.kind}: {matcher.get_error()}")
+        limits = llguidance.LLParserLimits(initial_lexer_fuel=self.fuel, verbose_errors=False)
+        grammar = self.grammar(guided)
+        try:
+            matcher = llguidance.LLMatcher(self._lltokenizer(), grammar, log_level=0, limits=limits)
+        except Exception as err:  # documented never to raise for grammar errors; a request's fault either way
+            raise InvalidRequest(f"invalid {guided.kind}: {err}") from None
+        if matcher.is_error():
+            raise InvalidRequest(f"invalid {guided.kind}: {matcher.get_error()}")
+        with self._lock:
             self._cache[guided] = matcher
             if len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-            return matcher
+        return matcher
+
+    def cached(self, guided: GuidedDecoding) -> bool:
+        """Whether the spec's matcher is compiled already (compile() then returns at once)."""
+        with self._lock:
+            return guided in self._cache
 
     def matcher(self, guided: GuidedDecoding):
         """A fresh matcher for one request."""

@@ -24,4 +24,7 @@ def test_a_seeded_fuzz_sample_finds_no_defect(tmp_path):
     # the Realtime fuzz reached the event decoder and the conversation's rules, not only the JSON parser
     assert {"invalid_json", "invalid_event", "unsupported", "item_not_found"} <= set(report.realtime["replies"])
     assert report.loaded["requests"] >= 1 and report.http["replies"].get("400", 0) > 0  # it reached the parsers
+    # the canary ran in its own process, quiet, under fuzz and quiet again beside the fuzz client's CPU share
+    assert report.quiet["requests"] == 3 and report.quiet_beside_fuzz_cpu["requests"] == 3
+    assert 0 < report.fuzz_client_cores <= 2
     assert "Traceback" not in server.log()

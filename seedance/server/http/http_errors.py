@@ -32,6 +32,21 @@ class HttpError(web.HTTPException):
                          text=json.dumps(error_body(status, code, message, param)))
 
 
+def as_response(exc: web.HTTPException) -> web.Response:
+    """The error as a plain response, for the outermost middleware to return instead of raising it on to aiohttp:
+    aiohttp keeps a raised HTTPException as its response in the frame that caught it, which its own traceback holds,
+    a reference cycle through every middleware's and the handler's frame, the request and its headers that only
+    the cyclic collector frees. Under `seedance bench fuzz` (tens of thousands of refused bodies) that garbage made
+    the gateway's collections stall its event loop, full ones for 20-33 ms of CPU (docs/reliability.md). The
+    tracebacks down its context chain are dropped too: aiohttp's own 404/405 is held by the request's match info,
+    which the frames of its traceback hold."""
+    chained: BaseException | None = exc
+    while chained is not None:
+        chained.__traceback__ = None
+        chained = chained.__context__
+    return web.Response(status=exc.status, reason=exc.reason, headers=exc.headers, body=exc.body)
+
+
 def error_body(status: int, code: str, message: str, param: str | None = None) -> dict:
     return {"error": {"message": message, "type": _TYPES.get(status, "error"), "param": param, "code": code}}
 

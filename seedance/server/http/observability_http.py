@@ -1,6 +1,7 @@
 """The HTTP side of observability: the app key the transports find the hub under, the /metrics route and
 a middleware counting connections per transport, HTTP refusals and auth refusals (and marking the cold
-start's first client connection)."""
+start's first client connection). Outermost, it also answers every HTTP error as a plain response
+(http_errors.as_response)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import uuid
 from aiohttp import web
 
 from seedance.observability.hub import Observability, process_start_ns
+from seedance.server.http.http_errors import as_response
 from seedance.server.http.state import STATE
 
 # Route (canonical path) -> transport label, for connection gauges and refusals counted by the middleware.
@@ -49,7 +51,7 @@ async def middleware(request: web.Request, handler):
             request_id = exc.headers.get("X-Request-Id") or f"{GENERATE_ROUTES[route]}-refused-{uuid.uuid4().hex}"
             exc.headers["X-Request-Id"] = request_id
             obs.refused(transport, request_id, error_code(exc))
-        raise
+        return as_response(exc)  # returned, not raised on: no reference cycle (http_errors.as_response)
     finally:
         if gauge is not None:
             gauge.dec()

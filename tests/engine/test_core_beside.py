@@ -1,0 +1,203 @@
+"""The engine core (`--engine process`) does a command's work that is not a step beside its step loop, so the
+gap between two steps that every running stream waits on holds only the step: a guided request's grammar is
+compiled on the guide thread before it is admitted, an embedding group's forward runs on the embedding thread.
+core_process.CoreLoop with the built-in engine on a thread of the test, spoken to in frames over a socket pair.
+
+The holds make it deterministic: while a compile or an embedding is held (a threading.Event in the test), the
+streams must go on stepping; when the work ran in the loop, the loop itself waited and no Step frame came."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+
+import pytest
+import torch
+
+from seedance.engine import core_process
+from seedance.engine.config import EngineConfig
+from seedance.engine.core_process import CoreLoop
+from seedance.engine.core_protocol import (
+    Abort,
+    Add,
+    Embed,
+    FrameBuffer,
+    SetPriority,
+    Shutdown,
+    Step,
+    decode_to_gateway,
+    frame,
+)
+from seedance.engine.llm_engine import LLMEngine
+from seedance.engine.sampling_params import GuidedDecoding, SamplingParams
+from seedance.models.pooling import mean_pooled_embeddings
+
+CHOICES = ["In the beginning", "Amen"]
+STREAM = SamplingParams(max_tokens=400, temperature=0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return LLMEngine.from_config(EngineConfig(num_kv_blocks=128, warmup=False))
+
+
+class Core:
+    """A CoreLoop on its thread and the test's end of its socket."""
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self.sock, theirs = socket.socketpair()
+        self.loop = CoreLoop(engine, theirs)
+        self.thread = threading.Thread(target=self.loop.run, name="test-core", daemon=True)
+        self.thread.start()
+        self.frames = FrameBuffer()
+
+    def send(self, *commands) -> None:
+        self.sock.sendall(frame(list(commands)))
+
+    def steps(self, done, timeout_s: float = 30) -> list[Step]:
+        """Step frames until done(all of them so far) holds; socket.timeout if none comes within timeout_s."""
+        self.sock.settimeout(timeout_s)
+        steps: list[Step] = []
+        while not done(steps):
+            for body in self.frames.feed(self.sock.recv(1 << 20)):
+                message = decode_to_gateway(body)
+                if isinstance(message, Step):
+                    steps.append(message)
+        return steps
+
+    def close(self) -> None:
+        self.send(Shutdown())
+        self.thread.join(10)
+        self.sock.close()
+
+
+@pytest.fixture
+def core(engine):
+    core = Core(engine)
+    yield core
+    core.close()
+
+
+@pytest.fixture
+def held(monkeypatch):
+    """While this event is clear, the work under test waits (set at teardown, so no thread is left waiting)."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def tokens_of(steps: list[Step], request_id: str) -> list[int]:
+    return [e.token_id for s in steps for e in s.events if e.request_id == request_id and e.token_id >= 0]
+
+
+def text_of(steps: list[Step], request_id: str) -> str:
+    return "".join(e.text_delta for s in steps for e in s.events if e.request_id == request_id)
+
+
+def finished(request_id: str):
+    return lambda steps: any(e.request_id == request_id and e.finish_reason for s in steps for e in s.events)
+
+
+def admitted(steps: list[Step]) -> set[str]:
+    return {r for s in steps for r in s.admitted}
+
+
+def hold_compiles(monkeypatch, engine: LLMEngine, held: threading.Event) -> list[str]:
+    """Every compile of a grammar not cached yet waits for `held`; returns the threads they ran on."""
+    guides, real = engine.guides, engine.guides.compile
+    threads: list[str] = []
+
+    def compile_held(guided):
+        if not guides.cached(guided):
+            threads.append(threading.current_thread().name)
+            assert held.wait(30)
+        return real(guided)
+
+    monkeypatch.setattr(guides, "compile", compile_held)
+    return threads
+
+
+def start_stream(core: Core, request_id: str) -> None:
+    core.send(Add(request_id, [1, 2, 3], STREAM))
+    core.steps(lambda steps: len(tokens_of(steps, request_id)) >= 2)
+
+
+def test_a_grammar_compiles_beside_the_loop_while_the_streams_step(core, engine, held, monkeypatch):
+    threads = hold_compiles(monkeypatch, engine, held)
+    start_stream(core, "run")
+    guided = SamplingParams(max_tokens=12, temperature=0, guided=GuidedDecoding("choice", json.dumps(CHOICES)))
+    core.send(Add("g", [4, 5, 6], guided))
+    # the compile is held: the running stream must still get its tokens, step after step (in the loop: none)
+    during = core.steps(lambda steps: len(tokens_of(steps, "run")) >= 5, timeout_s=5)
+    assert "g" not in admitted(during)
+    assert threads and all(t.startswith("seedance-guide") for t in threads)
+    held.set()
+    after = core.steps(finished("g"))
+    assert "g" in admitted(after)
+    assert text_of(after, "g") in CHOICES  # the grammar compiled beside is the one it decoded under
+    core.send(Abort("run"))
+
+
+def test_an_abort_while_compiling_ends_it_unadmitted(core, engine, held, monkeypatch):
+    hold_compiles(monkeypatch, engine, held)
+    guided = SamplingParams(max_tokens=4, temperature=0, guided=GuidedDecoding("regex", "(ab)+c"))
+    core.send(Add("g2", [1, 2], guided), SetPriority("g2", -3))
+    core.send(Abort("g2"))
+    aborted = core.steps(lambda steps: any(e.request_id == "g2" for s in steps for e in s.aborted))
+    assert [e.finish_reason for s in aborted for e in s.aborted if e.request_id == "g2"] == ["cancelled"]
+    held.set()
+    core.send(Add("after", [1, 2, 3], SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)))
+    later = core.steps(finished("after"))
+    assert "g2" not in admitted(aborted + later) and not tokens_of(aborted + later, "g2")
+    assert "g2" not in engine.requests and not core.loop.compiling
+
+
+def test_a_bad_grammar_compiled_beside_is_refused_and_the_next_one_runs(core):
+    bad = SamplingParams(max_tokens=4, guided=GuidedDecoding("regex", "(unclosed"))
+    good = SamplingParams(max_tokens=12, temperature=0, guided=GuidedDecoding("choice", json.dumps(["x y", "z"])))
+    core.send(Add("bad", [1, 2], bad), Add("good", [1, 2], good))
+    steps = core.steps(finished("good"))
+    refusals = {r.request_id: r.code for s in steps for r in s.refused}
+    assert refusals == {"bad": "invalid_request"}
+    assert text_of(steps, "good") in ("x y", "z")
+
+
+def test_an_embedding_runs_beside_the_loop_and_equals_the_one_computed_alone(core, engine, held, monkeypatch):
+    inputs = [[5, 6, 7, 8], [9, 10]]
+    want = mean_pooled_embeddings(engine.runner.model, inputs)
+    real, threads = core_process.mean_pooled_embeddings, []
+
+    def embed_held(model, group):
+        threads.append(threading.current_thread().name)
+        assert held.wait(30)
+        return real(model, group)
+
+    monkeypatch.setattr(core_process, "mean_pooled_embeddings", embed_held)
+    start_stream(core, "run")
+    core.send(Embed(7, inputs))
+    during = core.steps(lambda steps: len(tokens_of(steps, "run")) >= 5, timeout_s=5)
+    assert not any(s.embedded for s in during)
+    assert threads == ["seedance-embed_0"]
+    held.set()
+    after = core.steps(lambda steps: any(s.embedded for s in steps))
+    (answer,) = [e for s in after for e in s.embedded]
+    got = torch.frombuffer(bytearray(answer.data), dtype=torch.float32).reshape(-1, answer.dim)
+    assert answer.key == 7 and torch.allclose(got, torch.stack(want), atol=1e-6)
+    core.send(Abort("run"))
+
+
+def test_embeddings_beside_a_stream_change_neither_its_tokens_nor_theirs(core, engine):
+    """The forward on the embedding thread and the steps share the weights at once: a greedy stream's tokens
+    are those it gets alone, and every embedding is the one computed alone."""
+    alone = SamplingParams(max_tokens=48, temperature=0, ignore_eos=True)
+    core.send(Add("alone", [1, 2, 3], alone))
+    want_tokens = tokens_of(core.steps(finished("alone")), "alone")
+    groups = {k: [[k + 1, k + 2, k + 3] * (k % 4 + 1), [k + 7]] for k in range(12)}
+    want = {k: torch.stack(mean_pooled_embeddings(engine.runner.model, g)) for k, g in groups.items()}
+    core.send(Add("beside", [1, 2, 3], alone), *(Embed(k, g) for k, g in groups.items()))
+    steps = core.steps(lambda steps: finished("beside")(steps) and len([e for s in steps for e in s.embedded]) == 12)
+    assert tokens_of(steps, "beside") == want_tokens
+    for answer in (e for s in steps for e in s.embedded):
+        got = torch.frombuffer(bytearray(answer.data), dtype=torch.float32).reshape(-1, answer.dim)
+        assert torch.allclose(got, want[answer.key], atol=1e-5), answer.key
