@@ -44,6 +44,7 @@ from seedance.models.registry import QUANTIZE_MODES
 GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2")
 INT4_EXACT = ("Q4_0", "Q4_1", "Q4_K")
 FLOAT_TYPES = ("F32", "F16", "BF16")
+BLOCK_BYTES = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}  # 32 elements each: an fp16 scale (Q4_1: and min), the codes
 
 # GGUF tensor name (after "blk.N.") -> our module path and the HF piece it is (for fused projections).
 LAYER_TENSORS = {
@@ -65,17 +66,17 @@ class GGUFError(ValueError):
 @dataclass(slots=True)
 class GGUFModel:
     path: Path
-    reader: object  # gguf.GGUFReader
+    reader: object  # gguf_reader.Reader (or gguf.GGUFReader for what it does not read)
     architecture: str
     config: object  # transformers PretrainedConfig
     name: str
 
 
 def open_gguf(path: Path) -> GGUFModel:
-    from gguf import GGUFReader
+    from seedance.models.gguf_reader import read_gguf
 
     try:
-        reader = GGUFReader(str(path))
+        reader = read_gguf(path)
     except Exception as err:  # the library raises ValueError, struct.error, OSError... for a damaged file
         raise GGUFError(f"{path} is not a readable GGUF file ({type(err).__name__}: {err})") from None
     arch = field_value(reader, "general.architecture")
@@ -100,7 +101,7 @@ def gguf_config(reader, arch: str):
     tensors = {t.name for t in reader.tensors}
     if "rope_freqs.weight" in tensors:
         raise GGUFError("GGUF files with per-frequency RoPE factors (rope_freqs, Llama 3.1 style) are not supported")
-    n_vocab = meta("vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data)
+    n_vocab = meta("vocab_size") or len(field_value(reader, "tokenizer.ggml.tokens") or [])
     heads = int(meta("attention.head_count"))
     hidden = int(meta("embedding_length"))
     kwargs = dict(
@@ -143,9 +144,36 @@ def _rows(tensor, model: GGUFModel) -> np.ndarray:
 
 
 def _dequantize(tensor, model: GGUFModel) -> torch.Tensor:
-    from gguf.quants import dequantize
+    return dequantize_rows(_rows(tensor, model), tensor.tensor_type.name)
 
-    return torch.from_numpy(np.ascontiguousarray(dequantize(_rows(tensor, model), tensor.tensor_type), np.float32))
+
+def dequantize_rows(data: np.ndarray, kind: str) -> torch.Tensor:
+    """Float32 [N, K] from a tensor's rows as stored. Q8_0 / Q4_0 / Q4_1 (SmolLM2's files) and the float types
+    in whole-tensor torch ops: the same float32 arithmetic as `gguf.quants` (bit for bit: tests/models/
+    test_gguf.py), which loops in numpy over row groups (~1 s of a Q8_0 load); other types through it."""
+    if kind == "F32":
+        return torch.from_numpy(np.ascontiguousarray(data, np.float32))
+    if kind == "F16":
+        return torch.from_numpy(np.ascontiguousarray(data)).float()
+    if kind == "BF16":
+        return torch.from_numpy(np.ascontiguousarray(data)).view(torch.bfloat16).float()
+    if kind not in BLOCK_BYTES:
+        from gguf.quants import GGMLQuantizationType, dequantize
+
+        return torch.from_numpy(np.ascontiguousarray(dequantize(data, GGMLQuantizationType[kind]), np.float32))
+    n = data.shape[0]
+    blocks = torch.from_numpy(np.ascontiguousarray(data)).view(n, -1, BLOCK_BYTES[kind])
+    d = blocks[..., :2].contiguous().view(torch.float16).float()  # [N, blocks, 1]
+    if kind == "Q8_0":
+        w = blocks[..., 2:].contiguous().view(torch.int8).float() * d
+    else:
+        qs = blocks[..., 2 if kind == "Q4_0" else 4 :]  # element i in the low nibble, i + 16 in the high one
+        q = torch.cat([qs & 0x0F, qs >> 4], dim=-1)
+        if kind == "Q4_0":
+            w = (q.to(torch.int8) - 8).float() * d
+        else:
+            w = q.float() * d + blocks[..., 2:4].contiguous().view(torch.float16).float()
+    return w.reshape(n, -1)
 
 
 def int4_blocks(tensor, data: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
