@@ -23,12 +23,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from torch import nn
 
 from seedance.models.fp16_linear import Fp16Linear
+from seedance.models.hf_config import LLAMA_DEFAULTS
 from seedance.models.llama import LlamaForCausalLM
 from seedance.models.quantized_linear import (
     QuantizedEmbedding,
@@ -68,7 +70,7 @@ class GGUFModel:
     path: Path
     reader: object  # gguf_reader.Reader (or gguf.GGUFReader for what it does not read)
     architecture: str
-    config: object  # transformers PretrainedConfig
+    config: object  # a namespace (plain Llama) or a transformers PretrainedConfig
     name: str
 
 
@@ -92,9 +94,9 @@ def field_value(reader, key: str, default=None):
 
 
 def gguf_config(reader, arch: str):
-    """A transformers config from llama.cpp's metadata keys (`{arch}.block_count`, ...)."""
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config
-
+    """A config from llama.cpp's metadata keys (`{arch}.block_count`, ...): for a plain Llama (no RoPE scaling) the
+    same namespace `hf_config.plain_llama_config` makes, without importing transformers (seconds of a cold start);
+    else transformers' own config class."""
     def meta(key: str, default=None):
         return field_value(reader, f"{arch}.{key}", default)
 
@@ -121,6 +123,11 @@ def gguf_config(reader, arch: str):
         if scaling != "linear":
             raise GGUFError(f"GGUF RoPE scaling {scaling!r} is not supported (linear is)")
         kwargs["rope_scaling"] = {"rope_type": "linear", "factor": float(meta("rope.scaling.factor", 1.0))}
+    if arch == "llama" and "rope_scaling" not in kwargs:
+        rope = {"rope_type": "default", "rope_theta": kwargs["rope_theta"]}
+        return SimpleNamespace(**{**LLAMA_DEFAULTS, **kwargs, "model_type": "llama", "rope_parameters": rope})
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
     cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[arch]
     if arch == "mistral":
         kwargs["sliding_window"] = meta("attention.sliding_window")
