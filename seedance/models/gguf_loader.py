@@ -1,7 +1,8 @@
 """Load a GGUF file (llama.cpp / Ollama's format) into our Llama-family runner, quantized weights kept quantized.
 
-The `gguf` library reads the file (memory-mapped) and dequantizes; this module maps llama.cpp's names and
-metadata onto ours and picks, per projection, the path its GGUF type allows (docs/model.md, "Formats"):
+gguf_reader.py reads the file (memory-mapped); Q8_0 / Q4_0 / Q4_1 dequantize here in torch, other types through
+the `gguf` library; this module maps llama.cpp's names and metadata onto ours and picks, per projection, the path
+its GGUF type allows (docs/model.md, "Formats"):
 
 - F32 / F16 / BF16: loaded as they are (cast to the serving dtype).
 - Q4_0, Q4_1, Q4_K, where the int4 kernel is the fast one (`int4_kernel_preferred`: AVX-512): exactly int4
@@ -9,7 +10,7 @@ metadata onto ours and picks, per projection, the path its GGUF type allows (doc
   w = d q + m, Q4_K's 32-element sub-blocks w = (d sc) q - (dmin m). Elsewhere (AVX2) a file with 4-bit
   projections loads as `fp16` does (`auto_mode`): its values expand into fp16 nearly exactly, and fbgemm's fp16
   GEMM is the fastest kernel there (docs/model.md); requantizing them to int8 would add int8's rounding.
-- every other quantized type (Q8_0, Q6_K, Q5_x, Q2_K/Q3_K/Q5_K, IQ*...): dequantized by `gguf.quants`, then
+- every other quantized type (Q8_0, Q6_K, Q5_x, Q2_K/Q3_K/Q5_K, IQ*...): dequantized (`dequantize_rows`), then
   requantized to int8 per output channel (`int8_linear`: fbgemm's dynamic int8 GEMM; lossy, the tolerance is
   measured in tests/models/test_gguf.py).
 - the token embedding, when quantized: int8 rows (QuantizedEmbedding), shared with a tied output head.
