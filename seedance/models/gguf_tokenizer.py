@@ -67,7 +67,7 @@ def gguf_tokenizer(reader, path: Path) -> TextTokenizer:
     our renderer compiles is served from its `tokenizers` backend alone, as tokenizer.py serves a plain
     tokenizer.json: no transformers import (seconds of a cold start)."""
     from seedance.models.gguf_loader import field_value
-    from seedance.models.tokenizer import _compiles
+    from seedance.models.tokenizer import template_compiles
 
     kind = field_value(reader, "tokenizer.ggml.model")
     tokens = list(field_value(reader, "tokenizer.ggml.tokens") or [])
@@ -87,7 +87,7 @@ def gguf_tokenizer(reader, path: Path) -> TextTokenizer:
                                  field_value(reader, "tokenizer.ggml.pre"))
         specials = {f"{ours}_token": text for ours, key in (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"),
                                                             ("pad", "padding")) if (text := special(key)) is not None}
-        if template is None or _compiles(template):
+        if template is None or template_compiles(template):
             # what PreTrainedTokenizerFast does with them: each matches whole, as a special token
             backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials.values()])
             return TextTokenizer(None, eos_ids, backend=backend, chat_template=template, special_tokens=specials)
