@@ -19,7 +19,7 @@ from seedance.models.fp16_linear import Fp16Linear
 from seedance.models.int8_linear import Int8Linear
 from seedance.models.llama import head_dim_of
 from seedance.models.loader import LoadedModel
-from seedance.models.paged_attention import AttentionMetadata, PrefillChunk
+from seedance.models.paged_attention import AttentionMetadata, PrefillChunk, kv_cache_shape
 
 
 @dataclass(slots=True)
@@ -97,9 +97,8 @@ class TorchModelRunner:
         pool = config.kv_cache_bytes or default_kv_cache_bytes(config, self.kv_bytes_per_token, loaded.max_model_len)
         self.num_kv_blocks = config.num_kv_blocks or max(1, pool // (self.kv_bytes_per_token * self.block_size))
         slots = self.num_kv_blocks * self.block_size
-        shape = (slots, num_kv_heads, head_dim)
-        self.kv_caches = [(lazy_zeros(shape, self.dtype, self.device), lazy_zeros(shape, self.dtype, self.device))
-                          for _ in range(mc.num_hidden_layers)]
+        shape = kv_cache_shape(slots, num_kv_heads, head_dim)
+        self.kv_caches = [lazy_zeros(shape, self.dtype, self.device) for _ in range(mc.num_hidden_layers)]
         tokenizer = loaded.tokenizer
         self.guides = None  # constrained decoding needs the tokenizer's vocabulary
         if tokenizer is not None:

@@ -27,12 +27,12 @@ class Fp16Linear(nn.Module):
         self.packed = torch.ops.quantized.linear_prepack_fp16(weight.detach().float().contiguous(), b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape, dtype = x.shape, x.dtype
-        x2 = x.reshape(-1, self.in_features)
+        dtype, flat = x.dtype, x.dim() == 2  # the runner's [T, K]: no reshapes either side
+        x2 = x if flat else x.reshape(-1, self.in_features)
         y = torch.ops.quantized.linear_dynamic_fp16(x2 if dtype == torch.float32 else x2.float(), self.packed)
         if dtype != torch.float32:
             y = y.to(dtype)
-        return y.reshape(*shape[:-1], self.out_features)
+        return y if flat else y.reshape(*x.shape[:-1], self.out_features)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float weight [N, K] the packed fp16 values stand for (fbgemm unpacks a copy)."""

@@ -1,7 +1,8 @@
 """Load a GGUF file (llama.cpp / Ollama's format) into our Llama-family runner, quantized weights kept quantized.
 
-The `gguf` library reads the file (memory-mapped) and dequantizes; this module maps llama.cpp's names and
-metadata onto ours and picks, per projection, the path its GGUF type allows (docs/model.md, "Formats"):
+gguf_reader.py reads the file (memory-mapped); Q8_0 / Q4_0 / Q4_1 dequantize here in torch, other types through
+the `gguf` library; this module maps llama.cpp's names and metadata onto ours and picks, per projection, the path
+its GGUF type allows (docs/model.md, "Formats"):
 
 - F32 / F16 / BF16: loaded as they are (cast to the serving dtype).
 - Q4_0, Q4_1, Q4_K, where the int4 kernel is the fast one (`int4_kernel_preferred`: AVX-512): exactly int4
@@ -9,7 +10,7 @@ metadata onto ours and picks, per projection, the path its GGUF type allows (doc
   w = d q + m, Q4_K's 32-element sub-blocks w = (d sc) q - (dmin m). Elsewhere (AVX2) a file with 4-bit
   projections loads as `fp16` does (`auto_mode`): its values expand into fp16 nearly exactly, and fbgemm's fp16
   GEMM is the fastest kernel there (docs/model.md); requantizing them to int8 would add int8's rounding.
-- every other quantized type (Q8_0, Q6_K, Q5_x, Q2_K/Q3_K/Q5_K, IQ*...): dequantized by `gguf.quants`, then
+- every other quantized type (Q8_0, Q6_K, Q5_x, Q2_K/Q3_K/Q5_K, IQ*...): dequantized (`dequantize_rows`), then
   requantized to int8 per output channel (`int8_linear`: fbgemm's dynamic int8 GEMM; lossy, the tolerance is
   measured in tests/models/test_gguf.py).
 - the token embedding, when quantized: int8 rows (QuantizedEmbedding), shared with a tied output head.
@@ -23,12 +24,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from torch import nn
 
 from seedance.models.fp16_linear import Fp16Linear
+from seedance.models.hf_config import LLAMA_DEFAULTS
 from seedance.models.llama import LlamaForCausalLM
 from seedance.models.quantized_linear import (
     QuantizedEmbedding,
@@ -44,6 +47,7 @@ from seedance.models.registry import QUANTIZE_MODES
 GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2")
 INT4_EXACT = ("Q4_0", "Q4_1", "Q4_K")
 FLOAT_TYPES = ("F32", "F16", "BF16")
+BLOCK_BYTES = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}  # 32 elements each: an fp16 scale (Q4_1: and min), the codes
 
 # GGUF tensor name (after "blk.N.") -> our module path and the HF piece it is (for fused projections).
 LAYER_TENSORS = {
@@ -65,17 +69,17 @@ class GGUFError(ValueError):
 @dataclass(slots=True)
 class GGUFModel:
     path: Path
-    reader: object  # gguf.GGUFReader
+    reader: object  # gguf_reader.Reader (or gguf.GGUFReader for what it does not read)
     architecture: str
-    config: object  # transformers PretrainedConfig
+    config: object  # a namespace (plain Llama) or a transformers PretrainedConfig
     name: str
 
 
 def open_gguf(path: Path) -> GGUFModel:
-    from gguf import GGUFReader
+    from seedance.models.gguf_reader import read_gguf
 
     try:
-        reader = GGUFReader(str(path))
+        reader = read_gguf(path)
     except Exception as err:  # the library raises ValueError, struct.error, OSError... for a damaged file
         raise GGUFError(f"{path} is not a readable GGUF file ({type(err).__name__}: {err})") from None
     arch = field_value(reader, "general.architecture")
@@ -91,16 +95,16 @@ def field_value(reader, key: str, default=None):
 
 
 def gguf_config(reader, arch: str):
-    """A transformers config from llama.cpp's metadata keys (`{arch}.block_count`, ...)."""
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config
-
+    """A config from llama.cpp's metadata keys (`{arch}.block_count`, ...): for a plain Llama (no RoPE scaling) the
+    same namespace `hf_config.plain_llama_config` makes, without importing transformers (seconds of a cold start);
+    else transformers' own config class."""
     def meta(key: str, default=None):
         return field_value(reader, f"{arch}.{key}", default)
 
     tensors = {t.name for t in reader.tensors}
     if "rope_freqs.weight" in tensors:
         raise GGUFError("GGUF files with per-frequency RoPE factors (rope_freqs, Llama 3.1 style) are not supported")
-    n_vocab = meta("vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data)
+    n_vocab = meta("vocab_size") or len(field_value(reader, "tokenizer.ggml.tokens") or [])
     heads = int(meta("attention.head_count"))
     hidden = int(meta("embedding_length"))
     kwargs = dict(
@@ -120,6 +124,11 @@ def gguf_config(reader, arch: str):
         if scaling != "linear":
             raise GGUFError(f"GGUF RoPE scaling {scaling!r} is not supported (linear is)")
         kwargs["rope_scaling"] = {"rope_type": "linear", "factor": float(meta("rope.scaling.factor", 1.0))}
+    if arch == "llama" and "rope_scaling" not in kwargs:
+        rope = {"rope_type": "default", "rope_theta": kwargs["rope_theta"]}
+        return SimpleNamespace(**{**LLAMA_DEFAULTS, **kwargs, "model_type": "llama", "rope_parameters": rope})
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
     cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[arch]
     if arch == "mistral":
         kwargs["sliding_window"] = meta("attention.sliding_window")
@@ -143,9 +152,36 @@ def _rows(tensor, model: GGUFModel) -> np.ndarray:
 
 
 def _dequantize(tensor, model: GGUFModel) -> torch.Tensor:
-    from gguf.quants import dequantize
+    return dequantize_rows(_rows(tensor, model), tensor.tensor_type.name)
 
-    return torch.from_numpy(np.ascontiguousarray(dequantize(_rows(tensor, model), tensor.tensor_type), np.float32))
+
+def dequantize_rows(data: np.ndarray, kind: str) -> torch.Tensor:
+    """Float32 [N, K] from a tensor's rows as stored. Q8_0 / Q4_0 / Q4_1 (SmolLM2's files) and the float types
+    in whole-tensor torch ops: the same float32 arithmetic as `gguf.quants` (bit for bit: tests/models/
+    test_gguf.py), which loops in numpy over row groups (~1 s of a Q8_0 load); other types through it."""
+    if kind == "F32":
+        return torch.from_numpy(np.ascontiguousarray(data, np.float32))
+    if kind == "F16":
+        return torch.from_numpy(np.ascontiguousarray(data)).float()
+    if kind == "BF16":
+        return torch.from_numpy(np.ascontiguousarray(data)).view(torch.bfloat16).float()
+    if kind not in BLOCK_BYTES:
+        from gguf.quants import GGMLQuantizationType, dequantize
+
+        return torch.from_numpy(np.ascontiguousarray(dequantize(data, GGMLQuantizationType[kind]), np.float32))
+    n = data.shape[0]
+    blocks = torch.from_numpy(np.ascontiguousarray(data)).view(n, -1, BLOCK_BYTES[kind])
+    d = blocks[..., :2].contiguous().view(torch.float16).float()  # [N, blocks, 1]
+    if kind == "Q8_0":
+        w = blocks[..., 2:].contiguous().view(torch.int8).float() * d
+    else:
+        qs = blocks[..., 2 if kind == "Q4_0" else 4 :]  # element i in the low nibble, i + 16 in the high one
+        q = torch.cat([qs & 0x0F, qs >> 4], dim=-1)
+        if kind == "Q4_0":
+            w = (q.to(torch.int8) - 8).float() * d
+        else:
+            w = q.float() * d + blocks[..., 2:4].contiguous().view(torch.float16).float()
+    return w.reshape(n, -1)
 
 
 def int4_blocks(tensor, data: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -35,9 +35,15 @@ def pre_tokenizer(pre: str | None) -> pre_tokenizers.PreTokenizer:
     return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
 
 
-def byte_level_bpe(tokens: list[str], merges: list[str], token_types: list[int], pre: str | None) -> Tokenizer:
-    from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2's byte alphabet
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte alphabet (as transformers' convert_slow_tokenizer spells it): printable bytes as themselves,
+    the rest shifted past 255."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    shifted = [b for b in range(256) if b not in keep]
+    return {**{b: chr(b) for b in keep}, **{b: chr(256 + i) for i, b in enumerate(shifted)}}
 
+
+def byte_level_bpe(tokens: list[str], merges: list[str], token_types: list[int], pre: str | None) -> Tokenizer:
     spelling = bytes_to_unicode()
     alphabet = set(spelling.values())
     vocab = {(t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8"))): i
@@ -57,10 +63,11 @@ def byte_level_bpe(tokens: list[str], merges: list[str], token_types: list[int],
 
 
 def gguf_tokenizer(reader, path: Path) -> TextTokenizer:
-    """Our TextTokenizer (encode, chat template, EOS ids) from a GGUF's metadata."""
-    from transformers import PreTrainedTokenizerFast
-
+    """Our TextTokenizer (encode, chat template, EOS ids) from a GGUF's metadata. A byte-level BPE whose template
+    our renderer compiles is served from its `tokenizers` backend alone, as tokenizer.py serves a plain
+    tokenizer.json: no transformers import (seconds of a cold start)."""
     from seedance.models.gguf_loader import field_value
+    from seedance.models.tokenizer import template_compiles
 
     kind = field_value(reader, "tokenizer.ggml.model")
     tokens = list(field_value(reader, "tokenizer.ggml.tokens") or [])
@@ -72,10 +79,20 @@ def gguf_tokenizer(reader, path: Path) -> TextTokenizer:
         return tokens[index] if index is not None and 0 <= index < len(tokens) else None
 
     template = field_value(reader, "tokenizer.chat_template")
+    eos = {field_value(reader, f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")} - {None}
+    eos_ids = frozenset(int(i) for i in eos)
     if kind == "gpt2":
         backend = byte_level_bpe(tokens, list(field_value(reader, "tokenizer.ggml.merges") or []),
                                  list(field_value(reader, "tokenizer.ggml.token_type") or []),
                                  field_value(reader, "tokenizer.ggml.pre"))
+        specials = {f"{ours}_token": text for ours, key in (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"),
+                                                            ("pad", "padding")) if (text := special(key)) is not None}
+        if template is None or template_compiles(template):
+            # what PreTrainedTokenizerFast does with them: each matches whole, as a special token
+            backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials.values()])
+            return TextTokenizer(None, eos_ids, backend=backend, chat_template=template, special_tokens=specials)
+        from transformers import PreTrainedTokenizerFast
+
         hf = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=special("bos"), eos_token=special("eos"),
                                      unk_token=special("unknown"), pad_token=special("padding"),
                                      chat_template=template)
@@ -83,5 +100,4 @@ def gguf_tokenizer(reader, path: Path) -> TextTokenizer:
         from transformers import AutoTokenizer
 
         hf = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
-    eos = {field_value(reader, f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")} - {None}
-    return TextTokenizer(hf, frozenset(int(i) for i in eos))
+    return TextTokenizer(hf, eos_ids)

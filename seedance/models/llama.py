@@ -90,6 +90,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> 
     return x * cos + x.roll(x.shape[-1] // 2, -1) * sin_signed
 
 
+def apply_rope_(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """apply_rope written back into x (the same ops and rounding: both products exist before the sum lands)."""
+    return torch.add(x * cos, x.roll(x.shape[-1] // 2, -1) * sin_signed, out=x)
+
+
 class Attention(nn.Module):
     def __init__(self, config, bias: bool) -> None:
         super().__init__()
@@ -102,15 +107,15 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=getattr(config, "attention_bias", False) and bias)
         self.scale = self.head_dim**-0.5
 
-    def forward(self, x, cos, sin, k_cache, v_cache, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(self, x, cos, sin, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
         t = x.shape[0]
-        qkv = self.qkv_proj(x)
-        # RoPE once over the query and key heads together (views of the fused projection): half the ops.
-        qk = qkv[:, : self.q_size + self.kv_size].view(t, self.num_heads + self.num_kv_heads, self.head_dim)
-        qk = apply_rope(qk, cos, sin)  # sin: signed_sin's, from the model's forward
-        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
-        v = qkv[:, self.q_size + self.kv_size :].view(t, self.num_kv_heads, self.head_dim)
-        out = paged_attention(q, k, v, k_cache, v_cache, meta, self.scale)
+        heads = self.qkv_proj(x).view(t, self.num_heads + 2 * self.num_kv_heads, self.head_dim)  # q | k | v heads
+        # RoPE once over the query and key heads together, in place: the keys stay beside the values, so the
+        # cache takes both in one copy (sin: signed_sin's, from the model's forward).
+        apply_rope_(heads[:, : self.num_heads + self.num_kv_heads], cos, sin)
+        q = heads[:, : self.num_heads]
+        kv = heads[:, self.num_heads :].view(t, 2, self.num_kv_heads, self.head_dim)
+        out = paged_attention(q, kv, kv_cache, meta, self.scale)
         return self.o_proj(out.reshape(t, self.q_size))
 
 
@@ -124,7 +129,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(F.silu(gate).mul_(up))  # gate is a strided view: silu makes the contiguous one
 
 
 class DecoderLayer(nn.Module):
@@ -135,9 +140,10 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, k_cache, v_cache, meta) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, cos, sin, kv_cache, meta) -> torch.Tensor:
+        """x: the residual stream, updated in place (the model's forward owns it)."""
+        x += self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, meta)
+        return x.add_(self.mlp(self.post_attention_layernorm(x)))
 
 
 class LlamaForCausalLM(nn.Module):
@@ -161,7 +167,8 @@ class LlamaForCausalLM(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
 
     def forward(self, input_ids, positions, kv_caches, meta: AttentionMetadata, embeds=None) -> torch.Tensor:
-        """Hidden states [T, hidden] for a flattened step batch; kv_caches: [(k, v)] per layer. embeds: None, or
+        """Hidden states [T, hidden] for a flattened step batch; kv_caches: one [slots, 2, Hkv, D] per layer
+        (paged_attention.py). embeds: None, or
         (index [E], rows [E, hidden]) input embeddings that replace the token embeddings at those batch indices
         (prompt embeddings, image features); the ids there are placeholders and never looked up."""
         if embeds is None:
@@ -172,8 +179,8 @@ class LlamaForCausalLM(nn.Module):
             x[index] = rows.to(device=x.device, dtype=x.dtype)
         cos = self.rope_cos[positions].to(x.dtype).unsqueeze(1)  # [T, 1, D]
         sin = signed_sin(self.rope_sin[positions].to(x.dtype)).unsqueeze(1)
-        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
-            x = layer(x, cos, sin, k_cache, v_cache, meta)
+        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+            x = layer(x, cos, sin, kv_cache, meta)
         return x
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Attention over a block-paged KV cache, in plain torch (runs on CPU and CUDA).
 
-The cache of one layer is a flat slot array [num_blocks * block_size, kv_heads, head_dim]; a token at
-position p of a sequence lives in slot block_table[p // block_size] * block_size + p % block_size. A step
+The cache of one layer is a flat slot array [num_blocks * block_size, 2, kv_heads, head_dim] (a slot's key, then
+its value: one copy stores a step's keys and values, one gather reads a context's); a token at position p of a
+sequence lives in slot block_table[p // block_size] * block_size + p % block_size. A step
 mixes decode tokens (one query per sequence, batched into one SDPA call over gathered context) and
 prefill chunks (many queries of one sequence, causal against its cached prefix and itself).
 """
@@ -31,35 +32,37 @@ class AttentionMetadata:
     prefills: list[PrefillChunk] = field(default_factory=list)
 
 
+def kv_cache_shape(slots: int, kv_heads: int, head_dim: int) -> tuple[int, int, int, int]:
+    return (slots, 2, kv_heads, head_dim)
+
+
 def paged_attention(
     q: torch.Tensor,  # [T, H, D], rotary applied
-    k: torch.Tensor,  # [T, Hkv, D]
-    v: torch.Tensor,  # [T, Hkv, D]
-    k_cache: torch.Tensor,  # [slots, Hkv, D]
-    v_cache: torch.Tensor,
+    kv: torch.Tensor,  # [T, 2, Hkv, D]: the step's keys (rotary applied) and values
+    kv_cache: torch.Tensor,  # [slots, 2, Hkv, D]
     meta: AttentionMetadata,
     scale: float,
 ) -> torch.Tensor:
     # index_copy_/index_select, not tensor[index]: several times faster on CPU for these shapes.
-    k_cache.index_copy_(0, meta.slot_mapping, k)
-    v_cache.index_copy_(0, meta.slot_mapping, v)
-    gqa = q.shape[1] != k.shape[1]
+    kv_cache.index_copy_(0, meta.slot_mapping, kv)
+    gqa = q.shape[1] != kv.shape[2]
     nd = meta.num_decode_tokens
     if nd and not meta.prefills:  # a decode-only step (the common one): no output buffer to copy into
-        return _decode_attention(q, k_cache, v_cache, meta, scale)
+        return _decode_attention(q, kv_cache, meta, scale)
     out = torch.empty_like(q)
     if nd:
-        out[:nd] = _decode_attention(q[:nd], k_cache, v_cache, meta, scale)
+        out[:nd] = _decode_attention(q[:nd], kv_cache, meta, scale)
     for chunk in meta.prefills:
         s, n = chunk.token_start, chunk.num_tokens
         qc = q[s : s + n].transpose(0, 1).unsqueeze(0)  # [1, H, n, D]
         if chunk.context_slots is None:  # fresh prompt: its own keys are the whole context
-            kc = k[s : s + n].transpose(0, 1).unsqueeze(0)
-            vc = v[s : s + n].transpose(0, 1).unsqueeze(0)
+            kc = kv[s : s + n, 0].transpose(0, 1).unsqueeze(0)
+            vc = kv[s : s + n, 1].transpose(0, 1).unsqueeze(0)
             oc = F.scaled_dot_product_attention(qc, kc, vc, is_causal=True, scale=scale, enable_gqa=gqa)
         else:
-            kc = k_cache.index_select(0, chunk.context_slots).transpose(0, 1).unsqueeze(0)  # [1, Hkv, L, D]
-            vc = v_cache.index_select(0, chunk.context_slots).transpose(0, 1).unsqueeze(0)
+            ctx = kv_cache.index_select(0, chunk.context_slots)  # [L, 2, Hkv, D]
+            kc = ctx[:, 0].transpose(0, 1).unsqueeze(0)  # [1, Hkv, L, D]
+            vc = ctx[:, 1].transpose(0, 1).unsqueeze(0)
             total = chunk.context_start + n
             q_pos = torch.arange(chunk.context_start, total, device=q.device)
             mask = torch.arange(total, device=q.device)[None, :] <= q_pos[:, None]
@@ -68,15 +71,14 @@ def paged_attention(
     return out
 
 
-def _decode_attention(q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+def _decode_attention(q, kv_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
     """One query per sequence against its gathered context: [B, H, D]."""
     batch, length = meta.decode_slots.shape
-    num_heads, num_kv_heads, head_dim = q.shape[1], k_cache.shape[1], q.shape[2]
-    flat = meta.decode_slots.reshape(-1)
-    kd = k_cache.index_select(0, flat).view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
-    vd = v_cache.index_select(0, flat).view(batch, length, num_kv_heads, head_dim).transpose(1, 2)
+    num_heads, num_kv_heads, head_dim = q.shape[1], kv_cache.shape[2], q.shape[2]
+    ctx = kv_cache.index_select(0, meta.decode_slots.reshape(-1)).view(batch, length, 2, num_kv_heads, head_dim)
+    kd, vd = ctx[:, :, 0].transpose(1, 2), ctx[:, :, 1].transpose(1, 2)  # [B, Hkv, L, D] views
     # Grouped-query attention without repeating K/V: the query heads sharing a KV head become that
     # head's "query positions" (heads are grouped consecutively, as transformers' repeat_kv lays them out).
-    qd = q.view(batch, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    qd = q.reshape(batch, num_kv_heads, num_heads // num_kv_heads, head_dim)
     od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, scale=scale)
     return od.reshape(batch, num_heads, head_dim)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from seedance.models.llama import LlamaForCausalLM, head_dim_of
-from seedance.models.paged_attention import AttentionMetadata, PrefillChunk
+from seedance.models.paged_attention import AttentionMetadata, PrefillChunk, kv_cache_shape
 
 
 @torch.inference_mode()
@@ -28,10 +28,9 @@ def mean_pooled_embeddings(model: LlamaForCausalLM, inputs: list[list[int]]) -> 
     positions = torch.cat([torch.arange(n, device=device) for n in lengths])
     cfg = model.config
     kv_heads = cfg.num_key_value_heads or cfg.num_attention_heads
-    shape = (total, kv_heads, head_dim_of(cfg))
+    shape = kv_cache_shape(total, kv_heads, head_dim_of(cfg))
     dtype = model.norm.weight.dtype
-    scratch = [(torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
-               for _ in model.layers]
+    scratch = [torch.empty(shape, dtype=dtype, device=device) for _ in model.layers]
     starts = [sum(lengths[:i]) for i in range(len(lengths))]
     meta = AttentionMetadata(slot_mapping=torch.arange(total, device=device),
                              prefills=[PrefillChunk(s, n, 0, None) for s, n in zip(starts, lengths, strict=True)])

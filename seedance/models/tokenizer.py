@@ -44,7 +44,7 @@ class TextTokenizer:
         eos.update(value if isinstance(value, list) else [value] if value is not None else [])
         fast = (path / "tokenizer.json").is_file() and config.get("tokenizer_class") in PLAIN_TOKENIZER_CLASSES
         template = _chat_template(path, config) if fast else None
-        if fast and (template is None or _compiles(template)):
+        if fast and (template is None or template_compiles(template)):
             backend = Tokenizer.from_file(str(path / "tokenizer.json"))
             special = {k: s for k in SPECIAL_TOKEN_KEYS if (s := _token_text(config.get(k))) is not None}
             eos_id = backend.token_to_id(special["eos_token"]) if "eos_token" in special else None
@@ -131,7 +131,8 @@ def _chat_template(path: Path, config: dict) -> str | None:
     return template if isinstance(template, str) else None
 
 
-def _compiles(template: str) -> bool:
+def template_compiles(template: str) -> bool:
+    """Whether our renderer (chat_template.py) compiles the template: else transformers renders it."""
     from jinja2 import TemplateError
 
     from seedance.models.chat_template import compile_template

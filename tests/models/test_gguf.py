@@ -201,3 +201,48 @@ def test_served_name_is_decided_before_the_load_as_the_loader_names_it(files, tm
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF\x03\x00")
     assert served_name(broken) == "broken"  # unreadable: the stem; the load says why
+
+
+def test_our_reader_reads_what_gguf_reader_reads(files, tmp_path):
+    """gguf_reader.Reader (one struct pass) against the gguf library's GGUFReader: every metadata value, every
+    tensor's name, shape, type and bytes; a file cut short fails in our reader, not later in a reshape."""
+    import numpy as np
+    from gguf import GGUFReader
+
+    from seedance.models.gguf_reader import Reader
+
+    for path in files.values():
+        theirs, ours = GGUFReader(str(path)), Reader(path)
+        want = {k: f.contents() for k, f in theirs.fields.items() if not k.startswith("GGUF.")}
+        assert {k: f.contents() for k, f in ours.fields.items()} == want
+        assert len(want["tokenizer.ggml.tokens"]) == 4096 and isinstance(want["tokenizer.ggml.tokens"][0], str)
+        assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
+        for a, b in zip(theirs.tensors, ours.tensors, strict=True):
+            assert b.shape == tuple(int(d) for d in a.shape) and b.tensor_type == a.tensor_type
+            assert b.data.dtype == a.data.dtype and b.data.shape == a.data.shape
+            assert np.array_equal(b.data.view(np.uint8), a.data.view(np.uint8)), a.name
+    raw = files[T.Q8_0].read_bytes()
+    for cut in (100, 60_000, len(raw) - 1000):  # in the metadata, in the tensor index or data, in the last tensor
+        short = tmp_path / f"short{cut}.gguf"
+        short.write_bytes(raw[:cut])
+        with pytest.raises(Exception):  # noqa: B017 - any error: open_gguf turns it into one line
+            Reader(short)
+
+
+def test_dequantize_rows_is_gguf_quants_bit_for_bit(files):
+    """The torch dequantization of Q8_0 / Q4_0 / Q4_1 / F32 rows equals gguf.quants' numpy one exactly."""
+    import numpy as np
+    from gguf.quants import dequantize
+
+    from seedance.models.gguf_loader import dequantize_rows
+    from seedance.models.gguf_reader import Reader
+
+    kinds = set()
+    for path in files.values():
+        for t in Reader(path).tensors:
+            data = np.array(t.data)
+            want = np.ascontiguousarray(dequantize(data, t.tensor_type), np.float32)
+            got = dequantize_rows(data, t.tensor_type.name).numpy()
+            assert got.shape == want.shape and np.array_equal(got.view(np.uint32), want.view(np.uint32)), t.name
+            kinds.add(t.tensor_type.name)
+    assert {"F32", "Q8_0", "Q4_0", "Q4_1"} <= kinds

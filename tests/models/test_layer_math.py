@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
 
-from seedance.models.llama import RMSNorm, apply_rope, signed_sin
+from seedance.models.llama import RMSNorm, apply_rope, apply_rope_, signed_sin
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -39,3 +39,20 @@ def test_rms_norm_equals_transformers(dtype):
     assert got.dtype == want.dtype
     tol = 1e-6 if dtype == torch.float32 else 0
     torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_in_place_on_the_fused_projection_equals_rope(dtype):
+    """The attention's in-place RoPE over the q and k heads of a [T, H + 2 Hkv, D] projection (a strided view):
+    bit for bit apply_rope's, and the value heads beside them untouched."""
+    torch.manual_seed(0)
+    t, heads, kv_heads, dim = 7, 9, 3, 64
+    qkv = torch.randn(t, heads + 2 * kv_heads, dim, dtype=dtype)
+    before = qkv.clone()
+    angles = torch.randn(t, dim // 2)
+    cos = torch.cat([angles.cos()] * 2, -1).to(dtype).unsqueeze(1)
+    sin = signed_sin(torch.cat([angles.sin()] * 2, -1).to(dtype)).unsqueeze(1)
+    want = apply_rope(before[:, : heads + kv_heads], cos, sin)
+    apply_rope_(qkv[:, : heads + kv_heads], cos, sin)
+    assert torch.equal(qkv[:, : heads + kv_heads], want)
+    assert torch.equal(qkv[:, heads + kv_heads :], before[:, heads + kv_heads :])
