@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,7 @@ if TYPE_CHECKING:  # no torch at import: `--engine process`'s gateway builds on 
     import torch
 
 _ids = itertools.count()
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -110,8 +112,9 @@ class RequestStream:
         self.is_multimodal = False  # its prompt has embedding rows or image features (MTF1's is_multimodal flag)
         self.queue = EventQueue()
         self.finished = False
-        # Called after each delivery; a transport points it at its connection's wake-up event so one
-        # writer serves all the connection's streams.
+        # Called after a delivery: once per step (or per read of several steps) for all the streams that share it
+        # (EngineFront._wake_listeners), so a transport points every stream of a connection at one callable that
+        # writes (or wakes the writer of) all of them.
         self.listener: Callable[[], None] | None = None
 
     def _deliver(self, event: TokenEvent) -> None:
@@ -180,6 +183,7 @@ class EngineFront:
         self._closed = False
         self.step_latencies: list[float] = []  # seconds per step, bounded to the last 1024
         self.last_step_started: float | None = None  # perf_counter() at the start of the last finished step
+        self._woken: dict[Callable[[], None], None] = {}  # listeners of the streams given events, not yet called
 
     @property
     def tokenizer(self) -> TextTokenizer | None:
@@ -342,15 +346,37 @@ class EngineFront:
             del self.step_latencies[:512]
 
     def _deliver_step(self, events: list[TokenEvent], started: float, cut: int = 0) -> None:
-        """One step's events to their streams (on the event loop); a finished request leaves the table.
+        """One step's events to their streams, then each of their listeners once (on the event loop)."""
+        self._queue_step(events, started, cut)
+        self._wake_listeners()
+
+    def _queue_step(self, events: list[TokenEvent], started: float, cut: int = 0) -> None:
+        """One step's events to their streams; a finished request leaves the table. Their listeners are noted,
+        not called: `_wake_listeners` calls each once after every step at hand (a connection that shares a
+        listener among its streams, or fell behind by several steps, writes them all in one go).
         cut: the length of a prefix the engine put on the ids (a shared engine process, `--workers N`)."""
         self.last_step_started = started
         streams = self._streams
+        woken = self._woken
         for event in events:
             request_id = event.request_id[cut:] if cut else event.request_id
             stream = streams.get(request_id)
             if stream is None:
                 continue
-            stream._deliver(event)
+            stream.queue.put_nowait(event)
+            if (listener := stream.listener) is not None:
+                woken[listener] = None
             if event.finish_reason is not None:
                 del streams[request_id]
+
+    def _wake_listeners(self) -> None:
+        """Call each listener `_queue_step` noted, once; one that raises is logged and the others still run."""
+        woken = self._woken
+        if not woken:
+            return
+        self._woken = {}
+        for listener in woken:
+            try:
+                listener()
+            except Exception:
+                log.exception("a stream's listener failed")
