@@ -2,7 +2,8 @@
 
 Both engines the transports can be given share it: `AsyncEngine` (the core on a thread of this process) and
 `ProcessEngine` (the core in its own process). It holds the open requests' streams, builds prompts on its own
-worker threads (text and chat templates on the tokenizer thread, after a length check that refuses a prompt
+worker threads (text and chat templates on the tokenizer thread, but for short text prompts, tokenized on the loop
+for less than the hand-off costs; after a length check that refuses a prompt
 certainly too long without tokenizing it: a megabyte prompt must not stall every other client's stream;
 embedding rows decoded and checked there too; images decoded and encoded on the vision thread: the vision
 tower runs there in the thread mode, in the engine process with ProcessEngine), and hands one step's events to
@@ -161,6 +162,10 @@ class EngineFront:
     # Decoded embedding rows as torch tensors (the model here takes them); False: numpy arrays, for an engine
     # front that only sends them to its engine process (no torch in that gateway: docs/server-stack.md).
     rows_as_tensors = True
+    # A text prompt of at most this many characters is tokenized on the event loop: tens of µs, less than the
+    # tokenizer thread's hand-off costs (scripts/tokenize_handoff.py); a longer one goes to the thread, so a large
+    # prompt never holds up the other clients' streams.
+    inline_tokenize_chars = 512
 
     def __init__(self, config: EngineConfig, tokenizer: TextTokenizer | None, max_model_len: int,
                  hidden_size: int | None = None, takes_images: bool = False, vision=None,
@@ -275,15 +280,18 @@ class EngineFront:
         return ids
 
     async def tokenize(self, request: GenerateRequest) -> list[int]:
-        """The request's prompt as token ids, tokenized off the event loop (a text prompt certainly too long is
-        refused first, without tokenizing it). Raises InvalidRequest, or EngineOverloaded when
-        max_pending_tokenize prompts already wait for the tokenizer thread."""
+        """The request's prompt as token ids: a short text prompt (inline_tokenize_chars) on the event loop,
+        anything else off it (a text prompt certainly too long is refused first, without tokenizing it). Raises
+        InvalidRequest, or EngineOverloaded when max_pending_tokenize prompts already wait for the tokenizer
+        thread."""
         self._check_given(request)
         if request.prompt_token_ids is not None:
             return list(request.prompt_token_ids)
         if request.messages is not None and count_images(request.messages):
             with self._pending("_encoding", "image prompts are waiting to be encoded"):
                 return await self._image_prompt(request)
+        if request.prompt is not None and len(request.prompt) <= self.inline_tokenize_chars:
+            return self._encode(request)  # cheaper here than the hop to the tokenizer thread and back
         with self._pending("_tokenizing", "prompts are waiting to be tokenized"):
             return await asyncio.get_running_loop().run_in_executor(self.tokenize_executor, self._encode, request)
 
