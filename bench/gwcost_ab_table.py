@@ -1,4 +1,5 @@
-"""Print the interleaved A/B runs of bench/gwcost_ab.sh (one row per run, then the medians per side)."""
+"""Print the interleaved A/B runs of bench/gwcost_ab.sh or bench/gwcost_window.sh (one row per run and level,
+then the medians per side, transport and level)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,20 @@ COLS = [("chunks/s", lambda r: r["chunks_per_s"]), ("tokens/chunk", lambda r: r[
 by_side: dict[str, list[dict]] = {}
 print("| run | side | transport | clients | " + " | ".join(c for c, _ in COLS) + " |")
 print("|---" * (4 + len(COLS)) + "|")
-for path in sorted(OUT.glob("*-run*.json"), key=lambda p: (p.stem.rsplit("run", 1)[1], p.stem)):
-    side, _, rest = path.stem.partition("-")
+
+
+def run_of(path: Path) -> str:
+    """NAME-runN.json is run N; NAME.json (bench/gwcost_window.sh's first runs) run 1."""
+    return path.stem.rsplit("run", 1)[1] if "-run" in path.stem else "1"
+
+
+paths = [p for p in OUT.glob("*.json") if p.stem.partition("-")[0] in ("before", "after")]
+for path in sorted(paths, key=lambda p: (run_of(p), p.stem)):
+    side = path.stem.partition("-")[0]
     for r in json.loads(path.read_text())["results"]:
         by_side.setdefault(f"{side} {r['transport']} {r['clients']}", []).append(r)
         vals = " | ".join(f"{f(r):,.1f}" for _, f in COLS)
-        print(f"| {path.stem.rsplit('run', 1)[1]} | {side} | {r['transport']} | {r['clients']:,} | {vals} |")
+        print(f"| {run_of(path)} | {side} | {r['transport']} | {r['clients']:,} | {vals} |")
 print()
 for key, runs in by_side.items():
     print(f"median {key} ({len(runs)} runs): " + ", ".join(
