@@ -43,6 +43,10 @@ class DirectSocket:
     async def ping(self, message: bytes = b"") -> None:
         self.ping_now(message)
 
+    async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
+        self.closed, self.close_code = True, code
+        return True
+
     async def receive(self):
         await asyncio.Event().wait()  # the tests drive the writer only
 
@@ -126,23 +130,25 @@ async def test_a_step_during_the_writer_tasks_turn_wakes_it_and_keeps_the_order(
     conn._in_turn = True  # the task took output and awaits (a pump, a close): a direct write would overtake it
     engine._deliver_step([event(rid, 11, "x")], 0.0)
     assert ws.sent == [] and conn.wake.is_set()
+    writer = conn._writer_task  # the wake started it
     conn._in_turn = False
-    writer = asyncio.create_task(conn._writer())
     await asyncio.sleep(0.01)
-    engine._deliver_step([event(rid, 12, "y")], 0.0)  # the task is idle again: written directly
-    writer.cancel()
+    assert writer.done() and [m["token_ids"] for m in texts(ws)] == [[11]]  # its turn, then it ended: nothing to do
+    engine._deliver_step([event(rid, 12, "y")], 0.0)  # no turn under way: written directly
+    assert conn._writer_task is writer  # no task started for it
     assert [m["seq"] for m in texts(ws)] == [0, 1] and [m["token_ids"] for m in texts(ws)] == [[11], [12]]
 
 
 async def test_a_due_heartbeat_goes_through_the_writer_task_ping_first():
     engine = Engine()
-    conn, ws = connection(engine, FlowLimits(heartbeat_interval_s=0.0))  # due at every tick
+    conn, ws = connection(engine)
     rid = open_request(engine, conn, "1")
-    writer = asyncio.create_task(conn._writer())
+    conn.protocol.backpressure.next_heartbeat_at = asyncio.get_running_loop().time()  # due at the next tick
+    assert conn._writer_task is None  # a connection on a direct socket starts without a writer task
     engine._deliver_step([event(rid, 11, "x")], 0.0)
-    assert ws.sent == [] and conn.wake.is_set()  # the ping needs the task's pump
+    assert ws.sent == [] and conn.wake.is_set() and conn._writer_task is not None  # the ping needs the task
     await asyncio.sleep(0.01)
-    writer.cancel()
+    assert conn._writer_task.done()
     kinds = [kind for kind, _ in ws.sent]
     assert kinds[0] == "ping" and "text" in kinds
     assert texts(ws)[0]["token_ids"] == [11]
