@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 from aiohttp import WSMessage, WSMsgType, web
@@ -73,18 +72,6 @@ class WsDirectSocket(WsSocket, Protocol):
     def ping_now(self, message: bytes) -> None: ...
 
 
-class _Wake(asyncio.Event):
-    """The writer task's wake-up, which starts the task when none runs."""
-
-    def __init__(self, start: Callable[[], None]) -> None:
-        super().__init__()
-        self._start = start
-
-    def set(self) -> None:
-        super().set()
-        self._start()
-
-
 def _messages(texts: list[bytes], frames: list[bytes]) -> list[tuple[bytes, WSMsgType]]:
     """One write's messages: the JSON texts as one text message (an array when several), the MTF1 frames as
     one binary message."""
@@ -108,7 +95,7 @@ class WsConnection:
     def __init__(self, ws: WsSocket, transport: asyncio.Transport | None) -> None:
         self.ws = ws
         self.transport = transport
-        self.wake = _Wake(self._start_writer)
+        self.wake = asyncio.Event()
         self.closer = BoundedClose(ws, transport, "websocket")
         self.heartbeat = HeartbeatTimer(ws, self.wake, lambda: self.protocol.backpressure.next_heartbeat_at)
         self.loop = asyncio.get_running_loop()
@@ -116,28 +103,19 @@ class WsConnection:
         self._in_turn = False  # the writer task is inside a turn (it may hold taken output across an await)
         self._ended = False
         self._closing: asyncio.Future | None = None  # the close after a failed step_ready (held: tasks are weak)
-        self._writer_task: asyncio.Task | None = None
-
-    def _start_writer(self) -> None:
-        """The writer task, started by a wake when none runs: on picows it ends once it has nothing left to do
-        (step_ready writes the steps), so an idle connection holds no task and a handshake starts none."""
-        if not self._ended and (self._writer_task is None or self._writer_task.done()):
-            self._writer_task = asyncio.get_running_loop().create_task(self._writer(), name="ws-writer")
 
     # ---- lifecycle --------------------------------------------------------------------------------
     async def run(self) -> None:
-        if self.direct is None:
-            self._start_writer()
+        writer = asyncio.create_task(self._writer(), name="ws-writer")
         self.heartbeat.arm()
         try:
             await self._reader()
         finally:
             self._ended = True
             self.heartbeat.cancel()
-            if (writer := self._writer_task) is not None:
-                writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await writer
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
             self.commands.connection_lost()
             await self.closer.finish()
 
@@ -298,8 +276,6 @@ class WsConnection:
                 await self._write_turn()
             finally:
                 self._in_turn = False
-            if self.direct is not None and not wake.is_set():
-                return  # the next wake starts it again (_start_writer)
 
     async def _write_turn(self) -> None:
         loop = self.loop
