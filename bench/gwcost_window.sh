@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #16's gateway cost per token, before / after branch gwcost, as run in its quiet window (~13 min on 2 cores).
+# Issue #16's gateway cost per token, before / after branch gwcost, as planned for its quiet window (~11 min on 2 cores; only "after before" fitted in the one run).
 #   before: main at d3998b3, unpacked with `git archive d3998b3 | tar -x -C /tmp/gwcost-before`
 #   after:  this tree, with the bare picows baseline in its first run; then a second interleaved pair, SSE and
 #           polling, a py-spy profile of the gateway (scripts/profile_gateway.py), 10,000 clients once
