@@ -2,7 +2,8 @@
 
 Both engines the transports can be given share it: `AsyncEngine` (the core on a thread of this process) and
 `ProcessEngine` (the core in its own process). It holds the open requests' streams, builds prompts on its own
-worker threads (text and chat templates on the tokenizer thread, after a length check that refuses a prompt
+worker threads (text and chat templates on the tokenizer thread, but for short text prompts, tokenized on the loop
+for less than the hand-off costs; after a length check that refuses a prompt
 certainly too long without tokenizing it: a megabyte prompt must not stall every other client's stream;
 embedding rows decoded and checked there too; images decoded and encoded on the vision thread: the vision
 tower runs there in the thread mode, in the engine process with ProcessEngine), and hands one step's events to
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +38,7 @@ if TYPE_CHECKING:  # no torch at import: `--engine process`'s gateway builds on 
     import torch
 
 _ids = itertools.count()
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -110,8 +113,9 @@ class RequestStream:
         self.is_multimodal = False  # its prompt has embedding rows or image features (MTF1's is_multimodal flag)
         self.queue = EventQueue()
         self.finished = False
-        # Called after each delivery; a transport points it at its connection's wake-up event so one
-        # writer serves all the connection's streams.
+        # Called after a delivery: once per step (or per read of several steps) for all the streams that share it
+        # (EngineFront._wake_listeners), so a transport points every stream of a connection at one callable that
+        # writes (or wakes the writer of) all of them.
         self.listener: Callable[[], None] | None = None
 
     def _deliver(self, event: TokenEvent) -> None:
@@ -158,6 +162,10 @@ class EngineFront:
     # Decoded embedding rows as torch tensors (the model here takes them); False: numpy arrays, for an engine
     # front that only sends them to its engine process (no torch in that gateway: docs/server-stack.md).
     rows_as_tensors = True
+    # A text prompt of at most this many characters is tokenized on the event loop: tens of µs, less than the
+    # tokenizer thread's hand-off costs (scripts/tokenize_handoff.py); a longer one goes to the thread, so a large
+    # prompt never holds up the other clients' streams.
+    inline_tokenize_chars = 512
 
     def __init__(self, config: EngineConfig, tokenizer: TextTokenizer | None, max_model_len: int,
                  hidden_size: int | None = None, takes_images: bool = False, vision=None,
@@ -180,6 +188,7 @@ class EngineFront:
         self._closed = False
         self.step_latencies: list[float] = []  # seconds per step, bounded to the last 1024
         self.last_step_started: float | None = None  # perf_counter() at the start of the last finished step
+        self._woken: dict[Callable[[], None], None] = {}  # listeners of the streams given events, not yet called
 
     @property
     def tokenizer(self) -> TextTokenizer | None:
@@ -271,15 +280,18 @@ class EngineFront:
         return ids
 
     async def tokenize(self, request: GenerateRequest) -> list[int]:
-        """The request's prompt as token ids, tokenized off the event loop (a text prompt certainly too long is
-        refused first, without tokenizing it). Raises InvalidRequest, or EngineOverloaded when
-        max_pending_tokenize prompts already wait for the tokenizer thread."""
+        """The request's prompt as token ids: a short text prompt (inline_tokenize_chars) on the event loop,
+        anything else off it (a text prompt certainly too long is refused first, without tokenizing it). Raises
+        InvalidRequest, or EngineOverloaded when max_pending_tokenize prompts already wait for the tokenizer
+        thread."""
         self._check_given(request)
         if request.prompt_token_ids is not None:
             return list(request.prompt_token_ids)
         if request.messages is not None and count_images(request.messages):
             with self._pending("_encoding", "image prompts are waiting to be encoded"):
                 return await self._image_prompt(request)
+        if request.prompt is not None and len(request.prompt) <= self.inline_tokenize_chars:
+            return self._encode(request)  # cheaper here than the hop to the tokenizer thread and back
         with self._pending("_tokenizing", "prompts are waiting to be tokenized"):
             return await asyncio.get_running_loop().run_in_executor(self.tokenize_executor, self._encode, request)
 
@@ -342,15 +354,37 @@ class EngineFront:
             del self.step_latencies[:512]
 
     def _deliver_step(self, events: list[TokenEvent], started: float, cut: int = 0) -> None:
-        """One step's events to their streams (on the event loop); a finished request leaves the table.
+        """One step's events to their streams, then each of their listeners once (on the event loop)."""
+        self._queue_step(events, started, cut)
+        self._wake_listeners()
+
+    def _queue_step(self, events: list[TokenEvent], started: float, cut: int = 0) -> None:
+        """One step's events to their streams; a finished request leaves the table. Their listeners are noted,
+        not called: `_wake_listeners` calls each once after every step at hand (a connection that shares a
+        listener among its streams, or fell behind by several steps, writes them all in one go).
         cut: the length of a prefix the engine put on the ids (a shared engine process, `--workers N`)."""
         self.last_step_started = started
         streams = self._streams
+        woken = self._woken
         for event in events:
             request_id = event.request_id[cut:] if cut else event.request_id
             stream = streams.get(request_id)
             if stream is None:
                 continue
-            stream._deliver(event)
+            stream.queue.put_nowait(event)
+            if (listener := stream.listener) is not None:
+                woken[listener] = None
             if event.finish_reason is not None:
                 del streams[request_id]
+
+    def _wake_listeners(self) -> None:
+        """Call each listener `_queue_step` noted, once; one that raises is logged and the others still run."""
+        woken = self._woken
+        if not woken:
+            return
+        self._woken = {}
+        for listener in woken:
+            try:
+                listener()
+            except Exception:
+                log.exception("a stream's listener failed")

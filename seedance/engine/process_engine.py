@@ -116,6 +116,8 @@ class _Channel(asyncio.Protocol):
                 self.first.set_result(message)
             else:
                 self.early.append(message)
+        if self.engine is not None:  # after every step of this read: a stream's listener once for all of them
+            self.engine._wake_listeners()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.engine is not None:
@@ -201,6 +203,7 @@ class ProcessEngine(EngineFront):
         protocol.engine = self
         for early in protocol.early:
             self._receive(early)
+        self._wake_listeners()
         return self
 
     # ---- the API the transports use ---------------------------------------------------------------
@@ -382,7 +385,7 @@ class ProcessEngine(EngineFront):
             if verdict is not None and not verdict.done():
                 verdict.set_exception(_ERRORS.get(refusal.code, InvalidRequest)(refusal.message))
         if message.events:
-            self._deliver_step(message.events, message.started, cut)
+            self._queue_step(message.events, message.started, cut)  # listeners: data_received, after the read
         if message.started is not None:
             self._record_step(message.seconds)
         for event in message.aborted:

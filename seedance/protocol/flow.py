@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -133,11 +134,15 @@ class Backpressure:
             return True
         return False
 
-    def tick(self, now: float, buffered_bytes: int) -> tuple[float | None, list[FlowAction]]:
+    def tick(self, now: float, buffered_bytes: int) -> tuple[float | None, Sequence[FlowAction]]:
         """Before writing: the heartbeat if due, and the water marks on the unread output (`buffered_bytes`:
         what the transport itself still holds). Returns how soon to tick again (None: write now; math.inf:
         never, the connection is closing) and what to do, in order."""
-        limits, actions = self.limits, []
+        limits = self.limits
+        if (now < self.next_heartbeat_at and not self.paused and buffered_bytes <= limits.high_water_bytes
+                and self.bytes_written - self.bytes_acked <= limits.high_water_bytes):
+            return None, ()  # the common case, every step of every connection: nothing due, under the marks
+        actions: list[FlowAction] = []
         if now >= self.next_heartbeat_at:
             self.next_heartbeat_at = now + limits.heartbeat_interval_s
             if self.missed_pongs >= limits.heartbeat_max_missed:

@@ -193,6 +193,10 @@ class ServerConnection(Generic[H]):
         out, self._commands = self._commands, []
         return out
 
+    def has_output(self) -> bool:
+        """Messages or commands are queued (data_to_send / commands would return some)."""
+        return bool(self._out or self._commands)
+
     def send(self, body: bytes) -> None:
         """Queue one already encoded text message (the adapter's own, e.g. a fault report)."""
         self._out.append(body)

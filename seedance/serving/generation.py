@@ -76,17 +76,22 @@ class Generation:
 
     def take(self, events: list[TokenEvent]) -> Step:
         """Account for one batch of events: counts, output, the tokens hook; the end is `end()`."""
-        tokens = []
-        texts = []
         ids = self.output_token_ids
-        for e in events:  # one pass: this runs for every chunk of every stream
-            if e.token_id >= 0:
-                tokens.append(e)
-                ids.append(e.token_id)
-            if e.text_delta:
-                texts.append(e.text_delta)
+        if len(events) == 1 and events[0].token_id >= 0:  # the common chunk: one step's one token
+            e = events[0]
+            tokens, text = events, e.text_delta
+            ids.append(e.token_id)
+        else:
+            tokens = []
+            texts = []
+            for e in events:  # one pass: this runs for every chunk of every stream
+                if e.token_id >= 0:
+                    tokens.append(e)
+                    ids.append(e.token_id)
+                if e.text_delta:
+                    texts.append(e.text_delta)
+            text = texts[0] if len(texts) == 1 else "".join(texts)  # a final event without a token may carry text
         final = events[-1] if events and events[-1].finished else None
-        text = texts[0] if len(texts) == 1 else "".join(texts)  # a final event without a token may carry text
         self.completion_tokens += len(tokens)
         self.output_text.append(text)
         if self.obs is not None and tokens:

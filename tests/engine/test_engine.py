@@ -352,22 +352,27 @@ async def test_a_prompt_certainly_over_the_limit_is_refused_without_tokenizing()
         await eng.close()
 
 
-async def test_prompts_are_tokenized_and_templated_off_the_event_loop(engine):
+async def test_long_prompts_and_chats_are_tokenized_off_the_event_loop_short_text_prompts_on_it(engine):
     threads = []
     tokenizer = engine.tokenizer
     encode, template = tokenizer.encode, tokenizer.apply_chat_template
-    tokenizer.encode = lambda text: threads.append(threading.current_thread()) or encode(text)
-    tokenizer.apply_chat_template = lambda msgs: threads.append(threading.current_thread()) or template(msgs)
+    tokenizer.encode = lambda text: threads.append((len(text), threading.current_thread())) or encode(text)
+    tokenizer.apply_chat_template = lambda msgs: threads.append((-1, threading.current_thread())) or template(msgs)
+    limit = engine.inline_tokenize_chars
     try:
-        texts = [f"{PROMPT} {i}" for i in range(6)]
+        texts = [f"{PROMPT} {i}" for i in range(3)]  # short: on the loop, cheaper than the thread's hand-off
+        texts += [f"{PROMPT} {i} " + "x" * (limit - len(PROMPT) - 2) for i in range(3)]  # one character over
         requests = [GenerateRequest(prompt=t) for t in texts]
         requests.append(GenerateRequest(messages=[{"role": "user", "content": "Amen"}]))
         ids = await asyncio.gather(*[engine.tokenize(r) for r in requests])
     finally:
         tokenizer.encode, tokenizer.apply_chat_template = encode, template
     assert ids[:6] == [encode(t) for t in texts]  # each its own, whatever the interleaving
-    # 7 requests, each tokenized off the loop (a chat template rendered without transformers also calls encode)
-    assert len(threads) >= 7 and threading.main_thread() not in threads
+    assert [len(t) > limit for t in texts] == [False] * 3 + [True] * 3
+    main = threading.main_thread()
+    assert sorted(n for n, t in threads if t is main) == sorted(len(t) for t in texts[:3])
+    off_loop = [n for n, t in threads if t is not main]  # the long prompts and the chat's template
+    assert -1 in off_loop and all(len(t) in off_loop for t in texts[3:])
 
 
 async def test_grammars_compile_off_the_event_loop_once_and_bad_ones_are_refused(engine):

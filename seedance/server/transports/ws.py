@@ -3,9 +3,15 @@
 Every protocol rule, flow control included, is protocol/server_connection.py's; what its commands do to
 the engine and the sessions is server/transports/ws_commands.py's; this owns the socket. One reader (client
 messages) and one writer (all the connection's streams) per connection, and a timer that wakes the writer
-for the heartbeat. The writer wakes when any of the connection's streams has events and sends everything that is
-ready as one WebSocket message: a JSON array when several requests produced tokens in the same engine
-step, concatenated MTF1 frames for binary requests.
+for the heartbeat. Each write sends everything that is ready as one WebSocket message: a JSON array when
+several requests produced tokens in the same engine step, concatenated MTF1 frames for binary requests.
+
+On a socket that sends without awaiting (picows), an engine step's delivery writes the connection's output
+from its own callback (`step_ready`, the streams' listener, called once per connection per step): no event
+set, no task switch per connection per step, which was a fifth of the gateway's time (docs/server-stack.md).
+Whatever needs an await or a decision of the writer task (a heartbeat ping, a water mark crossed, a close,
+messages queued by the reader) wakes the task instead, which runs the same turn; so does every step while
+the task is inside a turn, so messages never overtake each other.
 
 Nothing here ever waits for the client to read: aiohttp's writer would otherwise wait for the socket to drain
 after every 64 KiB, and a client that stops reading would then hang the writer, the reader and the heartbeat
@@ -58,6 +64,25 @@ class WsSocket(Protocol):
     def exception(self) -> BaseException | None: ...
 
 
+class WsDirectSocket(WsSocket, Protocol):
+    """A socket that writes a frame at once, without awaiting (ws_picows.PicowsSocket): the engine step's
+    callback can then write a connection's output itself."""
+
+    def send_now(self, message: bytes, opcode: WSMsgType) -> None: ...
+    def ping_now(self, message: bytes) -> None: ...
+
+
+def _messages(texts: list[bytes], frames: list[bytes]) -> list[tuple[bytes, WSMsgType]]:
+    """One write's messages: the JSON texts as one text message (an array when several), the MTF1 frames as
+    one binary message."""
+    out = []
+    if texts:
+        out.append((texts[0] if len(texts) == 1 else b"[" + b",".join(texts) + b"]", WSMsgType.TEXT))
+    if frames:
+        out.append((b"".join(frames), WSMsgType.BINARY))
+    return out
+
+
 class WsConnection:
     """The socket around one connection's ServerConnection (every protocol rule, flow control included, is
     there): reads frames into it, writes what it produces, pings and closes; its engine and session
@@ -74,6 +99,10 @@ class WsConnection:
         self.closer = BoundedClose(ws, transport, "websocket")
         self.heartbeat = HeartbeatTimer(ws, self.wake, lambda: self.protocol.backpressure.next_heartbeat_at)
         self.loop = asyncio.get_running_loop()
+        self.direct: WsDirectSocket | None = ws if hasattr(ws, "send_now") else None  # see step_ready
+        self._in_turn = False  # the writer task is inside a turn (it may hold taken output across an await)
+        self._ended = False
+        self._closing: asyncio.Future | None = None  # the close after a failed step_ready (held: tasks are weak)
 
     # ---- lifecycle --------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -82,6 +111,7 @@ class WsConnection:
         try:
             await self._reader()
         finally:
+            self._ended = True
             self.heartbeat.cancel()
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -153,14 +183,12 @@ class WsConnection:
 
     # ---- writing ----------------------------------------------------------------------------------
     async def _send_batch(self, texts: list[bytes], frames: list[bytes]) -> None:
-        if texts:
-            await self._send(texts[0] if len(texts) == 1 else b"[" + b",".join(texts) + b"]", WSMsgType.TEXT)
-        if frames:
-            await self._send(b"".join(frames), WSMsgType.BINARY)
+        for body, opcode in _messages(texts, frames):
+            await self._send(body, opcode)
 
     async def _send(self, body: bytes, opcode: WSMsgType) -> None:
-        """Every message goes out here and never waits for the client (writer_limit); the protocol counts
-        it and may ask for a probe ping."""
+        """Every message goes out here (or in _send_now) and never waits for the client (writer_limit); the
+        protocol counts it and may ask for a probe ping."""
         ws = self.ws
         if ws.closed:
             return
@@ -170,6 +198,64 @@ class WsConnection:
                 await ws.ping(probe)
         except (ConnectionError, RuntimeError):
             pass  # the peer went away: the reader ends it
+
+    def _send_now(self, ws: WsDirectSocket, body: bytes, opcode: WSMsgType) -> None:
+        """_send on a socket that writes at once."""
+        if ws.closed:
+            return
+        try:
+            ws.send_now(body, opcode)
+            if (probe := self.protocol.wrote(len(body))) is not None:
+                ws.ping_now(probe)
+        except (ConnectionError, RuntimeError):
+            pass  # the peer went away: the reader ends it
+
+    def step_ready(self) -> None:
+        """The engine delivered a step (or several) to this connection's streams: write their output now, from
+        the delivery's callback, when the turn needs no await; else wake the writer task, which does."""
+        if self._ended or self.wake.is_set():
+            return  # gone, or the writer task runs soon and takes this step too
+        if self.direct is not None and not self._in_turn:
+            try:
+                if self._write_now(self.direct):
+                    return
+            except Exception:  # as the writer task does: never leave the connection's streams hanging
+                log.exception("websocket write failed; closing the connection")
+                self._ended = True
+                self._closing = asyncio.ensure_future(self.close(CloseCode.INTERNAL_ERROR, "internal error"))
+                return
+        self.wake.set()
+
+    def _write_now(self, ws: WsDirectSocket) -> bool:
+        """The writer task's turn, without an await. False (nothing taken or sent): the turn needs the task (a
+        ping, a pause or resume, a close, a hold, messages or commands already queued)."""
+        protocol = self.protocol
+        transport = self.transport
+        if protocol.tick(self.loop.time(), transport.get_write_buffer_size() if transport is not None else 0) \
+                is not None or protocol.has_output():
+            return False  # the task ticks again (the heartbeat is not due twice) and carries out what is queued
+        self.heartbeat.arm()
+        texts, frames, ended = self._take_ready()
+        for command in protocol.commands():  # what taking the events queued: pauses for credit
+            self.commands.apply(command)
+        for body, opcode in _messages(texts, frames):
+            self._send_now(ws, body, opcode)
+        for active in ended:
+            active.sent()
+        return True
+
+    def _take_ready(self) -> tuple[list[bytes], list[bytes], list[WsRequest]]:
+        """Every stream's output as far as credit allows, encoded; the requests that ended leave the table."""
+        protocol = self.protocol
+        texts, self.commands.outbox = self.commands.outbox, []
+        frames: list[bytes] = []
+        ended = []
+        for active in list(protocol.requests.values()):
+            active.write_ready(protocol, texts, frames)
+            if active.finished:
+                protocol.forget(active.id)
+                ended.append(active)
+        return texts, frames, ended
 
     async def _writer(self) -> None:
         try:
@@ -181,32 +267,32 @@ class WsConnection:
             await self.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _write_loop(self) -> None:
-        loop = self.loop
-        protocol = self.protocol
         wake = self.wake
-        transport = self.transport
         while True:
             await wake.wait()
             wake.clear()
-            hold = protocol.tick(loop.time(), transport.get_write_buffer_size() if transport is not None else 0)
-            await self._pump()  # pauses, resumes, pings, a close
-            self.heartbeat.arm()
-            if hold is not None:
-                if hold != math.inf:
-                    loop.call_later(hold, wake.set)  # look again soon
-                continue
-            texts, self.commands.outbox = self.commands.outbox, []
-            frames: list[bytes] = []
-            ended = []
-            for active in list(self.requests.values()):
-                active.write_ready(protocol, texts, frames)
-                if active.finished:
-                    protocol.forget(active.id)
-                    ended.append(active)
-            await self._pump()  # pauses for credit
-            await self._send_batch(texts, frames)
-            for active in ended:
-                active.sent()
+            self._in_turn = True
+            try:
+                await self._write_turn()
+            finally:
+                self._in_turn = False
+
+    async def _write_turn(self) -> None:
+        loop = self.loop
+        protocol = self.protocol
+        transport = self.transport
+        hold = protocol.tick(loop.time(), transport.get_write_buffer_size() if transport is not None else 0)
+        await self._pump()  # pauses, resumes, pings, a close
+        self.heartbeat.arm()
+        if hold is not None:
+            if hold != math.inf:
+                loop.call_later(hold, self.wake.set)  # look again soon
+            return
+        texts, frames, ended = self._take_ready()
+        await self._pump()  # pauses for credit
+        await self._send_batch(texts, frames)
+        for active in ended:
+            active.sent()
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
@@ -245,7 +331,7 @@ async def serve_connection(ws: WsSocket, transport: asyncio.Transport | None, st
                                      flow=config.flow_limits(),
                                      now=asyncio.get_running_loop().time())
     conn.commands = WsCommands(conn.protocol, state.engine, state.sessions, guard, conn.wake, conn._send_batch,
-                               lambda: ws.closed, obs=obs)
+                               lambda: ws.closed, obs=obs, step_ready=conn.step_ready)
     state.websockets.add(conn)
     try:
         await conn.run()

@@ -55,12 +55,14 @@ class WsCommands:
 
     def __init__(self, protocol: ServerConnection[WsRequest], engine: AsyncEngine, sessions: SessionManager,
                  guard: WsGuard, wake: asyncio.Event, send_batch: SendBatch, closed: Callable[[], bool],
-                 obs: Observability | None = None) -> None:
+                 obs: Observability | None = None, step_ready: Callable[[], None] | None = None) -> None:
         self.protocol = protocol
         self.engine = engine
         self.sessions = sessions
         self.guard = guard
         self.wake = wake  # wakes the connection's writer
+        # the listener of the connection's streams (ws.WsConnection.step_ready: writes a step's output, or wakes)
+        self.step_ready = step_ready or wake.set
         self.send_batch = send_batch  # a resume's replay goes out before the live stream
         self.closed = closed
         self.obs = obs
@@ -90,7 +92,13 @@ class WsCommands:
             await self._on_append(command.message)
         elif isinstance(command, Reauthenticate):
             self.guard.reauth(command.token, self.protocol)
-        elif (active := self.requests.get(command.id)) is None:
+        else:
+            self.apply(command)
+
+    def apply(self, command: Command) -> None:
+        """A command on a live id (cancel, pause, resume, priority), carried out at once: none needs an await, so
+        the writer's turn run from an engine step (ws.WsConnection.step_ready) carries out its pauses for credit."""
+        if (active := self.requests.get(command.id)) is None:
             pass  # ended since the message was read: the client has (or will get) its done
         elif isinstance(command, CancelRequest):
             active.cancelled = True
@@ -176,7 +184,7 @@ class WsCommands:
         paused, its priority. One that cannot start fails the id (error, then done)."""
         try:
             await started.wait()
-            group.choices[0].stream.listener = self.wake.set
+            group.choices[0].stream.listener = self.step_ready
             for i in range(1, msg.n):
                 if self.requests.get(msg.id) is not group:  # its connection is gone: nobody reads it
                     return
@@ -213,7 +221,7 @@ class WsCommands:
 
     def _generation(self, msg: Generate, stream: RequestStream, index: int | None) -> WsGeneration:
         """One engine request's output side on this connection (a choice's when index is set)."""
-        stream.listener = self.wake.set
+        stream.listener = self.step_ready
         active = WsGeneration(msg.id, stream, self.engine, binary=msg.binary, owner=self, index=index)
         if self.obs is not None:
             active.obs = self.obs.request("ws", stream.request_id, msg.session, self.engine)
@@ -295,7 +303,7 @@ class WsCommands:
         await self.send_batch(texts, frames)
         if request is not None and not request.finished:
             request.on_snapshot = self._snapshot_acker(request)
-            request.stream.listener = self.wake.set
+            request.stream.listener = self.step_ready
             self.protocol.open(msg.id, request, binary=request.binary, session=True, resumed=True)
 
     def engine_id(self, client_id: str) -> str:

@@ -139,10 +139,17 @@ class PicowsSocket(WSListener):
         return msg
 
     async def send_frame(self, message: bytes, opcode: WSMsgType) -> None:
+        self.send_now(message, opcode)
+
+    async def ping(self, message: bytes = b"") -> None:
+        self.ping_now(message)
+
+    def send_now(self, message: bytes, opcode: WSMsgType) -> None:
+        """send_frame without the coroutine (ws.WsDirectSocket): picows writes the frame at once."""
         if not self.closed:
             self.ws.send(_TYPES[opcode], message)
 
-    async def ping(self, message: bytes = b"") -> None:
+    def ping_now(self, message: bytes) -> None:
         if not self.closed:
             self.ws.send_ping(message)
 
