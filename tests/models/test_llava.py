@@ -121,8 +121,8 @@ async def test_huge_images_are_refused_from_their_header(engine, monkeypatch):
 
 
 async def test_images_are_decoded_and_encoded_on_the_vision_thread(engine):
-    """Neither the event loop nor the engine thread decodes or encodes an image; text prompts keep their own
-    tokenizer thread, so they never wait behind an image."""
+    """Neither the event loop nor the engine thread decodes or encodes an image; a long text prompt keeps its own
+    tokenizer thread (a short one is tokenized on the loop), so text never waits behind an image."""
     import threading
 
     if isinstance(engine, ProcessEngine):
@@ -138,12 +138,15 @@ async def test_images_are_decoded_and_encoded_on_the_vision_thread(engine):
     engine.tokenizer.encode = lambda t: seen["text"].append(threading.current_thread().name) or encode_text(t)
     try:
         await ours(engine, chat(png(8), "Describe", png(9)))
-        await engine.tokenize(GenerateRequest(prompt="And God said"))
+        seen["text"].clear()
+        await engine.tokenize(GenerateRequest(prompt="And God said"))  # short: on the loop, cheaper than a hop
+        await engine.tokenize(GenerateRequest(prompt="And God said " * 100))  # long: the tokenizer thread
     finally:
         llava.decode_image, vision.encode, engine.tokenizer.encode = decode, encode, encode_text
     assert len(seen["decode"]) == 2 and len(seen["encode"]) == 1
     assert all(name.startswith("seedance-vision") for name in seen["decode"] + seen["encode"])
-    assert seen["text"] and all(name.startswith("seedance-tokenize") for name in seen["text"][-1:])
+    assert len(seen["text"]) == 2 and seen["text"][0] == threading.main_thread().name
+    assert seen["text"][1].startswith("seedance-tokenize")
 
 
 async def test_process_mode_decodes_here_and_encodes_in_the_core(engine):
