@@ -4,18 +4,12 @@
 # threads and the Q8_0 GGUF as int8; then Seedance fp16 and int8 served and llama-server's Q8_0, one server at a
 # time, at C = 1, 8, 32, 64; nothing new starts after $UNTIL (UTC).
 # Run from the repository root: PYTHONPATH=$PWD BASE=/tmp/c1base bench/c1speed_window.sh
-set -uo pipefail
 OUT=${OUT:-bench/results/peers-c1speed}
 UNTIL=${UNTIL:-22:42}
 PY=${PY:-python}
 BASE=${BASE:-/tmp/c1base}
 M=${MODELS:-/work/peers/models}
-mkdir -p "$OUT"
-(while sleep 10; do echo "$(date -u +%T) $(cut -d' ' -f1-3 /proc/loadavg) $(ps -eo pcpu,args --sort=-pcpu --no-headers \
-    | head -3 | cut -c1-90 | tr '\n' '|')"; done > "$OUT/load.log") &
-LOADLOG=$!
-trap 'kill $LOADLOG' EXIT
-run() { echo "== $(date -u +%T) load $(cut -d' ' -f1-3 /proc/loadavg): $*"; "$@"; }
+source "$(dirname "$0")/issue14_window_lib.sh"
 run $PY scripts/engine_ab.py --variant before="$BASE:1+fp16" --variant after=".:1+fp16" \
     --variant before2="$BASE:2+fp16" --variant after2=".:2+fp16" \
     --case "$M/smollm2-135m-instruct-f32:1:100" --rounds 2 | tee "$OUT/engine-c1-fp16.txt"

@@ -3,18 +3,12 @@
 # stream (in-process engine, through the server in both engine modes, llama-server), then SmolLM2 through
 # Seedance and llama-server, one server at a time, at C = 1, 8, 32, 64. ~15 min on 2 cores; nothing new starts
 # after $UNTIL (UTC). Run from the repository root: PYTHONPATH=$PWD BASE=/tmp/before bench/issue14_window.sh
-set -uo pipefail
 OUT=${OUT:-bench/results/peers-window}
 UNTIL=${UNTIL:-16:41}
 PY=${PY:-python}
 BASE=${BASE:-/tmp/before}
 ROOT=$(pwd)
-mkdir -p "$OUT"
-(while sleep 10; do echo "$(date -u +%T) $(cut -d' ' -f1-3 /proc/loadavg) $(ps -eo pcpu,args --sort=-pcpu --no-headers \
-    | head -3 | cut -c1-90 | tr '\n' '|')"; done > "$OUT/load.log") &
-LOADLOG=$!
-trap 'kill $LOADLOG' EXIT
-run() { echo "== $(date -u +%T) load $(cut -d' ' -f1-3 /proc/loadavg): $*"; "$@"; }
+source "$(dirname "$0")/issue14_window_lib.sh"
 # before (main, unpacked with `git archive <commit> | tar -x -C $BASE`) and after, alternating
 for i in 1 2; do
   # from inside $BASE: `python -m` puts the working directory ahead of PYTHONPATH
