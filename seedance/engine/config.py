@@ -12,6 +12,9 @@ class EngineConfig:
     # auto: bfloat16 on CPUs with AMX / AVX512_BF16 and on bf16 GPUs, else float32 (models/precision.py)
     dtype: str = "auto"  # auto, float32, bfloat16, float16
     quantize: str = "auto"  # auto (a GGUF on the fastest kernel that holds it), none, int8, int4, fp16 (docs/model.md)
+    # Decode-only steps through torch.compile (inductor, CPU): faster steps, a minute or more of compiling at
+    # start-up (models/compiled_decode.py, docs/model.md); float and fp16 weights only, else logged and eager.
+    compile: bool = False
     block_size: int = 16  # tokens per KV block
     kv_cache_bytes: int | None = None  # size of the paged KV pool; None: default_kv_cache_bytes (follows the model)
     kv_cache_tokens: int = 32768  # the default pool holds this many tokens, at the model's bytes per token

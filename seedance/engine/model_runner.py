@@ -99,6 +99,11 @@ class TorchModelRunner:
         slots = self.num_kv_blocks * self.block_size
         shape = kv_cache_shape(slots, num_kv_heads, head_dim)
         self.kv_caches = [lazy_zeros(shape, self.dtype, self.device) for _ in range(mc.num_hidden_layers)]
+        self.compiled = None  # decode-only steps through torch.compile (models/compiled_decode.py), opt-in
+        if config.compile:
+            from seedance.models.compiled_decode import CompiledDecode  # imports torch._dynamo: only when asked
+
+            self.compiled = CompiledDecode.create(self.model, self.kv_caches)
         tokenizer = loaded.tokenizer
         self.guides = None  # constrained decoding needs the tokenizer's vocabulary
         if tokenizer is not None:
@@ -118,7 +123,10 @@ class TorchModelRunner:
             if torch.get_num_threads() != want:
                 torch.set_num_threads(want)
         batch = self.prepare(chunks)
-        hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta, batch.embeds)
+        if self.compiled is not None and not batch.meta.prefills and batch.embeds is None:
+            hidden = self.compiled(batch.input_ids, batch.positions, self.kv_caches, batch.meta)
+        else:
+            hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta, batch.embeds)
         if not batch.sampling:
             return []
         logits = self.model.compute_logits(hidden if batch.sample_index is None else hidden[batch.sample_index])

@@ -9,8 +9,36 @@ A weight beyond fp16's range (|w| > 65504) saturates; a language model's do not 
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
+
+# Layers the compiled decode step (compiled_decode.py) calls by handle: dynamo cannot trace fbgemm's packed weight
+# (a TorchScript object without __obj_flatten__), so under torch.compile the GEMM is the custom op below, which
+# finds the layer here. Weak: a model dropped by its owner leaves no packed weights behind.
+_BY_HANDLE: weakref.WeakValueDictionary[int, Fp16Linear] = weakref.WeakValueDictionary()
+
+
+def set_handle(layer: Fp16Linear, handle: int) -> None:
+    """Name the layer for the compiled graph. The handle is a constant of that graph, so it must not depend on
+    what else the process loaded, or inductor's on-disk cache would miss (compiled_decode.py numbers them)."""
+    layer.handle = handle
+    _BY_HANDLE[handle] = layer
+
+
+def register_compile_op() -> None:
+    """Define `seedance::fp16_linear` once (on first use only: serving without --compile never needs it)."""
+    if hasattr(torch.ops.seedance, "fp16_linear"):
+        return
+
+    @torch.library.custom_op("seedance::fp16_linear", mutates_args=())
+    def fp16_linear(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic_fp16(x, _BY_HANDLE[handle].packed)
+
+    @fp16_linear.register_fake
+    def _(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+        return x.new_empty(x.shape[0], out_features)
 
 
 class Fp16Linear(nn.Module):
@@ -25,11 +53,16 @@ class Fp16Linear(nn.Module):
         self.has_bias = bias is not None
         b = None if bias is None else bias.detach().float().contiguous()
         self.packed = torch.ops.quantized.linear_prepack_fp16(weight.detach().float().contiguous(), b)
+        self.handle: int | None = None  # set_handle's, when a compiled decode step calls it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype, flat = x.dtype, x.dim() == 2  # the runner's [T, K]: no reshapes either side
         x2 = x if flat else x.reshape(-1, self.in_features)
-        y = torch.ops.quantized.linear_dynamic_fp16(x2 if dtype == torch.float32 else x2.float(), self.packed)
+        x2 = x2 if dtype == torch.float32 else x2.float()
+        if torch.compiler.is_compiling():  # traced (compiled_decode.py): the handle is a constant of the graph
+            y = torch.ops.seedance.fp16_linear(x2, self.handle, self.out_features)
+        else:
+            y = torch.ops.quantized.linear_dynamic_fp16(x2, self.packed)
         if dtype != torch.float32:
             y = y.to(dtype)
         return y if flat else y.reshape(*x.shape[:-1], self.out_features)

@@ -92,6 +92,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> 
 
 def apply_rope_(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
     """apply_rope written back into x (the same ops and rounding: both products exist before the sum lands)."""
+    if torch.compiler.is_compiling():  # dynamo refuses out= into a strided view; inductor fuses this into one kernel
+        return x.copy_(apply_rope(x, cos, sin_signed))
     return torch.add(x * cos, x.roll(x.shape[-1] // 2, -1) * sin_signed, out=x)
 
 

@@ -1,0 +1,131 @@
+"""The decode step through torch.compile (`compile = true` / `SEEDANCE_COMPILE=1`; off by default).
+
+At one row a decode step is ~40 % small per-layer ops (RMSNorm, RoPE, SiLU·mul, residual adds, views), each
+paying eager dispatch for microseconds of arithmetic. Inductor (CPU, C++ codegen) fuses them into a few
+kernels around the GEMMs and attention, traced once over the whole model (all layers in one graph: a graph per
+layer paid more in guards and wrappers than it saved). Only decode-only steps take it; a step with prefill
+chunks or prompt embeddings runs eager. Two graphs, compiled at start-up (`warm`): one row, and 2+ rows with
+the context length and row count dynamic; a 2+-row step always carries a padding mask (zeros when every
+context is as long), so equal and unequal lengths share a graph. After warm-up a step that would recompile
+runs eager instead (a recompile mid-serving would stall every stream for a minute), and any failure to compile
+leaves the model eager, logged. Inductor's caches go to ~/.cache/seedance/inductor (SEEDANCE_CACHE moves it;
+TORCHINDUCTOR_CACHE_DIR wins), so a second start reuses the compiled kernels.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+import types
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from seedance.models.fp16_linear import Fp16Linear, register_compile_op, set_handle
+from seedance.models.paged_attention import AttentionMetadata
+
+log = logging.getLogger(__name__)
+BACKEND = "inductor"  # torch.compile's backend (tests swap in one that fails)
+_instances = itertools.count()  # the first compiled model of a process numbers its layers from 0
+
+
+def unsupported_layers(model: nn.Module) -> list[str]:
+    """Linear layers the compiled graph cannot call (fbgemm int8's packed weights; weight-only kernels untested)."""
+    linears = (nn.Linear, Fp16Linear)
+    return sorted({type(m).__name__ for name, m in model.named_modules()
+                   if name.endswith(("_proj", "lm_head")) and not isinstance(m, linears)})
+
+
+def inductor_cache_dir() -> str:
+    root = os.environ.get("SEEDANCE_CACHE") or Path.home() / ".cache" / "seedance"
+    return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(root) / "inductor"))
+
+
+def _decode(model, input_ids, positions, kv_caches, slot_mapping, decode_slots, decode_mask) -> torch.Tensor:
+    """decode_mask: [B, L] or None (the graph adds the size-1 axes: their strides are whatever numpy gave)."""
+    mask = None if decode_mask is None else decode_mask[:, None, None, :]
+    meta = AttentionMetadata(slot_mapping, input_ids.shape[0], decode_slots, mask)
+    return model(input_ids, positions, kv_caches, meta)
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """t with row-major strides, size-1 axes included (a few hundred bytes: a copy costs less than a check)."""
+    return torch.empty(t.shape, dtype=t.dtype).copy_(t)
+
+
+class CompiledDecode:
+    """model(input_ids, positions, kv_caches, meta) for decode-only steps, compiled; `None` from `create` when the
+    model cannot take it (logged)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        register_compile_op()
+        number = next(_instances)
+        for i, layer in enumerate(m for m in model.modules() if isinstance(m, Fp16Linear)):
+            set_handle(layer, 100_000 * number + i)
+        inductor_cache_dir()
+        # Dynamo keeps its graphs per code object: a copy of _decode's for each model, so that one model's two
+        # graphs are all its function may hold, and a third shape runs eager (torch logs it) instead of compiling.
+        torch._dynamo.config.recompile_limit = 2
+        code = _decode.__code__.replace(co_name=f"_decode_{number}")
+        self.code = code
+        self.fn = torch.compile(types.FunctionType(code, _decode.__globals__), backend=BACKEND, dynamic=True)
+
+    @classmethod
+    def create(cls, model: nn.Module, kv_caches: list[torch.Tensor]) -> CompiledDecode | None:
+        """Compile and warm both graphs (one row; two rows), or log why not and return None."""
+        if (bad := unsupported_layers(model)):
+            log.warning("compile: off, the model has %s layers (fp16 / float weights only)", ", ".join(bad))
+            return None
+        try:
+            compiled = cls(model)
+            start = time.perf_counter()
+            compiled.warm(kv_caches)
+        except Exception as err:  # whatever inductor or the C++ compiler raises: serve eager
+            log.warning("compile: failed, the decode step runs eager: %s", str(err).splitlines()[0][:300])
+            return None
+        log.info("compile: decode step compiled in %.1f s (cache %s)", time.perf_counter() - start,
+                 os.environ["TORCHINDUCTOR_CACHE_DIR"])
+        return compiled
+
+    def warm(self, kv_caches: list[torch.Tensor]) -> None:
+        """Trace and compile both graphs on the first slots of the (still empty) pool, then zero them again.
+        The pool's shape is static (else its K/V axis of 2 and a batch of 2 would share a symbol, and the graph
+        would be for 2 rows only); rows and context length differ, so they get a symbol each, and the context is
+        not 1 long, which would be specialized."""
+        for cache in kv_caches:
+            torch._dynamo.mark_static(cache)
+        with torch.inference_mode():
+            for rows, length in ((1, 2), (2, 3)):
+                ids = torch.zeros(rows, dtype=torch.long)
+                positions = torch.full((rows,), length - 1, dtype=torch.long)
+                slots = torch.arange(rows * length, dtype=torch.long).view(rows, length)
+                meta = AttentionMetadata(slots[:, -1].contiguous(), rows, slots)
+                self.fn(*self.args(ids, positions, kv_caches, meta))
+            for cache in kv_caches:
+                cache[:6].zero_()
+        from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+        if len(_debug_get_cache_entry_list(self.code)) != 2:
+            raise RuntimeError("warm-up did not leave the two compiled graphs")
+
+    def args(self, input_ids, positions, kv_caches, meta: AttentionMetadata) -> tuple:
+        """The graph's inputs in the layout it was compiled for (strides are guarded, those of size-1 axes too,
+        and numpy's fancy indexing can hand the runner a column-major slot table), and a mask for every 2+-row
+        step."""
+        rows, length = meta.decode_slots.shape
+        mask = meta.decode_mask
+        if mask is not None:
+            mask = _dense(mask.reshape(rows, length))
+        elif rows > 1:
+            mask = torch.zeros(rows, length, dtype=kv_caches[0].dtype)
+        return (self.model, _dense(input_ids), _dense(positions), kv_caches, _dense(meta.slot_mapping),
+                _dense(meta.decode_slots), mask)
+
+    def __call__(self, input_ids, positions, kv_caches, meta: AttentionMetadata) -> torch.Tensor:
+        """The step through a warmed graph; one whose guards none passes runs eager, never compiles (a recompile
+        mid-serving would stall every stream for a minute). A failing kernel fails the step, as eager would."""
+        return self.fn(*self.args(input_ids, positions, kv_caches, meta))

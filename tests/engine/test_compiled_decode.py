@@ -1,0 +1,141 @@
+"""The compiled decode step (EngineConfig.compile, models/compiled_decode.py) against the eager one on the same
+weights: the same greedy tokens over streams of unequal and equal lengths, hidden states within float tolerance,
+and every way it can fail (a model it cannot take, a compile that fails, a shape that would recompile) serving
+eager, logged."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch.profiler import profile
+
+from seedance.engine.config import EngineConfig
+from seedance.engine.llm_engine import LLMEngine
+from seedance.engine.sampling_params import SamplingParams
+from seedance.models import compiled_decode, int8_linear
+from seedance.models.compiled_decode import CompiledDecode
+from seedance.models.fp16_linear import Fp16Linear
+from seedance.models.loader import load_model
+from seedance.models.paged_attention import AttentionMetadata
+
+pytestmark = pytest.mark.skipif(not int8_linear.available(), reason="this torch has no fbgemm quantized ops")
+
+PROMPTS = [list(range(5, 45)), list(range(60, 77)), list(range(100, 103)), list(range(200, 240))]
+
+
+def greedy(engine: LLMEngine, prompts: list[list[int]], max_tokens: int = 12) -> list[list[int]]:
+    params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
+    for i, prompt in enumerate(prompts):
+        engine.add_request(str(i), prompt, params)
+    tokens: dict[str, list[int]] = {str(i): [] for i in range(len(prompts))}
+    while engine.has_work():
+        for event in engine.step():
+            if event.token_id >= 0:
+                tokens[event.request_id].append(event.token_id)
+    return [tokens[str(i)] for i in range(len(prompts))]
+
+
+def config(**kw) -> EngineConfig:
+    return EngineConfig(threads=1, quantize="fp16", dtype="float32", warmup=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def engines():
+    """The built-in model with fp16 projections (the custom op's path), compiled and eager."""
+    saved = torch.get_num_threads()
+    compiled = LLMEngine.from_config(config(compile=True))
+    eager = LLMEngine.from_config(config())
+    yield compiled, eager
+    torch.set_num_threads(saved)
+
+
+def test_compiled_steps_give_the_eager_greedy_tokens(engines):
+    compiled, eager = engines
+    assert compiled.runner.compiled is not None
+    # unequal lengths (a padding mask), 4 -> 1 rows as they finish; then two of equal length (no mask of its own)
+    for prompts in (PROMPTS, [PROMPTS[0], PROMPTS[3]], [PROMPTS[1]]):
+        assert greedy(compiled, prompts) == greedy(eager, prompts)
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    compiled.add_request("p", PROMPTS[2], params)
+    compiled.step()  # the prefill: eager
+    with profile() as prof:
+        compiled.step()
+    assert compiled_regions(prof)  # a decode step ran the compiled graph
+    while compiled.has_work():
+        compiled.step()
+
+
+def compiled_regions(prof) -> list[str]:
+    return [e.name for e in prof.events() if e.name.startswith("Torch-Compiled Region")]
+
+
+def decode_inputs(runner, rows: int, length: int):
+    """A decode batch over the pool's last slots (no request's: the prefix cache keeps what the others wrote)."""
+    first_slot = runner.num_kv_blocks * runner.block_size - rows * length
+    gen = torch.Generator().manual_seed(rows * 100 + length)
+    ids = torch.randint(10, 400, (rows,), generator=gen)
+    slots = first_slot + torch.arange(rows * length).view(rows, length)
+    lengths = torch.randint(2, length + 1, (rows,), generator=gen)
+    lengths[0] = length
+    positions = lengths - 1
+    mask = torch.where(torch.arange(length)[None, :] < lengths[:, None], 0.0, float("-inf"))
+    meta = AttentionMetadata(slots[torch.arange(rows), positions].contiguous(), rows, slots,
+                             mask[:, None, None, :] if rows > 1 else None)
+    return ids, positions, meta, first_slot
+
+
+@pytest.mark.parametrize("rows,length", [(1, 9), (3, 21), (6, 40)])
+def test_hidden_states_match_eager_within_float_tolerance(engines, rows, length):
+    runner = engines[0].runner
+    ids, positions, meta, first = decode_inputs(runner, rows, length)
+    caches = runner.kv_caches
+    gen = torch.Generator().manual_seed(7)
+    for cache in caches:
+        cache[first:] = torch.randn(cache[first:].shape, generator=gen)
+    with torch.inference_mode():
+        want = runner.model(ids, positions, caches, meta)
+        with profile() as prof:
+            got = runner.compiled(ids, positions, caches, meta)
+    for cache in caches:
+        cache[first:] = 0
+    assert compiled_regions(prof)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_shape_that_would_recompile_runs_eager(engines):
+    """int32 ids (a guard warm-up never saw): eager, no third graph, and the next step compiled again."""
+    runner = engines[0].runner
+    ids, positions, meta, first = decode_inputs(runner, 2, 9)
+    with torch.inference_mode():
+        want = runner.model(ids, positions, runner.kv_caches, meta)
+        with profile() as prof:
+            got = runner.compiled(ids.int(), positions, runner.kv_caches, meta)
+        assert not compiled_regions(prof) and torch.equal(got, want)
+        with profile() as prof:
+            got = runner.compiled(ids, positions, runner.kv_caches, meta)
+        assert compiled_regions(prof)
+    for cache in runner.kv_caches:
+        cache[first:] = 0
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_failing_compile_serves_eager(engines, monkeypatch, caplog):
+    def broken(gm, example_inputs):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(compiled_decode, "BACKEND", broken)
+    with caplog.at_level(logging.WARNING, logger=compiled_decode.__name__):
+        engine = LLMEngine.from_config(config(compile=True))
+    assert engine.runner.compiled is None and "compile: failed" in caplog.text
+    assert greedy(engine, PROMPTS[:2], 6) == greedy(engines[1], PROMPTS[:2], 6)
+
+
+def test_a_model_it_cannot_take_stays_eager(caplog):
+    loaded = load_model(None, quantize="int8")  # fbgemm int8: packed weights dynamo cannot trace
+    with caplog.at_level(logging.WARNING, logger=compiled_decode.__name__):
+        assert CompiledDecode.create(loaded.model, []) is None
+    assert "Int8Linear" in caplog.text
+    assert compiled_decode.unsupported_layers(load_model(None, quantize="fp16").model) == []
+    assert not any(isinstance(m, Fp16Linear) for m in load_model(None).model.modules())
