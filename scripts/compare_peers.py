@@ -61,6 +61,9 @@ def runs(peers: Path) -> dict[str, dict]:
         "seedance-fp16": {"cmd": [*seedance, "--model", str(hf32), "--quantize", "fp16"], "env": sd_env},
         "seedance-fp16-large2": {"cmd": [*seedance, "--model", str(hf32), "--quantize", "fp16"],
                                  "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2"}},
+        "seedance-fp16-large2-compile": {"cmd": [*seedance, "--model", str(hf32), "--quantize", "fp16"],
+                                         "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2", "SEEDANCE_COMPILE": "1"},
+                                         "ready_s": 600},
         # bfloat16 has no hardware support on an AVX2-only CPU: the short levels only
         "llama-bf16": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-bf16.gguf")], "levels": "1,8"},
         "seedance-bf16": {"cmd": [*seedance, "--model", str(hf16), "--dtype", "bfloat16"], "env": sd_env,

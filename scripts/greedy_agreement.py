@@ -3,7 +3,8 @@
     python scripts/greedy_agreement.py --reference /path/f32-dir --variant int8=/path/f32-dir:int8 \
         --variant q8_0=/path/model-q8_0.gguf --variant bf16=/path/f32-dir@bfloat16
 
-A variant is PATH[:QUANTIZE][@DTYPE]. Prints, per variant, how many answers equal the reference's token for
+A variant is PATH[:QUANTIZE][@DTYPE][+compile] (+compile: the compiled decode step, EngineConfig.compile; the
+reference may take it too). Prints, per variant, how many answers equal the reference's token for
 token and the length of the common prefix of each; writes the answers as JSON with --output.
 """
 
@@ -22,10 +23,11 @@ PROMPTS = ["What is the capital of France?", "Name three primary colours.", "How
 
 
 def answers(spec: str, max_tokens: int):
-    path, _, dtype = spec.partition("@")
+    compile_ = spec.endswith("+compile")
+    path, _, dtype = spec.removesuffix("+compile").partition("@")
     path, _, quantize = path.partition(":")
     engine = LLMEngine.from_config(EngineConfig(model=path, quantize=quantize or "auto", dtype=dtype or "float32",
-                                                warmup=False, kv_cache_bytes=256 << 20))
+                                                warmup=False, kv_cache_bytes=256 << 20, compile=compile_))
     out = {}
     for i, prompt in enumerate(PROMPTS):
         ids = engine.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
@@ -40,7 +42,7 @@ def answers(spec: str, max_tokens: int):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--reference", required=True)
-    parser.add_argument("--variant", action="append", default=[], help="NAME=PATH[:QUANTIZE][@DTYPE]")
+    parser.add_argument("--variant", action="append", default=[], help="NAME=PATH[:QUANTIZE][@DTYPE][+compile]")
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--output")
     args = parser.parse_args()
