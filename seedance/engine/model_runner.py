@@ -103,7 +103,7 @@ class TorchModelRunner:
         if config.compile:
             from seedance.models.compiled_decode import CompiledDecode  # imports torch._dynamo: only when asked
 
-            self.compiled = CompiledDecode.create(self.model, self.kv_caches)
+            self.compiled = CompiledDecode.create(self.model, self.kv_caches, self.step_threads, config.max_num_seqs)
         tokenizer = loaded.tokenizer
         self.guides = None  # constrained decoding needs the tokenizer's vocabulary
         if tokenizer is not None:
@@ -112,14 +112,17 @@ class TorchModelRunner:
                                         config.guided_compile_fuel)
         self.sampler = Sampler(config.seed, self.device, guides=self.guides)
 
+    def step_threads(self, tokens: int) -> int:
+        """torch threads for a step of this many tokens (large_step_threads from large_step_tokens on)."""
+        return self.large_threads if tokens >= self.large_step_tokens else self.small_threads
+
     def forget(self, request_id: str) -> None:
         self.sampler.forget(request_id)
 
     @torch.inference_mode()
     def execute(self, chunks: list[ScheduledChunk]) -> list[tuple[ScheduledChunk, SampledToken]]:
         if self.large_threads != self.small_threads:
-            large = sum(c.num_tokens for c in chunks) >= self.large_step_tokens
-            want = self.large_threads if large else self.small_threads
+            want = self.step_threads(sum(c.num_tokens for c in chunks))
             if torch.get_num_threads() != want:
                 torch.set_num_threads(want)
         batch = self.prepare(chunks)

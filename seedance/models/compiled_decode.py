@@ -19,6 +19,7 @@ import logging
 import os
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -67,23 +68,24 @@ class CompiledDecode:
         for i, layer in enumerate(m for m in model.modules() if isinstance(m, Fp16Linear)):
             set_handle(layer, 100_000 * number + i)
         inductor_cache_dir()
-        # Dynamo keeps its graphs per code object: a copy of _decode's for each model, so that one model's two
-        # graphs are all its function may hold, and a third shape runs eager (torch logs it) instead of compiling.
-        torch._dynamo.config.recompile_limit = 2
+        # Dynamo keeps its graphs per code object: a copy of _decode's for each model, so that the graphs `warm`
+        # compiles are all its function may hold, and another shape runs eager (torch logs it) instead of compiling.
         code = _decode.__code__.replace(co_name=f"_decode_{number}")
         self.code = code
         self.fn = torch.compile(types.FunctionType(code, _decode.__globals__), backend=BACKEND, dynamic=True)
 
     @classmethod
-    def create(cls, model: nn.Module, kv_caches: list[torch.Tensor]) -> CompiledDecode | None:
-        """Compile and warm both graphs (one row; two rows), or log why not and return None."""
+    def create(cls, model: nn.Module, kv_caches: list[torch.Tensor], threads_for: Callable[[int], int] | None = None,
+               max_rows: int = 2) -> CompiledDecode | None:
+        """Compile and warm the graphs (one row; 2+ rows, under each torch thread count a step of up to max_rows
+        rows runs on: threads_for(rows), the runner's rule), or log why not and return None."""
         if (bad := unsupported_layers(model)):
             log.warning("compile: off, the model has %s layers (fp16 / float weights only)", ", ".join(bad))
             return None
         try:
             compiled = cls(model)
             start = time.perf_counter()
-            compiled.warm(kv_caches)
+            compiled.warm(kv_caches, threads_for or (lambda rows: torch.get_num_threads()), max_rows)
         except Exception as err:  # whatever inductor or the C++ compiler raises: serve eager
             log.warning("compile: failed, the decode step runs eager: %s", str(err).splitlines()[0][:300])
             return None
@@ -91,26 +93,41 @@ class CompiledDecode:
                  os.environ["TORCHINDUCTOR_CACHE_DIR"])
         return compiled
 
-    def warm(self, kv_caches: list[torch.Tensor]) -> None:
-        """Trace and compile both graphs on the first slots of the (still empty) pool, then zero them again.
-        The pool's shape is static (else its K/V axis of 2 and a batch of 2 would share a symbol, and the graph
-        would be for 2 rows only); rows and context length differ, so they get a symbol each, and the context is
-        not 1 long, which would be specialized."""
+    def warm(self, kv_caches: list[torch.Tensor], threads_for: Callable[[int], int], max_rows: int) -> None:
+        """Trace and compile the graphs on the first slots of the (still empty) pool, then zero them again.
+        Dynamo guards torch's thread count, so a graph is compiled under each count a decode step can run on (the
+        runner's large-step threads for 2+ rows give a second 2+-row graph). The pool's shape is static (else its
+        K/V axis of 2 and a batch of 2 would share a symbol, and the graph would be for 2 rows only); rows and
+        context length differ, so they get a symbol each, and the context is not 1 long (that would be
+        specialized)."""
+        shapes, seen = [1], set()
+        for rows in range(2, max(2, max_rows) + 1):
+            if threads_for(rows) not in seen:
+                seen.add(threads_for(rows))
+                shapes.append(rows)
+        shapes = [r for r in shapes if r * (r + 1) <= kv_caches[0].shape[0]]
+        torch._dynamo.config.recompile_limit = len(shapes)
         for cache in kv_caches:
             torch._dynamo.mark_static(cache)
-        with torch.inference_mode():
-            for rows, length in ((1, 2), (2, 3)):
-                ids = torch.zeros(rows, dtype=torch.long)
-                positions = torch.full((rows,), length - 1, dtype=torch.long)
-                slots = torch.arange(rows * length, dtype=torch.long).view(rows, length)
-                meta = AttentionMetadata(slots[:, -1].contiguous(), rows, slots)
-                self.fn(*self.args(ids, positions, kv_caches, meta))
-            for cache in kv_caches:
-                cache[:6].zero_()
+        saved = torch.get_num_threads()
+        try:
+            with torch.inference_mode():
+                for rows in shapes:
+                    torch.set_num_threads(threads_for(rows))
+                    length = rows + 1
+                    ids = torch.zeros(rows, dtype=torch.long)
+                    positions = torch.full((rows,), length - 1, dtype=torch.long)
+                    slots = torch.arange(rows * length, dtype=torch.long).view(rows, length)
+                    meta = AttentionMetadata(slots[:, -1].contiguous(), rows, slots)
+                    self.fn(*self.args(ids, positions, kv_caches, meta))
+                for cache in kv_caches:
+                    cache[: max(shapes) * (max(shapes) + 1)].zero_()
+        finally:
+            torch.set_num_threads(saved)
         from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
-        if len(_debug_get_cache_entry_list(self.code)) != 2:
-            raise RuntimeError("warm-up did not leave the two compiled graphs")
+        if len(_debug_get_cache_entry_list(self.code)) != len(shapes):
+            raise RuntimeError(f"warm-up did not leave the {len(shapes)} compiled graphs")
 
     def args(self, input_ids, positions, kv_caches, meta: AttentionMetadata) -> tuple:
         """The graph's inputs in the layout it was compiled for (strides are guarded, those of size-1 axes too,

@@ -43,10 +43,13 @@ def config(**kw) -> EngineConfig:
 
 @pytest.fixture(scope="module")
 def engines():
-    """The built-in model with fp16 projections (the custom op's path), compiled and eager."""
+    """The built-in model with fp16 projections (the custom op's path), compiled and eager; steps of 3+ tokens on
+    2 torch threads (large_step_threads), 1-2 on 1: dynamo guards the thread count, so both must be warmed."""
     saved = torch.get_num_threads()
-    compiled = LLMEngine.from_config(config(compile=True))
-    eager = LLMEngine.from_config(config())
+    threads = dict(large_step_threads=2, large_step_work=3 * 5_000_000)
+    compiled = LLMEngine.from_config(config(compile=True, **threads))
+    eager = LLMEngine.from_config(config(**threads))
+    assert compiled.runner.large_step_tokens == 3
     yield compiled, eager
     torch.set_num_threads(saved)
 
@@ -58,13 +61,15 @@ def test_compiled_steps_give_the_eager_greedy_tokens(engines):
     for prompts in (PROMPTS, [PROMPTS[0], PROMPTS[3]], [PROMPTS[1]]):
         assert greedy(compiled, prompts) == greedy(eager, prompts)
     params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
-    compiled.add_request("p", PROMPTS[2], params)
-    compiled.step()  # the prefill: eager
-    with profile() as prof:
-        compiled.step()
-    assert compiled_regions(prof)  # a decode step ran the compiled graph
-    while compiled.has_work():
-        compiled.step()
+    for rows in (1, 2, 4):  # 1 and 2 rows on 1 thread, 4 on 2: each decode step runs a compiled graph
+        for i in range(rows):
+            compiled.add_request(f"p{rows}-{i}", PROMPTS[i][:9], params)
+        compiled.step()  # the prefills: eager
+        with profile() as prof:
+            compiled.step()
+        assert compiled_regions(prof), rows
+        while compiled.has_work():
+            compiled.step()
 
 
 def compiled_regions(prof) -> list[str]:
@@ -90,6 +95,7 @@ def decode_inputs(runner, rows: int, length: int):
 def test_hidden_states_match_eager_within_float_tolerance(engines, rows, length):
     runner = engines[0].runner
     ids, positions, meta, first = decode_inputs(runner, rows, length)
+    torch.set_num_threads(runner.step_threads(rows))  # as execute would: the graphs are per thread count
     caches = runner.kv_caches
     gen = torch.Generator().manual_seed(7)
     for cache in caches:
@@ -108,6 +114,7 @@ def test_a_shape_that_would_recompile_runs_eager(engines):
     """int32 ids (a guard warm-up never saw): eager, no third graph, and the next step compiled again."""
     runner = engines[0].runner
     ids, positions, meta, first = decode_inputs(runner, 2, 9)
+    torch.set_num_threads(runner.step_threads(2))
     with torch.inference_mode():
         want = runner.model(ids, positions, runner.kv_caches, meta)
         with profile() as prof:
