@@ -146,3 +146,10 @@ def test_a_model_it_cannot_take_stays_eager(caplog):
     assert "Int8Linear" in caplog.text
     assert compiled_decode.unsupported_layers(load_model(None, quantize="fp16").model) == []
     assert not any(isinstance(m, Fp16Linear) for m in load_model(None).model.modules())
+
+
+def test_the_setting_is_off_by_default_and_read_from_the_environment():
+    from seedance.server.http.config import ServerConfig
+
+    assert EngineConfig().compile is False and ServerConfig.load(env={}).engine.compile is False
+    assert ServerConfig.load(env={"SEEDANCE_COMPILE": "1"}).engine.compile is True
