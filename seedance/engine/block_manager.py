@@ -149,6 +149,8 @@ class BlockManager:
             return
         bs = self.block_size
         num_full = min(seq.num_computed_tokens // bs, len(seq.block_table))
+        if num_full <= seq.num_committed_blocks:  # no block completed in this step (hashes are chained lazily)
+            return
         hashes = self._chain_hashes(seq, num_full)
         for i in range(seq.num_committed_blocks, num_full):
             block = self.blocks[seq.block_table[i]]

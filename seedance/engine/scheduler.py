@@ -16,6 +16,9 @@ running stream is waiting on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import attrgetter
+
+import msgspec
 
 from seedance.engine.block_manager import BlockManager
 from seedance.engine.client_share import ClientShare
@@ -23,8 +26,10 @@ from seedance.engine.sequence import Sequence, SequenceStatus
 from seedance.engine.wait_queue import WaitQueue
 
 
-@dataclass(slots=True)
-class ScheduledChunk:
+class ScheduledChunk(msgspec.Struct, gc=False):
+    """One sequence's tokens in one step. Untracked by the collector (it refers to its sequence, never back):
+    one is made per running sequence per step."""
+
     seq: Sequence
     start: int  # first token position computed in this step
     num_tokens: int
@@ -46,6 +51,9 @@ class SchedulerOutput:
 
     def __bool__(self) -> bool:
         return bool(self.chunks)
+
+
+_URGENCY = attrgetter("priority", "arrival")  # the running order, most urgent first (C, no lambda per sequence)
 
 
 class Scheduler:
@@ -127,7 +135,8 @@ class Scheduler:
     def schedule(self, now: float) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
-        self.running.sort(key=lambda s: (s.priority, s.arrival))
+        running = self.running
+        running.sort(key=_URGENCY)
         share = None
         if self.max_running_per_client is not None:
             share = ClientShare(self.max_running_per_client, self.running)
@@ -137,10 +146,19 @@ class Scheduler:
         if self.decode_step_prefill_tokens is not None and any(s.num_uncomputed_tokens == 1 for s in self.running):
             prefill = self.decode_step_prefill_tokens
 
+        block_size = self.bm.block_size
+        chunks = out.chunks
         i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
-            want = seq.num_uncomputed_tokens
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            computed = seq.num_computed_tokens
+            want = len(seq.token_ids) - computed
+            if want == 1 and computed < len(seq.block_table) * block_size:
+                # The common case, a decode whose token fits in its last block: nothing to allocate or check.
+                chunks.append(ScheduledChunk(seq, computed, 1))
+                budget -= 1
+                i += 1
+                continue
             n = self._chunk(seq, min(want, budget) if want == 1 else min(want, budget, prefill))
             if n == 0:  # a prompt still prefilling, and this step's prefill share is spent
                 i += 1
