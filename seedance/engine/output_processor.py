@@ -53,7 +53,7 @@ class RequestOutputState:
         self.text_fed = 0  # characters of output text given to the stop matcher
         self.unassigned = ""  # text released by the matcher but not yet attached to an event
         self.unassigned_at = 0  # where `unassigned` starts, in characters of the output text
-        # Without stop strings nothing is ever held back: each token is one event with its own text (`_direct`).
+        # Without stop strings nothing is ever held back: each token is one event with its own text (`direct_event`).
         self.direct = not self.stop_matcher.stops
         self.num_embedding_tokens = seq.num_prompt_rows("embedding")
         self.num_image_tokens = seq.num_prompt_rows("image")
@@ -62,7 +62,7 @@ class RequestOutputState:
         """Call after sampled.token_id was appended to seq.token_ids. Returns the events now ready, in
         order (none while the token's text is held back); the last one is final when the request ends."""
         if self.direct:
-            return [self._direct(sampled)]
+            return [self.direct_event(sampled)]
         seq, token_id = self.seq, sampled.token_id
         index = seq.num_output_tokens - 1
         if token_id in self.stop_token_ids:
@@ -92,9 +92,10 @@ class RequestOutputState:
         released_to = self.unassigned_at + len(self.unassigned) + len(released)
         return self._release(released, sum(1 for h in self.held if h.end <= released_to))
 
-    def _direct(self, sampled: SampledToken) -> TokenEvent:
-        """`process` for a request without stop strings, where the matcher would hold nothing back: the same
-        event, built without the hold-back bookkeeping (every token of every such request takes this path)."""
+    def direct_event(self, sampled: SampledToken) -> TokenEvent:
+        """`process` for a request without stop strings (`direct`), where the matcher would hold nothing back:
+        its one event, built without the hold-back bookkeeping (every token of every such request takes this
+        path; LLMEngine.step calls it without the list)."""
         seq, token_id = self.seq, sampled.token_id
         num_output = len(seq.token_ids) - seq.num_prompt_tokens
         if token_id in self.stop_token_ids:
