@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import io
 import json
 import pstats
@@ -57,10 +58,12 @@ def build(streams: int, max_tokens: int = 32) -> tuple[CoreLoop, socket.socket, 
     drain = subprocess.Popen(["cat"], stdin=theirs.fileno(), stdout=subprocess.DEVNULL)
     theirs.close()
     prompt = engine.tokenizer.encode(PROMPT)
+    gc.collect()
+    gc.freeze()  # as the core does once loaded (core_process._load): start-up's objects are never collected
     return CoreLoop(engine, ours), ours, drain, prompt
 
 
-def run(streams: int, steps: int, max_tokens: int = 32, profile: bool = False) -> dict:
+def run(streams: int, steps: int, max_tokens: int = 32, profile: bool = False, sort: str = "tottime") -> dict:
     """Warm up until every stream is decoding and has finished once, then time `steps` steps."""
     loop, sock, drain, prompt = build(streams, max_tokens)
     engine = loop.engine
@@ -122,6 +125,15 @@ def run(streams: int, steps: int, max_tokens: int = 32, profile: bool = False) -
             totals["send"] += send_ns  # less the frame's encoding, below
         return sum(e.token_id >= 0 for e in events)
 
+    collections = {"ns": 0, "full": 0, "started": 0}
+
+    def on_gc(phase: str, info: dict) -> None:  # the collector's own time, wherever it struck
+        if phase == "start":
+            collections["started"] = time.thread_time_ns()
+        else:
+            collections["ns"] += time.thread_time_ns() - collections["started"]
+            collections["full"] += info["generation"] == 2
+
     try:
         for _ in range(2 * max_tokens + 4):  # every stream admitted, decoding, and replaced once
             one_step(False)
@@ -134,12 +146,17 @@ def run(streams: int, steps: int, max_tokens: int = 32, profile: bool = False) -
         cpu_start = time.thread_time_ns()
         if profiler:
             profiler.enable()
+        gc.callbacks.append(on_gc)
         for _ in range(steps):
             tokens += one_step(True)
+        gc.callbacks.remove(on_gc)
         if profiler:
             profiler.disable()
         cpu_ns = time.thread_time_ns() - cpu_start
     finally:
+        if on_gc in gc.callbacks:
+            gc.callbacks.remove(on_gc)
+        gc.unfreeze()
         core_process.frame = real_frame
         sock.close()
         drain.wait(timeout=10)
@@ -156,12 +173,14 @@ def run(streams: int, steps: int, max_tokens: int = 32, profile: bool = False) -
         "core_us_per_token": cpu_ns / 1e3 / tokens,
         "core_us_per_step": cpu_ns / 1e3 / steps,
         "phase_us_per_token": {k: v / 1e3 / tokens for k, v in totals.items()},
+        "gc_us_per_token": collections["ns"] / 1e3 / tokens,  # inside the phases, wherever a collection struck
+        "full_collections": collections["full"],
         "frame_bytes_per_token": frame_bytes / tokens,
         "gateway_decode_us_per_token": decode_ns / 1e3 / tokens,
     }
     if profiler:
         text = io.StringIO()
-        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
+        pstats.Stats(profiler, stream=text).sort_stats(sort).print_stats(25)
         result["profile"] = text.getvalue()
     return result
 
@@ -173,17 +192,21 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="runs per stream count; the medians are printed")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--profile", action="store_true", help="cProfile the last round (slower: shares only)")
+    ap.add_argument("--sort", default="tottime", help="the profile's order (pstats: tottime, cumulative)")
     ap.add_argument("--json", help="write every round's figures here")
     args = ap.parse_args()
     rows = []
     for streams in args.streams or [1000, 2000]:
-        rounds = [run(streams, args.steps, args.max_tokens, profile=args.profile and r == args.rounds - 1)
+        rounds = [run(streams, args.steps, args.max_tokens, profile=args.profile and r == args.rounds - 1,
+                      sort=args.sort)
                   for r in range(args.rounds)]
         rows.append({"streams": streams, "rounds": rounds})
         med = {k: statistics.median(r["phase_us_per_token"][k] for r in rounds) for k in PHASES}
         print(f"N={streams}: core {statistics.median(r['core_us_per_token'] for r in rounds):.2f} µs/token, "
               f"{statistics.median(r['core_us_per_step'] for r in rounds) / 1e3:.2f} ms/step; "
               + ", ".join(f"{k} {v:.2f}" for k, v in med.items())
+              + f" (of which gc {statistics.median(r['gc_us_per_token'] for r in rounds):.2f}, "
+              f"{statistics.median(r['full_collections'] for r in rounds)} full)"
               + f"; frame {statistics.median(r['frame_bytes_per_token'] for r in rounds):.1f} B/token; "
               f"gateway decode {statistics.median(r['gateway_decode_us_per_token'] for r in rounds):.2f} µs/token")
         if args.profile:
