@@ -146,7 +146,8 @@ class LLMEngine:
         num_rows = prompt_embeds.num_rows if prompt_embeds is not None else 0
         if num_rows and self.hidden_size is None:
             raise InvalidRequest("this model takes no prompt embeddings")
-        if sum(t < 0 for t in prompt_token_ids) != num_rows:  # content ids without their rows (or forged ones)
+        negatives = sum(t < 0 for t in prompt_token_ids) if min(prompt_token_ids) < 0 else 0
+        if negatives != num_rows:  # content ids without their rows (or forged ones)
             raise InvalidRequest("prompt token id out of the vocabulary (a negative id stands for an embedding row "
                                  "this request does not carry)")
         vocab = self.tokenizer.vocab_size if self.tokenizer else None

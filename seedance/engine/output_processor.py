@@ -55,6 +55,7 @@ class RequestOutputState:
         self.unassigned_at = 0  # where `unassigned` starts, in characters of the output text
         # Without stop strings nothing is ever held back: each token is one event with its own text (`direct_event`).
         self.direct = not self.stop_matcher.stops
+        self._decode, self._tokenizer = self.detokenizer.stepper() if self.detokenizer else (None, None)
         self.num_embedding_tokens = seq.num_prompt_rows("embedding")
         self.num_image_tokens = seq.num_prompt_rows("image")
 
@@ -101,7 +102,7 @@ class RequestOutputState:
         if token_id in self.stop_token_ids:
             text, finish, stop_reason = "", FinishReason.STOP, token_id
         else:
-            text = self.detokenizer.step(token_id) if self.detokenizer else ""
+            text = (self._decode(self._tokenizer, token_id) or "") if self._decode is not None else ""
             stop_reason = None
             if sampled.grammar_done:
                 finish = FinishReason.STOP
