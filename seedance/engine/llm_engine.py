@@ -262,29 +262,33 @@ class LLMEngine:
                 bm.commit(seq)  # a block completed in this step: publish it to the prefix cache
         events: list[TokenEvent] = []
         requests = self.requests
-        for chunk, sampled in results:
-            seq = chunk.seq
-            seq.token_ids.append(sampled.token_id)
-            state = requests[seq.request_id]
-            if state.direct:  # no stop strings: one event per token, nothing held back
-                event = state.direct_event(sampled)
-                events.append(event)
-                if event.finish_reason is not None:
-                    self._finish(seq, event)
-                continue
-            ready = state.process(sampled)
-            events += ready
-            if ready and ready[-1].finished:
-                self._finish(seq, ready[-1])
+        try:
+            for chunk, sampled in results:
+                seq = chunk.seq
+                seq.token_ids.append(sampled.token_id)
+                state = requests[seq.request_id]
+                if state.direct:  # no stop strings: one event per token, nothing held back
+                    event = state.direct_event(sampled)
+                    events.append(event)
+                    if event.finish_reason is not None:
+                        self._finish(seq, event)
+                    continue
+                ready = state.process(sampled)
+                events += ready
+                if ready and ready[-1].finished:
+                    self._finish(seq, ready[-1])
+        finally:
+            self.scheduler.drop_finished()
         self.generated_tokens += len(results)
         return events
 
     def _finish(self, seq: Sequence, event: TokenEvent) -> None:
-        """The step's last event of seq ended it: the request leaves, its KV is freed (or pinned for a session)."""
+        """The step's last event of seq ended it: the request leaves, its KV is freed (or pinned for a session).
+        It leaves the running list with the step's other finished ones (Scheduler.drop_finished)."""
         del self.requests[seq.request_id]
         if seq.pin_key is not None:
             self.block_manager.pin(seq.pin_key, seq)
-        self.scheduler.finish(seq, event.finish_reason)
+        self.scheduler.finish(seq, event.finish_reason, batched=True)
         self.runner.forget(seq.request_id)
 
     def stats(self) -> EngineStats:

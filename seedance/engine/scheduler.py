@@ -77,6 +77,7 @@ class Scheduler:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting = WaitQueue(aging_interval_s)
         self.running: list[Sequence] = []
+        self._finished_running = False  # finish(batched=True) left finished sequences in running (drop_finished)
         self.paused: list[Sequence] = []
         self.num_preemptions = 0
         # A prompt with embedding rows / image features is prefilled in chunks of at most this many tokens, so
@@ -97,12 +98,23 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.running) or bool(self.waiting)
 
-    def finish(self, seq: Sequence, reason: str) -> None:
-        """Remove seq wherever it is and free its blocks at once (finish, cancel, error)."""
-        self._detach(seq)
+    def finish(self, seq: Sequence, reason: str, batched: bool = False) -> None:
+        """Remove seq wherever it is and free its blocks at once (finish, cancel, error). batched: a running seq
+        stays in the running list, marked finished, until `drop_finished` takes all of a step's out in one pass
+        (a removal each is a scan of the running list: ~27 µs at 2,000 running, for every request's end)."""
+        if batched and seq.status is SequenceStatus.RUNNING:
+            self._finished_running = True
+        else:
+            self._detach(seq)
         self.bm.free_sequence(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
+
+    def drop_finished(self) -> None:
+        """Take the sequences `finish(batched=True)` ended out of the running list, keeping its order."""
+        if self._finished_running:
+            self._finished_running = False
+            self.running[:] = [s for s in self.running if s.status is SequenceStatus.RUNNING]
 
     def pause(self, seq: Sequence) -> None:
         """Take seq out of the batch, keeping its KV blocks so it resumes without recomputation."""
