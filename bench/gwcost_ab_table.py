@@ -14,6 +14,7 @@ COLS = [("chunks/s", lambda r: r["chunks_per_s"]), ("tokens/chunk", lambda r: r[
         ("gateway µs/token", lambda r: r["server"]["gateway_cpu_us_per_token"]),
         ("gateway µs/chunk", lambda r: r["server"]["gateway_cpu_us_per_chunk"]),
         ("engine µs/chunk", lambda r: r["server"]["engine_cpu_us_per_chunk"]),
+        ("engine µs/token", lambda r: r["server"]["engine_cpu_us_per_token"]),
         ("never connected", lambda r: r["never_connected"]),
         ("handshakes/s peak", lambda r: r["connections"]["handshakes_per_s_peak"])]
 by_side: dict[str, list[dict]] = {}

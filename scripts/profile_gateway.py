@@ -7,6 +7,7 @@ WebSocket level (closed loop, 32 tokens per request, 50 tokens/s per stream), an
 with py-spy (`--format raw --nolineno --nonblocking`, GIL-holding samples only by default) over the measured
 window. Prints the level's CPU split (gateway / engine µs per chunk and per token) and the profile's top
 functions by own and by inclusive share of the samples; the raw stacks stay in --out for a flame graph.
+`--role engine` records the engine-core process instead (its one loop thread: run `--idle` to see its waits too).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from seedance.bench.loadgen import raise_nofile_limit
-from seedance.bench.transports_bench import run_level, start_server
+from seedance.bench.transports_bench import process_role, run_level, start_server
 
 
 def top_functions(raw: Path, n: int) -> tuple[int, list[tuple[str, int]], list[tuple[str, int]]]:
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument("--ws-stack", default=None)
     parser.add_argument("--idle", action="store_true", help="also samples not holding the GIL (py-spy --idle)")
     parser.add_argument("--native", action="store_true", help="py-spy --native (Cython / C frames)")
+    parser.add_argument("--role", choices=("gateway", "engine"), default="gateway", help="the process to record")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", default="/tmp/profile-gateway")
     args = parser.parse_args()
@@ -67,8 +69,14 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="seedance-prof-"))
     server = start_server("synthetic", args.rate, args.clients, workdir, "process", args.server_path,
                           ws_stack=args.ws_stack)
-    raw = out / "gateway.raw"
-    spy = [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(server.pid),
+    raw = out / f"{args.role}.raw"
+    pid = server.pid
+    if args.role == "engine":
+        import psutil
+
+        pid = next(p.pid for p in psutil.Process(server.pid).children(recursive=True)
+                   if process_role(p, server.port) == "engine")
+    spy = [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid),
            "--format", "raw", "--nolineno", "-d", str(int(args.duration)), "-r", "100", "-o", str(raw)]
     # --native unwinds a stopped process: py-spy refuses it with --nonblocking
     spy += [*(["--idle"] if args.idle else ["--gil"]), *(["--native"] if args.native else ["--nonblocking"])]
@@ -98,7 +106,7 @@ def main() -> None:
         print(f"no profile: py-spy failed ({out / 'py-spy.log'})")
         return
     total, own, incl = top_functions(raw, args.top)
-    print(f"\ngateway profile: {total} samples ({'all' if args.idle else 'holding the GIL'})")
+    print(f"\n{args.role} profile: {total} samples ({'all' if args.idle else 'holding the GIL'})")
     for title, rows in (("own", own), ("inclusive", incl)):
         print(f"\n| {title} % | function |\n|---|---|")
         for name, k in rows:

@@ -79,7 +79,10 @@ def launch(settings: Mapping[str, object], log_path: str | os.PathLike, *, clien
     environ.update({f"SEEDANCE_{k.upper()}": str(v) for k, v in settings.items()})
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "seedance.cli", "serve", *args], env=environ,
+        # -P: `python -m` would put the working directory first on sys.path, ahead of PYTHONPATH, so a run from a
+        # checkout's root would serve that checkout's seedance, not python_path's
+        flags = ["-P"] if python_path else []
+        process = subprocess.Popen([sys.executable, *flags, "-m", "seedance.cli", "serve", *args], env=environ,
                                    stdout=log, stderr=subprocess.STDOUT)
     server = ServerProcess(port, process, str(log_path), client_ssl)
     deadline = time.monotonic() + ready_timeout_s

@@ -8,11 +8,11 @@ without a hash are reused first, then the least recently released cached blocks.
 
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import blake3
-import numpy as np
 
 from seedance.engine.sequence import Sequence
 
@@ -20,8 +20,9 @@ _ROOT_HASH = b"seedance-kv-v1"
 
 
 def hash_block(parent: bytes, token_ids: list[int] | tuple[int, ...]) -> bytes:
-    """Hash of a block given its parent's hash, so equal hashes mean equal whole prefixes."""
-    return blake3.blake3(parent + np.asarray(token_ids, dtype=np.int64).tobytes()).digest(length=16)
+    """Hash of a block given its parent's hash, so equal hashes mean equal whole prefixes. The ids as native
+    int64 bytes (numpy's int64 bytes, built by `array` without numpy's per-call overhead for a 16-id block)."""
+    return blake3.blake3(parent + array("q", token_ids).tobytes()).digest(length=16)
 
 
 @dataclass(slots=True)
@@ -149,6 +150,8 @@ class BlockManager:
             return
         bs = self.block_size
         num_full = min(seq.num_computed_tokens // bs, len(seq.block_table))
+        if num_full <= seq.num_committed_blocks:  # no block completed in this step (hashes are chained lazily)
+            return
         hashes = self._chain_hashes(seq, num_full)
         for i in range(seq.num_committed_blocks, num_full):
             block = self.blocks[seq.block_table[i]]

@@ -8,27 +8,35 @@ still gets its places at once.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
+from operator import attrgetter
 
 from seedance.engine.sequence import Sequence
+
+_CLIENT = attrgetter("client")
 
 
 class ClientShare:
     """One step's count of running sequences by client (requests without a client are never capped)."""
 
-    def __init__(self, cap: int, running: Iterable[Sequence]) -> None:
+    def __init__(self, cap: int, running: list[Sequence]) -> None:
         """running in the scheduler's order, most urgent first: each client's first `cap` are within its share."""
         self.cap = cap
-        self.counts: dict[str, int] = {}
         self.extras: list[Sequence] = []  # in the running order, most urgent first
-        counts, extras = self.counts, self.extras
-        for seq in running:  # admit() inlined: this runs every step
-            client = seq.client
-            if client is not None:
-                n = counts.get(client, 0)
-                if n >= cap:
-                    extras.append(seq)
-                counts[client] = n + 1
+        # Counted in C (this runs every step, over every running sequence); the Python pass that picks the extras
+        # runs only when some client is beyond its share.
+        counts = self.counts = Counter(map(_CLIENT, running))
+        counts.pop(None, None)
+        if counts and max(counts.values()) > cap:
+            seen: dict[str, int] = {}
+            for seq in running:
+                client = seq.client
+                if client is not None:
+                    n = seen.get(client, 0)
+                    if n >= cap:
+                        self.extras.append(seq)
+                    seen[client] = n + 1
 
     def beyond(self, seq: Sequence) -> bool:
         """True when running seq too would put its client beyond its share."""

@@ -324,9 +324,8 @@ class CoreLoop:
         if len(self.gateways) == 1:
             gateway = next(iter(self.gateways.values()))
             gateway.events = events
-            for event in events:
-                if event.finish_reason is not None:
-                    self._forget(event.request_id)
+            for request_id in [e.request_id for e in events if e.finish_reason is not None]:
+                self._forget(request_id)
             return
         owner = self.owner
         for event in events:

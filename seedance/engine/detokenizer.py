@@ -18,3 +18,7 @@ class IncrementalDetokenizer:
 
     def step(self, token_id: int) -> str:
         return self._stream.step(self._tokenizer, token_id) or ""
+
+    def stepper(self):
+        """`step` without this object's frame: (DecodeStream.step, tokenizer), for the per-token hot path."""
+        return self._stream.step, self._tokenizer

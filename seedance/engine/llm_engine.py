@@ -146,7 +146,8 @@ class LLMEngine:
         num_rows = prompt_embeds.num_rows if prompt_embeds is not None else 0
         if num_rows and self.hidden_size is None:
             raise InvalidRequest("this model takes no prompt embeddings")
-        if sum(t < 0 for t in prompt_token_ids) != num_rows:  # content ids without their rows (or forged ones)
+        negatives = sum(t < 0 for t in prompt_token_ids) if min(prompt_token_ids) < 0 else 0
+        if negatives != num_rows:  # content ids without their rows (or forged ones)
             raise InvalidRequest("prompt token id out of the vocabulary (a negative id stands for an embedding row "
                                  "this request does not carry)")
         vocab = self.tokenizer.vocab_size if self.tokenizer else None
@@ -252,24 +253,43 @@ class LLMEngine:
             log.exception("model step failed; failing the %d requests in it", len(out.chunks))
             return [ev for c in out.chunks if (ev := self.abort(c.seq.request_id, FinishReason.ERROR))]
         self.steps += 1
+        bm = self.block_manager
+        block_size = bm.block_size if bm.enable_prefix_caching else 0
         for chunk in out.chunks:
-            chunk.seq.num_computed_tokens += chunk.num_tokens
-            self.block_manager.commit(chunk.seq)
-        events: list[TokenEvent] = []
-        for chunk, sampled in results:
             seq = chunk.seq
-            seq.token_ids.append(sampled.token_id)
-            ready = self.requests[seq.request_id].process(sampled)
-            events += ready
-            if ready and ready[-1].finished:
-                event = ready[-1]
-                del self.requests[seq.request_id]
-                if seq.pin_key is not None:
-                    self.block_manager.pin(seq.pin_key, seq)
-                self.scheduler.finish(seq, event.finish_reason)
-                self.runner.forget(seq.request_id)
+            seq.num_computed_tokens += chunk.num_tokens
+            if block_size and seq.num_computed_tokens // block_size > seq.num_committed_blocks:
+                bm.commit(seq)  # a block completed in this step: publish it to the prefix cache
+        events: list[TokenEvent] = []
+        requests = self.requests
+        try:
+            for chunk, sampled in results:
+                seq = chunk.seq
+                seq.token_ids.append(sampled.token_id)
+                state = requests[seq.request_id]
+                if state.direct:  # no stop strings: one event per token, nothing held back
+                    event = state.direct_event(sampled)
+                    events.append(event)
+                    if event.finish_reason is not None:
+                        self._finish(seq, event)
+                    continue
+                ready = state.process(sampled)
+                events += ready
+                if ready and ready[-1].finished:
+                    self._finish(seq, ready[-1])
+        finally:
+            self.scheduler.drop_finished()
         self.generated_tokens += len(results)
         return events
+
+    def _finish(self, seq: Sequence, event: TokenEvent) -> None:
+        """The step's last event of seq ended it: the request leaves, its KV is freed (or pinned for a session).
+        It leaves the running list with the step's other finished ones (Scheduler.drop_finished)."""
+        del self.requests[seq.request_id]
+        if seq.pin_key is not None:
+            self.block_manager.pin(seq.pin_key, seq)
+        self.scheduler.finish(seq, event.finish_reason, batched=True)
+        self.runner.forget(seq.request_id)
 
     def stats(self) -> EngineStats:
         bm, sch = self.block_manager, self.scheduler

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
 from msgspec.structs import replace
 from tokenizers import Tokenizer
 
@@ -21,8 +22,10 @@ from seedance.engine.sequence import Sequence
 from seedance.engine.stop_matcher import StopStringMatcher
 
 
-@dataclass(slots=True)
-class SampledToken:
+class SampledToken(msgspec.Struct, gc=False):
+    """What the runner sampled for one sequence. A Struct the collector does not track (it holds no references
+    that could form a cycle): one is made per token per step, and tracked ones drove collections in the core."""
+
     token_id: int
     logprob: float | None = None
     top_logprobs: tuple[tuple[int, float], ...] | None = None
@@ -50,10 +53,17 @@ class RequestOutputState:
         self.text_fed = 0  # characters of output text given to the stop matcher
         self.unassigned = ""  # text released by the matcher but not yet attached to an event
         self.unassigned_at = 0  # where `unassigned` starts, in characters of the output text
+        # Without stop strings nothing is ever held back: each token is one event with its own text (`direct_event`).
+        self.direct = not self.stop_matcher.stops
+        self._decode, self._tokenizer = self.detokenizer.stepper() if self.detokenizer else (None, None)
+        self.num_embedding_tokens = seq.num_prompt_rows("embedding")
+        self.num_image_tokens = seq.num_prompt_rows("image")
 
     def process(self, sampled: SampledToken) -> list[TokenEvent]:
         """Call after sampled.token_id was appended to seq.token_ids. Returns the events now ready, in
         order (none while the token's text is held back); the last one is final when the request ends."""
+        if self.direct:
+            return [self.direct_event(sampled)]
         seq, token_id = self.seq, sampled.token_id
         index = seq.num_output_tokens - 1
         if token_id in self.stop_token_ids:
@@ -83,6 +93,27 @@ class RequestOutputState:
         released_to = self.unassigned_at + len(self.unassigned) + len(released)
         return self._release(released, sum(1 for h in self.held if h.end <= released_to))
 
+    def direct_event(self, sampled: SampledToken) -> TokenEvent:
+        """`process` for a request without stop strings (`direct`), where the matcher would hold nothing back:
+        its one event, built without the hold-back bookkeeping (every token of every such request takes this
+        path; LLMEngine.step calls it without the list)."""
+        seq, token_id = self.seq, sampled.token_id
+        num_output = len(seq.token_ids) - seq.num_prompt_tokens
+        if token_id in self.stop_token_ids:
+            text, finish, stop_reason = "", FinishReason.STOP, token_id
+        else:
+            text = (self._decode(self._tokenizer, token_id) or "") if self._decode is not None else ""
+            stop_reason = None
+            if sampled.grammar_done:
+                finish = FinishReason.STOP
+            elif num_output >= seq.params.max_tokens or len(seq.token_ids) >= self.max_model_len:
+                finish = FinishReason.LENGTH
+            else:
+                finish = None
+        return TokenEvent(seq.request_id, num_output - 1, token_id, text, sampled.logprob, sampled.top_logprobs,
+                          finish, stop_reason, seq.num_prompt_tokens, seq.num_cached_tokens,
+                          self.num_embedding_tokens, self.num_image_tokens)
+
     def _release(self, text: str, count: int) -> list[TokenEvent]:
         """Take `text` from the matcher, then emit the first `count` held tokens, each with its text."""
         self.unassigned += text
@@ -110,6 +141,6 @@ class RequestOutputState:
             stop_reason=stop_reason,
             num_prompt_tokens=seq.num_prompt_tokens,
             num_cached_tokens=seq.num_cached_tokens,
-            num_embedding_tokens=seq.num_prompt_rows("embedding"),
-            num_image_tokens=seq.num_prompt_rows("image"),
+            num_embedding_tokens=self.num_embedding_tokens,
+            num_image_tokens=self.num_image_tokens,
         )

@@ -16,6 +16,9 @@ running stream is waiting on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import attrgetter
+
+import msgspec
 
 from seedance.engine.block_manager import BlockManager
 from seedance.engine.client_share import ClientShare
@@ -23,8 +26,10 @@ from seedance.engine.sequence import Sequence, SequenceStatus
 from seedance.engine.wait_queue import WaitQueue
 
 
-@dataclass(slots=True)
-class ScheduledChunk:
+class ScheduledChunk(msgspec.Struct, gc=False):
+    """One sequence's tokens in one step. Untracked by the collector (it refers to its sequence, never back):
+    one is made per running sequence per step."""
+
     seq: Sequence
     start: int  # first token position computed in this step
     num_tokens: int
@@ -48,7 +53,13 @@ class SchedulerOutput:
         return bool(self.chunks)
 
 
+_URGENCY = attrgetter("priority", "arrival")  # the running order, most urgent first (C, no lambda per sequence)
+
+
 class Scheduler:
+    # A decode whose token fits in its sequence's last block skips the block checks (tests turn it off to compare)
+    decode_fast_path = True
+
     def __init__(
         self,
         block_manager: BlockManager,
@@ -66,6 +77,7 @@ class Scheduler:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting = WaitQueue(aging_interval_s)
         self.running: list[Sequence] = []
+        self._finished_running = False  # finish(batched=True) left finished sequences in running (drop_finished)
         self.paused: list[Sequence] = []
         self.num_preemptions = 0
         # A prompt with embedding rows / image features is prefilled in chunks of at most this many tokens, so
@@ -86,12 +98,23 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.running) or bool(self.waiting)
 
-    def finish(self, seq: Sequence, reason: str) -> None:
-        """Remove seq wherever it is and free its blocks at once (finish, cancel, error)."""
-        self._detach(seq)
+    def finish(self, seq: Sequence, reason: str, batched: bool = False) -> None:
+        """Remove seq wherever it is and free its blocks at once (finish, cancel, error). batched: a running seq
+        stays in the running list, marked finished, until `drop_finished` takes all of a step's out in one pass
+        (a removal each is a scan of the running list: ~27 µs at 2,000 running, for every request's end)."""
+        if batched and seq.status is SequenceStatus.RUNNING:
+            self._finished_running = True
+        else:
+            self._detach(seq)
         self.bm.free_sequence(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
+
+    def drop_finished(self) -> None:
+        """Take the sequences `finish(batched=True)` ended out of the running list, keeping its order."""
+        if self._finished_running:
+            self._finished_running = False
+            self.running[:] = [s for s in self.running if s.status is SequenceStatus.RUNNING]
 
     def pause(self, seq: Sequence) -> None:
         """Take seq out of the batch, keeping its KV blocks so it resumes without recomputation."""
@@ -127,7 +150,8 @@ class Scheduler:
     def schedule(self, now: float) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
-        self.running.sort(key=lambda s: (s.priority, s.arrival))
+        running = self.running
+        running.sort(key=_URGENCY)
         share = None
         if self.max_running_per_client is not None:
             share = ClientShare(self.max_running_per_client, self.running)
@@ -137,10 +161,19 @@ class Scheduler:
         if self.decode_step_prefill_tokens is not None and any(s.num_uncomputed_tokens == 1 for s in self.running):
             prefill = self.decode_step_prefill_tokens
 
+        block_size = self.bm.block_size if self.decode_fast_path else 0
+        chunks = out.chunks
         i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
-            want = seq.num_uncomputed_tokens
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            computed = seq.num_computed_tokens
+            want = len(seq.token_ids) - computed
+            if want == 1 and computed < len(seq.block_table) * block_size:
+                # The common case, a decode whose token fits in its last block: nothing to allocate or check.
+                chunks.append(ScheduledChunk(seq, computed, 1))
+                budget -= 1
+                i += 1
+                continue
             n = self._chunk(seq, min(want, budget) if want == 1 else min(want, budget, prefill))
             if n == 0:  # a prompt still prefilling, and this step's prefill share is spent
                 i += 1

@@ -35,6 +35,9 @@ class SyntheticRateRunner:
         self.passage_ids = passage_ids
         self.num_kv_blocks = num_kv_blocks
         self._next_step_at = 0.0
+        # One SampledToken per passage position, shared by every stream (nothing downstream changes a sampled
+        # token; the model's sampler makes fresh ones): a step then allocates no per-token sample.
+        self._plain = [SampledToken(t) for t in passage_ids]
 
     @classmethod
     def create(cls, config: EngineConfig) -> tuple[SyntheticRateRunner, TextTokenizer, int]:
@@ -51,8 +54,15 @@ class SyntheticRateRunner:
             time.sleep(self._next_step_at - now)
         self._next_step_at = max(now, self._next_step_at) + self.interval
         n = len(self.passage_ids)
-        # a logprob (0.0: the passage is certain) only for a request that asked, as the model's sampler does:
-        # otherwise every chunk would carry a logprobs array the real model does not send
-        return [(c, SampledToken(self.passage_ids[c.seq.num_output_tokens % n],
-                                 logprob=0.0 if c.seq.params.logprobs is not None else None))
-                for c in chunks if c.samples]
+        plain, ids = self._plain, self.passage_ids
+        out = []
+        for c in chunks:
+            seq = c.seq
+            length = len(seq.token_ids)
+            if c.start + c.num_tokens != length:  # a prefill chunk short of the prompt's end samples nothing
+                continue
+            i = (length - seq.num_prompt_tokens) % n
+            # a logprob (0.0: the passage is certain) only for a request that asked, as the model's sampler does:
+            # otherwise every chunk would carry a logprobs array the real model does not send
+            out.append((c, plain[i] if seq.params.logprobs is None else SampledToken(ids[i], logprob=0.0)))
+        return out

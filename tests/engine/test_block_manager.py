@@ -159,3 +159,18 @@ def test_a_diverged_turn_keeps_the_pinned_kv_of_the_prefix_it_shares():
     assert inside_full.block_table == b_blocks[:1] and not bm.pins
     bm.free_sequence(inside_full)
     assert bm.num_free_blocks == 8  # nothing leaked
+
+
+def test_block_hash_is_blake3_of_the_ids_as_int64_bytes():
+    """The prefix cache's key stays what it was with numpy's int64 bytes (content ids are negative, ids large)."""
+    import random
+
+    import blake3
+    import numpy as np
+
+    rng = random.Random(0)
+    for _ in range(50):
+        ids = [rng.randrange(-(2**63), 2**63) if rng.random() < 0.2 else rng.randrange(50000) for _ in range(16)]
+        parent = rng.randbytes(16)
+        expect = blake3.blake3(parent + np.asarray(ids, dtype=np.int64).tobytes()).digest(length=16)
+        assert hash_block(parent, ids) == hash_block(parent, tuple(ids)) == expect
