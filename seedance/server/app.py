@@ -310,6 +310,7 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None,
     site = conn_guard.GuardedSite(runner, app[conn_guard.GUARD], config.host, config.port, reuse_address=True,
                                   ssl_context=sec.ssl_context, backlog=config.listen_backlog,
                                   reuse_port=worker is not None, keepalive=config.keepalive,
+                                  accept_batch=config.accept_batch,
                                   protocol=HeadRouter.factory(picows.protocol) if picows else None)
     try:
         await site.start()

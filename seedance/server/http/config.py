@@ -23,6 +23,9 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     listen_backlog: int = 2048  # listen(2) queue for connection bursts; the kernel caps it at net.core.somaxconn
+    # connections accepted per readable event of the listening socket (server/http/batch_accept.py): libuv's
+    # own accept takes one per loop turn, which a loop busy streaming turns into tens per second
+    accept_batch: int = 512
     engine: EngineConfig = field(default_factory=EngineConfig)
     # Where the engine core runs (docs/server-stack.md): "process" (its own process, vLLM v1's EngineCore shape:
     # no GIL shared with the event loop; faster on docs/benchmarks.md's issue #16 matrix; images too, the vision
@@ -175,9 +178,9 @@ class ServerConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         self.validate_model()
-        for name in ("listen_backlog", "max_message_bytes", "max_connections", "max_requests_per_connection",
-                     "heartbeat_max_missed", "max_jobs", "max_embedding_inputs", "max_embedding_tokens",
-                     "max_pending_embeddings", "realtime_max_items"):
+        for name in ("listen_backlog", "accept_batch", "max_message_bytes", "max_connections",
+                     "max_requests_per_connection", "heartbeat_max_missed", "max_jobs", "max_embedding_inputs",
+                     "max_embedding_tokens", "max_pending_embeddings", "realtime_max_items"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
 
