@@ -53,9 +53,6 @@ def listening_sockets(host: str | Iterable[str] | None, port: int, backlog: int,
             except OSError as err:
                 raise OSError(err.errno, f"error while attempting to bind on address {address!r}: "
                               f"{err.strerror.lower() if err.strerror else err}") from None
-            if port == 0 and len(infos) > 1:  # the other families take the port the first one got
-                port = sock.getsockname()[1]
-                infos = [(f, k, p, n, (a[0], port, *a[2:])) for f, k, p, n, a in infos]
             sock.listen(backlog)
             sock.setblocking(False)
     except BaseException:
