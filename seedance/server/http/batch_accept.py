@@ -64,8 +64,8 @@ def listening_sockets(host: str | Iterable[str] | None, port: int, backlog: int,
 
 class BatchAcceptServer:
     """What aiohttp's site holds as its server (`sockets`, `close`, `wait_closed`): the listening sockets, each
-    read by `_on_readable`. A connection's transport and protocol come from `connect_accepted_socket`, driven
-    by a task that holds it until the transport is made (and, with TLS, the handshake done)."""
+    read by `_on_readable`. A connection's transport and protocol come from `connect_accepted_socket`, stepped
+    by `_step` until the transport has started (and, with TLS, the handshake is done)."""
 
     def __init__(self, sockets: list[socket.socket], factory: Callable[[], asyncio.BaseProtocol],
                  ssl_context: ssl.SSLContext | None = None, ssl_handshake_timeout: float | None = None,
@@ -77,7 +77,7 @@ class BatchAcceptServer:
         self.batch = max(1, batch)
         self.loop = asyncio.get_running_loop()
         self.accepted = 0  # connections handed to the loop, for the tests and the curious
-        self._starting: set[asyncio.Task] = set()
+        self._starting: set = set()  # connect_accepted_socket coroutines waiting for their transport's start
         self._serving = True
         self._closed = asyncio.Event()
         for sock in sockets:
@@ -102,16 +102,29 @@ class BatchAcceptServer:
             self._start(conn)
 
     def _start(self, conn: socket.socket) -> None:
+        """The transport and protocol for conn, made now: `connect_accepted_socket` builds them before its one
+        await (the transport's start, or with TLS the handshake), so the coroutine is stepped here rather than
+        by a task, which would make them a loop turn later (a turn lasts up to ~100 ms while streaming)."""
         self.accepted += 1
-        task = self.loop.create_task(self.loop.connect_accepted_socket(
-            self.factory, conn, ssl=self.ssl_context, ssl_handshake_timeout=self.ssl_handshake_timeout))
-        self._starting.add(task)
-        task.add_done_callback(self._started)
+        coro = self.loop.connect_accepted_socket(self.factory, conn, ssl=self.ssl_context,
+                                                 ssl_handshake_timeout=self.ssl_handshake_timeout)
+        self._step(coro)
 
-    def _started(self, task: asyncio.Task) -> None:
-        self._starting.discard(task)
-        if not task.cancelled() and (err := task.exception()) is not None:
-            log.debug("connection not started: %s", err)  # a failed TLS handshake, a peer gone before its start
+    def _step(self, coro, _future: asyncio.Future | None = None) -> None:
+        """One step of coro, as a task would take it: to its next await of a future, resumed when that is done."""
+        self._starting.discard(coro)
+        try:
+            future = coro.send(None)
+        except StopIteration:
+            return
+        except Exception as err:  # a failed TLS handshake, a peer gone before its start: that connection only
+            log.debug("connection not started: %s", err)
+            return
+        self._starting.add(coro)  # held until it ends
+        if future is None:  # a bare yield (asyncio.sleep(0)): the next turn
+            self.loop.call_soon(self._step, coro)
+        else:
+            future.add_done_callback(lambda done: self._step(coro, done))
 
     def _pause(self, sock: socket.socket) -> None:
         self.loop.remove_reader(sock.fileno())
