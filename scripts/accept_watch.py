@@ -112,9 +112,10 @@ def main() -> None:
 
     def watch() -> None:
         while not stop.is_set():
-            samples.append((time.time() - start, _count(["state", "syn-sent", f"dport = :{port}"]),
-                            _count(["state", "established", f"sport = :{port}"]), accept_queue(port), netstat(),
-                            cpu_by_role()))
+            with contextlib.suppress(psutil.Error):  # a load process that ended between the listing and the read
+                samples.append((time.time() - start, _count(["state", "syn-sent", f"dport = :{port}"]),
+                                _count(["state", "established", f"sport = :{port}"]), accept_queue(port),
+                                netstat(), cpu_by_role()))
             stop.wait(args.every)
 
     start = time.time() + 1.0 + 0.5 * args.processes  # run_level's own clock starts then
