@@ -26,6 +26,9 @@ class ServerConfig:
     # connections accepted per readable event of the listening socket (server/http/batch_accept.py): libuv's
     # own accept takes one per loop turn, which a loop busy streaming turns into tens per second
     accept_batch: int = 512
+    # while more connections than this arrive per second, automatic full garbage collections wait (at most 60 s):
+    # each walks every connection's objects, and a ramp of new ones set off one after another (gc_policy.py); 0: off
+    gc_burst_accepts_per_s: int = 50
     engine: EngineConfig = field(default_factory=EngineConfig)
     # Where the engine core runs (docs/server-stack.md): "process" (its own process, vLLM v1's EngineCore shape:
     # no GIL shared with the event loop; faster on docs/benchmarks.md's issue #16 matrix; images too, the vision
@@ -173,7 +176,7 @@ class ServerConfig:
             raise ValueError("trace_sample_rate must be between 0 and 1")
         if self.header_timeout_s <= 0:
             raise ValueError("header_timeout_s must be > 0")
-        for name in ("max_pending_connections_per_ip", "max_open_connections", "fd_reserve",
+        for name in ("max_pending_connections_per_ip", "max_open_connections", "fd_reserve", "gc_burst_accepts_per_s",
                      "session_snapshot_embeds_bytes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
