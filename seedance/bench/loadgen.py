@@ -15,7 +15,6 @@ so a run always ends by itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import resource
 import time
@@ -296,12 +295,8 @@ async def _run_clients(spec: WorkerSpec, result: WorkerResult,
             await _http_client(session, spec, result, deadline, connected)
 
     tasks = [asyncio.create_task(client(i)) for i in range(spec.clients)]
-    settler = asyncio.create_task(_settle_heap())
     # Every request is bounded, so this is a backstop: a level always ends, whatever the server does.
     _, stuck = await asyncio.wait(tasks, timeout=spec.ramp_s + spec.duration_s + spec.request_timeout_s + 15)
-    settler.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await settler
     for task in stuck:
         task.cancel()
     result.timeouts += len(stuck)
@@ -315,23 +310,17 @@ async def _run_clients(spec: WorkerSpec, result: WorkerResult,
     return result
 
 
-GC_FREEZE_EVERY_S = 1.0
-
-
-async def _settle_heap() -> None:
-    """Move what is alive to the collector's permanent generation every second. Thousands of clients' sockets,
-    tasks and buffers are ~100 tracked objects each, and every full collection walked them all: 2-3.5 s pauses
-    and 13-14 s of the load processes' 60 s at 10,000 clients (a loaded box), the handshakes and reads stalled
-    behind them. Frozen, a full collection sees only the last second's objects; what a frozen cycle leaks over
-    one level is small, and the process ends with the level."""
-    while True:
-        gc.freeze()
-        await asyncio.sleep(GC_FREEZE_EVERY_S)
-
-
 def run_worker(spec: WorkerSpec) -> dict:
     """Entry point of one load process: raise the fd limit, run the clients on uvloop, return samples."""
     import uvloop
 
     raise_nofile_limit()
-    return asdict(uvloop.run(_run(spec)))
+    # No garbage collection during the level. Thousands of clients' sockets, tasks and buffers are ~100 tracked
+    # objects each, and every full collection walked them all: 2-3.5 s pauses, 13-14 s of a load process's 60 s
+    # at 10,000 clients (loaded box), its handshakes and reads stalled behind them; with the heap frozen every
+    # second instead, the young collections still took ~8 s. A level is a minute: its cyclic garbage can wait.
+    gc.disable()
+    try:
+        return asdict(uvloop.run(_run(spec)))
+    finally:
+        gc.enable()
