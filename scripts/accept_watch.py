@@ -142,6 +142,8 @@ def main() -> None:
           f"{c['time_to_all_connected_s']}, peak {c['handshakes_per_s_peak']}/s, handshake ms {c['handshake_ms']}, "
           f"errors {row['errors']} timeouts {row['timeouts']} (connect {row['connect_timeouts']}), "
           f"chunks/s {row['chunks_per_s']:.0f}, tokens/chunk {row['tokens_per_chunk'] or 0:.2f}")
+    for sample in row["error_samples"]:
+        print("  error:", sample)
     by_s = c.get("connected_by_s") or []
     print("t_s syn_sent established accept_q overflows drops cookies | connected(101) | cpu% gateway engine load")
     base = samples[0][4] if samples else {}

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 
 log = logging.getLogger("seedance.server")
 
-ACCEPT_BATCH = 512  # default connections accepted per readable event (ServerConfig.accept_batch)
+ACCEPT_BATCH = 1024  # default connections accepted per readable event (ServerConfig.accept_batch)
 EMFILE_PAUSE_S = 0.1  # out of descriptors: stop accepting this long, rather than spin on a readable socket
 _RETRY = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}  # this one connection failed: go on
 _OUT_OF_FDS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}

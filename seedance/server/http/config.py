@@ -25,7 +25,7 @@ class ServerConfig:
     listen_backlog: int = 2048  # listen(2) queue for connection bursts; the kernel caps it at net.core.somaxconn
     # connections accepted per readable event of the listening socket (server/http/batch_accept.py): libuv's
     # own accept takes one per loop turn, which a loop busy streaming turns into tens per second
-    accept_batch: int = 512
+    accept_batch: int = 1024
     # while more connections than this arrive per second, automatic full garbage collections wait (at most 60 s):
     # each walks every connection's objects, and a ramp of new ones set off one after another (gc_policy.py); 0: off
     gc_burst_accepts_per_s: int = 50
