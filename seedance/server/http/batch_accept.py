@@ -104,7 +104,7 @@ class BatchAcceptServer:
     def _start(self, conn: socket.socket) -> None:
         """The transport and protocol for conn, made now: `connect_accepted_socket` builds them before its one
         await (the transport's start, or with TLS the handshake), so the coroutine is stepped here rather than
-        by a task, which would make them a loop turn later (a turn lasts up to ~100 ms while streaming)."""
+        by a task, which would make them a loop turn later (tens of ms to seconds while streaming)."""
         self.accepted += 1
         coro = self.loop.connect_accepted_socket(self.factory, conn, ssl=self.ssl_context,
                                                  ssl_handshake_timeout=self.ssl_handshake_timeout)
@@ -117,7 +117,7 @@ class BatchAcceptServer:
             future = coro.send(None)
         except StopIteration:
             return
-        except Exception as err:  # a failed TLS handshake, a peer gone before its start: that connection only
+        except (Exception, asyncio.CancelledError) as err:  # a failed TLS handshake, a peer gone: that one only
             log.debug("connection not started: %s", err)
             return
         self._starting.add(coro)  # held until it ends
