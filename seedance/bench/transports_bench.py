@@ -302,6 +302,7 @@ def connection_summary(clients: int, connected_at: list[float], handshake_s: lis
         "handshakes_per_s_mean": len(connected_at) / connected_at[-1] if connected_at and connected_at[-1] > 0
         else None,
         "arrivals_per_s": clients / ramp if ramp else None,
+        "connected_by_s": np.cumsum(per_second).tolist() if connected_at else [],  # clients connected by second k + 1
         "handshake_ms": percentiles_ms(handshake_s, (50, 99)) if handshake_s else None,
     }
 

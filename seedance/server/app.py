@@ -27,6 +27,7 @@ from seedance.protocol import CloseCode
 from seedance.server.http import client_identity, conn_guard, cors, security
 from seedance.server.http import observability_http as observability
 from seedance.server.http.config import ServerConfig
+from seedance.server.http.gc_policy import GcPolicy
 from seedance.server.http.head_router import HeadRouter
 from seedance.server.http.http_errors import HttpError
 from seedance.server.http.proxy import TrustedProxies
@@ -310,6 +311,7 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None,
     site = conn_guard.GuardedSite(runner, app[conn_guard.GUARD], config.host, config.port, reuse_address=True,
                                   ssl_context=sec.ssl_context, backlog=config.listen_backlog,
                                   reuse_port=worker is not None, keepalive=config.keepalive,
+                                  accept_batch=config.accept_batch,
                                   protocol=HeadRouter.factory(picows.protocol) if picows else None)
     try:
         await site.start()
@@ -321,6 +323,8 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None,
             if sock.family == socket.AF_INET:
                 attach_source_ip_routing(sock, worker.count)
     observability.mark(app, "listener_ready")
+    gc_policy = GcPolicy(lambda: site._server.accepted, config.gc_burst_accepts_per_s)
+    gc_policy.start()
     stop = asyncio.Event()
     app[STATE].on_load_failure = stop.set
     loop = asyncio.get_running_loop()
@@ -340,6 +344,7 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None,
         # clients must still be able to cancel and answer pings while their streams finish.
         for s in list(runner.sites):
             await s.stop()  # no new connections
+        gc_policy.stop()
         await drain(app)
         if picows is not None:
             await picows.close()

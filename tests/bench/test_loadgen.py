@@ -29,5 +29,24 @@ def test_connection_summary():
     assert summary["connected"] == 4 and summary["time_to_all_connected_s"] == 1.9
     assert summary["handshakes_per_s_peak"] == 2 and summary["arrivals_per_s"] == 2.0
     assert summary["handshake_ms"]["p50"] == 25.0
+    assert summary["connected_by_s"] == [2, 4]  # by the end of second 1, of second 2
     missing = connection_summary(5, [0.1, 0.5], [0.01, 0.02], ramp=0.0)
     assert missing["connected"] == 2 and missing["time_to_all_connected_s"] is None
+
+
+def test_a_load_process_runs_its_level_with_the_collector_off_and_turns_it_back_on(monkeypatch):
+    """Its full collections walked every client's objects (2-3.5 s pauses at 10,000 clients): none during a level."""
+    import gc
+
+    from seedance.bench import loadgen
+
+    seen = []
+
+    async def fake_run(spec):
+        seen.append(gc.isenabled())
+        return loadgen.WorkerResult()
+
+    monkeypatch.setattr(loadgen, "_run", fake_run)
+    assert gc.isenabled()
+    loadgen.run_worker(loadgen.WorkerSpec("websocket", "http://127.0.0.1:1", 1, 1, 0.1, 0.0))
+    assert seen == [False] and gc.isenabled()

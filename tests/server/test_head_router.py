@@ -66,3 +66,11 @@ def test_picows_gets_the_connection_header_its_handshake_takes():
     fixed = for_picows(head)
     assert b"Connection: Upgrade\r\n" in fixed and b"keep-alive" not in fixed and fixed.endswith(b"\r\n\r\ntail")
     assert route_head(fixed) is True
+
+
+def test_a_plain_connection_header_is_taken_as_it_is_and_a_second_one_rewritten_too():
+    plain = upgrade().replace(b"keep-alive, Upgrade", b"Upgrade")
+    assert for_picows(plain) is plain  # the common case: no copy
+    doubled = upgrade(extra="connection: Upgrade\r\n")
+    fixed = for_picows(doubled)
+    assert fixed.count(b"Connection: Upgrade\r\n") == 2 and b"keep-alive" not in fixed

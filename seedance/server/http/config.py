@@ -23,6 +23,12 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     listen_backlog: int = 2048  # listen(2) queue for connection bursts; the kernel caps it at net.core.somaxconn
+    # connections accepted per readable event of the listening socket (server/http/batch_accept.py): libuv's
+    # own accept takes one per loop turn, which a loop busy streaming turns into tens per second
+    accept_batch: int = 1024
+    # while more connections than this arrive per second, automatic full garbage collections wait (at most 60 s):
+    # each walks every connection's objects, and a ramp of new ones set off one after another (gc_policy.py); 0: off
+    gc_burst_accepts_per_s: int = 50
     engine: EngineConfig = field(default_factory=EngineConfig)
     # Where the engine core runs (docs/server-stack.md): "process" (its own process, vLLM v1's EngineCore shape:
     # no GIL shared with the event loop; faster on docs/benchmarks.md's issue #16 matrix; images too, the vision
@@ -170,14 +176,14 @@ class ServerConfig:
             raise ValueError("trace_sample_rate must be between 0 and 1")
         if self.header_timeout_s <= 0:
             raise ValueError("header_timeout_s must be > 0")
-        for name in ("max_pending_connections_per_ip", "max_open_connections", "fd_reserve",
+        for name in ("max_pending_connections_per_ip", "max_open_connections", "fd_reserve", "gc_burst_accepts_per_s",
                      "session_snapshot_embeds_bytes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         self.validate_model()
-        for name in ("listen_backlog", "max_message_bytes", "max_connections", "max_requests_per_connection",
-                     "heartbeat_max_missed", "max_jobs", "max_embedding_inputs", "max_embedding_tokens",
-                     "max_pending_embeddings", "realtime_max_items"):
+        for name in ("listen_backlog", "accept_batch", "max_message_bytes", "max_connections",
+                     "max_requests_per_connection", "heartbeat_max_missed", "max_jobs", "max_embedding_inputs",
+                     "max_embedding_tokens", "max_pending_embeddings", "realtime_max_items"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from seedance.server.http.batch_accept import ACCEPT_BATCH, BatchAcceptServer, listening_sockets
 from seedance.server.http.keepalive import apply_keepalive
 
 log = logging.getLogger("seedance.security")
@@ -189,23 +190,26 @@ class GuardedSite(web.TCPSite):
     `keepalive`: the TCP keepalive preset (keepalive.py) every accepted connection inherits."""
 
     def __init__(self, runner: web.AppRunner, guard: ConnectionGuard, *args,
-                 protocol: ProtocolFactory | None = None, keepalive: str = "off", **kwargs) -> None:
+                 protocol: ProtocolFactory | None = None, keepalive: str = "off", accept_batch: int = ACCEPT_BATCH,
+                 **kwargs) -> None:
         super().__init__(runner, *args, **kwargs)
         self.guard = guard
         self.protocol = protocol or (lambda guard, handler: GuardedProtocol(guard, handler()))
         self.keepalive = keepalive
+        self.accept_batch = accept_batch
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
         server = self._runner.server
         assert server is not None
         guard = self.guard
-        extra = {"ssl_handshake_timeout": guard.header_timeout_s} if self._ssl_context is not None else {}
         make = self.protocol
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: make(guard, server), self._host, self._port, ssl=self._ssl_context,
-            backlog=self._backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port, **extra)
-        self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
+        # Our own accept loop (batch_accept.py): every waiting connection in one turn, not libuv's one per turn.
+        sockets = listening_sockets(self._host, self._port, self._backlog, reuse_address=self._reuse_address is not
+                                    False, reuse_port=bool(self._reuse_port))
+        self._server = BatchAcceptServer(sockets, lambda: make(guard, server), self._ssl_context,
+                                         guard.header_timeout_s, self.accept_batch)
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
         # The TCP keepalive preset on the listening sockets: Linux copies it to every accepted socket, which
         # saves each connection four setsockopt calls (and uvloop a Python socket object per call).
         for sock in self._server.sockets:
