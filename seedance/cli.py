@@ -101,6 +101,9 @@ def serve(
                                         "--dtype), int8, int4 or fp16 (quantize on load) (default: auto)")] = None,
     kv_cache_memory: Annotated[S, _opt("SIZE", "KV pool size, e.g. 512MiB (default: follows the model, "
                                                "docs/model.md)")] = None,
+    compile_decode: Annotated[bool, _opt("", "decode steps through torch.compile: faster steps, a minute or more of "
+                                      "compiling at start-up (docs/model.md) (env SEEDANCE_COMPILE)",
+                                  "--compile")] = False,
     keepalive: Annotated[S, _opt("PRESET", "TCP keepalive: conservative, aggressive, off (default: "
                                            "conservative)")] = None,
     tls_cert: Annotated[S, _opt("FILE", "PEM certificate chain: serve https:// and wss://")] = None,
@@ -167,7 +170,8 @@ def serve(
         cfg = ServerConfig.load(config, host=host, port=port, model=model, device=device, dtype=dtype,
                                 model_name=model_name, keepalive=keepalive, session_store=session_store,
                                 state_dir=state_dir, engine_mode=engine, workers=workers,
-                                ws_stack=ws_stack, quantize=quantize, kv_cache_bytes=kv_bytes, **security,
+                                ws_stack=ws_stack, quantize=quantize, kv_cache_bytes=kv_bytes,
+                                compile=True if compile_decode else None, **security,
                                 **observability)
     except (ValueError, typer.BadParameter) as err:
         print(f"seedance serve: {err}", file=sys.stderr)

@@ -101,3 +101,18 @@ def test_the_session_database_goes_to_the_state_dir(monkeypatch, tmp_path):
     explicit = ServerConfig.load(env={"SEEDANCE_SESSION_STORE": "redis://127.0.0.1:6379/0"})
     assert explicit.session_store_url() == "redis://127.0.0.1:6379/0"
     assert not list(tmp_path.glob("*.db"))  # nothing in the working directory
+
+
+def test_serve_compile_flag_turns_on_the_compiled_decode_step(monkeypatch):
+    """`--compile` reaches the engine's config (and its absence leaves the env / file / default to decide)."""
+    seen: list[ServerConfig] = []
+    real_load = ServerConfig.load
+
+    def load(*args, **kwargs):
+        seen.append(real_load(*args, env={}, **kwargs))
+        raise ValueError("stop here")  # serve reports it and exits 2 before loading any model
+
+    monkeypatch.setattr(ServerConfig, "load", load)
+    assert invoke("serve", "--compile").exit_code == 2
+    assert invoke("serve").exit_code == 2
+    assert [cfg.engine.compile for cfg in seen] == [True, False]
