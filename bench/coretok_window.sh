@@ -10,16 +10,6 @@ set -euo pipefail
 BEFORE=${BEFORE:-/tmp/coretok-before}
 OUT=${OUT:-bench/results/coretok}
 LEGS=${LEGS:-after before after2 before2 http fuzz}
-mkdir -p "$OUT"
-S="seedance bench transports --backend synthetic --rate 50 --max-tokens 32 --ramp 10s --duration 15s --processes 2"
-S="$S --memory-connections 0 --engine process --plots ''"
-run() { echo "== $(date -u +%T) load $(cut -d' ' -f1-3 /proc/loadavg): $*"; eval nice -n 19 "$@"; }
-want() { [[ " $LEGS " == *" $1 "* ]]; }
-W="--transports websocket --concurrency 1000,2000"
-want after && run $S $W --baseline picows --output "$OUT/after-ws.json"
-want before && run $S $W --server-path "$BEFORE" --output "$OUT/before-ws.json"
-want after2 && run $S $W --output "$OUT/after-ws-run2.json"
-want before2 && run $S $W --server-path "$BEFORE" --output "$OUT/before-ws-run2.json"
-want http && run $S --transports sse,polling --concurrency 1000 --output "$OUT/after-http.json"
+source "$(dirname "$0")/transports_window_lib.sh"  # $S, run, want and the after/before/http legs
 want fuzz && run seedance bench fuzz --seed 0 --hang-timeout 60 --engine process --output "$OUT/fuzz-after.json"
 echo "== $(date -u +%T) done"

@@ -9,17 +9,7 @@ set -euo pipefail
 BEFORE=${BEFORE:-/tmp/gwcost-before}
 OUT=${OUT:-bench/results/gwcost}
 LEGS=${LEGS:-after before after2 before2 http profile 10k}
-mkdir -p "$OUT"
-S="seedance bench transports --backend synthetic --rate 50 --max-tokens 32 --ramp 10s --duration 15s --processes 2"
-S="$S --memory-connections 0 --engine process --plots ''"
-run() { echo "== $(date -u +%T) load $(cut -d' ' -f1-3 /proc/loadavg): $*"; eval nice -n 19 "$@"; }
-want() { [[ " $LEGS " == *" $1 "* ]]; }
-W="--transports websocket --concurrency 1000,2000"
-want after && run $S $W --baseline picows --output "$OUT/after-ws.json"
-want before && run $S $W --server-path "$BEFORE" --output "$OUT/before-ws.json"
-want after2 && run $S $W --output "$OUT/after-ws-run2.json"
-want before2 && run $S $W --server-path "$BEFORE" --output "$OUT/before-ws-run2.json"
-want http && run $S --transports sse,polling --concurrency 1000 --output "$OUT/after-http.json"
+source "$(dirname "$0")/transports_window_lib.sh"  # $S, run, want and the after/before/http legs
 want profile && run python scripts/profile_gateway.py --clients 1000 --ramp 10 --duration 15 \
     --out "$OUT/profile-after" '>' "$OUT/profile-after.txt"
 want 10k && run $S --transports websocket --concurrency 10000 --output "$OUT/after-ws-10k.json"
