@@ -86,7 +86,7 @@ class RequestOutputState:
             events = self._release(released + self.stop_matcher.flush(), len(self.held))
             events[-1] = replace(events[-1], finish_reason=FinishReason.STOP)
             return events
-        if seq.num_output_tokens >= seq.params.max_tokens or len(seq) >= self.max_model_len:
+        if self._length_reached(seq.num_output_tokens):
             events = self._release(released + self.stop_matcher.flush(), len(self.held))
             events[-1] = replace(events[-1], finish_reason=FinishReason.LENGTH)  # the current token: held last
             return events
@@ -106,13 +106,17 @@ class RequestOutputState:
             stop_reason = None
             if sampled.grammar_done:
                 finish = FinishReason.STOP
-            elif num_output >= seq.params.max_tokens or len(seq.token_ids) >= self.max_model_len:
+            elif self._length_reached(num_output):
                 finish = FinishReason.LENGTH
             else:
                 finish = None
         return TokenEvent(seq.request_id, num_output - 1, token_id, text, sampled.logprob, sampled.top_logprobs,
                           finish, stop_reason, seq.num_prompt_tokens, seq.num_cached_tokens,
                           self.num_embedding_tokens, self.num_image_tokens)
+
+    def _length_reached(self, num_output: int) -> bool:
+        """The request's length limit, one rule for both paths: its max_tokens or the model's context."""
+        return num_output >= self.seq.params.max_tokens or len(self.seq.token_ids) >= self.max_model_len
 
     def _release(self, text: str, count: int) -> list[TokenEvent]:
         """Take `text` from the matcher, then emit the first `count` held tokens, each with its text."""

@@ -42,6 +42,20 @@ async def test_a_burst_that_does_not_end_gets_its_collection_after_max_defer(thr
     count[0] += 500
     policy._tick()
     assert gc.get_threshold() == thresholds
+    for _ in range(3):  # the burst goes on: no deferring again until the owed full collection has run
+        now[0] += 1
+        count[0] += 500
+        policy._tick()
+        assert gc.get_threshold() == thresholds
+    gc.collect()  # a full collection (here forced; in the server CPython's own threshold starts it)
+    now[0] += 1
+    count[0] += 500
+    policy._tick()
+    assert gc.get_threshold()[2] > 10**6  # deferring again, for at most another MAX_DEFER_S
+    count[0] += 10  # the burst ends
+    now[0] += 1
+    policy._tick()
+    assert gc.get_threshold() == thresholds
     policy.stop()
 
 

@@ -8,7 +8,8 @@ at 10,000 clients on a loaded box (~1 s each), the event loop stopped through ev
 waited. `GcPolicy` samples the accept count once a second; while more than `burst_accepts_per_s` arrive, the
 automatic full collection is off (generation 2's threshold out of reach; the young generations are collected as
 usual), and it is back as soon as a second passes under the rate, or after `MAX_DEFER_S` in any case, so
-cyclic garbage waits at most that long.
+cyclic garbage waits at most that long: a burst that outlasts it defers again only once a full collection has
+run since (CPython's own rule decides when, as without the policy).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class GcPolicy:
         self.deferring_since: float | None = None
         self.deferred_total_s = 0.0
         self._last = accepted()
+        self._owed_after: int | None = None  # full collections counted when MAX_DEFER_S ran out; None: nothing owed
         self._threshold2 = gc.get_threshold()[2]
         self._handle: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_running_loop()
@@ -51,19 +53,30 @@ class GcPolicy:
         count = self.accepted()
         rate = (count - self._last) / self.interval_s
         self._last = count
-        if rate > self.burst and (self.deferring_since is None or now - self.deferring_since < MAX_DEFER_S):
-            if self.deferring_since is None:
+        if self._owed_after is not None and _full_collections() > self._owed_after:
+            self._owed_after = None  # the full collection the last long burst owed has run
+        if rate <= self.burst:
+            self._resume()
+            self._owed_after = None
+        elif self.deferring_since is None:
+            if self._owed_after is None:
                 self.deferring_since = now
                 t0, t1, self._threshold2 = gc.get_threshold()
                 gc.set_threshold(t0, t1, _OUT_OF_REACH)
-        else:
+        elif now - self.deferring_since >= MAX_DEFER_S:
             self._resume()
+            self._owed_after = _full_collections()
         self._handle = self.loop.call_later(self.interval_s, self._tick)
 
     def _resume(self) -> None:
+        """Automatic full collections back at their usual threshold."""
         if self.deferring_since is None:
             return
         self.deferred_total_s += self.loop.time() - self.deferring_since
         self.deferring_since = None
         t0, t1, _ = gc.get_threshold()
         gc.set_threshold(t0, t1, self._threshold2)
+
+
+def _full_collections() -> int:
+    return gc.get_stats()[2]["collections"]
