@@ -40,6 +40,7 @@ from seedance.server.http.proxy import ClientAddress
 from seedance.server.http.security import CLIENT, SECURITY, SUBPROTOCOLS, Security, WsGuard, principal_of
 from seedance.server.http.state import STATE, ServerState
 from seedance.server.transports import ws_accept
+from seedance.server.transports.writer_wake import WriterWake
 from seedance.server.transports.ws_choices import WsRequest
 from seedance.server.transports.ws_commands import WsCommands
 from seedance.server.transports.ws_liveness import CLOSE_TIMEOUT_S, BoundedClose, HeartbeatTimer
@@ -95,7 +96,8 @@ class WsConnection:
     def __init__(self, ws: WsSocket, transport: asyncio.Transport | None) -> None:
         self.ws = ws
         self.transport = transport
-        self.wake = asyncio.Event()
+        # the writer task's wake-up: the task exists only while it has turns (writer_wake.py: idle memory)
+        self.wake = WriterWake(self._writer_turn, lambda: bool(self.protocol.requests), "ws-writer")
         self.closer = BoundedClose(ws, transport, "websocket")
         self.heartbeat = HeartbeatTimer(ws, self.wake, lambda: self.protocol.backpressure.next_heartbeat_at)
         self.loop = asyncio.get_running_loop()
@@ -106,16 +108,13 @@ class WsConnection:
 
     # ---- lifecycle --------------------------------------------------------------------------------
     async def run(self) -> None:
-        writer = asyncio.create_task(self._writer(), name="ws-writer")
         self.heartbeat.arm()
         try:
             await self._reader()
         finally:
             self._ended = True
             self.heartbeat.cancel()
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
+            await self.wake.stop()
             self.commands.connection_lost()
             await self.closer.finish()
 
@@ -257,25 +256,20 @@ class WsConnection:
                 ended.append(active)
         return texts, frames, ended
 
-    async def _writer(self) -> None:
+    async def _writer_turn(self) -> None:
+        """One turn of the writer task (started by self.wake.set(): writer_wake.py)."""
+        self._in_turn = True
         try:
-            await self._write_loop()
+            await self._write_turn()
         except asyncio.CancelledError:
             raise
         except Exception:  # never die silently: a dead writer would leave this connection's streams hanging
             log.exception("websocket writer failed; closing the connection")
+            self._ended = True
+            await self.wake.stop()
             await self.close(CloseCode.INTERNAL_ERROR, "internal error")
-
-    async def _write_loop(self) -> None:
-        wake = self.wake
-        while True:
-            await wake.wait()
-            wake.clear()
-            self._in_turn = True
-            try:
-                await self._write_turn()
-            finally:
-                self._in_turn = False
+        finally:
+            self._in_turn = False
 
     async def _write_turn(self) -> None:
         loop = self.loop
