@@ -47,6 +47,7 @@ from seedance.server.transports.ws_liveness import CLOSE_TIMEOUT_S, BoundedClose
 
 log = logging.getLogger(__name__)
 
+_NONE_ENDED: list = []  # _take_ready's "no request ended" (the common case): never appended to
 _NEVER_DRAIN = 1 << 62  # aiohttp writer_limit: never wait for the socket to drain (the water marks bound it)
 
 
@@ -73,12 +74,17 @@ class WsDirectSocket(WsSocket, Protocol):
     def ping_now(self, message: bytes) -> None: ...
 
 
+def _text_message(texts: list[bytes]) -> bytes:
+    """One write's JSON texts as one text message: an array when several."""
+    return texts[0] if len(texts) == 1 else b"[" + b",".join(texts) + b"]"
+
+
 def _messages(texts: list[bytes], frames: list[bytes]) -> list[tuple[bytes, WSMsgType]]:
     """One write's messages: the JSON texts as one text message (an array when several), the MTF1 frames as
     one binary message."""
     out = []
     if texts:
-        out.append((texts[0] if len(texts) == 1 else b"[" + b",".join(texts) + b"]", WSMsgType.TEXT))
+        out.append((_text_message(texts), WSMsgType.TEXT))
     if frames:
         out.append((b"".join(frames), WSMsgType.BINARY))
     return out
@@ -235,10 +241,13 @@ class WsConnection:
             return False  # the task ticks again (the heartbeat is not due twice) and carries out what is queued
         self.heartbeat.arm()
         texts, frames, ended = self._take_ready()
-        for command in protocol.commands():  # what taking the events queued: pauses for credit
-            self.commands.apply(command)
-        for body, opcode in _messages(texts, frames):
-            self._send_now(ws, body, opcode)
+        if protocol.has_output():
+            for command in protocol.commands():  # what taking the events queued: pauses for credit
+                self.commands.apply(command)
+        if texts:  # _messages' two messages, without building their list: this runs per connection per step
+            self._send_now(ws, _text_message(texts), WSMsgType.TEXT)
+        if frames:
+            self._send_now(ws, b"".join(frames), WSMsgType.BINARY)
         for active in ended:
             active.sent()
         return True
@@ -248,11 +257,13 @@ class WsConnection:
         protocol = self.protocol
         texts, self.commands.outbox = self.commands.outbox, []
         frames: list[bytes] = []
-        ended = []
+        ended = _NONE_ENDED
         for active in list(protocol.requests.values()):
             active.write_ready(protocol, texts, frames)
             if active.finished:
                 protocol.forget(active.id)
+                if ended is _NONE_ENDED:
+                    ended = []
                 ended.append(active)
         return texts, frames, ended
 

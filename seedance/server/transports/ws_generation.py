@@ -27,7 +27,9 @@ class WsGeneration(Generation):
     def write_ready(self, protocol: ServerConnection, texts: list[bytes], frames: list[bytes]) -> None:
         """The writer's turn: take what the engine produced, as far as the id's credit allows, and encode it."""
         stream = self.stream
-        if protocol.may_take(self.id, not stream.queue.empty()):
+        if stream.queue.empty():
+            return  # nothing delivered (another request of the connection's step): no credit spent, nothing to say
+        if protocol.may_take(self.id, True):
             events = stream.drain()
             protocol.receive_events(self.id, events)
             self.encode(events, texts, frames)
