@@ -47,7 +47,7 @@ class WsGeneration(Generation):
     def encode(self, events: list[TokenEvent], texts: list[bytes], frames: list[bytes]) -> None:
         """Turn one batch of events into one chunk or frame (and the end marker if it ended). Credit is the
         connection's (protocol/server_connection.py decides which events go now)."""
-        if self.finished:
+        if self.final is not None:  # finished (the property costs a call per chunk)
             return
         if self.cancelled:  # unsent tokens of a cancelled request are dropped
             events = [e for e in events if e.finished]
