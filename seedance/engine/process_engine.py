@@ -92,6 +92,11 @@ class EngineInfo:
         self.takes_images = ready.takes_images
 
 
+def _counts(message) -> bool:
+    """A Step frame with events: one the core counts against max_steps_ahead until told it was Delivered."""
+    return isinstance(message, Step) and bool(message.events)
+
+
 class _Channel(asyncio.Protocol):
     """The gateway's end of the socket: frames to the engine once it is ready; the first frame (Ready or
     LoadFailed) to `first`."""
@@ -114,7 +119,7 @@ class _Channel(asyncio.Protocol):
             message = decode_to_gateway(body)
             if self.engine is not None:
                 self.engine._receive(message)
-                steps += isinstance(message, Step) and bool(message.events)
+                steps += _counts(message)
             elif not self.first.done():
                 self.first.set_result(message)
             else:
@@ -213,6 +218,9 @@ class ProcessEngine(EngineFront):
         for early in protocol.early:
             self._receive(early)
         self._wake_listeners()
+        if steps := sum(map(_counts, protocol.early)):
+            self._delivered(steps)
+        protocol.early = []
         return self
 
     # ---- the API the transports use ---------------------------------------------------------------
