@@ -30,7 +30,9 @@ LEGS = [("before-ws", "before"), ("before-synth-ws", "before + synthetic fix"),
         ("after-ws-thread", "after, --engine thread"), ("after-ws-process", "after, --engine process"),
         ("after-ws", "after, --engine process"), ("after-ws-10k", "after, --engine process"),
         ("after-ws-workers2", "after, --workers 2"),
-        ("after-ws-aiohttp", "after, --engine process --ws-stack aiohttp")]
+        ("after-ws-aiohttp", "after, --engine process --ws-stack aiohttp"),
+        ("after-k2-ws", "after, max_steps_ahead 2"), ("after-ws-run2", "after, run 2"),
+        ("before-ws-run2", "before, run 2")]
 table = [r for name, label in LEGS for r in rows(load(name), label)]
 table += [*rows(load("after-ws-process"), "", key="baseline"), *rows(load("after-ws"), "", key="baseline"),
           *rows(load("after-http"), "after, --engine process")]

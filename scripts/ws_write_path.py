@@ -58,7 +58,7 @@ async def one_round(n: int, steps: int, direct: bool) -> tuple[float, int]:
     """(CPU µs per connection-step, messages sent)."""
     loop = asyncio.get_running_loop()
     front = EngineFront(EngineConfig(), None, 2048)
-    sockets, writers = [], []
+    sockets = []
     for c in range(n):
         ws = CountingSocket()
         conn = ws.conn = WsConnection(ws, None)
@@ -73,7 +73,6 @@ async def one_round(n: int, steps: int, direct: bool) -> tuple[float, int]:
         stream.listener = conn.commands.step_ready
         conn.protocol.open("a", WsGeneration("a", stream, front))
         sockets.append(ws)
-        writers.append(loop.create_task(conn._writer()))
     await asyncio.sleep(0)
     cpu = 0.0
     for s in range(steps):
@@ -83,9 +82,8 @@ async def one_round(n: int, steps: int, direct: bool) -> tuple[float, int]:
         await asyncio.sleep(0)  # the woken writer tasks run
         await asyncio.sleep(0)
         cpu += time.process_time() - start
-    for w in writers:
-        w.cancel()
-    await asyncio.gather(*writers, return_exceptions=True)
+    for ws in sockets:
+        await ws.conn.wake.stop()
     return 1e6 * cpu / (n * steps), sum(ws.messages for ws in sockets)
 
 

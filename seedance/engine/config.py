@@ -32,6 +32,14 @@ class EngineConfig:
     # Process mode (`seedance serve --engine process`): commands waiting to be written to the engine process
     # beyond this many bytes refuse new requests with EngineOverloaded.
     process_channel_bytes: int = 8 << 20
+    # Process mode: the engine core runs at most this many steps ahead of a gateway's delivery (each gateway tells
+    # the core once it has handed a read's Step frames to its streams: `Delivered`). A gateway that keeps up gets
+    # each step's token in its own chunk; one that falls behind gets at most this many steps coalesced per chunk,
+    # and beyond that the core waits for it instead of piling steps into the socket. 1 or 2: the engine paces
+    # itself to the gateway, one token per chunk (a bare server's ticker pattern), at the price of tokens/s when
+    # the gateway is the bottleneck (coalescing amortizes each chunk's fixed cost; docs/server-stack.md).
+    # None: no bound but the socket's buffer (~400 KiB of frames: 5 to 100s of steps, by the batch).
+    max_steps_ahead: int | None = 8
     # Largest embedding payload one prompt part may carry (decoded bytes: raw f32le or a torch.save'd tensor);
     # checked before it is parsed. The rows also count as prompt tokens against max_prompt_tokens.
     max_prompt_embeds_bytes: int = 32 * 1024 * 1024

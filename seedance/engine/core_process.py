@@ -38,6 +38,7 @@ from seedance.engine.config import EngineConfig
 from seedance.engine.core_protocol import (
     Abort,
     Add,
+    Delivered,
     Embed,
     Embedded,
     Encoded,
@@ -67,6 +68,9 @@ from seedance.models.pooling import mean_pooled_embeddings
 log = logging.getLogger("seedance.engine.core")
 STATS_INTERVAL_S = 0.05  # stats ride on a Step frame at most this often (and whenever the core goes idle)
 STALL_WAIT_S = 0.005  # nothing could run (no KV room yet): wait this long for a command before trying again
+# A gateway max_steps_ahead steps behind holds the next step this long at most: a pace, not a lock (a gateway that
+# never answered would otherwise stop every stream).
+AHEAD_MAX_WAIT_S = 1.0
 
 
 class _Gateway:
@@ -82,6 +86,7 @@ class _Gateway:
         self.embedded: list[Embedded] = []
         self.encoded: list[Encoded] = []
         self.requests: set[str] = set()
+        self.unacked = 0  # Step frames with events sent to it that it has not said it Delivered
 
     def pending(self) -> bool:
         return bool(self.events or self.admitted or self.refused or self.aborted or self.embedded or self.encoded)
@@ -102,6 +107,8 @@ class CoreLoop:
             self.gateways[sock] = _Gateway(sock)
         self.stats_sent_at = 0.0
         self.shutdown = False
+        ahead = engine.config.max_steps_ahead
+        self.max_ahead = ahead if ahead is not None and ahead > 0 else None  # EngineConfig.max_steps_ahead
         # Work beside the step loop, one thread each, started on first use (a step never waits for it): the vision
         # tower, embedding forwards, grammar compiles. What finishes is handed back as a callable run on the loop's
         # thread (`finished`); it wakes the loop through this socket pair and rides on the next Step frame.
@@ -150,6 +157,8 @@ class CoreLoop:
                 engine.unpin(command.key)
             case Shutdown():
                 self.shutdown = True
+            case Delivered():
+                gateway.unacked = max(0, gateway.unacked - command.steps)
 
     def add(self, gateway: _Gateway, command: Add) -> None:
         """Admit the request into the engine, or refuse it (the refusal goes back with the next Step frame)."""
@@ -319,6 +328,20 @@ class CoreLoop:
                 return
             timeout = 0  # drain what else is already here, then go on
 
+    def behind(self) -> bool:
+        """A gateway has max_steps_ahead Step frames it has not delivered yet: the next step waits for it."""
+        limit = self.max_ahead
+        return limit is not None and any(g.unacked >= limit for g in self.gateways.values())
+
+    def wait_for_gateways(self) -> None:
+        """Apply commands until no gateway is max_steps_ahead behind (its Delivered came), or AHEAD_MAX_WAIT_S."""
+        deadline = time.monotonic() + AHEAD_MAX_WAIT_S
+        while self.behind() and not (self.shutdown or self.gone):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.read_commands(left)
+
     def route(self, events: list[TokenEvent]) -> None:
         """A step's events to the gateways that own them (one gateway: all of them, no lookups)."""
         if len(self.gateways) == 1:
@@ -345,6 +368,8 @@ class CoreLoop:
                 continue
             message = Step(gateway.events, gateway.admitted, gateway.refused, gateway.aborted, started, seconds,
                            stats, gateway.embedded, gateway.encoded)
+            if gateway.events:
+                gateway.unacked += 1  # it answers Delivered once its streams have them
             gateway.events, gateway.admitted, gateway.refused, gateway.aborted = [], [], [], []
             gateway.embedded, gateway.encoded = [], []
             try:
@@ -358,6 +383,8 @@ class CoreLoop:
         while not (self.shutdown or self.gone):
             busy = engine.has_work()
             self.read_commands(STALL_WAIT_S if stalled else 0 if busy else None)
+            if busy and self.behind():
+                self.wait_for_gateways()
             if self.shutdown or self.gone:
                 break
             started, seconds = None, 0.0

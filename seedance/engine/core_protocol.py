@@ -153,7 +153,14 @@ class Shutdown(msgspec.Struct, tag=True, array_like=True):
     pass
 
 
-Command = Add | Abort | Pause | Resume | SetPriority | Unpin | Embed | EncodeImages | Shutdown
+class Delivered(msgspec.Struct, tag=True, array_like=True):
+    """The gateway handed this many Step frames' events to its streams (its connections wrote them): the core
+    steps at most EngineConfig.max_steps_ahead ahead of that."""
+
+    steps: int
+
+
+Command = Add | Abort | Pause | Resume | SetPriority | Unpin | Embed | EncodeImages | Shutdown | Delivered
 
 
 class Embedded(msgspec.Struct, array_like=True):

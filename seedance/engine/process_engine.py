@@ -45,6 +45,7 @@ from seedance.engine.config import EngineConfig
 from seedance.engine.core_protocol import (
     Abort,
     Add,
+    Delivered,
     Embed,
     Embedded,
     Encoded,
@@ -91,6 +92,11 @@ class EngineInfo:
         self.takes_images = ready.takes_images
 
 
+def _counts(message) -> bool:
+    """A Step frame with events: one the core counts against max_steps_ahead until told it was Delivered."""
+    return isinstance(message, Step) and bool(message.events)
+
+
 class _Channel(asyncio.Protocol):
     """The gateway's end of the socket: frames to the engine once it is ready; the first frame (Ready or
     LoadFailed) to `first`."""
@@ -108,16 +114,20 @@ class _Channel(asyncio.Protocol):
             if self.engine is not None:
                 self.engine._fail(str(err))
             return
+        steps = 0
         for body in bodies:
             message = decode_to_gateway(body)
             if self.engine is not None:
                 self.engine._receive(message)
+                steps += _counts(message)
             elif not self.first.done():
                 self.first.set_result(message)
             else:
                 self.early.append(message)
         if self.engine is not None:  # after every step of this read: a stream's listener once for all of them
             self.engine._wake_listeners()
+            if steps:  # their connections wrote them: the core may step on (EngineConfig.max_steps_ahead)
+                self.engine._delivered(steps)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.engine is not None:
@@ -153,6 +163,10 @@ class ProcessEngine(EngineFront):
         # vision thread works through them all, so at most max_pending_tokenize may be there at once
         self._in_core: set[int] = set()
         self._outbox: list = []
+        # Step frames with events handed to the streams, and the reads they came in: their ratio is how many
+        # steps a connection's write coalesced (1.0: each step's token in its own chunk; docs/server-stack.md)
+        self.steps_delivered = 0
+        self.step_reads = 0
         self.failure: str | None = None
         self._exited = asyncio.get_running_loop().create_future()
 
@@ -204,6 +218,9 @@ class ProcessEngine(EngineFront):
         for early in protocol.early:
             self._receive(early)
         self._wake_listeners()
+        if steps := sum(map(_counts, protocol.early)):
+            self._delivered(steps)
+        protocol.early = []
         return self
 
     # ---- the API the transports use ---------------------------------------------------------------
@@ -369,6 +386,12 @@ class ProcessEngine(EngineFront):
                 commands.append(item)
         if commands:
             self._transport.write(frame(commands))
+
+    def _delivered(self, steps: int) -> None:
+        """Tell the core this many of its Step frames reached the streams (with this loop turn's commands)."""
+        self.steps_delivered += steps
+        self.step_reads += 1
+        self._send(Delivered(steps))
 
     def _receive(self, message) -> None:
         if not isinstance(message, Step):

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from seedance.engine.async_engine import AsyncEngine, RequestStream
 from seedance.engine.events import TokenEvent
 from seedance.observability.hub import RequestObs
@@ -26,9 +28,9 @@ END = 1 << 62  # log position of the end marker: after every chunk
 ReplayLog = list[tuple[int, bool, bytes]]  # (seq, is_binary, message) for everything produced
 
 
-@dataclass(slots=True)
-class Step:
-    """What one take() found: the token events (a final event may carry no token), all the text, the end."""
+class Step(msgspec.Struct, gc=False):
+    """What one take() found: the token events (a final event may carry no token), all the text, the end. A
+    msgspec Struct, not a dataclass: one is made per chunk of every stream, in a third of the time."""
 
     tokens: list[TokenEvent]
     text: str
@@ -91,7 +93,7 @@ class Generation:
                 if e.text_delta:
                     texts.append(e.text_delta)
             text = texts[0] if len(texts) == 1 else "".join(texts)  # a final event without a token may carry text
-        final = events[-1] if events and events[-1].finished else None
+        final = events[-1] if events and events[-1].finish_reason is not None else None  # not .finished: per chunk
         self.completion_tokens += len(tokens)
         self.output_text.append(text)
         if self.obs is not None and tokens:

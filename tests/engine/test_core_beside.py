@@ -21,6 +21,7 @@ from seedance.engine.core_process import CoreLoop
 from seedance.engine.core_protocol import (
     Abort,
     Add,
+    Delivered,
     Embed,
     FrameBuffer,
     SetPriority,
@@ -64,6 +65,8 @@ class Core:
                 message = decode_to_gateway(body)
                 if isinstance(message, Step):
                     steps.append(message)
+                    if message.events:  # as a gateway does once its streams have them (max_steps_ahead)
+                        self.send(Delivered(1))
         return steps
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ from seedance.engine.config import EngineConfig
 from seedance.engine.core_process import CoreLoop
 from seedance.engine.core_protocol import (
     Add,
+    Delivered,
     EncodeImages,
     FrameBuffer,
     Shutdown,
@@ -53,6 +54,8 @@ def steps_until(sock: socket.socket, done, timeout_s: float = 60) -> list[Step]:
             message = decode_to_gateway(body)
             if isinstance(message, Step):
                 steps.append(message)
+                if message.events:  # as a gateway does once its streams have them (max_steps_ahead)
+                    sock.sendall(frame([Delivered(1)]))
     return steps
 
 

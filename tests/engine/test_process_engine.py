@@ -17,6 +17,7 @@ from seedance.engine.config import EngineConfig
 from seedance.engine.core_protocol import (
     Abort,
     Add,
+    Delivered,
     Embed,
     Embedded,
     Encoded,
@@ -111,6 +112,25 @@ async def test_submits_in_one_loop_turn_go_in_one_frame_and_one_step_feeds_every
     assert [[e.token_id for e in d] for d in drained] == [[11, 12], [11], [11]]
     assert streams[0].finished and engine.open_request_ids() == ["b", "c"]
     assert engine.last_step_started == 1.0 and engine.step_latencies == [0.02]
+
+
+async def test_a_read_of_several_steps_is_delivered_together_and_told_to_the_core_once(pair):
+    engine, core = pair
+    submit = asyncio.create_task(engine.submit(ids_request("a", max_tokens=8)))
+    await core.commands(1)
+    core.send(Step([], admitted=["a"]))  # no events: nothing to tell the core
+    stream = await submit
+    woken = []
+    stream.listener = lambda: woken.append(stream.queue.qsize())
+    core.writer.write(frame(Step([TokenEvent("a", 0, 11, "x")], started=1.0, seconds=0.02)) +
+                      frame(Step([TokenEvent("a", 0, 12, "y")], started=1.02, seconds=0.02)))  # one read
+    delivered = await core.commands(1)
+    assert delivered == [Delivered(2)]  # once both steps reached the stream: the core may step on
+    assert woken == [2]  # the connection's listener once, for both steps: one chunk of two tokens
+    assert [e.token_id for e in stream.drain()] == [11, 12]
+    assert (engine.steps_delivered, engine.step_reads) == (2, 1)
+    core.send(Step([TokenEvent("a", 0, 13, "z")], started=1.04, seconds=0.02))
+    assert await core.commands(1) == [Delivered(1)] and woken == [2, 1]  # a step in its own read: its own write
 
 
 async def test_the_cores_refusals_raise_the_engine_errors(pair):

@@ -129,12 +129,11 @@ async def test_a_step_during_the_writer_tasks_turn_wakes_it_and_keeps_the_order(
     rid = open_request(engine, conn, "1")
     conn._in_turn = True  # the task took output and awaits (a pump, a close): a direct write would overtake it
     engine._deliver_step([event(rid, 11, "x")], 0.0)
-    assert ws.sent == [] and conn.wake.is_set()
+    assert ws.sent == [] and conn.wake.is_set() and conn.wake.running  # the wake started the writer task
     conn._in_turn = False
-    writer = asyncio.create_task(conn._writer())
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0.01)  # its turn wrote the step
     engine._deliver_step([event(rid, 12, "y")], 0.0)  # the task is idle again: written directly
-    writer.cancel()
+    await conn.wake.stop()
     assert [m["seq"] for m in texts(ws)] == [0, 1] and [m["token_ids"] for m in texts(ws)] == [[11], [12]]
 
 
@@ -143,11 +142,10 @@ async def test_a_due_heartbeat_goes_through_the_writer_task_ping_first():
     conn, ws = connection(engine)
     rid = open_request(engine, conn, "1")
     conn.protocol.backpressure.next_heartbeat_at = asyncio.get_running_loop().time()  # due at the next tick
-    writer = asyncio.create_task(conn._writer())
     engine._deliver_step([event(rid, 11, "x")], 0.0)
     assert ws.sent == [] and conn.wake.is_set()  # the ping needs the task's pump
     await asyncio.sleep(0.01)
-    writer.cancel()
+    await conn.wake.stop()
     kinds = [kind for kind, _ in ws.sent]
     assert kinds[0] == "ping" and "text" in kinds
     assert texts(ws)[0]["token_ids"] == [11]

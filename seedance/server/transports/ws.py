@@ -40,12 +40,14 @@ from seedance.server.http.proxy import ClientAddress
 from seedance.server.http.security import CLIENT, SECURITY, SUBPROTOCOLS, Security, WsGuard, principal_of
 from seedance.server.http.state import STATE, ServerState
 from seedance.server.transports import ws_accept
+from seedance.server.transports.writer_wake import WriterWake
 from seedance.server.transports.ws_choices import WsRequest
 from seedance.server.transports.ws_commands import WsCommands
 from seedance.server.transports.ws_liveness import CLOSE_TIMEOUT_S, BoundedClose, HeartbeatTimer
 
 log = logging.getLogger(__name__)
 
+_NONE_ENDED: list = []  # _take_ready's "no request ended" (the common case): never appended to
 _NEVER_DRAIN = 1 << 62  # aiohttp writer_limit: never wait for the socket to drain (the water marks bound it)
 
 
@@ -72,12 +74,17 @@ class WsDirectSocket(WsSocket, Protocol):
     def ping_now(self, message: bytes) -> None: ...
 
 
+def _text_message(texts: list[bytes]) -> bytes:
+    """One write's JSON texts as one text message: an array when several."""
+    return texts[0] if len(texts) == 1 else b"[" + b",".join(texts) + b"]"
+
+
 def _messages(texts: list[bytes], frames: list[bytes]) -> list[tuple[bytes, WSMsgType]]:
     """One write's messages: the JSON texts as one text message (an array when several), the MTF1 frames as
     one binary message."""
     out = []
     if texts:
-        out.append((texts[0] if len(texts) == 1 else b"[" + b",".join(texts) + b"]", WSMsgType.TEXT))
+        out.append((_text_message(texts), WSMsgType.TEXT))
     if frames:
         out.append((b"".join(frames), WSMsgType.BINARY))
     return out
@@ -95,7 +102,8 @@ class WsConnection:
     def __init__(self, ws: WsSocket, transport: asyncio.Transport | None) -> None:
         self.ws = ws
         self.transport = transport
-        self.wake = asyncio.Event()
+        # the writer task's wake-up: the task exists only while it has turns (writer_wake.py: idle memory)
+        self.wake = WriterWake(self._writer_turn, lambda: bool(self.protocol.requests), "ws-writer")
         self.closer = BoundedClose(ws, transport, "websocket")
         self.heartbeat = HeartbeatTimer(ws, self.wake, lambda: self.protocol.backpressure.next_heartbeat_at)
         self.loop = asyncio.get_running_loop()
@@ -106,16 +114,13 @@ class WsConnection:
 
     # ---- lifecycle --------------------------------------------------------------------------------
     async def run(self) -> None:
-        writer = asyncio.create_task(self._writer(), name="ws-writer")
         self.heartbeat.arm()
         try:
             await self._reader()
         finally:
             self._ended = True
             self.heartbeat.cancel()
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
+            await self.wake.stop()
             self.commands.connection_lost()
             await self.closer.finish()
 
@@ -236,10 +241,13 @@ class WsConnection:
             return False  # the task ticks again (the heartbeat is not due twice) and carries out what is queued
         self.heartbeat.arm()
         texts, frames, ended = self._take_ready()
-        for command in protocol.commands():  # what taking the events queued: pauses for credit
-            self.commands.apply(command)
-        for body, opcode in _messages(texts, frames):
-            self._send_now(ws, body, opcode)
+        if protocol.has_output():
+            for command in protocol.commands():  # what taking the events queued: pauses for credit
+                self.commands.apply(command)
+        if texts:  # _messages' two messages, without building their list: this runs per connection per step
+            self._send_now(ws, _text_message(texts), WSMsgType.TEXT)
+        if frames:
+            self._send_now(ws, b"".join(frames), WSMsgType.BINARY)
         for active in ended:
             active.sent()
         return True
@@ -249,33 +257,30 @@ class WsConnection:
         protocol = self.protocol
         texts, self.commands.outbox = self.commands.outbox, []
         frames: list[bytes] = []
-        ended = []
+        ended = _NONE_ENDED
         for active in list(protocol.requests.values()):
             active.write_ready(protocol, texts, frames)
             if active.finished:
                 protocol.forget(active.id)
+                if ended is _NONE_ENDED:
+                    ended = []
                 ended.append(active)
         return texts, frames, ended
 
-    async def _writer(self) -> None:
+    async def _writer_turn(self) -> None:
+        """One turn of the writer task (started by self.wake.set(): writer_wake.py)."""
+        self._in_turn = True
         try:
-            await self._write_loop()
+            await self._write_turn()
         except asyncio.CancelledError:
             raise
         except Exception:  # never die silently: a dead writer would leave this connection's streams hanging
             log.exception("websocket writer failed; closing the connection")
+            self._ended = True
+            await self.wake.stop()
             await self.close(CloseCode.INTERNAL_ERROR, "internal error")
-
-    async def _write_loop(self) -> None:
-        wake = self.wake
-        while True:
-            await wake.wait()
-            wake.clear()
-            self._in_turn = True
-            try:
-                await self._write_turn()
-            finally:
-                self._in_turn = False
+        finally:
+            self._in_turn = False
 
     async def _write_turn(self) -> None:
         loop = self.loop

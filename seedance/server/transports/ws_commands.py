@@ -38,6 +38,7 @@ from seedance.server.http.security import WsGuard
 from seedance.server.transports.choices import choice_request, watch_first_output
 from seedance.server.transports.realtime import _last_word_start as last_word_start
 from seedance.server.transports.requests import generate_request_from
+from seedance.server.transports.writer_wake import Wake
 from seedance.server.transports.ws_choices import WsChoices, WsRequest
 from seedance.server.transports.ws_generation import WsGeneration
 from seedance.server.transports.ws_messages import snapshot_message
@@ -54,7 +55,7 @@ class WsCommands:
     socket's (pings and closes are ws.py's)."""
 
     def __init__(self, protocol: ServerConnection[WsRequest], engine: AsyncEngine, sessions: SessionManager,
-                 guard: WsGuard, wake: asyncio.Event, send_batch: SendBatch, closed: Callable[[], bool],
+                 guard: WsGuard, wake: Wake, send_batch: SendBatch, closed: Callable[[], bool],
                  obs: Observability | None = None, step_ready: Callable[[], None] | None = None) -> None:
         self.protocol = protocol
         self.engine = engine

@@ -27,7 +27,9 @@ class WsGeneration(Generation):
     def write_ready(self, protocol: ServerConnection, texts: list[bytes], frames: list[bytes]) -> None:
         """The writer's turn: take what the engine produced, as far as the id's credit allows, and encode it."""
         stream = self.stream
-        if protocol.may_take(self.id, not stream.queue.empty()):
+        if stream.queue.empty():
+            return  # nothing delivered (another request of the connection's step): no credit spent, nothing to say
+        if protocol.may_take(self.id, True):
             events = stream.drain()
             protocol.receive_events(self.id, events)
             self.encode(events, texts, frames)
@@ -45,7 +47,7 @@ class WsGeneration(Generation):
     def encode(self, events: list[TokenEvent], texts: list[bytes], frames: list[bytes]) -> None:
         """Turn one batch of events into one chunk or frame (and the end marker if it ended). Credit is the
         connection's (protocol/server_connection.py decides which events go now)."""
-        if self.finished:
+        if self.final is not None:  # finished (the property costs a call per chunk)
             return
         if self.cancelled:  # unsent tokens of a cancelled request are dropped
             events = [e for e in events if e.finished]

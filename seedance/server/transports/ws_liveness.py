@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from seedance.server.transports.writer_wake import Wake
+
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 10.0  # how long a closing peer has to answer (and read) the close frame before it is reset
@@ -110,7 +112,7 @@ class HeartbeatTimer:
     """Wakes the writer when the heartbeat is due (`due_at()`, the protocol's clock): its tick then pings, or
     closes (4000), and moves the next one on; the writer calls `arm` again. A timer, not a task: it only wakes."""
 
-    def __init__(self, ws: web.WebSocketResponse, wake: asyncio.Event, due_at: Callable[[], float]) -> None:
+    def __init__(self, ws: web.WebSocketResponse, wake: Wake, due_at: Callable[[], float]) -> None:
         self.ws = ws
         self.wake = wake
         self.due_at = due_at
