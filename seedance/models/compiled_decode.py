@@ -31,6 +31,9 @@ from seedance.models.paged_attention import AttentionMetadata
 
 log = logging.getLogger(__name__)
 BACKEND = "inductor"  # torch.compile's backend (tests swap in one that fails)
+# Inductor's C++ wrapper: the graph's ~50 kernel and GEMM calls from C++ instead of a Python function (built-in
+# model, one row: 6.4 -> 6.0 ms CPU per step, docs/benchmarks.md).
+OPTIONS = {"cpp_wrapper": True}
 _instances = itertools.count()  # the first compiled model of a process numbers its layers from 0
 
 
@@ -47,10 +50,11 @@ def inductor_cache_dir() -> str:
 
 
 def _decode(model, input_ids, positions, kv_caches, slot_mapping, decode_slots, decode_mask) -> torch.Tensor:
-    """decode_mask: [B, L] or None (the graph adds the size-1 axes: their strides are whatever numpy gave)."""
+    """Logits [B, vocab]: the head in the graph too (its RMSNorm fused, no eager ops between the graph and the
+    sampler). decode_mask: [B, L] or None (the graph adds the size-1 axes: their strides are whatever numpy gave)."""
     mask = None if decode_mask is None else decode_mask[:, None, None, :]
     meta = AttentionMetadata(slot_mapping, input_ids.shape[0], decode_slots, mask)
-    return model(input_ids, positions, kv_caches, meta)
+    return model.compute_logits(model(input_ids, positions, kv_caches, meta))
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
@@ -59,8 +63,8 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
 
 
 class CompiledDecode:
-    """model(input_ids, positions, kv_caches, meta) for decode-only steps, compiled; `None` from `create` when the
-    model cannot take it (logged)."""
+    """model.compute_logits(model(input_ids, positions, kv_caches, meta)) for decode-only steps, compiled: the
+    logits of every row; `None` from `create` when the model cannot take it (logged)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -73,7 +77,8 @@ class CompiledDecode:
         # compiles are all its function may hold, and another shape runs eager (torch logs it) instead of compiling.
         code = _decode.__code__.replace(co_name=f"_decode_{number}")
         self.code = code
-        self.fn = torch.compile(types.FunctionType(code, _decode.__globals__), backend=BACKEND, dynamic=True)
+        self.fn = torch.compile(types.FunctionType(code, _decode.__globals__), backend=BACKEND, dynamic=True,
+                                options=OPTIONS if BACKEND == "inductor" else None)
 
     @classmethod
     def create(cls, model: nn.Module, kv_caches: list[torch.Tensor], threads_for: Callable[[int], int] | None = None,

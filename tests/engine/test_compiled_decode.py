@@ -1,5 +1,6 @@
 """The compiled decode step (EngineConfig.compile, models/compiled_decode.py) against the eager one on the same
-weights: the same greedy tokens over streams of unequal and equal lengths, hidden states within float tolerance,
+weights: the same greedy tokens over streams of unequal and equal lengths, logits (the head is in the graph) within
+float tolerance, fp16 projections and the built-in model's own float32 weights alike,
 and every way it can fail (a model it cannot take, a compile that fails, a shape that would recompile) serving
 eager, logged."""
 
@@ -72,6 +73,23 @@ def test_compiled_steps_give_the_eager_greedy_tokens(engines):
             compiled.step()
 
 
+def test_float32_weights_compiled_give_the_eager_greedy_tokens():
+    """The built-in model as served by default (float32 weights, no --quantize) with --compile: one and two rows
+    through the compiled graphs (max_num_seqs=2: two graphs to warm), the same greedy tokens as eager."""
+    compiled = LLMEngine.from_config(EngineConfig(threads=1, dtype="float32", warmup=False, compile=True,
+                                                  max_num_seqs=2, kv_cache_bytes=16 << 20))
+    eager = LLMEngine.from_config(EngineConfig(threads=1, dtype="float32", warmup=False, max_num_seqs=2,
+                                               kv_cache_bytes=16 << 20))
+    assert compiled.runner.compiled is not None
+    for prompts in ([PROMPTS[0], PROMPTS[1]], [PROMPTS[2]]):
+        assert greedy(compiled, prompts, 16) == greedy(eager, prompts, 16)
+    compiled.add_request("x", PROMPTS[3], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
+    compiled.step()  # the prefill: eager
+    with profile() as prof:
+        compiled.step()
+    assert compiled_regions(prof)
+
+
 def compiled_regions(prof) -> list[str]:
     return [e.name for e in prof.events() if e.name.startswith("Torch-Compiled Region")]
 
@@ -92,7 +110,7 @@ def decode_inputs(runner, rows: int, length: int):
 
 
 @pytest.mark.parametrize("rows,length", [(1, 9), (3, 21), (6, 40)])
-def test_hidden_states_match_eager_within_float_tolerance(engines, rows, length):
+def test_logits_match_eager_within_float_tolerance(engines, rows, length):
     runner = engines[0].runner
     ids, positions, meta, first = decode_inputs(runner, rows, length)
     torch.set_num_threads(runner.step_threads(rows))  # as execute would: the graphs are per thread count
@@ -101,7 +119,7 @@ def test_hidden_states_match_eager_within_float_tolerance(engines, rows, length)
     for cache in caches:
         cache[first:] = torch.randn(cache[first:].shape, generator=gen)
     with torch.inference_mode():
-        want = runner.model(ids, positions, caches, meta)
+        want = runner.model.compute_logits(runner.model(ids, positions, caches, meta))  # the head is in the graph
         with profile() as prof:
             got = runner.compiled(ids, positions, caches, meta)
     for cache in caches:
@@ -116,7 +134,7 @@ def test_a_shape_that_would_recompile_runs_eager(engines):
     ids, positions, meta, first = decode_inputs(runner, 2, 9)
     torch.set_num_threads(runner.step_threads(2))
     with torch.inference_mode():
-        want = runner.model(ids, positions, runner.kv_caches, meta)
+        want = runner.model.compute_logits(runner.model(ids, positions, runner.kv_caches, meta))
         with profile() as prof:
             got = runner.compiled(ids.int(), positions, runner.kv_caches, meta)
         assert not compiled_regions(prof) and torch.equal(got, want)
