@@ -2,8 +2,9 @@
 
 At one row a decode step is ~40 % small per-layer ops (RMSNorm, RoPE, SiLU·mul, residual adds, views), each
 paying eager dispatch for microseconds of arithmetic. Inductor (CPU, C++ codegen) fuses them into a few
-kernels around the GEMMs and attention, traced once over the whole model (all layers in one graph: a graph per
-layer paid more in guards and wrappers than it saved). Only decode-only steps take it; a step with prefill
+kernels around the GEMMs and attention, traced once over the whole model and its head (all layers in one graph: a
+graph per layer paid more in guards and wrappers than it saved), called from inductor's C++ wrapper. Only
+decode-only steps take it; a step with prefill
 chunks or prompt embeddings runs eager. The graphs are compiled at start-up (`warm`): one row, and 2+ rows with
 the context length and row count dynamic, under each torch thread count the runner uses for them; a 2+-row
 step always carries a padding mask (zeros when every context is as long), so equal and unequal lengths share a
