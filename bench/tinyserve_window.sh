@@ -15,5 +15,8 @@ FIRST=tiny-seedance,tiny-seedance-compile,tiny-llama,tiny-seedance-fp16,tiny-see
 SECOND=tiny-llama,tiny-seedance-fp16-compile,tiny-seedance-compile,tiny-seedance,tiny-seedance-thread
 run $PY scripts/compare_peers.py --out "$OUT/1" --until "$UNTIL" --only "$FIRST"
 run $PY scripts/compare_peers.py --out "$OUT/2" --until "$UNTIL" --only "$SECOND"
+if [[ "$(date -u +%H:%M)" < "$UNTIL" ]]; then  # the default server's cold start, for the record
+  run $PY -m seedance.cli bench cold-start --runs 3 --engine process --output "$OUT/cold-start.json" --plot "$OUT/cold-start.png"
+fi
 run $PY scripts/peers_table.py "$OUT/1"
 run $PY scripts/peers_table.py "$OUT/2"
