@@ -3,7 +3,8 @@ compiled decode step. Each round runs one request (a distinct 64-token prompt, 1
 the served benchmark's workload) on every engine in turn, so a loaded box slows them alike; reports decode tok/s
 (wall and per CPU-second of the engine thread) and ms per step as medians over the rounds, whether each engine's
 greedy tokens equal the first's, and the floor under a step: the model's 25 GEMMs alone (its 24 projections
-and the head, each weight once, as a step reads them) in float32 and fp16. docs/benchmarks.md ("Built-in tiny
+and the head, each weight once, as a step reads them) in float32 (torch's MKL, and numpy's OpenBLAS on one
+thread for comparison) and fp16 (fbgemm). docs/benchmarks.md ("Built-in tiny
 model, single stream") has a run:
 
     python scripts/tiny_step_ab.py --engines f32,f32-compile,fp16,fp16-compile --rounds 5
@@ -11,12 +12,17 @@ model, single stream") has a run:
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's BLAS, for the floor's comparison: one thread, as torch's
+
 import argparse
 import json
 import random
 import statistics
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -45,18 +51,24 @@ def one_request(engine: LLMEngine, request_id: str, prompt: list[int], tokens: i
 
 
 def gemm_floor_ms(engine: LLMEngine, repeats: int = 200) -> dict[str, float]:
-    """ms for one pass over the 25 GEMMs of a one-row step (F.linear on float32 weights; fbgemm's fp16 GEMM on
-    their fp16 copies), medians of 7."""
+    """ms for one pass over the 25 GEMMs of a one-row step (F.linear on float32 weights; numpy's matmul on the
+    same memory; fbgemm's fp16 GEMM on their fp16 copies), medians of 7."""
     model = engine.runner.model
     weights = [m.weight for layer in model.layers for m in (layer.self_attn.qkv_proj, layer.self_attn.o_proj,
                                                              layer.mlp.gate_up_proj, layer.mlp.down_proj)]
     weights.append(model.embed_tokens.weight)
     xs = {w.shape[1]: torch.randn(1, w.shape[1]) for w in weights}
     packed = [torch.ops.quantized.linear_prepack_fp16(w.contiguous(), None) for w in weights]
+    arrays = [w.detach().numpy() for w in weights]
+    vectors = {k: v.numpy()[0] for k, v in xs.items()}
 
     def f32():
         for w in weights:
             F.linear(xs[w.shape[1]], w)
+
+    def openblas():
+        for w in arrays:
+            np.matmul(w, vectors[w.shape[1]])
 
     def fp16():
         for w, p in zip(weights, packed, strict=True):
@@ -65,7 +77,7 @@ def gemm_floor_ms(engine: LLMEngine, repeats: int = 200) -> dict[str, float]:
     out: dict[str, list[float]] = {}
     with torch.inference_mode():
         for _ in range(7):
-            for name, fn in (("gemms_f32_ms", f32), ("gemms_fp16_ms", fp16)):
+            for name, fn in (("gemms_f32_ms", f32), ("gemms_f32_openblas_ms", openblas), ("gemms_fp16_ms", fp16)):
                 fn()
                 cpu = time.thread_time()
                 for _ in range(repeats):
