@@ -7,7 +7,10 @@ and the head, each weight once, as a step reads them) in float32 (torch's MKL, a
 thread for comparison) and fp16 (fbgemm). docs/benchmarks.md ("Built-in tiny
 model, single stream") has a run:
 
-    python scripts/tiny_step_ab.py --engines f32,f32-compile,fp16,fp16-compile --rounds 5
+    python scripts/tiny_step_ab.py --engines f32,f32-compile,fp16,fp16-compile,f32-openblas --rounds 5
+
+f32-openblas is float32 eager with the one-row projections and head through numpy's OpenBLAS (a measurement of
+that GEMV, not a mode Seedance has).
 """
 
 from __future__ import annotations
@@ -31,11 +34,43 @@ from seedance.engine.llm_engine import LLMEngine
 from seedance.engine.sampling_params import SamplingParams
 
 
+class _OpenBlasRow(torch.nn.Module):
+    """A float32 projection whose one-row calls go to numpy's matmul (OpenBLAS) on the same memory: the
+    f32-openblas engine, a measurement only (Seedance's model does not do this)."""
+
+    def __init__(self, linear: torch.nn.Module) -> None:
+        super().__init__()
+        self.linear, self.weight = linear, linear.weight.detach().numpy()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != 1:
+            return self.linear(x)
+        return torch.from_numpy(np.matmul(self.weight, x.numpy()[0]))[None]
+
+
+def _openblas_rows(model) -> None:
+    for layer in model.layers:
+        for parent, name in ((layer.self_attn, "qkv_proj"), (layer.self_attn, "o_proj"),
+                             (layer.mlp, "gate_up_proj"), (layer.mlp, "down_proj")):
+            setattr(parent, name, _OpenBlasRow(getattr(parent, name)))
+    head = model.embed_tokens.weight.detach().numpy()  # tied
+    plain = model.compute_logits
+
+    def compute_logits(hidden):
+        if hidden.shape[0] != 1:
+            return plain(hidden)
+        return torch.from_numpy(np.matmul(head, model.norm(hidden).numpy()[0]))[None]
+
+    model.compute_logits = compute_logits
+
+
 def build(name: str) -> LLMEngine:
-    """NAME: f32 or fp16, optionally -compile."""
+    """NAME: f32, fp16 or f32-openblas (one-row GEMMs through numpy), optionally -compile."""
     quantize = "fp16" if name.startswith("fp16") else "none"
     engine = LLMEngine.from_config(EngineConfig(threads=1, dtype="float32", quantize=quantize,
                                                 compile=name.endswith("-compile")))
+    if name == "f32-openblas":
+        _openblas_rows(engine.runner.model)
     engine.warmup()
     return engine
 
@@ -88,7 +123,7 @@ def gemm_floor_ms(engine: LLMEngine, repeats: int = 200) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--engines", default="f32,f32-compile,fp16,fp16-compile")
+    ap.add_argument("--engines", default="f32,f32-compile,fp16,fp16-compile,f32-openblas")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=128)
     args = ap.parse_args()
