@@ -109,7 +109,7 @@ class CompiledDecode:
         context length differ, so they get a symbol each, and the context is not 1 long (that would be
         specialized)."""
         shapes, seen = [1], set()
-        for rows in range(2, max(2, max_rows) + 1):
+        for rows in range(2, max_rows + 1):  # none when a step has one row at most
             if threads_for(rows) not in seen:
                 seen.add(threads_for(rows))
                 shapes.append(rows)
