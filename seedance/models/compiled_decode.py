@@ -33,7 +33,7 @@ from seedance.models.paged_attention import AttentionMetadata
 log = logging.getLogger(__name__)
 BACKEND = "inductor"  # torch.compile's backend (tests swap in one that fails)
 # Inductor's C++ wrapper: the graph's ~50 kernel and GEMM calls from C++ instead of a Python function (built-in
-# model, one row: 6.4 -> 6.0 ms CPU per step, docs/benchmarks.md).
+# model, one row, loaded box: 7.2 -> 6.7 ms CPU per step, docs/benchmarks.md).
 OPTIONS = {"cpp_wrapper": True}
 _instances = itertools.count()  # the first compiled model of a process numbers its layers from 0
 
@@ -152,7 +152,7 @@ class CompiledDecode:
 
     def __call__(self, input_ids, positions, kv_caches, meta: AttentionMetadata) -> torch.Tensor:
         """The step through a warmed graph, or eager. Dynamo checks only the guards that tell the warmed graphs
-        apart (`skip_guard_eval_unsafe`: ~0.4 ms a step, 6 %, of the built-in model's; docs/benchmarks.md): the
+        apart (`skip_guard_eval_unsafe`: 0.25-0.44 ms, 4-7 %, of a built-in model step; docs/benchmarks.md): the
         rest hold by construction — `args` gives every input the graphs' dtypes and layout, the weights and the
         pool never change, and a context of one token (a one-token prompt's first step: the graphs were traced
         for 2+, and size 1 is specialized) runs eager here. A step that none of those guards accepts runs eager,
