@@ -127,12 +127,16 @@ class TorchModelRunner:
                 torch.set_num_threads(want)
         batch = self.prepare(chunks)
         if self.compiled is not None and not batch.meta.prefills and batch.embeds is None:
-            hidden = self.compiled(batch.input_ids, batch.positions, self.kv_caches, batch.meta)
+            logits = self.compiled(batch.input_ids, batch.positions, self.kv_caches, batch.meta)  # every row's
+            if batch.sample_index is not None:
+                logits = logits[batch.sample_index]
         else:
             hidden = self.model(batch.input_ids, batch.positions, self.kv_caches, batch.meta, batch.embeds)
+            if not batch.sampling:
+                return []
+            logits = self.model.compute_logits(hidden if batch.sample_index is None else hidden[batch.sample_index])
         if not batch.sampling:
             return []
-        logits = self.model.compute_logits(hidden if batch.sample_index is None else hidden[batch.sample_index])
         seqs = [c.seq for c in batch.sampling]
         sampled = self.sampler(logits, [s.request_id for s in seqs], [s.params for s in seqs],
                                [s.token_ids for s in seqs], [s.num_prompt_tokens for s in seqs])

@@ -2,8 +2,9 @@
 
 At one row a decode step is ~40 % small per-layer ops (RMSNorm, RoPE, SiLU·mul, residual adds, views), each
 paying eager dispatch for microseconds of arithmetic. Inductor (CPU, C++ codegen) fuses them into a few
-kernels around the GEMMs and attention, traced once over the whole model (all layers in one graph: a graph per
-layer paid more in guards and wrappers than it saved). Only decode-only steps take it; a step with prefill
+kernels around the GEMMs and attention, traced once over the whole model and its head (all layers in one graph: a
+graph per layer paid more in guards and wrappers than it saved), called from inductor's C++ wrapper. Only
+decode-only steps take it; a step with prefill
 chunks or prompt embeddings runs eager. The graphs are compiled at start-up (`warm`): one row, and 2+ rows with
 the context length and row count dynamic, under each torch thread count the runner uses for them; a 2+-row
 step always carries a padding mask (zeros when every context is as long), so equal and unequal lengths share a
@@ -31,6 +32,9 @@ from seedance.models.paged_attention import AttentionMetadata
 
 log = logging.getLogger(__name__)
 BACKEND = "inductor"  # torch.compile's backend (tests swap in one that fails)
+# Inductor's C++ wrapper: the graph's ~50 kernel and GEMM calls from C++ instead of a Python function (built-in
+# model, one row, loaded box: 7.2 -> 6.7 ms CPU per step, docs/benchmarks.md).
+OPTIONS = {"cpp_wrapper": True}
 _instances = itertools.count()  # the first compiled model of a process numbers its layers from 0
 
 
@@ -47,20 +51,22 @@ def inductor_cache_dir() -> str:
 
 
 def _decode(model, input_ids, positions, kv_caches, slot_mapping, decode_slots, decode_mask) -> torch.Tensor:
-    """decode_mask: [B, L] or None (the graph adds the size-1 axes: their strides are whatever numpy gave)."""
+    """Logits [B, vocab]: the head in the graph too (its RMSNorm fused, no eager ops between the graph and the
+    sampler). decode_mask: [B, L] or None (the graph adds the size-1 axes: their strides are whatever numpy gave)."""
     mask = None if decode_mask is None else decode_mask[:, None, None, :]
     meta = AttentionMetadata(slot_mapping, input_ids.shape[0], decode_slots, mask)
-    return model(input_ids, positions, kv_caches, meta)
+    return model.compute_logits(model(input_ids, positions, kv_caches, meta))
 
 
-def _dense(t: torch.Tensor) -> torch.Tensor:
-    """t with row-major strides, size-1 axes included (a few hundred bytes: a copy costs less than a check)."""
-    return torch.empty(t.shape, dtype=t.dtype).copy_(t)
+def _dense(t: torch.Tensor, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """t as dtype with row-major strides, size-1 axes included (a few hundred bytes: a copy costs less than a
+    check), so every input has the dtype and layout the graphs were compiled for."""
+    return torch.empty(t.shape, dtype=dtype).copy_(t)
 
 
 class CompiledDecode:
-    """model(input_ids, positions, kv_caches, meta) for decode-only steps, compiled; `None` from `create` when the
-    model cannot take it (logged)."""
+    """model.compute_logits(model(input_ids, positions, kv_caches, meta)) for decode-only steps, compiled: the
+    logits of every row; `None` from `create` when the model cannot take it (logged)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -73,7 +79,8 @@ class CompiledDecode:
         # compiles are all its function may hold, and another shape runs eager (torch logs it) instead of compiling.
         code = _decode.__code__.replace(co_name=f"_decode_{number}")
         self.code = code
-        self.fn = torch.compile(types.FunctionType(code, _decode.__globals__), backend=BACKEND, dynamic=True)
+        self.fn = torch.compile(types.FunctionType(code, _decode.__globals__), backend=BACKEND, dynamic=True,
+                                options=OPTIONS if BACKEND == "inductor" else None)
 
     @classmethod
     def create(cls, model: nn.Module, kv_caches: list[torch.Tensor], threads_for: Callable[[int], int] | None = None,
@@ -102,7 +109,7 @@ class CompiledDecode:
         context length differ, so they get a symbol each, and the context is not 1 long (that would be
         specialized)."""
         shapes, seen = [1], set()
-        for rows in range(2, max(2, max_rows) + 1):
+        for rows in range(2, max_rows + 1):  # none when a step has one row at most
             if threads_for(rows) not in seen:
                 seen.add(threads_for(rows))
                 shapes.append(rows)
@@ -137,13 +144,21 @@ class CompiledDecode:
         rows, length = meta.decode_slots.shape
         mask = meta.decode_mask
         if mask is not None:
-            mask = _dense(mask.reshape(rows, length))
+            mask = _dense(mask.reshape(rows, length), kv_caches[0].dtype)
         elif rows > 1:
             mask = torch.zeros(rows, length, dtype=kv_caches[0].dtype)
         return (self.model, _dense(input_ids), _dense(positions), kv_caches, _dense(meta.slot_mapping),
                 _dense(meta.decode_slots), mask)
 
     def __call__(self, input_ids, positions, kv_caches, meta: AttentionMetadata) -> torch.Tensor:
-        """The step through a warmed graph; one whose guards none passes runs eager, never compiles (a recompile
-        mid-serving would stall every stream for a minute). A failing kernel fails the step, as eager would."""
-        return self.fn(*self.args(input_ids, positions, kv_caches, meta))
+        """The step through a warmed graph, or eager. Dynamo checks only the guards that tell the warmed graphs
+        apart (`skip_guard_eval_unsafe`: 0.25-0.44 ms, 4-7 %, of a built-in model step; docs/benchmarks.md): the
+        rest hold by construction — `args` gives every input the graphs' dtypes and layout, the weights and the
+        pool never change, and a context of one token (a one-token prompt's first step: the graphs were traced
+        for 2+, and size 1 is specialized) runs eager here. A step that none of those guards accepts runs eager,
+        never compiles (a recompile mid-serving would stall every stream for a minute). A failing kernel fails
+        the step, as eager would."""
+        if meta.decode_slots.shape[1] < 2:
+            return self.model.compute_logits(self.model(input_ids, positions, kv_caches, meta))
+        with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+            return self.fn(*self.args(input_ids, positions, kv_caches, meta))

@@ -1,6 +1,7 @@
 """The compiled decode step (EngineConfig.compile, models/compiled_decode.py) against the eager one on the same
-weights: the same greedy tokens over streams of unequal and equal lengths, hidden states within float tolerance,
-and every way it can fail (a model it cannot take, a compile that fails, a shape that would recompile) serving
+weights: the same greedy tokens over streams of unequal and equal lengths, logits (the head is in the graph) within
+float tolerance, fp16 projections and the built-in model's own float32 weights alike,
+and every way it can fail (a model it cannot take, a compile that fails, a context no graph was traced for) serving
 eager, logged."""
 
 from __future__ import annotations
@@ -72,6 +73,24 @@ def test_compiled_steps_give_the_eager_greedy_tokens(engines):
             compiled.step()
 
 
+def test_float32_weights_compiled_give_the_eager_greedy_tokens():
+    """The built-in model as served by default (float32 weights, no --quantize) with --compile, at one stream
+    (max_num_seqs=1: one graph to compile, half the test's time; 2+ rows are the fp16 engines' above): the same
+    greedy tokens as eager, one prompt after another."""
+    compiled = LLMEngine.from_config(EngineConfig(threads=1, dtype="float32", warmup=False, compile=True,
+                                                  max_num_seqs=1, kv_cache_bytes=16 << 20))
+    eager = LLMEngine.from_config(EngineConfig(threads=1, dtype="float32", warmup=False, max_num_seqs=1,
+                                               kv_cache_bytes=16 << 20))
+    assert compiled.runner.compiled is not None
+    for prompt in (PROMPTS[0], PROMPTS[1], PROMPTS[2]):
+        assert greedy(compiled, [prompt], 16) == greedy(eager, [prompt], 16)
+    compiled.add_request("x", PROMPTS[3], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
+    compiled.step()  # the prefill: eager
+    with profile() as prof:
+        compiled.step()
+    assert compiled_regions(prof)
+
+
 def compiled_regions(prof) -> list[str]:
     return [e.name for e in prof.events() if e.name.startswith("Torch-Compiled Region")]
 
@@ -92,7 +111,7 @@ def decode_inputs(runner, rows: int, length: int):
 
 
 @pytest.mark.parametrize("rows,length", [(1, 9), (3, 21), (6, 40)])
-def test_hidden_states_match_eager_within_float_tolerance(engines, rows, length):
+def test_logits_match_eager_within_float_tolerance(engines, rows, length):
     runner = engines[0].runner
     ids, positions, meta, first = decode_inputs(runner, rows, length)
     torch.set_num_threads(runner.step_threads(rows))  # as execute would: the graphs are per thread count
@@ -101,7 +120,7 @@ def test_hidden_states_match_eager_within_float_tolerance(engines, rows, length)
     for cache in caches:
         cache[first:] = torch.randn(cache[first:].shape, generator=gen)
     with torch.inference_mode():
-        want = runner.model(ids, positions, caches, meta)
+        want = runner.model.compute_logits(runner.model(ids, positions, caches, meta))  # the head is in the graph
         with profile() as prof:
             got = runner.compiled(ids, positions, caches, meta)
     for cache in caches:
@@ -110,22 +129,40 @@ def test_hidden_states_match_eager_within_float_tolerance(engines, rows, length)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
-def test_a_shape_that_would_recompile_runs_eager(engines):
-    """int32 ids (a guard warm-up never saw): eager, no third graph, and the next step compiled again."""
+def test_inputs_of_another_dtype_or_layout_take_the_graph_as_the_runner_gives_them(engines):
+    """int32 ids, a column-major slot table: `args` hands the graph int64, row-major inputs (dynamo checks only
+    the guards that tell the graphs apart, so it must), and the logits are eager's."""
     runner = engines[0].runner
     ids, positions, meta, first = decode_inputs(runner, 2, 9)
     torch.set_num_threads(runner.step_threads(2))
     with torch.inference_mode():
-        want = runner.model(ids, positions, runner.kv_caches, meta)
+        want = runner.model.compute_logits(runner.model(ids, positions, runner.kv_caches, meta))
+        odd = AttentionMetadata(meta.slot_mapping.int(), 2, meta.decode_slots.t().contiguous().t(), meta.decode_mask)
         with profile() as prof:
-            got = runner.compiled(ids.int(), positions, runner.kv_caches, meta)
-        assert not compiled_regions(prof) and torch.equal(got, want)
-        with profile() as prof:
-            got = runner.compiled(ids, positions, runner.kv_caches, meta)
+            got = runner.compiled(ids.int(), positions.int(), runner.kv_caches, odd)
         assert compiled_regions(prof)
     for cache in runner.kv_caches:
         cache[first:] = 0
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_context_of_one_token_runs_eager(engines):
+    """A one-token prompt's first step is a 1-token chunk with a context of 1: no graph was traced for that
+    (size 1 is specialized), so it runs eager, with eager's logits; and a one-token prompt decodes as eager does."""
+    compiled, eager = engines
+    runner = compiled.runner
+    torch.set_num_threads(runner.step_threads(1))
+    slots = torch.tensor([[runner.num_kv_blocks * runner.block_size - 1]])
+    meta = AttentionMetadata(slots[:, 0].contiguous(), 1, slots)
+    ids, positions = torch.tensor([42]), torch.tensor([0])
+    with torch.inference_mode():
+        want = runner.model.compute_logits(runner.model(ids, positions, runner.kv_caches, meta))
+        with profile() as prof:
+            got = runner.compiled(ids, positions, runner.kv_caches, meta)
+    assert not compiled_regions(prof) and torch.equal(got, want)
+    for cache in runner.kv_caches:
+        cache[slots.reshape(-1)] = 0
+    assert greedy(compiled, [[42]], 8) == greedy(eager, [[42]], 8)
 
 
 def test_a_failing_compile_serves_eager(engines, monkeypatch, caplog):
