@@ -68,6 +68,10 @@ def runs(peers: Path) -> dict[str, dict]:
         "seedance-int8-large2-compile": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q8_0.gguf")],
                                          "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2", "SEEDANCE_COMPILE": "1"},
                                          "ready_s": 900},
+        # the same on one torch thread for every step (large2 runs SmolLM2's one-row steps on 2: inductor's
+        # OpenMP kernels then wait on a busy core, ~10x slower on a loaded box)
+        "seedance-int8-compile": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q8_0.gguf")],
+                                  "env": {**sd_env, "SEEDANCE_COMPILE": "1"}, "ready_s": 900},
         # bfloat16 has no hardware support on an AVX2-only CPU: the short levels only
         "llama-bf16": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-bf16.gguf")], "levels": "1,8"},
         "seedance-bf16": {"cmd": [*seedance, "--model", str(hf16), "--dtype", "bfloat16"], "env": sd_env,
