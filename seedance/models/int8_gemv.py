@@ -19,7 +19,7 @@ GEMV (rows are its outer loop: the weight streams once per row) loses (4 rows 72
 The codes are the layer's own (unpacked from fbgemm once, when the step is compiled), with its one scale per
 output channel, so the result is the float product of the int8 weight (accumulated in float32: no 7-bit
 activations), within float rounding of `dequantize() @ x`. The words cost the codes' bytes again beside the packed
-copy the prefill and 2+-row steps use (SmolLM2: +106 MiB).
+copy the prefill and 2+-row steps use (SmolLM2: +101 MiB, 106 MB).
 """
 
 from __future__ import annotations
