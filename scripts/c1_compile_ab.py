@@ -3,6 +3,7 @@
 and whether the greedy tokens of the two paths agree. docs/benchmarks.md ("Compiled decode step") has a run:
 
     python scripts/c1_compile_ab.py /path/smollm2-135m-instruct-f32 --quantize fp16 --streams 1,8,32
+    python scripts/c1_compile_ab.py /path/smollm2-135m-instruct-q8_0.gguf --quantize auto   # int8 (fbgemm)
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--streams", default="1,8,32")
     ap.add_argument("--steps", type=int, default=40, help="decode steps timed per path and stream count")
+    ap.add_argument("--kv-cache-bytes", type=int, default=256 << 20,
+                    help="the pool (its shape is a constant of the graph: the served runs' 1 GiB reuses their cache)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     eng = LLMEngine.from_config(EngineConfig(model=args.model, threads=args.threads, quantize=args.quantize,
-                                             dtype="float32", kv_cache_bytes=256 << 20, compile=True))
+                                             dtype="float32", kv_cache_bytes=args.kv_cache_bytes,
+                                             compile=True))
     load_s = time.perf_counter() - t0
     runner = eng.runner
     compiled = runner.compiled

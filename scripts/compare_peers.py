@@ -72,6 +72,14 @@ def runs(peers: Path) -> dict[str, dict]:
         "seedance-fp16-large2-compile": {"cmd": [*seedance, "--model", str(hf32), "--quantize", "fp16"],
                                          "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2", "SEEDANCE_COMPILE": "1"},
                                          "ready_s": 600},
+        # int8 (the Q8_0 file under auto: fbgemm Int8Linear) compiled: one-row steps on int8_gemv's GEMV
+        "seedance-int8-large2-compile": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q8_0.gguf")],
+                                         "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2", "SEEDANCE_COMPILE": "1"},
+                                         "ready_s": 900},
+        # the same on one torch thread for every step (large2 runs SmolLM2's one-row steps on 2: inductor's
+        # OpenMP kernels then wait on a busy core, ~10x slower on a loaded box)
+        "seedance-int8-compile": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q8_0.gguf")],
+                                  "env": {**sd_env, "SEEDANCE_COMPILE": "1"}, "ready_s": 900},
         # bfloat16 has no hardware support on an AVX2-only CPU: the short levels only
         "llama-bf16": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-bf16.gguf")], "levels": "1,8"},
         "seedance-bf16": {"cmd": [*seedance, "--model", str(hf16), "--dtype", "bfloat16"], "env": sd_env,
@@ -150,9 +158,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/peers")
     parser.add_argument("--only", help="comma list of run names (default: all, in order)")
     parser.add_argument("--until", help="HH:MM (UTC): start no run after this time (a quiet window's end)")
+    parser.add_argument("--levels", help="comma list of concurrencies for every run (default: each run's own)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     table = runs(args.peers)
+    if args.levels:
+        for spec in table.values():
+            spec["levels"] = args.levels
     names = args.only.split(",") if args.only else list(table)
     for name in names:
         if args.until and time.strftime("%H:%M", time.gmtime()) >= args.until:

@@ -4,8 +4,10 @@
         --variant q8_0=/path/model-q8_0.gguf --variant bf16=/path/f32-dir@bfloat16
 
 A variant is PATH[:QUANTIZE][@DTYPE][+compile] (+compile: the compiled decode step, EngineConfig.compile; the
-reference may take it too). Prints, per variant, how many answers equal the reference's token for
-token and the length of the common prefix of each; writes the answers as JSON with --output.
+reference may take it too). --one-at-a-time runs each prompt alone (every decode step one row: the C = 1 path,
+which a compiled int8 model runs on its own GEMV) instead of all in one batch. Prints, per variant, how many
+answers equal the reference's token for token and the length of the common prefix of each; writes the answers
+as JSON with --output.
 """
 
 from __future__ import annotations
@@ -22,20 +24,21 @@ PROMPTS = ["What is the capital of France?", "Name three primary colours.", "How
            "Give me one tip for better sleep.", "Translate 'good morning' into Spanish."]
 
 
-def answers(spec: str, max_tokens: int):
+def answers(spec: str, max_tokens: int, one_at_a_time: bool = False, kv_cache_bytes: int = 256 << 20):
     compile_ = spec.endswith("+compile")
     path, _, dtype = spec.removesuffix("+compile").partition("@")
     path, _, quantize = path.partition(":")
     engine = LLMEngine.from_config(EngineConfig(model=path, quantize=quantize or "auto", dtype=dtype or "float32",
-                                                warmup=False, kv_cache_bytes=256 << 20, compile=compile_))
+                                                warmup=False, kv_cache_bytes=kv_cache_bytes, compile=compile_))
     out = {}
     for i, prompt in enumerate(PROMPTS):
         ids = engine.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
         engine.add_request(str(i), ids, SamplingParams(max_tokens=max_tokens, temperature=0))
-    while engine.has_work():
-        for event in engine.step():
-            if event.token_id >= 0 and event.token_id not in engine.eos_token_ids:
-                out.setdefault(event.request_id, []).append(event.token_id)
+        if one_at_a_time or i == len(PROMPTS) - 1:
+            while engine.has_work():
+                for event in engine.step():
+                    if event.token_id >= 0 and event.token_id not in engine.eos_token_ids:
+                        out.setdefault(event.request_id, []).append(event.token_id)
     return [out.get(str(i), []) for i in range(len(PROMPTS))], engine.tokenizer
 
 
@@ -45,12 +48,16 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], help="NAME=PATH[:QUANTIZE][@DTYPE][+compile]")
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--output")
+    parser.add_argument("--one-at-a-time", action="store_true", help="each prompt alone: one-row decode steps")
+    parser.add_argument("--kv-cache-bytes", type=int, default=256 << 20,
+                        help="the pool (a compiled graph is per pool shape: match a run whose cache is warm)")
     args = parser.parse_args()
-    ref, tok = answers(args.reference, args.max_tokens)
-    report = {"prompts": PROMPTS, "reference": [tok.decode(a) for a in ref], "variants": {}}
+    run = {"one_at_a_time": args.one_at_a_time, "kv_cache_bytes": args.kv_cache_bytes}
+    ref, tok = answers(args.reference, args.max_tokens, **run)
+    report = {"prompts": PROMPTS, **run, "reference": [tok.decode(a) for a in ref], "variants": {}}
     for item in args.variant:
         name, spec = item.split("=", 1)
-        got, _ = answers(spec, args.max_tokens)
+        got, _ = answers(spec, args.max_tokens, **run)
         prefixes = [next((j for j, (a, b) in enumerate(zip(r, g, strict=False)) if a != b), min(len(r), len(g)))
                     for r, g in zip(ref, got, strict=True)]
         same = sum(r == g for r, g in zip(ref, got, strict=True))

@@ -13,7 +13,8 @@ class EngineConfig:
     dtype: str = "auto"  # auto, float32, bfloat16, float16
     quantize: str = "auto"  # auto (a GGUF on the fastest kernel that holds it), none, int8, int4, fp16 (docs/model.md)
     # Decode-only steps through torch.compile (inductor, CPU): faster steps, a minute or more of compiling at
-    # start-up (models/compiled_decode.py, docs/model.md); float and fp16 weights only, else logged and eager.
+    # start-up (models/compiled_decode.py, docs/model.md); float, fp16 and fbgemm int8 weights (int8: one-row steps
+    # on inductor's own GEMV, models/int8_gemv.py), else (int4) logged and eager.
     compile: bool = False
     block_size: int = 16  # tokens per KV block
     kv_cache_bytes: int | None = None  # size of the paged KV pool; None: default_kv_cache_bytes (follows the model)

@@ -27,7 +27,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from seedance.models import int8_gemv
 from seedance.models.fp16_linear import Fp16Linear, register_compile_op, set_handle
+from seedance.models.int8_linear import Int8Linear
 from seedance.models.paged_attention import AttentionMetadata
 
 log = logging.getLogger(__name__)
@@ -39,8 +41,8 @@ _instances = itertools.count()  # the first compiled model of a process numbers 
 
 
 def unsupported_layers(model: nn.Module) -> list[str]:
-    """Linear layers the compiled graph cannot call (fbgemm int8's packed weights; weight-only kernels untested)."""
-    linears = (nn.Linear, Fp16Linear)
+    """Linear layers the compiled graph cannot call (torch's weight-only int4/int8 kernels: untested, slow here)."""
+    linears = (nn.Linear, Fp16Linear, Int8Linear)
     return sorted({type(m).__name__ for name, m in model.named_modules()
                    if name.endswith(("_proj", "lm_head")) and not isinstance(m, linears)})
 
@@ -71,16 +73,19 @@ class CompiledDecode:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         register_compile_op()
+        int8_gemv.register_compile_op()
         number = next(_instances)
-        for i, layer in enumerate(m for m in model.modules() if isinstance(m, Fp16Linear)):
+        for i, layer in enumerate(m for m in model.modules() if isinstance(m, Fp16Linear | Int8Linear)):
             set_handle(layer, 100_000 * number + i)
+        int8_gemv.attach(model)  # int8 projections: inductor's GEMV at one row
         inductor_cache_dir()
         # Dynamo keeps its graphs per code object: a copy of _decode's for each model, so that the graphs `warm`
         # compiles are all its function may hold, and another shape runs eager (torch logs it) instead of compiling.
         code = _decode.__code__.replace(co_name=f"_decode_{number}")
         self.code = code
+        options = {**OPTIONS, **int8_gemv.COMPILE_OPTIONS} if BACKEND == "inductor" else None
         self.fn = torch.compile(types.FunctionType(code, _decode.__globals__), backend=BACKEND, dynamic=True,
-                                options=OPTIONS if BACKEND == "inductor" else None)
+                                options=options)
 
     @classmethod
     def create(cls, model: nn.Module, kv_caches: list[torch.Tensor], threads_for: Callable[[int], int] | None = None,
@@ -88,7 +93,7 @@ class CompiledDecode:
         """Compile and warm the graphs (one row; 2+ rows, under each torch thread count a step of up to max_rows
         rows runs on: threads_for(rows), the runner's rule), or log why not and return None."""
         if (bad := unsupported_layers(model)):
-            log.warning("compile: off, the model has %s layers (fp16 / float weights only)", ", ".join(bad))
+            log.warning("compile: off, the model has %s layers (float, fp16 and fbgemm int8 only)", ", ".join(bad))
             return None
         try:
             compiled = cls(model)

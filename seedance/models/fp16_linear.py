@@ -17,14 +17,19 @@ from torch import nn
 # Layers the compiled decode step (compiled_decode.py) calls by handle: dynamo cannot trace fbgemm's packed weight
 # (a TorchScript object without __obj_flatten__), so under torch.compile the GEMM is the custom op below, which
 # finds the layer here. Weak: a model dropped by its owner leaves no packed weights behind.
-_BY_HANDLE: weakref.WeakValueDictionary[int, Fp16Linear] = weakref.WeakValueDictionary()
+_BY_HANDLE: weakref.WeakValueDictionary[int, nn.Module] = weakref.WeakValueDictionary()
 
 
-def set_handle(layer: Fp16Linear, handle: int) -> None:
+def set_handle(layer: nn.Module, handle: int) -> None:
     """Name the layer for the compiled graph. The handle is a constant of that graph, so it must not depend on
     what else the process loaded, or inductor's on-disk cache would miss (compiled_decode.py numbers them)."""
     layer.handle = handle
     _BY_HANDLE[handle] = layer
+
+
+def by_handle(handle: int) -> nn.Module:
+    """The layer set_handle named (int8_gemv.py's op finds fbgemm int8 layers the same way)."""
+    return _BY_HANDLE[handle]
 
 
 def register_compile_op() -> None:

@@ -32,6 +32,8 @@ from functools import cache
 import torch
 from torch import nn
 
+from seedance.models import int8_gemv
+
 STACK_MAX_ROWS = 2  # up to this many rows the two passes share one GEMM (measured: 13 % less CPU at 1 row, even at 4)
 
 
@@ -69,15 +71,19 @@ class Int8Linear(nn.Module):
         self.bias = None if bias is None else bias.detach().float().contiguous()
         self.packed = prepack(codes, scales)
         self.weight_sums = (codes.float() * scales.reshape(-1, 1).float()).sum(1)  # [N]: c's share, stacked
+        self.handle: int | None = None  # fp16_linear.set_handle's, when a compiled decode step calls it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype
         x2 = x.reshape(-1, self.in_features)
         if dtype != torch.float32:
             x2 = x2.float()
-        y = self._two_passes(x2)
-        if self.bias is not None:
-            y += self.bias
+        if torch.compiler.is_compiling():  # traced (compiled_decode.py): inductor's GEMV or this, as an op
+            y = int8_gemv.traced_forward(self, x2)
+        else:
+            y = self._two_passes(x2)
+            if self.bias is not None:
+                y += self.bias
         if dtype != torch.float32:
             y = y.to(dtype)
         return y.reshape(*shape[:-1], self.out_features)
