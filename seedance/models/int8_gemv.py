@@ -55,11 +55,12 @@ def gemv(x: torch.Tensor, words: torch.Tensor, scales: torch.Tensor) -> torch.Te
 
 
 def attach(model: nn.Module) -> int:
-    """Give each int8 decoder projection (an `Int8Linear` named *_proj; the head runs eager) its GEMV words and
-    scales; returns how many. Layers whose input size is not a multiple of 32 (8 words a vector) keep fbgemm."""
+    """Give each int8 decoder projection (an `Int8Linear` named *_proj) and the int8 head (the graph ends in the
+    logits: compiled_decode) its GEMV words and scales; returns how many. Layers whose input size is not a
+    multiple of 32 (8 words a vector) keep fbgemm."""
     count = 0
     for name, layer in model.named_modules():
-        if name.endswith("_proj") and hasattr(layer, "int8_weight") and layer.in_features % 32 == 0:
+        if name.endswith(("_proj", "lm_head")) and hasattr(layer, "int8_weight") and layer.in_features % 32 == 0:
             codes, scales, _ = layer.int8_weight()
             layer.gemv_words = word_layout(codes)
             layer.gemv_scales = scales.float().contiguous()
