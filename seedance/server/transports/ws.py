@@ -102,12 +102,16 @@ class WsConnection:
     def __init__(self, ws: WsSocket, transport: asyncio.Transport | None) -> None:
         self.ws = ws
         self.transport = transport
-        # the writer task's wake-up: the task exists only while it has turns (writer_wake.py: idle memory)
-        self.wake = WriterWake(self._writer_turn, lambda: bool(self.protocol.requests), "ws-writer")
+        direct = ws if hasattr(ws, "send_now") else None
+        # the writer task's wake-up: on picows the task exists only while it has turns (writer_wake.py: idle
+        # memory); aiohttp's socket keeps it for the connection's life (its close handshake needs it: e2e
+        # test_security's token expiry)
+        linger = (lambda: bool(self.protocol.requests)) if direct is not None else (lambda: True)
+        self.wake = WriterWake(self._writer_turn, linger, "ws-writer")
         self.closer = BoundedClose(ws, transport, "websocket")
         self.heartbeat = HeartbeatTimer(ws, self.wake, lambda: self.protocol.backpressure.next_heartbeat_at)
         self.loop = asyncio.get_running_loop()
-        self.direct: WsDirectSocket | None = ws if hasattr(ws, "send_now") else None  # see step_ready
+        self.direct: WsDirectSocket | None = direct  # see step_ready
         self._in_turn = False  # the writer task is inside a turn (it may hold taken output across an await)
         self._ended = False
         self._closing: asyncio.Future | None = None  # the close after a failed step_ready (held: tasks are weak)
@@ -115,6 +119,8 @@ class WsConnection:
     # ---- lifecycle --------------------------------------------------------------------------------
     async def run(self) -> None:
         self.heartbeat.arm()
+        if self.direct is None:
+            self.wake.set()  # aiohttp: the writer task from the start, as long as the connection
         try:
             await self._reader()
         finally:
