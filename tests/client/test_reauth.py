@@ -209,7 +209,9 @@ async def test_reauth_keeps_the_connection_and_the_stream_across_several_expirie
         text = await asyncio.wait_for(stream.collect(), 10)
     assert text == "".join(f"{i} " for i in range(40)) and stream.done.finish_reason == "length"
     assert errors == [] and guard.closed_with == [] and guard.connections == 1 and client.reconnects == 0
-    assert client.reauths == len(guard.reauths) >= 2 and calls == 1 + client.reauths
+    # every token asked for was sent; the last may still be unanswered when the stream ends and the client closes
+    assert calls == 1 + len(guard.reauths) and len(guard.reauths) - 1 <= client.reauths <= len(guard.reauths)
+    assert client.reauths >= 2
     assert client.expires_at > first_expiry
 
 

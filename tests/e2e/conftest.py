@@ -22,6 +22,11 @@ LLAVA_MODEL = "tiny-llava"  # the served name of the tiny LLaVA checkpoint (its 
 def start_server(tmp_path_factory, client_ssl: ssl.SSLContext | None = None, **env: object) -> RunningServer:
     """client_ssl: the server has tls_cert/tls_key; the readiness probe connects with this context."""
     env.setdefault("session_store", f"sqlite://{tmp_path_factory.mktemp('sessions') / 'sessions.db'}")
+    # float32 unless a test asks otherwise: these tests compare greedy tokens across paths (a batch against one
+    # request, a restart's re-prefill against decoding on, the process engine against the in-process one), and
+    # bfloat16's rounding depends on the batch, so under `auto` on a bf16-native CPU they would compare
+    # numerics, not plumbing. The CPU's own default is tested in tests/models and test_models.py.
+    env.setdefault("dtype", "float32")
     return launch(env, tmp_path_factory.mktemp("server") / "server.log", client_ssl=client_ssl,
                   ready_timeout_s=90, poll_s=0.1)
 

@@ -100,7 +100,7 @@ async def test_the_gateway_serves_without_importing_torch(process_server):
 
 
 async def in_process_greedy(prompt: str, max_tokens: int) -> list[int]:
-    engine = await AsyncEngine.create(EngineConfig(num_kv_blocks=1024))
+    engine = await AsyncEngine.create(EngineConfig(num_kv_blocks=1024, dtype="float32"))  # as start_server's
     try:
         request = GenerateRequest(prompt=prompt, params=SamplingParams(max_tokens=max_tokens, temperature=0.0))
         return [e.token_id async for e in engine.generate(request) if e.token_id >= 0]

@@ -86,3 +86,28 @@ async def test_the_task_lingers_while_requests_are_live_and_ends_after_the_last(
     sent = [m for body in texts(ws) for m in (body if isinstance(body, list) else [body])]
     assert [m["type"] for m in sent] == ["chunk", "chunk", "done"]
     assert not conn.protocol.requests and not conn.wake.running  # the last one ended: so did the task
+
+
+async def test_stop_does_not_swallow_a_cancellation_of_its_caller():
+    """A connection's end waits in stop() for the writer task; the caller's own cancellation (aiohttp cancels a
+    handler whose transport closed) must reach the caller, not vanish with the writer's."""
+
+    async def turn() -> None:
+        await asyncio.sleep(0)
+
+    wake = WriterWake(turn, lambda: True, "w")
+    wake.set()
+    await asyncio.sleep(0.01)
+    assert wake.running  # lingering: stop() has a task to cancel and wait for
+
+    async def ending() -> str:
+        await wake.stop()
+        await asyncio.sleep(1)
+        return "went on"
+
+    caller = asyncio.ensure_future(ending())
+    await asyncio.sleep(0)  # caller waits in stop() for the cancelled writer
+    caller.cancel()
+    done, _ = await asyncio.wait([caller], timeout=2)
+    assert done and caller.cancelled()
+    assert not wake.running

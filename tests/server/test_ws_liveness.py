@@ -104,3 +104,62 @@ async def test_a_peer_that_never_reads_is_reset_after_the_close_timeout_and_noth
         assert open_fds() <= before  # the duplicate descriptor and the transport's are both gone
     finally:
         await runner.cleanup()
+
+
+class ExpiringToken:
+    """/v1/stream's shape on aiohttp, as seedance's app runs it (handler_cancellation): the handler reads, a
+    timer closes the connection 4401 (a token's expiry). aiohttp's close closes the transport as soon as the
+    close frame is out, and its connection_lost then cancels the handler while it waits in BoundedClose.finish
+    for that very close. The endpoint keeps the closer, as a live connection's object graph does until the
+    collector gets to it: only an explicit close of the held descriptor can end the stream."""
+
+    def __init__(self) -> None:
+        self.finish_cancelled = asyncio.Event()
+        self.closers: list[BoundedClose] = []
+        self._closing: list[asyncio.Future] = []
+
+    async def handler(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        closer = BoundedClose(ws, request.transport, "test websocket")
+        self.closers.append(closer)
+
+        def expired() -> None:
+            self._closing.append(asyncio.ensure_future(closer.close(CloseCode.UNAUTHORIZED, "token expired")))
+
+        asyncio.get_running_loop().call_later(0.05, expired)
+        await ws.receive()  # CLOSING, once the close frame is out
+        try:
+            await closer.finish()
+        except asyncio.CancelledError:
+            self.finish_cancelled.set()
+            raise
+        return ws
+
+
+async def test_a_close_still_ends_the_stream_when_aiohttp_cancels_the_handler_in_finish():
+    endpoint = ExpiringToken()
+    app = web.Application()
+    app.router.add_get("/ws", endpoint.handler)
+    runner = web.AppRunner(app, handler_cancellation=True)  # as seedance's app (server/app.py)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        before = open_fds()
+        sock = await asyncio.to_thread(raw_handshake, port, path="/ws")
+        _, code = await asyncio.to_thread(frames_until_close, sock, 5)
+        assert code == CloseCode.UNAUTHORIZED
+        sock.settimeout(3)
+        try:
+            rest = await asyncio.to_thread(sock.recv, 100)  # the stream's end, not a socket held open for ever
+        except TimeoutError:
+            rest = None
+        sock.close()
+        assert endpoint.finish_cancelled.is_set()  # the case under test did happen
+        assert rest == b""
+        await asyncio.sleep(0.1)
+        assert open_fds() <= before  # the held duplicate descriptor was closed
+    finally:
+        await runner.cleanup()

@@ -12,7 +12,6 @@ waits)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -76,11 +75,17 @@ class WriterWake:
             self._task = None
 
     async def stop(self) -> None:
-        """No turn from now on; the one under way is cancelled and waited for."""
+        """No turn from now on; the one under way is cancelled and waited for. A cancellation of the caller
+        itself while it waits is not swallowed (it would hide an aiohttp handler's cancellation)."""
         self._stopped = True
         self._flag = False
         task = self._task
         if task is not None and task is not asyncio.current_task():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            try:
                 await task
+            except asyncio.CancelledError:
+                if (me := asyncio.current_task()) is not None and me.cancelling():
+                    raise
+            except Exception:
+                pass  # the writer's own failure was logged where it happened

@@ -43,7 +43,7 @@ from seedance.server.transports import ws_accept
 from seedance.server.transports.writer_wake import WriterWake
 from seedance.server.transports.ws_choices import WsRequest
 from seedance.server.transports.ws_commands import WsCommands
-from seedance.server.transports.ws_liveness import CLOSE_TIMEOUT_S, BoundedClose, HeartbeatTimer
+from seedance.server.transports.ws_liveness import CLOSE_TIMEOUT_S, BoundedClose, HeartbeatTimer, run_to_end
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +103,8 @@ class WsConnection:
         self.ws = ws
         self.transport = transport
         direct = ws if hasattr(ws, "send_now") else None
-        # the writer task's wake-up: on picows the task exists only while it has turns (writer_wake.py: idle
-        # memory); aiohttp's socket keeps it for the connection's life (its close handshake needs it: e2e
-        # test_security's token expiry)
-        linger = (lambda: bool(self.protocol.requests)) if direct is not None else (lambda: True)
-        self.wake = WriterWake(self._writer_turn, linger, "ws-writer")
+        # the writer task exists only while it has turns or live requests (writer_wake.py: idle memory)
+        self.wake = WriterWake(self._writer_turn, lambda: bool(self.protocol.requests), "ws-writer")
         self.closer = BoundedClose(ws, transport, "websocket")
         self.heartbeat = HeartbeatTimer(ws, self.wake, lambda: self.protocol.backpressure.next_heartbeat_at)
         self.loop = asyncio.get_running_loop()
@@ -119,16 +116,19 @@ class WsConnection:
     # ---- lifecycle --------------------------------------------------------------------------------
     async def run(self) -> None:
         self.heartbeat.arm()
-        if self.direct is None:
-            self.wake.set()  # aiohttp: the writer task from the start, as long as the connection
         try:
             await self._reader()
         finally:
             self._ended = True
             self.heartbeat.cancel()
-            await self.wake.stop()
-            self.commands.connection_lost()
-            await self.closer.finish()
+            await run_to_end(self._teardown())
+
+    async def _teardown(self) -> None:
+        """The connection's end, to its end even if its handler is cancelled meanwhile (run_to_end): the writer
+        stopped, every live request cancelled in the engine, the socket closed or reset."""
+        await self.wake.stop()
+        self.commands.connection_lost()
+        await self.closer.finish()
 
     async def close(self, code: int, reason: str) -> None:
         """The bounded close handshake (ws_liveness.py), then the socket reset if the peer does not read."""

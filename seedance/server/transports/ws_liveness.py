@@ -11,7 +11,8 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from aiohttp import web
 
@@ -61,10 +62,15 @@ class BoundedClose:
     async def finish(self) -> None:
         """The connection's tasks are over: wait for a close handshake under way, give the peer the rest of
         CLOSE_TIMEOUT_S to take what is still unsent (polled every DRAIN_POLL_S), then reset the socket if it has
-        not: a plain close would wait for the unsent bytes forever, holding the buffers."""
+        not: a plain close would wait for the unsent bytes forever, holding the buffers. Runs to its end even
+        when the caller is cancelled meanwhile (run_to_end): aiohttp cancels a handler whose transport it closed
+        (handler_cancellation), and a cut-short finish would keep the held descriptor open for ever: the peer
+        would never see the stream end, and the descriptor would leak."""
+        await run_to_end(self._finish())
+
+    async def _finish(self) -> None:
         if self._task is not None:
-            with contextlib.suppress(Exception):
-                await self._task
+            await asyncio.wait([self._task])  # its outcome is its own (a failed close frame: the reset below)
         transport = self.transport
         if transport is None:
             return
@@ -89,6 +95,19 @@ class BoundedClose:
         with contextlib.suppress(OSError, AttributeError, ValueError):
             if (fd := sock.fileno()) >= 0:
                 self._held = socket.socket(fileno=os.dup(fd))
+
+
+_TO_THE_END: set[asyncio.Future] = set()  # teardowns under way: the loop holds tasks only weakly
+
+
+async def run_to_end(teardown: Coroutine[Any, Any, None]) -> None:
+    """Run a connection's teardown in a task of its own and wait for it: a cancellation of the waiting task
+    (aiohttp's handler_cancellation, when the transport closes) reaches the waiter, never the teardown, which
+    still releases what it holds (engine requests, a held descriptor) to its end."""
+    task = asyncio.ensure_future(teardown)
+    _TO_THE_END.add(task)
+    task.add_done_callback(_TO_THE_END.discard)
+    await asyncio.shield(task)
 
 
 def _unsent(transport: asyncio.Transport, held: socket.socket | None) -> int:
