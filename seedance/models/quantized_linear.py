@@ -19,6 +19,8 @@ stay int4 is `int4_kernel_preferred`'s: only where ATen runs its AVX-512 kernels
 
 from __future__ import annotations
 
+from functools import cache
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -78,7 +80,7 @@ class QuantizedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
-        if x2.shape[0] > DEQUANTIZE_ABOVE_ROWS and (self.bits == 8 or self.out_features % 32 == 0):
+        if x2.shape[0] > DEQUANTIZE_ABOVE_ROWS and (self.bits == 8 or int4_unpackable(self.out_features)):
             # Prefill: torch's weight-only CPU kernels are slow past a few rows (measured 25-35x a float matmul
             # at 37 rows); dequantizing the weight for this call and using the float GEMM is cheaper.
             return F.linear(x, self.dequantize(x.dtype), self.bias)
@@ -95,11 +97,12 @@ class QuantizedLinear(nn.Module):
         if self.bits == 8:
             return self.weight_int8.to(dtype) * self.scales.to(dtype)[:, None]
         n, k, g = self.out_features, self.in_features, self.group_size
-        if n % 32:
+        codes = unpack_int4(self.weight_int4, n, k)
+        if codes is None:  # a layout not read here (unpack_int4): the kernel's own product with the identity
             eye = torch.eye(k, dtype=self.scale_and_zeros.dtype)
             return torch.ops.aten._weight_int4pack_mm_for_cpu(
                 eye, self.weight_int4, g, self.scale_and_zeros).to(dtype).T.contiguous()
-        codes = unpack_int4(self.weight_int4, n, k).to(dtype).sub_(8).view(n, k // g, g)
+        codes = codes.to(dtype).sub_(8).view(n, k // g, g)
         sz = self.scale_and_zeros.to(dtype)  # [K/G, N, 2]
         return (codes * sz[..., 0].T.unsqueeze(-1) + sz[..., 1].T.unsqueeze(-1)).view(n, k)
 
@@ -166,14 +169,57 @@ def fp16_head(embedding: nn.Embedding) -> Fp16Linear:
     return Fp16Linear(embedding.weight.data)
 
 
-def unpack_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    """The codes [N, K] (uint8, 0..15) inside `_convert_weight_to_int4pack_for_cpu`'s [N, K/2] output, for N a
-    multiple of 32: blocks of 32 rows stored [K/2, 2, 16], rows 0-15 in the low nibbles, 16-31 in the high
-    ones (torch 2.13's layout; test_quantized_linear.py checks it against the codes packed)."""
+def unpack_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor | None:
+    """The codes [N, K] (uint8, 0..15) inside `_convert_weight_to_int4pack_for_cpu`'s [N, K/2] output, or None
+    where this CPU's layout is not one known here (the caller multiplies by the identity instead). The layout
+    is the CPU's: ATen packs for the build it dispatches to (`int4_pack_block`)."""
+    if not int4_unpackable(n):
+        return None
+    return (_unpack_int4_avx512 if int4_pack_block() == 64 else _unpack_int4_avx2)(packed, n, k)
+
+
+def int4_unpackable(n: int) -> bool:
+    """Whether unpack_int4 reads an N-row packed weight on this CPU (AVX2's layout: N a multiple of 32)."""
+    block = int4_pack_block()
+    return block == 64 or (block == 32 and n % 32 == 0)
+
+
+def _unpack_int4_avx2(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """AVX2 / default build (torch 2.13), N a multiple of 32: blocks of 32 rows stored [K/2, 2, 16], rows 0-15
+    in the low nibbles, 16-31 in the high ones."""
     buf = packed.view(n // 32, k // 2, 2, 16)
     lo = (buf & 15).permute(0, 3, 1, 2).reshape(n // 32, 16, k)
     hi = (buf >> 4).permute(0, 3, 1, 2).reshape(n // 32, 16, k)
     return torch.cat([lo, hi], dim=1).view(n, k)
+
+
+def _unpack_int4_avx512(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """AVX-512 build (torch 2.13): blocks of 64 rows stored [K, 32] bytes, rows 0-31 in the low nibbles, 32-63 in
+    the high ones; a last block of 16-48 rows stores adjacent row pairs [K, rows/2] (low nibble the even row)."""
+    full = n // 64
+    buf = packed[:full * 64].reshape(full, k, 32)
+    parts = [torch.cat([(buf & 15).permute(0, 2, 1), (buf >> 4).permute(0, 2, 1)], dim=1).reshape(full * 64, k)]
+    tail = n - full * 64
+    if tail:
+        rest = packed[full * 64:].reshape(k, tail // 2)
+        parts.append(torch.stack([(rest & 15).T, (rest >> 4).T], dim=1).reshape(tail, k))
+    return torch.cat(parts)
+
+
+@cache
+def int4_pack_block() -> int:
+    """The row block of this CPU's int4 packing: 64 where ATen runs its AVX-512 kernels, 32 on AVX2 (what
+    `ATEN_CPU_CAPABILITY` selects), 0 if a probe packs into neither. Found by packing a probe once, so a torch
+    that changes its layout makes dequantize take the identity product rather than read garbage."""
+    codes = torch.randint(0, 16, (128, 64), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    for block, unpack in ((64, _unpack_int4_avx512), (32, _unpack_int4_avx2)):
+        try:
+            if torch.equal(unpack(packed, 128, 64).to(torch.int32), codes):
+                return block
+        except RuntimeError:  # a shape this layout cannot have
+            continue
+    return 0
 
 
 def int4_shape_ok(n: int, k: int, group_size: int) -> bool:
