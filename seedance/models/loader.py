@@ -182,7 +182,7 @@ def _load_gguf(path: Path, device: str, dtype: str, max_model_len: int | None, q
     from seedance.models.gguf_tokenizer import gguf_tokenizer
 
     gguf = open_gguf(path)
-    quantize = auto_mode(gguf, quantize)
+    quantize = auto_mode(gguf, quantize, dtype)
     config_loaded = time_ns()
     max_len = _context_limit(gguf.config, max_model_len)
     with empty_weights():

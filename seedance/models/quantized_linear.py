@@ -31,6 +31,23 @@ from seedance.models.int8_linear import Int8Linear
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 DEQUANTIZE_ABOVE_ROWS = 8  # more rows than this (prefill chunks) dequantize the weight per call: see forward()
+# ...except int4 with bfloat16 activations on AVX-512, whose kernel is fast: all of SmolLM2's projections, 1 thread,
+# loaded box, CPU ms, kernel vs dequantize + bf16 GEMM: 133 vs 502 at 32 rows, 235 vs 483 at 64, 511 vs 656 at
+# 128, 959 vs 850 at 256 (decode steps of 32-64 streams stay on the kernel; docs/model.md, "Formats")
+AVX512_BF16_INT4_DEQUANTIZE_ABOVE_ROWS = 192
+
+
+@cache
+def _cpu_capability() -> str:
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def dequantize_above_rows(bits: int, dtype: torch.dtype, capability: str | None = None) -> int:
+    """Past how many rows a QuantizedLinear call dequantizes its weight for the float GEMM instead of running
+    torch's weight-only kernel (measured per kernel and CPU: see the constants above)."""
+    if bits == 4 and dtype == torch.bfloat16 and (capability or _cpu_capability()) == "AVX512":
+        return AVX512_BF16_INT4_DEQUANTIZE_ABOVE_ROWS
+    return DEQUANTIZE_ABOVE_ROWS
 
 
 class QuantizedLinear(nn.Module):
@@ -80,9 +97,10 @@ class QuantizedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
-        if x2.shape[0] > DEQUANTIZE_ABOVE_ROWS and (self.bits == 8 or int4_unpackable(self.out_features)):
-            # Prefill: torch's weight-only CPU kernels are slow past a few rows (measured 25-35x a float matmul
-            # at 37 rows); dequantizing the weight for this call and using the float GEMM is cheaper.
+        if (x2.shape[0] > dequantize_above_rows(self.bits, x2.dtype)
+                and (self.bits == 8 or int4_unpackable(self.out_features))):
+            # Prefill: torch's weight-only CPU kernels are slow past a few rows (measured on AVX2: 25-35x a float
+            # matmul at 37 rows); dequantizing the weight for this call and using the float GEMM is cheaper.
             return F.linear(x, self.dequantize(x.dtype), self.bias)
         if self.bits == 8:
             y = torch.ops.aten._weight_int8pack_mm(x2, self.weight_int8, self.scales)
@@ -153,11 +171,15 @@ def int8_linear(codes: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | 
     return QuantizedLinear.from_int8(codes, scales, bias)
 
 
-def int4_kernel_preferred() -> bool:
-    """Whether 4-bit GGUF blocks stay int4: where ATen's int4 weight-only kernel runs its AVX-512 build (its CPU
-    capability, as it dispatches), or where there is no fbgemm. On AVX2 that kernel is ~10x slower than
-    fbgemm's int8 (docs/model.md), so there the blocks are requantized to int8 per channel at load."""
-    return torch.backends.cpu.get_cpu_capability() == "AVX512" or not fbgemm.available()
+def int4_kernel_preferred(dtype: str = "bfloat16") -> bool:
+    """Whether 4-bit GGUF blocks stay int4 for a model served in `dtype`: where ATen's int4 weight-only kernel
+    runs its AVX-512 build (its CPU capability, as it dispatches) with bfloat16 activations, or where there is no
+    fbgemm. Measured on AVX-512 (docs/model.md, "Formats"): with bfloat16 activations it is the fastest kernel at
+    1-8 rows, with float32 ones 17x slower than fbgemm's fp16 (so `--dtype float32` takes fp16 there); on AVX2
+    ~10x slower than fbgemm's int8 whatever the dtype (there the file loads as fp16)."""
+    if not fbgemm.available():
+        return True
+    return torch.backends.cpu.get_cpu_capability() == "AVX512" and dtype == "bfloat16"
 
 
 def is_quantized(module: nn.Module) -> bool:

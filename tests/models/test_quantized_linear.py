@@ -14,9 +14,12 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize, quantize
 
 from seedance.models.gguf_loader import int4_blocks
+from seedance.models.int8_linear import available as fbgemm_available
 from seedance.models.quantized_linear import (
     QuantizedEmbedding,
     QuantizedLinear,
+    dequantize_above_rows,
+    int4_kernel_preferred,
     quantize_int4,
     quantize_int8,
     quantize_model,
@@ -151,3 +154,32 @@ def test_unpack_follows_the_layout_of_each_cpu_build(capability):
     block = int(out.stdout.split()[-1])
     native_avx512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
     assert block == (64 if capability == "avx512" and native_avx512 else 32)
+
+
+@pytest.mark.skipif(not fbgemm_available(), reason="without fbgemm int4 is the only 4-bit path")
+@pytest.mark.parametrize(("capability", "dtype", "kept"), [
+    ("AVX512", "bfloat16", True),  # the AVX-512 int4 kernel's fast path (docs/model.md, "Formats")
+    ("AVX512", "float32", False),  # its float32 path: 17x slower than fbgemm's fp16 at one row
+    ("AVX2", "bfloat16", False), ("AVX2", "float32", False), ("DEFAULT", "bfloat16", False)])
+def test_int4_kept_only_where_its_kernel_is_fast(monkeypatch, capability, dtype, kept):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert int4_kernel_preferred(dtype) is kept
+
+
+def test_int4_bf16_on_avx512_keeps_the_kernel_for_decode_batches():
+    """On AVX-512 the int4 kernel with bfloat16 activations beats dequantize + GEMM up to ~200 rows (a decode
+    step of 64 streams stays on it); everywhere else, and for int8 / float32, past 8 rows the weight dequantizes."""
+    assert dequantize_above_rows(4, torch.bfloat16, "AVX512") == 192
+    for bits, dtype, cap in ((4, torch.float32, "AVX512"), (8, torch.bfloat16, "AVX512"),
+                             (4, torch.bfloat16, "AVX2"), (4, torch.bfloat16, "DEFAULT")):
+        assert dequantize_above_rows(bits, dtype, cap) == 8
+
+
+@pytest.mark.parametrize("rows", [8, 64, 200])
+def test_int4_bf16_kernel_and_dequantized_paths_agree(rows):
+    """Whichever side of the threshold a call falls on, the product is the same (bfloat16's rounding)."""
+    weight = torch.randn(96, 64, generator=torch.Generator().manual_seed(rows)) * 0.05
+    layer = QuantizedLinear.from_float(weight, 4, 32).to(torch.bfloat16)
+    x = torch.randn(rows, 64, generator=torch.Generator().manual_seed(1)).bfloat16()
+    exact = x.float() @ layer.dequantize().T
+    torch.testing.assert_close(layer(x).float(), exact, atol=0.02, rtol=0.02)
