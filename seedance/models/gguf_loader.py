@@ -33,6 +33,7 @@ from torch import nn
 
 from seedance.models.fp16_linear import Fp16Linear
 from seedance.models.hf_config import LLAMA_DEFAULTS
+from seedance.models.int8_linear import available as fbgemm_available
 from seedance.models.llama import LlamaForCausalLM
 from seedance.models.quantized_linear import (
     QuantizedEmbedding,
@@ -247,6 +248,19 @@ def auto_mode(model: GGUFModel, mode: str, dtype: str = "bfloat16") -> str:
         return mode
     four_bit = any(t.tensor_type.name in INT4_EXACT for t in model.reader.tensors if t.name.startswith("blk."))
     return "fp16" if four_bit else mode
+
+
+def fbgemm_projections(model: GGUFModel, mode: str) -> bool:
+    """Whether the file's projections load onto fbgemm's float32-activation GEMMs under `mode` (after auto_mode):
+    fp16, int8, or `auto` on a file whose quantized projections are not 4-bit (Q8_0, Q6_K...: requantized int8)."""
+    if not fbgemm_available():
+        return False
+    if mode in ("fp16", "int8"):
+        return True
+    if mode != "auto":
+        return False
+    kinds = {t.tensor_type.name for t in model.reader.tensors if t.name.startswith("blk.") and len(t.shape) == 2}
+    return bool(kinds - set(FLOAT_TYPES)) and not kinds & set(INT4_EXACT)
 
 
 def load_gguf_weights(model: GGUFModel, net: LlamaForCausalLM, mode: str) -> dict[str, torch.Tensor]:

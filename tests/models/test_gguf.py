@@ -256,3 +256,23 @@ def test_dequantize_rows_is_gguf_quants_bit_for_bit(files):
             assert got.shape == want.shape and np.array_equal(got.view(np.uint32), want.view(np.uint32)), t.name
             kinds.add(t.tensor_type.name)
     assert {"F32", "Q8_0", "Q4_0", "Q4_1"} <= kinds
+
+
+@pytest.mark.parametrize("flags", [frozenset({"avx512f", "avx512_bf16"}), frozenset({"avx2", "fma"})])
+def test_auto_dtype_follows_the_kernels_the_projections_take(files, monkeypatch, flags):
+    """dtype auto: bfloat16 on a CPU with native bf16, except where the projections run on fbgemm's GEMMs
+    (float32 activations: a Q8_0 file's int8, `--quantize int8 | fp16`, a 4-bit file loaded as fp16), which
+    take float32; on a CPU without it float32 throughout."""
+    monkeypatch.setattr("seedance.models.precision.cpu_flags", lambda: flags)
+    bf16 = "bfloat16" if "avx512_bf16" in flags else "float32"
+    q8 = load_model(files[T.Q8_0], dtype="auto")
+    assert q8.dtype == "float32" and q8.model.norm.weight.dtype == torch.float32
+    assert load_model(files[T.F32], dtype="auto").dtype == bf16
+    q4 = load_model(files[T.Q4_1], dtype="auto")
+    int4 = isinstance(q4.model.layers[0].mlp.gate_up_proj, QuantizedLinear)
+    assert int4 == (int4_kernel_preferred("bfloat16") and bf16 == "bfloat16")
+    assert q4.dtype == (bf16 if int4 else "float32")
+    assert load_model(None, dtype="auto").dtype == bf16
+    for mode in ("int8", "fp16"):
+        assert load_model(None, dtype="auto", quantize=mode).dtype == "float32"
+    assert load_model(None, dtype="auto", quantize="int4").dtype == bf16
