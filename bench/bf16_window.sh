@@ -16,6 +16,7 @@ run $PY scripts/compare_peers.py --peers "$PEERS" --out "$OUT" --until "$UNTIL" 
     --only "$RUNS"
 run $PY scripts/peers_table.py "$OUT" | tee "$OUT/table.md"
 if [[ $(date -u +%H:%M) < "$UNTIL" ]]; then
-  run $PY scripts/fbgemm_linear_bench.py --rows ${ROWS:-1,8,32,64} --kernels f32,bf16,int8,int8-1f,fp16,wo4b \
+  run $PY scripts/fbgemm_linear_bench.py --rows "${ROWS:-1,8,32,64}" --layers "${LAYERS:-30}" \
+      --kernels f32,bf16,int8,int8-1f,fp16,wo4b \
       | tee "$OUT/kernels.txt"
 fi
