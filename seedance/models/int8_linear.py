@@ -20,12 +20,8 @@ of weights) is taken off afterwards. More rows are compute-bound and take two ca
 
 `reduce_range=True` is required on CPUs without VNNI: their int8 instruction (vpmaddubsw) sums two uint8 x int8
 products into a saturating int16, so activations keep 7 bits (0..127); with 8 they overflow (measured: errors of
-0.1-0.3 on outputs of magnitude 2, against 0.02-0.04 with 7). With VNNI (AVX512_VNNI, AVX-VNNI; fbgemm's
-vpdpbusd accumulates in int32, no saturation) both passes take 8 bits (`REDUCE_RANGE`, from the CPU's flags).
-One 8-bit pass is still not enough there: an outlier channel sets the one range, and one pass over activations
-with a few channels at 100x was off by 6 % (two passes: 0.1 %; scripts/fbgemm_linear_bench.py --error), so the
-two passes stay on every CPU. The ops are called directly; the quantized tensor they take is built from our own
-codes, with torch's "quantized tensors are deprecated" warning silenced there.
+0.1-0.3 on outputs of magnitude 2, against 0.02-0.04 with 7). The ops are called directly; the quantized tensor
+they take is built from our own codes, with torch's "quantized tensors are deprecated" warning silenced there.
 """
 
 from __future__ import annotations
@@ -37,18 +33,7 @@ import torch
 from torch import nn
 
 from seedance.models import int8_gemv
-from seedance.models.precision import cpu_flags
 
-VNNI_CPU_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
-
-
-def reduce_range(flags: frozenset[str] | None = None) -> bool:
-    """Whether activations keep 7 bits: on CPUs without VNNI (AVX2's vpmaddubsw saturates its int16 sums)."""
-    return not ((cpu_flags() if flags is None else flags) & VNNI_CPU_FLAGS)
-
-
-REDUCE_RANGE = reduce_range()
-QMAX = 127 if REDUCE_RANGE else 255
 STACK_MAX_ROWS = 2  # up to this many rows the two passes share one GEMM (measured: 13 % less CPU at 1 row, even at 4)
 
 
@@ -105,19 +90,19 @@ class Int8Linear(nn.Module):
 
     def _two_passes(self, x: torch.Tensor) -> torch.Tensor:
         # the grid linear_dynamic quantizes x to (the same function it calls), and what that rounding leaves out
-        scale, zero_point = torch._choose_qparams_per_tensor(x, REDUCE_RANGE)
-        residual = x - torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, QMAX)
+        scale, zero_point = torch._choose_qparams_per_tensor(x, True)
+        residual = x - torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 127)
         rows = x.shape[0]
         if rows > STACK_MAX_ROWS:
-            y = torch.ops.quantized.linear_dynamic(x, self.packed, REDUCE_RANGE)
-            return y.add_(torch.ops.quantized.linear_dynamic(residual, self.packed, REDUCE_RANGE))
+            y = torch.ops.quantized.linear_dynamic(x, self.packed, True)
+            return y.add_(torch.ops.quantized.linear_dynamic(residual, self.packed, True))
         # |residual| <= scale / 2: f * residual + c spans (lo, hi) just inside x's range (0 included), so the
         # stacked input's min and max, hence its grid, are x's own
         lo, hi = (float(v) for v in torch.aminmax(x))
         lo, hi = min(lo, 0.0), max(hi, 0.0)
         f = max((hi - lo) / scale * 0.99, 1.0)
         c = (lo + hi) / 2
-        out = torch.ops.quantized.linear_dynamic(torch.cat([x, residual.mul_(f).add_(c)]), self.packed, REDUCE_RANGE)
+        out = torch.ops.quantized.linear_dynamic(torch.cat([x, residual.mul_(f).add_(c)]), self.packed, True)
         return out[rows:].sub_(self.weight_sums, alpha=c).div_(f).add_(out[:rows])
 
     def int8_weight(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

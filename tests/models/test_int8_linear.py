@@ -72,20 +72,9 @@ def test_one_pass_is_not_enough():
     assert (layer(x) - exact).norm() < 1e-3 * exact.norm()
 
 
-def test_reduce_range_follows_the_cpus_vnni():
-    """7-bit activations only where the CPU's int8 dot product saturates (no VNNI: AVX2's vpmaddubsw)."""
-    assert int8_linear.reduce_range(frozenset({"avx2", "fma", "avx512f", "avx512bw"}))
-    assert int8_linear.reduce_range(frozenset())
-    assert not int8_linear.reduce_range(frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}))
-    assert not int8_linear.reduce_range(frozenset({"avx2", "avx_vnni"}))
-    assert not int8_linear.reduce_range(frozenset({"amx_int8", "amx_tile"}))
-    assert (127 if int8_linear.REDUCE_RANGE else 255) == int8_linear.QMAX
-
-
 def test_reduce_range_is_what_keeps_it_exact_without_vnni():
     """Non-negative activations at full scale and the largest codes: 8-bit activations would saturate
-    vpmaddubsw's int16 sums on AVX2; the 7 bits used there do not, and with VNNI (int32 sums) the 8 bits
-    this CPU's layer then uses do not either."""
+    vpmaddubsw's int16 sums on AVX2; the 7 bits used here do not."""
     codes = torch.full((16, 576), 127, dtype=torch.int8)
     layer = Int8Linear(codes, torch.ones(16))
     x = torch.rand(4, 576, generator=torch.Generator().manual_seed(5))
