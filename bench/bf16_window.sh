@@ -9,9 +9,15 @@ UNTIL=${UNTIL:-17:10}
 PY=${PY:-python}
 PEERS=${PEERS:-/work/peers}
 LEAD=${LEAD:-/work/peers/results-s10}
-RUNS=${RUNS:-seedance-q4_1,seedance-bf16,seedance-int8}
 source "$(dirname "$0")/issue14_window_lib.sh"
-[ -f "$LEAD/llama-bf16.json" ] || RUNS="$RUNS,llama-bf16"
+if [ -z "${RUNS:-}" ]; then  # what the peers folder allows, most wanted first
+  RUNS=seedance-q4_1,seedance-bf16
+  [ -f "$PEERS/models/smollm2-135m-instruct-q8_0.gguf" ] && RUNS="$RUNS,seedance-int8"
+  [ -f "$LEAD/llama-bf16.json" ] || { [ -x "$PEERS/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/llama-server" ] \
+      && [ -f "$PEERS/models/smollm2-135m-instruct-bf16.gguf" ] && RUNS="$RUNS,llama-bf16"; }
+  RUNS="$RUNS,seedance-bf16-large2,seedance-q4_1-large2"
+fi
+echo "runs: $RUNS"
 run $PY scripts/compare_peers.py --peers "$PEERS" --out "$OUT" --until "$UNTIL" --levels "${LEVELS:-1,8,32,64}" \
     --only "$RUNS"
 run $PY scripts/peers_table.py "$OUT" | tee "$OUT/table.md"
