@@ -61,8 +61,11 @@ def runs(peers: Path) -> dict[str, dict]:
                                    **tiny},
         "seedance-f32-2threads": {"cmd": [*seedance, "--model", str(hf32), "--dtype", "float32"],
                                   "env": {**sd_env, "SEEDANCE_THREADS": "2"}, "levels": "1,64"},
-        # GGUF auto on an AVX2 CPU (docs/model.md): Q4_1 loads as fp16, Q8_0 as int8, both on fbgemm's GEMMs
+        # GGUF auto (docs/model.md, "Formats"): on AVX2 Q4_1 loads as fp16, Q8_0 as int8, both on fbgemm's GEMMs
+        # (float32); on AVX-512 with AVX512_BF16 Q4_1 stays int4 with bfloat16 activations, Q8_0 int8 in float32
         "seedance-q4_1": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q4_1.gguf")], "env": sd_env},
+        "seedance-q4_1-large2": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q4_1.gguf")],
+                                 "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2"}},
         "seedance-int8": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q8_0.gguf")], "env": sd_env},
         "seedance-int8-large2": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q8_0.gguf")],
                                  "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2"}},
@@ -83,7 +86,9 @@ def runs(peers: Path) -> dict[str, dict]:
         # bfloat16 has no hardware support on an AVX2-only CPU: the short levels only
         "llama-bf16": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-bf16.gguf")], "levels": "1,8"},
         "seedance-bf16": {"cmd": [*seedance, "--model", str(hf16), "--dtype", "bfloat16"], "env": sd_env,
-                          "levels": "1"},
+                          "levels": "1"},  # AVX-512 + AVX512_BF16: native (bench/bf16_window.sh runs every level)
+        "seedance-bf16-large2": {"cmd": [*seedance, "--model", str(hf16), "--dtype", "bfloat16"],
+                                 "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2"}},
         "vllm-bf16": {"cmd": [*vllm_cmd[:-1], str(hf16), "--dtype", "bfloat16"], "env": vllm_env, "ready_s": 900,
                       "levels": "1,8"},
     }

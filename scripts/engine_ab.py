@@ -10,7 +10,8 @@ judged against its baseline measured in alternation (rounds x cases x variants),
 A case is MODEL:STREAMS:STEPS (MODEL `tiny` = the built-in model): STREAMS requests with distinct 64-token
 prompts are prefilled, then STEPS decode steps are timed (output tok/s, prefill excluded; also per CPU-second of
 the engine thread, which a loaded box inflates least when torch runs one thread). A variant is
-NAME=PATH[:THREADS][+QUANTIZE] (that variant's `--quantize`: auto, none, int8...). `--ops` instead counts the
+NAME=PATH[:THREADS][+QUANTIZE][@DTYPE] (that variant's `--quantize`: auto, none, int8...; its `--dtype`, float32
+unless given: auto follows the CPU). `--ops` instead counts the
 top-level aten ops of one decode step of the built-in model (load-independent), per variant; `--micro` times
 this checkout's RMSNorm and RoPE against the formulation they replaced (transformers' order of ops), interleaved
 in one process, at SmolLM2's shapes.
@@ -29,11 +30,11 @@ import time
 from collections import Counter
 
 
-def engine(model: str, threads: int, quantize: str = "auto"):
+def engine(model: str, threads: int, quantize: str = "auto", dtype: str = "float32"):
     from seedance.engine.config import EngineConfig
     from seedance.engine.llm_engine import LLMEngine
 
-    return LLMEngine.from_config(EngineConfig(model=None if model == "tiny" else model, dtype="float32",
+    return LLMEngine.from_config(EngineConfig(model=None if model == "tiny" else model, dtype=dtype,
                                               threads=threads or None, kv_cache_bytes=256 << 20, quantize=quantize))
 
 
@@ -46,10 +47,11 @@ def add_streams(eng, streams: int, vocab: int, max_tokens: int) -> None:
                         SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True))
 
 
-def decode_tok_s(model: str, streams: int, steps: int, threads: int, quantize: str) -> tuple[float, float]:
+def decode_tok_s(model: str, streams: int, steps: int, threads: int, quantize: str,
+                 dtype: str = "float32") -> tuple[float, float]:
     """Decode tokens per second of wall time, and per second of this thread's CPU time (with one torch thread,
     all of the step's compute: what a loaded box inflates least)."""
-    eng = engine(model, threads, quantize)
+    eng = engine(model, threads, quantize, dtype)
     add_streams(eng, streams, 400 if model == "tiny" else 40000, steps + 8)
     for _ in range(max(4, -(-streams * 64 // 256) + 2)):  # the prefill chunks (256-token step budget)
         eng.step()
@@ -133,7 +135,8 @@ def child(variant_path: str, args: list[str]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--variant", action="append", default=[], help="NAME=PATH[:THREADS] (two or more)")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="NAME=PATH[:THREADS][+QUANTIZE][@DTYPE] (two or more)")
     ap.add_argument("--case", action="append", default=[], help="MODEL:STREAMS:STEPS")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--ops", action="store_true")
@@ -144,8 +147,8 @@ def main() -> None:
         if args.child[0] == "ops":
             print(json.dumps(ops_per_step()))
         else:
-            model, streams, steps, threads, quantize = args.child
-            tok_s, cpu_tok_s = decode_tok_s(model, int(streams), int(steps), int(threads), quantize)
+            model, streams, steps, threads, quantize, dtype = args.child
+            tok_s, cpu_tok_s = decode_tok_s(model, int(streams), int(steps), int(threads), quantize, dtype)
             print(json.dumps({"tok_s": tok_s, "cpu_tok_s": cpu_tok_s}))
         return
     if args.micro:
@@ -161,9 +164,10 @@ def main() -> None:
         for case in args.case:
             model, streams, steps = case.rsplit(":", 2)
             for name, spec in variants.items():
+                spec, _, dtype = spec.partition("@")
                 spec, _, quantize = spec.partition("+")
                 path, _, threads = spec.partition(":")
-                got = child(path, [model, streams, steps, threads or "0", quantize or "auto"])
+                got = child(path, [model, streams, steps, threads or "0", quantize or "auto", dtype or "float32"])
                 key = (os.path.basename(model), int(streams))
                 for metric in ("tok_s", "cpu_tok_s"):
                     results.setdefault((*key, metric), {}).setdefault(name, []).append(got[metric])

@@ -7,7 +7,9 @@ A variant is PATH[:QUANTIZE][@DTYPE][+compile] (+compile: the compiled decode st
 reference may take it too). --one-at-a-time runs each prompt alone (every decode step one row: the C = 1 path,
 which a compiled int8 model runs on its own GEMV) instead of all in one batch. Prints, per variant, how many
 answers equal the reference's token for token and the length of the common prefix of each; writes the answers
-as JSON with --output.
+as JSON with --output. --int8-one-pass runs every fbgemm int8 layer as one pass with 8-bit activations
+(reduce_range=False, as VNNI allows) instead of Int8Linear's two: the question docs/model.md ("On AVX-512")
+answers with 0 / 8.
 """
 
 from __future__ import annotations
@@ -49,9 +51,17 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=24)
     parser.add_argument("--output")
     parser.add_argument("--one-at-a-time", action="store_true", help="each prompt alone: one-row decode steps")
+    parser.add_argument("--int8-one-pass", action="store_true",
+                        help="fbgemm int8 layers as one 8-bit pass (reduce_range=False), not two")
     parser.add_argument("--kv-cache-bytes", type=int, default=256 << 20,
                         help="the pool (a compiled graph is per pool shape: match a run whose cache is warm)")
     args = parser.parse_args()
+    if args.int8_one_pass:
+        import torch
+
+        from seedance.models.int8_linear import Int8Linear
+
+        Int8Linear._two_passes = lambda self, x: torch.ops.quantized.linear_dynamic(x, self.packed, False)
     run = {"one_at_a_time": args.one_at_a_time, "kv_cache_bytes": args.kv_cache_bytes}
     ref, tok = answers(args.reference, args.max_tokens, **run)
     report = {"prompts": PROMPTS, **run, "reference": [tok.decode(a) for a in ref], "variants": {}}

@@ -55,6 +55,7 @@ class LLMEngine:
     def from_config(cls, config: EngineConfig) -> LLMEngine:
         from seedance.models.precision import resolve_dtype
 
+        requested = config.dtype  # a model's "auto" is the loader's: it knows the kernels its projections take
         config = dataclasses.replace(config, dtype=resolve_dtype(config.dtype, config.device))
         if config.synthetic_rate:
             from seedance.engine.synthetic_runner import SyntheticRateRunner
@@ -68,7 +69,8 @@ class LLMEngine:
             from seedance.models.loader import load_model
 
             set_engine_threads(config)
-            loaded = load_model(config.model, config.device, config.dtype, config.max_model_len, config.quantize)
+            loaded = load_model(config.model, config.device, requested, config.max_model_len, config.quantize)
+            config = dataclasses.replace(config, dtype=loaded.dtype)
             times = dict(loaded.timings)
             engine = cls(config, TorchModelRunner(loaded, config), loaded.tokenizer, loaded.max_model_len)
             engine.model_name = loaded.name

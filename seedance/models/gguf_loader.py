@@ -5,9 +5,10 @@ the `gguf` library; this module maps llama.cpp's names and metadata onto ours an
 its GGUF type allows (docs/model.md, "Formats"):
 
 - F32 / F16 / BF16: loaded as they are (cast to the serving dtype).
-- Q4_0, Q4_1, Q4_K, where the int4 kernel is the fast one (`int4_kernel_preferred`: AVX-512): exactly int4
+- Q4_0, Q4_1, Q4_K, where the int4 kernel is the fast one (`int4_kernel_preferred`: AVX-512 with bfloat16
+  activations, the default dtype on a CPU with AVX512_BF16): exactly int4
   groupwise with group 32 (QuantizedLinear over `_weight_int4pack_mm_for_cpu`): Q4_0 is w = d (q - 8), Q4_1
-  w = d q + m, Q4_K's 32-element sub-blocks w = (d sc) q - (dmin m). Elsewhere (AVX2) a file with 4-bit
+  w = d q + m, Q4_K's 32-element sub-blocks w = (d sc) q - (dmin m). Elsewhere (AVX2, or float32) a file with 4-bit
   projections loads as `fp16` does (`auto_mode`): its values expand into fp16 nearly exactly, and fbgemm's fp16
   GEMM is the fastest kernel there (docs/model.md); requantizing them to int8 would add int8's rounding.
 - every other quantized type (Q8_0, Q6_K, Q5_x, Q2_K/Q3_K/Q5_K, IQ*...): dequantized (`dequantize_rows`), then
@@ -32,6 +33,7 @@ from torch import nn
 
 from seedance.models.fp16_linear import Fp16Linear
 from seedance.models.hf_config import LLAMA_DEFAULTS
+from seedance.models.int8_linear import available as fbgemm_available
 from seedance.models.llama import LlamaForCausalLM
 from seedance.models.quantized_linear import (
     QuantizedEmbedding,
@@ -238,13 +240,27 @@ def _linear(pieces: list, model: GGUFModel, mode: str, bias: torch.Tensor | None
     return int8_linear(*quantize_int8(weight), bias)
 
 
-def auto_mode(model: GGUFModel, mode: str) -> str:
-    """`auto` as it applies to this file on this CPU: "fp16" for 4-bit projections where the int4 kernel is slow
-    (see the module's docstring), else the mode as given."""
-    if mode != "auto" or int4_kernel_preferred():
+def auto_mode(model: GGUFModel, mode: str, dtype: str = "bfloat16") -> str:
+    """`auto` as it applies to this file on this CPU served in `dtype`: "fp16" for 4-bit projections where the
+    int4 kernel is slow (AVX2; AVX-512 with float32 activations: see the module's docstring), else the mode as
+    given."""
+    if mode != "auto" or int4_kernel_preferred(dtype):
         return mode
     four_bit = any(t.tensor_type.name in INT4_EXACT for t in model.reader.tensors if t.name.startswith("blk."))
     return "fp16" if four_bit else mode
+
+
+def fbgemm_projections(model: GGUFModel, mode: str) -> bool:
+    """Whether the file's projections load onto fbgemm's float32-activation GEMMs under `mode` (after auto_mode):
+    fp16, int8, or `auto` on a file whose quantized projections are not 4-bit (Q8_0, Q6_K...: requantized int8)."""
+    if not fbgemm_available():
+        return False
+    if mode in ("fp16", "int8"):
+        return True
+    if mode != "auto":
+        return False
+    kinds = {t.tensor_type.name for t in model.reader.tensors if t.name.startswith("blk.") and len(t.shape) == 2}
+    return bool(kinds - set(FLOAT_TYPES)) and not kinds & set(INT4_EXACT)
 
 
 def load_gguf_weights(model: GGUFModel, net: LlamaForCausalLM, mode: str) -> dict[str, torch.Tensor]:

@@ -14,9 +14,11 @@ from time import time_ns
 import torch
 from safetensors.torch import load_file
 
+from seedance.models import int8_linear
 from seedance.models.hf_config import plain_llama_config
 from seedance.models.llama import LlamaForCausalLM, empty_weights, rope_tables
 from seedance.models.llava import VisionEncoder, is_llava, load_vision, split_weights
+from seedance.models.precision import resolve_dtype
 from seedance.models.quantized_linear import fp16_head, is_quantized, quantize_model
 from seedance.models.registry import (
     BUILTIN_NAMES,
@@ -47,6 +49,7 @@ class LoadedModel:
     timings: dict[str, int] = field(default_factory=dict)  # time_ns() at config / weights / tokenizer loaded
     name: str = BUILTIN_SERVED_NAME  # the model's own name (served_name)
     vision: VisionEncoder | None = None  # a LLaVA-family model's image encoder (models/llava.py); None: text only
+    dtype: str = "float32"  # what the weights and activations run in ("auto" resolved: models/precision.py)
 
 
 class ModelLoadError(ValueError):
@@ -97,7 +100,8 @@ def load_model(
     max_model_len: int | None = None,
     quantize: str = "auto",
 ) -> LoadedModel:
-    """Load and return the model; any failure is a ModelLoadError with a one-line reason."""
+    """Load and return the model; any failure is a ModelLoadError with a one-line reason. dtype "auto" is resolved
+    here (precision.resolve_dtype), once the kernels the projections take are known: float32 on fbgemm's."""
     try:
         check_load_options(dtype, quantize)
     except ValueError as err:
@@ -151,6 +155,7 @@ def _to_serving(net: LlamaForCausalLM, device: str, dtype: str) -> LlamaForCausa
 
 
 def _load_hf_dir(path: Path, device: str, dtype: str, max_model_len: int | None, quantize: str) -> LoadedModel:
+    dtype = resolve_dtype(dtype, device, fbgemm=quantize in ("int8", "fp16") and int8_linear.available())
     config = load_config(path)  # the first call imports transformers: most of the load on the built-in model
     config_loaded = time_ns()
     weights, vision = read_safetensors(path), None
@@ -174,15 +179,17 @@ def _load_hf_dir(path: Path, device: str, dtype: str, max_model_len: int | None,
     )
     timings = {"config_loaded": config_loaded, "weights_loaded": weights_loaded, "tokenizer_loaded": time_ns()}
     name = BUILTIN_SERVED_NAME if path == BUILTIN_MODEL_DIR else path.resolve().name
-    return LoadedModel(path, config, net, tokenizer, max_len, timings, name, vision)
+    return LoadedModel(path, config, net, tokenizer, max_len, timings, name, vision, dtype)
 
 
 def _load_gguf(path: Path, device: str, dtype: str, max_model_len: int | None, quantize: str) -> LoadedModel:
-    from seedance.models.gguf_loader import auto_mode, load_gguf_weights, open_gguf
+    from seedance.models.gguf_loader import auto_mode, fbgemm_projections, load_gguf_weights, open_gguf
     from seedance.models.gguf_tokenizer import gguf_tokenizer
 
     gguf = open_gguf(path)
-    quantize = auto_mode(gguf, quantize)
+    if dtype == "auto":  # the kernels first (int4 only with bfloat16 activations), then the dtype they want
+        dtype = resolve_dtype(dtype, device, fbgemm=fbgemm_projections(gguf, auto_mode(gguf, quantize, "bfloat16")))
+    quantize = auto_mode(gguf, quantize, dtype)
     config_loaded = time_ns()
     max_len = _context_limit(gguf.config, max_model_len)
     with empty_weights():
@@ -196,4 +203,4 @@ def _load_gguf(path: Path, device: str, dtype: str, max_model_len: int | None, q
     weights_loaded = time_ns()
     tokenizer = gguf_tokenizer(gguf.reader, path)
     timings = {"config_loaded": config_loaded, "weights_loaded": weights_loaded, "tokenizer_loaded": time_ns()}
-    return LoadedModel(path, gguf.config, net, tokenizer, max_len, timings, gguf.name)
+    return LoadedModel(path, gguf.config, net, tokenizer, max_len, timings, gguf.name, dtype=dtype)

@@ -19,6 +19,8 @@ stay int4 is `int4_kernel_preferred`'s: only where ATen runs its AVX-512 kernels
 
 from __future__ import annotations
 
+from functools import cache
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +31,23 @@ from seedance.models.int8_linear import Int8Linear
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 DEQUANTIZE_ABOVE_ROWS = 8  # more rows than this (prefill chunks) dequantize the weight per call: see forward()
+# ...except int4 with bfloat16 activations on AVX-512, whose kernel is fast: all of SmolLM2's projections, 1 thread,
+# loaded box, CPU ms, kernel vs dequantize + bf16 GEMM: 133 vs 502 at 32 rows, 235 vs 483 at 64, 511 vs 656 at
+# 128, 959 vs 850 at 256 (decode steps of 32-64 streams stay on the kernel; docs/model.md, "Formats")
+AVX512_BF16_INT4_DEQUANTIZE_ABOVE_ROWS = 192
+
+
+@cache
+def _cpu_capability() -> str:
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def dequantize_above_rows(bits: int, dtype: torch.dtype, capability: str | None = None) -> int:
+    """Past how many rows a QuantizedLinear call dequantizes its weight for the float GEMM instead of running
+    torch's weight-only kernel (measured per kernel and CPU: see the constants above)."""
+    if bits == 4 and dtype == torch.bfloat16 and (capability or _cpu_capability()) == "AVX512":
+        return AVX512_BF16_INT4_DEQUANTIZE_ABOVE_ROWS
+    return DEQUANTIZE_ABOVE_ROWS
 
 
 class QuantizedLinear(nn.Module):
@@ -78,9 +97,10 @@ class QuantizedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
-        if x2.shape[0] > DEQUANTIZE_ABOVE_ROWS and (self.bits == 8 or self.out_features % 32 == 0):
-            # Prefill: torch's weight-only CPU kernels are slow past a few rows (measured 25-35x a float matmul
-            # at 37 rows); dequantizing the weight for this call and using the float GEMM is cheaper.
+        if (x2.shape[0] > dequantize_above_rows(self.bits, x2.dtype)
+                and (self.bits == 8 or int4_unpackable(self.out_features))):
+            # Prefill: torch's weight-only CPU kernels are slow past a few rows (measured on AVX2: 25-35x a float
+            # matmul at 37 rows); dequantizing the weight for this call and using the float GEMM is cheaper.
             return F.linear(x, self.dequantize(x.dtype), self.bias)
         if self.bits == 8:
             y = torch.ops.aten._weight_int8pack_mm(x2, self.weight_int8, self.scales)
@@ -95,11 +115,12 @@ class QuantizedLinear(nn.Module):
         if self.bits == 8:
             return self.weight_int8.to(dtype) * self.scales.to(dtype)[:, None]
         n, k, g = self.out_features, self.in_features, self.group_size
-        if n % 32:
+        codes = unpack_int4(self.weight_int4, n, k)
+        if codes is None:  # a layout not read here (unpack_int4): the kernel's own product with the identity
             eye = torch.eye(k, dtype=self.scale_and_zeros.dtype)
             return torch.ops.aten._weight_int4pack_mm_for_cpu(
                 eye, self.weight_int4, g, self.scale_and_zeros).to(dtype).T.contiguous()
-        codes = unpack_int4(self.weight_int4, n, k).to(dtype).sub_(8).view(n, k // g, g)
+        codes = codes.to(dtype).sub_(8).view(n, k // g, g)
         sz = self.scale_and_zeros.to(dtype)  # [K/G, N, 2]
         return (codes * sz[..., 0].T.unsqueeze(-1) + sz[..., 1].T.unsqueeze(-1)).view(n, k)
 
@@ -150,11 +171,15 @@ def int8_linear(codes: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | 
     return QuantizedLinear.from_int8(codes, scales, bias)
 
 
-def int4_kernel_preferred() -> bool:
-    """Whether 4-bit GGUF blocks stay int4: where ATen's int4 weight-only kernel runs its AVX-512 build (its CPU
-    capability, as it dispatches), or where there is no fbgemm. On AVX2 that kernel is ~10x slower than
-    fbgemm's int8 (docs/model.md), so there the blocks are requantized to int8 per channel at load."""
-    return torch.backends.cpu.get_cpu_capability() == "AVX512" or not fbgemm.available()
+def int4_kernel_preferred(dtype: str = "bfloat16") -> bool:
+    """Whether 4-bit GGUF blocks stay int4 for a model served in `dtype`: where ATen's int4 weight-only kernel
+    runs its AVX-512 build (its CPU capability, as it dispatches) with bfloat16 activations, or where there is no
+    fbgemm. Measured on AVX-512 (docs/model.md, "Formats"): with bfloat16 activations it is the fastest kernel at
+    1-8 rows, with float32 ones 17x slower than fbgemm's fp16 (so `--dtype float32` takes fp16 there); on AVX2
+    ~10x slower than fbgemm's int8 whatever the dtype (there the file loads as fp16)."""
+    if not fbgemm.available():
+        return True
+    return torch.backends.cpu.get_cpu_capability() == "AVX512" and dtype == "bfloat16"
 
 
 def is_quantized(module: nn.Module) -> bool:
@@ -166,14 +191,57 @@ def fp16_head(embedding: nn.Embedding) -> Fp16Linear:
     return Fp16Linear(embedding.weight.data)
 
 
-def unpack_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    """The codes [N, K] (uint8, 0..15) inside `_convert_weight_to_int4pack_for_cpu`'s [N, K/2] output, for N a
-    multiple of 32: blocks of 32 rows stored [K/2, 2, 16], rows 0-15 in the low nibbles, 16-31 in the high
-    ones (torch 2.13's layout; test_quantized_linear.py checks it against the codes packed)."""
+def unpack_int4(packed: torch.Tensor, n: int, k: int) -> torch.Tensor | None:
+    """The codes [N, K] (uint8, 0..15) inside `_convert_weight_to_int4pack_for_cpu`'s [N, K/2] output, or None
+    where this CPU's layout is not one known here (the caller multiplies by the identity instead). The layout
+    is the CPU's: ATen packs for the build it dispatches to (`int4_pack_block`)."""
+    if not int4_unpackable(n):
+        return None
+    return (_unpack_int4_avx512 if int4_pack_block() == 64 else _unpack_int4_avx2)(packed, n, k)
+
+
+def int4_unpackable(n: int) -> bool:
+    """Whether unpack_int4 reads an N-row packed weight on this CPU (AVX2's layout: N a multiple of 32)."""
+    block = int4_pack_block()
+    return block == 64 or (block == 32 and n % 32 == 0)
+
+
+def _unpack_int4_avx2(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """AVX2 / default build (torch 2.13), N a multiple of 32: blocks of 32 rows stored [K/2, 2, 16], rows 0-15
+    in the low nibbles, 16-31 in the high ones."""
     buf = packed.view(n // 32, k // 2, 2, 16)
     lo = (buf & 15).permute(0, 3, 1, 2).reshape(n // 32, 16, k)
     hi = (buf >> 4).permute(0, 3, 1, 2).reshape(n // 32, 16, k)
     return torch.cat([lo, hi], dim=1).view(n, k)
+
+
+def _unpack_int4_avx512(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """AVX-512 build (torch 2.13): blocks of 64 rows stored [K, 32] bytes, rows 0-31 in the low nibbles, 32-63 in
+    the high ones; a last block of 16-48 rows stores adjacent row pairs [K, rows/2] (low nibble the even row)."""
+    full = n // 64
+    buf = packed[:full * 64].reshape(full, k, 32)
+    parts = [torch.cat([(buf & 15).permute(0, 2, 1), (buf >> 4).permute(0, 2, 1)], dim=1).reshape(full * 64, k)]
+    tail = n - full * 64
+    if tail:
+        rest = packed[full * 64:].reshape(k, tail // 2)
+        parts.append(torch.stack([(rest & 15).T, (rest >> 4).T], dim=1).reshape(tail, k))
+    return torch.cat(parts)
+
+
+@cache
+def int4_pack_block() -> int:
+    """The row block of this CPU's int4 packing: 64 where ATen runs its AVX-512 kernels, 32 on AVX2 (what
+    `ATEN_CPU_CAPABILITY` selects), 0 if a probe packs into neither. Found by packing a probe once, so a torch
+    that changes its layout makes dequantize take the identity product rather than read garbage."""
+    codes = torch.randint(0, 16, (128, 64), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    for block, unpack in ((64, _unpack_int4_avx512), (32, _unpack_int4_avx2)):
+        try:
+            if torch.equal(unpack(packed, 128, 64).to(torch.int32), codes):
+                return block
+        except RuntimeError:  # a shape this layout cannot have
+            continue
+    return 0
 
 
 def int4_shape_ok(n: int, k: int, group_size: int) -> bool:

@@ -51,7 +51,7 @@ def tokens_of(events):
 async def recomputed_tokens(prompt_ids: list[int], params: SamplingParams) -> list[int]:
     """What a fresh engine without prefix caching generates for the whole history: the oracle for a turn that
     continued from pinned KV."""
-    fresh = await AsyncEngine.create(EngineConfig(num_kv_blocks=256, enable_prefix_caching=False))
+    fresh = await AsyncEngine.create(EngineConfig(dtype="float32", num_kv_blocks=256, enable_prefix_caching=False))
     try:
         return tokens_of([e async for e in fresh.generate(GenerateRequest(prompt_token_ids=prompt_ids, params=params))])
     finally:

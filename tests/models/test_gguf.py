@@ -36,9 +36,10 @@ def files(tmp_path_factory):
             for q in (T.F32, T.Q8_0, T.Q4_0, T.Q4_1)}
 
 
-def greedy(model, quantize="auto", n=24) -> list[list[int]]:
+def greedy(model, quantize="auto", n=24, dtype="float32") -> list[list[int]]:
+    """Greedy tokens in `dtype` (explicit: the engine's default follows the CPU, bfloat16 with AVX512_BF16)."""
     engine = LLMEngine.from_config(EngineConfig(model=str(model) if model else None, quantize=quantize,
-                                                num_kv_blocks=128, warmup=False))
+                                                num_kv_blocks=128, warmup=False, dtype=dtype))
     out = {}
     for i, prompt in enumerate(PROMPTS):
         engine.add_request(str(i), engine.tokenizer.encode(prompt), SamplingParams(max_tokens=n, temperature=0.0,
@@ -94,7 +95,7 @@ def test_q8_0_within_tolerance_dequantized_and_kept_int8(files, reference):
 def test_q4_kept_int4_equals_its_dequantization(files, reference, kind, monkeypatch):
     """The int4 kernel on the file's own blocks computes what the float path on gguf's dequantization does
     (`auto` where the kernel is AVX-512, forced here; the next test has this CPU's own choice)."""
-    monkeypatch.setattr("seedance.models.gguf_loader.int4_kernel_preferred", lambda: True)
+    monkeypatch.setattr("seedance.models.gguf_loader.int4_kernel_preferred", lambda *_: True)
     ids, _ = reference
     kept = load_model(files[kind])
     layer = kept.model.layers[0]
@@ -105,14 +106,23 @@ def test_q4_kept_int4_equals_its_dequantization(files, reference, kind, monkeypa
 
 
 def test_q4_auto_takes_the_faster_kernel_of_this_cpu(files, reference):
-    """`auto` on Q4_1: int4 where ATen's int4 kernel is AVX-512, else loaded as `fp16` (fbgemm's fp16 GEMM):
-    within 1e-2 of its own float dequantization and greedy token for token."""
+    """`auto` on Q4_1: int4 where ATen's int4 kernel is AVX-512 and the activations bfloat16 (its fast path),
+    else loaded as `fp16` (fbgemm's fp16 GEMM): within 1e-2 of its own float dequantization and greedy token
+    for token. float32 takes fp16 on every CPU (the int4 kernel's float32 path is the slow one)."""
     ids, _ = reference
-    loaded = load_model(files[T.Q4_1])
-    layer = loaded.model.layers[0].mlp.gate_up_proj
-    if int4_kernel_preferred():
+    bf16 = load_model(files[T.Q4_1], dtype="bfloat16")
+    layer = bf16.model.layers[0].mlp.gate_up_proj
+    if int4_kernel_preferred("bfloat16"):
         assert isinstance(layer, QuantizedLinear) and layer.bits == 4
-        return
+        dequantized = Logits(load_model(files[T.Q4_1], quantize="none", dtype="bfloat16")).of(ids).float()
+        got = Logits(bf16).of(ids).float()
+        assert (got - dequantized).abs().max() < 0.25  # bfloat16 logits: a step is 1/16 at |logit| 8-16
+        assert (got.argmax(-1) == dequantized.argmax(-1)).float().mean() >= 0.9
+        assert greedy(files[T.Q4_1], n=12, dtype="bfloat16") == greedy(files[T.Q4_1], "none", n=12, dtype="bfloat16")
+    else:
+        assert isinstance(layer, Fp16Linear)
+    loaded = load_model(files[T.Q4_1])  # float32
+    layer = loaded.model.layers[0].mlp.gate_up_proj
     assert isinstance(layer, Fp16Linear) and isinstance(loaded.model.lm_head, Fp16Linear)
     dequantized = Logits(load_model(files[T.Q4_1], quantize="none")).of(ids)
     assert (Logits(loaded).of(ids) - dequantized).abs().max() < 1e-2
@@ -128,7 +138,7 @@ def test_quantized_memory_is_a_fraction_of_float(files, monkeypatch):
     f32 = weight_bytes(load_model(files[T.F32]))
     assert weight_bytes(load_model(files[T.Q8_0])) < f32 / 3
     assert weight_bytes(load_model(files[T.Q4_1], quantize="fp16")) < f32 * 0.75  # float embedding, fp16 head
-    monkeypatch.setattr("seedance.models.gguf_loader.int4_kernel_preferred", lambda: True)
+    monkeypatch.setattr("seedance.models.gguf_loader.int4_kernel_preferred", lambda *_: True)
     assert weight_bytes(load_model(files[T.Q4_1])) < f32 / 2.5  # int4; its embedding (a fifth of the model) is F32
 
 
@@ -246,3 +256,23 @@ def test_dequantize_rows_is_gguf_quants_bit_for_bit(files):
             assert got.shape == want.shape and np.array_equal(got.view(np.uint32), want.view(np.uint32)), t.name
             kinds.add(t.tensor_type.name)
     assert {"F32", "Q8_0", "Q4_0", "Q4_1"} <= kinds
+
+
+@pytest.mark.parametrize("flags", [frozenset({"avx512f", "avx512_bf16"}), frozenset({"avx2", "fma"})])
+def test_auto_dtype_follows_the_kernels_the_projections_take(files, monkeypatch, flags):
+    """dtype auto: bfloat16 on a CPU with native bf16, except where the projections run on fbgemm's GEMMs
+    (float32 activations: a Q8_0 file's int8, `--quantize int8 | fp16`, a 4-bit file loaded as fp16), which
+    take float32; on a CPU without it float32 throughout."""
+    monkeypatch.setattr("seedance.models.precision.cpu_flags", lambda: flags)
+    bf16 = "bfloat16" if "avx512_bf16" in flags else "float32"
+    q8 = load_model(files[T.Q8_0], dtype="auto")
+    assert q8.dtype == "float32" and q8.model.norm.weight.dtype == torch.float32
+    assert load_model(files[T.F32], dtype="auto").dtype == bf16
+    q4 = load_model(files[T.Q4_1], dtype="auto")
+    int4 = isinstance(q4.model.layers[0].mlp.gate_up_proj, QuantizedLinear)
+    assert int4 == (int4_kernel_preferred("bfloat16") and bf16 == "bfloat16")
+    assert q4.dtype == (bf16 if int4 else "float32")
+    assert load_model(None, dtype="auto").dtype == bf16
+    for mode in ("int8", "fp16"):
+        assert load_model(None, dtype="auto", quantize=mode).dtype == "float32"
+    assert load_model(None, dtype="auto", quantize="int4").dtype == bf16

@@ -43,3 +43,15 @@ def test_engine_threads_leave_a_core_for_the_event_loop(monkeypatch, cores, thre
 
     monkeypatch.setattr(model_runner.os, "sched_getaffinity", lambda pid: cores)
     assert model_runner.default_threads() == threads
+
+
+def test_fbgemm_models_default_to_float32():
+    """fbgemm's int8 / fp16 GEMMs take float32 activations: bfloat16 around them only adds casts."""
+    assert default_dtype("cpu", frozenset({"avx512_bf16"}), fbgemm=True) == "float32"
+    assert default_dtype("cpu", frozenset({"avx512_bf16"}), fbgemm=False) == "bfloat16"
+    assert resolve_dtype("bfloat16", "cpu", fbgemm=True) == "bfloat16"  # an explicit dtype stands
+
+
+def test_engine_takes_the_loaders_dtype_for_an_int8_model():
+    engine = LLMEngine.from_config(EngineConfig(dtype="auto", quantize="int8", num_kv_blocks=16, warmup=False))
+    assert engine.config.dtype == "float32" and engine.runner.kv_caches[0][0].dtype == torch.float32

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,9 +14,12 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize, quantize
 
 from seedance.models.gguf_loader import int4_blocks
+from seedance.models.int8_linear import available as fbgemm_available
 from seedance.models.quantized_linear import (
     QuantizedEmbedding,
     QuantizedLinear,
+    dequantize_above_rows,
+    int4_kernel_preferred,
     quantize_int4,
     quantize_int8,
     quantize_model,
@@ -113,3 +119,67 @@ def test_int4_dequantize_for_n_not_a_multiple_of_32_uses_the_kernel():
     layer = QuantizedLinear.from_float(weight, 4, 32)
     x = torch.randn(12, 64)
     torch.testing.assert_close(layer(x), x @ layer.dequantize().T, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("n", "k"), [(64, 32), (80, 64), (112, 32), (16, 32)])
+def test_unpack_reads_the_packed_layout_with_a_partial_last_block(n, k):
+    """AVX-512 packs 64-row blocks and a 16-48-row last one; AVX2 has no such tail (those dequantize through the
+    kernel): whichever this CPU packs, dequantize is the codes' own weight."""
+    codes = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=torch.Generator().manual_seed(n))
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    got = unpack_int4(packed, n, k)
+    if got is not None:
+        assert torch.equal(got.to(torch.int32), codes)
+    weight = torch.randn(n, k, generator=torch.Generator().manual_seed(1))
+    layer = QuantizedLinear.from_float(weight, 4, 32)
+    x = torch.randn(3, k)
+    torch.testing.assert_close(layer(x), x @ layer.dequantize().T, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("capability", ["avx2", "avx512"])
+def test_unpack_follows_the_layout_of_each_cpu_build(capability):
+    """ATen packs int4 per the build it dispatches to (64-row blocks on AVX-512, 32 on AVX2): a prefill chunk
+    dequantizes with unpack_int4, which must read the layout of the CPU it runs on. ATEN_CPU_CAPABILITY selects
+    the build (a CPU without AVX-512 runs AVX2's whatever is asked, and the check holds as well)."""
+    code = ("import torch\n"
+            "from seedance.models.quantized_linear import unpack_int4, int4_pack_block\n"
+            "for n, k in ((960, 576), (64, 32), (128, 64)):\n"
+            "    codes = torch.randint(0, 16, (n, k), dtype=torch.int32)\n"
+            "    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)\n"
+            "    assert torch.equal(unpack_int4(packed, n, k).to(torch.int32), codes), (n, k)\n"
+            "print(int4_pack_block())\n")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    block = int(out.stdout.split()[-1])
+    native_avx512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
+    assert block == (64 if capability == "avx512" and native_avx512 else 32)
+
+
+@pytest.mark.skipif(not fbgemm_available(), reason="without fbgemm int4 is the only 4-bit path")
+@pytest.mark.parametrize(("capability", "dtype", "kept"), [
+    ("AVX512", "bfloat16", True),  # the AVX-512 int4 kernel's fast path (docs/model.md, "Formats")
+    ("AVX512", "float32", False),  # its float32 path: 17x slower than fbgemm's fp16 at one row
+    ("AVX2", "bfloat16", False), ("AVX2", "float32", False), ("DEFAULT", "bfloat16", False)])
+def test_int4_kept_only_where_its_kernel_is_fast(monkeypatch, capability, dtype, kept):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert int4_kernel_preferred(dtype) is kept
+
+
+def test_int4_bf16_on_avx512_keeps_the_kernel_for_decode_batches():
+    """On AVX-512 the int4 kernel with bfloat16 activations beats dequantize + GEMM up to ~200 rows (a decode
+    step of 64 streams stays on it); everywhere else, and for int8 / float32, past 8 rows the weight dequantizes."""
+    assert dequantize_above_rows(4, torch.bfloat16, "AVX512") == 192
+    for bits, dtype, cap in ((4, torch.float32, "AVX512"), (8, torch.bfloat16, "AVX512"),
+                             (4, torch.bfloat16, "AVX2"), (4, torch.bfloat16, "DEFAULT")):
+        assert dequantize_above_rows(bits, dtype, cap) == 8
+
+
+@pytest.mark.parametrize("rows", [8, 64, 200])
+def test_int4_bf16_kernel_and_dequantized_paths_agree(rows):
+    """Whichever side of the threshold a call falls on, the product is the same (bfloat16's rounding)."""
+    weight = torch.randn(96, 64, generator=torch.Generator().manual_seed(rows)) * 0.05
+    layer = QuantizedLinear.from_float(weight, 4, 32).to(torch.bfloat16)
+    x = torch.randn(rows, 64, generator=torch.Generator().manual_seed(1)).bfloat16()
+    exact = x.float() @ layer.dequantize().T
+    torch.testing.assert_close(layer(x).float(), exact, atol=0.02, rtol=0.02)

@@ -53,7 +53,9 @@ def hf_greedy(hf_model, hf_tokenizer):
 
 
 def ours(path, quantize: str) -> tuple[LLMEngine, list[list[int]], list[list[int]]]:
-    engine = LLMEngine.from_config(EngineConfig(model=str(path), quantize=quantize, num_kv_blocks=64, warmup=False))
+    # float32 explicitly: the oracle is transformers in float32, and the default dtype follows the CPU
+    engine = LLMEngine.from_config(EngineConfig(model=str(path), quantize=quantize, num_kv_blocks=64, warmup=False,
+                                                dtype="float32"))
     prompts, out = [], {}
     for i, chat in enumerate(CHATS):
         ids = engine.tokenizer.apply_chat_template(chat)
