@@ -523,7 +523,8 @@ def bench_fuzz(
     http_concurrency: Annotated[int, typer.Option(help="HTTP requests in flight")] = 8,
     hang_timeout: Annotated[float, typer.Option(help="seconds without an answer that count as a hang")] = 20.0,
     url: Annotated[str | None, typer.Option(help="target a running loopback server instead of starting one")] = None,
-    engine: Annotated[str, typer.Option(help="the started server's engine_mode: thread or process")] = "thread",
+    engine: Annotated[str | None, typer.Option(
+        help="the started server's engine_mode, thread or process; default: the server's own (process)")] = None,
     server_setting: Annotated[list[str] | None, typer.Option(
         "--set", metavar="NAME=VALUE", help="a setting of the started server (repeatable), e.g. "
         "max_running_per_client=none")] = None,
@@ -536,11 +537,15 @@ def bench_fuzz(
 
     if bad := [kv for kv in server_setting or [] if "=" not in kv]:
         raise typer.BadParameter(f"{bad[0]!r}: expected NAME=VALUE", param_hint="--set")
+    if engine not in (None, "thread", "process"):
+        raise typer.BadParameter("--engine must be thread or process")
     overrides = dict(kv.split("=", 1) for kv in server_setting or [])
+    if engine is not None:
+        overrides["engine_mode"] = engine
     report = run_fuzz_bench(url, output, ws_messages=ws_messages, binary_frames=binary_frames,
                             http_bodies=http_bodies, realtime_events=realtime_events, seed=seed,
                             ws_connections=ws_connections, http_concurrency=http_concurrency,
-                            hang_timeout_s=hang_timeout, server_settings={"engine_mode": engine, **overrides})
+                            hang_timeout_s=hang_timeout, server_settings=overrides)
     _console().print_json(data={"defects": report.defects, "canary_quiet": report.quiet, "canary_loaded": report.loaded,
                              "canary_quiet_beside_fuzz_cpu": report.quiet_beside_fuzz_cpu,
                              "fuzz_client_cores": report.fuzz_client_cores, "duration_s": report.duration_s})

@@ -42,6 +42,7 @@ from seedance.bench.stats import percentiles_ms
 from seedance.protocol import CloseCode
 from seedance.protocol.errors import ERROR_CODES
 from seedance.protocol.realtime_events import REALTIME_ERROR_CODES
+from seedance.server.http.config import ServerConfig
 from seedance.server.http.http_errors import HTTP_ERROR_CODES
 
 CANARY = {"type": "generate", "prompt": "And God said unto Moses,", "max_tokens": 16, "temperature": 0,
@@ -644,8 +645,9 @@ def run_fuzz_bench(url: str | None, output: str | None, server_settings: dict | 
     base = url or server.http
     try:
         report = asyncio.run(run_fuzz(base.replace("http", "ws", 1) + "/v1/stream", base, server=server, **kw))
-        if server is not None:
-            report.settings["server"] = {**SERVER_SETTINGS, **(server_settings or {})}
+        if server is not None:  # the engine mode in effect, the server's default when not set
+            report.settings["server"] = {**SERVER_SETTINGS, "engine_mode": ServerConfig().engine_mode,
+                                         **(server_settings or {})}
     finally:
         if server is not None:
             server.stop()
