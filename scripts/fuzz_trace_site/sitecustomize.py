@@ -24,6 +24,10 @@ if os.environ.get("FUZZ_TRACE_DIR"):
     _out = open(  # noqa: SIM115 - open for the process's life
         os.path.join(os.environ["FUZZ_TRACE_DIR"], f"trace-{os.getpid()}.jsonl"), "a", buffering=1)
     _pid = os.getpid()
+    if os.environ.get("FUZZ_TRACE_READ_TURN_S"):  # A/B of the readers' turn (3600: a burst never yields)
+        from seedance.server.transports import read_turn
+
+        read_turn.READ_TURN_S = float(os.environ["FUZZ_TRACE_READ_TURN_S"])
 
     def _write(rec: dict) -> None:
         if os.getpid() == _pid:  # not in a forked child
