@@ -5,7 +5,10 @@
 #   fuzz        this tree, the attacker at normal priority (the headline: the harness's defaults)
 #   fuzz-idle   this tree, the fuzzers on a SCHED_IDLE thread (--attacker idle): the attacker's CPU on the shared
 #               2 cores out of the server's way
+#   trace       scripts/fuzz_trace.py at the same size, attacker normal: each slow canary gap lined up with the
+#               steps (wall and CPU), GC, loop lag and CPU shares in it (a diagnostic's overhead: not the headline)
 #   main-idle   main's server (47ed23f: before the readers' turn, read_turn.py) through this harness, attacker idle
+#               (one run of a max each: only if the window has room left)
 # A leg starts only if its estimate fits before END; each is bounded by timeout (SIGINT first: the harness's
 # finally stops its server). Run from the repository root:
 #   PATH=/work/venv/bin:$PATH PYTHONPATH=$PWD nice -n 19 bench/canary_window.sh
@@ -15,7 +18,7 @@ OUT=${OUT:-bench/results/canary}
 END=${END:-17:41}
 SCALE=${SCALE:-1}
 MAIN=${MAIN:-/tmp/canary-main}  # git archive 47ed23f seedance | tar -x -C /tmp/canary-main
-LEGS=${LEGS:-fuzz fuzz-idle main-idle}
+LEGS=${LEGS:-fuzz fuzz-idle trace main-idle}
 mkdir -p "$OUT"
 end_s=$(date -u -d "$END" +%s)
 sizes=(--ws-messages $(python -c "print(int(100000*$SCALE))") --binary-frames $(python -c "print(int(10000*$SCALE))")
@@ -40,6 +43,7 @@ for name in $LEGS; do
             --output "$OUT/fuzz.json" ;;
     fuzz-idle) leg fuzz-idle "$(est 230)" seedance bench fuzz --seed 0 --hang-timeout 60 "${sizes[@]}" \
                  --attacker idle --output "$OUT/fuzz-idle.json" ;;
+    trace) leg trace "$(est 150)" python scripts/fuzz_trace.py --scale "$SCALE" --output "$OUT/trace.json" ;;
     main-idle) leg main-idle "$(est 230)" python scripts/fuzz_ab.py --variant "main=$MAIN" --scale "$SCALE" \
                  --rounds 1 --attacker idle --output-dir "$OUT/main-idle" ;;
   esac
