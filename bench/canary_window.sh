@@ -15,7 +15,7 @@
 # Tiny check on a loaded box: SCALE=0.02 END=$(date -u -d '+10 min' +%H:%M) OUT=/tmp/canary-try bench/canary_window.sh
 set -uo pipefail
 OUT=${OUT:-bench/results/canary}
-END=${END:-17:41}
+END=${END:-17:40:30}
 SCALE=${SCALE:-1}
 MAIN=${MAIN:-/tmp/canary-main}  # git archive 47ed23f seedance | tar -x -C /tmp/canary-main
 LEGS=${LEGS:-fuzz fuzz-idle trace main-idle}
@@ -41,7 +41,7 @@ for name in $LEGS; do
   case $name in
     fuzz) leg fuzz "$(est 200)" seedance bench fuzz --seed 0 --hang-timeout 60 "${sizes[@]}" \
             --output "$OUT/fuzz.json" ;;
-    fuzz-idle) leg fuzz-idle "$(est 230)" seedance bench fuzz --seed 0 --hang-timeout 60 "${sizes[@]}" \
+    fuzz-idle) leg fuzz-idle "$(est 290)" seedance bench fuzz --seed 0 --hang-timeout 60 "${sizes[@]}" \
                  --attacker idle --output "$OUT/fuzz-idle.json" ;;
     trace) leg trace "$(est 150)" python scripts/fuzz_trace.py --scale "$SCALE" --output "$OUT/trace.json" ;;
     main-idle) leg main-idle "$(est 230)" python scripts/fuzz_ab.py --variant "main=$MAIN" --scale "$SCALE" \
