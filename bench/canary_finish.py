@@ -20,7 +20,7 @@ if trace.exists():
     L = t["loaded"]
     a = L.get("over_2x_quiet_max", {})
     lines.append("")
-    who = t["attacker"].get("policy")
+    who = "normal" if t["attacker"].get("policy") == "other" else t["attacker"].get("policy")
     lines.append(f"The trace run (its diagnostic's overhead included; attacker {who}): canary under fuzz "
                  f"p50 {t['canary_loaded']['p50_ms']:.1f} / p99 {t['canary_loaded']['p99_ms']:.1f} / max "
                  f"{t['canary_loaded']['max_ms']:.1f} ms; of its gaps over 2× the quiet max ({a.get('n', 0)}), "

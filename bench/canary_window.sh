@@ -67,6 +67,6 @@ for path in sorted([*out.glob("fuzz*.json"), *out.glob("main-idle/*.json")]):
           f"| {'yes' if d['canary_text_equal'] else 'NO'} ({q['requests']} + {ld['requests']} + "
           f"{m.get('requests', 0)} + {b['requests']}) | {f(q['max_ms'])} ms | {ppm(m)} | {ppm(b)} | **{ppm(ld)}** "
           f"| {f(ld.get('first_max_ms'))} / {f(ld.get('later_max_ms'))} ms | {r.get('matched')}× ({r.get('beside')}×) "
-          f"| {a.get('policy')}, {a.get('fuzz_rate_per_s')}, {d['fuzz_client_cores']} | {d['duration_s']} s |")
+          f"| {'normal' if a.get('policy') == 'other' else a.get('policy')}, {a.get('fuzz_rate_per_s')}, {d['fuzz_client_cores']} | {d['duration_s']} s |")
 EOF
 echo "== $(date -u +%T) done"
