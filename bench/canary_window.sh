@@ -41,7 +41,7 @@ for name in $LEGS; do
   case $name in
     fuzz) leg fuzz "$(est 200)" seedance bench fuzz --seed 0 --hang-timeout 60 "${sizes[@]}" \
             --output "$OUT/fuzz.json" ;;
-    fuzz-idle) leg fuzz-idle "$(est 290)" seedance bench fuzz --seed 0 --hang-timeout 60 "${sizes[@]}" \
+    fuzz-idle) leg fuzz-idle "$(est 370)" seedance bench fuzz --seed 0 --hang-timeout 60 "${sizes[@]}" \
                  --attacker idle --output "$OUT/fuzz-idle.json" ;;
     trace) leg trace "$(est 150)" python scripts/fuzz_trace.py --scale "$SCALE" --output "$OUT/trace.json" ;;
     main-idle) leg main-idle "$(est 230)" python scripts/fuzz_ab.py --variant "main=$MAIN" --scale "$SCALE" \
