@@ -23,7 +23,8 @@ from seedance.bench.fuzz import SERVER_SETTINGS, run_fuzz
 from seedance.bench.server_process import launch
 
 
-def one_run(path: str, settings: dict, scale: float, seed: int, engine: str, output: str | None = None) -> dict:
+def one_run(path: str, settings: dict, scale: float, seed: int, engine: str, output: str | None = None,
+            attacker: str = "normal") -> dict:
     log_dir = tempfile.mkdtemp(prefix="seedance-fuzz-ab-")
     server = launch({**SERVER_SETTINGS, "session_store": f"sqlite://{Path(log_dir) / 'sessions.db'}",
                      "engine_mode": engine, **settings}, Path(log_dir) / "server.log", ready_timeout_s=120,
@@ -32,13 +33,15 @@ def one_run(path: str, settings: dict, scale: float, seed: int, engine: str, out
         report = asyncio.run(run_fuzz(
             server.ws, server.http, ws_messages=int(100_000 * scale), binary_frames=int(10_000 * scale),
             http_bodies=int(50_000 * scale), realtime_events=int(20_000 * scale), seed=seed, hang_timeout_s=60,
-            server=server))
+            attacker=attacker, server=server))
     finally:
         server.stop()
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps({**asdict(report), "defects": report.defects}, indent=2) + "\n")
-    return {"quiet_max_ms": report.quiet["max_ms"], "beside_fuzz_cpu_max_ms": report.quiet_beside_fuzz_cpu["max_ms"],
+    return {"quiet_max_ms": report.quiet["max_ms"], "matched_quiet_max_ms": report.quiet_matched["max_ms"],
+            "beside_fuzz_cpu_max_ms": report.quiet_beside_fuzz_cpu["max_ms"],
+            "loaded_first_max_ms": report.loaded["first_max_ms"], "loaded_later_max_ms": report.loaded["later_max_ms"],
             "loaded_p50_ms": report.loaded["p50_ms"], "loaded_p99_ms": report.loaded["p99_ms"],
             "loaded_max_ms": report.loaded["max_ms"], "loaded_requests": report.loaded["requests"],
             "fuzz_client_cores": report.fuzz_client_cores, "duration_s": report.duration_s,
@@ -53,6 +56,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--engine", choices=("thread", "process"), default="process")
     ap.add_argument("--output-dir", help="write each run's full report here, as VARIANT-ROUND.json")
+    ap.add_argument("--attacker", choices=("normal", "idle"), default="normal", help="the fuzzers' scheduling")
     args = ap.parse_args()
     variants = {}
     for v in args.variant:
@@ -63,7 +67,7 @@ def main() -> None:
     for r in range(args.rounds):
         for name, (path, settings) in variants.items():
             output = f"{args.output_dir}/{name}-{r}.json" if args.output_dir else None
-            result = one_run(path, settings, args.scale, args.seed, args.engine, output)
+            result = one_run(path, settings, args.scale, args.seed, args.engine, output, args.attacker)
             runs[name].append(result)
             print(json.dumps({"round": r, "variant": name, **result}), flush=True)
     medians = {name: {k: round(statistics.median(x[k] for x in rs), 1) for k in rs[0] if k != "defects"}

@@ -2,7 +2,7 @@
 that produced it (its duration and batch size), the delay before the event loop delivered that step (loop lag),
 and the delay from delivery to the canary client reading it (the writer, the socket, the client's own turn).
 
-    python scripts/fuzz_trace.py --scale 0.1 [--engine process] [--output trace.json]
+    python scripts/fuzz_trace.py --scale 0.1 [--engine thread] [--attacker idle] [--output trace.json]
 
 The server runs with scripts/fuzz_trace_site/sitecustomize.py on its path, which records every engine step and
 delivery (a diagnostic only). CPU seconds of the server (and its engine process) and of the fuzz client are
@@ -254,11 +254,14 @@ def _sample_cpu(gateway: psutil.Process, core: psutil.Process | None, out: list[
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=0.1, help="share of the full fuzz size (100k / 10k / 50k)")
-    ap.add_argument("--engine", choices=("thread", "process"), default="thread")
+    ap.add_argument("--engine", choices=("thread", "process"), default="process")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output")
     ap.add_argument("--profile", metavar="FILE", help="py-spy the server (all threads, raw stacks) into FILE")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a server setting")
+    ap.add_argument("--attacker", choices=("normal", "idle"), default="normal", help="the fuzzers' scheduling")
+    ap.add_argument("--quiet-match", action="store_true", help="the quiet canary again after the fuzz, as many "
+                    "requests as under fuzz (its max is then the slow-gap threshold's reference)")
     args = ap.parse_args()
     trace_dir = tempfile.mkdtemp(prefix="seedance-trace-")
     os.environ["FUZZ_TRACE_DIR"] = trace_dir
@@ -293,7 +296,7 @@ def main() -> None:
         report = asyncio.run(run_fuzz(
             server.ws, server.http, ws_messages=int(100_000 * args.scale), binary_frames=int(10_000 * args.scale),
             http_bodies=int(50_000 * args.scale), realtime_events=int(20_000 * args.scale),
-            seed=args.seed, hang_timeout_s=60, server=server))
+            seed=args.seed, hang_timeout_s=60, quiet_match=args.quiet_match, attacker=args.attacker, server=server))
         server_cpu = cpu() - server_cpu0
         core_cpu = sum(core.cpu_times()[:2]) - samples[0][2] if core is not None and samples else None
     finally:
@@ -305,7 +308,9 @@ def main() -> None:
     client1 = resource.getrusage(resource.RUSAGE_SELF)
     loaded = report.canary_runs[1]
     quiet = report.canary_runs[0]
+    quiet_max = report.quiet_matched["max_ms"] / 1000 if args.quiet_match else max(quiet.gaps_s)
     out = {"engine": args.engine, "scale": args.scale, "settings": overrides, "defects": report.defects,
+           "attacker": report.attacker, "canary_quiet_matched": report.quiet_matched,
            "duration_s": report.duration_s,
            "examples": report.http["examples"] + report.ws_json["examples"] + report.ws_binary["examples"],
            "canary_quiet": report.quiet, "canary_loaded": report.loaded,
@@ -314,7 +319,7 @@ def main() -> None:
                                           1)},
            "loaded": analyse(trace_dir, loaded.received, loaded.gaps_s, loaded.index,
                              loaded.received[0] - loaded.gaps_s[0], sends, samples,
-                             max(quiet.gaps_s)), "load_avg": os.getloadavg()}
+                             quiet_max), "load_avg": os.getloadavg()}
     text = json.dumps(out, indent=1)
     print(text)
     if args.output:

@@ -116,3 +116,22 @@ def test_serve_compile_flag_turns_on_the_compiled_decode_step(monkeypatch):
     assert invoke("serve", "--compile").exit_code == 2
     assert invoke("serve").exit_code == 2
     assert [cfg.engine.compile for cfg in seen] == [True, False]
+
+
+def test_bench_fuzz_starts_the_server_with_its_default_engine(monkeypatch):
+    """`seedance bench fuzz` measures the server as it is deployed: without --engine, the server's own default
+    engine_mode (process), not a mode of the harness's choosing; --engine still picks one."""
+    from seedance.bench import fuzz
+
+    started: list[dict] = []
+
+    def launch(settings, *args, **kwargs):
+        started.append(settings)
+        raise RuntimeError("stop here")  # before any server starts
+
+    monkeypatch.setattr(fuzz, "launch", launch)
+    invoke("bench", "fuzz", "--output", "")
+    invoke("bench", "fuzz", "--engine", "thread", "--output", "")
+    default = ServerConfig().engine_mode
+    assert [s.get("engine_mode", default) for s in started] == [default, "thread"]
+    assert invoke("bench", "fuzz", "--engine", "fast").exit_code == 2

@@ -24,6 +24,10 @@ if os.environ.get("FUZZ_TRACE_DIR"):
     _out = open(  # noqa: SIM115 - open for the process's life
         os.path.join(os.environ["FUZZ_TRACE_DIR"], f"trace-{os.getpid()}.jsonl"), "a", buffering=1)
     _pid = os.getpid()
+    if os.environ.get("FUZZ_TRACE_READ_TURN_S"):  # A/B of the readers' turn (3600: a burst never yields)
+        from seedance.server.transports import read_turn
+
+        read_turn.READ_TURN_S = float(os.environ["FUZZ_TRACE_READ_TURN_S"])
 
     def _write(rec: dict) -> None:
         if os.getpid() == _pid:  # not in a forked child
@@ -108,13 +112,15 @@ if os.environ.get("FUZZ_TRACE_DIR"):
     core_process.CoreLoop.read_commands = _timed("read", core_process.CoreLoop.read_commands)
     core_process.CoreLoop.send = _timed("send", core_process.CoreLoop.send)
 
-    _deliver = engine_front.EngineFront._deliver_step
+    # Every step's events pass _queue_step on the loop (thread mode through _deliver_step, process mode straight
+    # from the core's socket reader, its listeners woken after the read).
+    _deliver = engine_front.EngineFront._queue_step
 
     def deliver(self, events, started, cut=0):
         _write({"k": "deliver", "t": time.perf_counter(), "started": started, "events": len(events)})
         return _deliver(self, events, started, cut)
 
-    engine_front.EngineFront._deliver_step = deliver
+    engine_front.EngineFront._queue_step = deliver
 
     CANARY_PROMPT = "And God said unto Moses,"
     _encode = engine_front.EngineFront._encode

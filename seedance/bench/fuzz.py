@@ -13,6 +13,14 @@ timings waited for the fuzzers' turns. The fuzz client shares the machine's core
 also has the canary measured quiet again beside a burner that takes the CPU the fuzz client took (its cores' worth,
 `fuzz_client_cores`): the quiet latency on a machine as loaded by the client, without the attack.
 
+A maximum grows with the number of samples, so the quiet reference for the canary's max is a quiet run of as many
+requests as the canary made under fuzz (`quiet_matched`, after the fuzz; the 8-request quiet run before it is the
+reference text). `attacker="idle"` runs the fuzzers on a thread of SCHED_IDLE policy (and the burner likewise),
+the canary and the server at their normal priority: on a machine where the attacker has to share the server's
+cores, the attacker then takes only the CPU the server leaves. That models an attacker on other hardware (the
+messages and bodies are the same, their rate is what the server leaves room for: `fuzz_rate_per_s`); it is the
+harness's setting, not the server's, and the report says which ran.
+
 What is counted as a defect (docs/reliability.md): the server process exiting, any HTTP 5xx or a non-JSON error
 body, an error code or close code the protocol does not document, and a hang (a request without an answer, or a
 connection that does not answer a ping, within `hang_timeout_s`).
@@ -24,10 +32,12 @@ import asyncio
 import base64
 import json
 import multiprocessing as mp
+import os
 import random
 import resource
 import struct
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -42,6 +52,7 @@ from seedance.bench.stats import percentiles_ms
 from seedance.protocol import CloseCode
 from seedance.protocol.errors import ERROR_CODES
 from seedance.protocol.realtime_events import REALTIME_ERROR_CODES
+from seedance.server.http.config import ServerConfig
 from seedance.server.http.http_errors import HTTP_ERROR_CODES
 
 CANARY = {"type": "generate", "prompt": "And God said unto Moses,", "max_tokens": 16, "temperature": 0,
@@ -203,12 +214,23 @@ class CanaryRun:
     received: list[float] = field(default_factory=list)  # perf_counter at each message, to line up with traces
     index: list[int] = field(default_factory=list)  # each message's place in its request (0: the first)
     failures: list[str] = field(default_factory=list)
+    policy: str = ""  # the canary process's scheduling policy (os.sched_getscheduler), to show it ran normal
+
+
+def _policy_name(policy: int) -> str:
+    names = {getattr(os, n): n[6:].lower() for n in ("SCHED_OTHER", "SCHED_BATCH", "SCHED_IDLE", "SCHED_FIFO",
+                                                        "SCHED_RR") if hasattr(os, n)}
+    return names.get(policy, str(policy))
+
+
+def _own_policy() -> str:
+    return _policy_name(os.sched_getscheduler(0)) if hasattr(os, "sched_getscheduler") else "unknown"
 
 
 async def canary(ws_url: str, stop: asyncio.Event, runs: int | None, timeout_s: float,
                  connected: Callable[[], None] | None = None) -> CanaryRun:
     """Greedy requests one after another on their own connection until `stop` (or `runs` of them)."""
-    out = CanaryRun()
+    out = CanaryRun(policy=_own_policy())
     async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, max_msg_size=0, heartbeat=None) as ws:
         if connected is not None:
             connected()
@@ -295,8 +317,11 @@ class CanaryProcess:
         return CanaryRun(**data)
 
 
-def _burn(cores: float, stop) -> None:
-    """Take `cores` of one core (0..1) until stop: busy for that share of every 10 ms, asleep the rest."""
+def _burn(cores: float, stop, idle: bool = False) -> None:
+    """Take `cores` of one core (0..1) until stop: busy for that share of every 10 ms, asleep the rest. idle: at
+    SCHED_IDLE, as the attacker it stands in for ran."""
+    if idle:
+        _set_idle()
     busy, period = min(max(cores, 0.0), 1.0) * 0.01, 0.01
     while not stop.is_set():
         start = time.perf_counter()
@@ -305,11 +330,13 @@ def _burn(cores: float, stop) -> None:
         time.sleep(max(0.0, period - (time.perf_counter() - start)))
 
 
-async def canary_beside_burner(ws_url: str, runs: int, timeout_s: float, cores: float) -> CanaryRun:
-    """The quiet canary again, while processes burn `cores` of CPU (the fuzz client's share of the machine)."""
+async def canary_beside_burner(ws_url: str, runs: int, timeout_s: float, cores: float,
+                               idle: bool = False) -> CanaryRun:
+    """The quiet canary again, while processes burn `cores` of CPU (the fuzz client's share of the machine) at
+    the attacker's scheduling policy."""
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
-    burners = [ctx.Process(target=_burn, args=(min(1.0, cores - i), stop), daemon=True)
+    burners = [ctx.Process(target=_burn, args=(min(1.0, cores - i), stop, idle), daemon=True)
                for i in range(int(-(-cores // 1)))]
     for b in burners:
         b.start()
@@ -325,6 +352,36 @@ async def canary_beside_burner(ws_url: str, runs: int, timeout_s: float, cores: 
 def _cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def _set_idle() -> None:
+    """This thread (Linux: the policy is a thread's) to SCHED_IDLE: it runs when nothing else wants the core.
+    An unprivileged thread may always lower itself this way (sched(7)); the way back would need privilege, hence
+    a thread of its own for the attacker."""
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
+def _attack_in_thread(attack: Callable[[], Awaitable[Any]], idle: bool) -> tuple[Any, str]:
+    """Run the fuzzers' event loop on a thread of its own (SCHED_IDLE when idle); returns their result and the
+    thread's policy. The processes the harness spawns meanwhile (the canary) are forked from
+    the main thread, so they keep its policy."""
+    box: dict[str, Any] = {}
+
+    def main() -> None:
+        try:
+            if idle:
+                _set_idle()
+            box["policy"] = _own_policy()
+            box["result"] = asyncio.run(attack())
+        except BaseException as err:  # re-raised on the caller's side
+            box["error"] = err
+
+    thread = threading.Thread(target=main, name="seedance-fuzz-attack", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"], box["policy"]
 
 
 # ---------------------------------------------------------------------------------------------- fuzzers
@@ -537,7 +594,7 @@ def _check_http_error(raw: bytes, is_json: bool, status: int, tally: Tally, what
 @dataclass
 class FuzzReport:
     settings: dict
-    quiet: dict
+    quiet: dict  # the quiet canary before the fuzz (quiet_runs requests): the reference text
     loaded: dict
     quiet_beside_fuzz_cpu: dict  # the quiet canary again, beside a burner taking the fuzz client's CPU
     fuzz_client_cores: float  # the fuzz client's CPU seconds over the fuzz's wall seconds
@@ -550,6 +607,11 @@ class FuzzReport:
     process_exited: bool
     healthz_after: bool
     duration_s: float
+    # the quiet canary after the fuzz, as many requests as under fuzz (quiet_match; else empty): a max over as
+    # many samples as the loaded max
+    quiet_matched: dict = field(default_factory=dict)
+    max_ratio: dict = field(default_factory=dict)  # the canary's max under fuzz over each quiet run's max
+    attacker: dict = field(default_factory=dict)  # the fuzzers' scheduling policy and rate, the canary's policy
 
     @property
     def defects(self) -> dict[str, int]:
@@ -565,9 +627,22 @@ class FuzzReport:
 
 
 def _latency(run: CanaryRun) -> dict:
+    """p50 / p99 / max of the time to each canary message; and apart, of each request's first message (its
+    admission, the step in flight and its prefill) and of the later ones (one decode step each)."""
     p = percentiles_ms(run.gaps_s, (50, 99))
+    first = [g for g, i in zip(run.gaps_s, run.index, strict=True) if i == 0]
+    later = [g for g, i in zip(run.gaps_s, run.index, strict=True) if i > 0]
+    pf, pl = percentiles_ms(first, (50, 99)), percentiles_ms(later, (50, 99))
     return {"requests": len(run.texts), "messages": len(run.gaps_s), "p50_ms": p["p50"], "p99_ms": p["p99"],
-            "max_ms": max(run.gaps_s) * 1000 if run.gaps_s else None}
+            "max_ms": max(run.gaps_s) * 1000 if run.gaps_s else None,
+            "first_p50_ms": pf["p50"], "first_max_ms": max(first) * 1000 if first else None,
+            "later_p50_ms": pl["p50"], "later_p99_ms": pl["p99"], "later_max_ms": max(later) * 1000 if later else None}
+
+
+def _ratio(loaded: dict, quiet: dict) -> float | None:
+    if not loaded.get("max_ms") or not quiet.get("max_ms"):
+        return None
+    return round(loaded["max_ms"] / quiet["max_ms"], 2)
 
 
 def _tally_dict(t: Tally) -> dict:
@@ -579,26 +654,39 @@ def _tally_dict(t: Tally) -> dict:
 
 async def run_fuzz(ws_url: str, http_url: str, *, ws_messages: int, binary_frames: int, http_bodies: int,
                    realtime_events: int = 0, seed: int = 0, ws_connections: int = 4, http_concurrency: int = 8,
-                   quiet_runs: int = 8,
+                   quiet_runs: int = 8, quiet_match: bool = True, attacker: str = "normal",
                    batch: int = 50, hang_timeout_s: float = 20.0, server: ServerProcess | None = None) -> FuzzReport:
+    """quiet_match: after the fuzz, the quiet canary (alone, then beside the burner) runs as many requests as it
+    did under fuzz, else quiet_runs. attacker: "normal" or "idle" (the fuzzers' thread at SCHED_IDLE)."""
+    if attacker not in ("normal", "idle"):
+        raise ValueError("attacker must be normal or idle")
+    if attacker == "idle" and not hasattr(os, "SCHED_IDLE"):
+        raise ValueError("attacker idle needs SCHED_IDLE (Linux)")
     t0 = time.perf_counter()
     quiet = await CanaryProcess(ws_url, quiet_runs, hang_timeout_s).result(stop=False)
     loaded_canary = CanaryProcess(ws_url, None, hang_timeout_s)
     await loaded_canary.connected()
+
+    async def attack() -> list:
+        per_conn = -(-ws_messages // ws_connections)
+        ws_tasks = [fuzz_ws(ws_url, min(per_conn, ws_messages - i * per_conn), False, seed + i, batch,
+                            hang_timeout_s) for i in range(ws_connections) if ws_messages - i * per_conn > 0]
+        return await asyncio.gather(
+            asyncio.gather(*ws_tasks),
+            fuzz_ws(ws_url, binary_frames, True, seed + 1000, batch, hang_timeout_s),
+            fuzz_http(http_url, http_bodies, seed + 2000, http_concurrency, hang_timeout_s),
+            fuzz_realtime(http_url.replace("http", "ws", 1) + "/v1/realtime", realtime_events, seed + 3000, batch,
+                          hang_timeout_s),
+        )
+
     fuzz_t0, fuzz_cpu0 = time.perf_counter(), _cpu_s()
-    per_conn = -(-ws_messages // ws_connections)
-    ws_tasks = [fuzz_ws(ws_url, min(per_conn, ws_messages - i * per_conn), False, seed + i, batch, hang_timeout_s)
-                for i in range(ws_connections) if ws_messages - i * per_conn > 0]
-    fuzzers = await asyncio.gather(
-        asyncio.gather(*ws_tasks),
-        fuzz_ws(ws_url, binary_frames, True, seed + 1000, batch, hang_timeout_s),
-        fuzz_http(http_url, http_bodies, seed + 2000, http_concurrency, hang_timeout_s),
-        fuzz_realtime(http_url.replace("http", "ws", 1) + "/v1/realtime", realtime_events, seed + 3000, batch,
-                      hang_timeout_s),
-    )
-    fuzz_cores = (_cpu_s() - fuzz_cpu0) / (time.perf_counter() - fuzz_t0)
+    fuzzers, attack_policy = await asyncio.to_thread(_attack_in_thread, attack, attacker == "idle")
+    fuzz_wall = time.perf_counter() - fuzz_t0
+    fuzz_cores = (_cpu_s() - fuzz_cpu0) / fuzz_wall
     loaded = await loaded_canary.result()
-    beside = await canary_beside_burner(ws_url, quiet_runs, hang_timeout_s, fuzz_cores)
+    matched_runs = max(len(loaded.texts), 1) if quiet_match else quiet_runs
+    matched = await CanaryProcess(ws_url, matched_runs, hang_timeout_s).result(stop=False) if quiet_match else None
+    beside = await canary_beside_burner(ws_url, matched_runs, hang_timeout_s, fuzz_cores, attacker == "idle")
     ws_json = Tally()
     for t in fuzzers[0]:
         ws_json.sent += t.sent
@@ -616,18 +704,28 @@ async def run_fuzz(ws_url: str, http_url: str, *, ws_messages: int, binary_frame
     except (aiohttp.ClientError, TimeoutError):
         pass
     reference = quiet.texts[0] if quiet.texts else None
-    equal = bool(quiet.texts) and all(t == reference for t in quiet.texts + loaded.texts + beside.texts)
+    matched_texts = matched.texts if matched is not None else []
+    equal = bool(quiet.texts) and all(t == reference for t in quiet.texts + loaded.texts + beside.texts
+                                      + matched_texts)
+    sent = sum(t.sent for t in fuzzers[0]) + sum(t.sent for t in fuzzers[1:])
+    lat = {"quiet": _latency(quiet), "loaded": _latency(loaded), "beside": _latency(beside),
+           "matched": _latency(matched) if matched is not None else {}}
     report = FuzzReport(
         settings={"ws_messages": ws_messages, "binary_frames": binary_frames, "http_bodies": http_bodies,
                   "realtime_events": realtime_events, "seed": seed, "ws_connections": ws_connections,
-                  "http_concurrency": http_concurrency,
-                  "batch": batch, "hang_timeout_s": hang_timeout_s, "server": SERVER_SETTINGS if server else None},
-        quiet=_latency(quiet), loaded=_latency(loaded), quiet_beside_fuzz_cpu=_latency(beside),
+                  "http_concurrency": http_concurrency, "quiet_runs": quiet_runs, "quiet_match": quiet_match,
+                  "attacker": attacker, "batch": batch, "hang_timeout_s": hang_timeout_s,
+                  "server": SERVER_SETTINGS if server else None},
+        quiet=lat["quiet"], loaded=lat["loaded"], quiet_beside_fuzz_cpu=lat["beside"],
         fuzz_client_cores=round(fuzz_cores, 2), canary_text_equal=equal,
-        canary_failures=quiet.failures + loaded.failures + beside.failures, ws_json=_tally_dict(ws_json),
+        canary_failures=quiet.failures + loaded.failures + beside.failures + (matched.failures if matched else []),
+        ws_json=_tally_dict(ws_json),
         ws_binary=_tally_dict(fuzzers[1]), http=_tally_dict(fuzzers[2]), realtime=_tally_dict(fuzzers[3]),
         process_exited=server is not None and server.process.poll() is not None, healthz_after=healthy,
-        duration_s=round(time.perf_counter() - t0, 1))
+        duration_s=round(time.perf_counter() - t0, 1), quiet_matched=lat["matched"],
+        max_ratio={name: _ratio(lat["loaded"], lat[name]) for name in ("quiet", "matched", "beside")},
+        attacker={"policy": attack_policy, "canary_policy": loaded.policy, "fuzz_s": round(fuzz_wall, 1),
+                  "fuzz_rate_per_s": round(sent / fuzz_wall)})
     report.canary_runs = (quiet, loaded)  # the raw timings, for scripts/fuzz_trace.py (not in the JSON)
     return report
 
@@ -644,8 +742,9 @@ def run_fuzz_bench(url: str | None, output: str | None, server_settings: dict | 
     base = url or server.http
     try:
         report = asyncio.run(run_fuzz(base.replace("http", "ws", 1) + "/v1/stream", base, server=server, **kw))
-        if server is not None:
-            report.settings["server"] = {**SERVER_SETTINGS, **(server_settings or {})}
+        if server is not None:  # the engine mode in effect, the server's default when not set
+            report.settings["server"] = {**SERVER_SETTINGS, "engine_mode": ServerConfig().engine_mode,
+                                         **(server_settings or {})}
     finally:
         if server is not None:
             server.stop()

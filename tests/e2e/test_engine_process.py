@@ -304,3 +304,21 @@ async def test_concurrent_responses_of_one_realtime_session_fail_one_response_no
                     if event["type"] == "response.done":
                         break
             assert "internal" not in codes, codes
+
+
+async def test_a_requests_first_token_goes_out_with_its_admission_not_a_step_later(process_server):
+    """The process engine's first token of a request rides on the Step frame that admits it, before the WebSocket's
+    stream has its listener; it waited for the next step's delivery: every first chunk carried two tokens (TTFT a
+    step longer, the fuzz canary's first messages the slowest) and a one-token request waited for the heartbeat
+    (15 s)."""
+    firsts = []
+    async with connect(process_server.ws) as ws:
+        for i in range(5):
+            await ws.send(json.dumps({"type": "generate", "id": f"f{i}", "prompt": PROMPTS[1], "max_tokens": 4,
+                                      "temperature": 0.0, "ignore_eos": True}))
+            seen = await until(ws, lambda m, i=i: m["type"] == "done" and m["id"] == f"f{i}")
+            firsts.append(len(next(m for m in seen if m["type"] == "chunk")["token_ids"]))
+        await ws.send(json.dumps({"type": "generate", "id": "one", "prompt": PROMPTS[0], "max_tokens": 1}))
+        done = (await until(ws, lambda m: m["type"] == "done", timeout=5))[-1]  # before: at the heartbeat, 15 s
+    assert done["id"] == "one" and done["usage"]["completion_tokens"] == 1
+    assert 1 in firsts, firsts  # before: [2, 2, 2, 2, 2]

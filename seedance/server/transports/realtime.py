@@ -60,6 +60,7 @@ from seedance.server.http.observability_http import OBS
 from seedance.server.http.security import SUBPROTOCOLS, WsGuard
 from seedance.server.http.state import STATE
 from seedance.server.transports import ws_accept
+from seedance.server.transports.read_turn import ReadTurn
 from seedance.server.transports.requests import image_from_url
 from seedance.server.transports.ws_liveness import CLOSE_TIMEOUT_S, BoundedClose, HeartbeatTimer
 from seedance.server.transports.ws_messages import usage_of
@@ -121,7 +122,9 @@ class RealtimeSocket:
         self.heartbeat.arm()
         try:
             await self._flush()  # session.created
+            turn = ReadTurn()  # a burst of buffered events gives the loop back every READ_TURN_S (read_turn.py)
             async for msg in self.ws:
+                await turn.handled()
                 if msg.type == WSMsgType.TEXT:
                     await self._on_text(msg.data)
                 elif msg.type == WSMsgType.BINARY:

@@ -40,6 +40,7 @@ from seedance.server.http.proxy import ClientAddress
 from seedance.server.http.security import CLIENT, SECURITY, SUBPROTOCOLS, Security, WsGuard, principal_of
 from seedance.server.http.state import STATE, ServerState
 from seedance.server.transports import ws_accept
+from seedance.server.transports.read_turn import ReadTurn
 from seedance.server.transports.writer_wake import WriterWake
 from seedance.server.transports.ws_choices import WsRequest
 from seedance.server.transports.ws_commands import WsCommands
@@ -141,7 +142,9 @@ class WsConnection:
 
     # ---- reading ----------------------------------------------------------------------------------
     async def _reader(self) -> None:
+        turn = ReadTurn()  # a burst of buffered messages gives the loop back every READ_TURN_S (read_turn.py)
         while True:
+            await turn.handled()
             msg = await self.ws.receive()
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and (reason := self.guard.rate_exceeded()):
                 self.protocol.error(None, codes.RATE_LIMITED, reason)

@@ -176,6 +176,11 @@ class WsCommands:
                 self.protocol.refuse(msg.id, err.code, err.message)
                 return
         self.protocol.open(msg.id, active, credit=msg.credit, binary=msg.binary, session=session is not None)
+        if not stream.queue.empty():
+            # Output that came before the id was open (the process engine's first token rides on the Step frame
+            # that admits the request, before its stream had a listener) goes now: it waited for the next step's
+            # delivery (every first chunk two tokens, TTFT a step longer), a one-token request for the heartbeat.
+            self.step_ready()
 
     async def _other_choices(self, group: WsChoices, request: GenerateRequest, msg: Generate,
                              started: asyncio.Event) -> None:
