@@ -37,6 +37,7 @@ def runs(peers: Path) -> dict[str, dict]:
                 "--served-model-name", "smollm2", "--max-num-seqs", "64", "--model", str(hf32)]
     vllm_env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     tiny = {"tokenizer": str(ROOT / "seedance/models/tiny"), "levels": "1", "rounds": 3}
+    tg = Path(os.environ.get("SEEDANCE_TINY_GGUFS", m))  # seedance-tiny-{f32,f16,bf16}.gguf (convert_tiny_gguf.py)
     return {
         "seedance-f32": {"cmd": [*seedance, "--model", str(hf32), "--dtype", "float32"], "env": sd_env},
         "llama-f32": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-f32.gguf")]},
@@ -45,7 +46,7 @@ def runs(peers: Path) -> dict[str, dict]:
         "llama-q8_0": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-q8_0.gguf")]},
         "tiny-seedance": {"cmd": seedance, "env": {"PYTHONPATH": str(ROOT)}, **tiny},
         "tiny-llama": {"cmd": [str(llama), "--host", "127.0.0.1", "--port", "{port}", "-np", "1", "-t", "2",
-                               "-m", str(m / "seedance-tiny-f32.gguf")], **tiny},
+                               "-m", str(tg / "seedance-tiny-f32.gguf")], **tiny},
         "seedance-f32-large2": {"cmd": [*seedance, "--model", str(hf32), "--dtype", "float32"],
                                 "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2"}},
         "tiny-seedance-process": {"cmd": [*seedance, "--engine", "process"], "env": {"PYTHONPATH": str(ROOT)}, **tiny},
@@ -56,7 +57,13 @@ def runs(peers: Path) -> dict[str, dict]:
         "tiny-seedance-fp16-compile": {"cmd": [*seedance, "--quantize", "fp16", "--compile"],
                                        "env": {"PYTHONPATH": str(ROOT)}, **tiny},
         "tiny-llama-f16": {"cmd": [str(llama), "--host", "127.0.0.1", "--port", "{port}", "-np", "1", "-t", "2",
-                                   "-m", str(m / "seedance-tiny-f16.gguf")], **tiny},
+                                   "-m", str(tg / "seedance-tiny-f16.gguf")], **tiny},
+        "tiny-llama-bf16": {"cmd": [str(llama), "--host", "127.0.0.1", "--port", "{port}", "-np", "1", "-t", "2",
+                                    "-m", str(tg / "seedance-tiny-bf16.gguf")], **tiny},
+        # the default dtype is bfloat16 on AVX512_BF16 / AMX CPUs (tiny-seedance then is bf16): float32 named
+        "tiny-seedance-f32": {"cmd": [*seedance, "--dtype", "float32"], "env": {"PYTHONPATH": str(ROOT)}, **tiny},
+        "tiny-seedance-f32-compile": {"cmd": [*seedance, "--dtype", "float32", "--compile"],
+                                      "env": {"PYTHONPATH": str(ROOT)}, **tiny},
         "tiny-seedance-2threads": {"cmd": seedance, "env": {"PYTHONPATH": str(ROOT), "SEEDANCE_THREADS": "2"},
                                    **tiny},
         "seedance-f32-2threads": {"cmd": [*seedance, "--model", str(hf32), "--dtype", "float32"],
@@ -84,6 +91,9 @@ def runs(peers: Path) -> dict[str, dict]:
         "llama-bf16": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-bf16.gguf")], "levels": "1,8"},
         "seedance-bf16": {"cmd": [*seedance, "--model", str(hf16), "--dtype", "bfloat16"], "env": sd_env,
                           "levels": "1"},
+        # compiled: one-row steps' projections and head on float_gemv's GEMV (bf16 weights streamed once)
+        "seedance-bf16-compile": {"cmd": [*seedance, "--model", str(hf16), "--dtype", "bfloat16"],
+                                  "env": {**sd_env, "SEEDANCE_COMPILE": "1"}, "levels": "1", "ready_s": 900},
         "vllm-bf16": {"cmd": [*vllm_cmd[:-1], str(hf16), "--dtype", "bfloat16"], "env": vllm_env, "ready_s": 900,
                       "levels": "1,8"},
     }

@@ -79,12 +79,14 @@ def _patched(owner, name: str, value):
 def build(name: str) -> LLMEngine:
     """NAME: f32, bf16 (bfloat16 weights and activations), default (the default dtype: `auto`), fp16 (fbgemm fp16
     weights) or f32-openblas (one-row GEMMs through numpy), optionally -compile; -compile-nogemv: compiled with
-    the float projections and head as F.linear (the extern GEMM) in the one-row graph, as before float_gemv."""
+    the float projections and head as F.linear (the extern GEMM) in the one-row graph, as before float_gemv;
+    -t2 anywhere: on 2 torch threads (else 1)."""
     quantize = "fp16" if name.startswith("fp16") else "none"
     dtype = {"bf16": "bfloat16", "default": "auto"}.get(name.split("-")[0], "float32")
-    config = EngineConfig(threads=1, dtype=dtype, quantize=quantize, compile="-compile" in name)
+    config = EngineConfig(threads=2 if "-t2" in name else 1, dtype=dtype, quantize=quantize,
+                          compile="-compile" in name)
     with contextlib.ExitStack() as stack:
-        if name.endswith("-nogemv"):  # traced without it (the graph keeps what it traced; the guards that would
+        if "-nogemv" in name:  # traced without it (the graph keeps what it traced; the guards that would
             # notice are not the ones CompiledDecode checks)
             stack.enter_context(_patched(float_gemv, "attach", lambda model: 0))
             stack.enter_context(_patched(float_gemv, "linear", F.linear))

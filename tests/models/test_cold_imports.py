@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -45,3 +46,27 @@ def test_the_process_mode_gateway_imports_no_torch():
     (tests/e2e/test_engine_process.py checks the running gateway, after requests, has no libtorch mapped)."""
     out = subprocess.run([sys.executable, "-c", GATEWAY], capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+CORE = """
+import importlib.metadata, json, sys
+scanned = []
+real = importlib.metadata.entry_points
+importlib.metadata.entry_points = lambda **kw: scanned.append(kw.get("group")) or real(**kw)
+from seedance.engine import core_spawn
+core_spawn._before_torch()  # what the engine process's spawn targets run before they import torch
+import torch  # noqa: F401
+print(json.dumps(scanned))
+"""
+
+
+def test_the_engine_process_imports_torch_without_scanning_for_device_backends():
+    """torch's import looks through every installed distribution's entry points for device backends (30-45 ms
+    of the cold start's critical path here); the engine process turns that off, unless the environment says."""
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_DEVICE_BACKEND_AUTOLOAD"}
+    out = subprocess.run([sys.executable, "-c", CORE], capture_output=True, text=True, timeout=120, check=True,
+                         env=env)
+    assert "torch.backends" not in json.loads(out.stdout.strip().splitlines()[-1])
+    out = subprocess.run([sys.executable, "-c", CORE], capture_output=True, text=True, timeout=120, check=True,
+                         env={**env, "TORCH_DEVICE_BACKEND_AUTOLOAD": "1"})
+    assert "torch.backends" in json.loads(out.stdout.strip().splitlines()[-1])  # the check can see a scan
