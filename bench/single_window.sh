@@ -14,15 +14,19 @@ PY=${PY:-python}
 M=${MODELS:-/work/peers/models}
 BEFORE=${BEFORE:-/tmp/single-before}  # main's tree: git archive main | tar -x -C /tmp/single-before
 ROUNDS=${ROUNDS:-3}
+SMOL_GGUF=${SMOL_GGUF:-$HOME/.cache/seedance/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
 SMALL=${SMALL:-}  # set: a dry run (fewer rounds, tokens and servers) to test this script on the loaded box
 export SEEDANCE_TINY_GGUFS=${SEEDANCE_TINY_GGUFS:-/tmp/single/models}
 source "$(dirname "$0")/issue14_window_lib.sh"
 late() { [[ ! "$(date -u +%H:%M)" < "$UNTIL" ]] && echo "== past $UNTIL: skipped: $*"; }
 TOKENS=128
 [[ -n "$SMALL" ]] && TOKENS=16 ROUNDS=1
-ENGINES=default,f32,bf16-compile-nogemv,bf16-compile,f32-compile-nogemv,f32-compile,bf16-compile-t2
+ENGINES=default,f32,bf16-compile-nogemv,bf16-compile,f32-compile-nogemv,f32-compile
 late tiny_step_ab || run $PY scripts/tiny_step_ab.py --engines "$ENGINES" --rounds "$ROUNDS" --max-tokens $TOKENS \
     2> "$OUT/step-ab.log" | tee "$OUT/step-ab.jsonl"
+# 2 torch threads in a process of their own (the thread count is the process's: it would leak into the above)
+late tiny_step_ab-t2 || run $PY scripts/tiny_step_ab.py --engines bf16-t2,bf16-compile-t2 --rounds "$ROUNDS" \
+    --max-tokens $TOKENS 2> "$OUT/step-ab-t2.log" | tee "$OUT/step-ab-t2.jsonl"
 FIRST=tiny-seedance,tiny-seedance-compile,tiny-llama,tiny-llama-bf16,tiny-seedance-f32,tiny-seedance-f32-compile
 SECOND=tiny-llama-bf16,tiny-seedance-f32-compile,tiny-seedance-compile,tiny-llama,tiny-seedance
 [[ -n "$SMALL" ]] && FIRST=tiny-seedance SECOND=tiny-seedance
@@ -31,7 +35,8 @@ late cold_start_ab || run $PY scripts/cold_start_ab.py --rounds "$ROUNDS" main=p
     2>&1 | tee "$OUT/cold-start-ab.txt"
 late cold-start || run $PY -m seedance.cli bench cold-start --runs "$ROUNDS" --engine process \
     --output "$OUT/cold-start.json" --plot "$OUT/cold-start.png" > "$OUT/cold-start.txt" 2>&1
-late c1_compile_ab || run $PY scripts/c1_compile_ab.py "$M/smollm2-135m-instruct-bf16" --quantize none --dtype bfloat16 \
+# SmolLM2's shipped Q4_1 file dequantized to bf16: the weights of the bf16 directory (docs: "The peers")
+late c1_compile_ab || run $PY scripts/c1_compile_ab.py "$SMOL_GGUF" --quantize none --dtype bfloat16 \
     --streams 1 --steps $((TOKENS / 8)) --kv-cache-bytes $((1 << 30)) 2> "$OUT/compile-ab-bf16.log" \
     | tee "$OUT/compile-ab-bf16.jsonl"
 for kind in bf16-eager bf16-red f32-eager f32-red; do  # SmolLM2's 120 projections at one row, one pass
