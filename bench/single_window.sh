@@ -17,7 +17,7 @@ BEFORE=${BEFORE:-/tmp/single-before}  # main's tree: git archive main | tar -x -
 ROUNDS=${ROUNDS:-3}
 SMOL_GGUF=${SMOL_GGUF:-$HOME/.cache/seedance/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
 SMALL=${SMALL:-}  # set: a dry run (fewer rounds, tokens and servers) to test this script on the loaded box
-export SEEDANCE_TINY_GGUFS=${SEEDANCE_TINY_GGUFS:-/tmp/single/models}
+export PEERS_TINY_GGUFS=${PEERS_TINY_GGUFS:-/tmp/single/models}
 source "$(dirname "$0")/issue14_window_lib.sh"
 late() { [[ ! "$(date -u +%H:%M)" < "$UNTIL" ]] && echo "== past $UNTIL: skipped: $*"; }
 TOKENS=128

@@ -11,6 +11,7 @@ report plus the server's command and its start-to-first-token time) and OUT/NAME
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -37,7 +38,8 @@ def runs(peers: Path) -> dict[str, dict]:
                 "--served-model-name", "smollm2", "--max-num-seqs", "64", "--model", str(hf32)]
     vllm_env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     tiny = {"tokenizer": str(ROOT / "seedance/models/tiny"), "levels": "1", "rounds": 3}
-    tg = Path(os.environ.get("SEEDANCE_TINY_GGUFS", m))  # seedance-tiny-{f32,f16,bf16}.gguf (convert_tiny_gguf.py)
+    # seedance-tiny-{f32,f16,bf16}.gguf (convert_tiny_gguf.py); not SEEDANCE_*: seedance serve refuses unknown ones
+    tg = Path(os.environ.get("PEERS_TINY_GGUFS", m))
     return {
         "seedance-f32": {"cmd": [*seedance, "--model", str(hf32), "--dtype", "float32"], "env": sd_env},
         "llama-f32": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-f32.gguf")]},
@@ -154,7 +156,8 @@ def run_one(name: str, spec: dict, out: Path, peers: Path) -> None:
     except (RuntimeError, subprocess.TimeoutExpired) as err:
         print(f"{name}: FAILED: {err}", flush=True)
     finally:
-        os.killpg(proc.pid, 15)
+        with contextlib.suppress(ProcessLookupError):  # a server that exited early (its log says why)
+            os.killpg(proc.pid, 15)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
