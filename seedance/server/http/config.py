@@ -7,10 +7,12 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from seedance.engine.config import EngineConfig
-from seedance.protocol.flow import FlowLimits
+
+if TYPE_CHECKING:
+    from seedance.protocol.flow import FlowLimits
 
 ENV_PREFIX = "SEEDANCE_"
 # SEEDANCE_* names that are not server settings: read by the client CLI (URL, TOKEN), the benchmarks (WRK) and
@@ -149,7 +151,11 @@ class ServerConfig:
         return self.session_store or f"sqlite://{state_dir(self.state_dir) / 'sessions.db'}"
 
     def flow_limits(self) -> FlowLimits:
-        """Both WebSocket endpoints' water marks and heartbeat (protocol/flow.py)."""
+        """Both WebSocket endpoints' water marks and heartbeat (protocol/flow.py; imported here, not at the top:
+        `seedance serve` reads its settings before it starts the engine process, and the protocol package's
+        imports would delay that start, the cold start's critical path)."""
+        from seedance.protocol.flow import FlowLimits
+
         return FlowLimits(self.send_high_water_bytes, self.send_low_water_bytes, self.slow_consumer_timeout_s,
                           self.heartbeat_interval_s, self.heartbeat_max_missed)
 
