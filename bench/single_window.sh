@@ -46,6 +46,7 @@ late cold-start || run $PY -m seedance.cli bench cold-start --runs "$ROUNDS" --e
 for kind in bf16-eager bf16-red f32-eager f32-red; do  # SmolLM2's 120 projections at one row, one pass
   late "gemv $kind" || run $PY scripts/float_gemv_bench.py "$kind" | tee -a "$OUT/gemv.txt"
 done
+late "gemv bf16-red 2 threads" || run $PY scripts/float_gemv_bench.py bf16-red --threads 2 | tee -a "$OUT/gemv.txt"
 late int8_gemv || TORCHINDUCTOR_CPP_ENABLE_FLOATING_POINT_CONTRACT_FLAG=fast run $PY scripts/int8_gemv_bench.py 1 int8 \
     | tee -a "$OUT/gemv.txt"  # the int8 words' GEMV (written for AVX2's loads) on AVX-512
 run $PY scripts/compare_peers.py --out "$OUT/2" --until "$UNTIL" --only "$SECOND"
