@@ -68,6 +68,8 @@ def runs(peers: Path) -> dict[str, dict]:
                                       "env": {"PYTHONPATH": str(ROOT)}, **tiny},
         "tiny-seedance-2threads": {"cmd": seedance, "env": {"PYTHONPATH": str(ROOT), "SEEDANCE_THREADS": "2"},
                                    **tiny},
+        "tiny-seedance-compile-2threads": {"cmd": [*seedance, "--compile"],
+                                           "env": {"PYTHONPATH": str(ROOT), "SEEDANCE_THREADS": "2"}, **tiny},
         "seedance-f32-2threads": {"cmd": [*seedance, "--model", str(hf32), "--dtype", "float32"],
                                   "env": {**sd_env, "SEEDANCE_THREADS": "2"}, "levels": "1,64"},
         # GGUF auto on an AVX2 CPU (docs/model.md): Q4_1 loads as fp16, Q8_0 as int8, both on fbgemm's GEMMs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 import sys
@@ -212,8 +213,6 @@ def serve(
         try:
             import uvloop
         except ImportError:
-            import asyncio
-
             failure = asyncio.run(run_server(cfg, core=core))
         else:
             failure = uvloop.run(run_server(cfg, core=core))
@@ -334,8 +333,6 @@ def generate(
             f"TTFT {(first or end) - loaded:.3f}s, {1 / decode if decode else 0:.0f} tok/s[/dim]"
         )
 
-    import asyncio
-
     asyncio.run(run())
 
 
@@ -360,8 +357,6 @@ def _stream_from_server(url: str, token: str | None, prompt: str, params: dict, 
             _console().print(f"[red]error:[/red] {escape(str(err))}")
             return 1
         return 0
-
-    import asyncio
 
     return asyncio.run(run())
 

@@ -12,7 +12,6 @@ import contextlib
 import gc
 import logging
 import multiprocessing as mp
-import os
 import socket
 import sys
 import time
@@ -37,17 +36,8 @@ class SpawnedCore:
         self.process.join(10)
 
 
-def _before_torch() -> None:
-    """What the child sets before its torch import, the longest step of a cold start. torch's import scans every
-    installed distribution's entry points for out-of-tree device backends (`torch.backends`; 30-45 ms on a loaded
-    box here); Seedance runs on cpu and cuda only, so the scan is off unless TORCH_DEVICE_BACKEND_AUTOLOAD is
-    set (1 turns it back on)."""
-    os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
-
-
 def _run_core(config: EngineConfig, sock: socket.socket, log_level: int) -> None:
     gc.disable()  # as `seedance serve` does: no collections over start-up's objects (core_process._load ends it)
-    _before_torch()
     from seedance.engine.core_process import run_core
 
     run_core(config, sock, log_level)
@@ -55,7 +45,6 @@ def _run_core(config: EngineConfig, sock: socket.socket, log_level: int) -> None
 
 def _serve_core(config: EngineConfig, path: str, log_level: int) -> None:
     gc.disable()
-    _before_torch()
     from seedance.engine.core_process import serve_core
 
     serve_core(config, path, log_level)

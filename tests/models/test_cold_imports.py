@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -45,47 +44,4 @@ def test_the_process_mode_gateway_imports_no_torch():
     here) loads only in the engine process. Every module the gateway builds its app from, torch-free at import
     (tests/e2e/test_engine_process.py checks the running gateway, after requests, has no libtorch mapped)."""
     out = subprocess.run([sys.executable, "-c", GATEWAY], capture_output=True, text=True, timeout=120, check=True)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
-
-
-CORE = """
-import importlib.metadata, json, sys
-scanned = []
-real = importlib.metadata.entry_points
-importlib.metadata.entry_points = lambda **kw: scanned.append(kw.get("group")) or real(**kw)
-from seedance.engine import core_spawn
-core_spawn._before_torch()  # what the engine process's spawn targets run before they import torch
-import torch  # noqa: F401
-print(json.dumps(scanned))
-"""
-
-
-def test_the_engine_process_imports_torch_without_scanning_for_device_backends():
-    """torch's import looks through every installed distribution's entry points for device backends (30-45 ms
-    of the cold start's critical path here); the engine process turns that off, unless the environment says."""
-    env = {k: v for k, v in os.environ.items() if k != "TORCH_DEVICE_BACKEND_AUTOLOAD"}
-    out = subprocess.run([sys.executable, "-c", CORE], capture_output=True, text=True, timeout=120, check=True,
-                         env=env)
-    assert "torch.backends" not in json.loads(out.stdout.strip().splitlines()[-1])
-    out = subprocess.run([sys.executable, "-c", CORE], capture_output=True, text=True, timeout=120, check=True,
-                         env={**env, "TORCH_DEVICE_BACKEND_AUTOLOAD": "1"})
-    assert "torch.backends" in json.loads(out.stdout.strip().splitlines()[-1])  # the check can see a scan
-
-
-BEFORE_SPAWN = """
-import json, sys
-import seedance.cli
-from seedance.server.http.config import ServerConfig
-from seedance.engine import core_spawn  # noqa: F401
-ServerConfig.load(None, env={})
-print(json.dumps([m for m in ("asyncio", "seedance.protocol", "msgspec", "torch") if m in sys.modules]))
-"""
-
-
-def test_serve_reads_its_settings_and_spawns_the_engine_before_the_heavier_imports():
-    """`seedance serve` starts the engine process (whose torch import is the cold start's critical path) right
-    after reading its settings: what it imports until then is all before that path begins (asyncio and the
-    protocol package were ~80 ms of it here; the gateway imports them after the spawn)."""
-    out = subprocess.run([sys.executable, "-c", BEFORE_SPAWN], capture_output=True, text=True, timeout=120,
-                         check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -7,12 +7,10 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from seedance.engine.config import EngineConfig
-
-if TYPE_CHECKING:
-    from seedance.protocol.flow import FlowLimits
+from seedance.protocol.flow import FlowLimits
 
 ENV_PREFIX = "SEEDANCE_"
 # SEEDANCE_* names that are not server settings: read by the client CLI (URL, TOKEN), the benchmarks (WRK) and
@@ -151,11 +149,7 @@ class ServerConfig:
         return self.session_store or f"sqlite://{state_dir(self.state_dir) / 'sessions.db'}"
 
     def flow_limits(self) -> FlowLimits:
-        """Both WebSocket endpoints' water marks and heartbeat (protocol/flow.py; imported here, not at the top:
-        `seedance serve` reads its settings before it starts the engine process, and the protocol package's
-        imports would delay that start, the cold start's critical path)."""
-        from seedance.protocol.flow import FlowLimits
-
+        """Both WebSocket endpoints' water marks and heartbeat (protocol/flow.py)."""
         return FlowLimits(self.send_high_water_bytes, self.send_low_water_bytes, self.slow_consumer_timeout_s,
                           self.heartbeat_interval_s, self.heartbeat_max_missed)
 
