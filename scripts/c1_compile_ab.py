@@ -4,6 +4,7 @@ and whether the greedy tokens of the two paths agree. docs/benchmarks.md ("Compi
 
     python scripts/c1_compile_ab.py /path/smollm2-135m-instruct-f32 --quantize fp16 --streams 1,8,32
     python scripts/c1_compile_ab.py /path/smollm2-135m-instruct-q8_0.gguf --quantize auto   # int8 (fbgemm)
+    python scripts/c1_compile_ab.py /path/smollm2-135m-instruct-bf16 --quantize none --dtype bfloat16 --streams 1
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
     ap.add_argument("--quantize", default="fp16")
+    ap.add_argument("--dtype", default="float32", help="float32, bfloat16 (a GGUF under --quantize none: dequantized)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--streams", default="1,8,32")
     ap.add_argument("--steps", type=int, default=40, help="decode steps timed per path and stream count")
@@ -30,7 +32,7 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     eng = LLMEngine.from_config(EngineConfig(model=args.model, threads=args.threads, quantize=args.quantize,
-                                             dtype="float32", kv_cache_bytes=args.kv_cache_bytes,
+                                             dtype=args.dtype, kv_cache_bytes=args.kv_cache_bytes,
                                              compile=True))
     load_s = time.perf_counter() - t0
     runner = eng.runner

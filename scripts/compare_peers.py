@@ -11,6 +11,7 @@ report plus the server's command and its start-to-first-token time) and OUT/NAME
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -37,6 +38,8 @@ def runs(peers: Path) -> dict[str, dict]:
                 "--served-model-name", "smollm2", "--max-num-seqs", "64", "--model", str(hf32)]
     vllm_env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     tiny = {"tokenizer": str(ROOT / "seedance/models/tiny"), "levels": "1", "rounds": 3}
+    # seedance-tiny-{f32,f16,bf16}.gguf (convert_tiny_gguf.py); not SEEDANCE_*: seedance serve refuses unknown ones
+    tg = Path(os.environ.get("PEERS_TINY_GGUFS", m))
     return {
         "seedance-f32": {"cmd": [*seedance, "--model", str(hf32), "--dtype", "float32"], "env": sd_env},
         "llama-f32": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-f32.gguf")]},
@@ -45,7 +48,7 @@ def runs(peers: Path) -> dict[str, dict]:
         "llama-q8_0": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-q8_0.gguf")]},
         "tiny-seedance": {"cmd": seedance, "env": {"PYTHONPATH": str(ROOT)}, **tiny},
         "tiny-llama": {"cmd": [str(llama), "--host", "127.0.0.1", "--port", "{port}", "-np", "1", "-t", "2",
-                               "-m", str(m / "seedance-tiny-f32.gguf")], **tiny},
+                               "-m", str(tg / "seedance-tiny-f32.gguf")], **tiny},
         "seedance-f32-large2": {"cmd": [*seedance, "--model", str(hf32), "--dtype", "float32"],
                                 "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2"}},
         "tiny-seedance-process": {"cmd": [*seedance, "--engine", "process"], "env": {"PYTHONPATH": str(ROOT)}, **tiny},
@@ -56,9 +59,17 @@ def runs(peers: Path) -> dict[str, dict]:
         "tiny-seedance-fp16-compile": {"cmd": [*seedance, "--quantize", "fp16", "--compile"],
                                        "env": {"PYTHONPATH": str(ROOT)}, **tiny},
         "tiny-llama-f16": {"cmd": [str(llama), "--host", "127.0.0.1", "--port", "{port}", "-np", "1", "-t", "2",
-                                   "-m", str(m / "seedance-tiny-f16.gguf")], **tiny},
+                                   "-m", str(tg / "seedance-tiny-f16.gguf")], **tiny},
+        "tiny-llama-bf16": {"cmd": [str(llama), "--host", "127.0.0.1", "--port", "{port}", "-np", "1", "-t", "2",
+                                    "-m", str(tg / "seedance-tiny-bf16.gguf")], **tiny},
+        # the default dtype is bfloat16 on AVX512_BF16 / AMX CPUs (tiny-seedance then is bf16): float32 named
+        "tiny-seedance-f32": {"cmd": [*seedance, "--dtype", "float32"], "env": {"PYTHONPATH": str(ROOT)}, **tiny},
+        "tiny-seedance-f32-compile": {"cmd": [*seedance, "--dtype", "float32", "--compile"],
+                                      "env": {"PYTHONPATH": str(ROOT)}, **tiny},
         "tiny-seedance-2threads": {"cmd": seedance, "env": {"PYTHONPATH": str(ROOT), "SEEDANCE_THREADS": "2"},
                                    **tiny},
+        "tiny-seedance-compile-2threads": {"cmd": [*seedance, "--compile"],
+                                           "env": {"PYTHONPATH": str(ROOT), "SEEDANCE_THREADS": "2"}, **tiny},
         "seedance-f32-2threads": {"cmd": [*seedance, "--model", str(hf32), "--dtype", "float32"],
                                   "env": {**sd_env, "SEEDANCE_THREADS": "2"}, "levels": "1,64"},
         # GGUF auto (docs/model.md, "Formats"): on AVX2 Q4_1 loads as fp16, Q8_0 as int8, both on fbgemm's GEMMs
@@ -89,6 +100,9 @@ def runs(peers: Path) -> dict[str, dict]:
                           "levels": "1"},  # AVX-512 + AVX512_BF16: native (bench/bf16_window.sh runs every level)
         "seedance-bf16-large2": {"cmd": [*seedance, "--model", str(hf16), "--dtype", "bfloat16"],
                                  "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2"}},
+        # compiled: one-row steps' projections and head on float_gemv's GEMV (bf16 weights streamed once)
+        "seedance-bf16-compile": {"cmd": [*seedance, "--model", str(hf16), "--dtype", "bfloat16"],
+                                  "env": {**sd_env, "SEEDANCE_COMPILE": "1"}, "levels": "1", "ready_s": 900},
         "vllm-bf16": {"cmd": [*vllm_cmd[:-1], str(hf16), "--dtype", "bfloat16"], "env": vllm_env, "ready_s": 900,
                       "levels": "1,8"},
     }
@@ -149,7 +163,8 @@ def run_one(name: str, spec: dict, out: Path, peers: Path) -> None:
     except (RuntimeError, subprocess.TimeoutExpired) as err:
         print(f"{name}: FAILED: {err}", flush=True)
     finally:
-        os.killpg(proc.pid, 15)
+        with contextlib.suppress(ProcessLookupError):  # a server that exited early (its log says why)
+            os.killpg(proc.pid, 15)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:

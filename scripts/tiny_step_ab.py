@@ -20,6 +20,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's BLAS, for the floor's comparison: one thread, as torch's
 
 import argparse
+import contextlib
 import json
 import random
 import statistics
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from seedance.engine.config import EngineConfig
 from seedance.engine.llm_engine import LLMEngine
 from seedance.engine.sampling_params import SamplingParams
+from seedance.models import float_gemv
 
 
 class _OpenBlasRow(torch.nn.Module):
@@ -64,11 +66,31 @@ def _openblas_rows(model) -> None:
     model.compute_logits = compute_logits
 
 
+@contextlib.contextmanager
+def _patched(owner, name: str, value):
+    saved = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, saved)
+
+
 def build(name: str) -> LLMEngine:
-    """NAME: f32, fp16 or f32-openblas (one-row GEMMs through numpy), optionally -compile."""
+    """NAME: f32, bf16 (bfloat16 weights and activations), default (the default dtype: `auto`), fp16 (fbgemm fp16
+    weights) or f32-openblas (one-row GEMMs through numpy), optionally -compile; -compile-nogemv: compiled with
+    the float projections and head as F.linear (the extern GEMM) in the one-row graph, as before float_gemv;
+    -t2 anywhere: on 2 torch threads (else 1)."""
     quantize = "fp16" if name.startswith("fp16") else "none"
-    engine = LLMEngine.from_config(EngineConfig(threads=1, dtype="float32", quantize=quantize,
-                                                compile=name.endswith("-compile")))
+    dtype = {"bf16": "bfloat16", "default": "auto"}.get(name.split("-")[0], "float32")
+    config = EngineConfig(threads=2 if "-t2" in name else 1, dtype=dtype, quantize=quantize,
+                          compile="-compile" in name)
+    with contextlib.ExitStack() as stack:
+        if "-nogemv" in name:  # traced without it (the graph keeps what it traced; the guards that would
+            # notice are not the ones CompiledDecode checks)
+            stack.enter_context(_patched(float_gemv, "attach", lambda model: 0))
+            stack.enter_context(_patched(float_gemv, "linear", F.linear))
+        engine = LLMEngine.from_config(config)
     if name == "f32-openblas":
         _openblas_rows(engine.runner.model)
     engine.warmup()
@@ -87,12 +109,14 @@ def one_request(engine: LLMEngine, request_id: str, prompt: list[int], tokens: i
 
 def gemm_floor_ms(engine: LLMEngine, repeats: int = 200) -> dict[str, float]:
     """ms for one pass over the 25 GEMMs of a one-row step (F.linear on float32 weights; numpy's matmul on the
-    same memory; fbgemm's fp16 GEMM on their fp16 copies), medians of 7."""
+    same memory; fbgemm's fp16 GEMM on their fp16 copies; F.linear on bfloat16 copies: oneDNN), medians of 7."""
     model = engine.runner.model
     weights = [m.weight for layer in model.layers for m in (layer.self_attn.qkv_proj, layer.self_attn.o_proj,
                                                              layer.mlp.gate_up_proj, layer.mlp.down_proj)]
     weights.append(model.embed_tokens.weight)
+    weights = [w.detach().float() for w in weights]  # the floor is float32's (a bf16 engine's weights cast back)
     xs = {w.shape[1]: torch.randn(1, w.shape[1]) for w in weights}
+    weights16, xs16 = [w.bfloat16() for w in weights], {k: v.bfloat16() for k, v in xs.items()}
     packed = [torch.ops.quantized.linear_prepack_fp16(w.contiguous(), None) for w in weights]
     arrays = [w.detach().numpy() for w in weights]
     vectors = {k: v.numpy()[0] for k, v in xs.items()}
@@ -100,6 +124,10 @@ def gemm_floor_ms(engine: LLMEngine, repeats: int = 200) -> dict[str, float]:
     def f32():
         for w in weights:
             F.linear(xs[w.shape[1]], w)
+
+    def bf16():
+        for w in weights16:
+            F.linear(xs16[w.shape[1]], w)
 
     def openblas():
         for w in arrays:
@@ -112,7 +140,8 @@ def gemm_floor_ms(engine: LLMEngine, repeats: int = 200) -> dict[str, float]:
     out: dict[str, list[float]] = {}
     with torch.inference_mode():
         for _ in range(7):
-            for name, fn in (("gemms_f32_ms", f32), ("gemms_f32_openblas_ms", openblas), ("gemms_fp16_ms", fp16)):
+            for name, fn in (("gemms_f32_ms", f32), ("gemms_f32_openblas_ms", openblas), ("gemms_fp16_ms", fp16),
+                             ("gemms_bf16_ms", bf16)):
                 fn()
                 cpu = time.thread_time()
                 for _ in range(repeats):

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from seedance.models import int8_gemv
+from seedance.models import float_gemv, int8_gemv
 from seedance.models.fp16_linear import Fp16Linear, register_compile_op, set_handle
 from seedance.models.int8_linear import Int8Linear
 from seedance.models.paged_attention import AttentionMetadata
@@ -78,6 +78,7 @@ class CompiledDecode:
         for i, layer in enumerate(m for m in model.modules() if isinstance(m, Fp16Linear | Int8Linear)):
             set_handle(layer, 100_000 * number + i)
         int8_gemv.attach(model)  # int8 projections: inductor's GEMV at one row
+        float_gemv.attach(model)  # float ones too (a tied float head: LlamaForCausalLM.compute_logits)
         inductor_cache_dir()
         # Dynamo keeps its graphs per code object: a copy of _decode's for each model, so that the graphs `warm`
         # compiles are all its function may hold, and another shape runs eager (torch logs it) instead of compiling.

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seedance.models import float_gemv
 from seedance.models.paged_attention import AttentionMetadata, paged_attention
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -189,7 +190,7 @@ class LlamaForCausalLM(nn.Module):
         hidden = self.norm(hidden)
         if self.lm_head is not None:  # its own head, or a quantized one (quantized_linear.py)
             return self.lm_head(hidden)
-        return F.linear(hidden, self.embed_tokens.weight)
+        return float_gemv.linear(hidden, self.embed_tokens.weight)  # F.linear; traced at one row, a GEMV
 
     def load_hf_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """Load a transformers-layout state dict, fusing q/k/v and gate/up as it goes."""
