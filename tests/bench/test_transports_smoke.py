@@ -47,10 +47,14 @@ def test_transports_bench_smoke(tmp_path):
         # The default --engine process: the engine core's CPU is its own role, apart from the gateway's.
         assert srv["gateway_cpu_s"] > 0 and srv["engine_cpu_s"] > 0
         assert srv["gateway_cpu_s"] + srv["engine_cpu_s"] + srv["other_cpu_s"] == pytest.approx(srv["cpu_s"])
-        assert 0 < srv["gateway_system_share"] < 1  # sockets: some of it in the kernel, never all
+        assert 0 <= srv["gateway_system_share"] < 1  # never all in the kernel
         if row["transport"] == "websocket":  # tokens are counted, however they were grouped into chunks
             assert row["tokens_per_s"] * row["elapsed_s"] >= (row["completed"] - 20) * 16
             assert row["tokens_per_s"] >= row["chunks_per_s"] > 0
+    # Sockets: some of the gateway's CPU is the kernel's. Summed over the three windows: the kernel counts CPU
+    # time in 10 ms ticks, and one 3 s window at 20 clients may hold under a tick of system time (read as 0.0).
+    system_s = sum(r["server"]["gateway_system_share"] * r["server"]["gateway_cpu_s"] for r in report["results"])
+    assert system_s > 0
     (base,) = report["baseline"]  # the bare picows server, same WebSocket load
     assert base["server_kind"] == "picows-baseline" and base["transport"] == "websocket"
     assert base["completed"] > 0 and base["failures"] == 0 and base["chunks"] >= base["completed"]

@@ -62,7 +62,7 @@ from seedance.server.http.state import STATE
 from seedance.server.transports import ws_accept
 from seedance.server.transports.read_turn import ReadTurn
 from seedance.server.transports.requests import image_from_url
-from seedance.server.transports.ws_liveness import CLOSE_TIMEOUT_S, BoundedClose, HeartbeatTimer
+from seedance.server.transports.ws_liveness import CLOSE_TIMEOUT_S, BoundedClose, HeartbeatTimer, run_to_end
 from seedance.server.transports.ws_messages import usage_of
 from seedance.serving.generation import Generation
 from seedance.sessions.manager import Session, SessionError, SessionManager, scoped_key
@@ -140,22 +140,31 @@ class RealtimeSocket:
                     return
         finally:
             self.heartbeat.cancel()
-            current, self.current = self.current, None
-            if current is not None and not current.finished:
-                # The connection is gone: cancel, and end the session's turn now with what was sent (the engine's
-                # own end comes a step later), so a client reconnecting at once finds the session free.
-                self._cancel_gen(current)
-                self._end(current, TokenEvent(current.engine_id, current.completion_tokens, -1, "",
-                                              finish_reason=FinishReason.CANCELLED,
-                                              num_prompt_tokens=current.stream.num_prompt_tokens))
-            for task in (writer, self._prefill):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
-            if self.session is not None and not self.keep_session:
-                self.sessions.drop(self.session)  # after the prefill's cancel: nothing pins it again
-            await self.closer.finish()
+            await run_to_end(self._teardown(writer))
+
+    async def _teardown(self, writer: asyncio.Task) -> None:
+        """The connection's end, to its end even if its handler is cancelled meanwhile (run_to_end, as /v1/stream's):
+        the response cancelled and its turn ended, the writer and the prefill stopped, the session dropped, the
+        socket closed or reset."""
+        current, self.current = self.current, None
+        if current is not None and not current.finished:
+            # The connection is gone: cancel, and end the session's turn now with what was sent (the engine's
+            # own end comes a step later), so a client reconnecting at once finds the session free.
+            self._cancel_gen(current)
+            self._end(current, TokenEvent(current.engine_id, current.completion_tokens, -1, "",
+                                          finish_reason=FinishReason.CANCELLED,
+                                          num_prompt_tokens=current.stream.num_prompt_tokens))
+        tasks = [task for task in (writer, self._prefill) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+            for task in tasks:  # retrieved, so a failed one is not logged as never retrieved
+                if not task.cancelled():
+                    task.exception()
+        if self.session is not None and not self.keep_session:
+            self.sessions.drop(self.session)  # after the prefill's cancel: nothing pins it again
+        await self.closer.finish()
 
     async def _on_text(self, data: str) -> None:
         """A fault while handling one event fails that event (an error event), never the connection."""
