@@ -10,6 +10,7 @@ engine request). Malformed requests get 400 before anything reaches the engine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -360,7 +361,10 @@ async def _stream_sse(request: web.Request, response: web.StreamResponse, sr: Ss
             out: list[bytes] = []
             sr.produce(out, [])
             if out:
-                await response.write(b"".join(out))
+                try:
+                    await response.write(b"".join(out))
+                except ConnectionError:  # the client went away mid-write: its request ends below, quietly
+                    break
             if sr.finished and sr.obs is not None:
                 sr.obs.sent()
     finally:
@@ -370,7 +374,8 @@ async def _stream_sse(request: web.Request, response: web.StreamResponse, sr: Ss
                 sessions.detach(sr, owner=owner)
             else:
                 sr.engine.cancel(sr.engine_id)
-    await response.write_eof()
+    with contextlib.suppress(ConnectionError):  # nobody left to read the end
+        await response.write_eof()
     return response
 
 
