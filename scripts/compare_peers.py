@@ -46,6 +46,9 @@ def runs(peers: Path) -> dict[str, dict]:
         "vllm-f32": {"cmd": [*vllm_cmd, "--dtype", "float32"], "env": vllm_env, "ready_s": 900},
         "llama-q4_1": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-q4_1.gguf")]},
         "llama-q8_0": {"cmd": [*llama_cmd, "-m", str(m / "smollm2-135m-instruct-q8_0.gguf")]},
+        # on the AMX CPU (session 13) llama-server dies at load in its quantized repacking (SIGILL / SIGSEGV)
+        "llama-q8_0-norepack": {"cmd": [*llama_cmd, "--no-repack", "-m", str(m / "smollm2-135m-instruct-q8_0.gguf")]},
+        "llama-q4_1-norepack": {"cmd": [*llama_cmd, "--no-repack", "-m", str(m / "smollm2-135m-instruct-q4_1.gguf")]},
         "tiny-seedance": {"cmd": seedance, "env": {"PYTHONPATH": str(ROOT)}, **tiny},
         "tiny-llama": {"cmd": [str(llama), "--host", "127.0.0.1", "--port", "{port}", "-np", "1", "-t", "2",
                                "-m", str(tg / "seedance-tiny-f32.gguf")], **tiny},

@@ -19,6 +19,7 @@ from seedance.models.fp16_linear import Fp16Linear
 from seedance.models.int8_linear import Int8Linear
 from seedance.models.llama import head_dim_of
 from seedance.models.loader import LoadedModel
+from seedance.models.onednn_linear import PackedLinear
 from seedance.models.paged_attention import AttentionMetadata, PrefillChunk, kv_cache_shape
 
 
@@ -62,7 +63,8 @@ def model_weights(model: torch.nn.Module) -> int:
     """The model's weight count: parameters, buffers (the weight-only quantized layers') and fbgemm's packed
     int8 / fp16 weights, which are neither."""
     count = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
-    packed = (m for m in model.modules() if isinstance(m, Int8Linear | Fp16Linear))
+    packed = (m for m in model.modules()
+              if isinstance(m, Int8Linear | Fp16Linear) or (isinstance(m, PackedLinear) and m.counted))
     return count + sum(m.out_features * m.in_features for m in packed)
 
 
@@ -184,7 +186,11 @@ class TorchModelRunner:
                 row = c.seq.block_table[:max_blocks]
                 table[i, : len(row)] = row
             ar = np.arange(max_len)
-            meta.decode_slots = torch.from_numpy(table[:, ar // bs] * bs + ar % bs).to(self.device)
+            if self.compiled is None:  # whole blocks gathered (paged_attention.py)
+                meta.decode_slots = torch.from_numpy(table).to(self.device)
+                meta.decode_block_size, meta.decode_length = bs, max_len
+            else:  # the compiled graphs take the slot table
+                meta.decode_slots = torch.from_numpy(table[:, ar // bs] * bs + ar % bs).to(self.device)
             if ctx_lens.min() < max_len:  # padding to mask; with equal lengths (one stream, say) no mask at all
                 mask = np.where(ar[None, :] >= ctx_lens[:, None], np.float32(-np.inf), np.float32(0))
                 meta.decode_mask = torch.from_numpy(mask[:, None, None, :]).to(device=self.device, dtype=self.dtype)

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from seedance.models import int8_linear
+from seedance.models import onednn_linear as onednn
 from seedance.models.hf_config import plain_llama_config
 from seedance.models.llama import LlamaForCausalLM, empty_weights, rope_tables
 from seedance.models.llava import VisionEncoder, is_llava, load_vision, split_weights
@@ -99,18 +100,21 @@ def load_model(
     dtype: str = "float32",
     max_model_len: int | None = None,
     quantize: str = "auto",
+    onednn_linear: str = "off",
 ) -> LoadedModel:
     """Load and return the model; any failure is a ModelLoadError with a one-line reason. dtype "auto" is resolved
-    here (precision.resolve_dtype), once the kernels the projections take are known: float32 on fbgemm's."""
+    here (precision.resolve_dtype), once the kernels the projections take are known: float32 on fbgemm's.
+    onednn_linear: whether bfloat16 projections move to oneDNN's reordered weights (models/onednn_linear.py;
+    the engine's default is "auto", a bare load's "off": the model as its weights are)."""
     try:
-        check_load_options(dtype, quantize)
+        check_load_options(dtype, quantize, onednn_linear)
     except ValueError as err:
         raise ModelLoadError(str(err)) from None
     path = resolve_model_path(model)
     try:
         if path.is_file():
-            return _load_gguf(path, device, dtype, max_model_len, quantize)
-        return _load_hf_dir(path, device, dtype, max_model_len, quantize)
+            return _load_gguf(path, device, dtype, max_model_len, quantize, onednn_linear)
+        return _load_hf_dir(path, device, dtype, max_model_len, quantize, onednn_linear)
     except ModelLoadError:
         raise
     except Exception as err:  # a corrupt file, an unsupported architecture, a missing tensor...
@@ -145,16 +149,19 @@ def _materialize(module: torch.nn.Module) -> None:
                 table[name] = torch.nn.Parameter(real, tensor.requires_grad) if name in module._parameters else real
 
 
-def _to_serving(net: LlamaForCausalLM, device: str, dtype: str) -> LlamaForCausalLM:
+def _to_serving(net: LlamaForCausalLM, device: str, dtype: str, onednn_linear: str) -> LlamaForCausalLM:
     quantized = any(is_quantized(m) for m in net.modules())
     if quantized and torch.device(device).type != "cpu":
         raise ModelLoadError("quantized weights run on the CPU kernels only: use --device cpu or --quantize none")
     net = net.to(device=device, dtype=DTYPES[dtype]).eval()
     net.rope_cos, net.rope_sin = net.rope_cos.float(), net.rope_sin.float()
+    if onednn.enabled(onednn_linear, DTYPES[dtype], device):
+        onednn.attach(net)
     return net
 
 
-def _load_hf_dir(path: Path, device: str, dtype: str, max_model_len: int | None, quantize: str) -> LoadedModel:
+def _load_hf_dir(path: Path, device: str, dtype: str, max_model_len: int | None, quantize: str,
+                 onednn_linear: str) -> LoadedModel:
     dtype = resolve_dtype(dtype, device, fbgemm=quantize in ("int8", "fp16") and int8_linear.available())
     config = load_config(path)  # the first call imports transformers: most of the load on the built-in model
     config_loaded = time_ns()
@@ -170,7 +177,7 @@ def _load_hf_dir(path: Path, device: str, dtype: str, max_model_len: int | None,
     net.load_hf_weights(weights)
     if QUANTIZE[quantize]:
         quantize_model(net, QUANTIZE[quantize])
-    net = _to_serving(net, device, dtype)
+    net = _to_serving(net, device, dtype, onednn_linear)
     weights_loaded = time_ns()  # the cold start's weights / tokenizer phases (docs/observability.md)
     tokenizer = (
         TextTokenizer.from_dir(path)
@@ -182,7 +189,8 @@ def _load_hf_dir(path: Path, device: str, dtype: str, max_model_len: int | None,
     return LoadedModel(path, config, net, tokenizer, max_len, timings, name, vision, dtype)
 
 
-def _load_gguf(path: Path, device: str, dtype: str, max_model_len: int | None, quantize: str) -> LoadedModel:
+def _load_gguf(path: Path, device: str, dtype: str, max_model_len: int | None, quantize: str,
+               onednn_linear: str) -> LoadedModel:
     from seedance.models.gguf_loader import auto_mode, fbgemm_projections, load_gguf_weights, open_gguf
     from seedance.models.gguf_tokenizer import gguf_tokenizer
 
@@ -199,7 +207,7 @@ def _load_gguf(path: Path, device: str, dtype: str, max_model_len: int | None, q
     net.load_hf_weights(floats)
     if quantize == "fp16" and net.lm_head is None:  # a tied head: the float embedding's fp16 copy
         net.lm_head = fp16_head(net.embed_tokens)
-    net = _to_serving(net, device, dtype)
+    net = _to_serving(net, device, dtype, onednn_linear)
     weights_loaded = time_ns()
     tokenizer = gguf_tokenizer(gguf.reader, path)
     timings = {"config_loaded": config_loaded, "weights_loaded": weights_loaded, "tokenizer_loaded": time_ns()}

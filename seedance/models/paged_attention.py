@@ -27,9 +27,13 @@ class PrefillChunk:
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [T] cache slot for every token of the step
     num_decode_tokens: int = 0  # the first num_decode_tokens tokens are single-query decodes
-    decode_slots: torch.Tensor | None = None  # [B, Lmax] context slots per decode sequence
+    decode_slots: torch.Tensor | None = None  # [B, Lmax] context slots per decode sequence (or blocks: below)
     decode_mask: torch.Tensor | None = None  # [B, 1, 1, Lmax] additive: 0 for context, -inf for padding; None: none
     prefills: list[PrefillChunk] = field(default_factory=list)
+    # > 0: decode_slots holds each sequence's block ids [B, blocks] and the gather copies whole blocks of this many
+    # slots (one contiguous run each instead of one row per slot), then keeps the first decode_length (Lmax)
+    decode_block_size: int = 0
+    decode_length: int = 0
 
 
 def kv_cache_shape(slots: int, kv_heads: int, head_dim: int) -> tuple[int, int, int, int]:
@@ -75,7 +79,12 @@ def _decode_attention(q, kv_cache, meta: AttentionMetadata, scale: float) -> tor
     """One query per sequence against its gathered context: [B, H, D]."""
     batch, length = meta.decode_slots.shape
     num_heads, num_kv_heads, head_dim = q.shape[1], kv_cache.shape[2], q.shape[2]
-    ctx = kv_cache.index_select(0, meta.decode_slots.reshape(-1)).view(batch, length, 2, num_kv_heads, head_dim)
+    if meta.decode_block_size:
+        bs, length = meta.decode_block_size, meta.decode_length
+        blocks = kv_cache.view(-1, bs, 2, num_kv_heads, head_dim).index_select(0, meta.decode_slots.reshape(-1))
+        ctx = blocks.view(batch, -1, 2, num_kv_heads, head_dim)[:, :length]
+    else:
+        ctx = kv_cache.index_select(0, meta.decode_slots.reshape(-1)).view(batch, length, 2, num_kv_heads, head_dim)
     kd, vd = ctx[:, :, 0].transpose(1, 2), ctx[:, :, 1].transpose(1, 2)  # [B, Hkv, L, D] views
     # Grouped-query attention without repeating K/V: the query heads sharing a KV head become that
     # head's "query positions" (heads are grouped consecutively, as transformers' repeat_kv lays them out).

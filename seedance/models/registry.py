@@ -29,6 +29,7 @@ class RegistryEntry:
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")  # --dtype
 QUANTIZE_MODES = ("auto", "none", "int8", "int4", "fp16")  # --quantize (docs/model.md)
+ONEDNN_LINEAR_MODES = ("auto", "on", "off")  # onednn_linear (models/onednn_linear.py)
 BUILTIN_NAMES = (None, "", "builtin", "tiny")  # --model values meaning the built-in model
 BUILTIN_SERVED_NAME = "seedance-tiny"
 REGISTRY: dict[str, RegistryEntry] = {
@@ -137,11 +138,13 @@ def gguf_general_name(path: Path) -> str | None:
         return None
 
 
-def check_load_options(dtype: str, quantize: str) -> None:
+def check_load_options(dtype: str, quantize: str, onednn_linear: str = "auto") -> None:
     if dtype != "auto" and dtype not in DTYPE_NAMES:  # auto: models/precision.py picks per device
         raise ValueError(f"unsupported dtype {dtype!r}; one of auto, {', '.join(DTYPE_NAMES)}")
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"unsupported quantize {quantize!r}; one of {', '.join(QUANTIZE_MODES)}")
+    if onednn_linear not in ONEDNN_LINEAR_MODES:
+        raise ValueError(f"unsupported onednn_linear {onednn_linear!r}; one of {', '.join(ONEDNN_LINEAR_MODES)}")
 
 
 def check_model_arg(model: str | os.PathLike | None) -> None:

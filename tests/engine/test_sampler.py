@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from seedance.engine.sampler import Sampler
+from seedance.engine.sampler import Sampler, argmax_rows
 from seedance.engine.sampling_params import SamplingParams
 
 
@@ -71,3 +71,16 @@ def test_logprobs_of_chosen_and_top_alternatives():
     assert [t for t, _ in out[0].top_logprobs] == top.indices.tolist()
     assert [v for _, v in out[0].top_logprobs] == pytest.approx(top.values.tolist(), abs=1e-6)
     assert out[1].logprob is None and out[1].top_logprobs is None
+
+
+def test_argmax_rows_is_torch_argmax_ties_and_nan_included():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 5000, generator=gen)
+    x[1, 10] = x[1, 4000] = x[1].max() + 1  # a tie: the first one
+    x[2, 77] = float("nan")  # NaN wins, as in torch
+    x[3] = float("-inf")  # all -inf: index 0
+    x[4, 4999] = float("inf")
+    strided = x.T.contiguous().T  # a non-contiguous view of the same values
+    for t in (x, strided, x[:, ::2]):
+        got = argmax_rows(t)
+        assert got.dtype == torch.int64 and torch.equal(got, t.argmax(dim=-1))

@@ -193,7 +193,7 @@ class ServerConfig:
         from seedance.models.registry import check_load_options, check_model_arg
 
         engine = self.engine
-        check_load_options(engine.dtype, engine.quantize)
+        check_load_options(engine.dtype, engine.quantize, engine.onednn_linear)
         if engine.kv_cache_bytes is not None and engine.kv_cache_bytes < 1:
             raise ValueError("kv_cache_bytes must be >= 1")
         if engine.synthetic_rate:

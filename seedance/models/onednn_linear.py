@@ -1,0 +1,129 @@
+"""bfloat16 projections on oneDNN with the weight reordered once, for CPUs with AMX.
+
+`F.linear` on bfloat16 CPU tensors calls oneDNN, which reorders the plain [N, K] weight into its blocked AMX
+layout on every call. `torch.ops.mkldnn._reorder_linear_weight` does that once (what inductor's freezing does
+for bf16 linears, and vLLM's CPU backend with its own oneDNN handles) and `_linear_pointwise` multiplies by the
+reordered weight: the same products and float32 accumulation, bit-identical results here, 1.2-1.5x faster over all
+of SmolLM2's projections at 8-128 rows on an AMX CPU (1 thread; docs/benchmarks.md "bf16 on AMX").
+
+On such a CPU torch's int4 weight-only kernel is the faster one only at a few rows (one row: ~15 vs ~32 ms per pass;
+8 rows: ~51 vs ~36), so an int4 projection keeps a bfloat16 copy of its weight, reordered, for calls of more rows
+(`RowSplitLinear`): 2 bytes per weight on top of int4's ~0.6, for int4's speed at one stream and bf16's past it.
+
+Which mode a model gets is `EngineConfig.onednn_linear` ("auto": on where the CPU has AMX-BF16 and the model runs
+in bfloat16 on the CPU, eager; "on", "off").
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import torch
+from torch import nn
+
+from seedance.models.int8_linear import Int8Linear
+from seedance.models.precision import cpu_flags
+from seedance.models.quantized_linear import QuantizedLinear
+from seedance.models.registry import ONEDNN_LINEAR_MODES
+
+REORDER_BATCH_HINT = 64  # the row count oneDNN picks the reordered layout for (measured flat over 1-128 rows)
+INT4_ABOVE_ROWS = 4  # past this many rows an int4 projection runs on its bf16 copy (crossover ~4-6 rows, AMX)
+
+
+@cache
+def available() -> bool:
+    """Whether this torch has the ops (oneDNN built in: x86 builds do)."""
+    ops = torch.ops.mkldnn
+    return (torch.backends.mkldnn.is_available() and hasattr(ops, "_reorder_linear_weight")
+            and hasattr(ops, "_linear_pointwise"))
+
+
+def enabled(mode: str, dtype: torch.dtype, device: str, flags: frozenset[str] | None = None) -> bool:
+    """Whether a model in this dtype on this device takes the reordered projections under `mode`."""
+    if mode not in ONEDNN_LINEAR_MODES:
+        raise ValueError(f"onednn_linear must be one of {', '.join(ONEDNN_LINEAR_MODES)}, not {mode!r}")
+    if mode == "off" or dtype != torch.bfloat16 or torch.device(device).type != "cpu" or not available():
+        return False
+    return mode == "on" or "amx_bf16" in (cpu_flags() if flags is None else flags)
+
+
+class PackedLinear(nn.Module):
+    """y = x W^T + b with a bfloat16 W held in oneDNN's reordered layout (not a parameter: `.to()` leaves it,
+    CPU only). `counted`: whether model_runner.model_weights counts it (False for a RowSplitLinear's copy, whose
+    weights its int4 twin already counts)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, counted: bool = True) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.counted = counted
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(torch.bfloat16).contiguous(),
+                                                              REORDER_BATCH_HINT)
+        self.bias = None if bias is None else bias.detach().to(torch.bfloat16).contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features)
+        if x2.dtype != torch.bfloat16:
+            x2 = x2.to(torch.bfloat16)
+        y = torch.ops.mkldnn._linear_pointwise(x2, self.packed, self.bias, "none", [], "")
+        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The plain [N, K] weight (reordered back)."""
+        return self.packed.to_dense().to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bf16 oneDNN reordered"
+
+
+class RowSplitLinear(nn.Module):
+    """A quantized projection (int4, or a quantized model's int8 head) that calls its own kernel up to
+    `above_rows` rows and its bf16 copy past them."""
+
+    def __init__(self, small: nn.Module, above_rows: int = INT4_ABOVE_ROWS) -> None:
+        super().__init__()
+        self.in_features, self.out_features = small.in_features, small.out_features
+        self.small, self.above_rows = small, above_rows
+        self.large = PackedLinear(small.dequantize(torch.float32), getattr(small, "bias", None), counted=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.in_features
+        return self.large(x) if rows > self.above_rows else self.small(x)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.small.dequantize(dtype)
+
+    def extra_repr(self) -> str:
+        return f"int4 up to {self.above_rows} rows, bf16 oneDNN past them"
+
+
+def _splits(module: nn.Module, name: str, int4_model: bool) -> bool:
+    """An int4 projection, or an int4 model's quantized head."""
+    if isinstance(module, QuantizedLinear) and module.bits == 4:
+        return True
+    return int4_model and name == "lm_head" and isinstance(module, QuantizedLinear | Int8Linear)
+
+
+def attach(net: nn.Module) -> int:
+    """Swap, in place, a bfloat16 model's float projections for PackedLinear and its int4 ones for RowSplitLinear
+    (an int4 model's int8 head too); a tied float head becomes a PackedLinear copy of the embedding (the lookups
+    keep the embedding). Returns how many were swapped. A model whose projections are all int8 / fp16 (fbgemm,
+    float32 activations: not this mode's dtype) is left alone."""
+    int4 = any(isinstance(m, QuantizedLinear) and m.bits == 4 for m in net.modules())
+    count = 0
+    for name, module in list(net.named_modules()):
+        if isinstance(module, nn.Linear) and module.weight.dtype == torch.bfloat16:
+            new: nn.Module = PackedLinear(module.weight, module.bias)
+        elif _splits(module, name, int4):
+            new = RowSplitLinear(module)
+        else:
+            continue
+        parent, _, child = name.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, child, new)
+        count += 1
+    embed = getattr(net, "embed_tokens", None)
+    tied = getattr(net, "lm_head", True) is None
+    if tied and isinstance(embed, nn.Embedding) and embed.weight.dtype == torch.bfloat16:
+        net.lm_head = PackedLinear(embed.weight, counted=False)
+        count += 1
+    return count
