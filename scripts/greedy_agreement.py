@@ -3,8 +3,9 @@
     python scripts/greedy_agreement.py --reference /path/f32-dir --variant int8=/path/f32-dir:int8 \
         --variant q8_0=/path/model-q8_0.gguf --variant bf16=/path/f32-dir@bfloat16
 
-A variant is PATH[:QUANTIZE][@DTYPE][+compile] (+compile: the compiled decode step, EngineConfig.compile; the
-reference may take it too). --one-at-a-time runs each prompt alone (every decode step one row: the C = 1 path,
+A variant is PATH[:QUANTIZE][@DTYPE][+compile][+plain] (+compile: the compiled decode step, EngineConfig.compile;
+the reference may take it too; +plain: onednn_linear off, the plain bf16 / int4 kernels, where the default `auto`
+reorders bf16 weights on an AMX CPU and gives int4 models a bf16 copy for steps of 5+ rows). --one-at-a-time runs each prompt alone (every decode step one row: the C = 1 path,
 which a compiled int8 model runs on its own GEMV) instead of all in one batch. Prints, per variant, how many
 answers equal the reference's token for token and the length of the common prefix of each; writes the answers
 as JSON with --output. --int8-one-pass runs every fbgemm int8 layer as one pass with 8-bit activations
@@ -27,11 +28,14 @@ PROMPTS = ["What is the capital of France?", "Name three primary colours.", "How
 
 
 def answers(spec: str, max_tokens: int, one_at_a_time: bool = False, kv_cache_bytes: int = 256 << 20):
+    plain = spec.endswith("+plain")
+    spec = spec.removesuffix("+plain")
     compile_ = spec.endswith("+compile")
     path, _, dtype = spec.removesuffix("+compile").partition("@")
     path, _, quantize = path.partition(":")
     engine = LLMEngine.from_config(EngineConfig(model=path, quantize=quantize or "auto", dtype=dtype or "float32",
-                                                warmup=False, kv_cache_bytes=kv_cache_bytes, compile=compile_))
+                                                warmup=False, kv_cache_bytes=kv_cache_bytes, compile=compile_,
+                                                onednn_linear="off" if plain else "auto"))
     out = {}
     for i, prompt in enumerate(PROMPTS):
         ids = engine.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
