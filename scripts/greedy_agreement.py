@@ -5,7 +5,8 @@
 
 A variant is PATH[:QUANTIZE][@DTYPE][+compile][+plain] (+compile: the compiled decode step, EngineConfig.compile;
 the reference may take it too; +plain: onednn_linear off, the plain bf16 / int4 kernels, where the default `auto`
-reorders bf16 weights on an AMX CPU and gives int4 models a bf16 copy for steps of 5+ rows). --one-at-a-time runs each prompt alone (every decode step one row: the C = 1 path,
+reorders bf16 weights on an AMX CPU and gives int4 models a bf16 copy for steps of 7+ rows).
+--one-at-a-time runs each prompt alone (every decode step one row: the C = 1 path,
 which a compiled int8 model runs on its own GEMV) instead of all in one batch. Prints, per variant, how many
 answers equal the reference's token for token and the length of the common prefix of each; writes the answers
 as JSON with --output. --int8-one-pass runs every fbgemm int8 layer as one pass with 8-bit activations

@@ -18,7 +18,7 @@ class EngineConfig:
     compile: bool = False
     # bfloat16 projections on oneDNN with their weights reordered once (models/onednn_linear.py): auto (on CPUs
     # with AMX-BF16, for a bfloat16 model that is not compiled; an int4 model keeps a bf16 copy of its weights for
-    # steps of more than 4 rows, +2 bytes per weight), on, off.
+    # steps of more than 6 rows, +2 bytes per weight), on, off.
     onednn_linear: str = "auto"
     block_size: int = 16  # tokens per KV block
     kv_cache_bytes: int | None = None  # size of the paged KV pool; None: default_kv_cache_bytes (follows the model)

@@ -3,12 +3,15 @@
 `F.linear` on bfloat16 CPU tensors calls oneDNN, which reorders the plain [N, K] weight into its blocked AMX
 layout on every call. `torch.ops.mkldnn._reorder_linear_weight` does that once (what inductor's freezing does
 for bf16 linears, and vLLM's CPU backend with its own oneDNN handles) and `_linear_pointwise` multiplies by the
-reordered weight: the same products and float32 accumulation, bit-identical results here, 1.2-1.5x faster over all
-of SmolLM2's projections at 8-128 rows on an AMX CPU (1 thread; docs/benchmarks.md "bf16 on AMX").
+reordered weight: the same products and float32 accumulation, bit-identical results here, 1.25-1.55x faster over
+all of SmolLM2's decoder projections at 1-64 rows on an AMX CPU (1 thread; `scripts/onednn_linear_bench.py`,
+docs/benchmarks.md "SmolLM2 served on the AMX CPU").
 
-On such a CPU torch's int4 weight-only kernel is the faster one only at a few rows (one row: ~15 vs ~32 ms per pass;
-8 rows: ~51 vs ~36), so an int4 projection keeps a bfloat16 copy of its weight, reordered, for calls of more rows
-(`RowSplitLinear`): 2 bytes per weight on top of int4's ~0.6, for int4's speed at one stream and bf16's past it.
+On such a CPU torch's int4 weight-only kernel is the faster one only at a few rows (all of SmolLM2's decoder
+projections, weights streamed from memory, 1 thread, ms per pass, int4 / reordered bf16: 10.4 / 28.6 at one row,
+17.0 / 26.3 at 4, 27.4 / 27.5 at 6, 31.4 / 26.6 at 8, 118.2 / 30.7 at 32), so an int4 projection keeps a bfloat16
+copy of its weight, reordered, for calls of more rows (`RowSplitLinear`): 2 bytes per weight on top of int4's
+~0.6, for int4's speed at a few streams and bf16's past them.
 
 Which mode a model gets is `EngineConfig.onednn_linear` ("auto": on where the CPU has AMX-BF16 and the model runs
 in bfloat16 on the CPU, eager; "on", "off").
@@ -27,7 +30,7 @@ from seedance.models.quantized_linear import QuantizedLinear
 from seedance.models.registry import ONEDNN_LINEAR_MODES
 
 REORDER_BATCH_HINT = 64  # the row count oneDNN picks the reordered layout for (measured flat over 1-128 rows)
-INT4_ABOVE_ROWS = 4  # past this many rows an int4 projection runs on its bf16 copy (crossover ~4-6 rows, AMX)
+INT4_ABOVE_ROWS = 6  # past this many rows an int4 projection runs on its bf16 copy (the crossover, AMX: below)
 
 
 @cache

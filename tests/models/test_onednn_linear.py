@@ -86,7 +86,7 @@ def test_the_built_in_model_on_it_computes_what_plain_bf16_does():
     assert torch.equal(got.argmax(-1), want.argmax(-1))
 
 
-def test_an_int4_model_keeps_int4_for_one_row_and_bf16_past_four(tmp_path, monkeypatch):
+def test_an_int4_model_keeps_int4_for_one_row_and_bf16_past_its_rows(tmp_path, monkeypatch):
     monkeypatch.setattr("seedance.models.gguf_loader.int4_kernel_preferred", lambda *_: True)
     path = write_gguf(BUILTIN_MODEL_DIR, tmp_path / "tiny-q4_1.gguf", T.Q4_1, embed_qtype=T.F32)
     plain = load_model(path, dtype="bfloat16", quantize="int4")
@@ -95,7 +95,7 @@ def test_an_int4_model_keeps_int4_for_one_row_and_bf16_past_four(tmp_path, monke
     assert isinstance(layer, RowSplitLinear) and layer.small.bits == 4
     assert model_weights(split.model) == model_weights(plain.model)
     ids = plain.tokenizer.encode("And God said, Let there be light: and there was light.")
-    # the prompt (more than 4 rows) on the bf16 copy: the file's weights rounded to bf16 once
+    # the prompt (more rows than INT4_ABOVE_ROWS) on the bf16 copy: the file's weights rounded to bf16 once
     want, got = Logits(plain).of(ids).float(), Logits(split).of(ids).float()
     assert (got - want).abs().max() < 0.25
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.9
