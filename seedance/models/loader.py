@@ -155,7 +155,8 @@ def _to_serving(net: LlamaForCausalLM, device: str, dtype: str, onednn_linear: s
         raise ModelLoadError("quantized weights run on the CPU kernels only: use --device cpu or --quantize none")
     net = net.to(device=device, dtype=DTYPES[dtype]).eval()
     net.rope_cos, net.rope_sin = net.rope_cos.float(), net.rope_sin.float()
-    if onednn.enabled(onednn_linear, DTYPES[dtype], device):
+    weights = sum(t.numel() for t in (*net.parameters(), *net.buffers()))
+    if onednn.enabled(onednn_linear, DTYPES[dtype], device, weights=weights):
         onednn.attach(net)
     return net
 

@@ -14,7 +14,7 @@ copy of its weight, reordered, for calls of more rows (`RowSplitLinear`): 2 byte
 ~0.6, for int4's speed at a few streams and bf16's past them.
 
 Which mode a model gets is `EngineConfig.onednn_linear` ("auto": on where the CPU has AMX-BF16 and the model runs
-in bfloat16 on the CPU, eager; "on", "off").
+in bfloat16 on the CPU, eager, with at least AUTO_MIN_WEIGHTS weights; "on", "off").
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ from seedance.models.quantized_linear import QuantizedLinear
 from seedance.models.registry import ONEDNN_LINEAR_MODES
 
 REORDER_BATCH_HINT = 64  # the row count oneDNN picks the reordered layout for (measured flat over 1-128 rows)
+# `auto` only for models of at least this many weights: the built-in 5.5M-weight model's one-stream step was ~10 %
+# slower with it (7.2-7.5 vs 7.8-8.5 ms, interleaved, AMX box), where oneDNN's per-call cost outweighs the GEMMs
+AUTO_MIN_WEIGHTS = 32_000_000
 INT4_ABOVE_ROWS = 6  # past this many rows an int4 projection runs on its bf16 copy (the crossover, AMX: below)
 
 
@@ -41,13 +44,18 @@ def available() -> bool:
             and hasattr(ops, "_linear_pointwise"))
 
 
-def enabled(mode: str, dtype: torch.dtype, device: str, flags: frozenset[str] | None = None) -> bool:
-    """Whether a model in this dtype on this device takes the reordered projections under `mode`."""
+def enabled(mode: str, dtype: torch.dtype, device: str, flags: frozenset[str] | None = None,
+            weights: int | None = None) -> bool:
+    """Whether a model in this dtype on this device (of this many weights, for `auto`) takes the reordered
+    projections under `mode`."""
     if mode not in ONEDNN_LINEAR_MODES:
         raise ValueError(f"onednn_linear must be one of {', '.join(ONEDNN_LINEAR_MODES)}, not {mode!r}")
     if mode == "off" or dtype != torch.bfloat16 or torch.device(device).type != "cpu" or not available():
         return False
-    return mode == "on" or "amx_bf16" in (cpu_flags() if flags is None else flags)
+    if mode == "on":
+        return True
+    big = weights is None or weights >= AUTO_MIN_WEIGHTS
+    return big and "amx_bf16" in (cpu_flags() if flags is None else flags)
 
 
 class PackedLinear(nn.Module):

@@ -54,6 +54,9 @@ def test_row_split_takes_the_kernel_up_to_its_rows_and_the_copy_past_them():
 def test_the_mode_per_cpu_dtype_and_device():
     amx, avx512 = frozenset({"amx_bf16", "avx512_bf16"}), frozenset({"avx512_bf16"})
     assert onednn.enabled("auto", torch.bfloat16, "cpu", amx)
+    assert onednn.enabled("auto", torch.bfloat16, "cpu", amx, weights=135_000_000)  # SmolLM2
+    assert not onednn.enabled("auto", torch.bfloat16, "cpu", amx, weights=5_500_000)  # the built-in model: slower
+    assert onednn.enabled("on", torch.bfloat16, "cpu", amx, weights=5_500_000)
     assert not onednn.enabled("auto", torch.bfloat16, "cpu", avx512)  # measured on AMX only
     assert onednn.enabled("on", torch.bfloat16, "cpu", avx512)
     assert not onednn.enabled("on", torch.float32, "cpu", amx)  # bfloat16 models only
@@ -101,3 +104,9 @@ def test_an_int4_model_keeps_int4_for_one_row_and_bf16_past_its_rows(tmp_path, m
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.9
     x = torch.randn(1, layer.in_features).bfloat16()
     assert torch.equal(layer(x), plain.model.layers[0].mlp.gate_up_proj(x))  # one row: the int4 kernel
+
+
+def test_auto_leaves_the_built_in_model_plain(monkeypatch):
+    monkeypatch.setattr("seedance.models.onednn_linear.cpu_flags", lambda: frozenset({"amx_bf16"}))
+    net = load_model(None, dtype="bfloat16", onednn_linear="auto").model
+    assert not any(isinstance(m, PackedLinear | RowSplitLinear) for m in net.modules())
