@@ -15,11 +15,8 @@ from seedance.engine.guided import GuideCompiler
 from seedance.engine.output_processor import SampledToken
 from seedance.engine.sampler import Sampler
 from seedance.engine.scheduler import ScheduledChunk
-from seedance.models.fp16_linear import Fp16Linear
-from seedance.models.int8_linear import Int8Linear
 from seedance.models.llama import head_dim_of
-from seedance.models.loader import LoadedModel
-from seedance.models.onednn_linear import PackedLinear
+from seedance.models.loader import LoadedModel, model_weights
 from seedance.models.paged_attention import AttentionMetadata, PrefillChunk, kv_cache_shape
 
 
@@ -57,15 +54,6 @@ def set_engine_threads(config: EngineConfig) -> None:
     copies with 2 spin-waiting OpenMP threads took 215 ms against 7 ms with 1 (the built-in model)."""
     if config.threads or config.device == "cpu":
         torch.set_num_threads(config.threads or default_threads())
-
-
-def model_weights(model: torch.nn.Module) -> int:
-    """The model's weight count: parameters, buffers (the weight-only quantized layers') and fbgemm's packed
-    int8 / fp16 weights, which are neither."""
-    count = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
-    packed = (m for m in model.modules()
-              if isinstance(m, Int8Linear | Fp16Linear) or (isinstance(m, PackedLinear) and m.counted))
-    return count + sum(m.out_features * m.in_features for m in packed)
 
 
 def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -16,7 +16,9 @@ from safetensors.torch import load_file
 
 from seedance.models import int8_linear
 from seedance.models import onednn_linear as onednn
+from seedance.models.fp16_linear import Fp16Linear
 from seedance.models.hf_config import plain_llama_config
+from seedance.models.int8_linear import Int8Linear
 from seedance.models.llama import LlamaForCausalLM, empty_weights, rope_tables
 from seedance.models.llava import VisionEncoder, is_llava, load_vision, split_weights
 from seedance.models.precision import resolve_dtype
@@ -149,14 +151,23 @@ def _materialize(module: torch.nn.Module) -> None:
                 table[name] = torch.nn.Parameter(real, tensor.requires_grad) if name in module._parameters else real
 
 
+def model_weights(model: torch.nn.Module) -> int:
+    """The model's weight count: parameters, buffers (the weight-only quantized layers'), and fbgemm's packed int8 /
+    fp16 and oneDNN's reordered weights, which are neither (a RowSplitLinear's bf16 copy once, as its twin). The
+    runner's large-step rule and onednn_linear's `auto` read it."""
+    count = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
+    packed = (m for m in model.modules() if isinstance(m, Int8Linear | Fp16Linear)
+              or (isinstance(m, onednn.PackedLinear) and m.counted))
+    return count + sum(m.out_features * m.in_features for m in packed)
+
+
 def _to_serving(net: LlamaForCausalLM, device: str, dtype: str, onednn_linear: str) -> LlamaForCausalLM:
     quantized = any(is_quantized(m) for m in net.modules())
     if quantized and torch.device(device).type != "cpu":
         raise ModelLoadError("quantized weights run on the CPU kernels only: use --device cpu or --quantize none")
     net = net.to(device=device, dtype=DTYPES[dtype]).eval()
     net.rope_cos, net.rope_sin = net.rope_cos.float(), net.rope_sin.float()
-    weights = sum(t.numel() for t in (*net.parameters(), *net.buffers()))
-    if onednn.enabled(onednn_linear, DTYPES[dtype], device, weights=weights):
+    if onednn.enabled(onednn_linear, DTYPES[dtype], device, weights=model_weights(net)):
         onednn.attach(net)
     return net
 

@@ -60,7 +60,7 @@ def enabled(mode: str, dtype: torch.dtype, device: str, flags: frozenset[str] | 
 
 class PackedLinear(nn.Module):
     """y = x W^T + b with a bfloat16 W held in oneDNN's reordered layout (not a parameter: `.to()` leaves it,
-    CPU only). `counted`: whether model_runner.model_weights counts it (False for a RowSplitLinear's copy, whose
+    CPU only). `counted`: whether loader.model_weights counts it (False for a RowSplitLinear's copy, whose
     weights its int4 twin already counts)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, counted: bool = True) -> None:

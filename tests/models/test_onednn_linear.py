@@ -9,9 +9,8 @@ import torch.nn.functional as F
 from gguf import GGMLQuantizationType as T
 
 from seedance.engine.config import EngineConfig
-from seedance.engine.model_runner import model_weights
 from seedance.models import onednn_linear as onednn
-from seedance.models.loader import BUILTIN_MODEL_DIR, ModelLoadError, load_model
+from seedance.models.loader import BUILTIN_MODEL_DIR, ModelLoadError, load_model, model_weights
 from seedance.models.onednn_linear import PackedLinear, RowSplitLinear
 from seedance.models.quantized_linear import QuantizedLinear
 from seedance.server.http.config import ServerConfig
