@@ -80,6 +80,10 @@ def runs(peers: Path) -> dict[str, dict]:
         "seedance-q4_1": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q4_1.gguf")], "env": sd_env},
         "seedance-q4_1-large2": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q4_1.gguf")],
                                  "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2"}},
+        # compiled (session 14): the one-row graph calls the int4 kernel, 7+ rows the bf16 copy (RowSplitLinear)
+        "seedance-q4_1-large2-compile": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q4_1.gguf")],
+                                         "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2", "SEEDANCE_COMPILE": "1"},
+                                         "ready_s": 900},
         "seedance-int8": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q8_0.gguf")], "env": sd_env},
         "seedance-int8-large2": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q8_0.gguf")],
                                  "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2"}},
@@ -106,6 +110,9 @@ def runs(peers: Path) -> dict[str, dict]:
         # compiled: one-row steps' projections and head on float_gemv's GEMV (bf16 weights streamed once)
         "seedance-bf16-compile": {"cmd": [*seedance, "--model", str(hf16), "--dtype", "bfloat16"],
                                   "env": {**sd_env, "SEEDANCE_COMPILE": "1"}, "levels": "1", "ready_s": 900},
+        "seedance-bf16-large2-compile": {"cmd": [*seedance, "--model", str(hf16), "--dtype", "bfloat16"],
+                                         "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2", "SEEDANCE_COMPILE": "1"},
+                                         "ready_s": 900},
         "vllm-bf16": {"cmd": [*vllm_cmd[:-1], str(hf16), "--dtype", "bfloat16"], "env": vllm_env, "ready_s": 900,
                       "levels": "1,8"},
     }

@@ -69,9 +69,8 @@ class LLMEngine:
             from seedance.models.loader import load_model
 
             set_engine_threads(config)
-            onednn = "off" if config.compile else config.onednn_linear  # the compiled graph takes plain linears
             loaded = load_model(config.model, config.device, requested, config.max_model_len, config.quantize,
-                                onednn)
+                                config.onednn_linear)
             config = dataclasses.replace(config, dtype=loaded.dtype)
             times = dict(loaded.timings)
             engine = cls(config, TorchModelRunner(loaded, config), loaded.tokenizer, loaded.max_model_len)

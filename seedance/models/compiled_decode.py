@@ -27,10 +27,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from seedance.models import float_gemv, int8_gemv
+from seedance.models import float_gemv, int8_gemv, onednn_linear
 from seedance.models.fp16_linear import Fp16Linear, register_compile_op, set_handle
 from seedance.models.int8_linear import Int8Linear
+from seedance.models.onednn_linear import PackedLinear, RowSplitLinear
 from seedance.models.paged_attention import AttentionMetadata
+from seedance.models.quantized_linear import QuantizedLinear
 
 log = logging.getLogger(__name__)
 BACKEND = "inductor"  # torch.compile's backend (tests swap in one that fails)
@@ -42,9 +44,21 @@ _instances = itertools.count()  # the first compiled model of a process numbers 
 
 def unsupported_layers(model: nn.Module) -> list[str]:
     """Linear layers the compiled graph cannot call (torch's weight-only int4/int8 kernels: untested, slow here)."""
-    linears = (nn.Linear, Fp16Linear, Int8Linear)
+    linears = (nn.Linear, Fp16Linear, Int8Linear, QuantizedLinear, PackedLinear, RowSplitLinear)
     return sorted({type(m).__name__ for name, m in model.named_modules()
                    if name.endswith(("_proj", "lm_head")) and not isinstance(m, linears)})
+
+
+def row_splits(model: nn.Module) -> set[int]:
+    """Row counts from which a layer calls another kernel (RowSplitLinear's bf16 copy, a QuantizedLinear's
+    dequantized weight): each starts a graph of its own, so that the guard on the row count tells them apart."""
+    dtype = model.norm.weight.dtype
+    split = [m for m in model.modules() if isinstance(m, RowSplitLinear)]
+    behind = {id(m.small) for m in split}  # a RowSplitLinear's own kernel never sees more than its rows
+    splits = {m.above_rows + 1 for m in split}
+    limits = {m.kernel_max_rows(dtype) for m in model.modules()
+              if isinstance(m, QuantizedLinear) and id(m) not in behind}
+    return splits | {int(limit) + 1 for limit in limits if limit != float("inf")}
 
 
 def inductor_cache_dir() -> str:
@@ -74,9 +88,14 @@ class CompiledDecode:
         self.model = model
         register_compile_op()
         int8_gemv.register_compile_op()
+        onednn_linear.register_compile_op()
         number = next(_instances)
-        for i, layer in enumerate(m for m in model.modules() if isinstance(m, Fp16Linear | Int8Linear)):
+        for i, layer in enumerate(m for m in model.modules() if isinstance(m, Fp16Linear | Int8Linear | PackedLinear)):
             set_handle(layer, 100_000 * number + i)
+        dtype = model.norm.weight.dtype
+        for layer in model.modules():
+            if isinstance(layer, QuantizedLinear):
+                layer.kernel_max_rows(dtype)  # looked up eagerly: the graph reads the layer's table
         int8_gemv.attach(model)  # int8 projections: inductor's GEMV at one row
         float_gemv.attach(model)  # float ones too (a tied float head: LlamaForCausalLM.compute_logits)
         inductor_cache_dir()
@@ -115,8 +134,9 @@ class CompiledDecode:
         context length differ, so they get a symbol each, and the context is not 1 long (that would be
         specialized)."""
         shapes, seen = [1], set()
+        splits = row_splits(self.model)
         for rows in range(2, max_rows + 1):  # none when a step has one row at most
-            if threads_for(rows) not in seen:
+            if threads_for(rows) not in seen or rows in splits:
                 seen.add(threads_for(rows))
                 shapes.append(rows)
         shapes = [r for r in shapes if r * (r + 1) <= kv_caches[0].shape[0]]

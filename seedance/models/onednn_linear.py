@@ -24,6 +24,7 @@ from functools import cache
 import torch
 from torch import nn
 
+from seedance.models.fp16_linear import by_handle
 from seedance.models.int8_linear import Int8Linear
 from seedance.models.precision import cpu_flags
 from seedance.models.quantized_linear import QuantizedLinear
@@ -70,13 +71,17 @@ class PackedLinear(nn.Module):
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(torch.bfloat16).contiguous(),
                                                               REORDER_BATCH_HINT)
         self.bias = None if bias is None else bias.detach().to(torch.bfloat16).contiguous()
+        self.handle: int | None = None  # fp16_linear.set_handle's, when a compiled decode step calls it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
         if x2.dtype != torch.bfloat16:
             x2 = x2.to(torch.bfloat16)
-        y = torch.ops.mkldnn._linear_pointwise(x2, self.packed, self.bias, "none", [], "")
+        if torch.compiler.is_compiling():  # traced (compiled_decode.py): the handle is a constant of the graph
+            y = torch.ops.seedance.packed_linear(x2, self.handle, self.out_features)
+        else:
+            y = torch.ops.mkldnn._linear_pointwise(x2, self.packed, self.bias, "none", [], "")
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -85,6 +90,23 @@ class PackedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bf16 oneDNN reordered"
+
+
+def register_compile_op() -> None:
+    """Define `seedance::packed_linear` once (on first use: only a compiled decode step needs it). Inductor
+    cannot take the reordered weight (an opaque oneDNN tensor) as a graph constant, so the graph calls the layer
+    by handle, as it does fbgemm's packed ones (fp16_linear.py)."""
+    if hasattr(torch.ops.seedance, "packed_linear"):
+        return
+
+    @torch.library.custom_op("seedance::packed_linear", mutates_args=())
+    def packed_linear(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+        layer = by_handle(handle)
+        return torch.ops.mkldnn._linear_pointwise(x, layer.packed, layer.bias, "none", [], "")
+
+    @packed_linear.register_fake
+    def _(x: torch.Tensor, handle: int, out_features: int) -> torch.Tensor:
+        return x.new_empty(x.shape[0], out_features)
 
 
 class RowSplitLinear(nn.Module):

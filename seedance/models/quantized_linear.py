@@ -97,8 +97,7 @@ class QuantizedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
-        if (x2.shape[0] > dequantize_above_rows(self.bits, x2.dtype)
-                and (self.bits == 8 or int4_unpackable(self.out_features))):
+        if x2.shape[0] > self.kernel_max_rows(x2.dtype):
             # Prefill: torch's weight-only CPU kernels are slow past a few rows (measured on AVX2: 25-35x a float
             # matmul at 37 rows); dequantizing the weight for this call and using the float GEMM is cheaper.
             return F.linear(x, self.dequantize(x.dtype), self.bias)
@@ -109,6 +108,17 @@ class QuantizedLinear(nn.Module):
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features)
+
+    def kernel_max_rows(self, dtype: torch.dtype) -> int | float:
+        """dequantize_above_rows for this layer and activation dtype (inf: never), looked up once per dtype in
+        eager code so that a compiled graph reads a plain attribute (the CPU capability query breaks tracing)."""
+        if torch.compiler.is_compiling():
+            return self.__dict__["_rows_by_dtype"][dtype]
+        table = self.__dict__.setdefault("_rows_by_dtype", {})
+        if dtype not in table:
+            ok = self.bits == 8 or int4_unpackable(self.out_features)
+            table[dtype] = dequantize_above_rows(self.bits, dtype) if ok else float("inf")
+        return table[dtype]
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float weight [N, K] these buffers stand for."""

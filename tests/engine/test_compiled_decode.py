@@ -15,7 +15,7 @@ from torch.profiler import profile
 from seedance.engine.config import EngineConfig
 from seedance.engine.llm_engine import LLMEngine
 from seedance.engine.sampling_params import SamplingParams
-from seedance.models import compiled_decode, float_gemv, int8_linear
+from seedance.models import compiled_decode, float_gemv, int8_linear, onednn_linear
 from seedance.models.compiled_decode import CompiledDecode
 from seedance.models.fp16_linear import Fp16Linear
 from seedance.models.loader import load_model
@@ -213,13 +213,55 @@ def test_a_failing_compile_serves_eager(engines, monkeypatch, caplog):
 
 
 def test_a_model_it_cannot_take_stays_eager(caplog):
-    loaded = load_model(None, quantize="int4")  # torch's weight-only kernels: not taken
+    loaded = load_model(None, quantize="fp16")
+    loaded.model.layers[0].mlp.down_proj = Opaque(loaded.model.layers[0].mlp.down_proj)  # a kind it cannot know
     with caplog.at_level(logging.WARNING, logger=compiled_decode.__name__):
         assert CompiledDecode.create(loaded.model, []) is None
-    assert "QuantizedLinear" in caplog.text
-    for quantize in ("fp16", "int8"):
+    assert "Opaque" in caplog.text
+    for quantize in ("fp16", "int8", "int4"):
         assert compiled_decode.unsupported_layers(load_model(None, quantize=quantize).model) == []
     assert not any(isinstance(m, Fp16Linear) for m in load_model(None).model.modules())
+
+
+class Opaque(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+@pytest.mark.skipif(not onednn_linear.available(), reason="this torch has no oneDNN linear ops")
+def test_an_int4_model_on_onednn_compiles_a_graph_per_kernel():
+    """--quantize int4 in bfloat16 with onednn_linear on (RowSplitLinear: the int4 kernel up to 6 rows, the
+    reordered bf16 copy past them, as the custom op seedance::packed_linear): graphs for 1, 2 and 7 rows, each
+    calling the kernel eager calls at that many rows, within bf16 rounding of eager's logits, and the same
+    greedy tokens over 8 -> 1 streams."""
+    kw = dict(compile=True, quantize="int4", dtype="bfloat16", onednn_linear="on", max_num_seqs=8)
+    compiled = LLMEngine.from_config(config(**kw))
+    eager = LLMEngine.from_config(config(**{**kw, "compile": False}))
+    runner = compiled.runner
+    assert runner.compiled is not None
+    assert compiled_decode.row_splits(runner.model) == {onednn_linear.INT4_ABOVE_ROWS + 1}
+    int4 = "aten::_weight_int4pack_mm_for_cpu"
+    for rows, length, kernel in ((1, 9, int4), (3, 21, int4),
+                                 (8, 30, "seedance::packed_linear")):
+        ids, positions, meta, first = decode_inputs(runner, rows, length)
+        gen = torch.Generator().manual_seed(rows)
+        for cache in runner.kv_caches:
+            cache[first:] = torch.randn(cache[first:].shape, generator=gen).to(cache.dtype)
+        with torch.inference_mode():
+            with profile() as prof:
+                got = runner.compiled(ids, positions, runner.kv_caches, meta)
+            want = runner.model.compute_logits(runner.model(ids, positions, runner.kv_caches, meta))
+        for cache in runner.kv_caches:
+            cache[first:] = 0
+        assert compiled_regions(prof), rows
+        assert any(e.name == kernel for e in prof.events()), (rows, kernel)
+        assert (got.float() - want.float()).norm() < 0.02 * want.float().norm(), rows
+    prompts = [list(range(5 + 7 * i, 30 + 9 * i)) for i in range(8)]
+    assert greedy(compiled, prompts, 8) == greedy(eager, prompts, 8)
 
 
 def test_the_setting_is_off_by_default_and_read_from_the_environment():
