@@ -61,6 +61,28 @@ def row_splits(model: nn.Module) -> set[int]:
     return splits | {int(limit) + 1 for limit in limits if limit != float("inf")}
 
 
+def plain_float_projections(model: nn.Module) -> int:
+    """Undo onednn_linear's reordering of float projections (and the tied head's copy), in place: at one row
+    inductor's own GEMV over the plain weight (float_gemv) beats oneDNN's reordered GEMM, and a compiled step's
+    2+-row graph takes them as F.linear, as before it. An int4 layer's bf16 copy (RowSplitLinear) stays: its
+    2+-row graph calls it. Returns how many."""
+    count = 0
+    for name, module in list(model.named_modules()):
+        if not (isinstance(module, PackedLinear) and module.counted):
+            continue
+        plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+        plain.weight = nn.Parameter(module.dequantize(torch.bfloat16), requires_grad=False)
+        if module.bias is not None:
+            plain.bias = nn.Parameter(module.bias, requires_grad=False)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, plain)
+        count += 1
+    if getattr(model, "tie_word_embeddings", False) and isinstance(getattr(model, "lm_head", None), PackedLinear):
+        model.lm_head = None  # compute_logits' tied path: the embedding's own weight
+        count += 1
+    return count
+
+
 def inductor_cache_dir() -> str:
     root = os.environ.get("SEEDANCE_CACHE") or Path.home() / ".cache" / "seedance"
     return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(root) / "inductor"))
@@ -89,6 +111,7 @@ class CompiledDecode:
         register_compile_op()
         int8_gemv.register_compile_op()
         onednn_linear.register_compile_op()
+        plain_float_projections(model)  # float ones: the one-row GEMV below reads their plain weights
         number = next(_instances)
         for i, layer in enumerate(m for m in model.modules() if isinstance(m, Fp16Linear | Int8Linear | PackedLinear)):
             set_handle(layer, 100_000 * number + i)

@@ -19,7 +19,7 @@ from seedance.models import compiled_decode, float_gemv, int8_linear, onednn_lin
 from seedance.models.compiled_decode import CompiledDecode
 from seedance.models.fp16_linear import Fp16Linear
 from seedance.models.loader import load_model
-from seedance.models.paged_attention import AttentionMetadata
+from seedance.models.paged_attention import AttentionMetadata, PrefillChunk
 
 pytestmark = pytest.mark.skipif(not int8_linear.available(), reason="this torch has no fbgemm quantized ops")
 
@@ -306,3 +306,27 @@ def test_an_int8_model_compiles_one_row_through_the_gemv(monkeypatch):
         else:  # the graph's float rounding (fused RMSNorm, FMA) moves a few activations across a step of fbgemm's
             # 7-bit grid, so single outputs move by up to a few % (measured 2.7 %) while the whole stays close
             assert (got - want).norm() < 1e-4 * want.norm()  # measured 2.1e-5
+
+
+@pytest.mark.skipif(not onednn_linear.available(), reason="this torch has no oneDNN linear ops")
+def test_compile_takes_float_projections_back_to_plain_weights():
+    """A bfloat16 model on oneDNN's reordered weights (onednn_linear on) is compiled on its plain weights (the
+    one-row graph's GEMV reads them): every float projection an nn.Linear again with the very weights, the tied
+    head the embedding itself, the logits eager's on the reordered weights."""
+    plain = load_model(None, dtype="bfloat16").model
+    packed = load_model(None, dtype="bfloat16", onednn_linear="on").model
+    assert isinstance(packed.lm_head, onednn_linear.PackedLinear)
+    ids, positions = torch.tensor([5, 6, 7]), torch.tensor([0, 1, 2])
+    slots = torch.arange(3)
+    meta = AttentionMetadata(slots, 0, None, None, [PrefillChunk(0, 3, 0, None)])
+    heads, dim = plain.config.num_key_value_heads, plain.layers[0].self_attn.head_dim
+    caches = [torch.zeros(16, 2, heads, dim, dtype=torch.bfloat16) for _ in plain.layers]
+    with torch.inference_mode():
+        before = packed.compute_logits(packed(ids, positions, caches, meta))
+        assert compiled_decode.plain_float_projections(packed) == 4 * len(packed.layers) + 1
+        after = packed.compute_logits(packed(ids, positions, caches, meta))
+    assert packed.lm_head is None
+    assert not any(isinstance(m, onednn_linear.PackedLinear) for m in packed.modules())
+    for (name, a), (_, b) in zip(plain.named_parameters(), packed.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+    torch.testing.assert_close(after, before, atol=0, rtol=0)
