@@ -84,6 +84,10 @@ def runs(peers: Path) -> dict[str, dict]:
         "seedance-q4_1-large2-compile": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q4_1.gguf")],
                                          "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2", "SEEDANCE_COMPILE": "1"},
                                          "ready_s": 900},
+        # the same, one-row steps on 1 torch thread (2+ rows on 2): the other core stays the server process's
+        "seedance-q4_1-compile-row1": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q4_1.gguf")],
+                                       "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2", "SEEDANCE_COMPILE": "1",
+                                               "SEEDANCE_LARGE_STEP_WORK": "200000000"}, "ready_s": 900},
         "seedance-int8": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q8_0.gguf")], "env": sd_env},
         "seedance-int8-large2": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q8_0.gguf")],
                                  "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2"}},
@@ -189,12 +193,15 @@ def main() -> None:
     parser.add_argument("--only", help="comma list of run names (default: all, in order)")
     parser.add_argument("--until", help="HH:MM (UTC): start no run after this time (a quiet window's end)")
     parser.add_argument("--levels", help="comma list of concurrencies for every run (default: each run's own)")
+    parser.add_argument("--rounds", type=int, help="rounds per level for every run (default: each run's own)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     table = runs(args.peers)
-    if args.levels:
-        for spec in table.values():
+    for spec in table.values():
+        if args.levels:
             spec["levels"] = args.levels
+        if args.rounds:
+            spec["rounds"] = args.rounds
     names = args.only.split(",") if args.only else list(table)
     for name in names:
         if args.until and time.strftime("%H:%M", time.gmtime()) >= args.until:

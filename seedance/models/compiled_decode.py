@@ -10,8 +10,11 @@ the context length and row count dynamic, under each torch thread count the runn
 step always carries a padding mask (zeros when every context is as long), so equal and unequal lengths share a
 graph. After warm-up a step that would recompile
 runs eager instead (a recompile mid-serving would stall every stream for a minute), and any failure to compile
-leaves the model eager, logged. Inductor's caches go to ~/.cache/seedance/inductor (SEEDANCE_CACHE moves it;
-TORCHINDUCTOR_CACHE_DIR wins), so a second start reuses the compiled kernels.
+leaves the model eager, logged. Torch's int4 kernel is traced as its aten op, oneDNN's reordered bf16 weights
+are called by handle (`seedance::packed_linear`), an int4 model's row split (RowSplitLinear) gets a graph per
+side, and reordered float projections go back to their plain weights (the one-row GEMV reads them). Inductor's
+caches go to ~/.cache/seedance/inductor (SEEDANCE_CACHE moves it; TORCHINDUCTOR_CACHE_DIR wins), so a second
+start reuses the compiled kernels.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ _instances = itertools.count()  # the first compiled model of a process numbers 
 
 
 def unsupported_layers(model: nn.Module) -> list[str]:
-    """Linear layers the compiled graph cannot call (torch's weight-only int4/int8 kernels: untested, slow here)."""
+    """Projections of a kind the compiled graph does not know how to call (anything but these linears)."""
     linears = (nn.Linear, Fp16Linear, Int8Linear, QuantizedLinear, PackedLinear, RowSplitLinear)
     return sorted({type(m).__name__ for name, m in model.named_modules()
                    if name.endswith(("_proj", "lm_head")) and not isinstance(m, linears)})
