@@ -14,7 +14,8 @@ copy of its weight, reordered, for calls of more rows (`RowSplitLinear`): 2 byte
 ~0.6, for int4's speed at a few streams and bf16's past them.
 
 Which mode a model gets is `EngineConfig.onednn_linear` ("auto": on where the CPU has AMX-BF16 and the model runs
-in bfloat16 on the CPU, eager, with at least AUTO_MIN_WEIGHTS weights; "on", "off").
+in bfloat16 on the CPU, with at least AUTO_MIN_WEIGHTS weights; "on", "off"). A compiled decode step keeps an
+int4 model's copy and puts float projections back on their plain weights (compiled_decode.py).
 """
 
 from __future__ import annotations
