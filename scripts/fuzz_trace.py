@@ -151,7 +151,11 @@ def _explain(row: dict, recs: dict, sends: list[tuple], cpu_samples: list[tuple]
     core = {r["pid"] for r in recs.get("step", [])}
     out = {k: _ms(v) for k, v in row.items() if k != "at"}
     out["steps"] = [{"at": _ms(s["t"] - lo), "wall": _ms(s["d"]), "cpu": _ms(s["cpu"]), "seqs": s["running"],
-                     "tokens": s["tokens"], "prefill": s["prefill"]} for s in _within(recs.get("step", []), lo, hi)]
+                     "tokens": s["tokens"], "prefill": s["prefill"],
+                     **({"thread_cpu": _ms(s["thread_cpu"]), "runq_wait": _ms(s.get("runq_wait")),
+                         "minflt": s["minflt"], "flags": s["flags"],
+                         "phases": {k: _ms(v) for k, v in s["phases"].items()}} if "phases" in s else {})}
+                    for s in _within(recs.get("step", []), lo, hi)]
     out["core_loop"] = [{"part": r["part"], "at": _ms(r["t"] - lo), "wall": _ms(r["d"]), "cpu": _ms(r["cpu"]),
                          "commands": r["commands"]} for r in _within(recs.get("loop", []), lo, hi)]
     out["applied"] = [{"what": r["what"], "at": _ms(r["t"] - lo), "wall": _ms(r["d"]), "cpu": _ms(r["cpu"])}
@@ -309,7 +313,8 @@ def main() -> None:
     loaded = report.canary_runs[1]
     quiet = report.canary_runs[0]
     quiet_max = report.quiet_matched["max_ms"] / 1000 if args.quiet_match else max(quiet.gaps_s)
-    out = {"engine": args.engine, "scale": args.scale, "settings": overrides, "defects": report.defects,
+    out = {"engine": args.engine, "scale": args.scale, "trace_dir": trace_dir,
+           "settings": overrides, "defects": report.defects,
            "attacker": report.attacker, "canary_quiet_matched": report.quiet_matched,
            "duration_s": report.duration_s,
            "examples": report.http["examples"] + report.ws_json["examples"] + report.ws_binary["examples"],

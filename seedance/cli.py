@@ -664,6 +664,9 @@ def bench_serving(
         f"{RESULTS}/serving.json"),
     plots: Annotated[str | None, typer.Option(help="write serving.png into this folder")] = None,
     compare: Annotated[list[str] | None, typer.Option(help="earlier result JSONs to plot beside this run")] = None,
+    temperature: Annotated[float, typer.Option(help="every request's temperature (0: greedy)")] = 0.0,
+    top_p: Annotated[float | None, typer.Option(help="every request's top_p (default: not sent)")] = None,
+    top_k: Annotated[int | None, typer.Option(help="every request's top_k (default: not sent)")] = None,
 ) -> None:
     """Load any OpenAI-compatible server like `vllm bench serve`: output tok/s, TTFT / ITL / TPOT / E2E
     percentiles, goodput, errors and the server's memory, per concurrency level or request rate."""
@@ -671,7 +674,8 @@ def bench_serving(
 
     options = ServingOptions(base_url, concurrency, request_rate, rounds, num_prompts, max_concurrency, prompt_tokens,
                              max_tokens, dataset, tokenizer, endpoint, model, ignore_eos, slo, warmup, seed,
-                             server_pid, server_port, label, output, plots, compare or [])
+                             server_pid, server_port, label, output, plots, compare or [], temperature, top_p,
+                             top_k)
     try:
         run_serving(options, _console())
     except BadOption as err:

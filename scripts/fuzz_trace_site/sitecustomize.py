@@ -54,21 +54,73 @@ if os.environ.get("FUZZ_TRACE_DIR"):
     _schedule = scheduler.Scheduler.schedule
     _last = {"chunks": 0, "tokens": 0, "prefill": 0}
 
+    _phase = {}
+
+    def _schedstat():  # this thread's seconds on a CPU and waiting on a run queue (the kernel's schedstat)
+        try:
+            with open("/proc/thread-self/schedstat") as f:
+                run, wait, _ = f.read().split()
+            return int(run) / 1e9, int(wait) / 1e9
+        except (OSError, ValueError):
+            return 0.0, 0.0
+
+    def _phased(name, original):  # wall seconds of one part of the step, summed into the step's record
+        def wrapper(*args, **kw):
+            started = time.perf_counter()
+            try:
+                return original(*args, **kw)
+            finally:
+                _phase[name] = _phase.get(name, 0.0) + time.perf_counter() - started
+        return wrapper
+
     def schedule(self, now):
+        started = time.perf_counter()
         out = _schedule(self, now)
+        _phase["schedule"] = time.perf_counter() - started
+        _last["flags"] = sorted({f for c in out.chunks for f in _flags(c.seq.params)})
         _last["chunks"], _last["tokens"] = len(out.chunks), out.num_tokens
         _last["prefill"] = sum(c.num_tokens for c in out.chunks if c.num_tokens > 1)
         return out
 
     scheduler.Scheduler.schedule = schedule
 
+    def _flags(p):
+        out = []
+        for name in ("guided", "logprobs", "logit_bias", "seed"):
+            if getattr(p, name, None):
+                out.append(name)
+        if getattr(p, "n", 1) not in (None, 1):
+            out.append("n")
+        if any(getattr(p, n, 0) not in (0, 0.0, 1, 1.0, None) for n in ("presence_penalty", "frequency_penalty",
+                                                                       "repetition_penalty")):
+            out.append("penalty")
+        return out
+
+    from seedance.engine import model_runner
+    from seedance.engine import sampler as _sampler_mod
+
+    model_runner.TorchModelRunner.prepare = _phased("prepare", model_runner.TorchModelRunner.prepare)
+    _sampler_mod.Sampler.__call__ = _phased("sample", _sampler_mod.Sampler.__call__)
+    _exec = model_runner.TorchModelRunner.execute
+    model_runner.TorchModelRunner.execute = _phased("execute", _exec)
+
     _step = llm_engine.LLMEngine.step
 
     def step(self, now=None):
-        started, cpu = time.perf_counter(), time.process_time()
+        import resource
+
+        started, cpu, tcpu = time.perf_counter(), time.process_time(), time.thread_time()
+        flt = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+        wait0 = _schedstat()[1]
         _last["chunks"] = _last["tokens"] = _last["prefill"] = 0
+        _last["flags"] = []
+        _phase.clear()
         events = _step(self, now)
         _write({"k": "step", "t": started, "d": time.perf_counter() - started, "cpu": time.process_time() - cpu,
+                "thread_cpu": time.thread_time() - tcpu,
+                "minflt": resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - flt,
+                "runq_wait": _schedstat()[1] - wait0,
+                "phases": {k: round(v, 5) for k, v in _phase.items()}, "flags": _last["flags"],
                 "running": _last["chunks"], "tokens": _last["tokens"], "prefill": _last["prefill"],
                 "waiting": len(self.scheduler.waiting), "events": len(events)})
         return events

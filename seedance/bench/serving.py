@@ -304,9 +304,11 @@ async def run_serving_bench(base_url: str, levels: list[Level], prompts: list[Pr
                             endpoint: str, max_tokens: int, ignore_eos: bool, slo: Slo, warmup: int,
                             seed: int, server_pid: int | None, max_concurrency: int | None = None,
                             label: str | None = None, settings: dict | None = None,
-                            on_level=None, ready_timeout_s: float = 300.0) -> dict:
+                            on_level=None, ready_timeout_s: float = 300.0, sampling: dict | None = None) -> dict:
     """Run every level in turn on its own slice of `prompts` (so no level reuses another's prompts and no
-    prefix cache carries over); the first `warmup` prompts warm the server up and are not measured."""
+    prefix cache carries over); the first `warmup` prompts warm the server up and are not measured.
+    sampling: temperature (default 0, greedy) and any other sampling fields (top_p, top_k) every measured request
+    sends."""
     base_url = base_url.rstrip("/")
     needed = warmup + sum(level.num_prompts for level in levels)
     if len(prompts) < needed:
@@ -315,7 +317,9 @@ async def run_serving_bench(base_url: str, levels: list[Level], prompts: list[Pr
     # fails the next request ("can not write request body"); a loopback connect costs ~0.1 ms.
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session:
-        target = Target(base_url, model or "", endpoint, max_tokens, ignore_eos)
+        sampling = dict(sampling or {})
+        target = Target(base_url, model or "", endpoint, max_tokens, ignore_eos,
+                        temperature=sampling.pop("temperature", 0.0), extra_body=sampling)
         model = target.model = await wait_until_serving(session, target, prompts[0], ready_timeout_s, not model)
         if warmup:
             await closed_loop(session, Target(base_url, model, endpoint, 8, ignore_eos), prompts[:warmup], warmup)

@@ -39,6 +39,9 @@ class ServingOptions:
     output: str | None = None
     plots: str | None = None
     compare: list[str] = field(default_factory=list)
+    temperature: float = 0.0  # 0: greedy (the comparison's default: the same tokens on every server)
+    top_p: float | None = None  # not sent when None: the server's default
+    top_k: int | None = None
 
 
 def _numbers(text: str, kind, name: str) -> list:
@@ -87,12 +90,18 @@ def run_serving(o: ServingOptions, console) -> dict:
         at = f"C={row['concurrency']}" if row["rate"] is None else f"{row['rate']:g} req/s"
         console.print(f"{at}: {row['output_tok_s']:.1f} output tok/s, {row['errors']} errors")
 
+    if not 0 <= o.temperature <= 2 or (o.top_p is not None and not 0 < o.top_p <= 1) or (o.top_k is not None
+                                                                                        and o.top_k < 0):
+        raise BadOption("--temperature must be in [0, 2], --top-p in (0, 1], --top-k >= 0")
+    sampling = {"temperature": o.temperature, **({"top_p": o.top_p} if o.top_p is not None else {}),
+                **({"top_k": o.top_k} if o.top_k is not None else {})}
     settings = {"prompt_tokens": None if o.dataset else o.prompt_tokens, "dataset": o.dataset,
-                "tokenizer": o.tokenizer, "levels": [level.concurrency or level.rate for level in levels]}
+                "tokenizer": o.tokenizer, "levels": [level.concurrency or level.rate for level in levels],
+                "sampling": sampling}
     report = asyncio.run(run_serving_bench(
         o.base_url, levels, prompts, model=o.model, endpoint=o.endpoint, max_tokens=o.max_tokens,
         ignore_eos=o.ignore_eos, slo=slo, warmup=o.warmup, seed=o.seed, server_pid=pid,
-        max_concurrency=o.max_concurrency, label=o.label, settings=settings, on_level=progress))
+        max_concurrency=o.max_concurrency, label=o.label, settings=settings, on_level=progress, sampling=sampling))
     render(console, report)
     if o.output:
         write_json(report, o.output)

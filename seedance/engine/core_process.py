@@ -62,6 +62,7 @@ from seedance.engine.core_protocol import (
 from seedance.engine.errors import EngineError, InvalidRequest
 from seedance.engine.events import FinishReason, TokenEvent
 from seedance.engine.llm_engine import LLMEngine
+from seedance.engine.thread_priority import lower_this_thread
 from seedance.models.loader import resolve_model_path
 from seedance.models.pooling import mean_pooled_embeddings
 
@@ -209,7 +210,9 @@ class CoreLoop:
         gateway left meanwhile."""
         executor = self.executors.get(thread)
         if executor is None:
-            executor = self.executors[thread] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread)
+            executor = self.executors[thread] = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=thread, initializer=lower_this_thread,
+                initargs=(self.engine.config.beside_nice,))
 
         def run() -> None:
             try:

@@ -9,7 +9,9 @@ streams must go on stepping; when the work ran in the loop, the loop itself wait
 from __future__ import annotations
 
 import json
+import os
 import socket
+import sys
 import threading
 
 import pytest
@@ -204,3 +206,21 @@ def test_embeddings_beside_a_stream_change_neither_its_tokens_nor_theirs(core, e
     for answer in (e for s in steps for e in s.embedded):
         got = torch.frombuffer(bytearray(answer.data), dtype=torch.float32).reshape(-1, answer.dim)
         assert torch.allclose(got, want[answer.key], atol=1e-5), answer.key
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own nice value is Linux's")
+def test_work_beside_the_loop_runs_nicer_than_the_loop(core, engine, held, monkeypatch):
+    """On a busy machine the kernel then gives the step loop (every stream's next token) the CPU first."""
+    nice: dict[str, int] = {}
+    real = core_process.mean_pooled_embeddings
+
+    def embed_noting(model, group):
+        nice["beside"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return real(model, group)
+
+    monkeypatch.setattr(core_process, "mean_pooled_embeddings", embed_noting)
+    core.send(Embed(3, [[5, 6, 7]]))
+    core.steps(lambda steps: any(s.embedded for s in steps))
+    loop = os.getpriority(os.PRIO_PROCESS, core.thread.native_id)
+    assert engine.config.beside_nice == 10
+    assert nice["beside"] == min(19, loop + 10)

@@ -84,3 +84,36 @@ def test_argmax_rows_is_torch_argmax_ties_and_nan_included():
     for t in (x, strided, x[:, ::2]):
         got = argmax_rows(t)
         assert got.dtype == torch.int64 and torch.equal(got, t.argmax(dim=-1))
+
+
+def test_top_p_counts_the_share_left_after_top_k():
+    # top_k 2 leaves 0.4 and 0.3, i.e. 4/7 and 3/7 of what is left: 4/7 alone reaches top_p 0.5, so token 1 is cut
+    # too (on the unrenormalized 0.4 it would stay)
+    logits = logits_for([0.4, 0.3, 0.2, 0.1])
+    s = Sampler(seed=0)
+    seen = {s(logits, ["a"], [SamplingParams(top_k=2, top_p=0.5)])[0].token_id for _ in range(200)}
+    assert seen == {0}
+    seen = {s(logits, ["a"], [SamplingParams(top_k=3, top_p=0.75)])[0].token_id for _ in range(300)}
+    assert seen == {0, 1}  # 4/9 + 3/9 of the 0.9 left reaches 0.75 (0.4 + 0.3 of the whole would not)
+
+
+def test_cuts_apply_to_the_rows_that_ask_only():
+    logits = torch.randn(1, 40, generator=torch.Generator().manual_seed(6)).repeat(4, 1)
+    params = [SamplingParams(temperature=3.0, top_k=1), SamplingParams(temperature=3.0),
+              SamplingParams(temperature=3.0, top_p=1e-6), SamplingParams(temperature=0)]
+    s = Sampler(seed=7)
+    runs = [[o.token_id for o in s(logits, list("abcd"), params)] for _ in range(100)]
+    best = logits[0].argmax().item()
+    assert {r[0] for r in runs} == {r[2] for r in runs} == {r[3] for r in runs} == {best}
+    assert len({r[1] for r in runs}) > 5  # the free row samples the whole vocabulary
+
+
+def test_a_token_with_no_probability_is_never_drawn():
+    logits = torch.full((3, 1000), float("-inf"))
+    logits[:, 0] = 0.0
+    logits[:, 500] = 0.0  # two allowed tokens (a grammar's mask, a ban: -inf everywhere else, the last included)
+    s = Sampler(seed=8)
+    params = [SamplingParams(temperature=1.0), SamplingParams(temperature=1.0, seed=5),
+              SamplingParams(temperature=1.0, top_p=0.9, top_k=5)]
+    seen = {o.token_id for _ in range(300) for o in s(logits, list("abc"), params)}
+    assert seen == {0, 500}
