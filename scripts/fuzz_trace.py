@@ -104,6 +104,8 @@ def analyse(trace_dir: str, received: list[float], gaps: list[float], index: lis
         "gc_ms": {f"{proc}:gen{g}": {"n": len(v), **_pct(v)} for (proc, g), v in sorted(_gc_by(recs).items())},
         "core_apply_ms": {w: {"n": len(v), **_pct(v)} for w, v in sorted(_by(recs.get("apply", []), "what").items())},
         "gateway_lag_ms": _pct([r["d"] for r in recs.get("lag", [])]),
+        "beside_ms": {w: {"n": len(v), "sum_s": round(sum(v), 2), **_pct(v)}
+                      for w, v in sorted(_by(recs.get("beside", []), "what").items())},
         "core_loop_parts_ms": {p: _pct([r["d"] for r in recs.get("loop", []) if r["part"] == p])
                                for p in ("read", "send")},
         "canary_messages": len(rows),
@@ -160,6 +162,8 @@ def _explain(row: dict, recs: dict, sends: list[tuple], cpu_samples: list[tuple]
                          "commands": r["commands"]} for r in _within(recs.get("loop", []), lo, hi)]
     out["applied"] = [{"what": r["what"], "at": _ms(r["t"] - lo), "wall": _ms(r["d"]), "cpu": _ms(r["cpu"])}
                       for r in _within(recs.get("apply", []), lo, hi)]
+    out["beside"] = [{"what": r["what"], "at": _ms(r["t"] - lo), "wall": _ms(r["d"]), "cpu": _ms(r["cpu"])}
+                     for r in _within(recs.get("beside", []), lo, hi)]
     out["gc"] = [{"proc": "core" if r["pid"] in core else "gateway", "gen": r["gen"], "at": _ms(r["t"] - lo),
                   "ms": _ms(r["d"]), "cpu": _ms(r["cpu"])} for r in _within(recs.get("gc", []), lo, hi)]
     out["gateway_lag"] = [{"at": _ms(r["t"] - lo), "ms": _ms(r["d"])} for r in _within(recs.get("lag", []), lo, hi)]

@@ -149,6 +149,18 @@ if os.environ.get("FUZZ_TRACE_DIR"):
 
     core_process.CoreLoop.apply = apply
 
+    def _beside_timed(kind, original):  # work on the core's beside threads: when, how long, its thread's CPU
+        def wrapper(*args, **kw):
+            started, cpu = time.perf_counter(), time.thread_time()
+            try:
+                return original(*args, **kw)
+            finally:
+                _write({"k": "beside", "what": kind, "t": started, "d": time.perf_counter() - started,
+                        "cpu": time.thread_time() - cpu})
+        return wrapper
+
+    core_process.mean_pooled_embeddings = _beside_timed("embed", core_process.mean_pooled_embeddings)
+
     def _timed(name, original):
         def wrapper(self, *args, **kw):
             started, cpu, n = time.perf_counter(), time.process_time(), _applied[0]

@@ -65,11 +65,14 @@ class EngineConfig:
     # the whole budget. None (the default): no cap, prefills fill max_num_batched_tokens. Off by default: at 32 it
     # halved prefill throughput under the fuzz load (docs/reliability.md).
     decode_step_prefill_tokens: int | None = None
-    # Process mode: the core's work beside its step loop (an embeddings request's forward, a grammar's compile) runs
-    # on threads this much nicer than the loop (Linux, per thread; 0: the same priority), so on a busy machine it
-    # takes the CPU the steps leave instead of stretching the step every running stream waits on. It is one
-    # request's work; the steps are everyone's.
+    # Process mode: a grammar's compile (on the core's guide thread, beside its step loop, without the GIL) runs
+    # this much nicer than the loop (Linux, per thread; 0: the same priority), so on a busy machine it takes the CPU
+    # the steps leave instead of stretching the step every running stream waits on: it is one request's work, the
+    # steps are everyone's.
     beside_nice: int = 10
+    # Process mode: an embeddings request's inputs go through the model in the core's loop, at most this many tokens
+    # of them between two steps (one input at least, whatever its length), so a large group is spread over turns.
+    embedding_tokens_per_turn: int = 128
     aging_interval_s: float = 2.0  # every interval waited raises a request's priority by one level
     enable_prefix_caching: bool = True
     max_pinned_kv_fraction: float = 0.5  # share of the KV pool idle sessions may pin for their next turn

@@ -7,11 +7,12 @@ the engine never shares a GIL with the code that parses and writes to clients.
 
 A prompt's images arrive as pixels (EncodeImages): the vision tower and projector run on the core's vision
 thread, beside the step loop rather than in it, and the features go back with the next Step frame (vLLM v1 runs
-its encoder in the engine core too; the gateway has no weights). The other work a command brings that is not a
-step runs beside the loop too, so it never stretches the gap between two steps every running stream waits on:
-an Embed's forward on the embedding thread, and a guided request's grammar, compiled on the guide thread before
-its Add is admitted (measured under `seedance bench fuzz`, in the loop: compiles of up to 57 ms CPU, embedding
-groups of 10-25 ms each, several between two steps; docs/reliability.md).
+its encoder in the engine core too; the gateway has no weights). A guided request's grammar is compiled on the
+guide thread before its Add is admitted (llguidance releases the GIL while it compiles; in the loop, compiles of
+up to 57 ms CPU stretched the gap between two steps every running stream waits on). An Embed's forward runs in
+the loop, a slice between two steps: at most `embedding_tokens_per_turn` tokens of inputs a turn (one input at
+least), so a large group is spread over several turns. On a thread of its own it contended with the steps for
+the GIL: steps of ~15 ms CPU took 50-70 ms while an embedding ran beside them (docs/reliability.md).
 
 If the gateway goes away (EOF on the socket) the core exits; if the core dies, the gateway sees EOF and fails
 the requests in flight (process_engine.py).
@@ -74,6 +75,9 @@ STALL_WAIT_S = 0.005  # nothing could run (no KV room yet): wait this long for a
 AHEAD_MAX_WAIT_S = 1.0
 
 
+NICER_THREADS = frozenset({"seedance-guide"})  # beside threads that run at EngineConfig.beside_nice
+
+
 class _Gateway:
     """One connected gateway: its socket, its half-read frames, what it gets with the next Step frame."""
 
@@ -111,11 +115,14 @@ class CoreLoop:
         ahead = engine.config.max_steps_ahead
         self.max_ahead = ahead if ahead is not None and ahead > 0 else None  # EngineConfig.max_steps_ahead
         # Work beside the step loop, one thread each, started on first use (a step never waits for it): the vision
-        # tower, embedding forwards, grammar compiles. What finishes is handed back as a callable run on the loop's
-        # thread (`finished`); it wakes the loop through this socket pair and rides on the next Step frame.
+        # tower, grammar compiles. What finishes is handed back as a callable run on the loop's thread
+        # (`finished`); it wakes the loop through this socket pair and rides on the next Step frame.
         self.executors: dict[str, ThreadPoolExecutor] = {}
         self.finished: deque[Callable[[], None]] = deque()
         self.compiling: dict[str, tuple[_Gateway, Add]] = {}  # guided Adds whose grammar is being compiled
+        # Embed groups being computed, a slice a loop turn (embed_slice); each with the vectors done so far
+        self.embedding: deque[tuple[_Gateway, Embed, list[torch.Tensor]]] = deque()
+        self.embedding_tokens_per_turn = max(1, engine.config.embedding_tokens_per_turn)
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
         self.wake_w.setblocking(False)  # a full buffer already holds a wake-up: the send may be dropped
@@ -134,7 +141,15 @@ class CoreLoop:
             case Add():
                 self.add(gateway, command)
             case Embed():
-                self.beside("seedance-embed", gateway, lambda: self.embed(command), "embedded")
+                if self.engine.embedding_shape is None:
+                    gateway.embedded.append(Embedded(
+                        command.key, error="this server runs the synthetic backend: it has no model to compute "
+                        "embeddings with", code=InvalidRequest.code))
+                elif not command.inputs or not all(command.inputs):
+                    gateway.embedded.append(Embedded(command.key, error="an embedding needs at least one token",
+                                                     code=InvalidRequest.code))
+                else:
+                    self.embedding.append((gateway, command, []))
             case EncodeImages():
                 self.encode_images(gateway, command)
             case Abort() if command.request_id in self.compiling:  # not admitted yet: it never will be
@@ -210,9 +225,11 @@ class CoreLoop:
         gateway left meanwhile."""
         executor = self.executors.get(thread)
         if executor is None:
+            # a grammar compile runs in llguidance without the GIL: that thread can be nicer than the loop. Not the
+            # vision tower's, which holds the GIL between its ops: descheduled, it would keep the loop waiting
+            nice = self.engine.config.beside_nice if thread in NICER_THREADS else 0
             executor = self.executors[thread] = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix=thread, initializer=lower_this_thread,
-                initargs=(self.engine.config.beside_nice,))
+                max_workers=1, thread_name_prefix=thread, initializer=lower_this_thread, initargs=(nice,))
 
         def run() -> None:
             try:
@@ -234,18 +251,30 @@ class CoreLoop:
 
         executor.submit(run)
 
-    def embed(self, command: Embed) -> Embedded:
-        """One group's vectors through the engine's model (models/pooling.py), or why not."""
-        if self.engine.embedding_shape is None:
-            return Embedded(command.key, error="this server runs the synthetic backend: it has no model to compute "
-                            "embeddings with", code=InvalidRequest.code)
+    def embed_slice(self) -> None:
+        """The next slice of the oldest Embed group: its next inputs, up to embedding_tokens_per_turn tokens (one
+        input at least), through one forward; the group's answer goes out with the Step frame after its last."""
+        while self.embedding and self.embedding[0][0].sock not in self.gateways:
+            self.embedding.popleft()  # its gateway went away
+        if not self.embedding:
+            return
+        gateway, command, done = self.embedding[0]
+        inputs, budget = command.inputs, self.embedding_tokens_per_turn
+        end, tokens = len(done), 0
+        while end < len(inputs) and (end == len(done) or tokens + len(inputs[end]) <= budget):
+            tokens += len(inputs[end])
+            end += 1
         try:
-            vectors = mean_pooled_embeddings(self.engine.runner.model, command.inputs)
+            done += mean_pooled_embeddings(self.engine.runner.model, inputs[len(done):end])
         except Exception as err:  # this request fails, the engine goes on
             log.exception("embedding failed")
-            return Embedded(command.key, error=f"{type(err).__name__}: {err}")
-        dim = int(vectors[0].shape[0]) if vectors else 0
-        return Embedded(command.key, dim, b"".join(v.float().numpy().tobytes() for v in vectors))
+            self.embedding.popleft()
+            gateway.embedded.append(Embedded(command.key, error=f"{type(err).__name__}: {err}"))
+            return
+        if len(done) == len(inputs):
+            self.embedding.popleft()
+            gateway.embedded.append(Embedded(command.key, int(done[0].shape[0]),
+                                             b"".join(v.float().numpy().tobytes() for v in done)))
 
     def encode_images(self, gateway: _Gateway, command: EncodeImages) -> None:
         """Start the images' tower and projector on the vision thread; the answer goes out when they are done."""
@@ -385,11 +414,13 @@ class CoreLoop:
         stalled = False
         while not (self.shutdown or self.gone):
             busy = engine.has_work()
-            self.read_commands(STALL_WAIT_S if stalled else 0 if busy else None)
+            self.read_commands(STALL_WAIT_S if stalled else 0 if busy or self.embedding else None)
             if busy and self.behind():
                 self.wait_for_gateways()
             if self.shutdown or self.gone:
                 break
+            if self.embedding:
+                self.embed_slice()
             started, seconds = None, 0.0
             if engine.has_work():
                 steps = engine.steps

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from seedance.bench.server_process import launch
-from seedance.bench.serving import Slo
+from seedance.bench.serving import Slo, Target
 from seedance.bench.serving_dataset import jsonl_prompts, load_tokenizer, random_prompts
 from seedance.bench.serving_run import ServingOptions, run_serving
 from seedance.cli import app
@@ -81,6 +81,20 @@ def test_bench_serving_chat_poisson_and_goodput(server, tmp_path):
     assert strict["completed"] == 6 and strict["goodput_req_s"] == 0 and strict["slo_met_fraction"] == 0
 
 
+def test_bench_serving_sends_the_sampling_it_is_given(server):
+    report = run_serving(ServingOptions(base_url=f"{server.http}/v1", concurrency="2", max_tokens=6, warmup=0,
+                                        prompt_tokens=8, temperature=1.0, top_p=0.9, top_k=20, output=None),
+                         _Console())
+    _check_level(report["results"][0], 2, 6)
+    assert report["settings"]["sampling"] == {"temperature": 1.0, "top_p": 0.9, "top_k": 20}
+    url, body = Target("http://x/v1", "m", "chat", 4, temperature=0.7, extra_body={"top_p": 0.5}).request(
+        random_prompts(load_tokenizer(BUILTIN_MODEL_DIR), 1, 4, seed=0)[0])
+    assert url == "http://x/v1/chat/completions" and body["temperature"] == 0.7 and body["top_p"] == 0.5
+    greedy = run_serving(ServingOptions(base_url=f"{server.http}/v1", concurrency="1", max_tokens=2, warmup=0,
+                                        prompt_tokens=8, output=None), _Console())
+    assert greedy["settings"]["sampling"] == {"temperature": 0.0}  # the default: greedy, nothing else sent
+
+
 def test_bench_serving_counts_errors(server):
     # a max_tokens the server refuses (over its limit) is an error per request, not a crash of the run
     report = run_serving(ServingOptions(base_url=f"{server.http}/v1", concurrency="2", max_tokens=10**6, warmup=0,
@@ -117,7 +131,8 @@ def test_jsonl_and_slo_parsing(tmp_path):
 
 
 @pytest.mark.parametrize("args", [["--concurrency", "0"], ["--concurrency", "x"], ["--endpoint", "embeddings"],
-                                  ["--slo", "nope=1"], ["--rounds", "0"]])
+                                  ["--slo", "nope=1"], ["--rounds", "0"], ["--top-p", "0"],
+                                  ["--temperature", "-1"], ["--top-k", "-2"]])
 def test_cli_rejects_bad_options(args):
     result = CliRunner().invoke(app, ["bench", "serving", "--base-url", "http://127.0.0.1:9/v1", *args])
     assert result.exit_code == 2, result.output

@@ -168,28 +168,50 @@ def test_a_bad_grammar_compiled_beside_is_refused_and_the_next_one_runs(core):
     assert text_of(steps, "good") in ("x y", "z")
 
 
-def test_an_embedding_runs_beside_the_loop_and_equals_the_one_computed_alone(core, engine, held, monkeypatch):
-    inputs = [[5, 6, 7, 8], [9, 10]]
-    want = mean_pooled_embeddings(engine.runner.model, inputs)
-    real, threads = core_process.mean_pooled_embeddings, []
+def test_a_large_embedding_group_runs_a_slice_a_turn_between_the_streams_steps(core, engine, monkeypatch):
+    """In the loop's own thread (no GIL shared with a thread beside), at most embedding_tokens_per_turn tokens of
+    inputs between two steps (a longer input alone), and the vectors are those computed alone."""
+    inputs = [[5, 6, 7, 8] * 10, [9, 10] * 20, [11] * 30, [12, 13] * 60, [3] * 5, [14] * 200, [4] * 5, [2] * 5]
+    slices = [inputs[0:3], inputs[3:5], inputs[5:6], inputs[6:8]]
+    want = [v for part in slices for v in mean_pooled_embeddings(engine.runner.model, part)]
+    real, calls = core_process.mean_pooled_embeddings, []
 
-    def embed_held(model, group):
-        threads.append(threading.current_thread().name)
-        assert held.wait(30)
+    def embed_noting(model, group):
+        calls.append((threading.current_thread().name, [len(g) for g in group], len(core.loop.engine.requests)))
         return real(model, group)
 
-    monkeypatch.setattr(core_process, "mean_pooled_embeddings", embed_held)
+    monkeypatch.setattr(core_process, "mean_pooled_embeddings", embed_noting)
     start_stream(core, "run")
     core.send(Embed(7, inputs))
-    during = core.steps(lambda steps: len(tokens_of(steps, "run")) >= 5, timeout_s=5)
-    assert not any(s.embedded for s in during)
-    assert threads == ["seedance-embed_0"]
-    held.set()
-    after = core.steps(lambda steps: any(s.embedded for s in steps))
-    (answer,) = [e for s in after for e in s.embedded]
+    steps = core.steps(lambda steps: any(s.embedded for s in steps))
+    budget = engine.config.embedding_tokens_per_turn
+    assert budget == 128
+    assert [sizes for _, sizes, _ in calls] == [[40, 40, 30], [120, 5], [200], [5, 5]]  # within 128, or alone
+    assert {thread for thread, _, _ in calls} == {"test-core"} and all(running for _, _, running in calls)
+    # the stream stepped between the slices: a token per step, the answer with the last slice's step
+    assert len(tokens_of(steps, "run")) >= len(calls) - 1
+    (answer,) = [e for s in steps for e in s.embedded]
     got = torch.frombuffer(bytearray(answer.data), dtype=torch.float32).reshape(-1, answer.dim)
     assert answer.key == 7 and torch.allclose(got, torch.stack(want), atol=1e-6)
+    whole = torch.stack(mean_pooled_embeddings(engine.runner.model, inputs))  # batched otherwise: rounding apart
+    assert torch.nn.functional.cosine_similarity(got, whole).min() > 0.999
     core.send(Abort("run"))
+
+
+def test_an_embedding_that_fails_fails_alone(core, engine, monkeypatch):
+    real = core_process.mean_pooled_embeddings
+
+    def embed_failing(model, group):
+        if group == [[66, 67]]:
+            raise RuntimeError("boom")
+        return real(model, group)
+
+    monkeypatch.setattr(core_process, "mean_pooled_embeddings", embed_failing)
+    core.send(Embed(1, [[66, 67]]), Embed(2, [[5, 6]]), Embed(3, []))
+    steps = core.steps(lambda steps: len([e for s in steps for e in s.embedded]) == 3)
+    answers = {e.key: e for s in steps for e in s.embedded}
+    assert "boom" in answers[1].error and answers[2].error is None and answers[2].dim == engine.hidden_size
+    assert answers[3].error and answers[3].code == "invalid_request"
 
 
 def test_embeddings_beside_a_stream_change_neither_its_tokens_nor_theirs(core, engine):
@@ -209,18 +231,20 @@ def test_embeddings_beside_a_stream_change_neither_its_tokens_nor_theirs(core, e
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own nice value is Linux's")
-def test_work_beside_the_loop_runs_nicer_than_the_loop(core, engine, held, monkeypatch):
+def test_a_grammar_compiles_on_a_thread_nicer_than_the_loop(core, engine, monkeypatch):
     """On a busy machine the kernel then gives the step loop (every stream's next token) the CPU first."""
     nice: dict[str, int] = {}
-    real = core_process.mean_pooled_embeddings
+    guides, real = engine.guides, engine.guides.compile
 
-    def embed_noting(model, group):
-        nice["beside"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        return real(model, group)
+    def compile_noting(guided):
+        if threading.current_thread().name.startswith("seedance-guide"):
+            nice["guide"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return real(guided)
 
-    monkeypatch.setattr(core_process, "mean_pooled_embeddings", embed_noting)
-    core.send(Embed(3, [[5, 6, 7]]))
-    core.steps(lambda steps: any(s.embedded for s in steps))
+    monkeypatch.setattr(guides, "compile", compile_noting)
+    guided = SamplingParams(max_tokens=3, temperature=0, guided=GuidedDecoding("regex", "(xy)+z"))
+    core.send(Add("gn", [1, 2], guided))
+    core.steps(finished("gn"))
     loop = os.getpriority(os.PRIO_PROCESS, core.thread.native_id)
     assert engine.config.beside_nice == 10
-    assert nice["beside"] == min(19, loop + 10)
+    assert nice["guide"] == min(19, loop + 10)
