@@ -115,7 +115,8 @@ class Sampler:
         tokens = argmax_rows(logits)  # every row; the sampled ones are drawn below
         rows = [i for i, p in enumerate(params) if not p.greedy]
         if rows:
-            tokens[rows] = self._draw(logits[rows], [params[i] for i in rows], [request_ids[i] for i in rows])
+            picked = logits if len(rows) == len(params) else logits[rows]  # (an index copy only when it must)
+            tokens[rows] = self._draw(picked, [params[i] for i in rows], [request_ids[i] for i in rows])
         token_list = tokens.tolist()
         out = [SampledToken(t) for t in token_list]
         for i, m in enumerate(matchers):
@@ -142,8 +143,9 @@ class Sampler:
         """One token for each of these (sampled) rows: temperature, then top-k and top-p on the rows that ask (as
         zeroed probabilities: the draw needs no renormalizing), then an inverse-CDF draw; a seeded row's uniform
         number from its own generator, the others' from the sampler's."""
-        scaled = logits / torch.tensor([p.temperature for p in params], device=logits.device)[:, None]
-        probs = scaled.softmax(dim=-1)
+        temps = [p.temperature for p in params]
+        scaled = logits if all(t == 1.0 for t in temps) else logits / torch.tensor(temps, device=logits.device)[:, None]
+        probs = scaled.softmax(dim=-1)  # a new tensor: logits (maybe the model's own, for logprobs) stay as they are
         vocab = probs.shape[1]
         cut_k = [j for j, p in enumerate(params) if 0 < p.top_k < vocab]
         if cut_k:
