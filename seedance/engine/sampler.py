@@ -112,11 +112,13 @@ class Sampler:
         if any(p.penalized or p.logit_bias or p.guided is not None for p in params):
             logits = self.process_logits(logits.clone(), params, token_ids, num_prompt)
         matchers = self._apply_guides(logits, request_ids, params)
-        tokens = argmax_rows(logits)  # every row; the sampled ones are drawn below
         rows = [i for i, p in enumerate(params) if not p.greedy]
-        if rows:
-            picked = logits if len(rows) == len(params) else logits[rows]  # (an index copy only when it must)
-            tokens[rows] = self._draw(picked, [params[i] for i in rows], [request_ids[i] for i in rows])
+        if len(rows) == len(params):  # every row samples: no argmax, no index copy
+            tokens = self._draw(logits, params, request_ids)
+        else:
+            tokens = argmax_rows(logits)  # the greedy rows'; the sampled ones are drawn over them
+            if rows:
+                tokens[rows] = self._draw(logits[rows], [params[i] for i in rows], [request_ids[i] for i in rows])
         token_list = tokens.tolist()
         out = [SampledToken(t) for t in token_list]
         for i, m in enumerate(matchers):
