@@ -173,15 +173,16 @@ class TorchModelRunner:
             for i, c in enumerate(decodes):
                 row = c.seq.block_table[:max_blocks]
                 table[i, : len(row)] = row
-            ar = np.arange(max_len)
-            if self.compiled is None:  # whole blocks gathered (paged_attention.py)
+            if self.compiled is None:  # whole blocks gathered (paged_attention.py): the length is whole blocks
                 meta.decode_slots = torch.from_numpy(table).to(self.device)
-                meta.decode_block_size, meta.decode_length = bs, max_len
+                meta.decode_block_size = bs
+                ar = np.arange(max_blocks * bs)
             else:  # the compiled graphs take the slot table
+                ar = np.arange(max_len)
                 meta.decode_slots = torch.from_numpy(table[:, ar // bs] * bs + ar % bs).to(self.device)
-            if ctx_lens.min() < max_len:  # padding to mask; with equal lengths (one stream, say) no mask at all
+            if ctx_lens.min() < len(ar):  # padding to mask; with equal lengths (one stream, say) no mask at all
                 mask = np.where(ar[None, :] >= ctx_lens[:, None], np.float32(-np.inf), np.float32(0))
-                meta.decode_mask = torch.from_numpy(mask[:, None, None, :]).to(device=self.device, dtype=self.dtype)
+                meta.decode_mask = torch.from_numpy(mask).to(device=self.device)
 
         dev = self.device
         input_t = torch.from_numpy(np.concatenate(ids_parts)).to(dev)

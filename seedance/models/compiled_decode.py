@@ -34,7 +34,7 @@ from seedance.models import float_gemv, int8_gemv, onednn_linear
 from seedance.models.fp16_linear import Fp16Linear, register_compile_op, set_handle
 from seedance.models.int8_linear import Int8Linear
 from seedance.models.onednn_linear import PackedLinear, RowSplitLinear
-from seedance.models.paged_attention import AttentionMetadata
+from seedance.models.paged_attention import AttentionMetadata, cache_slots
 from seedance.models.quantized_linear import QuantizedLinear
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ class CompiledDecode:
             if threads_for(rows) not in seen or rows in splits:
                 seen.add(threads_for(rows))
                 shapes.append(rows)
-        shapes = [r for r in shapes if r * (r + 1) <= kv_caches[0].shape[0]]
+        shapes = [r for r in shapes if r * (r + 1) <= cache_slots(kv_caches[0])]
         torch._dynamo.config.recompile_limit = len(shapes)
         for cache in kv_caches:
             torch._dynamo.mark_static(cache)
@@ -181,7 +181,7 @@ class CompiledDecode:
                     meta = AttentionMetadata(slots[:, -1].contiguous(), rows, slots)
                     self.fn(*self.args(ids, positions, kv_caches, meta))
                 for cache in kv_caches:
-                    cache[: max(shapes) * (max(shapes) + 1)].zero_()
+                    cache[:, :, : max(shapes) * (max(shapes) + 1)].zero_()
         finally:
             torch.set_num_threads(saved)
         from torch._dynamo.eval_frame import _debug_get_cache_entry_list

@@ -27,7 +27,7 @@ from torch import nn
 
 from seedance.models.fp16_linear import by_handle
 from seedance.models.int8_linear import Int8Linear
-from seedance.models.precision import cpu_flags
+from seedance.models.precision import BF16_CPU_FLAGS, cpu_flags
 from seedance.models.quantized_linear import QuantizedLinear
 from seedance.models.registry import ONEDNN_LINEAR_MODES
 
@@ -57,7 +57,7 @@ def enabled(mode: str, dtype: torch.dtype, device: str, flags: frozenset[str] | 
     if mode == "on":
         return True
     big = weights is None or weights >= AUTO_MIN_WEIGHTS
-    return big and "amx_bf16" in (cpu_flags() if flags is None else flags)
+    return big and bool(BF16_CPU_FLAGS & (cpu_flags() if flags is None else flags))
 
 
 class PackedLinear(nn.Module):

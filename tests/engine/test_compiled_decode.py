@@ -19,7 +19,7 @@ from seedance.models import compiled_decode, float_gemv, int8_linear, onednn_lin
 from seedance.models.compiled_decode import CompiledDecode
 from seedance.models.fp16_linear import Fp16Linear
 from seedance.models.loader import load_model
-from seedance.models.paged_attention import AttentionMetadata, PrefillChunk
+from seedance.models.paged_attention import AttentionMetadata, PrefillChunk, kv_cache_shape
 
 pytestmark = pytest.mark.skipif(not int8_linear.available(), reason="this torch has no fbgemm quantized ops")
 
@@ -36,6 +36,24 @@ def greedy(engine: LLMEngine, prompts: list[list[int]], max_tokens: int = 12) ->
             if event.token_id >= 0:
                 tokens[event.request_id].append(event.token_id)
     return [tokens[str(i)] for i in range(len(prompts))]
+
+
+def top_two(engine: LLMEngine, prompt: list[int]) -> list[tuple[int, float]]:
+    """The next token's two likeliest (token, logprob) under greedy decoding of `prompt`."""
+    engine.add_request("top", prompt, SamplingParams(max_tokens=1, temperature=0, ignore_eos=True, logprobs=2))
+    events = [e for _ in iter(engine.has_work, False) for e in engine.step() if e.token_id >= 0]
+    return list(events[0].top_logprobs)
+
+
+def same_but_near_ties(engine: LLMEngine, prompts, got, want, margin: float = 0.05) -> None:
+    """got == want, or each stream parts from want only where `engine` (want's) sees its two likeliest next
+    tokens within `margin` nats of each other: a tie that bf16 rounding may break either way."""
+    for prompt, a, b in zip(prompts, got, want, strict=True):
+        if a == b:
+            continue
+        k = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+        (t1, l1), (t2, l2) = top_two(engine, prompt + b[:k])
+        assert {t1, t2} == {a[k], b[k]} and abs(l1 - l2) < margin, (k, a, b, (t1, l1), (t2, l2))
 
 
 def config(**kw) -> EngineConfig:
@@ -111,16 +129,16 @@ def test_bfloat16_weights_compile_one_row_through_the_gemv_nearer_float32_than_e
         ids, positions, meta, first = decode_inputs(runner, 1, length)
         gen = torch.Generator().manual_seed(length)
         for cache, ref_cache in zip(runner.kv_caches, ref.kv_caches, strict=True):
-            values = torch.randn(cache[first:].shape, generator=gen).bfloat16()
-            cache[first:] = values
-            ref_cache[first:first + len(values)] = values.float()  # the same slots (twice the pool's bytes)
+            values = torch.randn(cache[:, :, first:].shape, generator=gen).bfloat16()
+            cache[:, :, first:] = values
+            ref_cache[:, :, first:first + values.shape[2]] = values.float()  # the same slots (twice the pool's bytes)
         with torch.inference_mode():
             with profile() as prof:
                 got = runner.compiled(ids, positions, runner.kv_caches, meta).float()
             eager = runner.model.compute_logits(runner.model(ids, positions, runner.kv_caches, meta)).float()
             want = ref.model.compute_logits(ref.model(ids, positions, ref.kv_caches, meta))
         for cache in (*runner.kv_caches, *ref.kv_caches):
-            cache[first:] = 0
+            cache[:, :, first:] = 0
         assert compiled_regions(prof)
         error, eager_error = (got - want).norm() / want.norm(), (eager - want).norm() / want.norm()
         assert error < 4e-3 and error < 1.25 * eager_error, (error, eager_error)  # bf16: 2^-8 = 3.9e-3 an element
@@ -154,13 +172,13 @@ def test_logits_match_eager_within_float_tolerance(engines, rows, length):
     caches = runner.kv_caches
     gen = torch.Generator().manual_seed(7)
     for cache in caches:
-        cache[first:] = torch.randn(cache[first:].shape, generator=gen)
+        cache[:, :, first:] = torch.randn(cache[:, :, first:].shape, generator=gen)
     with torch.inference_mode():
         want = runner.model.compute_logits(runner.model(ids, positions, caches, meta))  # the head is in the graph
         with profile() as prof:
             got = runner.compiled(ids, positions, caches, meta)
     for cache in caches:
-        cache[first:] = 0
+        cache[:, :, first:] = 0
     assert compiled_regions(prof)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
@@ -178,7 +196,7 @@ def test_inputs_of_another_dtype_or_layout_take_the_graph_as_the_runner_gives_th
             got = runner.compiled(ids.int(), positions.int(), runner.kv_caches, odd)
         assert compiled_regions(prof)
     for cache in runner.kv_caches:
-        cache[first:] = 0
+        cache[:, :, first:] = 0
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
@@ -197,7 +215,7 @@ def test_a_context_of_one_token_runs_eager(engines):
             got = runner.compiled(ids, positions, runner.kv_caches, meta)
     assert not compiled_regions(prof) and torch.equal(got, want)
     for cache in runner.kv_caches:
-        cache[slots.reshape(-1)] = 0
+        cache[:, :, slots.reshape(-1)] = 0
     assert greedy(compiled, [[42]], 8) == greedy(eager, [[42]], 8)
 
 
@@ -237,7 +255,7 @@ def test_an_int4_model_on_onednn_compiles_a_graph_per_kernel():
     """--quantize int4 in bfloat16 with onednn_linear on (RowSplitLinear: the int4 kernel up to 6 rows, the
     reordered bf16 copy past them, as the custom op seedance::packed_linear): graphs for 1, 2 and 7 rows, each
     calling the kernel eager calls at that many rows, within bf16 rounding of eager's logits, and the same
-    greedy tokens over 8 -> 1 streams."""
+    greedy tokens over 8 -> 1 streams but where eager's two likeliest are within bf16 rounding of a tie."""
     kw = dict(compile=True, quantize="int4", dtype="bfloat16", onednn_linear="on", max_num_seqs=8)
     compiled = LLMEngine.from_config(config(**kw))
     eager = LLMEngine.from_config(config(**{**kw, "compile": False}))
@@ -250,18 +268,20 @@ def test_an_int4_model_on_onednn_compiles_a_graph_per_kernel():
         ids, positions, meta, first = decode_inputs(runner, rows, length)
         gen = torch.Generator().manual_seed(rows)
         for cache in runner.kv_caches:
-            cache[first:] = torch.randn(cache[first:].shape, generator=gen).to(cache.dtype)
+            cache[:, :, first:] = torch.randn(cache[:, :, first:].shape, generator=gen).to(cache.dtype)
         with torch.inference_mode():
             with profile() as prof:
                 got = runner.compiled(ids, positions, runner.kv_caches, meta)
             want = runner.model.compute_logits(runner.model(ids, positions, runner.kv_caches, meta))
         for cache in runner.kv_caches:
-            cache[first:] = 0
+            cache[:, :, first:] = 0
         assert compiled_regions(prof), rows
         assert any(e.name == kernel for e in prof.events()), (rows, kernel)
         assert (got.float() - want.float()).norm() < 0.02 * want.float().norm(), rows
     prompts = [list(range(5 + 7 * i, 30 + 9 * i)) for i in range(8)]
-    assert greedy(compiled, prompts, 8) == greedy(eager, prompts, 8)
+    # bf16 all through: the graph's fused ops round differently from eager's (its softmax among them), which may
+    # break a near tie the other way
+    same_but_near_ties(eager, prompts, greedy(compiled, prompts, 8), greedy(eager, prompts, 8))
 
 
 def test_the_setting_is_off_by_default_and_read_from_the_environment():
@@ -285,7 +305,7 @@ def test_an_int8_model_compiles_one_row_through_the_gemv(monkeypatch):
         ids, positions, meta, first = decode_inputs(runner, rows, length)
         gen = torch.Generator().manual_seed(8)
         for cache in runner.kv_caches:
-            cache[first:] = torch.randn(cache[first:].shape, generator=gen)
+            cache[:, :, first:] = torch.randn(cache[:, :, first:].shape, generator=gen)
         with torch.inference_mode():
             with profile() as prof:
                 got = runner.compiled(ids, positions, runner.kv_caches, meta)
@@ -299,13 +319,15 @@ def test_an_int8_model_compiles_one_row_through_the_gemv(monkeypatch):
                 want = runner.model.compute_logits(runner.model(ids, positions, runner.kv_caches, meta))
                 assert fbgemm
         for cache in runner.kv_caches:
-            cache[first:] = 0
+            cache[:, :, first:] = 0
         assert compiled_regions(prof)
         if rows == 1:
             torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
         else:  # the graph's float rounding (fused RMSNorm, FMA) moves a few activations across a step of fbgemm's
             # 7-bit grid, so single outputs move by up to a few % (measured 2.7 %) while the whole stays close
-            assert (got - want).norm() < 1e-4 * want.norm()  # measured 2.1e-5
+            # (measured 2.1e-5 with SDPA's decode attention, 1.4e-4 with the batched matmuls': a different rounding,
+            # the same amplification)
+            assert (got - want).norm() < 5e-4 * want.norm()
 
 
 @pytest.mark.skipif(not onednn_linear.available(), reason="this torch has no oneDNN linear ops")
@@ -320,7 +342,7 @@ def test_compile_takes_float_projections_back_to_plain_weights():
     slots = torch.arange(3)
     meta = AttentionMetadata(slots, 0, None, None, [PrefillChunk(0, 3, 0, None)])
     heads, dim = plain.config.num_key_value_heads, plain.layers[0].self_attn.head_dim
-    caches = [torch.zeros(16, 2, heads, dim, dtype=torch.bfloat16) for _ in plain.layers]
+    caches = [torch.zeros(kv_cache_shape(16, heads, dim), dtype=torch.bfloat16) for _ in plain.layers]
     with torch.inference_mode():
         before = packed.compute_logits(packed(ids, positions, caches, meta))
         assert compiled_decode.plain_float_projections(packed) == 4 * len(packed.layers) + 1
