@@ -17,7 +17,7 @@ from seedance.engine.sampler import Sampler
 from seedance.engine.scheduler import ScheduledChunk
 from seedance.models.llama import head_dim_of
 from seedance.models.loader import LoadedModel, model_weights
-from seedance.models.paged_attention import AttentionMetadata, PrefillChunk, kv_cache_shape
+from seedance.models.paged_attention import BMM_MIN_BATCH, AttentionMetadata, PrefillChunk, kv_cache_shape
 
 
 @dataclass(slots=True)
@@ -176,6 +176,7 @@ class TorchModelRunner:
             if self.compiled is None:  # whole blocks gathered (paged_attention.py): the length is whole blocks
                 meta.decode_slots = torch.from_numpy(table).to(self.device)
                 meta.decode_block_size = bs
+                meta.decode_bmm = self.device.type == "cpu" and len(decodes) >= BMM_MIN_BATCH
                 ar = np.arange(max_blocks * bs)
             else:  # the compiled graphs take the slot table
                 ar = np.arange(max_len)

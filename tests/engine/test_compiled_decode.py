@@ -279,8 +279,8 @@ def test_an_int4_model_on_onednn_compiles_a_graph_per_kernel():
         assert any(e.name == kernel for e in prof.events()), (rows, kernel)
         assert (got.float() - want.float()).norm() < 0.02 * want.float().norm(), rows
     prompts = [list(range(5 + 7 * i, 30 + 9 * i)) for i in range(8)]
-    # bf16 all through: the graph's fused ops round differently from eager's (its softmax among them), which may
-    # break a near tie the other way
+    # bf16 all through: the graph's fused ops round differently from eager's (and eager's attention runs over
+    # whole blocks, the graph's over the longest context), which may break a near tie the other way
     same_but_near_ties(eager, prompts, greedy(compiled, prompts, 8), greedy(eager, prompts, 8))
 
 
@@ -325,9 +325,7 @@ def test_an_int8_model_compiles_one_row_through_the_gemv(monkeypatch):
             torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
         else:  # the graph's float rounding (fused RMSNorm, FMA) moves a few activations across a step of fbgemm's
             # 7-bit grid, so single outputs move by up to a few % (measured 2.7 %) while the whole stays close
-            # (measured 2.1e-5 with SDPA's decode attention, 1.4e-4 with the batched matmuls': a different rounding,
-            # the same amplification)
-            assert (got - want).norm() < 5e-4 * want.norm()
+            assert (got - want).norm() < 1e-4 * want.norm()  # measured 2.1e-5
 
 
 @pytest.mark.skipif(not onednn_linear.available(), reason="this torch has no oneDNN linear ops")
