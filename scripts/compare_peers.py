@@ -80,6 +80,17 @@ def runs(peers: Path) -> dict[str, dict]:
         "seedance-q4_1": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q4_1.gguf")], "env": sd_env},
         "seedance-q4_1-large2": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q4_1.gguf")],
                                  "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2"}},
+        # the same with the engine in its own process (no GIL shared with the gateway's loop)
+        "seedance-q4_1-large2-process": {"cmd": [*seedance, "--engine", "process",
+                                                 "--model", str(m / "smollm2-135m-instruct-q4_1.gguf")],
+                                         "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2"}},
+        # the Q4_1 file in float32 activations (auto: fbgemm fp16 GEMMs): its greedy answers are the float model's
+        "seedance-q4_1-f32-large2-process": {"cmd": [*seedance, "--engine", "process", "--dtype", "float32",
+                                                     "--model", str(m / "smollm2-135m-instruct-q4_1.gguf")],
+                                             "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2"}},
+        "seedance-bf16-large2-process": {"cmd": [*seedance, "--engine", "process", "--model", str(hf16),
+                                                 "--dtype", "bfloat16"],
+                                         "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2"}},
         # compiled (session 14): the one-row graph calls the int4 kernel, 7+ rows the bf16 copy (RowSplitLinear)
         "seedance-q4_1-large2-compile": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q4_1.gguf")],
                                          "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2", "SEEDANCE_COMPILE": "1"},

@@ -1,9 +1,10 @@
 """One pass over all of SmolLM2's projections (30 layers' fused qkv, o, gate+up and down: 120 distinct weights, so
-they stream from memory as in a real step; the head with --head), per kernel and row count, 1 torch thread:
+they stream from memory as in a real step; the head with --head), per kernel and row count, 1 torch thread (or
+$THREADS):
 plain bf16 `F.linear`, bf16 on oneDNN's reordered weights (models/onednn_linear.py, `PackedLinear`) and torch's
 int4 kernel with bf16 activations (`QuantizedLinear`), ms per pass, median of --repeat.
 
-    python scripts/onednn_linear_bench.py --rows 1,2,4,6,8,16,32,64
+    python scripts/onednn_linear_bench.py --rows 1,2,4,6,8,16,32,64    # THREADS=2 for two torch threads
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--head", action="store_true", help="the 49152 x 576 tied head too")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(__import__("os").environ.get("THREADS", "1")))
     gen = torch.Generator().manual_seed(0)
     shapes = SHAPES * 30 + ([(49152, 576)] if args.head else [])
     weights = [(torch.randn(n, k, generator=gen) * 0.05) for n, k in shapes]
