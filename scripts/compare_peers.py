@@ -80,6 +80,14 @@ def runs(peers: Path) -> dict[str, dict]:
         "seedance-q4_1": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q4_1.gguf")], "env": sd_env},
         "seedance-q4_1-large2": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q4_1.gguf")],
                                  "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2"}},
+        # the int4 model's bf16 copies past 6 rows where `auto` leaves them off (a CPU without AMX: onednn_linear.py)
+        "seedance-q4_1-large2-copies": {"cmd": [*seedance, "--model", str(m / "smollm2-135m-instruct-q4_1.gguf")],
+                                        "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2",
+                                                "SEEDANCE_ONEDNN_LINEAR": "on"}},
+        "seedance-q4_1-large2-process-copies": {"cmd": [*seedance, "--engine", "process", "--model",
+                                                        str(m / "smollm2-135m-instruct-q4_1.gguf")],
+                                                "env": {**sd_env, "SEEDANCE_LARGE_STEP_THREADS": "2",
+                                                        "SEEDANCE_ONEDNN_LINEAR": "on"}},
         # the same with the engine in its own process (no GIL shared with the gateway's loop)
         "seedance-q4_1-large2-process": {"cmd": [*seedance, "--engine", "process",
                                                  "--model", str(m / "smollm2-135m-instruct-q4_1.gguf")],

@@ -17,8 +17,9 @@ class EngineConfig:
     # on inductor's own GEMV, models/int8_gemv.py), else (int4) logged and eager.
     compile: bool = False
     # bfloat16 projections on oneDNN with their weights reordered once (models/onednn_linear.py): auto (on CPUs
-    # with AMX-BF16, for a bfloat16 model of 32M+ weights; an int4 model keeps a bf16 copy of its weights for steps
-    # of more than 6 rows, +2 bytes per weight; `compile` puts float projections back on plain weights), on, off.
+    # with AMX-BF16 or AVX512_BF16, for a bfloat16 model of 32M+ weights; on AMX an int4 model also keeps a bf16 copy
+    # of its weights for steps of more than 6 rows, +2 bytes per weight; `compile` puts float projections back on
+    # plain weights), on (the copies on every CPU), off.
     onednn_linear: str = "auto"
     block_size: int = 16  # tokens per KV block
     kv_cache_bytes: int | None = None  # size of the paged KV pool; None: default_kv_cache_bytes (follows the model)

@@ -168,7 +168,7 @@ def _to_serving(net: LlamaForCausalLM, device: str, dtype: str, onednn_linear: s
     net = net.to(device=device, dtype=DTYPES[dtype]).eval()
     net.rope_cos, net.rope_sin = net.rope_cos.float(), net.rope_sin.float()
     if onednn.enabled(onednn_linear, DTYPES[dtype], device, weights=model_weights(net)):
-        onednn.attach(net)
+        onednn.attach(net, int4_copies=onednn.int4_copies(onednn_linear))
     return net
 
 

@@ -12,7 +12,7 @@ projections, weights streamed from memory, 1 thread, ms per pass, int4 / reorder
 17.0 / 26.3 at 4, 27.4 / 27.5 at 6, 31.4 / 26.6 at 8, 118.2 / 30.7 at 32; Zen 5: 9.4 / 12.4 at 4, 17.3 / 16.1
 at 8, 62.6 / 32.0 at 32, 118.8 / 49.4 at 64), so an int4 projection keeps a bfloat16
 copy of its weight, reordered, for calls of more rows (`RowSplitLinear`): 2 bytes per weight on top of int4's
-~0.6, for int4's speed at a few streams and bf16's past them.
+~0.6, for int4's speed at a few streams and bf16's past them (under `auto` on AMX CPUs only: int4_copies).
 
 Which mode a model gets is `EngineConfig.onednn_linear` ("auto": on where the CPU has AMX-BF16 or AVX512_BF16
 (precision.BF16_CPU_FLAGS) and the model runs
@@ -60,6 +60,17 @@ def enabled(mode: str, dtype: torch.dtype, device: str, flags: frozenset[str] | 
         return True
     big = weights is None or weights >= AUTO_MIN_WEIGHTS
     return big and bool(BF16_CPU_FLAGS & (cpu_flags() if flags is None else flags))
+
+
+def int4_copies(mode: str, flags: frozenset[str] | None = None) -> bool:
+    """Whether an int4 model (enabled() being true) also gets its bfloat16 copies for steps of more rows
+    (RowSplitLinear). The reordered float projections are the same products as F.linear; a copy is not: it rounds
+    the dequantized weights to bfloat16, which the int4 kernel never does. `auto` keeps the copies to AMX CPUs, where
+    the greedy answers were measured to stay the kernel's (5 / 8 against float32, "What is the capital of France?"
+    right, docs/benchmarks.md session 13); on a Zen 5 CPU with AVX512_BF16 the copy's rounding broke that answer's
+    near tie the other way in a served single request (session 16), so there the int4 kernel runs at every row
+    count. "on" gives the copies everywhere."""
+    return mode == "on" or "amx_bf16" in (cpu_flags() if flags is None else flags)
 
 
 class PackedLinear(nn.Module):
@@ -140,17 +151,17 @@ def _splits(module: nn.Module, name: str, int4_model: bool) -> bool:
     return int4_model and name == "lm_head" and isinstance(module, QuantizedLinear | Int8Linear)
 
 
-def attach(net: nn.Module) -> int:
-    """Swap, in place, a bfloat16 model's float projections for PackedLinear and its int4 ones for RowSplitLinear
-    (an int4 model's int8 head too); a tied float head becomes a PackedLinear copy of the embedding (the lookups
-    keep the embedding). Returns how many were swapped. A model whose projections are all int8 / fp16 (fbgemm,
-    float32 activations: not this mode's dtype) is left alone."""
-    int4 = any(isinstance(m, QuantizedLinear) and m.bits == 4 for m in net.modules())
+def attach(net: nn.Module, int4_copies: bool = True) -> int:
+    """Swap, in place, a bfloat16 model's float projections for PackedLinear and, with int4_copies, its int4 ones
+    for RowSplitLinear (an int4 model's int8 head too); a tied float head becomes a PackedLinear copy of the
+    embedding (the lookups keep the embedding). Returns how many were swapped. A model whose projections are all
+    int8 / fp16 (fbgemm, float32 activations: not this mode's dtype) is left alone."""
+    int4 = int4_copies and any(isinstance(m, QuantizedLinear) and m.bits == 4 for m in net.modules())
     count = 0
     for name, module in list(net.named_modules()):
         if isinstance(module, nn.Linear) and module.weight.dtype == torch.bfloat16:
             new: nn.Module = PackedLinear(module.weight, module.bias)
-        elif _splits(module, name, int4):
+        elif int4 and _splits(module, name, int4):
             new = RowSplitLinear(module)
         else:
             continue

@@ -64,6 +64,9 @@ def test_the_mode_per_cpu_dtype_and_device():
     assert not onednn.enabled("off", torch.bfloat16, "cpu", amx)
     with pytest.raises(ValueError):
         onednn.enabled("fast", torch.bfloat16, "cpu", amx)
+    # an int4 model's bf16 copies (a rounding the int4 kernel never does): auto on AMX only, "on" everywhere
+    assert onednn.int4_copies("auto", amx) and not onednn.int4_copies("auto", avx512)
+    assert onednn.int4_copies("on", avx512)
 
 
 def test_a_bad_mode_is_refused_before_the_server_binds():
@@ -104,6 +107,20 @@ def test_an_int4_model_keeps_int4_for_one_row_and_bf16_past_its_rows(tmp_path, m
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.9
     x = torch.randn(1, layer.in_features).bfloat16()
     assert torch.equal(layer(x), plain.model.layers[0].mlp.gate_up_proj(x))  # one row: the int4 kernel
+
+
+def test_auto_gives_an_int4_model_its_copies_on_amx_only(tmp_path, monkeypatch):
+    """`auto` on an AVX512_BF16 CPU without AMX: an int4 model keeps its int4 kernel at every row count (no bf16
+    copy to round its weights); with AMX it gets the copies. Both above the built-in model's size bound."""
+    monkeypatch.setattr("seedance.models.gguf_loader.int4_kernel_preferred", lambda *_: True)
+    monkeypatch.setattr("seedance.models.onednn_linear.AUTO_MIN_WEIGHTS", 0)
+    path = write_gguf(BUILTIN_MODEL_DIR, tmp_path / "tiny-q4_1.gguf", T.Q4_1, embed_qtype=T.F32)
+    for flags, copies in ((frozenset({"avx512_bf16"}), False), (frozenset({"amx_bf16", "avx512_bf16"}), True)):
+        monkeypatch.setattr("seedance.models.onednn_linear.cpu_flags", lambda flags=flags: flags)
+        net = load_model(path, dtype="bfloat16", quantize="int4", onednn_linear="auto").model
+        layer = net.layers[0].mlp.gate_up_proj
+        assert isinstance(layer, RowSplitLinear) == copies, flags
+        assert isinstance(layer.small if copies else layer, QuantizedLinear)
 
 
 def test_auto_leaves_the_built_in_model_plain(monkeypatch):
