@@ -5,12 +5,12 @@ layout on every call. `torch.ops.mkldnn._reorder_linear_weight` does that once (
 for bf16 linears, and vLLM's CPU backend with its own oneDNN handles) and `_linear_pointwise` multiplies by the
 reordered weight: the same products and float32 accumulation, bit-identical results here, 1.25-1.55x faster over
 all of SmolLM2's decoder projections at 1-64 rows on an AMX CPU (1 thread; `scripts/onednn_linear_bench.py`,
-docs/benchmarks.md "SmolLM2 served on the AMX CPU"), 1.1-1.8x on a Zen 5 CPU with AVX512_BF16 and no AMX.
+docs/benchmarks.md "SmolLM2 served on the AMX CPU"), 1.1-1.7x on a Zen 5 CPU with AVX512_BF16 and no AMX.
 
 On such a CPU torch's int4 weight-only kernel is the faster one only at a few rows (all of SmolLM2's decoder
 projections, weights streamed from memory, 1 thread, ms per pass, int4 / reordered bf16: 10.4 / 28.6 at one row,
-17.0 / 26.3 at 4, 27.4 / 27.5 at 6, 31.4 / 26.6 at 8, 118.2 / 30.7 at 32; Zen 5: 9.4 / 12.4 at 4, 17.3 / 16.1
-at 8, 62.6 / 32.0 at 32, 118.8 / 49.4 at 64), so an int4 projection keeps a bfloat16
+17.0 / 26.3 at 4, 27.4 / 27.5 at 6, 31.4 / 26.6 at 8, 118.2 / 30.7 at 32; Zen 5: 7.3 / 9.6 at 4, 12.9 / 11.7
+at 8, 44.6 / 23.0 at 32, 88.4 / 38.1 at 64), so an int4 projection keeps a bfloat16
 copy of its weight, reordered, for calls of more rows (`RowSplitLinear`): 2 bytes per weight on top of int4's
 ~0.6, for int4's speed at a few streams and bf16's past them (under `auto` on AMX CPUs only: int4_copies).
 
