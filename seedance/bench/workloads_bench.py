@@ -309,13 +309,23 @@ async def _wait_idle(url: str, timeout_s: float = 15.0) -> None:
         await asyncio.sleep(0.1)
 
 
+def tree_rss_mib(pid: int) -> float:
+    """Resident MiB of the server process and its descendants (a child that exits meanwhile counts nothing)."""
+    proc = psutil.Process(pid)
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total / 2**20
+
+
 async def run_cell(server: ServerProcess, workload: Workload, prompts: list, deadline_s: float, seed: int,
                    connections: int = 4, on_unit: Callable[[], None] | None = None) -> dict:
     """Open-loop Poisson arrivals of the workload's units against the server; counts, latencies and peaks."""
     from seedance.client import SeedanceClient
 
     before = await _get_stats(server.http)
-    rss_start = psutil.Process(server.pid).memory_info().rss / 2**20
+    rss_start = tree_rss_mib(server.pid)
     cpu = CpuShare(server.pid)
     clients = [SeedanceClient(server.ws, reconnect=False, open_timeout=30) for _ in range(connections)]
     for c in clients:
@@ -353,8 +363,9 @@ async def run_cell(server: ServerProcess, workload: Workload, prompts: list, dea
         usage = sampler.finish()
         for c in clients:
             await c.close()
-    # A cell shorter than one sampling period has no samples: its start and end bound the peak instead.
-    rss_end = psutil.Process(server.pid).memory_info().rss / 2**20
+    # A cell shorter than one sampling period has no samples: its start and end bound the peak instead (the whole
+    # tree's, as the sampler counts it: the engine runs in a child process)
+    rss_end = tree_rss_mib(server.pid)
     usage["rss_mib_max"] = max(v for v in (usage["rss_mib_max"], rss_start, rss_end) if v is not None)
     usage.update(cpu.finish())
     await _wait_idle(server.http)

@@ -107,3 +107,24 @@ def test_cli_lists_every_configuration():
     assert default == ",".join(DEFAULT_CONFIGS)
     bad = CliRunner().invoke(app, ["bench", "workloads", "--configs", "nope"])
     assert bad.exit_code == 2
+
+
+def test_the_rss_fallback_counts_the_servers_children():
+    """A cell too short for one sample takes its start and end RSS: the whole tree's (the engine is a child)."""
+    import os
+    import subprocess
+    import sys
+
+    import psutil
+
+    from seedance.bench.workloads_bench import tree_rss_mib
+
+    own = psutil.Process(os.getpid()).memory_info().rss / 2**20
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time; b = bytearray(200 << 20); b[::4096] = "
+                              "b'x' * len(b[::4096]); print(1, flush=True); time.sleep(30)"], stdout=subprocess.PIPE)
+    try:
+        child.stdout.readline()  # its 200 MiB are resident
+        assert tree_rss_mib(os.getpid()) > own + 150
+    finally:
+        child.kill()
+        child.wait()
