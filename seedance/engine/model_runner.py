@@ -183,7 +183,10 @@ class TorchModelRunner:
                 meta.decode_slots = torch.from_numpy(table[:, ar // bs] * bs + ar % bs).to(self.device)
             if ctx_lens.min() < len(ar):  # padding to mask; with equal lengths (one stream, say) no mask at all
                 mask = np.where(ar[None, :] >= ctx_lens[:, None], np.float32(-np.inf), np.float32(0))
-                meta.decode_mask = torch.from_numpy(mask).to(device=self.device)
+                # in the dtype its attention path adds it in (the batched matmuls' float32 scores, else the
+                # model's): built once a step, not converted in every layer
+                dtype = torch.float32 if meta.decode_bmm else self.dtype
+                meta.decode_mask = torch.from_numpy(mask).to(device=self.device, dtype=dtype)
 
         dev = self.device
         input_t = torch.from_numpy(np.concatenate(ids_parts)).to(dev)

@@ -8,8 +8,8 @@ import torch
 
 from seedance.engine.config import EngineConfig
 from seedance.engine.llm_engine import LLMEngine
-from seedance.engine.sampling_params import SamplingParams
 from seedance.models.paged_attention import BMM_MIN_BATCH, AttentionMetadata, _decode_attention, kv_cache_shape
+from tests.engine.test_compiled_decode import greedy
 
 HEADS, KV_HEADS, DIM, BLOCK = 6, 2, 16, 4
 
@@ -88,20 +88,9 @@ def test_the_runner_takes_the_matmuls_from_bmm_min_batch_decodes(monkeypatch):
     monkeypatch.setattr(runner, "prepare", spy)
     prompts = [[5 + i, 17, 29 + 2 * i, 3] for i in range(BMM_MIN_BATCH + 2)]
 
-    def greedy(prompts):
-        params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
-        for i, p in enumerate(prompts):
-            engine.add_request(str(i), p, params)
-        out: dict[str, list[int]] = {str(i): [] for i in range(len(prompts))}
-        while engine.has_work():
-            for e in engine.step():
-                if e.token_id >= 0:
-                    out[e.request_id].append(e.token_id)
-        return [out[str(i)] for i in range(len(prompts))]
-
-    together = greedy(prompts)
+    together = greedy(engine, prompts, 6)
     assert seen and all(bmm for n, bmm in seen if n >= BMM_MIN_BATCH) and any(n >= BMM_MIN_BATCH for n, _ in seen)
     seen.clear()
-    alone = [greedy([p])[0] for p in prompts[:3]]
+    alone = [greedy(engine, [p], 6)[0] for p in prompts[:3]]
     assert seen and not any(bmm for _, bmm in seen)
     assert together[:3] == alone
